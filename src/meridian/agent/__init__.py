@@ -1,0 +1,1 @@
+"""The per-region daemon: composition root and lifecycle."""

@@ -1,0 +1,1 @@
+"""One transport-agnostic service layer (proto in, proto out) behind gRPC and HTTP/JSON."""

@@ -1,0 +1,87 @@
+"""gRPC servicers. Each one only adapts: metadata in, AgentApi.call, status out."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+from google.protobuf.message import Message
+from grpc_health.v1 import health, health_pb2_grpc
+
+from meridian._pb.meridian.v1 import health_pb2, health_pb2_grpc as m_health_grpc
+from meridian._pb.meridian.v1 import status_pb2, status_pb2_grpc
+from meridian.api.errors import ERROR_CODE_METADATA, mapping_for
+from meridian.api.service import AgentApi
+
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
+
+
+async def _unary(
+    api: AgentApi,
+    service: str,
+    method: str,
+    handler: Callable[[Req], Awaitable[Resp]],
+    request: Req,
+    context: grpc.aio.ServicerContext,
+) -> Resp:
+    carrier = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+    result = await api.call(service, method, "grpc", carrier, handler, request)
+    if result.traceparent:
+        await context.send_initial_metadata((("traceparent", result.traceparent),))
+    if result.error is not None:
+        mapping = mapping_for(result.error)
+        context.set_trailing_metadata(((ERROR_CODE_METADATA, result.error.code.value),))
+        await context.abort(mapping.grpc, result.error.message)
+    assert result.response is not None
+    return result.response  # type: ignore[return-value]
+
+
+class StatusServicer(status_pb2_grpc.StatusServiceServicer):
+    def __init__(self, api: AgentApi) -> None:
+        self.api = api
+
+    async def GetStatus(  # noqa: N802 - generated name
+        self, request: status_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
+    ) -> status_pb2.GetStatusResponse:
+        return await _unary(self.api, "StatusService", "GetStatus", self.api.get_status, request, context)
+
+
+class HealthServicer(m_health_grpc.HealthServiceServicer):
+    def __init__(self, api: AgentApi) -> None:
+        self.api = api
+
+    async def Check(  # noqa: N802 - generated name
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        return await _unary(self.api, "HealthService", "Check", self.api.check_health, request, context)
+
+
+class GrpcTransport:
+    """The agent's gRPC server. ``start()`` returns once the port is bound."""
+
+    def __init__(self, api: AgentApi, host: str, port: int) -> None:
+        self.api = api
+        self.address = f"{host}:{port}"
+        self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", 4 << 20)])
+        status_pb2_grpc.add_StatusServiceServicer_to_server(StatusServicer(api), self.server)
+        m_health_grpc.add_HealthServiceServicer_to_server(HealthServicer(api), self.server)
+        # The standard grpc.health.v1 service too, for orchestrators' probes.
+        self.std_health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.std_health, self.server)
+
+    async def start(self) -> None:
+        bound = self.server.add_insecure_port(self.address)
+        if bound == 0:
+            raise OSError(f"gRPC cannot bind {self.address}: address in use?")
+        await self.server.start()
+
+    async def set_serving(self, serving: bool) -> None:
+        from grpc_health.v1 import health_pb2 as std
+
+        status = std.HealthCheckResponse.SERVING if serving else std.HealthCheckResponse.NOT_SERVING
+        await self.std_health.set("", status)
+
+    async def stop(self, grace_s: float) -> None:
+        await self.server.stop(grace_s)

@@ -1,0 +1,200 @@
+"""The agent's API, once, for both transports.
+
+Each public method takes a request proto and returns a response proto. The
+transports call :meth:`AgentApi.call`, which wraps every call in an
+OpenTelemetry server span (a child of the caller's W3C ``traceparent`` when one
+is sent), records the request metrics and turns unexpected exceptions into
+``INTERNAL`` errors. Handlers in ``grpc/`` and ``http/`` hold no logic.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, TypeVar
+
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from meridian._pb.meridian.v1 import health_pb2, status_pb2
+from meridian.core.errors import ErrorCode, MeridianError
+from meridian.core.status import AgentObservation, Health, judge_health
+from meridian.observability.metrics import AgentMetrics
+from meridian.observability.tracing import current_traceparent, extract_context
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
+
+
+class ObservationSource(Protocol):
+    """Where the API reads the agent's latest observation (the status monitor)."""
+
+    @property
+    def latest(self) -> AgentObservation: ...
+
+
+class InternalError(MeridianError):
+    code = ErrorCode.INTERNAL
+
+
+@dataclass(frozen=True)
+class CallResult:
+    response: Message | None
+    error: MeridianError | None
+    traceparent: str
+
+
+class AgentApi:
+    """The services the agent exposes: Health and Status (more plug in as they land)."""
+
+    def __init__(
+        self,
+        region: str,
+        source: ObservationSource,
+        *,
+        metrics: AgentMetrics,
+        tracer: trace.Tracer,
+    ) -> None:
+        self.region = region
+        self.source = source
+        self.metrics = metrics
+        self.tracer = tracer
+
+    # -- the services ---------------------------------------------------
+
+    async def get_status(self, request: status_pb2.GetStatusRequest) -> status_pb2.GetStatusResponse:
+        return status_pb2.GetStatusResponse(status=observation_to_proto(self.source.latest))
+
+    async def check_health(
+        self, request: health_pb2.HealthCheckRequest
+    ) -> health_pb2.HealthCheckResponse:
+        health, reasons = judge_health(self.source.latest)
+        return health_pb2.HealthCheckResponse(
+            status=_HEALTH[health], region=self.region, reasons=list(reasons)
+        )
+
+    # -- the shared call path --------------------------------------------
+
+    async def call(
+        self,
+        service: str,
+        method: str,
+        transport: str,
+        carrier: Mapping[str, str],
+        handler: Callable[[Req], Awaitable[Resp]],
+        request: Req,
+    ) -> CallResult:
+        """Run ``handler(request)`` as one traced, measured API call. Never raises
+        a MeridianError: it comes back in the result for the transport to map."""
+        start = time.perf_counter()
+        code = "OK"
+        name = f"meridian.v1.{service}/{method}"
+        with self.tracer.start_as_current_span(
+            name,
+            context=extract_context(carrier),
+            kind=SpanKind.SERVER,
+            attributes={
+                "rpc.system": "grpc" if transport == "grpc" else "http",
+                "rpc.service": f"meridian.v1.{service}",
+                "rpc.method": method,
+                "cloud.region": self.region,
+            },
+        ) as span:
+            traceparent = current_traceparent()
+            try:
+                response = await handler(request)
+                return CallResult(response, None, traceparent)
+            except MeridianError as exc:
+                code = exc.code.value
+                span.set_status(Status(StatusCode.ERROR, exc.message))
+                return CallResult(None, exc, traceparent)
+            except Exception as exc:
+                code = ErrorCode.INTERNAL.value
+                log.exception("unhandled error in %s", name)
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                return CallResult(None, InternalError(f"internal error in {name}"), traceparent)
+            finally:
+                elapsed = time.perf_counter() - start
+                self.metrics.requests.labels(self.region, service, method, transport, code).inc()
+                self.metrics.latency.labels(self.region, service, method, transport).observe(
+                    elapsed
+                )
+                log.debug("%s %s %s in %.1fms", transport, name, code, elapsed * 1000)
+
+
+_HEALTH = {
+    Health.SERVING: health_pb2.HealthCheckResponse.SERVING_STATUS_SERVING,
+    Health.DEGRADED: health_pb2.HealthCheckResponse.SERVING_STATUS_DEGRADED,
+    Health.NOT_SERVING: health_pb2.HealthCheckResponse.SERVING_STATUS_NOT_SERVING,
+}
+
+
+def _ts(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def observation_to_proto(obs: AgentObservation) -> status_pb2.AgentStatus:
+    """The domain observation as the wire message."""
+    return status_pb2.AgentStatus(
+        region=obs.region,
+        agent_id=obs.agent_id,
+        version=obs.version,
+        started_at=_ts(obs.started_at),
+        observed_at=_ts(obs.observed_at),
+        nats=status_pb2.NatsStatus(
+            connected=obs.nats.connected,
+            server_url=obs.nats.server_url,
+            server_name=obs.nats.server_name,
+            cluster=obs.nats.cluster,
+            server_version=obs.nats.server_version,
+            rtt_ms=obs.nats.rtt_ms,
+            reason=obs.nats.reason,
+        ),
+        jetstream=status_pb2.JetStreamStatus(
+            available=obs.jetstream.available,
+            meta_leader=obs.jetstream.meta_leader,
+            meta_cluster_size=obs.jetstream.meta_cluster_size,
+            meta_peers_current=obs.jetstream.meta_peers_current,
+            reason=obs.jetstream.reason,
+        ),
+        **{
+            "global": status_pb2.GlobalStatus(
+                quorum_reachable=obs.global_.quorum_reachable,
+                leader=obs.global_.leader,
+                replicas=[
+                    status_pb2.ReplicaStatus(
+                        server=r.server,
+                        current=r.current,
+                        active_ms=r.active_ms,
+                        lag=r.lag,
+                        offline=r.offline,
+                    )
+                    for r in obs.global_.replicas
+                ],
+                write_rtt_ms=obs.global_.write_rtt_ms,
+                reason=obs.global_.reason,
+            )
+        },
+        peers=[
+            status_pb2.PeerRegionStatus(
+                region=p.region,
+                reachable=p.reachable,
+                rtt_ms=p.rtt_ms,
+                reason=p.reason,
+                last_seen=_ts(p.last_seen),
+            )
+            for p in obs.peers
+        ],
+    )

@@ -1,0 +1,190 @@
+"""The agent's connection to its own region's NATS cluster.
+
+:func:`translate_nats_errors` is the one place nats-py exceptions become
+Meridian errors (httpx's ``map_httpcore_exceptions`` is the model).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from meridian.core.errors import DeadlineExceededError, MeridianError, UnavailableError
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def translate_nats_errors(what: str) -> Iterator[None]:
+    """Re-raise nats-py failures during ``what`` as Meridian errors, chained to the original."""
+    try:
+        yield
+    except MeridianError:
+        raise
+    except (nats.errors.TimeoutError, asyncio.TimeoutError, nats.js.errors.FetchTimeoutError) as exc:
+        raise DeadlineExceededError(f"{what}: no answer in time") from exc
+    except nats.errors.NoRespondersError as exc:
+        raise UnavailableError(f"{what}: no responders") from exc
+    except nats.js.errors.ServiceUnavailableError as exc:
+        raise UnavailableError(f"{what}: JetStream temporarily unavailable") from exc
+    except nats.js.errors.APIError as exc:
+        raise UnavailableError(f"{what}: JetStream error {exc.code}: {exc.description}") from exc
+    except (
+        nats.errors.ConnectionClosedError,
+        nats.errors.ConnectionReconnectingError,
+        nats.errors.NoServersError,
+        nats.errors.StaleConnectionError,
+        nats.errors.OutboundBufferLimitError,
+    ) as exc:
+        raise UnavailableError(f"{what}: NATS connection unavailable ({type(exc).__name__})") from exc
+    except OSError as exc:
+        raise UnavailableError(f"{what}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class ServerIdentity:
+    url: str
+    name: str
+    cluster: str
+    version: str
+
+
+class BackboneConnection:
+    """A reconnecting NATS connection. Use as an async context manager.
+
+    ``connect()`` waits for the first connection up to ``connect_timeout_s``
+    and raises :class:`UnavailableError` naming the URLs if there is none.
+    Afterwards nats-py reconnects forever; ``connected`` says how it is now.
+    """
+
+    def __init__(self, urls: Sequence[str], *, name: str, connect_timeout_s: float = 5.0) -> None:
+        self.urls = list(urls)
+        self.name = name
+        self.connect_timeout_s = connect_timeout_s
+        self._nc: Client | None = None
+        self.last_error = ""
+        self._closed = False
+        self._connected = asyncio.Event()
+
+    async def connect(self) -> None:
+        """Connect once; raise :class:`UnavailableError` naming the URLs on failure."""
+
+        async def on_error(exc: Exception) -> None:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("nats error: %s", self.last_error)
+
+        async def on_disconnect() -> None:
+            self.last_error = "disconnected from NATS; reconnecting"
+            log.warning(self.last_error)
+
+        async def on_reconnect() -> None:
+            self.last_error = ""
+            log.info("reconnected to NATS at %s", self.server.url)
+
+        try:
+            self._nc = await asyncio.wait_for(
+                nats.connect(
+                    self.urls,
+                    name=self.name,
+                    connect_timeout=2,
+                    reconnect_time_wait=1,
+                    max_reconnect_attempts=-1,
+                    ping_interval=5,
+                    max_outstanding_pings=2,
+                    allow_reconnect=True,
+                    error_cb=on_error,
+                    disconnected_cb=on_disconnect,
+                    reconnected_cb=on_reconnect,
+                ),
+                timeout=self.connect_timeout_s,
+            )
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            self.last_error = f"cannot connect to NATS at {', '.join(self.urls)}: {exc!r}"
+            raise UnavailableError(self.last_error) from exc
+        self.last_error = ""
+        self._connected.set()
+
+    async def connect_forever(self, *, backoff_s: float = 1.0) -> None:
+        """Retry :meth:`connect` until it succeeds (the region's servers may still be
+        starting); nats-py reconnects by itself after the first success."""
+        while not self._closed:
+            try:
+                await self.connect()
+                return
+            except UnavailableError as exc:
+                log.warning("%s; retrying in %.1fs", exc.message, backoff_s)
+                await asyncio.sleep(backoff_s)
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    @property
+    def nc(self) -> Client:
+        if self._nc is None:
+            raise UnavailableError("NATS connection not established")
+        return self._nc
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    @property
+    def server(self) -> ServerIdentity:
+        nc = self.nc
+        info: dict[str, Any] = getattr(nc, "_server_info", {}) or {}
+        url = nc.connected_url.geturl() if nc.connected_url else ""
+        return ServerIdentity(
+            url=url,
+            name=str(info.get("server_name", "")),
+            cluster=str(info.get("cluster", "")),
+            version=str(info.get("version", "")),
+        )
+
+    def jetstream(self, timeout_s: float) -> JetStreamContext:
+        return self.nc.jetstream(timeout=timeout_s)
+
+    async def rtt_ms(self, timeout_s: float) -> float:
+        """Round trip to the connected server (a PING/PONG flush)."""
+        start = time.perf_counter()
+        with translate_nats_errors("NATS flush"):
+            await self.nc.flush(timeout=timeout_s)
+        return (time.perf_counter() - start) * 1000
+
+    async def drain(self) -> None:
+        """Stop taking new messages and let subscriptions finish what they hold."""
+        if self._nc is not None and self._nc.is_connected:
+            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+                await self._nc.drain()
+
+    async def aclose(self) -> None:
+        """Close the connection. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._nc is not None and not self._nc.is_closed:
+            with contextlib.suppress(nats.errors.Error):
+                await self._nc.close()
+
+    async def __aenter__(self) -> BackboneConnection:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

