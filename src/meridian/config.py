@@ -516,9 +516,9 @@ def _telemetry(rd: _Reader, raw: Mapping[str, Any]) -> TelemetryConfig:
     return TelemetryConfig(exporter=exporter, otlp_endpoint=endpoint)
 
 
-def proxy_ports(regions: list[RegionConfig] | tuple[RegionConfig, ...], wan: WanConfig) -> dict[
-    tuple[str, str, str], int
-]:
+def proxy_ports(
+    regions: list[RegionConfig] | tuple[RegionConfig, ...], wan: WanConfig
+) -> dict[tuple[str, str, str], int]:
     """The WAN proxy port for each (kind, src, dst), kind being "route" or "gateway".
 
     Ports are allocated in a fixed order from ``wan.proxy_base_port`` so every

@@ -179,7 +179,9 @@ class Agent:
             self.tracer_provider.shutdown()
             log.info("agent stopped")
 
-    async def _shutdown(self, started: list[Component], background: list[asyncio.Task[None]]) -> None:
+    async def _shutdown(
+        self, started: list[Component], background: list[asyncio.Task[None]]
+    ) -> None:
         grace = self.config.agent.shutdown_grace_s
         try:
             async with asyncio.timeout(grace + 1):

@@ -57,9 +57,7 @@ class StatusMonitor:
         self.interval_s = interval_s
         self.metrics = metrics
         self.tracer = tracer
-        self.probe = GlobalProbe(
-            conn, region, replicas=global_replicas, timeout_s=quorum_timeout_s
-        )
+        self.probe = GlobalProbe(conn, region, replicas=global_replicas, timeout_s=quorum_timeout_s)
         self.pinger = PeerPinger(conn, region, agent_id, peers, timeout_s=peer_timeout_s)
         now = datetime.now(UTC)
         self.latest = AgentObservation(
@@ -130,7 +128,7 @@ class StatusMonitor:
             rtt = await self.conn.rtt_ms(timeout_s=2.0)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - any failure here means "not usable"
+        except Exception as exc:
             return NatsObservation(connected=False, server_url=server.url, reason=str(exc))
         return NatsObservation(
             connected=True,

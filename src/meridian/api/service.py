@@ -69,7 +69,9 @@ class AgentApi:
 
     # -- the services ---------------------------------------------------
 
-    async def get_status(self, request: status_pb2.GetStatusRequest) -> status_pb2.GetStatusResponse:
+    async def get_status(
+        self, request: status_pb2.GetStatusRequest
+    ) -> status_pb2.GetStatusResponse:
         return status_pb2.GetStatusResponse(status=observation_to_proto(self.source.latest))
 
     async def check_health(

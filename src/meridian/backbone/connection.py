@@ -33,7 +33,7 @@ def translate_nats_errors(what: str) -> Iterator[None]:
         yield
     except MeridianError:
         raise
-    except (nats.errors.TimeoutError, asyncio.TimeoutError, nats.js.errors.FetchTimeoutError) as exc:
+    except (TimeoutError, nats.errors.TimeoutError, nats.js.errors.FetchTimeoutError) as exc:
         raise DeadlineExceededError(f"{what}: no answer in time") from exc
     except nats.errors.NoRespondersError as exc:
         raise UnavailableError(f"{what}: no responders") from exc
@@ -48,7 +48,9 @@ def translate_nats_errors(what: str) -> Iterator[None]:
         nats.errors.StaleConnectionError,
         nats.errors.OutboundBufferLimitError,
     ) as exc:
-        raise UnavailableError(f"{what}: NATS connection unavailable ({type(exc).__name__})") from exc
+        raise UnavailableError(
+            f"{what}: NATS connection unavailable ({type(exc).__name__})"
+        ) from exc
     except OSError as exc:
         raise UnavailableError(f"{what}: {exc}") from exc
 

@@ -136,9 +136,7 @@ def build_topology(config: MeridianConfig) -> list[ServerSpec]:
 
         # The region's own cluster. A JetStream cluster needs a configured
         # route even with one server; a route to itself works.
-        gateways = {
-            o.name: [f"nats://127.0.0.1:{proxies[('gateway', r, o.name)]}"] for o in others
-        }
+        gateways = {o.name: [f"nats://127.0.0.1:{proxies[('gateway', r, o.name)]}"] for o in others}
         gateways[GLOBAL_CLUSTER] = [f"nats://127.0.0.1:{region.global_.gateway}"]
         name = server_name(r, r)
         specs.append(
@@ -165,9 +163,7 @@ def build_topology(config: MeridianConfig) -> list[ServerSpec]:
         routes = [f"nats://127.0.0.1:{proxies[('route', r, o.name)]}" for o in others]
         if not routes:
             routes = [f"nats://127.0.0.1:{region.global_.cluster}"]
-        gateways = {
-            o.name: [f"nats://127.0.0.1:{proxies[('gateway', r, o.name)]}"] for o in others
-        }
+        gateways = {o.name: [f"nats://127.0.0.1:{proxies[('gateway', r, o.name)]}"] for o in others}
         gateways[r] = [f"nats://127.0.0.1:{region.regional.gateway}"]
         name = server_name(r, GLOBAL_CLUSTER)
         specs.append(

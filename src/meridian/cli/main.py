@@ -169,7 +169,9 @@ def sandbox_restart(ctx: _Ctx, region: str) -> None:
 def sandbox_kill(ctx: _Ctx, region: str) -> None:
     """SIGKILL every process of REGION (a region failure). `sandbox up` brings it back."""
     victims = _sandbox(ctx).kill_region(region)
-    click.echo(f"killed {len(victims)} process(es) of {region}: {', '.join(v.name for v in victims)}")
+    click.echo(
+        f"killed {len(victims)} process(es) of {region}: {', '.join(v.name for v in victims)}"
+    )
 
 
 # -- agent -----------------------------------------------------------------
@@ -296,9 +298,10 @@ def wan_partition(ctx: _Ctx, region: str, peers: tuple[str, ...], direction: str
 @click.argument("region", required=False)
 @pass_ctx
 def wan_heal(ctx: _Ctx, region: str | None) -> None:
-    """Remove partitions (of REGION, or all)."""
-    snap = _wan_call(ctx, lambda c: c.heal(region))
-    _print_matrix(snap)
+    """Remove partitions (of REGION, or all); connections that lost bytes are reset."""
+    n = _wan_call(ctx, lambda c: c.heal(region))
+    click.echo(f"healed {region or 'all regions'}; reset {n} connection(s) that lost data")
+    _print_matrix(_wan_call(ctx, lambda c: c.snapshot()))
 
 
 @wan.command("reset")

@@ -32,7 +32,9 @@ class AgentMetrics:
             registry=r,
         )
         self.nats_connected = Gauge(
-            "meridian_nats_connected", "1 when connected to the region's NATS.", ["region"],
+            "meridian_nats_connected",
+            "1 when connected to the region's NATS.",
+            ["region"],
             registry=r,
         )
         self.global_quorum = Gauge(

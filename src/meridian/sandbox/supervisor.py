@@ -332,8 +332,8 @@ def _describe_view(view: JetStreamView) -> str:
     if not view.has_leader:
         return "no JetStream meta leader"
     return (
-        f"cluster {view.cluster}; meta leader {view.meta_leader} "
-        f"({view.meta_current}/{view.meta_size} current); routes {view.routes}"
+        f"cluster {view.cluster}; meta leader {view.meta_leader} of {view.meta_size}; "
+        f"routes {view.routes}"
     )
 
 

@@ -30,6 +30,7 @@ def build_emulator(config: MeridianConfig) -> WanEmulator:
             listen_port=p.listen_port,
             upstream_host="127.0.0.1",
             upstream_port=p.upstream_port,
+            strip_gossip=True,
         )
         for p in wan_proxies(config)
     ]

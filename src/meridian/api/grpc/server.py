@@ -9,8 +9,8 @@ import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2_grpc
 
-from meridian._pb.meridian.v1 import health_pb2, health_pb2_grpc as m_health_grpc
-from meridian._pb.meridian.v1 import status_pb2, status_pb2_grpc
+from meridian._pb.meridian.v1 import health_pb2, status_pb2, status_pb2_grpc
+from meridian._pb.meridian.v1 import health_pb2_grpc as m_health_grpc
 from meridian.api.errors import ERROR_CODE_METADATA, mapping_for
 from meridian.api.service import AgentApi
 
@@ -42,20 +42,24 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
     def __init__(self, api: AgentApi) -> None:
         self.api = api
 
-    async def GetStatus(  # noqa: N802 - generated name
+    async def GetStatus(
         self, request: status_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
     ) -> status_pb2.GetStatusResponse:
-        return await _unary(self.api, "StatusService", "GetStatus", self.api.get_status, request, context)
+        return await _unary(
+            self.api, "StatusService", "GetStatus", self.api.get_status, request, context
+        )
 
 
 class HealthServicer(m_health_grpc.HealthServiceServicer):
     def __init__(self, api: AgentApi) -> None:
         self.api = api
 
-    async def Check(  # noqa: N802 - generated name
+    async def Check(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> health_pb2.HealthCheckResponse:
-        return await _unary(self.api, "HealthService", "Check", self.api.check_health, request, context)
+        return await _unary(
+            self.api, "HealthService", "Check", self.api.check_health, request, context
+        )
 
 
 class GrpcTransport:
@@ -64,18 +68,22 @@ class GrpcTransport:
     def __init__(self, api: AgentApi, host: str, port: int) -> None:
         self.api = api
         self.address = f"{host}:{port}"
-        self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", 4 << 20)])
-        status_pb2_grpc.add_StatusServiceServicer_to_server(StatusServicer(api), self.server)
-        m_health_grpc.add_HealthServiceServicer_to_server(HealthServicer(api), self.server)
         # The standard grpc.health.v1 service too, for orchestrators' probes.
         self.std_health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.std_health, self.server)
+        self._server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
-        bound = self.server.add_insecure_port(self.address)
+        # grpc.aio binds the server to the running loop, so build it here.
+        self._server = server = grpc.aio.server(
+            options=[("grpc.max_receive_message_length", 4 << 20)]
+        )
+        status_pb2_grpc.add_StatusServiceServicer_to_server(StatusServicer(self.api), server)
+        m_health_grpc.add_HealthServiceServicer_to_server(HealthServicer(self.api), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.std_health, server)
+        bound = server.add_insecure_port(self.address)
         if bound == 0:
             raise OSError(f"gRPC cannot bind {self.address}: address in use?")
-        await self.server.start()
+        await server.start()
 
     async def set_serving(self, serving: bool) -> None:
         from grpc_health.v1 import health_pb2 as std
@@ -84,4 +92,5 @@ class GrpcTransport:
         await self.std_health.set("", status)
 
     async def stop(self, grace_s: float) -> None:
-        await self.server.stop(grace_s)
+        if self._server is not None:
+            await self._server.stop(grace_s)

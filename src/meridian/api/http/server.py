@@ -61,7 +61,10 @@ class HttpTransport:
 
     async def _status(self, request: web.Request) -> web.Response:
         return await self._unary(
-            request, "StatusService", "GetStatus", self.api.get_status,
+            request,
+            "StatusService",
+            "GetStatus",
+            self.api.get_status,
             status_pb2.GetStatusRequest(),
         )
 
@@ -72,8 +75,12 @@ class HttpTransport:
             return 503 if resp.status == not_serving else 200
 
         return await self._unary(
-            request, "HealthService", "Check", self.api.check_health,
-            health_pb2.HealthCheckRequest(), code,
+            request,
+            "HealthService",
+            "Check",
+            self.api.check_health,
+            health_pb2.HealthCheckRequest(),
+            code,
         )
 
     async def _metrics(self, request: web.Request) -> web.Response:
