@@ -389,8 +389,8 @@ def _regions(rd: _Reader, raw: Any, base_port: int) -> list[RegionConfig]:
         ports = rd.table(entry, "ports", f"{path}.ports")
         rd.known(ports, set(_PORT_OFFSETS) - {"grpc", "http"}, f"{path}.ports")
 
-        def p(key: str, table: Mapping[str, Any], label: str, block: int = block) -> int:
-            return rd.port(table, key, label, block + _PORT_OFFSETS[key])
+        def p(slot: str, table: Mapping[str, Any], key: str, label: str, block: int = block) -> int:
+            return rd.port(table, key, label, block + _PORT_OFFSETS[slot])
 
         urls = entry.get("nats_urls", [])
         if not isinstance(urls, list) or not all(
@@ -408,19 +408,27 @@ def _regions(rd: _Reader, raw: Any, base_port: int) -> list[RegionConfig]:
             RegionConfig(
                 name=name,
                 index=i,
-                grpc_port=p("grpc", entry, f"{path}.grpc_port"),
-                http_port=p("http", entry, f"{path}.http_port"),
+                grpc_port=p("grpc", entry, "grpc_port", f"{path}.grpc_port"),
+                http_port=p("http", entry, "http_port", f"{path}.http_port"),
                 regional=NatsPorts(
-                    client=p("client", ports, f"{path}.ports.client"),
-                    cluster=p("cluster", ports, f"{path}.ports.cluster"),
-                    gateway=p("gateway", ports, f"{path}.ports.gateway"),
-                    monitor=p("monitor", ports, f"{path}.ports.monitor"),
+                    client=p("client", ports, "client", f"{path}.ports.client"),
+                    cluster=p("cluster", ports, "cluster", f"{path}.ports.cluster"),
+                    gateway=p("gateway", ports, "gateway", f"{path}.ports.gateway"),
+                    monitor=p("monitor", ports, "monitor", f"{path}.ports.monitor"),
                 ),
                 global_=NatsPorts(
-                    client=p("global_client", ports, f"{path}.ports.global_client"),
-                    cluster=p("global_cluster", ports, f"{path}.ports.global_cluster"),
-                    gateway=p("global_gateway", ports, f"{path}.ports.global_gateway"),
-                    monitor=p("global_monitor", ports, f"{path}.ports.global_monitor"),
+                    client=p(
+                        "global_client", ports, "global_client", f"{path}.ports.global_client"
+                    ),
+                    cluster=p(
+                        "global_cluster", ports, "global_cluster", f"{path}.ports.global_cluster"
+                    ),
+                    gateway=p(
+                        "global_gateway", ports, "global_gateway", f"{path}.ports.global_gateway"
+                    ),
+                    monitor=p(
+                        "global_monitor", ports, "global_monitor", f"{path}.ports.global_monitor"
+                    ),
                 ),
                 nats_urls=tuple(urls),
                 monitor_url=monitor,

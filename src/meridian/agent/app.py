@@ -153,10 +153,14 @@ class Agent:
         try:
             async with asyncio.TaskGroup() as tg:
                 background = [tg.create_task(self.conn.connect_forever(), name="nats-connect")]
-                for component in self.components:
-                    await component.start()
-                    started.append(component)
-                    background.append(tg.create_task(component.run(), name=component.name))
+                try:
+                    for component in self.components:
+                        await component.start()
+                        started.append(component)
+                        background.append(tg.create_task(component.run(), name=component.name))
+                except BaseException:
+                    await self._shutdown(started, background)
+                    raise
                 rc = self.region_config
                 log.info(
                     "agent ready",

@@ -1,0 +1,1 @@
+"""Real test helpers for Meridian users and Meridian's own tests (no mocks of NATS)."""
