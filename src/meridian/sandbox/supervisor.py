@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.error
 from collections.abc import Callable
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,7 @@ class Sandbox:
         if "wan" not in records:
             records["wan"] = self._start_wan()
             self.state.save(records)
-        self._wait(lambda: self._wan_ready(), "WAN emulator control API", records["wan"])
+        self._wait(self._wan_ready, "WAN emulator control API", records["wan"])
 
         for spec in self.servers:
             key = f"nats:{spec.name}"
@@ -106,7 +107,7 @@ class Sandbox:
                 self.state.save(records)
         for region in self.config.regions:
             rec = records[f"agent:{region.name}"]
-            self._wait(lambda r=region: self._agent_ready(r), f"agent {region.name}", rec)
+            self._wait(partial(self._agent_ready, region), f"agent {region.name}", rec)
         self.say(f"sandbox ready in {time.monotonic() - started_at:.1f}s")
         return records
 
@@ -142,14 +143,14 @@ class Sandbox:
         records = self.state.load()
         out: list[ComponentStatus] = []
         wan = records.get("wan")
-        wan_ok = self._wan_ready()
+        wan_ok, wan_reason = self._wan_ready()
         out.append(
             ComponentStatus(
                 "wan",
                 "",
                 bool(wan and wan.alive()),
                 wan_ok,
-                f"control API {self.config.wan.control_url}" + ("" if wan_ok else " not answering"),
+                f"control API {self.config.wan.control_url}" + ("" if wan_ok else f": {wan_reason}"),
             )
         )
         for spec in self.servers:

@@ -77,8 +77,8 @@ class GrpcTransport:
         self._server = server = grpc.aio.server(
             options=[("grpc.max_receive_message_length", 4 << 20)]
         )
-        status_pb2_grpc.add_StatusServiceServicer_to_server(StatusServicer(self.api), server)
-        m_health_grpc.add_HealthServiceServicer_to_server(HealthServicer(self.api), server)
+        status_pb2_grpc.add_StatusServiceServicer_to_server(StatusServicer(self.api), server)  # type: ignore[no-untyped-call]
+        m_health_grpc.add_HealthServiceServicer_to_server(HealthServicer(self.api), server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self.std_health, server)
         bound = server.add_insecure_port(self.address)
         if bound == 0:

@@ -1,0 +1,103 @@
+"""One real sandbox per e2e module: NATS supercluster, WAN emulator and agents,
+driven through the real `meridian` CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meridian.config import MeridianConfig, load_config
+
+E2E_BASE_PORT = 24000
+
+CONFIG = f"""
+[sandbox]
+workdir = "sandbox"
+base_port = {E2E_BASE_PORT}
+
+[agent]
+status_interval_s = 0.5
+peer_timeout_s = 1.0
+quorum_timeout_s = 2.0
+
+[wan]
+jitter_ms = 1.0
+
+[[wan.link]]
+a = "us-east"
+b = "eu-west"
+latency_ms = 35
+
+[[wan.link]]
+a = "us-east"
+b = "ap-south"
+latency_ms = 100
+
+[[wan.link]]
+a = "eu-west"
+b = "ap-south"
+latency_ms = 65
+
+[[region]]
+name = "us-east"
+
+[[region]]
+name = "eu-west"
+
+[[region]]
+name = "ap-south"
+"""
+
+
+@dataclass
+class SandboxHandle:
+    config_path: Path
+    config: MeridianConfig
+    up_output: str
+
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 240
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "meridian.cli.main", "--config", str(self.config_path), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"meridian {' '.join(args)} exited {proc.returncode}\n"
+                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+            )
+        return proc
+
+    def status(self) -> list[dict[str, Any]]:
+        proc = self.cli("sandbox", "status", "--json", check=False)
+        return json.loads(proc.stdout)
+
+    def state(self) -> dict[str, Any]:
+        path = self.config.sandbox.workdir / "sandbox.json"
+        return {p["name"]: p for p in json.loads(path.read_text())["processes"]}
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxHandle]:
+    root = tmp_path_factory.mktemp("sandbox")
+    config_path = root / "meridian.toml"
+    config_path.write_text(CONFIG)
+    config = load_config(config_path, env={})
+    handle = SandboxHandle(config_path, config, "")
+    try:
+        up = handle.cli("sandbox", "up")
+        handle.up_output = up.stdout
+        yield handle
+    finally:
+        handle.cli("sandbox", "down", "--purge", check=False)
