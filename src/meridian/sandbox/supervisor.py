@@ -17,8 +17,8 @@ import sys
 import time
 import urllib.error
 from collections.abc import Callable
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +150,8 @@ class Sandbox:
                 "",
                 bool(wan and wan.alive()),
                 wan_ok,
-                f"control API {self.config.wan.control_url}" + ("" if wan_ok else f": {wan_reason}"),
+                f"control API {self.config.wan.control_url}"
+                + ("" if wan_ok else f": {wan_reason}"),
             )
         )
         for spec in self.servers:
