@@ -573,10 +573,12 @@ def _check_port_clashes(rd: _Reader, regions: list[RegionConfig], wan: WanConfig
     claim(wan.control_port, "wan.control_port")
     for r in regions:
         path = f"region[{r.index}]"
+        if r.nats_urls:
+            # A region of a real supercluster: its agent runs on that region's own
+            # hosts and no sandbox server is started, so nothing here can clash.
+            continue
         claim(r.grpc_port, f"{path}.grpc_port")
         claim(r.http_port, f"{path}.http_port")
-        if r.nats_urls:
-            continue  # a real cluster: the sandbox servers are not started
         for label, ports in (("", r.regional), ("global_", r.global_)):
             for key in ("client", "cluster", "gateway", "monitor"):
                 claim(getattr(ports, key), f"{path}.ports.{label}{key}")
