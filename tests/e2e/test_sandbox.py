@@ -83,6 +83,17 @@ def test_up_reports_every_region_and_where_agents_listen(sandbox: SandboxHandle)
         assert f"region {region}: healthy" in text
 
 
+async def test_global_streams_put_one_replica_in_each_region(sandbox: SandboxHandle) -> None:
+    status = await eventually(
+        lambda: agent_status(sandbox, "us-east"),
+        lambda s: bool(s and s["global"]["quorumReachable"] and s["global"]["replicas"]),
+        what="probe stream replicas reported",
+    )
+    assert status is not None
+    servers = {status["global"]["leader"]} | {r["server"] for r in status["global"]["replicas"]}
+    assert servers == {f"global-{r}" for r in REGIONS}
+
+
 async def measure_rtt_ms(sandbox: SandboxHandle, src: str, dst: str, n: int = 15) -> float:
     """Median request/reply time from a client in `src` to a responder in `dst`.
     The request crosses the src→dst gateway, the reply the dst→src one."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import TextIO
 
 from opentelemetry import trace
@@ -36,17 +37,21 @@ def configure_logging(region: str, level: str = "info", stream: TextIO | None = 
     """Send this process's logs, as JSON lines, to ``stream`` (stderr by default)."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(_ContextFilter(region))
-    handler.setFormatter(
-        JsonFormatter(
-            "%(asctime)s %(levelname)s %(name)s %(message)s %(region)s %(trace_id)s %(span_id)s",
-            rename_fields={"asctime": "ts", "levelname": "level", "name": "logger"},
-        )
+    formatter = JsonFormatter(
+        "%(asctime)s %(levelname)s %(name)s %(message)s %(region)s %(trace_id)s %(span_id)s",
+        rename_fields={"asctime": "ts", "levelname": "level", "name": "logger"},
     )
+    # ISO 8601 in UTC, so logs from different regions line up.
+    formatter.converter = time.gmtime
+    formatter.default_time_format = "%Y-%m-%dT%H:%M:%S"
+    formatter.default_msec_format = "%s.%03dZ"
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
     # Third-party chatter stays at warning unless we debug.
+    third_party = root.level if root.level <= logging.DEBUG else max(logging.WARNING, root.level)
     for noisy in ("aiohttp.access", "nats", "grpc"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+        logging.getLogger(noisy).setLevel(third_party)
