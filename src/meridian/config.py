@@ -20,11 +20,19 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from meridian.core.errors import ConfigError, FieldViolation
+from meridian.core.keyspace import (
+    DEFAULT_KEY_MAX_BYTES,
+    DEFAULT_VALUE_MAX_BYTES,
+    KEYSPACE_NAME,
+    ConflictPolicy,
+    Keyspace,
+    Locality,
+)
 
 REGION_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
 GLOBAL_CLUSTER = "global"
@@ -36,6 +44,7 @@ DEFAULT_LINKS = (
     ("us-east", "ap-south", 100.0),
     ("eu-west", "ap-south", 65.0),
 )
+DEFAULT_KEYSPACES = ("accounts", "inventory")
 DEFAULT_BASE_PORT = 14000
 REGION_PORT_STRIDE = 100
 
@@ -152,8 +161,8 @@ class MeridianConfig:
     sandbox: SandboxConfig
     agent: AgentConfig
     telemetry: TelemetryConfig
+    keyspaces: tuple[Keyspace, ...] = ()
     source: str = "<defaults>"
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def region_names(self) -> tuple[str, ...]:
@@ -169,6 +178,12 @@ class MeridianConfig:
             FieldViolation("region", f"unknown region {name!r}; configured regions are {known}"),
             self.source,
         )
+
+    def keyspace(self, name: str) -> Keyspace | None:
+        for ks in self.keyspaces:
+            if ks.name == name:
+                return ks
+        return None
 
     def latency(self, src: str, dst: str) -> float:
         for link in self.wan.links:
@@ -252,6 +267,8 @@ def default_config_text() -> str:
         lines += ["", "[[wan.link]]", f'a = "{a}"', f'b = "{b}"', f"latency_ms = {ms:g}"]
     for name in DEFAULT_REGIONS:
         lines += ["", "[[region]]", f'name = "{name}"']
+    for name in DEFAULT_KEYSPACES:
+        lines += ["", "[[keyspace]]", f'name = "{name}"', 'locality = "global"']
     return "\n".join(lines) + "\n"
 
 
@@ -312,20 +329,84 @@ def parse_config(
     wan = _wan(rd, rd.table(raw, "wan", "wan"), names, sandbox.base_port)
     agent = _agent(rd, rd.table(raw, "agent", "agent"))
     telemetry = _telemetry(rd, rd.table(raw, "telemetry", "telemetry"))
+    keyspaces = _keyspaces(rd, raw.get("keyspace", []))
     _check_port_clashes(rd, regions, wan)
 
     if rd.violations:
         raise ConfigError(rd.violations, source)
-    extra = {k: v for k, v in raw.items() if k == "keyspace"}
     return MeridianConfig(
         regions=tuple(regions),
         wan=wan,
         sandbox=sandbox,
         agent=agent,
         telemetry=telemetry,
+        keyspaces=tuple(keyspaces),
         source=source,
-        extra=extra,
     )
+
+
+#: Localities this version serves.
+SERVED_LOCALITIES = (Locality.GLOBAL,)
+MAX_VALUE_BYTES = 8 << 20
+
+
+def _keyspaces(rd: _Reader, raw: Any) -> list[Keyspace]:
+    if not isinstance(raw, list):
+        rd.bad("keyspace", "must be an array of [[keyspace]] tables")
+        return []
+    out: list[Keyspace] = []
+    seen: dict[str, int] = {}
+    allowed = {"name", "locality", "conflict", "key_max_bytes", "value_max_bytes"}
+    for i, entry in enumerate(raw):
+        path = f"keyspace[{i}]"
+        if not isinstance(entry, Mapping):
+            rd.bad(path, "must be a table with at least a name")
+            continue
+        rd.known(entry, allowed, path)
+        name = entry.get("name")
+        if not isinstance(name, str) or not KEYSPACE_NAME.fullmatch(name):
+            rd.bad(
+                f"{path}.name",
+                "keyspace names are 1-63 chars of a-z, 0-9, '_' and '-', starting with a "
+                f"letter; got {name!r}",
+            )
+            continue
+        if name in seen:
+            rd.bad(
+                f"{path}.name", f"keyspace {name!r} is already declared at keyspace[{seen[name]}]"
+            )
+            continue
+        seen[name] = i
+        locality_raw = entry.get("locality", "global")
+        try:
+            locality = Locality(locality_raw)
+        except ValueError:
+            rd.bad(f"{path}.locality", "must be global, replicated or regional")
+            continue
+        if locality not in SERVED_LOCALITIES:
+            rd.bad(
+                f"{path}.locality",
+                f"{locality.value!r} keyspaces are not served by this version; use 'global'",
+            )
+            continue
+        try:
+            conflict = ConflictPolicy(entry.get("conflict", "lww"))
+        except ValueError:
+            rd.bad(f"{path}.conflict", "must be lww, counter, set or multi_value")
+            continue
+        key_max = rd.number(
+            entry, "key_max_bytes", f"{path}.key_max_bytes", DEFAULT_KEY_MAX_BYTES, low=1, high=4096
+        )
+        value_max = rd.number(
+            entry,
+            "value_max_bytes",
+            f"{path}.value_max_bytes",
+            DEFAULT_VALUE_MAX_BYTES,
+            low=0,
+            high=MAX_VALUE_BYTES,
+        )
+        out.append(Keyspace(name, locality, conflict, int(key_max), int(value_max)))
+    return out
 
 
 def _sandbox(

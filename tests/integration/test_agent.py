@@ -4,8 +4,6 @@ traces, metrics, and what it reports when NATS or a peer region is missing."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -16,10 +14,9 @@ from grpc_health.v1 import health_pb2_grpc as std_health_grpc
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from meridian._pb.meridian.v1 import health_pb2, health_pb2_grpc, status_pb2, status_pb2_grpc
-from meridian.agent.app import Agent
-from meridian.config import MeridianConfig, parse_config
-from meridian.testing.nats_server import NatsCluster, free_port
+from meridian.testing.nats_server import NatsCluster
 from tests.conftest import eventually
+from tests.integration.harness import agent_config, http_get, running_agent
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN = "00f067aa0ba902b7"
@@ -30,55 +27,6 @@ TRACEPARENT = f"00-{TRACE_ID}-{PARENT_SPAN}-01"
 def nats_server() -> Any:
     with NatsCluster("global") as cluster:
         yield cluster
-
-
-def agent_config(srv: NatsCluster, *, peers: tuple[str, ...] = ()) -> MeridianConfig:
-    home = srv.server("us-east")
-    regions = [
-        {
-            "name": "us-east",
-            "nats_urls": [home.url],
-            "monitor_url": home.monitor_url,
-            "grpc_port": free_port(),
-            "http_port": free_port(),
-        }
-    ]
-    for peer in peers:
-        regions.append(
-            {
-                "name": peer,
-                "nats_urls": [home.url],
-                "grpc_port": free_port(),
-                "http_port": free_port(),
-            }
-        )
-    return parse_config(
-        {
-            "region": regions,
-            "wan": {"control_port": free_port(), "proxy_base_port": free_port(), "link": []},
-            "agent": {"status_interval_s": 0.2, "peer_timeout_s": 0.3, "quorum_timeout_s": 1.0},
-        },
-        env={},
-    )
-
-
-@contextlib.asynccontextmanager
-async def running_agent(
-    config: MeridianConfig, exporter: InMemorySpanExporter | None = None
-) -> AsyncIterator[Agent]:
-    agent = Agent(config, "us-east", span_exporter=exporter)
-    task = asyncio.create_task(agent.run())
-    try:
-        await asyncio.wait_for(agent.ready.wait(), 30)
-        yield agent
-    finally:
-        agent.request_stop()
-        await asyncio.wait_for(task, 30)
-
-
-async def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any, Any]:
-    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as resp:
-        return resp.status, await resp.json(content_type=None), resp.headers
 
 
 async def test_status_over_http_reports_nats_jetstream_and_global_quorum(nats_server: Any) -> None:

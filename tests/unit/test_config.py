@@ -226,9 +226,46 @@ def test_one_way_link_leaves_reverse_direction_undelayed(tmp_path: Path) -> None
     assert len(config.wan.links) == 6
 
 
-def test_keyspace_table_is_kept_as_extra(tmp_path: Path) -> None:
-    config = load_text(tmp_path, '[keyspace.orders]\nmode = "global"\n')
-    assert config.extra == {"keyspace": {"orders": {"mode": "global"}}}
+def test_keyspaces_are_declared_with_locality_and_limits(tmp_path: Path) -> None:
+    config = load_text(
+        tmp_path,
+        '[[keyspace]]\nname = "orders"\nlocality = "global"\nkey_max_bytes = 64\n'
+        "value_max_bytes = 4096\n",
+    )
+    ks = config.keyspace("orders")
+    assert ks is not None
+    assert (ks.locality.value, ks.key_max_bytes, ks.value_max_bytes) == ("global", 64, 4096)
+    assert ks.bucket == "mg_orders"
+    assert config.keyspace("nope") is None
+
+
+def test_default_config_declares_global_keyspaces() -> None:
+    config = load_config(None, env={})
+    assert [k.name for k in config.keyspaces] == ["accounts", "inventory"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "hint"),
+    [
+        ('name = "Orders"', "keyspace[0].name", "starting with a letter"),
+        ('name = "o"\nlocality = "mars"', "keyspace[0].locality", "global, replicated or regional"),
+        ('name = "o"\nlocality = "replicated"', "keyspace[0].locality", "not served"),
+        ('name = "o"\nconflict = "newest"', "keyspace[0].conflict", "lww, counter"),
+        ('name = "o"\nvalue_max_bytes = 99999999999', "keyspace[0].value_max_bytes", "between"),
+        ('name = "o"\nkey_max_bytes = 0', "keyspace[0].key_max_bytes", "between"),
+        ('name = "o"\ncolour = "red"', "keyspace[0].colour", "allowed here"),
+    ],
+)
+def test_bad_keyspace_declarations(tmp_path: Path, body: str, field: str, hint: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_text(tmp_path, f"[[keyspace]]\n{body}\n")
+    assert any(v.field == field and hint in v.rule for v in err.value.violations), err.value
+
+
+def test_duplicate_keyspace_names(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_text(tmp_path, '[[keyspace]]\nname = "a"\n[[keyspace]]\nname = "a"\n')
+    assert any(v.field == "keyspace[1].name" for v in err.value.violations)
 
 
 def test_meridian_config_env_selects_the_file(tmp_path: Path) -> None:

@@ -28,11 +28,14 @@ from opentelemetry.sdk.trace.export import SpanExporter
 
 import meridian
 from meridian.agent.monitor import StatusMonitor
+from meridian.agent.state import StateComponent
 from meridian.api.grpc.server import GrpcTransport
 from meridian.api.http.server import HttpTransport
 from meridian.api.service import AgentApi
+from meridian.api.state import StateApi
 from meridian.backbone.connection import BackboneConnection
 from meridian.config import MeridianConfig
+from meridian.core.hlc import Clock, HybridLogicalClock, SystemClock
 from meridian.observability.metrics import AgentMetrics
 from meridian.observability.tracing import build_tracer_provider
 
@@ -99,6 +102,7 @@ class Agent:
         region: str,
         *,
         span_exporter: SpanExporter | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.config = config
         self.region_config = config.region(region)
@@ -127,13 +131,32 @@ class Agent:
             metrics=self.metrics,
             tracer=self.tracer,
         )
+        self.hlc = HybridLogicalClock(clock or SystemClock())
+        self.state = StateComponent(
+            self.conn,
+            config.keyspaces,
+            region=region,
+            replicas=min(3, len(config.regions)),
+            timeout_s=config.agent.quorum_timeout_s,
+            hlc=self.hlc,
+            metrics=self.metrics,
+        )
         self.api = AgentApi(region, self.monitor, metrics=self.metrics, tracer=self.tracer)
+        self.state_api = StateApi(
+            region,
+            self.state.replicas,
+            metrics=self.metrics,
+            strong_timeout_s=config.agent.quorum_timeout_s,
+        )
         rc = self.region_config
+        # Order matters: components start in this order and stop in reverse, so
+        # the transports (intake) stop first and the state feeds last.
         self.components: list[Component] = [
             _Monitor(self.monitor),
+            self.state,
             _Transports(
-                GrpcTransport(self.api, rc.listen_host, rc.grpc_port),
-                HttpTransport(self.api, rc.listen_host, rc.http_port),
+                GrpcTransport(self.api, self.state_api, rc.listen_host, rc.grpc_port),
+                HttpTransport(self.api, self.state_api, rc.listen_host, rc.http_port),
             ),
         ]
         self._stop = asyncio.Event()

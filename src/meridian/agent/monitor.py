@@ -18,7 +18,7 @@ import aiohttp
 import nats.errors
 from opentelemetry import trace
 
-from meridian.backbone.connection import BackboneConnection
+from meridian.backbone.connection import BackboneConnection, reraise_if_cancelling
 from meridian.backbone.probes import GlobalProbe, PeerPinger, describe_nats_error
 from meridian.core.status import (
     AgentObservation,
@@ -82,6 +82,7 @@ class StatusMonitor:
                         answering = True
                     with self.tracer.start_as_current_span("agent.status.observe"):
                         await self._round(http)
+                    reraise_if_cancelling()
                     await asyncio.sleep(self.interval_s)
             finally:
                 await self.pinger.stop()

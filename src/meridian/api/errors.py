@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from meridian.core.errors import ErrorCode, InvalidArgumentError, MeridianError
+from meridian.core.errors import ConflictError, ErrorCode, InvalidArgumentError, MeridianError
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,17 @@ ERROR_TABLE: dict[ErrorCode, StatusMapping] = {
 }
 
 ERROR_CODE_METADATA = "meridian-error-code"
+CURRENT_REVISION_METADATA = "meridian-current-revision"
+
+
+def error_metadata(error: MeridianError) -> tuple[tuple[str, str], ...]:
+    """The gRPC trailing metadata that lets clients rebuild the typed error."""
+    md: list[tuple[str, str]] = [(ERROR_CODE_METADATA, error.code.value)]
+    if isinstance(error, ConflictError):
+        md.append((CURRENT_REVISION_METADATA, str(error.current_revision)))
+    if isinstance(error, InvalidArgumentError):
+        md.append(("meridian-error-field", error.field))
+    return tuple(md)
 
 
 def mapping_for(error: MeridianError) -> StatusMapping:
@@ -44,4 +55,6 @@ def error_body(error: MeridianError) -> dict[str, object]:
     if isinstance(error, InvalidArgumentError):
         body["field"] = error.field
         body["violations"] = [{"field": v.field, "rule": v.rule} for v in error.violations]
+    if isinstance(error, ConflictError):
+        body["currentRevision"] = str(error.current_revision)
     return {"error": body}

@@ -26,6 +26,18 @@ from meridian.core.errors import DeadlineExceededError, MeridianError, Unavailab
 log = logging.getLogger(__name__)
 
 
+def reraise_if_cancelling() -> None:
+    """Raise CancelledError if the current task has a cancellation pending.
+
+    nats-py awaits ``asyncio.wait_for`` internally, and on Python 3.11 that can
+    swallow a cancellation that races with the reply. Loops that call nats-py
+    check this after each call so that shutdown can't be lost.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 @contextlib.contextmanager
 def translate_nats_errors(what: str) -> Iterator[None]:
     """Re-raise nats-py failures during ``what`` as Meridian errors, chained to the original."""
@@ -96,8 +108,8 @@ class BackboneConnection:
             log.info("reconnected to NATS at %s", self.server.url)
 
         try:
-            self._nc = await asyncio.wait_for(
-                nats.connect(
+            async with asyncio.timeout(self.connect_timeout_s):
+                self._nc = await nats.connect(
                     self.urls,
                     name=self.name,
                     connect_timeout=2,
@@ -109,9 +121,7 @@ class BackboneConnection:
                     error_cb=on_error,
                     disconnected_cb=on_disconnect,
                     reconnected_cb=on_reconnect,
-                ),
-                timeout=self.connect_timeout_s,
-            )
+                )
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             self.last_error = f"cannot connect to NATS at {', '.join(self.urls)}: {exc!r}"
             raise UnavailableError(self.last_error) from exc

@@ -90,6 +90,8 @@ http: "127.0.0.1:{ports.monitor}"
 server_tags: [{_q("region:" + region)}]
 ping_interval: {_q(PING_INTERVAL)}
 ping_max: {PING_MAX}
+# A 1 MiB value plus headers must fit in one message.
+max_payload: 8MB
 no_auth_user: "meridian"
 accounts {{
   MERIDIAN {{ jetstream: enabled, users: [ {{ user: "meridian", password: "meridian" }} ] }}

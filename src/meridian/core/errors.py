@@ -98,7 +98,13 @@ class NotFoundError(MeridianError):
 
 
 class ConflictError(MeridianError):
+    """A conditional write lost. ``current_revision`` is the key's revision now (0: absent)."""
+
     code = ErrorCode.CONFLICT
+
+    def __init__(self, message: str, *, current_revision: int = 0) -> None:
+        super().__init__(message)
+        self.current_revision = current_revision
 
 
 class ClockSkewError(MeridianError):

@@ -63,5 +63,19 @@ class AgentMetrics:
             registry=r,
         )
 
+        self.cache_lag = Histogram(
+            "meridian_cache_invalidation_lag_seconds",
+            "From a write's HLC time to its arrival in this agent's cache (the change feed).",
+            ["region", "keyspace"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.state_served = Counter(
+            "meridian_state_reads",
+            "State reads by requested and served consistency.",
+            ["region", "keyspace", "requested", "served"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -79,6 +79,7 @@ class NatsCluster:
         return f"""
 server_name: {json.dumps(srv.name)}
 listen: "127.0.0.1:{srv.port}"
+max_payload: 8MB
 http: "127.0.0.1:{srv.monitor_port}"
 server_tags: [{json.dumps("region:" + srv.region)}]
 jetstream {{

@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2_grpc
 
-from meridian._pb.meridian.v1 import health_pb2, status_pb2, status_pb2_grpc
+from meridian._pb.meridian.v1 import (
+    health_pb2,
+    state_pb2,
+    state_pb2_grpc,
+    status_pb2,
+    status_pb2_grpc,
+)
 from meridian._pb.meridian.v1 import health_pb2_grpc as m_health_grpc
-from meridian.api.errors import ERROR_CODE_METADATA, mapping_for
+from meridian.api.errors import error_metadata, mapping_for
 from meridian.api.service import AgentApi
+from meridian.api.state import StateApi
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
+Ctx: TypeAlias = grpc.aio.ServicerContext
+
+#: Room for the largest value (8 MiB) plus the envelope.
+MAX_MESSAGE_BYTES = 10 << 20
 
 
 async def _unary(
@@ -24,7 +35,7 @@ async def _unary(
     method: str,
     handler: Callable[[Req], Awaitable[Resp]],
     request: Req,
-    context: grpc.aio.ServicerContext,
+    context: Ctx,
 ) -> Resp:
     carrier = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
     result = await api.call(service, method, "grpc", carrier, handler, request)
@@ -32,7 +43,7 @@ async def _unary(
         await context.send_initial_metadata((("traceparent", result.traceparent),))
     if result.error is not None:
         mapping = mapping_for(result.error)
-        context.set_trailing_metadata(((ERROR_CODE_METADATA, result.error.code.value),))
+        context.set_trailing_metadata(error_metadata(result.error))
         await context.abort(mapping.grpc, result.error.message)
     assert result.response is not None
     return result.response  # type: ignore[return-value]
@@ -43,7 +54,7 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
         self.api = api
 
     async def GetStatus(
-        self, request: status_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
+        self, request: status_pb2.GetStatusRequest, context: Ctx
     ) -> status_pb2.GetStatusResponse:
         return await _unary(
             self.api, "StatusService", "GetStatus", self.api.get_status, request, context
@@ -55,18 +66,44 @@ class HealthServicer(m_health_grpc.HealthServiceServicer):
         self.api = api
 
     async def Check(
-        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+        self, request: health_pb2.HealthCheckRequest, context: Ctx
     ) -> health_pb2.HealthCheckResponse:
         return await _unary(
             self.api, "HealthService", "Check", self.api.check_health, request, context
         )
 
 
+class StateServicer(state_pb2_grpc.StateServiceServicer):
+    def __init__(self, api: AgentApi, state: StateApi) -> None:
+        self.api = api
+        self.state = state
+
+    async def Get(self, request: state_pb2.GetRequest, context: Ctx) -> state_pb2.GetResponse:
+        return await _unary(self.api, "StateService", "Get", self.state.get, request, context)
+
+    async def Put(self, request: state_pb2.PutRequest, context: Ctx) -> state_pb2.WriteResponse:
+        return await _unary(self.api, "StateService", "Put", self.state.put, request, context)
+
+    async def Create(
+        self, request: state_pb2.CreateRequest, context: Ctx
+    ) -> state_pb2.WriteResponse:
+        return await _unary(self.api, "StateService", "Create", self.state.create, request, context)
+
+    async def Delete(
+        self, request: state_pb2.DeleteRequest, context: Ctx
+    ) -> state_pb2.WriteResponse:
+        return await _unary(self.api, "StateService", "Delete", self.state.delete, request, context)
+
+    async def Scan(self, request: state_pb2.ScanRequest, context: Ctx) -> state_pb2.ScanResponse:
+        return await _unary(self.api, "StateService", "Scan", self.state.scan, request, context)
+
+
 class GrpcTransport:
     """The agent's gRPC server. ``start()`` returns once the port is bound."""
 
-    def __init__(self, api: AgentApi, host: str, port: int) -> None:
+    def __init__(self, api: AgentApi, state: StateApi, host: str, port: int) -> None:
         self.api = api
+        self.state = state
         self.address = f"{host}:{port}"
         # The standard grpc.health.v1 service too, for orchestrators' probes.
         self.std_health = health.aio.HealthServicer()
@@ -75,10 +112,21 @@ class GrpcTransport:
     async def start(self) -> None:
         # grpc.aio binds the server to the running loop, so build it here.
         self._server = server = grpc.aio.server(
-            options=[("grpc.max_receive_message_length", 4 << 20)]
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ]
         )
-        status_pb2_grpc.add_StatusServiceServicer_to_server(StatusServicer(self.api), server)  # type: ignore[no-untyped-call]
-        m_health_grpc.add_HealthServiceServicer_to_server(HealthServicer(self.api), server)  # type: ignore[no-untyped-call]
+        add = (
+            (status_pb2_grpc.add_StatusServiceServicer_to_server, StatusServicer(self.api)),
+            (m_health_grpc.add_HealthServiceServicer_to_server, HealthServicer(self.api)),
+            (
+                state_pb2_grpc.add_StateServiceServicer_to_server,
+                StateServicer(self.api, self.state),
+            ),
+        )
+        for register, servicer in add:
+            register(servicer, server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self.std_health, server)
         bound = server.add_insecure_port(self.address)
         if bound == 0:

@@ -1,8 +1,16 @@
-"""HTTP/JSON routes. Bodies are protojson (proto3 JSON mapping, lowerCamelCase).
+"""HTTP/JSON routes over the same service layer as gRPC.
+
+Bodies are protojson (the proto3 JSON mapping: lowerCamelCase, bytes as
+base64, 64-bit integers as strings).
 
 - ``GET /v1/status``  → StatusService.GetStatus
-- ``GET /v1/health``  → HealthService.Check (HTTP 200 when SERVING or DEGRADED, 503 when NOT_SERVING)
+- ``GET /v1/health``  → HealthService.Check (200 SERVING/DEGRADED, 503 NOT_SERVING)
+- ``POST /v1/state/get|put|create|delete|scan`` → StateService.*, request JSON in the body
 - ``GET /metrics``    → Prometheus exposition
+
+A body that is not JSON, not an object of the request's fields, or too large is
+rejected with INVALID_ARGUMENT naming ``body`` and the rule, before anything
+runs.
 """
 
 from __future__ import annotations
@@ -14,12 +22,17 @@ from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from meridian._pb.meridian.v1 import health_pb2, status_pb2
+from meridian._pb.meridian.v1 import health_pb2, state_pb2, status_pb2
 from meridian.api.errors import error_body, mapping_for
 from meridian.api.service import AgentApi
+from meridian.api.state import StateApi
+from meridian.core.errors import FieldViolation, InvalidArgumentError, MeridianError
 from meridian.observability.metrics import CONTENT_TYPE
 
-MAX_BODY = 1 << 20
+#: The largest value (8 MiB) base64-encoded, plus the envelope.
+MAX_BODY = 12 << 20
+
+Handler = Callable[[Any], Awaitable[Message]]
 
 
 def _json(message: Message) -> dict[str, Any]:
@@ -29,7 +42,7 @@ def _json(message: Message) -> dict[str, Any]:
 class HttpTransport:
     """The agent's HTTP server. ``start()`` returns once the port is bound."""
 
-    def __init__(self, api: AgentApi, host: str, port: int) -> None:
+    def __init__(self, api: AgentApi, state: StateApi, host: str, port: int) -> None:
         self.api = api
         self.host = host
         self.port = port
@@ -37,17 +50,36 @@ class HttpTransport:
         app.router.add_get("/v1/status", self._status)
         app.router.add_get("/v1/health", self._health)
         app.router.add_get("/metrics", self._metrics)
+        state_routes: dict[str, tuple[Handler, type[Message]]] = {
+            "Get": (state.get, state_pb2.GetRequest),
+            "Put": (state.put, state_pb2.PutRequest),
+            "Create": (state.create, state_pb2.CreateRequest),
+            "Delete": (state.delete, state_pb2.DeleteRequest),
+            "Scan": (state.scan, state_pb2.ScanRequest),
+        }
+        for method, (handler, request_type) in state_routes.items():
+            app.router.add_post(
+                f"/v1/state/{method.lower()}",
+                self._json_route("StateService", method, handler, request_type),
+            )
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
 
-    async def _unary(
+    async def _respond(
         self,
         request: web.Request,
         service: str,
         method: str,
-        handler: Callable[[Any], Awaitable[Message]],
-        message: Message,
+        handler: Handler,
+        message: Message | MeridianError,
         ok_status: Callable[[Message], int] = lambda _: 200,
     ) -> web.Response:
+        if isinstance(message, MeridianError):
+            error = message
+
+            async def fail(_: Any) -> Message:
+                raise error
+
+            handler, message = fail, state_pb2.GetRequest()
         result = await self.api.call(service, method, "http", request.headers, handler, message)
         headers = {"traceparent": result.traceparent} if result.traceparent else {}
         if result.error is not None:
@@ -59,8 +91,17 @@ class HttpTransport:
             _json(result.response), status=ok_status(result.response), headers=headers
         )
 
+    def _json_route(
+        self, service: str, method: str, handler: Handler, request_type: type[Message]
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def route(request: web.Request) -> web.Response:
+            parsed = await _parse_body(request, request_type)
+            return await self._respond(request, service, method, handler, parsed)
+
+        return route
+
     async def _status(self, request: web.Request) -> web.Response:
-        return await self._unary(
+        return await self._respond(
             request,
             "StatusService",
             "GetStatus",
@@ -74,7 +115,7 @@ class HttpTransport:
             not_serving = health_pb2.HealthCheckResponse.SERVING_STATUS_NOT_SERVING
             return 503 if resp.status == not_serving else 200
 
-        return await self._unary(
+        return await self._respond(
             request,
             "HealthService",
             "Check",
@@ -93,3 +134,25 @@ class HttpTransport:
 
     async def stop(self) -> None:
         await self.runner.cleanup()
+
+
+async def _parse_body(request: web.Request, request_type: type[Message]) -> Message | MeridianError:
+    """The request message from a protojson body, or the error naming what is wrong."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        return InvalidArgumentError(
+            FieldViolation("body", f"is {request.content_length} bytes; at most {MAX_BODY}")
+        )
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return InvalidArgumentError(FieldViolation("body", f"is larger than {MAX_BODY} bytes"))
+    message = request_type()
+    try:
+        json_format.Parse(raw or b"{}", message)
+    except json_format.ParseError as exc:
+        return InvalidArgumentError(
+            FieldViolation("body", f"is not a valid {request_type.DESCRIPTOR.name} in JSON: {exc}")
+        )
+    except (UnicodeDecodeError, RecursionError, ValueError) as exc:
+        return InvalidArgumentError(FieldViolation("body", f"is not valid JSON: {exc}"))
+    return message

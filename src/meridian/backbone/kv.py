@@ -1,0 +1,314 @@
+"""A ``global`` keyspace on JetStream: an R3 KV bucket placed in the ``global`` cluster.
+
+Writes are JetStream publishes to the bucket's stream. A publish ack means a
+quorum of ``global`` replicas (one per region, by ``unique_tag``) committed it.
+Compare-and-set uses ``Nats-Expected-Last-Subject-Sequence``; the revision of a
+key is the stream sequence of its last write, as in NATS KV.
+
+Every write carries the writer's HLC timestamp and region in headers.
+
+Strong reads are linearizable. A leader's answer alone is not enough, because
+a leader cut off from its quorum keeps answering until it steps down. So a
+strong read first commits a *barrier* write through the quorum, which proves the
+stream has a leader backed by a quorum at that moment, and then reads the key
+through the leader. The residual window is a leader deposed between those two
+steps, which are milliseconds apart.
+
+Failures are translated here, once: a lost CAS becomes ``ConflictError`` (with
+the current revision), and no quorum within ``timeout_s`` becomes
+``QuorumUnavailableError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import api
+
+from meridian.backbone.connection import BackboneConnection, reraise_if_cancelling
+from meridian.config import GLOBAL_CLUSTER
+from meridian.core.errors import (
+    ConflictError,
+    InvalidArgumentError,
+    QuorumUnavailableError,
+    UnavailableError,
+)
+from meridian.core.hlc import HlcTimestamp
+from meridian.core.keyspace import RESERVED_KEY_PREFIX, Keyspace
+from meridian.core.view import KeyspaceView, StoredEntry
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+HLC_HEADER = "Meridian-HLC"
+REGION_HEADER = "Meridian-Region"
+KV_OPERATION = "KV-Operation"
+EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+WRONG_LAST_SEQUENCE = 10071
+STREAM_NOT_FOUND = 10059
+NO_MESSAGE_FOUND = 10037
+#: Reserved key for read barriers (user keys may not start with RESERVED_KEY_PREFIX).
+BARRIER_KEY = f"{RESERVED_KEY_PREFIX}.barrier"
+
+
+def _is_delete(headers: dict[str, str] | None) -> bool:
+    return bool(headers) and (headers or {}).get(KV_OPERATION) in ("DEL", "PURGE")
+
+
+class GlobalKeyspaceStore:
+    """Reads and writes one ``global`` keyspace. Create it, ``await ensure()``, then use."""
+
+    def __init__(
+        self,
+        conn: BackboneConnection,
+        keyspace: Keyspace,
+        *,
+        region: str,
+        replicas: int,
+        timeout_s: float,
+        clock_now: Callable[[], HlcTimestamp],
+    ) -> None:
+        self.conn = conn
+        self.keyspace = keyspace
+        self.region = region
+        self.replicas = replicas
+        self.timeout_s = timeout_s
+        self.clock_now = clock_now
+        self.stream = f"KV_{keyspace.bucket}"
+        self._prefix = f"$KV.{keyspace.bucket}."
+        self._ready = False
+
+    def subject(self, key: str) -> str:
+        return self._prefix + key
+
+    def key_of(self, subject: str) -> str:
+        return subject[len(self._prefix) :]
+
+    # -- setup ------------------------------------------------------------
+
+    async def ensure(self) -> None:
+        """Create the bucket if it does not exist (idempotent)."""
+        js = self.conn.jetstream(self.timeout_s)
+        config = api.KeyValueConfig(
+            bucket=self.keyspace.bucket,
+            description=f"Meridian global keyspace {self.keyspace.name}",
+            history=1,
+            replicas=self.replicas,
+            storage=api.StorageType.FILE,
+            placement=api.Placement(cluster=GLOBAL_CLUSTER),
+            max_value_size=self.keyspace.value_max_bytes,
+            direct=True,
+        )
+        try:
+            await js.key_value(self.keyspace.bucket)
+        except nats.js.errors.BucketNotFoundError:
+            await self._quorum_call("create the bucket", js.create_key_value(config))
+        self._ready = True
+
+    # -- writes -----------------------------------------------------------
+
+    async def put(
+        self, key: str, value: bytes, if_revision: int | None = None
+    ) -> tuple[int, HlcTimestamp]:
+        """Write ``key``; with ``if_revision``, only at that revision."""
+        return await self._write(key, value, if_revision, delete=False)
+
+    async def create(self, key: str, value: bytes) -> tuple[int, HlcTimestamp]:
+        """Write ``key`` only if it is absent or deleted."""
+        try:
+            return await self._write(key, value, 0, delete=False)
+        except ConflictError as exc:
+            # A deleted key's last message is its delete marker: create over it.
+            last = await self._last(key)
+            if last is not None and last[1] is None:
+                return await self._write(key, value, last[0], delete=False)
+            raise exc
+
+    async def delete(self, key: str, if_revision: int | None = None) -> tuple[int, HlcTimestamp]:
+        return await self._write(key, b"", if_revision, delete=True)
+
+    async def _write(
+        self, key: str, value: bytes, if_revision: int | None, *, delete: bool
+    ) -> tuple[int, HlcTimestamp]:
+        hlc = self.clock_now()
+        headers = {HLC_HEADER: hlc.encode(), REGION_HEADER: self.region}
+        if delete:
+            headers[KV_OPERATION] = "DEL"
+        if if_revision is not None:
+            headers[EXPECTED_LAST_SUBJECT_SEQ] = str(if_revision)
+        js = self.conn.jetstream(self.timeout_s)
+        try:
+            ack = await self._quorum_call(
+                f"write {self.keyspace.name}/{key}",
+                js.publish(self.subject(key), value, timeout=self.timeout_s, headers=headers),
+            )
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                current = await self._current_revision(key)
+                raise ConflictError(
+                    f"{self.keyspace.name}/{key}: expected revision {if_revision}, "
+                    f"current revision is {current}",
+                    current_revision=current,
+                ) from exc
+            raise
+        return int(ack.seq), hlc
+
+    async def _current_revision(self, key: str) -> int:
+        last = await self._last(key)
+        if last is None or last[1] is None:
+            return 0
+        return last[0]
+
+    # -- reads ------------------------------------------------------------
+
+    async def barrier(self) -> int:
+        """Commit a no-op through the quorum; returns its stream sequence. Every write
+        acknowledged before this call has a lower sequence."""
+        js = self.conn.jetstream(self.timeout_s)
+        ack = await self._quorum_call(
+            "commit the read barrier",
+            js.publish(self.subject(BARRIER_KEY), b"", timeout=self.timeout_s),
+        )
+        return int(ack.seq)
+
+    async def get_strong(self, key: str) -> StoredEntry | None:
+        """Linearizable read: a quorum barrier, then the key through the leader."""
+        await self.barrier()
+        last = await self._last(key)
+        return None if last is None else last[1]
+
+    async def _last(self, key: str) -> tuple[int, StoredEntry | None] | None:
+        """The key's last message through the stream leader: (seq, entry or None if deleted)."""
+        js = self.conn.jetstream(self.timeout_s)
+        try:
+            msg = await self._quorum_call(
+                f"read {self.keyspace.name}/{key}",
+                js.get_last_msg(self.stream, self.subject(key), direct=False),
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == NO_MESSAGE_FOUND:
+                return None
+            raise
+        headers = dict(msg.headers or {})
+        seq = int(msg.seq or 0)
+        if _is_delete(headers):
+            return seq, None
+        return seq, self._entry(key, msg.data or b"", seq, headers)
+
+    def _entry(self, key: str, data: bytes, seq: int, headers: dict[str, str]) -> StoredEntry:
+        hlc_text = headers.get(HLC_HEADER, "")
+        try:
+            hlc = HlcTimestamp.decode(hlc_text).to_int() if hlc_text else 0
+        except InvalidArgumentError:
+            log.warning("bad %s header on %s seq %d", HLC_HEADER, self.stream, seq)
+            hlc = 0
+        return StoredEntry(key, data, seq, hlc, headers.get(REGION_HEADER, ""))
+
+    async def last_seq(self) -> int:
+        """The stream's last sequence, as its leader reports it."""
+        js = self.conn.jetstream(self.timeout_s)
+        info = await self._quorum_call("read the high-water mark", js.stream_info(self.stream))
+        return int(info.state.last_seq)
+
+    # -- change feed ------------------------------------------------------
+
+    async def follow(
+        self,
+        view: KeyspaceView,
+        freshness_interval_s: float,
+        on_applied: Callable[[int], Awaitable[None]],
+    ) -> None:
+        """Keep ``view`` current from the change feed and prove its freshness; after each
+        applied write, await ``on_applied(hlc_wall_ms)``. Runs until cancelled."""
+        js = self.conn.jetstream(self.timeout_s)
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def on_msg(msg: Msg) -> None:
+            await queue.put(msg)
+
+        sub = await js.subscribe(
+            f"{self._prefix}>",
+            cb=on_msg,
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+            stream=self.stream,
+        )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._apply(queue, view, on_applied))
+                tg.create_task(self._marks(view, freshness_interval_s))
+        finally:
+            try:
+                await sub.unsubscribe()
+            except nats.errors.Error as exc:
+                log.debug("unsubscribe change feed %s: %s", self.stream, exc)
+
+    async def _apply(
+        self,
+        queue: asyncio.Queue[Msg],
+        view: KeyspaceView,
+        on_applied: Callable[[int], Awaitable[None]],
+    ) -> None:
+        while True:
+            msg = await queue.get()
+            key = self.key_of(msg.subject)
+            seq = msg.metadata.sequence.stream
+            if key.startswith(RESERVED_KEY_PREFIX):
+                view.apply(seq, key, None)  # a barrier: advances the view, stores nothing
+                await on_applied(0)
+                continue
+            headers = dict(msg.headers or {})
+            entry = None if _is_delete(headers) else self._entry(key, msg.data, seq, headers)
+            view.apply(seq, key, entry)
+            await on_applied(HlcTimestamp.from_int(entry.hlc).wall_ms if entry and entry.hlc else 0)
+
+    async def _marks(self, view: KeyspaceView, interval_s: float) -> None:
+        while True:
+            asked_at = time.monotonic()
+            try:
+                view.high_water_mark(asked_at, await self.last_seq())
+            except (QuorumUnavailableError, UnavailableError) as exc:
+                log.debug("high-water mark of %s: %s", self.stream, exc)
+            reraise_if_cancelling()
+            await asyncio.sleep(interval_s)
+
+    # -- errors -----------------------------------------------------------
+
+    async def _quorum_call(self, what: str, aw: Awaitable[T]) -> T:
+        """Await ``aw``; a timeout or an absent leader becomes QuorumUnavailableError."""
+        start = time.monotonic()
+        try:
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
+            # that races with completion, which left feeds running after shutdown.
+            async with asyncio.timeout(self.timeout_s + 0.5):
+                return await aw
+        except (TimeoutError, nats.errors.TimeoutError) as exc:
+            raise QuorumUnavailableError(
+                f"cannot {what}: no quorum of the {GLOBAL_CLUSTER} cluster answered from "
+                f"{self.region} within {time.monotonic() - start:.1f}s (a write may or may "
+                "not have been applied)"
+            ) from exc
+        except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError) as exc:
+            raise QuorumUnavailableError(
+                f"cannot {what}: no JetStream leader for {self.stream} is reachable from "
+                f"{self.region}"
+            ) from exc
+        except nats.js.errors.ServiceUnavailableError as exc:
+            raise QuorumUnavailableError(
+                f"cannot {what}: JetStream is temporarily unavailable from {self.region}"
+            ) from exc
+        except (
+            nats.errors.ConnectionClosedError,
+            nats.errors.ConnectionReconnectingError,
+            nats.errors.StaleConnectionError,
+        ) as exc:
+            raise UnavailableError(f"cannot {what}: no NATS connection in {self.region}") from exc

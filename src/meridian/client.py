@@ -1,0 +1,243 @@
+"""A typed async Python client for a Meridian agent (gRPC).
+
+::
+
+    async with MeridianClient("127.0.0.1:14020") as m:
+        rev = await m.put("accounts", "alice", b"100")
+        entry = await m.get("accounts", "alice", consistency=Bounded(0.5))
+        await m.put("accounts", "alice", b"90", if_revision=entry.revision)
+
+Errors come back as the same typed Meridian errors the agent raised, rebuilt
+from the stable code in the ``meridian-error-code`` trailer:
+:class:`~meridian.core.errors.ConflictError` (with ``current_revision``),
+:class:`~meridian.core.errors.NotFoundError`,
+:class:`~meridian.core.errors.QuorumUnavailableError`,
+:class:`~meridian.core.errors.InvalidArgumentError`, and so on. Cancelling a
+call cancels the RPC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+
+from meridian._pb.meridian.v1 import state_pb2, state_pb2_grpc
+from meridian.core.errors import (
+    ClockSkewError,
+    ConflictError,
+    DeadlineExceededError,
+    ErrorCode,
+    FieldViolation,
+    InvalidArgumentError,
+    MeridianError,
+    NotFoundError,
+    QuorumUnavailableError,
+    UnavailableError,
+)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Strong:
+    """Linearizable: the latest acknowledged write."""
+
+
+@dataclass(frozen=True)
+class Bounded:
+    """At most ``max_staleness_s`` seconds stale."""
+
+    max_staleness_s: float
+
+
+@dataclass(frozen=True)
+class Eventual:
+    """The agent's cache, kept current by the change feed."""
+
+
+ReadConsistency = Strong | Bounded | Eventual
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    value: bytes
+    revision: int
+    hlc: int
+    region: str
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    entry: Entry
+    #: "strong", "bounded" or "eventual": what the agent actually served.
+    served: str
+    #: How stale the answer may be, in seconds (0 for strong).
+    staleness_bound_s: float
+
+
+@dataclass(frozen=True)
+class Page:
+    entries: list[Entry]
+    next_page_token: str
+    served: str
+    staleness_bound_s: float
+
+
+_SERVED = {
+    state_pb2.Consistency.LEVEL_STRONG: "strong",
+    state_pb2.Consistency.LEVEL_BOUNDED: "bounded",
+    state_pb2.Consistency.LEVEL_EVENTUAL: "eventual",
+}
+
+
+def _consistency(c: ReadConsistency) -> state_pb2.Consistency:
+    if isinstance(c, Bounded):
+        d = Duration()
+        d.FromNanoseconds(int(c.max_staleness_s * 1e9))
+        return state_pb2.Consistency(level=state_pb2.Consistency.LEVEL_BOUNDED, max_staleness=d)
+    if isinstance(c, Eventual):
+        return state_pb2.Consistency(level=state_pb2.Consistency.LEVEL_EVENTUAL)
+    return state_pb2.Consistency(level=state_pb2.Consistency.LEVEL_STRONG)
+
+
+def _entry(e: state_pb2.Entry) -> Entry:
+    return Entry(e.key, e.value, e.revision, e.hlc, e.region)
+
+
+def error_from_rpc(exc: grpc.aio.AioRpcError) -> MeridianError:
+    """Rebuild the typed Meridian error from a failed call's trailers."""
+    trailers = {k: v for k, v in (exc.trailing_metadata() or ()) if isinstance(v, str)}
+    code = trailers.get("meridian-error-code", "")
+    message = exc.details() or ""
+    if code == ErrorCode.CONFLICT:
+        return ConflictError(
+            message, current_revision=int(trailers.get("meridian-current-revision", "0") or 0)
+        )
+    if code == ErrorCode.INVALID_ARGUMENT:
+        field = trailers.get("meridian-error-field", "request")
+        rule = message.split(": ", 1)[1] if message.startswith(f"{field}: ") else message
+        return InvalidArgumentError(FieldViolation(field, rule))
+    simple: dict[str, type[MeridianError]] = {
+        ErrorCode.NOT_FOUND: NotFoundError,
+        ErrorCode.QUORUM_UNAVAILABLE: QuorumUnavailableError,
+        ErrorCode.CLOCK_SKEW: ClockSkewError,
+        ErrorCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    }
+    if code in simple:
+        return simple[code](message)
+    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceededError(message or "deadline exceeded")
+    return UnavailableError(f"{exc.code().name}: {message}")
+
+
+class MeridianClient:
+    """A connection to one agent. Use as an async context manager."""
+
+    def __init__(self, target: str, *, timeout_s: float = 10.0) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        self._channel = grpc.aio.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", 10 << 20),
+                ("grpc.max_send_message_length", 10 << 20),
+            ],
+        )
+        self._state = state_pb2_grpc.StateServiceStub(self._channel)  # type: ignore[no-untyped-call]
+
+    async def _call(self, fn: Callable[..., Awaitable[T]], request: Any) -> T:
+        try:
+            return await fn(request, timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc) from exc
+
+    async def get(
+        self, keyspace: str, key: str, *, consistency: ReadConsistency = Strong()
+    ) -> ReadResult:
+        """Read ``key``; raises NotFoundError if it does not exist."""
+        resp = await self._call(
+            self._state.Get,
+            state_pb2.GetRequest(keyspace=keyspace, key=key, consistency=_consistency(consistency)),
+        )
+        return ReadResult(
+            _entry(resp.entry), _SERVED[resp.served], resp.staleness_bound.ToNanoseconds() / 1e9
+        )
+
+    async def put(
+        self, keyspace: str, key: str, value: bytes, *, if_revision: int | None = None
+    ) -> int:
+        """Write ``key``; returns the new revision. ConflictError if ``if_revision`` is stale."""
+        request = state_pb2.PutRequest(keyspace=keyspace, key=key, value=value)
+        if if_revision is not None:
+            request.if_revision = if_revision
+        return int((await self._call(self._state.Put, request)).revision)
+
+    async def create(self, keyspace: str, key: str, value: bytes) -> int:
+        """Write ``key`` only if absent; ConflictError otherwise."""
+        request = state_pb2.CreateRequest(keyspace=keyspace, key=key, value=value)
+        return int((await self._call(self._state.Create, request)).revision)
+
+    async def delete(self, keyspace: str, key: str, *, if_revision: int | None = None) -> int:
+        request = state_pb2.DeleteRequest(keyspace=keyspace, key=key)
+        if if_revision is not None:
+            request.if_revision = if_revision
+        return int((await self._call(self._state.Delete, request)).revision)
+
+    async def scan_page(
+        self,
+        keyspace: str,
+        prefix: str = "",
+        *,
+        limit: int = 100,
+        page_token: str = "",
+        consistency: ReadConsistency = Eventual(),
+    ) -> Page:
+        resp = await self._call(
+            self._state.Scan,
+            state_pb2.ScanRequest(
+                keyspace=keyspace,
+                prefix=prefix,
+                limit=limit,
+                page_token=page_token,
+                consistency=_consistency(consistency),
+            ),
+        )
+        return Page(
+            [_entry(e) for e in resp.entries],
+            resp.next_page_token,
+            _SERVED[resp.served],
+            resp.staleness_bound.ToNanoseconds() / 1e9,
+        )
+
+    async def scan(
+        self, keyspace: str, prefix: str = "", *, consistency: ReadConsistency = Eventual()
+    ) -> AsyncIterator[Entry]:
+        """Every entry under ``prefix``, in key order, page by page."""
+        token = ""
+        while True:
+            page = await self.scan_page(keyspace, prefix, page_token=token, consistency=consistency)
+            for entry in page.entries:
+                yield entry
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
+    async def aclose(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> MeridianClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,90 @@
+"""An in-process agent against a real NATS cluster, for integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import aiohttp
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from meridian.agent.app import Agent
+from meridian.config import MeridianConfig, parse_config
+from meridian.testing.nats_server import NatsCluster, free_port
+
+
+def agent_config(
+    cluster: NatsCluster,
+    *,
+    peers: Sequence[str] = (),
+    keyspaces: Sequence[dict[str, Any]] = (),
+    quorum_timeout_s: float = 1.0,
+) -> MeridianConfig:
+    """One agent in us-east on ``cluster``; ``peers`` are declared regions without agents."""
+    home = cluster.server("us-east")
+    regions: list[dict[str, Any]] = [
+        {
+            "name": "us-east",
+            "nats_urls": [home.url],
+            "monitor_url": home.monitor_url,
+            "grpc_port": free_port(),
+            "http_port": free_port(),
+        }
+    ]
+    for peer in peers:
+        regions.append(
+            {
+                "name": peer,
+                "nats_urls": [home.url],
+                "grpc_port": free_port(),
+                "http_port": free_port(),
+            }
+        )
+    return parse_config(
+        {
+            "region": regions,
+            "wan": {"control_port": free_port(), "proxy_base_port": free_port(), "link": []},
+            "agent": {
+                "status_interval_s": 0.2,
+                "peer_timeout_s": 0.3,
+                "quorum_timeout_s": quorum_timeout_s,
+            },
+            "keyspace": list(keyspaces),
+        },
+        env={},
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_agent(
+    config: MeridianConfig, exporter: InMemorySpanExporter | None = None
+) -> AsyncIterator[Agent]:
+    agent = Agent(config, "us-east", span_exporter=exporter)
+    task = asyncio.create_task(agent.run())
+    try:
+        await asyncio.wait_for(agent.ready.wait(), 30)
+        yield agent
+    finally:
+        agent.request_stop()
+        done, _ = await asyncio.wait({task}, timeout=20)
+        if not done:
+            import sys
+
+            for t in asyncio.all_tasks():
+                print("TASK", t.get_name(), file=sys.stderr)
+                t.print_stack(file=sys.stderr)
+            raise AssertionError("agent did not stop within 20s")
+        task.result()
+
+
+async def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any, Any]:
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as resp:
+        return resp.status, await resp.json(content_type=None), resp.headers
+
+
+async def http_post(url: str, body: Any) -> tuple[int, Any]:
+    kwargs: dict[str, Any] = {"data": body} if isinstance(body, bytes | str) else {"json": body}
+    async with aiohttp.ClientSession() as session, session.post(url, **kwargs) as resp:
+        return resp.status, await resp.json(content_type=None)
