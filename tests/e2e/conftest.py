@@ -53,6 +53,10 @@ name = "eu-west"
 
 [[region]]
 name = "ap-south"
+
+[[keyspace]]
+name = "accounts"
+locality = "global"
 """
 
 

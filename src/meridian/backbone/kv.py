@@ -51,7 +51,9 @@ HLC_HEADER = "Meridian-HLC"
 REGION_HEADER = "Meridian-Region"
 KV_OPERATION = "KV-Operation"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
-WRONG_LAST_SEQUENCE = 10071
+#: JetStream's "wrong last sequence" codes: with the sequence (10071), or without,
+#: when the leader rejects it against in-flight proposals (10164).
+WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
 STREAM_NOT_FOUND = 10059
 NO_MESSAGE_FOUND = 10037
 #: Reserved key for read barriers (user keys may not start with RESERVED_KEY_PREFIX).
@@ -150,7 +152,7 @@ class GlobalKeyspaceStore:
                 js.publish(self.subject(key), value, timeout=self.timeout_s, headers=headers),
             )
         except nats.js.errors.APIError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
+            if exc.err_code in WRONG_LAST_SEQUENCE:
                 current = await self._current_revision(key)
                 raise ConflictError(
                     f"{self.keyspace.name}/{key}: expected revision {if_revision}, "
