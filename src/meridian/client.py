@@ -64,12 +64,25 @@ ReadConsistency = Strong | Bounded | Eventual
 
 
 @dataclass(frozen=True)
+class Sibling:
+    value: bytes
+    hlc: int
+    region: str
+
+
+@dataclass(frozen=True)
 class Entry:
     key: str
     value: bytes
     revision: int
     hlc: int
     region: str
+    #: ``counter`` keyspaces: the counter's value.
+    counter: int = 0
+    #: ``set`` keyspaces: the elements, sorted.
+    elements: tuple[str, ...] = ()
+    #: ``multi_value`` keyspaces: the concurrent values, oldest first.
+    siblings: tuple[Sibling, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -107,7 +120,16 @@ def _consistency(c: ReadConsistency) -> state_pb2.Consistency:
 
 
 def _entry(e: state_pb2.Entry) -> Entry:
-    return Entry(e.key, e.value, e.revision, e.hlc, e.region)
+    return Entry(
+        e.key,
+        e.value,
+        e.revision,
+        e.hlc,
+        e.region,
+        e.counter,
+        tuple(e.elements),
+        tuple(Sibling(s.value, s.hlc, s.region) for s in e.siblings),
+    )
 
 
 def error_from_rpc(exc: grpc.aio.AioRpcError) -> MeridianError:
@@ -170,10 +192,19 @@ class MeridianClient:
         )
 
     async def put(
-        self, keyspace: str, key: str, value: bytes, *, if_revision: int | None = None
+        self,
+        keyspace: str,
+        key: str,
+        value: bytes,
+        *,
+        if_revision: int | None = None,
+        supersedes: list[int] | None = None,
     ) -> int:
-        """Write ``key``; returns the new revision. ConflictError if ``if_revision`` is stale."""
-        request = state_pb2.PutRequest(keyspace=keyspace, key=key, value=value)
+        """Write ``key``; returns the new revision. ConflictError if ``if_revision`` is stale.
+        ``supersedes`` names the multi-value siblings (by hlc) this write resolves."""
+        request = state_pb2.PutRequest(
+            keyspace=keyspace, key=key, value=value, supersedes=supersedes or []
+        )
         if if_revision is not None:
             request.if_revision = if_revision
         return int((await self._call(self._state.Put, request)).revision)
@@ -188,6 +219,19 @@ class MeridianClient:
         if if_revision is not None:
             request.if_revision = if_revision
         return int((await self._call(self._state.Delete, request)).revision)
+
+    async def increment(self, keyspace: str, key: str, delta: int) -> int:
+        """Add ``delta`` to a counter key; returns the write's revision."""
+        request = state_pb2.IncrementRequest(keyspace=keyspace, key=key, delta=delta)
+        return int((await self._call(self._state.Increment, request)).revision)
+
+    async def set_add(self, keyspace: str, key: str, *elements: str) -> int:
+        request = state_pb2.SetRequest(keyspace=keyspace, key=key, elements=list(elements))
+        return int((await self._call(self._state.SetAdd, request)).revision)
+
+    async def set_remove(self, keyspace: str, key: str, *elements: str) -> int:
+        request = state_pb2.SetRequest(keyspace=keyspace, key=key, elements=list(elements))
+        return int((await self._call(self._state.SetRemove, request)).revision)
 
     async def scan_page(
         self,

@@ -146,6 +146,8 @@ class AgentConfig:
     quorum_timeout_s: float
     shutdown_grace_s: float
     log_level: str
+    #: Replicas of each region's own streams (replicated keyspaces); 3 in a real cluster.
+    regional_replicas: int = 1
 
 
 @dataclass(frozen=True)
@@ -346,7 +348,7 @@ def parse_config(
 
 
 #: Localities this version serves.
-SERVED_LOCALITIES = (Locality.GLOBAL,)
+SERVED_LOCALITIES = (Locality.GLOBAL, Locality.REPLICATED)
 MAX_VALUE_BYTES = 8 << 20
 
 
@@ -386,7 +388,8 @@ def _keyspaces(rd: _Reader, raw: Any) -> list[Keyspace]:
         if locality not in SERVED_LOCALITIES:
             rd.bad(
                 f"{path}.locality",
-                f"{locality.value!r} keyspaces are not served by this version; use 'global'",
+                f"{locality.value!r} keyspaces are not served by this version; use 'global' or "
+                "'replicated'",
             )
             continue
         try:
@@ -591,7 +594,10 @@ def _wan(rd: _Reader, raw: Mapping[str, Any], names: list[str], base_port: int) 
 
 def _agent(rd: _Reader, raw: Mapping[str, Any]) -> AgentConfig:
     keys = {"status_interval_s", "peer_timeout_s", "quorum_timeout_s", "shutdown_grace_s"}
-    rd.known(raw, keys | {"log_level"}, "agent")
+    rd.known(raw, keys | {"log_level", "regional_replicas"}, "agent")
+    regional = rd.number(raw, "regional_replicas", "agent.regional_replicas", 1, low=1, high=5)
+    if regional not in (1, 3, 5):
+        rd.bad("agent.regional_replicas", "must be 1, 3 or 5 (a Raft group size)")
     level = rd.string(raw, "log_level", "agent.log_level", "info").lower()
     if level not in {"debug", "info", "warning", "error"}:
         rd.bad("agent.log_level", f"must be debug, info, warning or error; got {level!r}")
@@ -610,6 +616,7 @@ def _agent(rd: _Reader, raw: Mapping[str, Any]) -> AgentConfig:
             raw, "shutdown_grace_s", "agent.shutdown_grace_s", 5.0, low=0, high=600
         ),
         log_level=level,
+        regional_replicas=int(regional),
     )
 
 

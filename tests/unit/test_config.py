@@ -249,7 +249,7 @@ def test_default_config_declares_global_keyspaces() -> None:
     [
         ('name = "Orders"', "keyspace[0].name", "starting with a letter"),
         ('name = "o"\nlocality = "mars"', "keyspace[0].locality", "global, replicated or regional"),
-        ('name = "o"\nlocality = "replicated"', "keyspace[0].locality", "not served"),
+        ('name = "o"\nlocality = "regional"', "keyspace[0].locality", "not served"),
         ('name = "o"\nconflict = "newest"', "keyspace[0].conflict", "lww, counter"),
         ('name = "o"\nvalue_max_bytes = 99999999999', "keyspace[0].value_max_bytes", "between"),
         ('name = "o"\nkey_max_bytes = 0', "keyspace[0].key_max_bytes", "between"),
@@ -620,8 +620,8 @@ def test_unknown_agent_key_lists_allowed_keys(tmp_path: Path) -> None:
         err,
         "agent.status_interval",
         "unknown setting",
-        "allowed here: log_level, peer_timeout_s, quorum_timeout_s, shutdown_grace_s, "
-        "status_interval_s",
+        "allowed here: log_level, peer_timeout_s, quorum_timeout_s, regional_replicas, "
+        "shutdown_grace_s, status_interval_s",
     )
     assert len(err.violations) == 1
 

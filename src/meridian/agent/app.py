@@ -136,7 +136,9 @@ class Agent:
             self.conn,
             config.keyspaces,
             region=region,
-            replicas=min(3, len(config.regions)),
+            regions=config.region_names,
+            global_replicas=min(3, len(config.regions)),
+            regional_replicas=config.agent.regional_replicas,
             timeout_s=config.agent.quorum_timeout_s,
             hlc=self.hlc,
             metrics=self.metrics,
@@ -145,6 +147,7 @@ class Agent:
         self.state_api = StateApi(
             region,
             self.state.replicas,
+            hlc=self.hlc,
             metrics=self.metrics,
             strong_timeout_s=config.agent.quorum_timeout_s,
         )

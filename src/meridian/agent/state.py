@@ -1,10 +1,15 @@
 """The agent's state component: one store and one cached view per declared keyspace.
 
-For each ``global`` keyspace the component makes sure the bucket exists, then
-follows its change feed into a :class:`~meridian.core.view.KeyspaceView` that
-serves EVENTUAL and BOUNDED reads. It restarts a feed that fails (NATS
-reconnects, leader changes) with a short backoff, and it never blocks agent
-start-up: until a keyspace is ready, its calls fail with UNAVAILABLE.
+For each keyspace the component makes sure its streams exist, then follows its
+change feed into a :class:`~meridian.core.view.KeyspaceView`:
+
+- ``global``: the KV bucket's stream; the view serves EVENTUAL and BOUNDED reads;
+- ``replicated``: this region's aggregate of every region's stream; the view
+  holds the merged CRDT state of each key and serves every read.
+
+A feed that fails (NATS reconnects, leader changes) restarts with a short
+backoff. Start-up never blocks on it: until a keyspace is ready, its calls fail
+with UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -12,13 +17,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, Protocol, TypeVar
 
 from meridian.backbone.connection import BackboneConnection, reraise_if_cancelling
 from meridian.backbone.kv import GlobalKeyspaceStore
-from meridian.core.errors import MeridianError, UnavailableError
+from meridian.backbone.replicated import ReplicatedKeyspaceStore
+from meridian.core.errors import UnavailableError
 from meridian.core.hlc import HybridLogicalClock
-from meridian.core.keyspace import Keyspace
-from meridian.core.view import KeyspaceView
+from meridian.core.keyspace import Keyspace, Locality
+from meridian.core.replicated import ReplicatedEntry
+from meridian.core.view import KeyspaceView, StoredEntry
 from meridian.observability.metrics import AgentMetrics
 
 log = logging.getLogger(__name__)
@@ -26,14 +35,33 @@ log = logging.getLogger(__name__)
 FRESHNESS_INTERVAL_S = 0.1
 RETRY_S = 1.0
 
+E = TypeVar("E", StoredEntry, ReplicatedEntry)
 
-class KeyspaceReplica:
+
+class _Store(Protocol):
+    """What a replica needs of its store (GlobalKeyspaceStore, ReplicatedKeyspaceStore)."""
+
+    conn: BackboneConnection
+
+    async def ensure(self) -> None: ...
+
+    async def follow(
+        self,
+        view: Any,
+        freshness_interval_s: float,
+        on_applied: Callable[[int], Awaitable[None]],
+    ) -> None: ...
+
+
+class KeyspaceReplica(Generic[E]):
     """A keyspace's store, its local view, and a way to wait for the view to catch up."""
 
-    def __init__(self, store: GlobalKeyspaceStore, metrics: AgentMetrics, region: str) -> None:
-        self.store = store
-        self.keyspace = store.keyspace
-        self.view = KeyspaceView()
+    def __init__(
+        self, keyspace: Keyspace, store: _Store, metrics: AgentMetrics, region: str
+    ) -> None:
+        self.keyspace = keyspace
+        self._store = store
+        self.view: KeyspaceView[E] = KeyspaceView()
         self.ready = False
         self._changed = asyncio.Condition()
         self._metrics = metrics
@@ -43,17 +71,16 @@ class KeyspaceReplica:
         if not self.ready:
             raise UnavailableError(
                 f"keyspace {self.keyspace.name!r} is not ready yet in this region "
-                "(its bucket or change feed is still being set up)"
+                "(its streams or change feed are still being set up)"
             )
 
     async def wait_applied(self, seq: int, timeout_s: float) -> None:
         """Return once the view has applied stream sequence ``seq``."""
-        async with asyncio.timeout(timeout_s):
-            async with self._changed:
-                await self._changed.wait_for(lambda: self.view.applied_seq >= seq)
+        async with asyncio.timeout(timeout_s), self._changed:
+            await self._changed.wait_for(lambda: self.view.applied_seq >= seq)
 
     async def on_applied(self, hlc_wall_ms: int) -> None:
-        """Export the write→cache lag and wake readers waiting for the view."""
+        """Export the write→view lag and wake readers waiting for the view."""
         if hlc_wall_ms:
             lag = max(0.0, time.time() - hlc_wall_ms / 1000)
             self._metrics.cache_lag.labels(self._region, self.keyspace.name).observe(lag)
@@ -61,18 +88,18 @@ class KeyspaceReplica:
             self._changed.notify_all()
 
     async def keep_following(self) -> None:
-        """Ensure the bucket, then follow the change feed forever, restarting on failure."""
+        """Ensure the streams, then follow the change feed forever, restarting on failure."""
         while True:
             try:
-                await self.store.conn.wait_connected()
-                await self.store.ensure()
+                await self._store.conn.wait_connected()
+                await self._store.ensure()
                 self.view = KeyspaceView()
                 self.ready = True
                 log.info("keyspace ready", extra={"keyspace": self.keyspace.name})
-                await self.store.follow(self.view, FRESHNESS_INTERVAL_S, self.on_applied)
+                await self._store.follow(self.view, FRESHNESS_INTERVAL_S, self.on_applied)
             except asyncio.CancelledError:
                 raise
-            except (MeridianError, Exception) as exc:  # a feed must never kill the agent
+            except Exception as exc:  # a feed must never kill the agent
                 log.warning(
                     "keyspace %s feed stopped (%s); retrying in %.1fs",
                     self.keyspace.name,
@@ -81,6 +108,18 @@ class KeyspaceReplica:
                 )
             reraise_if_cancelling()
             await asyncio.sleep(RETRY_S)
+
+
+class GlobalReplica(KeyspaceReplica[StoredEntry]):
+    def __init__(self, store: GlobalKeyspaceStore, metrics: AgentMetrics, region: str) -> None:
+        super().__init__(store.keyspace, store, metrics, region)
+        self.store = store
+
+
+class ReplicatedReplica(KeyspaceReplica[ReplicatedEntry]):
+    def __init__(self, store: ReplicatedKeyspaceStore, metrics: AgentMetrics, region: str) -> None:
+        super().__init__(store.keyspace, store, metrics, region)
+        self.store = store
 
 
 class StateComponent:
@@ -94,17 +133,41 @@ class StateComponent:
         keyspaces: tuple[Keyspace, ...],
         *,
         region: str,
-        replicas: int,
+        regions: Sequence[str],
+        global_replicas: int,
+        regional_replicas: int,
         timeout_s: float,
         hlc: HybridLogicalClock,
         metrics: AgentMetrics,
     ) -> None:
-        self.replicas: dict[str, KeyspaceReplica] = {}
+        self.replicas: dict[str, GlobalReplica | ReplicatedReplica] = {}
         for ks in keyspaces:
-            store = GlobalKeyspaceStore(
-                conn, ks, region=region, replicas=replicas, timeout_s=timeout_s, clock_now=hlc.now
-            )
-            self.replicas[ks.name] = KeyspaceReplica(store, metrics, region)
+            if ks.locality is Locality.REPLICATED:
+                self.replicas[ks.name] = ReplicatedReplica(
+                    ReplicatedKeyspaceStore(
+                        conn,
+                        ks,
+                        region=region,
+                        regions=regions,
+                        replicas=regional_replicas,
+                        timeout_s=timeout_s,
+                    ),
+                    metrics,
+                    region,
+                )
+            else:
+                self.replicas[ks.name] = GlobalReplica(
+                    GlobalKeyspaceStore(
+                        conn,
+                        ks,
+                        region=region,
+                        replicas=global_replicas,
+                        timeout_s=timeout_s,
+                        clock_now=hlc.now,
+                    ),
+                    metrics,
+                    region,
+                )
 
     async def start(self) -> None:
         return None

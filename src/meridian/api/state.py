@@ -1,14 +1,19 @@
 """The State API, once, for both transports: proto in, proto out.
 
 Validation happens before anything touches NATS, so a bad request writes
-nothing. Reads are served at the requested consistency:
+nothing. Each call is routed by the keyspace's locality.
 
-- STRONG: through the keyspace's leader, after a quorum barrier;
+``global`` reads are served at the requested consistency:
+
+- STRONG (the default): through the keyspace's leader, after a quorum barrier;
 - BOUNDED(max): from the agent's view if it is provably at most ``max`` stale,
   else as STRONG;
-- EVENTUAL: from the view (as STRONG if the view was never synced).
+- EVENTUAL: from the view (as STRONG if the view never synced).
 
-The response says what was served and how stale it may be.
+``replicated`` reads come from the merged view: EVENTUAL (the default) or
+BOUNDED, which fails with UNAVAILABLE when the view can't prove the bound
+(say, a region cut off). The response always says what was served and how
+stale it may be.
 """
 
 from __future__ import annotations
@@ -16,14 +21,23 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from google.protobuf.duration_pb2 import Duration
 
 from meridian._pb.meridian.v1 import state_pb2
-from meridian.agent.state import KeyspaceReplica
-from meridian.core.errors import FieldViolation, InvalidArgumentError, NotFoundError
+from meridian.agent.state import GlobalReplica, ReplicatedReplica
+from meridian.core import replicated as rep
+from meridian.core.crdt import LwwRegister, MultiValue, ORSet, PNCounter, Tag
+from meridian.core.errors import (
+    FieldViolation,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+)
+from meridian.core.hlc import HlcTimestamp, HybridLogicalClock
 from meridian.core.keyspace import (
+    ConflictPolicy,
     Consistency,
     ReadLevel,
     check,
@@ -31,15 +45,17 @@ from meridian.core.keyspace import (
     key_violations,
     value_violations,
 )
+from meridian.core.replicated import ReplicatedEntry
 from meridian.core.view import StoredEntry
 from meridian.observability.metrics import AgentMetrics
 
 Level = state_pb2.Consistency.Level
 DEFAULT_SCAN_LIMIT = 100
 MAX_SCAN_LIMIT = 1000
+MAX_SET_ELEMENTS = 1000
+MAX_DELTA = 2**53 - 1
 
 _LEVELS = {
-    Level.LEVEL_UNSPECIFIED: ReadLevel.STRONG,
     Level.LEVEL_STRONG: ReadLevel.STRONG,
     Level.LEVEL_BOUNDED: ReadLevel.BOUNDED,
     Level.LEVEL_EVENTUAL: ReadLevel.EVENTUAL,
@@ -50,6 +66,8 @@ _WIRE = {
     ReadLevel.EVENTUAL: Level.LEVEL_EVENTUAL,
 }
 
+Replica = GlobalReplica | ReplicatedReplica
+
 
 def _duration(seconds: float) -> Duration:
     d = Duration()
@@ -57,78 +75,120 @@ def _duration(seconds: float) -> Duration:
     return d
 
 
-def _entry(e: StoredEntry) -> state_pb2.Entry:
+def _stored(e: StoredEntry) -> state_pb2.Entry:
     return state_pb2.Entry(
         key=e.key, value=e.value, revision=e.revision, hlc=e.hlc, region=e.region
     )
 
 
-def consistency_from_proto(msg: state_pb2.Consistency, present: bool) -> Consistency:
-    if not present:
-        return Consistency(ReadLevel.STRONG)
-    if msg.level not in _LEVELS:
+def _merged(e: ReplicatedEntry) -> state_pb2.Entry:
+    out = state_pb2.Entry(key=e.key, revision=e.revision, hlc=e.hlc, region=e.region)
+    state = e.state
+    if isinstance(state, LwwRegister):
+        out.value = state.value or b""
+        out.hlc, out.region = state.hlc.to_int(), state.region
+    elif isinstance(state, PNCounter):
+        out.counter = state.value
+    elif isinstance(state, ORSet):
+        out.elements.extend(sorted(state.elements))
+    elif isinstance(state, MultiValue):
+        siblings = state.siblings()
+        out.siblings.extend(
+            state_pb2.Sibling(value=d.value, hlc=d.hlc.to_int(), region=d.region) for d in siblings
+        )
+        if siblings:
+            newest = siblings[-1]
+            out.value, out.hlc, out.region = newest.value, newest.hlc.to_int(), newest.region
+    return out
+
+
+def consistency_from_proto(
+    msg: state_pb2.Consistency, present: bool, default: ReadLevel
+) -> Consistency:
+    if not present or msg.level == Level.LEVEL_UNSPECIFIED:
+        level = default
+    elif msg.level in _LEVELS:
+        level = _LEVELS[msg.level]
+    else:
         raise InvalidArgumentError(
             FieldViolation("consistency.level", "must be STRONG, BOUNDED or EVENTUAL")
         )
     staleness = msg.max_staleness.ToNanoseconds() / 1e9 if msg.HasField("max_staleness") else 0.0
-    return Consistency(_LEVELS[msg.level], staleness)
+    return Consistency(level, staleness)
 
 
 class StateApi:
-    """Get, Put, Create, Delete and Scan over the declared keyspaces."""
+    """The StateService over the declared keyspaces."""
 
     def __init__(
         self,
         region: str,
-        replicas: Mapping[str, KeyspaceReplica],
+        replicas: Mapping[str, Replica],
         *,
+        hlc: HybridLogicalClock,
         metrics: AgentMetrics,
         strong_timeout_s: float,
     ) -> None:
         self.region = region
         self.replicas = replicas
+        self.hlc = hlc
         self.metrics = metrics
         self.strong_timeout_s = strong_timeout_s
 
-    def _replica(self, keyspace: str) -> KeyspaceReplica:
+    # -- routing and validation ----------------------------------------------
+
+    def _replica(self, keyspace: str) -> Replica:
         replica = self.replicas.get(keyspace)
         if replica is None:
             known = ", ".join(sorted(self.replicas)) or "none"
             raise InvalidArgumentError(
                 FieldViolation(
-                    "keyspace",
-                    f"unknown keyspace {keyspace[:80]!r}; declared keyspaces: {known}",
+                    "keyspace", f"unknown keyspace {keyspace[:80]!r}; declared keyspaces: {known}"
                 )
             )
         replica.require_ready()
         return replica
 
-    def _key(self, replica: KeyspaceReplica, key: str) -> None:
-        check(key_violations(key, replica.keyspace.key_max_bytes))
+    def _checked(self, keyspace: str, key: str, value: bytes | None = None) -> Replica:
+        replica = self._replica(keyspace)
+        violations = key_violations(key, replica.keyspace.key_max_bytes)
+        if value is not None:
+            violations += value_violations(value, replica.keyspace.value_max_bytes)
+        check(violations)
+        return replica
 
-    # -- reads -------------------------------------------------------------
+    def _count(self, keyspace: str, want: ReadLevel, served: ReadLevel) -> None:
+        self.metrics.state_served.labels(self.region, keyspace, want.value, served.value).inc()
+
+    # -- reads -----------------------------------------------------------------
 
     async def get(self, request: state_pb2.GetRequest) -> state_pb2.GetResponse:
-        replica = self._replica(request.keyspace)
-        self._key(replica, request.key)
-        want = consistency_from_proto(request.consistency, request.HasField("consistency"))
-        served, staleness = self._serve_from_view(replica, want)
+        replica = self._checked(request.keyspace, request.key)
+        present = request.HasField("consistency")
+        if isinstance(replica, ReplicatedReplica):
+            want = consistency_from_proto(request.consistency, present, ReadLevel.EVENTUAL)
+            staleness = self._replicated_staleness(replica, want)
+            self._count(request.keyspace, want.level, want.level)
+            entry = replica.view.get(request.key)
+            if entry is None or not rep.exists(entry.state):
+                raise NotFoundError(f"{request.keyspace}/{request.key} does not exist")
+            return state_pb2.GetResponse(
+                entry=_merged(entry), served=_WIRE[want.level], staleness_bound=_duration(staleness)
+            )
+        want = consistency_from_proto(request.consistency, present, ReadLevel.STRONG)
+        served, staleness = self._global_serving(replica, want)
+        self._count(request.keyspace, want.level, served)
         if served is ReadLevel.STRONG:
             found = await replica.store.get_strong(request.key)
         else:
             found = replica.view.get(request.key)
-        self.metrics.state_served.labels(
-            self.region, request.keyspace, want.level.value, served.value
-        ).inc()
         if found is None:
             raise NotFoundError(f"{request.keyspace}/{request.key} does not exist")
         return state_pb2.GetResponse(
-            entry=_entry(found), served=_WIRE[served], staleness_bound=_duration(staleness)
+            entry=_stored(found), served=_WIRE[served], staleness_bound=_duration(staleness)
         )
 
-    def _serve_from_view(
-        self, replica: KeyspaceReplica, want: Consistency
-    ) -> tuple[ReadLevel, float]:
+    def _global_serving(self, replica: GlobalReplica, want: Consistency) -> tuple[ReadLevel, float]:
         if want.level is ReadLevel.STRONG:
             return ReadLevel.STRONG, 0.0
         staleness = replica.view.staleness(time.monotonic())
@@ -138,70 +198,219 @@ class StateApi:
             return ReadLevel.STRONG, 0.0
         return want.level, staleness
 
+    def _replicated_staleness(self, replica: ReplicatedReplica, want: Consistency) -> float:
+        if want.level is ReadLevel.STRONG:
+            raise InvalidArgumentError(
+                FieldViolation(
+                    "consistency.level",
+                    f"{replica.keyspace.name!r} is replicated: reads are BOUNDED or EVENTUAL",
+                )
+            )
+        staleness, why = replica.store.staleness(replica.view, time.monotonic())
+        if want.level is ReadLevel.BOUNDED and (
+            staleness is None or staleness > want.max_staleness_s
+        ):
+            raise UnavailableError(
+                f"cannot serve {replica.keyspace.name} within {want.max_staleness_s:g}s of "
+                f"staleness from {self.region}: {why}"
+            )
+        if staleness is None:
+            local = replica.view.staleness(time.monotonic())
+            staleness = local if local is not None else 0.0
+        return staleness
+
     async def scan(self, request: state_pb2.ScanRequest) -> state_pb2.ScanResponse:
         replica = self._replica(request.keyspace)
         violations = key_prefix_violations(request.prefix, replica.keyspace.key_max_bytes)
         limit = request.limit or DEFAULT_SCAN_LIMIT
         if limit > MAX_SCAN_LIMIT:
             violations.append(FieldViolation("limit", f"must be at most {MAX_SCAN_LIMIT}"))
-        after = ""
-        if request.page_token:
-            try:
-                after = base64.urlsafe_b64decode(request.page_token.encode("ascii")).decode()
-            except (ValueError, binascii.Error, UnicodeError):
-                after = "\0"
-            if key_violations(after, replica.keyspace.key_max_bytes) or not after.startswith(
-                request.prefix
-            ):
-                violations.append(
-                    FieldViolation(
-                        "page_token", "is not a token from a previous Scan of this prefix"
-                    )
-                )
+        after = self._page_after(request, replica, violations)
         check(violations)
-        want = consistency_from_proto(request.consistency, request.HasField("consistency"))
-        served, staleness = self._serve_from_view(replica, want)
-        if served is ReadLevel.STRONG:
-            # Linearizable: every write acknowledged before the barrier is in the view after it.
-            seq = await replica.store.barrier()
-            await replica.wait_applied(seq, self.strong_timeout_s)
-        entries = replica.view.scan(request.prefix, after, limit + 1)
-        more = len(entries) > limit
-        entries = entries[:limit]
+        present = request.HasField("consistency")
+        if isinstance(replica, ReplicatedReplica):
+            want = consistency_from_proto(request.consistency, present, ReadLevel.EVENTUAL)
+            staleness = self._replicated_staleness(replica, want)
+            served = want.level
+            found = [
+                e
+                for e in replica.view.scan(request.prefix, after, limit + 1)
+                if rep.exists(e.state)
+            ]
+            entries = [_merged(e) for e in found]
+        else:
+            want = consistency_from_proto(request.consistency, present, ReadLevel.EVENTUAL)
+            served, staleness = self._global_serving(replica, want)
+            if served is ReadLevel.STRONG:
+                # Every write acknowledged before the barrier is in the view after it.
+                seq = await replica.store.barrier()
+                await replica.wait_applied(seq, self.strong_timeout_s)
+            entries = [_stored(e) for e in replica.view.scan(request.prefix, after, limit + 1)]
+        self._count(request.keyspace, want.level, served)
         token = ""
-        if more:
+        if len(entries) > limit:
+            entries = entries[:limit]
             token = base64.urlsafe_b64encode(entries[-1].key.encode()).decode("ascii")
         return state_pb2.ScanResponse(
-            entries=[_entry(e) for e in entries],
+            entries=entries,
             next_page_token=token,
             served=_WIRE[served],
             staleness_bound=_duration(staleness),
         )
 
-    # -- writes ------------------------------------------------------------
+    @staticmethod
+    def _page_after(
+        request: state_pb2.ScanRequest, replica: Replica, violations: list[FieldViolation]
+    ) -> str:
+        if not request.page_token:
+            return ""
+        try:
+            after = base64.urlsafe_b64decode(request.page_token.encode("ascii")).decode()
+        except (ValueError, binascii.Error, UnicodeError):
+            after = "\0"
+        if key_violations(after, replica.keyspace.key_max_bytes) or not after.startswith(
+            request.prefix
+        ):
+            violations.append(
+                FieldViolation("page_token", "is not a token from a previous Scan of this prefix")
+            )
+        return after
+
+    # -- writes ----------------------------------------------------------------
 
     async def put(self, request: state_pb2.PutRequest) -> state_pb2.WriteResponse:
-        replica = self._replica(request.keyspace)
-        check(
-            key_violations(request.key, replica.keyspace.key_max_bytes)
-            + value_violations(request.value, replica.keyspace.value_max_bytes)
-        )
+        replica = self._checked(request.keyspace, request.key, request.value)
+        policy = replica.keyspace.conflict
+        if isinstance(replica, ReplicatedReplica):
+            if request.HasField("if_revision"):
+                raise InvalidArgumentError(
+                    FieldViolation(
+                        "if_revision",
+                        "compare-and-set needs a global keyspace; replicated ones merge writes",
+                    )
+                )
+            supersedes = list(request.supersedes)
+            value = request.value
+            return await self._mutate(
+                replica,
+                request.key,
+                lambda state, hlc: rep.put(policy, state, value, hlc, self.region, supersedes),
+            )
+        if request.supersedes:
+            raise InvalidArgumentError(
+                FieldViolation("supersedes", "only multi_value keyspaces have siblings")
+            )
         if_revision = request.if_revision if request.HasField("if_revision") else None
         revision, hlc = await replica.store.put(request.key, request.value, if_revision)
         return state_pb2.WriteResponse(revision=revision, hlc=hlc.to_int())
 
     async def create(self, request: state_pb2.CreateRequest) -> state_pb2.WriteResponse:
-        replica = self._replica(request.keyspace)
-        check(
-            key_violations(request.key, replica.keyspace.key_max_bytes)
-            + value_violations(request.value, replica.keyspace.value_max_bytes)
-        )
+        replica = self._checked(request.keyspace, request.key, request.value)
+        if isinstance(replica, ReplicatedReplica):
+            raise InvalidArgumentError(
+                FieldViolation("keyspace", "Create (write only if absent) needs a global keyspace")
+            )
         revision, hlc = await replica.store.create(request.key, request.value)
         return state_pb2.WriteResponse(revision=revision, hlc=hlc.to_int())
 
     async def delete(self, request: state_pb2.DeleteRequest) -> state_pb2.WriteResponse:
-        replica = self._replica(request.keyspace)
-        self._key(replica, request.key)
+        replica = self._checked(request.keyspace, request.key)
+        if isinstance(replica, ReplicatedReplica):
+            if request.HasField("if_revision"):
+                raise InvalidArgumentError(
+                    FieldViolation("if_revision", "conditional delete needs a global keyspace")
+                )
+            policy = replica.keyspace.conflict
+            return await self._mutate(
+                replica,
+                request.key,
+                lambda state, hlc: rep.delete(policy, state, hlc, self.region),
+            )
         if_revision = request.if_revision if request.HasField("if_revision") else None
         revision, hlc = await replica.store.delete(request.key, if_revision)
+        return state_pb2.WriteResponse(revision=revision, hlc=hlc.to_int())
+
+    async def increment(self, request: state_pb2.IncrementRequest) -> state_pb2.WriteResponse:
+        replica = self._typed(request.keyspace, request.key, ConflictPolicy.COUNTER, "Increment")
+        if abs(request.delta) > MAX_DELTA:
+            raise InvalidArgumentError(FieldViolation("delta", f"must be within ±{MAX_DELTA}"))
+        delta = request.delta
+        return await self._mutate(
+            replica,
+            request.key,
+            lambda state, _hlc: rep.increment(ConflictPolicy.COUNTER, state, self.region, delta),
+        )
+
+    async def set_add(self, request: state_pb2.SetRequest) -> state_pb2.WriteResponse:
+        replica = self._typed(request.keyspace, request.key, ConflictPolicy.SET, "SetAdd")
+        elements = self._elements(request, replica)
+        return await self._mutate(
+            replica,
+            request.key,
+            lambda state, hlc: rep.set_add(
+                ConflictPolicy.SET, state, elements, Tag.from_hlc(self.region, hlc)
+            ),
+        )
+
+    async def set_remove(self, request: state_pb2.SetRequest) -> state_pb2.WriteResponse:
+        replica = self._typed(request.keyspace, request.key, ConflictPolicy.SET, "SetRemove")
+        elements = self._elements(request, replica)
+        return await self._mutate(
+            replica,
+            request.key,
+            lambda state, _hlc: rep.set_remove(ConflictPolicy.SET, state, elements),
+        )
+
+    def _typed(self, keyspace: str, key: str, policy: ConflictPolicy, op: str) -> ReplicatedReplica:
+        replica = self._checked(keyspace, key)
+        if not isinstance(replica, ReplicatedReplica) or replica.keyspace.conflict is not policy:
+            raise InvalidArgumentError(
+                FieldViolation(
+                    "keyspace",
+                    f"{op} needs a replicated keyspace with conflict = {policy.value!r}; "
+                    f"{keyspace!r} is {replica.keyspace.locality.value} with "
+                    f"{replica.keyspace.conflict.value!r}",
+                )
+            )
+        return replica
+
+    @staticmethod
+    def _elements(request: state_pb2.SetRequest, replica: Replica) -> list[str]:
+        elements = list(request.elements)
+        violations: list[FieldViolation] = []
+        if not elements:
+            violations.append(FieldViolation("elements", "name at least one element"))
+        if len(elements) > MAX_SET_ELEMENTS:
+            violations.append(FieldViolation("elements", f"at most {MAX_SET_ELEMENTS} per call"))
+        for i, element in enumerate(elements[:MAX_SET_ELEMENTS]):
+            size = len(element.encode("utf-8", errors="surrogatepass"))
+            if not 1 <= size <= replica.keyspace.key_max_bytes:
+                violations.append(
+                    FieldViolation(
+                        f"elements[{i}]",
+                        f"must be 1 to {replica.keyspace.key_max_bytes} bytes",
+                    )
+                )
+        check(violations)
+        return elements
+
+    async def _mutate(
+        self,
+        replica: ReplicatedReplica,
+        key: str,
+        operation: Callable[[rep.State | None, HlcTimestamp], rep.State],
+    ) -> state_pb2.WriteResponse:
+        hlc = self.hlc.now()
+        current = replica.view.get(key)
+        revision, new = await replica.store.mutate(
+            key,
+            current.state if current else None,
+            lambda state: operation(state, hlc),
+            hlc,
+        )
+        merged = rep.merge(current.state if current else None, new)
+        base_rev = current.revision if current else 0
+        replica.view.merge_local(
+            key, ReplicatedEntry(key, merged, base_rev, hlc.to_int(), self.region)
+        )
         return state_pb2.WriteResponse(revision=revision, hlc=hlc.to_int())

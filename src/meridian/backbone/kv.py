@@ -225,7 +225,7 @@ class GlobalKeyspaceStore:
 
     async def follow(
         self,
-        view: KeyspaceView,
+        view: KeyspaceView[StoredEntry],
         freshness_interval_s: float,
         on_applied: Callable[[int], Awaitable[None]],
     ) -> None:
@@ -257,7 +257,7 @@ class GlobalKeyspaceStore:
     async def _apply(
         self,
         queue: asyncio.Queue[Msg],
-        view: KeyspaceView,
+        view: KeyspaceView[StoredEntry],
         on_applied: Callable[[int], Awaitable[None]],
     ) -> None:
         while True:
@@ -273,7 +273,7 @@ class GlobalKeyspaceStore:
             view.apply(seq, key, entry)
             await on_applied(HlcTimestamp.from_int(entry.hlc).wall_ms if entry and entry.hlc else 0)
 
-    async def _marks(self, view: KeyspaceView, interval_s: float) -> None:
+    async def _marks(self, view: KeyspaceView[StoredEntry], interval_s: float) -> None:
         while True:
             asked_at = time.monotonic()
             try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 
 @dataclass(frozen=True)
@@ -24,17 +25,25 @@ class StoredEntry:
     region: str
 
 
-class KeyspaceView:
+class _Keyed(Protocol):
+    @property
+    def key(self) -> str: ...
+
+
+E = TypeVar("E", bound=_Keyed)
+
+
+class KeyspaceView(Generic[E]):
     """Key → latest entry, in stream order. Pure: the caller supplies times."""
 
     def __init__(self) -> None:
-        self._entries: dict[str, StoredEntry] = {}
+        self._entries: dict[str, E] = {}
         self._keys: list[str] = []  # sorted, for scans
         self.applied_seq = 0
         self.synced_at: float | None = None
         self._pending_marks: list[tuple[float, int]] = []  # (time asked, last seq then)
 
-    def apply(self, seq: int, key: str, entry: StoredEntry | None) -> None:
+    def apply(self, seq: int, key: str, entry: E | None) -> None:
         """Apply one change-feed message at stream sequence ``seq`` (None deletes)."""
         if seq <= self.applied_seq:
             return  # a redelivery: already applied
@@ -48,6 +57,14 @@ class KeyspaceView:
                 bisect.insort(self._keys, key)
             self._entries[key] = entry
         self._settle()
+
+    def merge_local(self, key: str, entry: E) -> None:
+        """Show this agent's own write before it comes back through the feed
+        (read-your-writes). Only for merge-based views, where applying the same
+        write again later is harmless."""
+        if key not in self._entries:
+            bisect.insort(self._keys, key)
+        self._entries[key] = entry
 
     def high_water_mark(self, asked_at: float, last_seq: int) -> None:
         """The leader's last sequence was ``last_seq`` when asked at local time ``asked_at``."""
@@ -67,14 +84,14 @@ class KeyspaceView:
         """How stale the view may be at ``now``; None when it was never synced."""
         return None if self.synced_at is None else max(0.0, now - self.synced_at)
 
-    def get(self, key: str) -> StoredEntry | None:
+    def get(self, key: str) -> E | None:
         return self._entries.get(key)
 
-    def scan(self, prefix: str, after: str, limit: int) -> list[StoredEntry]:
+    def scan(self, prefix: str, after: str, limit: int) -> list[E]:
         """Up to ``limit`` entries with ``prefix``, in key order, strictly after ``after``."""
         start = bisect.bisect_right(self._keys, after) if after else 0
         start = max(start, bisect.bisect_left(self._keys, prefix))
-        out: list[StoredEntry] = []
+        out: list[E] = []
         for key in self._keys[start:]:
             if not key.startswith(prefix) or len(out) >= limit:
                 break

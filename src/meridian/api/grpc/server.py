@@ -97,6 +97,25 @@ class StateServicer(state_pb2_grpc.StateServiceServicer):
     async def Scan(self, request: state_pb2.ScanRequest, context: Ctx) -> state_pb2.ScanResponse:
         return await _unary(self.api, "StateService", "Scan", self.state.scan, request, context)
 
+    async def Increment(
+        self, request: state_pb2.IncrementRequest, context: Ctx
+    ) -> state_pb2.WriteResponse:
+        return await _unary(
+            self.api, "StateService", "Increment", self.state.increment, request, context
+        )
+
+    async def SetAdd(self, request: state_pb2.SetRequest, context: Ctx) -> state_pb2.WriteResponse:
+        return await _unary(
+            self.api, "StateService", "SetAdd", self.state.set_add, request, context
+        )
+
+    async def SetRemove(
+        self, request: state_pb2.SetRequest, context: Ctx
+    ) -> state_pb2.WriteResponse:
+        return await _unary(
+            self.api, "StateService", "SetRemove", self.state.set_remove, request, context
+        )
+
 
 class GrpcTransport:
     """The agent's gRPC server. ``start()`` returns once the port is bound."""

@@ -5,7 +5,8 @@ base64, 64-bit integers as strings).
 
 - ``GET /v1/status``  → StatusService.GetStatus
 - ``GET /v1/health``  → HealthService.Check (200 SERVING/DEGRADED, 503 NOT_SERVING)
-- ``POST /v1/state/get|put|create|delete|scan`` → StateService.*, request JSON in the body
+- ``POST /v1/state/get|put|create|delete|scan|increment|setadd|setremove``
+  → StateService.*, the request message as JSON in the body
 - ``GET /metrics``    → Prometheus exposition
 
 A body that is not JSON, not an object of the request's fields, or too large is
@@ -56,6 +57,9 @@ class HttpTransport:
             "Create": (state.create, state_pb2.CreateRequest),
             "Delete": (state.delete, state_pb2.DeleteRequest),
             "Scan": (state.scan, state_pb2.ScanRequest),
+            "Increment": (state.increment, state_pb2.IncrementRequest),
+            "SetAdd": (state.set_add, state_pb2.SetRequest),
+            "SetRemove": (state.set_remove, state_pb2.SetRequest),
         }
         for method, (handler, request_type) in state_routes.items():
             app.router.add_post(

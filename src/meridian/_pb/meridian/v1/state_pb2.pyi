@@ -84,6 +84,9 @@ class Entry(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     HLC_FIELD_NUMBER: _builtins.int
     REGION_FIELD_NUMBER: _builtins.int
+    COUNTER_FIELD_NUMBER: _builtins.int
+    ELEMENTS_FIELD_NUMBER: _builtins.int
+    SIBLINGS_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     value: _builtins.bytes
     revision: _builtins.int
@@ -92,6 +95,18 @@ class Entry(_message.Message):
     """Hybrid logical clock of the write: 48-bit milliseconds << 16 | 16-bit logical."""
     region: _builtins.str
     """The region whose agent made the write."""
+    counter: _builtins.int
+    """`counter` keyspaces: the counter's value (`value` is empty)."""
+    @_builtins.property
+    def elements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """`set` keyspaces: the elements, sorted (`value` is empty)."""
+
+    @_builtins.property
+    def siblings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Sibling]:
+        """`multi_value` keyspaces: the concurrent values, oldest first; `value` is
+        the newest. Name their `hlc`s in PutRequest.supersedes to resolve them.
+        """
+
     def __init__(
         self,
         *,
@@ -100,14 +115,44 @@ class Entry(_message.Message):
         revision: _builtins.int = ...,
         hlc: _builtins.int = ...,
         region: _builtins.str = ...,
+        counter: _builtins.int = ...,
+        elements: _abc.Iterable[_builtins.str] | None = ...,
+        siblings: _abc.Iterable[Global___Sibling] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hlc", b"hlc", "key", b"key", "region", b"region", "revision", b"revision", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counter", b"counter", "elements", b"elements", "hlc", b"hlc", "key", b"key", "region", b"region", "revision", b"revision", "siblings", b"siblings", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Entry: _TypeAlias = Entry  # noqa: Y015
+
+@_typing.final
+class Sibling(_message.Message):
+    """One of several concurrent values of a `multi_value` key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    HLC_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    value: _builtins.bytes
+    hlc: _builtins.int
+    region: _builtins.str
+    def __init__(
+        self,
+        *,
+        value: _builtins.bytes = ...,
+        hlc: _builtins.int = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hlc", b"hlc", "region", b"region", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Sibling: _TypeAlias = Sibling  # noqa: Y015
 
 @_typing.final
 class GetRequest(_message.Message):
@@ -173,10 +218,18 @@ class PutRequest(_message.Message):
     KEY_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     IF_REVISION_FIELD_NUMBER: _builtins.int
+    SUPERSEDES_FIELD_NUMBER: _builtins.int
     keyspace: _builtins.str
     key: _builtins.str
     value: _builtins.bytes
     if_revision: _builtins.int
+    """`global` keyspaces only: write only at this revision (compare-and-set)."""
+    @_builtins.property
+    def supersedes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """`multi_value` keyspaces: the sibling HLCs this write replaces (and any
+        older sibling from the same regions).
+        """
+
     def __init__(
         self,
         *,
@@ -184,10 +237,11 @@ class PutRequest(_message.Message):
         key: _builtins.str = ...,
         value: _builtins.bytes = ...,
         if_revision: _builtins.int | None = ...,
+        supersedes: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_if_revision", b"_if_revision", "if_revision", b"if_revision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_if_revision", b"_if_revision", "if_revision", b"if_revision", "key", b"key", "keyspace", b"keyspace", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_if_revision", b"_if_revision", "if_revision", b"if_revision", "key", b"key", "keyspace", b"keyspace", "supersedes", b"supersedes", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__if_revision: _TypeAlias = _typing.Literal["if_revision"]  # noqa: Y015
     _WhichOneofArgType__if_revision: _TypeAlias = _typing.Literal["_if_revision", b"_if_revision"]  # noqa: Y015
@@ -268,6 +322,57 @@ class WriteResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WriteResponse: _TypeAlias = WriteResponse  # noqa: Y015
+
+@_typing.final
+class IncrementRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYSPACE_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    keyspace: _builtins.str
+    key: _builtins.str
+    delta: _builtins.int
+    def __init__(
+        self,
+        *,
+        keyspace: _builtins.str = ...,
+        key: _builtins.str = ...,
+        delta: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "key", b"key", "keyspace", b"keyspace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IncrementRequest: _TypeAlias = IncrementRequest  # noqa: Y015
+
+@_typing.final
+class SetRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYSPACE_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    ELEMENTS_FIELD_NUMBER: _builtins.int
+    keyspace: _builtins.str
+    key: _builtins.str
+    @_builtins.property
+    def elements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        keyspace: _builtins.str = ...,
+        key: _builtins.str = ...,
+        elements: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["elements", b"elements", "key", b"key", "keyspace", b"keyspace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetRequest: _TypeAlias = SetRequest  # noqa: Y015
 
 @_typing.final
 class ScanRequest(_message.Message):

@@ -28,9 +28,14 @@ if _version_not_supported:
 
 class StateServiceStub:
     """StateService reads and writes keys in the keyspaces declared in the agent's
-    configuration. Each keyspace has a locality; this version serves `global`
-    keyspaces: an R3 JetStream KV bucket in the stretched `global` cluster, one
-    replica per region, linearizable per key.
+    configuration. Each keyspace has a locality:
+
+    - `global`: an R3 JetStream KV bucket in the stretched `global` cluster, one
+    replica per region, linearizable per key; reads STRONG, BOUNDED or EVENTUAL.
+    - `replicated`: every region accepts writes locally, even when cut off, and
+    replicates them asynchronously; concurrent writes merge by the keyspace's
+    conflict policy (lww, counter, set, multi_value) to the same bytes in every
+    region. Reads are BOUNDED or EVENTUAL (STRONG is INVALID_ARGUMENT).
 
     Errors carry a stable code (gRPC trailer `meridian-error-code`, HTTP body
     `error.code`): INVALID_ARGUMENT (names the field and rule), NOT_FOUND,
@@ -69,13 +74,33 @@ class StateServiceStub:
                 request_serializer=meridian_dot_v1_dot_state__pb2.ScanRequest.SerializeToString,
                 response_deserializer=meridian_dot_v1_dot_state__pb2.ScanResponse.FromString,
                 _registered_method=True)
+        self.Increment = channel.unary_unary(
+                '/meridian.v1.StateService/Increment',
+                request_serializer=meridian_dot_v1_dot_state__pb2.IncrementRequest.SerializeToString,
+                response_deserializer=meridian_dot_v1_dot_state__pb2.WriteResponse.FromString,
+                _registered_method=True)
+        self.SetAdd = channel.unary_unary(
+                '/meridian.v1.StateService/SetAdd',
+                request_serializer=meridian_dot_v1_dot_state__pb2.SetRequest.SerializeToString,
+                response_deserializer=meridian_dot_v1_dot_state__pb2.WriteResponse.FromString,
+                _registered_method=True)
+        self.SetRemove = channel.unary_unary(
+                '/meridian.v1.StateService/SetRemove',
+                request_serializer=meridian_dot_v1_dot_state__pb2.SetRequest.SerializeToString,
+                response_deserializer=meridian_dot_v1_dot_state__pb2.WriteResponse.FromString,
+                _registered_method=True)
 
 
 class StateServiceServicer:
     """StateService reads and writes keys in the keyspaces declared in the agent's
-    configuration. Each keyspace has a locality; this version serves `global`
-    keyspaces: an R3 JetStream KV bucket in the stretched `global` cluster, one
-    replica per region, linearizable per key.
+    configuration. Each keyspace has a locality:
+
+    - `global`: an R3 JetStream KV bucket in the stretched `global` cluster, one
+    replica per region, linearizable per key; reads STRONG, BOUNDED or EVENTUAL.
+    - `replicated`: every region accepts writes locally, even when cut off, and
+    replicates them asynchronously; concurrent writes merge by the keyspace's
+    conflict policy (lww, counter, set, multi_value) to the same bytes in every
+    region. Reads are BOUNDED or EVENTUAL (STRONG is INVALID_ARGUMENT).
 
     Errors carry a stable code (gRPC trailer `meridian-error-code`, HTTP body
     `error.code`): INVALID_ARGUMENT (names the field and rule), NOT_FOUND,
@@ -120,6 +145,27 @@ class StateServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Increment(self, request, context):
+        """Increment adds `delta` to a PN-counter key of a `counter` keyspace.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAdd(self, request, context):
+        """SetAdd adds elements to an OR-set key of a `set` keyspace (add wins).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRemove(self, request, context):
+        """SetRemove removes the elements this region has seen from an OR-set key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StateServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +194,21 @@ def add_StateServiceServicer_to_server(servicer, server):
                     request_deserializer=meridian_dot_v1_dot_state__pb2.ScanRequest.FromString,
                     response_serializer=meridian_dot_v1_dot_state__pb2.ScanResponse.SerializeToString,
             ),
+            'Increment': grpc.unary_unary_rpc_method_handler(
+                    servicer.Increment,
+                    request_deserializer=meridian_dot_v1_dot_state__pb2.IncrementRequest.FromString,
+                    response_serializer=meridian_dot_v1_dot_state__pb2.WriteResponse.SerializeToString,
+            ),
+            'SetAdd': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAdd,
+                    request_deserializer=meridian_dot_v1_dot_state__pb2.SetRequest.FromString,
+                    response_serializer=meridian_dot_v1_dot_state__pb2.WriteResponse.SerializeToString,
+            ),
+            'SetRemove': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRemove,
+                    request_deserializer=meridian_dot_v1_dot_state__pb2.SetRequest.FromString,
+                    response_serializer=meridian_dot_v1_dot_state__pb2.WriteResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'meridian.v1.StateService', rpc_method_handlers)
@@ -158,9 +219,14 @@ def add_StateServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class StateService:
     """StateService reads and writes keys in the keyspaces declared in the agent's
-    configuration. Each keyspace has a locality; this version serves `global`
-    keyspaces: an R3 JetStream KV bucket in the stretched `global` cluster, one
-    replica per region, linearizable per key.
+    configuration. Each keyspace has a locality:
+
+    - `global`: an R3 JetStream KV bucket in the stretched `global` cluster, one
+    replica per region, linearizable per key; reads STRONG, BOUNDED or EVENTUAL.
+    - `replicated`: every region accepts writes locally, even when cut off, and
+    replicates them asynchronously; concurrent writes merge by the keyspace's
+    conflict policy (lww, counter, set, multi_value) to the same bytes in every
+    region. Reads are BOUNDED or EVENTUAL (STRONG is INVALID_ARGUMENT).
 
     Errors carry a stable code (gRPC trailer `meridian-error-code`, HTTP body
     `error.code`): INVALID_ARGUMENT (names the field and rule), NOT_FOUND,
@@ -293,6 +359,87 @@ class StateService:
             '/meridian.v1.StateService/Scan',
             meridian_dot_v1_dot_state__pb2.ScanRequest.SerializeToString,
             meridian_dot_v1_dot_state__pb2.ScanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Increment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.StateService/Increment',
+            meridian_dot_v1_dot_state__pb2.IncrementRequest.SerializeToString,
+            meridian_dot_v1_dot_state__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAdd(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.StateService/SetAdd',
+            meridian_dot_v1_dot_state__pb2.SetRequest.SerializeToString,
+            meridian_dot_v1_dot_state__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRemove(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.StateService/SetRemove',
+            meridian_dot_v1_dot_state__pb2.SetRequest.SerializeToString,
+            meridian_dot_v1_dot_state__pb2.WriteResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,133 @@
+"""``python -m bench.state``: bring up a sandbox, measure the State API, tear it down."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+from bench.state.profile import Profiler
+from bench.state.report import Report, host_info, render
+from bench.state.run import Settings, measure
+from bench.state.sandbox import BenchSandbox, SandboxError
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "bench" / "results"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="bench-state",
+        description="State API benchmarks against a fresh three-region sandbox.",
+    )
+    p.add_argument("--base-port", type=int, default=34000, help="sandbox base port (34000)")
+    p.add_argument(
+        "--figures", default="1,2,3,4,5", help="which figures to measure, e.g. 1,3 (all)"
+    )
+    p.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
+    p.add_argument("--duration", type=float, help="seconds measured per load run (10)")
+    p.add_argument("--warmup", type=float, help="seconds of warm-up per load run (3)")
+    p.add_argument("--read-processes", type=int, default=2, help="figure 3 load processes (2)")
+    p.add_argument("--read-tasks", type=int, default=16, help="figure 3 callers per process (16)")
+    p.add_argument("--write-concurrency", type=int, default=64, help="figure 4 in flight (64)")
+    p.add_argument(
+        "--write-regions",
+        default="us-east,leader",
+        help="figure 4 writer regions; 'leader' = the stream leader's region (us-east,leader)",
+    )
+    p.add_argument("--put-samples", type=int, help="figure 2 Puts per region (30)")
+    p.add_argument(
+        "--py-spy",
+        action="store_true",
+        help="sample the agent with py-spy during figures 3 and 4 (via `uv tool run py-spy`)",
+    )
+    p.add_argument("--out", type=Path, help="JSON results file (bench/results/state-<UTC>.json)")
+    p.add_argument(
+        "--keep-workdir", action="store_true", help="keep the sandbox's logs after tear-down"
+    )
+    return p.parse_args(argv)
+
+
+def settings(args: argparse.Namespace) -> Settings:
+    s = Settings(
+        figures=frozenset(f.strip() for f in args.figures.split(",") if f.strip()),
+        read_processes=args.read_processes,
+        read_tasks=args.read_tasks,
+        write_concurrency=args.write_concurrency,
+        write_regions=tuple(r.strip() for r in args.write_regions.split(",") if r.strip()),
+    )
+    if args.quick:
+        s = Settings(
+            **{
+                **s.__dict__,
+                "get_rounds": 2,
+                "get_per_round": 100,
+                "get_warmup": 50,
+                "put_samples": 8,
+                "warmup_s": 1.0,
+                "duration_s": 3.0,
+            }
+        )
+    overrides = {
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "put_samples": args.put_samples,
+    }
+    return Settings(**{**s.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    s = settings(args)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = args.out or RESULTS / f"state-{stamp}.json"
+    signal.signal(signal.SIGTERM, _terminate)
+    report = Report()
+    report.meta.update(
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        host=host_info(REPO),
+        settings={k: sorted(v) if isinstance(v, frozenset) else v for k, v in s.__dict__.items()},
+    )
+    profiler = Profiler(out.with_suffix("") if args.py_spy else None)
+    sb = BenchSandbox(args.base_port)
+    report.meta["config_toml"] = sb.config_path.read_text()
+    started = time.monotonic()
+    failed = False
+    try:
+        print(f"bringing up the sandbox (config {sb.config_path}) ...", flush=True)
+        sb.up()
+        print(f"  up in {time.monotonic() - started:.1f}s", flush=True)
+        asyncio.run(measure(sb, s, profiler, report))
+    except (SandboxError, TimeoutError) as exc:
+        report.errors.append(str(exc))
+        failed = True
+    except KeyboardInterrupt:
+        report.errors.append("interrupted")
+        failed = True
+    finally:
+        print("tearing the sandbox down ...", flush=True)
+        problem = sb.down(keep_workdir=args.keep_workdir or failed)
+        if problem:
+            report.errors.append(problem)
+        if args.keep_workdir or failed:
+            report.notes.append(f"sandbox logs kept in {sb.root}")
+    report.meta["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    report.meta["elapsed_s"] = round(time.monotonic() - started, 1)
+    print()
+    print(render(report))
+    report.save(out)
+    print(f"\nresults: {out}  ({report.meta['elapsed_s']} s)")
+    return 1 if report.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

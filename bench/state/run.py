@@ -1,0 +1,345 @@
+"""The measurements, in order, each turned into report rows with its goal."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import nats
+
+from bench.state import latency, load
+from bench.state.profile import Profiler
+from bench.state.report import Report, Row
+from bench.state.sandbox import BenchSandbox
+from bench.state.stats import Summary
+from meridian.client import Eventual, MeridianClient
+from meridian.core.errors import MeridianError
+
+READ_KEY = "read-key"
+VALUE = b"v" * 100
+
+
+@dataclass(frozen=True)
+class Settings:
+    region: str = "us-east"
+    figures: frozenset[str] = frozenset({"1", "2", "3", "4", "5"})
+    # figure 1
+    get_rounds: int = 5
+    get_per_round: int = 300
+    get_warmup: int = 200
+    # figure 2
+    put_samples: int = 30
+    put_warmup: int = 3
+    # figures 3 and 4
+    warmup_s: float = 3.0
+    duration_s: float = 10.0
+    read_processes: int = 2
+    read_tasks: int = 16
+    write_concurrency: int = 64
+    write_regions: tuple[str, ...] = ("us-east", "leader")
+
+
+def watched(sb: BenchSandbox, region: str) -> dict[str, int]:
+    """The processes whose CPU is reported: the agent, its region's two servers, the WAN."""
+    pids = sb.pids()
+    names = {
+        "agent": f"agent:{region}",
+        "nats": f"nats:{region}",
+        "nats-global": f"nats:global-{region}",
+        "wan": "wan",
+    }
+    return {short: pids[full] for short, full in names.items() if full in pids}
+
+
+async def _until(what: str, attempt: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while True:
+        try:
+            if await attempt():
+                return
+        except (MeridianError, OSError, nats.errors.Error) as exc:
+            last = f" (last error: {type(exc).__name__}: {exc})"
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} within {timeout_s:.0f}s{last}")
+        await asyncio.sleep(0.5)
+
+
+async def wait_ready(sb: BenchSandbox, region: str, timeout_s: float = 180) -> int:
+    """Every agent accepts a Put, and ``region``'s agent serves the read key EVENTUAL
+    from a synced view. Returns the read key's revision."""
+    ks = sb.keyspace.name
+    for r in sb.config.region_names:
+        async with MeridianClient(sb.region(r).grpc_address, timeout_s=5) as client:
+
+            async def put(client: MeridianClient = client, r: str = r) -> bool:
+                await client.put(ks, f"ready-{r}", b"1")
+                return True
+
+            await _until(f"agent {r} accepted no Put on {ks!r}", put, timeout_s)
+    async with MeridianClient(sb.region(region).grpc_address, timeout_s=5) as client:
+        revision = await client.put(ks, READ_KEY, VALUE)
+
+        async def synced() -> bool:
+            got = await client.get(ks, READ_KEY, consistency=Eventual())
+            return got.served == "eventual" and got.entry.revision == revision
+
+        await _until(f"agent {region} did not serve {READ_KEY!r} EVENTUAL", synced, timeout_s)
+    return revision
+
+
+def _cpu_json(cpu: object, ops: int) -> dict[str, object]:
+    from bench.state.stats import CpuUsage
+
+    assert isinstance(cpu, CpuUsage)
+    return cpu.to_json(ops)
+
+
+# -- figure 1 ------------------------------------------------------------------------
+
+
+async def figure1(sb: BenchSandbox, s: Settings) -> list[Row]:
+    paths = await latency.eventual_get(
+        sb,
+        READ_KEY,
+        region=s.region,
+        rounds=s.get_rounds,
+        per_round=s.get_per_round,
+        warmup=s.get_warmup,
+        pids=watched(sb, s.region),
+    )
+    base = latency.summary_ms(paths[0].latencies_s)
+    rows = []
+    for i, p in enumerate(paths):
+        summ = latency.summary_ms(p.latencies_s)
+        ratio = summ.median / base.median
+        rows.append(
+            Row(
+                "1",
+                f"Get EVENTUAL, {p.name}",
+                "ms",
+                summ,
+                baseline_name="" if i == 0 else "direct",
+                baseline_median=None if i == 0 else base.median,
+                ratio=None if i == 0 else ratio,
+                goal="baseline" if i == 0 else "≤ 1.0× direct",
+                met=None if i == 0 else ratio <= 1.0,
+                cpu=_cpu_json(p.cpu, len(p.latencies_s)),
+            )
+        )
+    return rows
+
+
+# -- figure 2 ------------------------------------------------------------------------
+
+
+async def figure2(sb: BenchSandbox, s: Settings) -> tuple[list[Row], str]:
+    results, before, after = await latency.put_strong(
+        sb, samples=s.put_samples, warmup=s.put_warmup, value=VALUE
+    )
+    rows = []
+    for r in results:
+        summ = latency.summary_ms(r.latencies_s)
+        limit = 1.2 * r.floor_ms + 5
+        note = f"stream leader {before}"
+        if after != before:
+            note += f", then {after} (leader changed during the run: floor may not apply)"
+        rows.append(
+            Row(
+                "2",
+                f"Put STRONG from {r.region} (leader {r.leader_region})",
+                "ms",
+                summ,
+                baseline_name="floor",
+                baseline_median=r.floor_ms,
+                ratio=summ.median / r.floor_ms if r.floor_ms else None,
+                goal=f"≤ 1.2×floor+5 = {limit:.0f} ms",
+                met=summ.median <= limit,
+                note=note,
+                extra={"floor_ms": r.floor_ms, "limit_ms": limit},
+            )
+        )
+    return rows, before
+
+
+# -- figure 3 ------------------------------------------------------------------------
+
+
+def _load_row(
+    figure: str, res: load.LoadResult, base: load.LoadResult | None, goal: str, met: bool | None
+) -> Row:
+    rates = Summary.of(res.slice_rates)
+    lat = latency.summary_ms(res.latencies_s)
+    base_rates = Summary.of(base.slice_rates) if base else None
+    note = f"latency median {lat.median:.2f} ms, p99 {lat.p99:.2f} ms at {res.concurrency} in flight"
+    if res.errors:
+        note += f"; {res.errors} failed calls, first: {res.first_error[:160]}"
+    return Row(
+        figure,
+        res.name,
+        "ops/s",
+        rates,
+        baseline_name="direct" if base else "",
+        baseline_median=base_rates.median if base_rates else None,
+        ratio=rates.median / base_rates.median if base_rates and base_rates.median else None,
+        goal=goal,
+        met=met,
+        note=note,
+        cpu=_cpu_json(res.cpu, res.ops),
+        extra={
+            "ops": res.ops,
+            "errors": res.errors,
+            "mean_rate": res.rate,
+            "latency_ms": lat.to_json(),
+            "concurrency": res.concurrency,
+        },
+    )
+
+
+async def figure3(sb: BenchSandbox, s: Settings, profiler: Profiler) -> list[Row]:
+    rc = sb.region(s.region)
+    pids = watched(sb, s.region)
+    common = dict(
+        key=READ_KEY,
+        processes=s.read_processes,
+        tasks=s.read_tasks,
+        warmup_s=s.warmup_s,
+        duration_s=s.duration_s,
+        pids=pids,
+    )
+    direct = await load.read_load_processes(
+        "EVENTUAL reads/s, direct nats-py KV get",
+        target=sb.nats_url(s.region),
+        keyspace=sb.keyspace.bucket,
+        mode="nats",
+        **common,  # type: ignore[arg-type]
+    )
+    async with profiler.record(pids["agent"], "figure3-reads", s.warmup_s + s.duration_s):
+        agent = await load.read_load_processes(
+            f"EVENTUAL reads/s, one agent (gRPC, {s.read_processes}×{s.read_tasks} callers)",
+            target=rc.grpc_address,
+            keyspace=sb.keyspace.name,
+            mode="grpc",
+            **common,  # type: ignore[arg-type]
+        )
+    agent_rate = Summary.of(agent.slice_rates).median
+    return [
+        _load_row("3", direct, None, "baseline", None),
+        _load_row("3", agent, direct, "≥ 5,000/s", agent_rate >= 5000),
+    ]
+
+
+# -- figure 4 ------------------------------------------------------------------------
+
+
+async def figure4(sb: BenchSandbox, s: Settings, leader: str, profiler: Profiler) -> list[Row]:
+    lead = latency.leader_region(leader)
+    regions = []
+    for r in s.write_regions:
+        r = lead if r == "leader" else r
+        if r not in regions:
+            regions.append(r)
+    rows = []
+    ks = sb.keyspace
+    for region in regions:
+        pids = watched(sb, region)
+        nc = await nats.connect(sb.nats_url(region), allow_reconnect=False)
+        js = nc.jetstream()
+        prefix = f"$KV.{ks.bucket}."
+        try:
+
+            async def publish(key: str) -> object:
+                return await js.publish(prefix + key, VALUE, timeout=10)
+
+            direct = await load.closed_loop(
+                f"STRONG writes/s from {region}, direct nats-py publish",
+                load.write_ops(publish, f"d-{region}"),
+                concurrency=s.write_concurrency,
+                warmup_s=s.warmup_s,
+                duration_s=s.duration_s,
+                pids=pids,
+            )
+        finally:
+            await nc.close()
+        async with MeridianClient(sb.region(region).grpc_address) as client:
+
+            async def put(key: str, client: MeridianClient = client) -> object:
+                return await client.put(ks.name, key, VALUE)
+
+            async with profiler.record(
+                pids["agent"], f"figure4-writes-{region}", s.warmup_s + s.duration_s
+            ):
+                agent = await load.closed_loop(
+                    f"STRONG writes/s from {region}, agent gRPC Put",
+                    load.write_ops(put, f"a-{region}"),
+                    concurrency=s.write_concurrency,
+                    warmup_s=s.warmup_s,
+                    duration_s=s.duration_s,
+                    pids=pids,
+                )
+        d = Summary.of(direct.slice_rates).median
+        a = Summary.of(agent.slice_rates).median
+        need_abs = d >= 1000
+        met = a >= 0.8 * d and (a >= 1000 or not need_abs)
+        goal = "≥ 0.8× direct and ≥ 1,000/s" if need_abs else "≥ 0.8× direct (direct < 1,000/s)"
+        drow = _load_row("4", direct, None, "baseline", None)
+        lat = latency.summary_ms(direct.latencies_s).median / 1000
+        bound = s.write_concurrency / lat if lat else float("nan")
+        drow.note += (
+            f"; {s.write_concurrency} in flight / {lat * 1000:.0f} ms per write caps any path at "
+            f"~{bound:,.0f}/s"
+        )
+        if not need_abs:
+            drow.note += "; the direct path itself is below 1,000/s"
+        rows += [drow, _load_row("4", agent, direct, goal, met)]
+    return rows
+
+
+# -- all -----------------------------------------------------------------------------
+
+
+async def measure(sb: BenchSandbox, s: Settings, profiler: Profiler, report: Report) -> None:
+    await profiler.check()
+    if profiler.problem:
+        report.notes.append(profiler.problem)
+    t0 = time.monotonic()
+    await wait_ready(sb, s.region)
+    report.meta["ready_after_s"] = round(time.monotonic() - t0, 1)
+    leader, followers = await latency.stream_cluster(sb, s.region)
+    report.meta["stream_leader"] = leader
+    report.meta["stream_followers"] = followers
+    print(f"ready in {report.meta['ready_after_s']}s; KV_{sb.keyspace.bucket} leader {leader}",
+          flush=True)
+
+    async def step(fig: str, title: str, work: Awaitable[list[Row]]) -> None:
+        if fig not in s.figures:
+            work.close()  # type: ignore[attr-defined]
+            return
+        print(f"figure {fig}: {title} ...", flush=True)
+        started = time.monotonic()
+        try:
+            report.rows += await work
+        except Exception as exc:  # one failed figure must not lose the others
+            report.errors.append(f"figure {fig}: {type(exc).__name__}: {exc}")
+        print(f"  done in {time.monotonic() - started:.1f}s", flush=True)
+
+    async def fig2() -> list[Row]:
+        rows, _ = await figure2(sb, s)
+        return rows
+
+    await step("1", "Get EVENTUAL latency, agent vs direct", figure1(sb, s))
+    await step("2", "Put STRONG latency from each region vs floor", fig2())
+    await step("3", "EVENTUAL read throughput of one agent", figure3(sb, s, profiler))
+    await step("4", "STRONG write throughput, agent vs direct", figure4(sb, s, leader, profiler))
+    if "5" in s.figures:
+        report.rows.append(
+            Row(
+                "5",
+                "replication lag, replicated keyspaces",
+                "ms",
+                note="skipped: replicated keyspaces not served yet",
+            )
+        )
+    report.profiles = profiler.summaries

@@ -1,0 +1,269 @@
+"""A ``replicated`` keyspace on JetStream: a stream per region, sourced into every region.
+
+For keyspace ``ks`` and region ``r``:
+
+- ``MR_<ks>_<r>`` lives in cluster ``r`` and takes region ``r``'s writes on
+  ``mr.<ks>.<r>.<key>``. It is local to the region, so writes keep working when
+  the region is cut off from every other region.
+- ``MRA_<ks>_<r>``, also in cluster ``r``, *sources* every region's
+  ``MR_<ks>_<s>`` stream. JetStream copies across the gateways, and catches up
+  by itself after a partition heals. The agent materializes this stream.
+
+Each message holds the whole CRDT state of one key as its region knew it
+(``core.replicated``), so both streams keep only the last message per subject.
+Writes within a region are serialized per key by compare-and-set on the
+region's own stream (``Nats-Expected-Last-Subject-Sequence``), so several agents
+in one region never lose each other's updates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import api
+
+from meridian.backbone.connection import BackboneConnection, reraise_if_cancelling
+from meridian.backbone.kv import HLC_HEADER, REGION_HEADER, WRONG_LAST_SEQUENCE
+from meridian.core.errors import InvalidArgumentError, UnavailableError
+from meridian.core.hlc import HlcTimestamp
+from meridian.core.keyspace import Keyspace
+from meridian.core.replicated import ReplicatedEntry, State, decode, merge
+from meridian.core.view import KeyspaceView
+
+log = logging.getLogger(__name__)
+
+STREAM_NAME_IN_USE = 10058
+NO_MESSAGE_FOUND = 10037
+CAS_ATTEMPTS = 20
+
+
+def own_stream(keyspace: str, region: str) -> str:
+    return f"MR_{keyspace}_{region}"
+
+
+def aggregate_stream(keyspace: str, region: str) -> str:
+    return f"MRA_{keyspace}_{region}"
+
+
+class ReplicatedKeyspaceStore:
+    """Writes of one region and the merged view of all regions for one keyspace."""
+
+    def __init__(
+        self,
+        conn: BackboneConnection,
+        keyspace: Keyspace,
+        *,
+        region: str,
+        regions: Sequence[str],
+        replicas: int,
+        timeout_s: float,
+    ) -> None:
+        self.conn = conn
+        self.keyspace = keyspace
+        self.region = region
+        self.regions = list(regions)
+        self.replicas = replicas
+        self.timeout_s = timeout_s
+        self.own = own_stream(keyspace.name, region)
+        self.aggregate = aggregate_stream(keyspace.name, region)
+        self._subject_prefix = f"mr.{keyspace.name}."
+        #: When each source region was last seen fully copied (monotonic seconds).
+        self.source_synced_at: dict[str, float] = {}
+
+    def subject(self, region: str, key: str) -> str:
+        return f"{self._subject_prefix}{region}.{key}"
+
+    def _split(self, subject: str) -> tuple[str, str]:
+        region, _, key = subject[len(self._subject_prefix) :].partition(".")
+        return region, key
+
+    async def ensure(self) -> None:
+        """Create this region's two streams if missing (needs the JetStream meta leader)."""
+        js = self.conn.jetstream(self.timeout_s)
+        configs = [
+            api.StreamConfig(
+                name=self.own,
+                description=f"Meridian replicated keyspace {self.keyspace.name}: writes of {self.region}",
+                subjects=[f"{self._subject_prefix}{self.region}.>"],
+                storage=api.StorageType.FILE,
+                num_replicas=self.replicas,
+                max_msgs_per_subject=1,
+                placement=api.Placement(cluster=self.region),
+            ),
+            api.StreamConfig(
+                name=self.aggregate,
+                description=f"Meridian replicated keyspace {self.keyspace.name}: all regions, in {self.region}",
+                storage=api.StorageType.FILE,
+                num_replicas=self.replicas,
+                max_msgs_per_subject=1,
+                placement=api.Placement(cluster=self.region),
+                sources=[
+                    api.StreamSource(name=own_stream(self.keyspace.name, r)) for r in self.regions
+                ],
+            ),
+        ]
+        for config in configs:
+            try:
+                await js.add_stream(config)
+            except nats.js.errors.BadRequestError as exc:
+                if exc.err_code != STREAM_NAME_IN_USE:
+                    raise
+
+    async def mutate(
+        self,
+        key: str,
+        current: State | None,
+        operation: Callable[[State | None], State],
+        hlc: HlcTimestamp,
+    ) -> tuple[int, State]:
+        """Apply ``operation`` to the key's state and publish it to this region's stream.
+
+        ``current`` is the merged state from the view; it is merged with this
+        region's latest message for the key, so a concurrent write by another
+        agent in the region is never lost (compare-and-set, retried).
+        """
+        js = self.conn.jetstream(self.timeout_s)
+        subject = self.subject(self.region, key)
+        for _ in range(CAS_ATTEMPTS):
+            last_seq, mine = await self._last_own(subject)
+            base = merge(current, mine) if mine is not None else current
+            new = operation(base)
+            headers = {
+                HLC_HEADER: hlc.encode(),
+                REGION_HEADER: self.region,
+                "Nats-Expected-Last-Subject-Sequence": str(last_seq),
+            }
+            try:
+                async with asyncio.timeout(self.timeout_s + 0.5):
+                    ack = await js.publish(
+                        subject, new.to_canonical(), timeout=self.timeout_s, headers=headers
+                    )
+            except nats.js.errors.APIError as exc:
+                if exc.err_code in WRONG_LAST_SEQUENCE:
+                    continue  # another agent in this region wrote first; merge and retry
+                raise UnavailableError(
+                    f"cannot write {self.keyspace.name}/{key} in {self.region}: {exc.description}"
+                ) from exc
+            except (TimeoutError, nats.errors.Error) as exc:
+                raise UnavailableError(
+                    f"cannot write {self.keyspace.name}/{key}: this region's stream "
+                    f"{self.own} did not answer ({type(exc).__name__})"
+                ) from exc
+            return int(ack.seq), new
+        raise UnavailableError(
+            f"cannot write {self.keyspace.name}/{key}: {CAS_ATTEMPTS} concurrent writers in a row"
+        )
+
+    async def _last_own(self, subject: str) -> tuple[int, State | None]:
+        js = self.conn.jetstream(self.timeout_s)
+        try:
+            msg = await js.get_last_msg(self.own, subject, direct=False)
+        except nats.js.errors.NotFoundError:
+            return 0, None
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == NO_MESSAGE_FOUND:
+                return 0, None
+            raise
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise UnavailableError(
+                f"this region's stream {self.own} did not answer ({type(exc).__name__})"
+            ) from exc
+        return int(msg.seq or 0), decode(self.keyspace.conflict, msg.data or b"")
+
+    # -- the merged view ------------------------------------------------------
+
+    async def follow(
+        self,
+        view: KeyspaceView[ReplicatedEntry],
+        freshness_interval_s: float,
+        on_applied: Callable[[int], Awaitable[None]],
+    ) -> None:
+        """Merge every region's messages into ``view``; runs until cancelled."""
+        js = self.conn.jetstream(self.timeout_s)
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def on_msg(msg: Msg) -> None:
+            await queue.put(msg)
+
+        sub = await js.subscribe(
+            f"{self._subject_prefix}>",
+            cb=on_msg,
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.ALL,
+            stream=self.aggregate,
+        )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._apply(queue, view, on_applied))
+                tg.create_task(self._marks(view, freshness_interval_s))
+        finally:
+            try:
+                await sub.unsubscribe()
+            except nats.errors.Error as exc:
+                log.debug("unsubscribe %s: %s", self.aggregate, exc)
+
+    async def _apply(
+        self,
+        queue: asyncio.Queue[Msg],
+        view: KeyspaceView[ReplicatedEntry],
+        on_applied: Callable[[int], Awaitable[None]],
+    ) -> None:
+        while True:
+            msg = await queue.get()
+            seq = msg.metadata.sequence.stream
+            writer, key = self._split(msg.subject)
+            headers = dict(msg.headers or {})
+            try:
+                incoming = decode(self.keyspace.conflict, msg.data)
+                hlc = HlcTimestamp.decode(headers.get(HLC_HEADER, "0" * 16))
+            except InvalidArgumentError as exc:
+                log.error("skipping malformed message %s seq %d: %s", self.aggregate, seq, exc)
+                view.apply(seq, key, view.get(key))
+                continue
+            old = view.get(key)
+            merged = merge(old.state if old else None, incoming)
+            view.apply(seq, key, ReplicatedEntry(key, merged, seq, hlc.to_int(), writer))
+            await on_applied(hlc.wall_ms if writer != self.region else 0)
+
+    async def _marks(self, view: KeyspaceView[ReplicatedEntry], interval_s: float) -> None:
+        """Prove freshness: the aggregate's last sequence, and each source's lag."""
+        js = self.conn.jetstream(self.timeout_s)
+        while True:
+            asked_at = time.monotonic()
+            try:
+                info = await js.stream_info(self.aggregate)
+                view.high_water_mark(asked_at, int(info.state.last_seq))
+                for source in info.sources or []:
+                    region = (source.name or "").removeprefix(f"MR_{self.keyspace.name}_")
+                    active_s = (source.active or 0) / 1e9
+                    if source.lag == 0 and active_s < 5:
+                        self.source_synced_at[region] = asked_at - active_s
+            except (TimeoutError, nats.errors.Error) as exc:
+                log.debug("freshness of %s: %s", self.aggregate, exc)
+            reraise_if_cancelling()
+            await asyncio.sleep(interval_s)
+
+    def staleness(
+        self, view: KeyspaceView[ReplicatedEntry], now: float
+    ) -> tuple[float | None, str]:
+        """How stale the view may be: its own lag plus the oldest source confirmation."""
+        local = view.staleness(now)
+        if local is None:
+            return None, "the merged view has not synced yet"
+        worst, why = local, ""
+        for region in self.regions:
+            synced = self.source_synced_at.get(region)
+            if synced is None:
+                return None, f"writes from {region} have not been confirmed copied yet"
+            if now - synced > worst:
+                worst, why = (
+                    now - synced,
+                    f"writes from {region} last confirmed {now - synced:.1f}s ago",
+                )
+        return worst, why
