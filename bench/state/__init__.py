@@ -11,16 +11,16 @@ Every figure is compared with a baseline measured in the same run:
 1. ``Get EVENTUAL`` latency through the agent, over gRPC (``MeridianClient``)
    and HTTP/JSON, against a direct nats-py KV get of the same bucket from the
    same region: sequential calls on one connection, same key, interleaved
-   rounds. Goal: agent ≤ 1.0× direct.
+   rounds. Goal: agent ≤ 1.0x direct.
 2. ``Put STRONG`` latency from each region against the floor the WAN allows:
    RTT(writer, stream leader) + the smallest RTT from the leader to a follower.
-   Goal: median ≤ 1.2 × floor + 5 ms.
+   Goal: median ≤ 1.2 x floor + 5 ms.
 3. ``EVENTUAL`` reads per second of one agent process under concurrent gRPC
    load from helper processes, against direct KV gets from the same generator.
    Goal: ≥ 5,000/s.
 4. ``STRONG`` writes per second through one agent against direct JetStream
    publishes to the same R3 bucket, at the same concurrency (64 in flight,
-   distinct keys). Goal: ≥ 0.8× direct and ≥ 1,000/s unless direct is slower.
+   distinct keys). Goal: ≥ 0.8x direct and ≥ 1,000/s unless direct is slower.
 5. Replication lag of ``replicated`` keyspaces: skipped until they are served.
 
 Alongside each figure it reports the CPU time of the load generator and of the

@@ -83,8 +83,9 @@ async def eventual_get(
         entry = await kv.get(key)
         got = await client.get(ks.name, key, consistency=Eventual())
         if got.served != "eventual" or got.entry.revision != entry.revision:
-            raise RuntimeError(f"agent served {got.served} rev {got.entry.revision}, "
-                               f"direct rev {entry.revision}")
+            raise RuntimeError(
+                f"agent served {got.served} rev {got.entry.revision}, direct rev {entry.revision}"
+            )
         http_body = await http_get()
         assert isinstance(http_body, dict)
         if http_body.get("served") != "LEVEL_EVENTUAL":

@@ -207,7 +207,8 @@ async def _run_callers(
     cpu: list[float] = []
 
     async def cpu_marks() -> None:
-        while not window[0]:
+        # The window lives in shared memory, written by the parent process: poll it.
+        while not window[0]:  # noqa: ASYNC110
             await asyncio.sleep(0.005)
         await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
         cpu.append(time.process_time())
@@ -239,7 +240,7 @@ async def read_load_processes(
     duration_s: float,
     pids: Mapping[str, int],
 ) -> LoadResult:
-    """Figure 3's load: ``processes`` helper processes × ``tasks`` callers each, reading
+    """Figure 3's load: ``processes`` helper processes x ``tasks`` callers each, reading
     through an agent (``mode="grpc"``, ``keyspace`` is its name) or straight from
     NATS (``mode="nats"``, ``keyspace`` is the bucket)."""
     ctx = mp.get_context("spawn")

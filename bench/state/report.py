@@ -125,20 +125,31 @@ def render(report: Report) -> str:
                 r.figure,
                 r.name,
                 f"{_num(s.median, r.unit)} {r.unit}" if s else r.note or "-",
-                f"{_num(s.p10, r.unit)}–{_num(s.p90, r.unit)}" if s else "",
-                f"{_num(s.min, r.unit)}–{_num(s.max, r.unit)}" if s else "",
+                f"{_num(s.p10, r.unit)}..{_num(s.p90, r.unit)}" if s else "",
+                f"{_num(s.min, r.unit)}..{_num(s.max, r.unit)}" if s else "",
                 _num(s.p99, r.unit) if s and r.unit == "ms" else "",
                 str(s.n) if s else "",
                 f"{_num(r.baseline_median, r.unit)} ({r.baseline_name})" if r.baseline_name else "",
-                f"{r.ratio:.2f}×" if r.ratio is not None else "",
+                f"{r.ratio:.2f}x" if r.ratio is not None else "",
                 r.goal,
                 met,
             ]
         )
     out = [
         _table(
-            ["#", "measurement", "median", "p10–p90", "min–max", "p99", "n", "baseline",
-             "ratio", "goal", "met"],
+            [
+                "#",
+                "measurement",
+                "median",
+                "p10..p90",
+                "min..max",
+                "p99",
+                "n",
+                "baseline",
+                "ratio",
+                "goal",
+                "met",
+            ],
             lines,
         )
     ]
@@ -166,8 +177,16 @@ def render(report: Report) -> str:
             "",
             "CPU while measuring (cores busy = CPU s / wall s; µs of CPU per call):",
             _table(
-                ["#", "measurement", "wall s", "load generator", "agent", "nats (region)",
-                 "nats (global, region)", "WAN emulator"],
+                [
+                    "#",
+                    "measurement",
+                    "wall s",
+                    "load generator",
+                    "agent",
+                    "nats (region)",
+                    "nats (global, region)",
+                    "WAN emulator",
+                ],
                 cpu_lines,
             ),
         ]
@@ -177,8 +196,10 @@ def render(report: Report) -> str:
     out += [f"  {n}" for n in report.notes]
     for p in report.profiles:
         out += ["", f"py-spy, agent during {p.label}: {p.samples} busy samples ({p.raw_path})"]
-        out += ["  libraries on the stack: " + ", ".join(
-            f"{lib} {share:.0%}" for lib, share in p.libraries.items())]
+        out += [
+            "  libraries on the stack: "
+            + ", ".join(f"{lib} {share:.0%}" for lib, share in p.libraries.items())
+        ]
         out += ["  own time:"] + [f"    {share:5.1%}  {name}" for name, share in p.top_self]
     if report.errors:
         out += ["", "Errors:", *(f"  {e}" for e in report.errors)]

@@ -57,6 +57,26 @@ name = "ap-south"
 [[keyspace]]
 name = "accounts"
 locality = "global"
+
+[[keyspace]]
+name = "carts"
+locality = "replicated"
+conflict = "lww"
+
+[[keyspace]]
+name = "stock"
+locality = "replicated"
+conflict = "counter"
+
+[[keyspace]]
+name = "tags"
+locality = "replicated"
+conflict = "set"
+
+[[keyspace]]
+name = "notes"
+locality = "replicated"
+conflict = "multi_value"
 """
 
 

@@ -28,7 +28,7 @@ from google.protobuf.duration_pb2 import Duration
 from meridian._pb.meridian.v1 import state_pb2
 from meridian.agent.state import GlobalReplica, ReplicatedReplica
 from meridian.core import replicated as rep
-from meridian.core.crdt import LwwRegister, MultiValue, ORSet, PNCounter, Tag
+from meridian.core.crdt import LwwRegister, MultiValue, ORSet, PNCounter
 from meridian.core.errors import (
     FieldViolation,
     InvalidArgumentError,
@@ -347,9 +347,7 @@ class StateApi:
         return await self._mutate(
             replica,
             request.key,
-            lambda state, hlc: rep.set_add(
-                ConflictPolicy.SET, state, elements, Tag.from_hlc(self.region, hlc)
-            ),
+            lambda state, hlc: rep.set_add(ConflictPolicy.SET, state, elements, hlc, self.region),
         )
 
     async def set_remove(self, request: state_pb2.SetRequest) -> state_pb2.WriteResponse:
@@ -410,7 +408,8 @@ class StateApi:
         )
         merged = rep.merge(current.state if current else None, new)
         base_rev = current.revision if current else 0
-        replica.view.merge_local(
-            key, ReplicatedEntry(key, merged, base_rev, hlc.to_int(), self.region)
+        latest = max(
+            (hlc.to_int(), self.region), (current.hlc, current.region) if current else (0, "")
         )
+        replica.view.merge_local(key, ReplicatedEntry(key, merged, base_rev, *latest))
         return state_pb2.WriteResponse(revision=revision, hlc=hlc.to_int())

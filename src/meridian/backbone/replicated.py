@@ -228,7 +228,10 @@ class ReplicatedKeyspaceStore:
                 continue
             old = view.get(key)
             merged = merge(old.state if old else None, incoming)
-            view.apply(seq, key, ReplicatedEntry(key, merged, seq, hlc.to_int(), writer))
+            # The newest write's (hlc, region) labels the entry: the same in every
+            # region whatever order the messages arrived in.
+            latest = max((hlc.to_int(), writer), (old.hlc, old.region) if old else (0, ""))
+            view.apply(seq, key, ReplicatedEntry(key, merged, seq, *latest))
             await on_applied(hlc.wall_ms if writer != self.region else 0)
 
     async def _marks(self, view: KeyspaceView[ReplicatedEntry], interval_s: float) -> None:

@@ -88,13 +88,18 @@ def increment(policy: ConflictPolicy, state: State | None, region: str, delta: i
 
 
 def set_add(
-    policy: ConflictPolicy, state: State | None, elements: Iterable[str], tag: Tag
+    policy: ConflictPolicy,
+    state: State | None,
+    elements: Iterable[str],
+    hlc: HlcTimestamp,
+    region: str,
 ) -> State:
+    """Add each element with its own tag: ``<hlc>.<position>`` from ``region``."""
     if policy is not ConflictPolicy.SET:
         raise _wrong_policy("SetAdd", policy)
     s = state if isinstance(state, ORSet) else ORSet()
-    for element in elements:
-        s = s.add(element, tag)
+    for i, element in enumerate(dict.fromkeys(elements)):
+        s = s.add(element, Tag(region, f"{hlc.encode()}.{i}"))
     return s
 
 
