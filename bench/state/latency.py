@@ -20,7 +20,7 @@ import aiohttp
 import nats
 
 from bench.state.sandbox import BenchSandbox
-from bench.state.stats import CpuMeter, CpuUsage, Summary
+from bench.state.stats import CpuMeter, CpuUsage, Summary, Target
 from meridian.client import Eventual, MeridianClient
 
 Op = Callable[[], Awaitable[object]]
@@ -40,10 +40,14 @@ async def eventual_get(
     region: str,
     rounds: int,
     per_round: int,
-    warmup: int,
-    pids: Mapping[str, int],
+    warmup_s: float,
+    round_budget_s: float,
+    pids: Mapping[str, Target],
 ) -> list[PathSamples]:
-    """Figure 1. Returns the direct path first (the baseline), then gRPC, then HTTP."""
+    """Figure 1. Returns the direct path first (the baseline), then gRPC, then HTTP.
+
+    Each path gets ``rounds`` turns of up to ``per_round`` calls or ``round_budget_s``
+    seconds, whichever ends first (direct gets that cross the WAN are slow)."""
     rc = sb.region(region)
     ks = sb.keyspace
     async with AsyncExitStack() as stack:
@@ -92,7 +96,8 @@ async def eventual_get(
             raise RuntimeError(f"HTTP served {http_body.get('served')}")
 
         for _, op in paths:
-            for _ in range(warmup):
+            until = time.monotonic() + warmup_s
+            while time.monotonic() < until:
                 await op()
         for r in range(rounds):
             # Rotate the order so no path always runs right after another.
@@ -101,10 +106,14 @@ async def eventual_get(
                 meter = CpuMeter(pids)
                 meter.start()
                 lat = samples.latencies_s
+                until = time.perf_counter() + round_budget_s
                 for _ in range(per_round):
                     t0 = time.perf_counter()
                     await op()
-                    lat.append(time.perf_counter() - t0)
+                    t1 = time.perf_counter()
+                    lat.append(t1 - t0)
+                    if t1 > until:
+                        break
                 samples.cpu.add(meter.stop())
         return [p for p, _ in paths]
 

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.state.stats import CpuMeter, CpuUsage
+from bench.state.stats import CpuMeter, CpuUsage, Target
 
 SLICE_S = 1.0
 
@@ -98,7 +98,7 @@ async def closed_loop(
     concurrency: int,
     warmup_s: float,
     duration_s: float,
-    pids: Mapping[str, int],
+    pids: Mapping[str, Target],
 ) -> LoadResult:
     """Run ``concurrency`` callers in this process; caller ``c`` calls ``make_op(c)(i)``."""
     window: list[float] = [0.0, 0.0]
@@ -238,7 +238,7 @@ async def read_load_processes(
     tasks: int,
     warmup_s: float,
     duration_s: float,
-    pids: Mapping[str, int],
+    pids: Mapping[str, Target],
 ) -> LoadResult:
     """Figure 3's load: ``processes`` helper processes x ``tasks`` callers each, reading
     through an agent (``mode="grpc"``, ``keyspace`` is its name) or straight from

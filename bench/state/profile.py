@@ -18,17 +18,17 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-#: Libraries worth naming when they appear on the agent's stacks.
+#: Libraries worth naming when they appear on the agent's stacks. grpc's Cython core
+#: does not show up as frames: its time is the *own* time of ``Handle._run`` (callbacks
+#: run by the event loop) and ``Thread.run`` (grpc's completion-queue poller thread).
 LIBRARIES = {
-    "grpc": "/grpc/",
-    "protobuf": "/google/protobuf/",
+    "meridian": "/meridian/",
     "opentelemetry": "/opentelemetry/",
     "prometheus_client": "/prometheus_client/",
+    "logging": "/logging/",
+    "protobuf": "/google/protobuf/",
     "nats": "/nats/",
     "aiohttp": "/aiohttp/",
-    "asyncio": "/asyncio/",
-    "logging": "/logging/",
-    "meridian": "/meridian/",
 }
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*)\)$")
 
@@ -39,6 +39,7 @@ class ProfileSummary:
     raw_path: str
     samples: int
     top_self: list[tuple[str, float]]
+    top_inclusive: list[tuple[str, float]]
     libraries: dict[str, float]
 
 
@@ -91,6 +92,7 @@ class Profiler:
             "100",
             "--nonblocking",
             "--nolineno",
+            "--full-filenames",
             "--format",
             "raw",
             "--output",
@@ -113,8 +115,10 @@ class Profiler:
 
 
 def summarize(label: str, raw: Path, top: int = 12) -> ProfileSummary:
-    """Self time per function and per-library presence, from py-spy's raw format."""
+    """From py-spy's raw format: own time per function, time inside each Meridian or
+    library function (inclusive), and the share of samples each library is on."""
     leaves: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
     libs: Counter[str] = Counter()
     total = 0
     for line in raw.read_text().splitlines():
@@ -124,20 +128,34 @@ def summarize(label: str, raw: Path, top: int = 12) -> ProfileSummary:
         count = int(count_text)
         frames = stack.split(";")
         total += count
-        leaf = frames[-1]
-        m = _FRAME.match(leaf)
-        leaves[f"{m['func']} ({_short(m['file'])})" if m else leaf] += count
-        present = {lib for lib, marker in LIBRARIES.items() if any(marker in f for f in frames)}
-        for lib in present:
-            libs[lib] += count
-    share = (lambda n: round(n / total, 3)) if total else (lambda n: 0.0)
+        leaves[_name(frames[-1])] += count
+        named = {
+            _name(f)
+            for f in frames
+            if any(m in f for m in LIBRARIES.values()) and "/meridian/cli/" not in f
+        }
+        for name in named:
+            inclusive[name] += count
+        for lib, marker in LIBRARIES.items():
+            if any(marker in f for f in frames):
+                libs[lib] += count
+
+    def share(n: int) -> float:
+        return round(n / total, 3) if total else 0.0
+
     return ProfileSummary(
         label,
         str(raw),
         total,
         [(name, share(n)) for name, n in leaves.most_common(top)],
+        [(name, share(n)) for name, n in inclusive.most_common(top)],
         {lib: share(n) for lib, n in libs.most_common()},
     )
+
+
+def _name(frame: str) -> str:
+    m = _FRAME.match(frame)
+    return f"{m['func']} ({_short(m['file'])})" if m else frame
 
 
 def _short(path: str) -> str:

@@ -167,6 +167,7 @@ def render(report: Report) -> str:
                 f"{c['wall_s']:.1f}",
                 _cores(c.get("generator_cores"), c.get("generator_cpu_us_per_op")),
                 _cores(procs.get("agent"), per_op.get("agent")),
+                _cores(procs.get("agent-loop"), None),
                 _cores(procs.get("nats"), per_op.get("nats")),
                 _cores(procs.get("nats-global"), per_op.get("nats-global")),
                 _cores(procs.get("wan"), per_op.get("wan")),
@@ -183,6 +184,7 @@ def render(report: Report) -> str:
                     "wall s",
                     "load generator",
                     "agent",
+                    "agent loop thread",
                     "nats (region)",
                     "nats (global, region)",
                     "WAN emulator",
@@ -200,7 +202,10 @@ def render(report: Report) -> str:
             "  libraries on the stack: "
             + ", ".join(f"{lib} {share:.0%}" for lib, share in p.libraries.items())
         ]
-        out += ["  own time:"] + [f"    {share:5.1%}  {name}" for name, share in p.top_self]
+        out += ["  own time (Handle._run / Thread.run: grpc's C core, unnamed):"]
+        out += [f"    {share:5.1%}  {name}" for name, share in p.top_self]
+        out += ["  inside (inclusive):"]
+        out += [f"    {share:5.1%}  {name}" for name, share in p.top_inclusive]
     if report.errors:
         out += ["", "Errors:", *(f"  {e}" for e in report.errors)]
     return "\n".join(out)

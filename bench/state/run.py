@@ -7,14 +7,16 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import aiohttp
 import nats
 from nats.js import JetStreamContext
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.state import latency, load
 from bench.state.profile import Profiler
 from bench.state.report import Report, Row
 from bench.state.sandbox import BenchSandbox
-from bench.state.stats import Summary
+from bench.state.stats import Summary, Target
 from meridian.client import Eventual, MeridianClient
 from meridian.core.errors import MeridianError
 
@@ -27,9 +29,10 @@ class Settings:
     region: str = "us-east"
     figures: frozenset[str] = frozenset({"1", "2", "3", "4", "5"})
     # figure 1
-    get_rounds: int = 5
+    get_rounds: int = 6
     get_per_round: int = 300
-    get_warmup: int = 200
+    get_round_budget_s: float = 3.0
+    get_warmup_s: float = 1.0
     # figure 2
     put_samples: int = 30
     put_warmup: int = 3
@@ -42,8 +45,9 @@ class Settings:
     write_regions: tuple[str, ...] = ("us-east", "leader")
 
 
-def watched(sb: BenchSandbox, region: str) -> dict[str, int]:
-    """The processes whose CPU is reported: the agent, its region's two servers, the WAN."""
+def watched(sb: BenchSandbox, region: str) -> dict[str, Target]:
+    """Whose CPU is reported: the agent (and its event-loop thread, the main thread),
+    the region's two nats-servers, and the WAN emulator."""
     pids = sb.pids()
     names = {
         "agent": f"agent:{region}",
@@ -51,7 +55,14 @@ def watched(sb: BenchSandbox, region: str) -> dict[str, int]:
         "nats-global": f"nats:global-{region}",
         "wan": "wan",
     }
-    return {short: pids[full] for short, full in names.items() if full in pids}
+    out: dict[str, Target] = {short: pids[full] for short, full in names.items() if full in pids}
+    agent = pids[names["agent"]]
+    out["agent-loop"] = (agent, agent)
+    return out
+
+
+def agent_pid(sb: BenchSandbox, region: str) -> int:
+    return sb.pids()[f"agent:{region}"]
 
 
 async def _until(what: str, attempt: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
@@ -91,6 +102,37 @@ async def wait_ready(sb: BenchSandbox, region: str, timeout_s: float = 180) -> i
     return revision
 
 
+async def handler_time(sb: BenchSandbox, region: str, method: str) -> tuple[float, float]:
+    """(total seconds, calls) of StateService ``method`` over gRPC, as the agent's own
+    latency histogram counts them: the time inside the agent's handler."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{sb.region(region).http_url}/metrics") as resp,
+    ):
+        text = await resp.text()
+    total = calls = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name != "meridian_api_request_duration_seconds":
+            continue
+        for sample in family.samples:
+            labels = sample.labels
+            if labels.get("method") != method or labels.get("transport") != "grpc":
+                continue
+            if sample.name.endswith("_sum"):
+                total += sample.value
+            elif sample.name.endswith("_count"):
+                calls += sample.value
+    return total, calls
+
+
+def _handler_note(before: tuple[float, float], after: tuple[float, float]) -> str:
+    calls = after[1] - before[1]
+    if calls <= 0:
+        return ""
+    mean_ms = (after[0] - before[0]) / calls * 1000
+    return f"; mean time inside the agent's handler {mean_ms:.2f} ms (warm-up included)"
+
+
 def _cpu_json(cpu: object, ops: int) -> dict[str, object]:
     from bench.state.stats import CpuUsage
 
@@ -108,7 +150,8 @@ async def figure1(sb: BenchSandbox, s: Settings) -> list[Row]:
         region=s.region,
         rounds=s.get_rounds,
         per_round=s.get_per_round,
-        warmup=s.get_warmup,
+        warmup_s=s.get_warmup_s,
+        round_budget_s=s.get_round_budget_s,
         pids=watched(sb, s.region),
     )
     base = latency.summary_ms(paths[0].latencies_s)
@@ -255,7 +298,8 @@ async def figure3(sb: BenchSandbox, s: Settings, profiler: Profiler) -> list[Row
         mode="nats",
         **common,  # type: ignore[arg-type]
     )
-    async with profiler.record(pids["agent"], "figure3-reads", s.warmup_s + s.duration_s):
+    before = await handler_time(sb, s.region, "Get")
+    async with profiler.record(agent_pid(sb, s.region), "figure3-reads", s.warmup_s + s.duration_s):
         agent = await load.read_load_processes(
             f"EVENTUAL reads/s, one agent (gRPC, {s.read_processes}x{s.read_tasks} callers)",
             target=rc.grpc_address,
@@ -264,12 +308,12 @@ async def figure3(sb: BenchSandbox, s: Settings, profiler: Profiler) -> list[Row
             **common,  # type: ignore[arg-type]
         )
     agent_rate = Summary.of(agent.slice_rates).median
+    after = await handler_time(sb, s.region, "Get")
     drow = _load_row("3", direct, None, "baseline", None)
     drow.note += _cap_note(direct)
-    return [
-        drow,
-        _load_row("3", agent, direct, "≥ 5,000/s", agent_rate >= 5000),
-    ]
+    arow = _load_row("3", agent, direct, "≥ 5,000/s", agent_rate >= 5000)
+    arow.note += _handler_note(before, after)
+    return [drow, arow]
 
 
 # -- figure 4 ------------------------------------------------------------------------
@@ -309,8 +353,9 @@ async def figure4(sb: BenchSandbox, s: Settings, leader: str, profiler: Profiler
             async def put(key: str, client: MeridianClient = client) -> object:
                 return await client.put(ks.name, key, VALUE)
 
+            before = await handler_time(sb, region, "Put")
             async with profiler.record(
-                pids["agent"], f"figure4-writes-{region}", s.warmup_s + s.duration_s
+                agent_pid(sb, region), f"figure4-writes-{region}", s.warmup_s + s.duration_s
             ):
                 agent = await load.closed_loop(
                     f"STRONG writes/s from {region}, agent gRPC Put",
@@ -320,6 +365,7 @@ async def figure4(sb: BenchSandbox, s: Settings, leader: str, profiler: Profiler
                     duration_s=s.duration_s,
                     pids=pids,
                 )
+            after = await handler_time(sb, region, "Put")
         d = Summary.of(direct.slice_rates).median
         a = Summary.of(agent.slice_rates).median
         need_abs = d >= 1000
@@ -329,7 +375,9 @@ async def figure4(sb: BenchSandbox, s: Settings, leader: str, profiler: Profiler
         drow.note += _cap_note(direct)
         if not need_abs:
             drow.note += "; the direct path itself is below 1,000/s"
-        rows += [drow, _load_row("4", agent, direct, goal, met)]
+        arow = _load_row("4", agent, direct, goal, met)
+        arow.note += _handler_note(before, after)
+        rows += [drow, arow]
     return rows
 
 

@@ -64,10 +64,19 @@ class Summary:
         return asdict(self)
 
 
-def proc_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of process ``pid`` so far; None if it can't be read."""
+#: A watched process (pid), or one thread of it (pid, tid).
+Target = int | tuple[int, int]
+
+
+def proc_cpu_s(target: Target) -> float | None:
+    """User + system CPU seconds of a process or thread so far; None if it can't be read."""
+    path = (
+        f"/proc/{target}/stat"
+        if isinstance(target, int)
+        else "/proc/{}/task/{}/stat".format(*target)
+    )
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        with open(path, encoding="ascii") as f:
             raw = f.read()
     except OSError:
         return None
@@ -119,9 +128,10 @@ def _ratio(a: float | None, b: float) -> float | None:
 
 class CpuMeter:
     """Measures CPU time between ``start()`` and ``stop()``: this process's own
-    (``time.process_time``, all threads) and each watched pid's (``/proc``)."""
+    (``time.process_time``, all threads) and each watched process's or thread's
+    (``/proc``)."""
 
-    def __init__(self, pids: Mapping[str, int]) -> None:
+    def __init__(self, pids: Mapping[str, Target]) -> None:
         self.pids = dict(pids)
         self._wall = 0.0
         self._own = 0.0

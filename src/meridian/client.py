@@ -102,6 +102,13 @@ class Page:
     staleness_bound_s: float
 
 
+@dataclass(frozen=True)
+class WatchEvent:
+    #: "put" or "delete"
+    kind: str
+    entry: Entry
+
+
 _SERVED = {
     state_pb2.Consistency.LEVEL_STRONG: "strong",
     state_pb2.Consistency.LEVEL_BOUNDED: "bounded",
@@ -271,6 +278,26 @@ class MeridianClient:
             if not page.next_page_token:
                 return
             token = page.next_page_token
+
+    async def watch(
+        self, keyspace: str, prefix: str = "", *, from_revision: int | None = None
+    ) -> AsyncIterator[WatchEvent]:
+        """Changes under ``prefix``: new ones, or replayed from ``from_revision`` on.
+        Stop iterating (or cancel) to end the stream."""
+        request = state_pb2.WatchRequest(keyspace=keyspace, prefix=prefix)
+        if from_revision is not None:
+            request.from_revision = from_revision
+        call = self._state.Watch(request)
+        try:
+            async for event in call:
+                yield WatchEvent(
+                    "delete" if event.kind == state_pb2.WatchEvent.KIND_DELETE else "put",
+                    _entry(event.entry),
+                )
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc) from exc
+        finally:
+            call.cancel()
 
     async def aclose(self) -> None:
         await self._channel.close()

@@ -658,7 +658,12 @@ def _check_port_clashes(rd: _Reader, regions: list[RegionConfig], wan: WanConfig
         else:
             owners[port] = label
 
-    claim(wan.control_port, "wan.control_port")
+    if regions and all(r.nats_urls for r in regions):
+        # Every region is a real cluster: there is no sandbox, so no WAN emulator either.
+        wan_ports = False
+    else:
+        wan_ports = True
+        claim(wan.control_port, "wan.control_port")
     for r in regions:
         path = f"region[{r.index}]"
         if r.nats_urls:
@@ -670,7 +675,7 @@ def _check_port_clashes(rd: _Reader, regions: list[RegionConfig], wan: WanConfig
         for label, ports in (("", r.regional), ("global_", r.global_)):
             for key in ("client", "cluster", "gateway", "monitor"):
                 claim(getattr(ports, key), f"{path}.ports.{label}{key}")
-    for (kind, src, dst), port in proxy_ports(regions, wan).items():
+    for (kind, src, dst), port in proxy_ports(regions, wan).items() if wan_ports else ():
         if port > 65535:
             rd.bad(
                 "wan.proxy_base_port",

@@ -353,3 +353,112 @@ async def test_without_a_quorum_writes_and_strong_reads_fail_fast_with_quorum_un
         return True
 
     await eventually(write, bool, timeout_s=90, interval_s=0.5, what="writes accepted again")
+
+
+async def test_watch_streams_changes_under_a_prefix_and_replays_from_a_revision(
+    client: MeridianClient,
+) -> None:
+    prefix = unique("w").replace("-", "") + "."
+    first = await client.put("accounts", prefix + "a", b"1")
+
+    async def collect(n: int, **kwargs: Any) -> list[Any]:
+        """The first ``n`` events that are not the marker key."""
+        out = []
+        async for event in client.watch("accounts", prefix, **kwargs):
+            if event.entry.key != prefix + "0":
+                out.append(event)
+            if len(out) == n:
+                break
+        return out
+
+    seen: list[Any] = []
+
+    async def follow() -> None:
+        async for event in client.watch("accounts", prefix):
+            seen.append(event)
+
+    live = asyncio.create_task(follow())
+    try:
+        # The watch starts with the next change: write a marker until it shows up.
+        async def marker_seen() -> bool:
+            await client.put("accounts", prefix + "0", b"marker")
+            await asyncio.sleep(0.1)
+            return bool(seen)
+
+        await eventually(marker_seen, bool, what="watch subscribed")
+        start = len(seen)
+        await client.put("accounts", prefix + "b", b"2")
+        await client.put("accounts", unique("elsewhere"), b"not under the prefix")
+        await client.put("accounts", prefix + "a", b"3")
+        await client.delete("accounts", prefix + "b")
+        await eventually(
+            lambda: asyncio.sleep(0, len(seen) - start), lambda n: n >= 3, what="3 changes"
+        )
+        events = [e for e in seen[start:] if e.entry.key != prefix + "0"]
+    finally:
+        live.cancel()
+    assert [(e.kind, e.entry.key, e.entry.value) for e in events] == [
+        ("put", prefix + "b", b"2"),
+        ("put", prefix + "a", b"3"),
+        ("delete", prefix + "b", b""),
+    ]
+    replayed = await asyncio.wait_for(collect(4, from_revision=first), 30)
+    assert [(e.kind, e.entry.key) for e in replayed] == [
+        ("put", prefix + "a"),
+        ("put", prefix + "b"),
+        ("put", prefix + "a"),
+        ("delete", prefix + "b"),
+    ]
+    assert replayed[0].entry.revision == first
+
+
+async def test_watch_over_http_is_server_sent_events(
+    agent: tuple[Agent, MeridianConfig], client: MeridianClient
+) -> None:
+    import aiohttp
+
+    url = agent[1].region("us-east").http_url
+    prefix = unique("sse").replace("-", "") + "."
+    rev = await client.put("accounts", prefix + "k", b"hello")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"{url}/v1/state/watch",
+            params={"keyspace": "accounts", "prefix": prefix, "from_revision": str(rev)},
+        ) as resp,
+    ):
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        lines = []
+        while len(lines) < 3:
+            line = (await asyncio.wait_for(resp.content.readline(), 30)).decode().strip()
+            if line:
+                lines.append(line)
+    assert lines[0] == f"id: {rev}"
+    assert lines[1] == "event: put"
+    assert lines[2].startswith("data: ")
+    assert '"key": "' + prefix + 'k"' in lines[2] or f'"key":"{prefix}k"' in lines[2]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"keyspace": "nope"}, "keyspace"),
+        ({"keyspace": "accounts", "prefix": "a b"}, "prefix"),
+        ({"keyspace": "accounts", "from_revision": "-1"}, "from_revision"),
+        ({"keyspace": "accounts", "from_revision": "9" * 40}, "from_revision"),
+    ],
+)
+async def test_watch_bad_requests_are_invalid_argument(
+    agent: tuple[Agent, MeridianConfig], params: dict[str, str], field: str
+) -> None:
+    import aiohttp
+
+    url = agent[1].region("us-east").http_url
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{url}/v1/state/watch", params=params) as resp,
+    ):
+        body = await resp.json()
+    assert resp.status == 400
+    assert body["error"]["field"] == field

@@ -9,9 +9,11 @@ is sent), records the request metrics and turns unexpected exceptions into
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, TypeVar
@@ -130,6 +132,36 @@ class AgentApi:
                     elapsed
                 )
                 log.debug("%s %s %s in %.1fms", transport, name, code, elapsed * 1000)
+
+    @contextlib.asynccontextmanager
+    async def streaming(
+        self, service: str, method: str, transport: str, carrier: Mapping[str, str]
+    ) -> AsyncIterator[str]:
+        """A server span and metrics around one streaming call; yields its ``traceparent``.
+        A MeridianError raised inside is recorded and re-raised for the transport to map."""
+        start = time.perf_counter()
+        code = "OK"
+        name = f"meridian.v1.{service}/{method}"
+        with self.tracer.start_as_current_span(
+            name,
+            context=extract_context(carrier),
+            kind=SpanKind.SERVER,
+            attributes={"rpc.service": f"meridian.v1.{service}", "rpc.method": method},
+        ) as span:
+            try:
+                yield current_traceparent()
+            except MeridianError as exc:
+                code = exc.code.value
+                span.set_status(Status(StatusCode.ERROR, exc.message))
+                raise
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            finally:
+                self.metrics.requests.labels(self.region, service, method, transport, code).inc()
+                self.metrics.latency.labels(self.region, service, method, transport).observe(
+                    time.perf_counter() - start
+                )
 
 
 _HEALTH = {

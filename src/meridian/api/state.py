@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 from google.protobuf.duration_pb2 import Duration
 
@@ -275,6 +275,34 @@ class StateApi:
                 FieldViolation("page_token", "is not a token from a previous Scan of this prefix")
             )
         return after
+
+    async def watch(self, request: state_pb2.WatchRequest) -> AsyncIterator[state_pb2.WatchEvent]:
+        """Validate, then return the stream of changes (errors raise before streaming)."""
+        replica = self._replica(request.keyspace)
+        check(key_prefix_violations(request.prefix, replica.keyspace.key_max_bytes))
+        start = request.from_revision if request.HasField("from_revision") else None
+        put, deleted = state_pb2.WatchEvent.KIND_PUT, state_pb2.WatchEvent.KIND_DELETE
+        if isinstance(replica, ReplicatedReplica):
+            merged_events = replica.store.watch(request.prefix, start)
+
+            async def merged_stream() -> AsyncIterator[state_pb2.WatchEvent]:
+                async for e in merged_events:
+                    kind = put if rep.exists(e.state) else deleted
+                    yield state_pb2.WatchEvent(kind=kind, entry=_merged(e))
+
+            return merged_stream()
+        changes = replica.store.watch(request.prefix, start)
+
+        async def stored_stream() -> AsyncIterator[state_pb2.WatchEvent]:
+            async for seq, key, entry in changes:
+                if entry is None:
+                    yield state_pb2.WatchEvent(
+                        kind=deleted, entry=state_pb2.Entry(key=key, revision=seq)
+                    )
+                else:
+                    yield state_pb2.WatchEvent(kind=put, entry=_stored(entry))
+
+        return stored_stream()
 
     # -- writes ----------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import nats.errors
@@ -101,7 +101,9 @@ class GlobalKeyspaceStore:
         config = api.KeyValueConfig(
             bucket=self.keyspace.bucket,
             description=f"Meridian global keyspace {self.keyspace.name}",
-            history=1,
+            # Watch can replay from a revision: keep the last 64 changes of each key
+            # (NATS KV's maximum history).
+            history=64,
             replicas=self.replicas,
             storage=api.StorageType.FILE,
             placement=api.Placement(cluster=GLOBAL_CLUSTER),
@@ -282,6 +284,42 @@ class GlobalKeyspaceStore:
                 log.debug("high-water mark of %s: %s", self.stream, exc)
             reraise_if_cancelling()
             await asyncio.sleep(interval_s)
+
+    async def watch(
+        self, prefix: str, from_revision: int | None
+    ) -> AsyncIterator[tuple[int, str, StoredEntry | None]]:
+        """Changes under ``prefix`` as ``(revision, key, entry or None if deleted)``:
+        from ``from_revision`` on, or only new ones. Runs until the caller stops."""
+        js = self.conn.jetstream(self.timeout_s)
+        if from_revision:
+            config = api.ConsumerConfig(
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=from_revision
+            )
+        else:
+            config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW)
+        queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=1024)
+
+        async def on_msg(msg: Msg) -> None:
+            await queue.put(msg)
+
+        sub = await js.subscribe(
+            f"{self._prefix}>", cb=on_msg, ordered_consumer=True, config=config, stream=self.stream
+        )
+        try:
+            while True:
+                msg = await queue.get()
+                key = self.key_of(msg.subject)
+                if key.startswith(RESERVED_KEY_PREFIX) or not key.startswith(prefix):
+                    continue
+                seq = msg.metadata.sequence.stream
+                headers = dict(msg.headers or {})
+                entry = None if _is_delete(headers) else self._entry(key, msg.data, seq, headers)
+                yield seq, key, entry
+        finally:
+            try:
+                await sub.unsubscribe()
+            except nats.errors.Error as exc:
+                log.debug("unsubscribe watch on %s: %s", self.stream, exc)
 
     # -- errors -----------------------------------------------------------
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import nats.errors
 import nats.js.errors
@@ -251,6 +251,54 @@ class ReplicatedKeyspaceStore:
                 log.debug("freshness of %s: %s", self.aggregate, exc)
             reraise_if_cancelling()
             await asyncio.sleep(interval_s)
+
+    async def watch(self, prefix: str, from_revision: int | None) -> AsyncIterator[ReplicatedEntry]:
+        """Merged entries under ``prefix`` as this region applies changes: from
+        aggregate sequence ``from_revision`` on, or only new ones."""
+        js = self.conn.jetstream(self.timeout_s)
+        if from_revision:
+            start = from_revision
+        else:
+            start = int((await js.stream_info(self.aggregate)).state.last_seq) + 1
+        queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=1024)
+
+        async def on_msg(msg: Msg) -> None:
+            await queue.put(msg)
+
+        # Replay from the start to know each key's merged state; emit from `start`.
+        sub = await js.subscribe(
+            f"{self._subject_prefix}>",
+            cb=on_msg,
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.ALL,
+            stream=self.aggregate,
+        )
+        merged: dict[str, ReplicatedEntry] = {}
+        try:
+            while True:
+                msg = await queue.get()
+                writer, key = self._split(msg.subject)
+                if not key.startswith(prefix):
+                    continue
+                seq = msg.metadata.sequence.stream
+                try:
+                    incoming = decode(self.keyspace.conflict, msg.data)
+                    hlc = HlcTimestamp.decode(dict(msg.headers or {}).get(HLC_HEADER, "0" * 16))
+                except InvalidArgumentError:
+                    continue
+                old = merged.get(key)
+                latest = max((hlc.to_int(), writer), (old.hlc, old.region) if old else (0, ""))
+                entry = ReplicatedEntry(
+                    key, merge(old.state if old else None, incoming), seq, *latest
+                )
+                merged[key] = entry
+                if seq >= start:
+                    yield entry
+        finally:
+            try:
+                await sub.unsubscribe()
+            except nats.errors.Error as exc:
+                log.debug("unsubscribe watch on %s: %s", self.aggregate, exc)
 
     def staleness(
         self, view: KeyspaceView[ReplicatedEntry], now: float

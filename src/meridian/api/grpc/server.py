@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeAlias, TypeVar
 
 import grpc
@@ -20,6 +20,7 @@ from meridian._pb.meridian.v1 import health_pb2_grpc as m_health_grpc
 from meridian.api.errors import error_metadata, mapping_for
 from meridian.api.service import AgentApi
 from meridian.api.state import StateApi
+from meridian.core.errors import MeridianError
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
@@ -115,6 +116,19 @@ class StateServicer(state_pb2_grpc.StateServiceServicer):
         return await _unary(
             self.api, "StateService", "SetRemove", self.state.set_remove, request, context
         )
+
+    async def Watch(
+        self, request: state_pb2.WatchRequest, context: Ctx
+    ) -> AsyncIterator[state_pb2.WatchEvent]:
+        carrier = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        try:
+            async with self.api.streaming("StateService", "Watch", "grpc", carrier) as tp:
+                await context.send_initial_metadata((("traceparent", tp),))
+                async for event in await self.state.watch(request):
+                    yield event
+        except MeridianError as exc:
+            context.set_trailing_metadata(error_metadata(exc))
+            await context.abort(mapping_for(exc).grpc, exc.message)
 
 
 class GrpcTransport:

@@ -51,6 +51,8 @@ class HttpTransport:
         app.router.add_get("/v1/status", self._status)
         app.router.add_get("/v1/health", self._health)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/v1/state/watch", self._watch)
+        self.state = state
         state_routes: dict[str, tuple[Handler, type[Message]]] = {
             "Get": (state.get, state_pb2.GetRequest),
             "Put": (state.put, state_pb2.PutRequest),
@@ -127,6 +129,45 @@ class HttpTransport:
             health_pb2.HealthCheckRequest(),
             code,
         )
+
+    async def _watch(self, request: web.Request) -> web.StreamResponse:
+        """StateService.Watch as Server-Sent Events: one ``data:`` line of protojson per
+        change, with the revision as the event id and the kind as the event name."""
+        query = request.query
+        watch = state_pb2.WatchRequest(
+            keyspace=query.get("keyspace", ""), prefix=query.get("prefix", "")
+        )
+        error: MeridianError | None = None
+        raw = query.get("from_revision") or request.headers.get("Last-Event-ID")
+        if raw is not None:
+            if raw.isdigit() and len(raw) <= 20 and int(raw) < 2**64:
+                watch.from_revision = int(raw) + (1 if "from_revision" not in query else 0)
+            else:
+                error = InvalidArgumentError(
+                    FieldViolation("from_revision", "must be a non-negative integer revision")
+                )
+        try:
+            async with self.api.streaming("StateService", "Watch", "http", request.headers) as tp:
+                if error is not None:
+                    raise error
+                events = await self.state.watch(watch)
+                response = web.StreamResponse(
+                    headers={
+                        "Content-Type": "text/event-stream",
+                        "Cache-Control": "no-cache",
+                        "traceparent": tp,
+                    }
+                )
+                await response.prepare(request)
+                async for event in events:
+                    kind = state_pb2.WatchEvent.Kind.Name(event.kind).removeprefix("KIND_")
+                    data = json_format.MessageToJson(event, indent=None)
+                    await response.write(
+                        f"id: {event.entry.revision}\nevent: {kind.lower()}\ndata: {data}\n\n".encode()
+                    )
+                return response
+        except MeridianError as exc:
+            return web.json_response(error_body(exc), status=mapping_for(exc).http)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.api.metrics.render(), headers={"Content-Type": CONTENT_TYPE})

@@ -89,6 +89,11 @@ class StateServiceStub:
                 request_serializer=meridian_dot_v1_dot_state__pb2.SetRequest.SerializeToString,
                 response_deserializer=meridian_dot_v1_dot_state__pb2.WriteResponse.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/meridian.v1.StateService/Watch',
+                request_serializer=meridian_dot_v1_dot_state__pb2.WatchRequest.SerializeToString,
+                response_deserializer=meridian_dot_v1_dot_state__pb2.WatchEvent.FromString,
+                _registered_method=True)
 
 
 class StateServiceServicer:
@@ -166,6 +171,18 @@ class StateServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Watch(self, request, context):
+        """Watch streams every change to keys under a prefix, in the order this
+        region applied them. Without `from_revision` it starts with the next
+        change; with it, it first replays the changes from that revision on
+        (`global`: the last 64 changes of each key are kept; `replicated`: the
+        merged state after each change still held, the latest per region and key).
+        Over HTTP it is Server-Sent Events: GET /v1/state/watch?keyspace=&prefix=&from_revision=
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StateServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -208,6 +225,11 @@ def add_StateServiceServicer_to_server(servicer, server):
                     servicer.SetRemove,
                     request_deserializer=meridian_dot_v1_dot_state__pb2.SetRequest.FromString,
                     response_serializer=meridian_dot_v1_dot_state__pb2.WriteResponse.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=meridian_dot_v1_dot_state__pb2.WatchRequest.FromString,
+                    response_serializer=meridian_dot_v1_dot_state__pb2.WatchEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -440,6 +462,33 @@ class StateService:
             '/meridian.v1.StateService/SetRemove',
             meridian_dot_v1_dot_state__pb2.SetRequest.SerializeToString,
             meridian_dot_v1_dot_state__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/meridian.v1.StateService/Watch',
+            meridian_dot_v1_dot_state__pb2.WatchRequest.SerializeToString,
+            meridian_dot_v1_dot_state__pb2.WatchEvent.FromString,
             options,
             channel_credentials,
             insecure,
