@@ -256,10 +256,7 @@ class ReplicatedKeyspaceStore:
         """Merged entries under ``prefix`` as this region applies changes: from
         aggregate sequence ``from_revision`` on, or only new ones."""
         js = self.conn.jetstream(self.timeout_s)
-        if from_revision:
-            start = from_revision
-        else:
-            start = int((await js.stream_info(self.aggregate)).state.last_seq) + 1
+        start = from_revision or int((await js.stream_info(self.aggregate)).state.last_seq) + 1
         queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=1024)
 
         async def on_msg(msg: Msg) -> None:
