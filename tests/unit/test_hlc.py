@@ -363,3 +363,13 @@ def test_observe_rejects_bad_input(peer: str, offset: float, field: str) -> None
         monitor.observe(peer, offset)
     assert err.value.field == field
     assert monitor.offsets == {}
+
+
+def test_skew_majority_counts_configured_peers_not_just_those_heard_from() -> None:
+    monitor = SkewMonitor(250, peers=2)
+    monitor.observe("ap-south", 1_000)  # the only peer heard from so far is far off
+    assert monitor.check() is None  # 1 of 2 configured is not a majority
+    monitor.observe("eu-west", 990)
+    reason = monitor.check()
+    assert reason is not None
+    assert "2 of 2 peers" in reason

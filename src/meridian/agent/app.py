@@ -35,7 +35,7 @@ from meridian.api.service import AgentApi
 from meridian.api.state import StateApi
 from meridian.backbone.connection import BackboneConnection
 from meridian.config import MeridianConfig
-from meridian.core.hlc import Clock, HybridLogicalClock, SystemClock
+from meridian.core.hlc import Clock, HybridLogicalClock, SkewMonitor, SystemClock
 from meridian.observability.metrics import AgentMetrics
 from meridian.observability.tracing import build_tracer_provider
 
@@ -117,6 +117,9 @@ class Agent:
             self.region_config.agent_nats_urls, name=f"meridian-agent-{self.agent_id}"
         )
         peers = [r for r in config.region_names if r != region]
+        self.clock = clock or SystemClock()
+        self.skew = SkewMonitor(peers=len(peers))
+        self.hlc = HybridLogicalClock(self.clock)
         self.monitor = StatusMonitor(
             self.conn,
             region=region,
@@ -130,8 +133,9 @@ class Agent:
             global_replicas=min(3, len(config.regions)),
             metrics=self.metrics,
             tracer=self.tracer,
+            clock=self.clock,
+            skew=self.skew,
         )
-        self.hlc = HybridLogicalClock(clock or SystemClock())
         self.state = StateComponent(
             self.conn,
             config.keyspaces,
@@ -148,6 +152,7 @@ class Agent:
             region,
             self.state.replicas,
             hlc=self.hlc,
+            skew=self.skew,
             metrics=self.metrics,
             strong_timeout_s=config.agent.quorum_timeout_s,
         )

@@ -20,6 +20,7 @@ from opentelemetry import trace
 
 from meridian.backbone.connection import BackboneConnection, reraise_if_cancelling
 from meridian.backbone.probes import GlobalProbe, PeerPinger, describe_nats_error
+from meridian.core.hlc import Clock, SkewMonitor
 from meridian.core.status import (
     AgentObservation,
     GlobalObservation,
@@ -50,7 +51,10 @@ class StatusMonitor:
         global_replicas: int,
         metrics: AgentMetrics,
         tracer: trace.Tracer,
+        clock: Clock,
+        skew: SkewMonitor,
     ) -> None:
+        self.skew = skew
         self.conn = conn
         self.region = region
         self.monitor_url = monitor_url
@@ -58,7 +62,9 @@ class StatusMonitor:
         self.metrics = metrics
         self.tracer = tracer
         self.probe = GlobalProbe(conn, region, replicas=global_replicas, timeout_s=quorum_timeout_s)
-        self.pinger = PeerPinger(conn, region, agent_id, peers, timeout_s=peer_timeout_s)
+        self.pinger = PeerPinger(
+            conn, region, agent_id, peers, timeout_s=peer_timeout_s, clock=clock, skew=skew
+        )
         now = datetime.now(UTC)
         self.latest = AgentObservation(
             region=region,
@@ -113,6 +119,7 @@ class StatusMonitor:
             jetstream=js_obs,
             global_=global_obs,
             peers=peers,
+            clock_skew=self.skew.check() or "",
         )
         self._record_metrics()
         self._log_changes()
@@ -195,6 +202,7 @@ class StatusMonitor:
             m.peer_reachable.labels(r, p.region).set(1 if p.reachable else 0)
             if p.reachable:
                 m.peer_rtt.labels(r, p.region).set(p.rtt_ms / 1000)
+                m.clock_offset.labels(r, p.region).set(p.clock_offset_ms / 1000)
 
     _last_summary: tuple[object, ...] = ()
 

@@ -151,6 +151,8 @@ class StateComponent:
                         regions=regions,
                         replicas=regional_replicas,
                         timeout_s=timeout_s,
+                        hlc=hlc,
+                        on_skewed=metrics.hlc_rejected.labels(region).inc,
                     ),
                     metrics,
                     region,

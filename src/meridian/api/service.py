@@ -228,7 +228,9 @@ def observation_to_proto(obs: AgentObservation) -> status_pb2.AgentStatus:
                 rtt_ms=p.rtt_ms,
                 reason=p.reason,
                 last_seen=_ts(p.last_seen),
+                clock_offset_ms=p.clock_offset_ms,
             )
             for p in obs.peers
         ],
+        clock_skew=obs.clock_skew,
     )

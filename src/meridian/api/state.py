@@ -30,12 +30,13 @@ from meridian.agent.state import GlobalReplica, ReplicatedReplica
 from meridian.core import replicated as rep
 from meridian.core.crdt import LwwRegister, MultiValue, ORSet, PNCounter
 from meridian.core.errors import (
+    ClockSkewError,
     FieldViolation,
     InvalidArgumentError,
     NotFoundError,
     UnavailableError,
 )
-from meridian.core.hlc import HlcTimestamp, HybridLogicalClock
+from meridian.core.hlc import HlcTimestamp, HybridLogicalClock, SkewMonitor
 from meridian.core.keyspace import (
     ConflictPolicy,
     Consistency,
@@ -126,12 +127,14 @@ class StateApi:
         replicas: Mapping[str, Replica],
         *,
         hlc: HybridLogicalClock,
+        skew: SkewMonitor,
         metrics: AgentMetrics,
         strong_timeout_s: float,
     ) -> None:
         self.region = region
         self.replicas = replicas
         self.hlc = hlc
+        self.skew = skew
         self.metrics = metrics
         self.strong_timeout_s = strong_timeout_s
 
@@ -147,6 +150,17 @@ class StateApi:
                 )
             )
         replica.require_ready()
+        return replica
+
+    def _clock_ok(self) -> None:
+        """Writes stamp an HLC: refuse them while this agent's clock is off its peers."""
+        why = self.skew.check()
+        if why:
+            raise ClockSkewError(f"{self.region} refuses writes that need the clock: {why}")
+
+    def _writable(self, keyspace: str, key: str, value: bytes | None = None) -> Replica:
+        replica = self._checked(keyspace, key, value)
+        self._clock_ok()
         return replica
 
     def _checked(self, keyspace: str, key: str, value: bytes | None = None) -> Replica:
@@ -307,7 +321,7 @@ class StateApi:
     # -- writes ----------------------------------------------------------------
 
     async def put(self, request: state_pb2.PutRequest) -> state_pb2.WriteResponse:
-        replica = self._checked(request.keyspace, request.key, request.value)
+        replica = self._writable(request.keyspace, request.key, request.value)
         policy = replica.keyspace.conflict
         if isinstance(replica, ReplicatedReplica):
             if request.HasField("if_revision"):
@@ -333,7 +347,7 @@ class StateApi:
         return state_pb2.WriteResponse(revision=revision, hlc=hlc.to_int())
 
     async def create(self, request: state_pb2.CreateRequest) -> state_pb2.WriteResponse:
-        replica = self._checked(request.keyspace, request.key, request.value)
+        replica = self._writable(request.keyspace, request.key, request.value)
         if isinstance(replica, ReplicatedReplica):
             raise InvalidArgumentError(
                 FieldViolation("keyspace", "Create (write only if absent) needs a global keyspace")
@@ -342,7 +356,7 @@ class StateApi:
         return state_pb2.WriteResponse(revision=revision, hlc=hlc.to_int())
 
     async def delete(self, request: state_pb2.DeleteRequest) -> state_pb2.WriteResponse:
-        replica = self._checked(request.keyspace, request.key)
+        replica = self._writable(request.keyspace, request.key)
         if isinstance(replica, ReplicatedReplica):
             if request.HasField("if_revision"):
                 raise InvalidArgumentError(
@@ -388,7 +402,7 @@ class StateApi:
         )
 
     def _typed(self, keyspace: str, key: str, policy: ConflictPolicy, op: str) -> ReplicatedReplica:
-        replica = self._checked(keyspace, key)
+        replica = self._writable(keyspace, key)
         if not isinstance(replica, ReplicatedReplica) or replica.keyspace.conflict is not policy:
             raise InvalidArgumentError(
                 FieldViolation(

@@ -25,6 +25,7 @@ from nats.js import api
 
 from meridian.backbone.connection import BackboneConnection
 from meridian.config import GLOBAL_CLUSTER
+from meridian.core.hlc import Clock, SkewMonitor
 from meridian.core.status import GlobalObservation, PeerObservation, ReplicaObservation
 
 log = logging.getLogger(__name__)
@@ -161,12 +162,16 @@ class PeerPinger:
         peers: list[str],
         *,
         timeout_s: float,
+        clock: Clock,
+        skew: SkewMonitor,
     ) -> None:
         self.conn = conn
         self.region = region
         self.agent_id = agent_id
         self.peers = peers
         self.timeout_s = timeout_s
+        self.clock = clock
+        self.skew = skew
         self._sub: Subscription | None = None
         self._last_seen: dict[str, datetime] = {}
 
@@ -174,7 +179,9 @@ class PeerPinger:
         """Start answering pings addressed to this region (a queue group: any agent here)."""
 
         async def answer(msg: Msg) -> None:
-            body = json.dumps({"region": self.region, "agent_id": self.agent_id}).encode()
+            body = json.dumps(
+                {"region": self.region, "agent_id": self.agent_id, "now_ms": self.clock.now_ms()}
+            ).encode()
             await msg.respond(body)
 
         self._sub = await self.conn.nc.subscribe(
@@ -196,11 +203,17 @@ class PeerPinger:
 
     async def _ping(self, peer: str) -> PeerObservation:
         start = time.perf_counter()
+        sent_ms = self.clock.now_ms()
         try:
             msg = await self.conn.nc.request(ping_subject(peer), b"", timeout=self.timeout_s)
             reply = json.loads(msg.data)
             if reply.get("region") != peer:
                 raise ValueError(f"answer came from region {reply.get('region')!r}")
+            peer_ms = reply.get("now_ms")
+            if isinstance(peer_ms, int) and not isinstance(peer_ms, bool):
+                # Cristian's estimate: the peer read its clock halfway through the round trip.
+                offset = peer_ms - (sent_ms + self.clock.now_ms()) / 2
+                self.skew.observe(peer, offset)
         except asyncio.CancelledError:
             raise
         except (nats.errors.Error, OSError, TimeoutError, ValueError) as exc:
@@ -221,4 +234,5 @@ class PeerPinger:
             rtt_ms=(time.perf_counter() - start) * 1000,
             reason="",
             last_seen=now,
+            clock_offset_ms=self.skew.offsets.get(peer, 0.0),
         )

@@ -30,8 +30,8 @@ from nats.js import api
 
 from meridian.backbone.connection import BackboneConnection, reraise_if_cancelling
 from meridian.backbone.kv import HLC_HEADER, REGION_HEADER, WRONG_LAST_SEQUENCE
-from meridian.core.errors import InvalidArgumentError, UnavailableError
-from meridian.core.hlc import HlcTimestamp
+from meridian.core.errors import ClockSkewError, InvalidArgumentError, UnavailableError
+from meridian.core.hlc import HlcTimestamp, HybridLogicalClock
 from meridian.core.keyspace import Keyspace
 from meridian.core.replicated import ReplicatedEntry, State, decode, merge
 from meridian.core.view import KeyspaceView
@@ -63,7 +63,11 @@ class ReplicatedKeyspaceStore:
         regions: Sequence[str],
         replicas: int,
         timeout_s: float,
+        hlc: HybridLogicalClock,
+        on_skewed: Callable[[], None] = lambda: None,
     ) -> None:
+        self.hlc = hlc
+        self.on_skewed = on_skewed
         self.conn = conn
         self.keyspace = keyspace
         self.region = region
@@ -226,6 +230,13 @@ class ReplicatedKeyspaceStore:
                 log.error("skipping malformed message %s seq %d: %s", self.aggregate, seq, exc)
                 view.apply(seq, key, view.get(key))
                 continue
+            if writer != self.region:
+                try:
+                    self.hlc.update(hlc)  # later local writes order after what we've seen
+                except ClockSkewError as exc:
+                    # Rejected and counted; the write still merges, or regions would diverge.
+                    log.warning("%s", exc.message)
+                    self.on_skewed()
             old = view.get(key)
             merged = merge(old.state if old else None, incoming)
             # The newest write's (hlc, region) labels the entry: the same in every

@@ -227,12 +227,18 @@ class SkewMonitor:
     Forget peers that have left with :meth:`forget`.
     """
 
-    def __init__(self, max_offset_ms: int = DEFAULT_MAX_OFFSET_MS) -> None:
+    def __init__(self, max_offset_ms: int = DEFAULT_MAX_OFFSET_MS, peers: int = 0) -> None:
+        """``peers``: how many peers are configured. The majority is counted over at
+        least that many, so a node that has so far heard only from one bad peer
+        does not blame its own clock."""
         if not _is_int(max_offset_ms) or max_offset_ms <= 0:
             raise InvalidArgumentError(
                 FieldViolation("max_offset_ms", "must be a positive integer number of ms")
             )
+        if not _is_int(peers) or peers < 0:
+            raise InvalidArgumentError(FieldViolation("peers", "must be a count, 0 or more"))
         self._max_offset_ms = max_offset_ms
+        self._peers = peers
         self._offsets: dict[str, float] = {}
 
     @property
@@ -275,7 +281,7 @@ class SkewMonitor:
             for peer, off in sorted(self._offsets.items())
             if abs(off) * 5 > self._max_offset_ms * 4
         }
-        total = len(self._offsets)
+        total = max(len(self._offsets), self._peers)
         if 2 * len(far) <= total:
             return None
         detail = ", ".join(f"{peer} {off:+g} ms" for peer, off in far.items())

@@ -57,6 +57,8 @@ class PeerObservation:
     rtt_ms: float = 0.0
     reason: str = "not checked yet"
     last_seen: datetime | None = None
+    #: The peer's clock minus ours, estimated from the last ping.
+    clock_offset_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,8 @@ class AgentObservation:
     jetstream: JetStreamObservation = field(default_factory=JetStreamObservation)
     global_: GlobalObservation = field(default_factory=GlobalObservation)
     peers: tuple[PeerObservation, ...] = ()
+    #: Why this agent refuses writes that need the clock ("" when it doesn't).
+    clock_skew: str = ""
 
 
 class Health(Enum):
@@ -90,6 +94,8 @@ def judge_health(obs: AgentObservation) -> tuple[Health, tuple[str, ...]]:
     if not obs.global_.quorum_reachable:
         reasons.append(f"global: {obs.global_.reason}")
     reasons.extend(f"peer {p.region}: {p.reason}" for p in obs.peers if not p.reachable)
+    if obs.clock_skew:
+        reasons.append(f"clock: {obs.clock_skew}")
     if reasons:
         return Health.DEGRADED, tuple(reasons)
     return Health.SERVING, ()

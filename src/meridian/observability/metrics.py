@@ -63,6 +63,18 @@ class AgentMetrics:
             registry=r,
         )
 
+        self.clock_offset = Gauge(
+            "meridian_hlc_peer_offset_seconds",
+            "The peer region's clock minus this agent's, estimated from pings.",
+            ["region", "peer"],
+            registry=r,
+        )
+        self.hlc_rejected = Counter(
+            "meridian_hlc_rejected",
+            "Peer HLC timestamps more than max_offset ahead of this agent's clock.",
+            ["region"],
+            registry=r,
+        )
         self.cache_lag = Histogram(
             "meridian_cache_invalidation_lag_seconds",
             "From a write's HLC time to its arrival in this agent's cache (the change feed).",

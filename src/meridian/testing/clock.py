@@ -9,7 +9,7 @@ HLC must survive that.
 from __future__ import annotations
 
 from meridian.core.errors import FieldViolation, InvalidArgumentError
-from meridian.core.hlc import MAX_WALL_MS
+from meridian.core.hlc import MAX_WALL_MS, Clock
 
 
 def _check_ms(field: str, value: int, *, low: int) -> None:
@@ -49,3 +49,14 @@ class ManualClock:
 
     def __repr__(self) -> str:
         return f"ManualClock(now_ms={self._now_ms})"
+
+
+class OffsetClock:
+    """Another clock, ``offset_ms`` ahead (or behind, if negative): a skewed host."""
+
+    def __init__(self, base: Clock, offset_ms: int) -> None:
+        self.base = base
+        self.offset_ms = offset_ms
+
+    def now_ms(self) -> int:
+        return self.base.now_ms() + self.offset_ms

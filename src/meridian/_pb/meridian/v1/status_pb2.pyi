@@ -68,11 +68,16 @@ class AgentStatus(_message.Message):
     JETSTREAM_FIELD_NUMBER: _builtins.int
     GLOBAL_FIELD_NUMBER: _builtins.int
     PEERS_FIELD_NUMBER: _builtins.int
+    CLOCK_SKEW_FIELD_NUMBER: _builtins.int
     region: _builtins.str
     """The region this agent serves, e.g. "us-east"."""
     agent_id: _builtins.str
     """A unique id of this agent process."""
     version: _builtins.str
+    clock_skew: _builtins.str
+    """Why this agent refuses writes that need the clock: it is more than
+    0.8 x max_offset off most of its peers. Empty when it doesn't.
+    """
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -94,10 +99,11 @@ class AgentStatus(_message.Message):
         nats: Global___NatsStatus | None = ...,
         jetstream: Global___JetStreamStatus | None = ...,
         peers: _abc.Iterable[Global___PeerRegionStatus] | None = ...,
+        clock_skew: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["global", b"global", "jetstream", b"jetstream", "nats", b"nats", "observed_at", b"observed_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "global", b"global", "jetstream", b"jetstream", "nats", b"nats", "observed_at", b"observed_at", "peers", b"peers", "region", b"region", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "clock_skew", b"clock_skew", "global", b"global", "jetstream", b"jetstream", "nats", b"nats", "observed_at", b"observed_at", "peers", b"peers", "region", b"region", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -265,12 +271,15 @@ class PeerRegionStatus(_message.Message):
     RTT_MS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     LAST_SEEN_FIELD_NUMBER: _builtins.int
+    CLOCK_OFFSET_MS_FIELD_NUMBER: _builtins.int
     region: _builtins.str
     reachable: _builtins.bool
     """The peer's agent answered a ping over NATS."""
     rtt_ms: _builtins.float
     """Round trip of that ping, in milliseconds."""
     reason: _builtins.str
+    clock_offset_ms: _builtins.float
+    """The peer's clock minus this agent's, in milliseconds, from the last ping."""
     @_builtins.property
     def last_seen(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -281,10 +290,11 @@ class PeerRegionStatus(_message.Message):
         rtt_ms: _builtins.float = ...,
         reason: _builtins.str = ...,
         last_seen: _timestamp_pb2.Timestamp | None = ...,
+        clock_offset_ms: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_seen", b"last_seen"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_seen", b"last_seen", "reachable", b"reachable", "reason", b"reason", "region", b"region", "rtt_ms", b"rtt_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock_offset_ms", b"clock_offset_ms", "last_seen", b"last_seen", "reachable", b"reachable", "reason", b"reason", "region", b"region", "rtt_ms", b"rtt_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
