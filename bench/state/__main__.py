@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 import time
@@ -98,6 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         host=host_info(REPO),
         settings={k: sorted(v) if isinstance(v, frozenset) else v for k, v in s.__dict__.items()},
     )
+    load_1m = os.getloadavg()[0]
+    if load_1m > 0.5 * (os.cpu_count() or 1):
+        report.notes.append(
+            f"the machine was already busy before the run (1-min load average {load_1m:.1f} "
+            f"on {os.cpu_count()} CPUs): other work competes for the cores, see the "
+            "'machine' column; expect noisy figures"
+        )
     profiler = Profiler(out.with_suffix("") if args.py_spy else None)
     sb = BenchSandbox(args.base_port)
     report.meta["config_toml"] = sb.config_path.read_text()
@@ -123,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             report.notes.append(f"sandbox logs kept in {sb.root}")
     report.meta["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     report.meta["elapsed_s"] = round(time.monotonic() - started, 1)
+    report.meta["loadavg_at_end"] = os.getloadavg()
     print()
     print(render(report))
     report.save(out)

@@ -92,7 +92,7 @@ def host_info(repo: Path) -> dict[str, Any]:
         "python": platform.python_version(),
         "git_commit": git("rev-parse", "HEAD"),
         "git_dirty_files": len(git("status", "--porcelain", "--", "src").splitlines()),
-        "loadavg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "loadavg_at_start": os.getloadavg(),
     }
 
 
@@ -171,6 +171,7 @@ def render(report: Report) -> str:
                 _cores(procs.get("nats"), per_op.get("nats")),
                 _cores(procs.get("nats-global"), per_op.get("nats-global")),
                 _cores(procs.get("wan"), per_op.get("wan")),
+                _cores(procs.get("machine"), None),
             ]
         )
     if cpu_lines:
@@ -188,6 +189,7 @@ def render(report: Report) -> str:
                     "nats (region)",
                     "nats (global, region)",
                     "WAN emulator",
+                    f"machine (of {os.cpu_count()})",
                 ],
                 cpu_lines,
             ),

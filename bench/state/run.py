@@ -16,7 +16,7 @@ from bench.state import latency, load
 from bench.state.profile import Profiler
 from bench.state.report import Report, Row
 from bench.state.sandbox import BenchSandbox
-from bench.state.stats import Summary, Target
+from bench.state.stats import CpuUsage, Summary, Target
 from meridian.client import Eventual, MeridianClient
 from meridian.core.errors import MeridianError
 
@@ -133,10 +133,7 @@ def _handler_note(before: tuple[float, float], after: tuple[float, float]) -> st
     return f"; mean time inside the agent's handler {mean_ms:.2f} ms (warm-up included)"
 
 
-def _cpu_json(cpu: object, ops: int) -> dict[str, object]:
-    from bench.state.stats import CpuUsage
-
-    assert isinstance(cpu, CpuUsage)
+def _cpu_json(cpu: CpuUsage, ops: int) -> dict[str, object]:
     return cpu.to_json(ops)
 
 
@@ -204,7 +201,7 @@ async def figure1(sb: BenchSandbox, s: Settings) -> list[Row]:
 # -- figure 2 ------------------------------------------------------------------------
 
 
-async def figure2(sb: BenchSandbox, s: Settings) -> tuple[list[Row], str]:
+async def figure2(sb: BenchSandbox, s: Settings) -> list[Row]:
     results, before, after = await latency.put_strong(
         sb, samples=s.put_samples, warmup=s.put_warmup, value=VALUE
     )
@@ -230,7 +227,7 @@ async def figure2(sb: BenchSandbox, s: Settings) -> tuple[list[Row], str]:
                 extra={"floor_ms": r.floor_ms, "limit_ms": limit},
             )
         )
-    return rows, before
+    return rows
 
 
 # -- figure 3 ------------------------------------------------------------------------
@@ -399,26 +396,23 @@ async def measure(sb: BenchSandbox, s: Settings, profiler: Profiler, report: Rep
         flush=True,
     )
 
-    async def step(fig: str, title: str, work: Awaitable[list[Row]]) -> None:
+    async def step(fig: str, title: str, work: Callable[[], Awaitable[list[Row]]]) -> None:
         if fig not in s.figures:
-            work.close()  # type: ignore[attr-defined]
             return
         print(f"figure {fig}: {title} ...", flush=True)
         started = time.monotonic()
         try:
-            report.rows += await work
+            report.rows += await work()
         except Exception as exc:  # one failed figure must not lose the others
             report.errors.append(f"figure {fig}: {type(exc).__name__}: {exc}")
         print(f"  done in {time.monotonic() - started:.1f}s", flush=True)
 
-    async def fig2() -> list[Row]:
-        rows, _ = await figure2(sb, s)
-        return rows
-
-    await step("1", "Get EVENTUAL latency, agent vs direct", figure1(sb, s))
-    await step("2", "Put STRONG latency from each region vs floor", fig2())
-    await step("3", "EVENTUAL read throughput of one agent", figure3(sb, s, profiler))
-    await step("4", "STRONG write throughput, agent vs direct", figure4(sb, s, leader, profiler))
+    await step("1", "Get EVENTUAL latency, agent vs direct", lambda: figure1(sb, s))
+    await step("2", "Put STRONG latency from each region vs floor", lambda: figure2(sb, s))
+    await step("3", "EVENTUAL read throughput of one agent", lambda: figure3(sb, s, profiler))
+    await step(
+        "4", "STRONG write throughput, agent vs direct", lambda: figure4(sb, s, leader, profiler)
+    )
     if "5" in s.figures:
         report.rows.append(
             Row(

@@ -86,6 +86,18 @@ def proc_cpu_s(target: Target) -> float | None:
     return (utime + stime) / _TICKS
 
 
+def machine_busy_s() -> float | None:
+    """CPU seconds all cores have spent busy (not idle or waiting for I/O) since boot."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    # cpu user nice system idle iowait irq softirq steal ...
+    values = [int(v) for v in fields[1:9]]
+    return (sum(values) - values[3] - values[4]) / _TICKS
+
+
 @dataclass
 class CpuUsage:
     """CPU seconds spent over ``wall_s`` seconds: by this process (the load generator),
@@ -128,8 +140,9 @@ def _ratio(a: float | None, b: float) -> float | None:
 
 class CpuMeter:
     """Measures CPU time between ``start()`` and ``stop()``: this process's own
-    (``time.process_time``, all threads) and each watched process's or thread's
-    (``/proc``)."""
+    (``time.process_time``, all threads), each watched process's or thread's, and the
+    whole machine's busy time as ``machine`` (``/proc``), which shows whether other
+    work competed for the cores."""
 
     def __init__(self, pids: Mapping[str, Target]) -> None:
         self.pids = dict(pids)
@@ -141,6 +154,7 @@ class CpuMeter:
         self._wall = time.monotonic()
         self._own = time.process_time()
         self._procs = {name: proc_cpu_s(pid) for name, pid in self.pids.items()}
+        self._procs["machine"] = machine_busy_s()
 
     def stop(self, extra_generator_s: float = 0.0) -> CpuUsage:
         """The usage since ``start()``; ``extra_generator_s`` adds helper processes' CPU."""
@@ -150,4 +164,8 @@ class CpuMeter:
         for name, pid in self.pids.items():
             before, after = self._procs.get(name), proc_cpu_s(pid)
             procs[name] = None if before is None or after is None else after - before
+        before_all, after_all = self._procs.get("machine"), machine_busy_s()
+        procs["machine"] = (
+            None if before_all is None or after_all is None else after_all - before_all
+        )
         return CpuUsage(wall, own + extra_generator_s, procs)

@@ -206,6 +206,9 @@ class ReplicatedKeyspaceStore:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._apply(queue, view, on_applied))
                 tg.create_task(self._marks(view, freshness_interval_s))
+                for region in self.regions:
+                    if region != self.region:
+                        tg.create_task(self._follow_peer(region, view, on_applied))
         finally:
             try:
                 await sub.unsubscribe()
@@ -217,7 +220,11 @@ class ReplicatedKeyspaceStore:
         queue: asyncio.Queue[Msg],
         view: KeyspaceView[ReplicatedEntry],
         on_applied: Callable[[int], Awaitable[None]],
+        *,
+        direct: bool = False,
     ) -> None:
+        """Merge queued messages into ``view``. Aggregate messages advance the view's
+        sequence; ``direct`` ones (read straight from a peer's stream) only merge."""
         while True:
             msg = await queue.get()
             seq = msg.metadata.sequence.stream
@@ -227,8 +234,9 @@ class ReplicatedKeyspaceStore:
                 incoming = decode(self.keyspace.conflict, msg.data)
                 hlc = HlcTimestamp.decode(headers.get(HLC_HEADER, "0" * 16))
             except InvalidArgumentError as exc:
-                log.error("skipping malformed message %s seq %d: %s", self.aggregate, seq, exc)
-                view.apply(seq, key, view.get(key))
+                log.error("skipping malformed message on %s: %s", msg.subject, exc)
+                if not direct:
+                    view.apply(seq, key, view.get(key))
                 continue
             if writer != self.region:
                 try:
@@ -242,8 +250,55 @@ class ReplicatedKeyspaceStore:
             # The newest write's (hlc, region) labels the entry: the same in every
             # region whatever order the messages arrived in.
             latest = max((hlc.to_int(), writer), (old.hlc, old.region) if old else (0, ""))
-            view.apply(seq, key, ReplicatedEntry(key, merged, seq, *latest))
+            if direct:
+                if old is None or merged != old.state or latest != (old.hlc, old.region):
+                    view.merge_local(
+                        key, ReplicatedEntry(key, merged, old.revision if old else 0, *latest)
+                    )
+            else:
+                view.apply(seq, key, ReplicatedEntry(key, merged, seq, *latest))
             await on_applied(hlc.wall_ms if writer != self.region else 0)
+
+    async def _follow_peer(
+        self,
+        region: str,
+        view: KeyspaceView[ReplicatedEntry],
+        on_applied: Callable[[int], Awaitable[None]],
+    ) -> None:
+        """Also read ``region``'s own stream directly, across the gateway.
+
+        JetStream sourcing into the aggregate can stall after a partition heals
+        (nats-server issues #6206, #8346); merging is idempotent, so reading the
+        peer directly as well costs only bandwidth and bounds that stall. Best
+        effort: retries while the peer is unreachable, never fails the feed.
+        """
+        js = self.conn.jetstream(self.timeout_s)
+        while True:
+            queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+            async def on_msg(msg: Msg, q: asyncio.Queue[Msg] = queue) -> None:
+                await q.put(msg)
+
+            try:
+                sub = await js.subscribe(
+                    f"{self._subject_prefix}{region}.>",
+                    cb=on_msg,
+                    ordered_consumer=True,
+                    deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+                    stream=own_stream(self.keyspace.name, region),
+                )
+            except (TimeoutError, nats.errors.Error) as exc:
+                log.debug("direct feed from %s not available yet: %s", region, exc)
+                reraise_if_cancelling()
+                await asyncio.sleep(2.0)
+                continue
+            try:
+                await self._apply(queue, view, on_applied, direct=True)
+            finally:
+                try:
+                    await sub.unsubscribe()
+                except nats.errors.Error as exc:
+                    log.debug("unsubscribe direct feed from %s: %s", region, exc)
 
     async def _marks(self, view: KeyspaceView[ReplicatedEntry], interval_s: float) -> None:
         """Prove freshness: the aggregate's last sequence, and each source's lag."""
