@@ -33,6 +33,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from meridian.backbone.connection import BackboneConnection, reraise_if_cancelling
+from meridian.backbone.feed import ordered_feed
 from meridian.config import GLOBAL_CLUSTER
 from meridian.core.errors import (
     ConflictError,
@@ -234,27 +235,17 @@ class GlobalKeyspaceStore:
         """Keep ``view`` current from the change feed and prove its freshness; after each
         applied write, await ``on_applied(hlc_wall_ms)``. Runs until cancelled."""
         js = self.conn.jetstream(self.timeout_s)
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
-
-        async def on_msg(msg: Msg) -> None:
-            await queue.put(msg)
-
-        sub = await js.subscribe(
-            f"{self._prefix}>",
-            cb=on_msg,
-            ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
-            stream=self.stream,
-        )
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._apply(queue, view, on_applied))
-                tg.create_task(self._marks(view, freshness_interval_s))
-        finally:
-            try:
-                await sub.unsubscribe()
-            except nats.errors.Error as exc:
-                log.debug("unsubscribe change feed %s: %s", self.stream, exc)
+        async with (
+            ordered_feed(
+                js,
+                f"{self._prefix}>",
+                stream=self.stream,
+                deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+            ) as queue,
+            asyncio.TaskGroup() as tg,
+        ):
+            tg.create_task(self._apply(queue, view, on_applied))
+            tg.create_task(self._marks(view, freshness_interval_s))
 
     async def _apply(
         self,
@@ -297,17 +288,9 @@ class GlobalKeyspaceStore:
             )
         else:
             config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW)
-        queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=1024)
-
-        async def on_msg(msg: Msg) -> None:
-            await queue.put(msg)
-
-        sub = await js.subscribe(
-            f"{self._prefix}>", cb=on_msg, ordered_consumer=True, config=config, stream=self.stream
-        )
-        try:
+        async with ordered_feed(js, f"{self._prefix}>", stream=self.stream, config=config) as q:
             while True:
-                msg = await queue.get()
+                msg = await q.get()
                 key = self.key_of(msg.subject)
                 if key.startswith(RESERVED_KEY_PREFIX) or not key.startswith(prefix):
                     continue
@@ -315,11 +298,6 @@ class GlobalKeyspaceStore:
                 headers = dict(msg.headers or {})
                 entry = None if _is_delete(headers) else self._entry(key, msg.data, seq, headers)
                 yield seq, key, entry
-        finally:
-            try:
-                await sub.unsubscribe()
-            except nats.errors.Error as exc:
-                log.debug("unsubscribe watch on %s: %s", self.stream, exc)
 
     # -- errors -----------------------------------------------------------
 

@@ -29,6 +29,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from meridian.backbone.connection import BackboneConnection, reraise_if_cancelling
+from meridian.backbone.feed import ordered_feed
 from meridian.backbone.kv import HLC_HEADER, REGION_HEADER, WRONG_LAST_SEQUENCE
 from meridian.core.errors import ClockSkewError, InvalidArgumentError, UnavailableError
 from meridian.core.hlc import HlcTimestamp, HybridLogicalClock
@@ -190,30 +191,20 @@ class ReplicatedKeyspaceStore:
     ) -> None:
         """Merge every region's messages into ``view``; runs until cancelled."""
         js = self.conn.jetstream(self.timeout_s)
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
-
-        async def on_msg(msg: Msg) -> None:
-            await queue.put(msg)
-
-        sub = await js.subscribe(
-            f"{self._subject_prefix}>",
-            cb=on_msg,
-            ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.ALL,
-            stream=self.aggregate,
-        )
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._apply(queue, view, on_applied))
-                tg.create_task(self._marks(view, freshness_interval_s))
-                for region in self.regions:
-                    if region != self.region:
-                        tg.create_task(self._follow_peer(region, view, on_applied))
-        finally:
-            try:
-                await sub.unsubscribe()
-            except nats.errors.Error as exc:
-                log.debug("unsubscribe %s: %s", self.aggregate, exc)
+        async with (
+            ordered_feed(
+                js,
+                f"{self._subject_prefix}>",
+                stream=self.aggregate,
+                deliver_policy=api.DeliverPolicy.ALL,
+            ) as queue,
+            asyncio.TaskGroup() as tg,
+        ):
+            tg.create_task(self._apply(queue, view, on_applied))
+            tg.create_task(self._marks(view, freshness_interval_s))
+            for region in self.regions:
+                if region != self.region:
+                    tg.create_task(self._follow_peer(region, view, on_applied))
 
     async def _apply(
         self,
@@ -274,31 +265,18 @@ class ReplicatedKeyspaceStore:
         """
         js = self.conn.jetstream(self.timeout_s)
         while True:
-            queue: asyncio.Queue[Msg] = asyncio.Queue()
-
-            async def on_msg(msg: Msg, q: asyncio.Queue[Msg] = queue) -> None:
-                await q.put(msg)
-
             try:
-                sub = await js.subscribe(
+                async with ordered_feed(
+                    js,
                     f"{self._subject_prefix}{region}.>",
-                    cb=on_msg,
-                    ordered_consumer=True,
-                    deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
                     stream=own_stream(self.keyspace.name, region),
-                )
+                    deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+                ) as queue:
+                    await self._apply(queue, view, on_applied, direct=True)
             except (TimeoutError, nats.errors.Error) as exc:
                 log.debug("direct feed from %s not available yet: %s", region, exc)
-                reraise_if_cancelling()
-                await asyncio.sleep(2.0)
-                continue
-            try:
-                await self._apply(queue, view, on_applied, direct=True)
-            finally:
-                try:
-                    await sub.unsubscribe()
-                except nats.errors.Error as exc:
-                    log.debug("unsubscribe direct feed from %s: %s", region, exc)
+            reraise_if_cancelling()
+            await asyncio.sleep(2.0)
 
     async def _marks(self, view: KeyspaceView[ReplicatedEntry], interval_s: float) -> None:
         """Prove freshness: the aggregate's last sequence, and each source's lag."""
@@ -323,21 +301,14 @@ class ReplicatedKeyspaceStore:
         aggregate sequence ``from_revision`` on, or only new ones."""
         js = self.conn.jetstream(self.timeout_s)
         start = from_revision or int((await js.stream_info(self.aggregate)).state.last_seq) + 1
-        queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=1024)
-
-        async def on_msg(msg: Msg) -> None:
-            await queue.put(msg)
-
-        # Replay from the start to know each key's merged state; emit from `start`.
-        sub = await js.subscribe(
-            f"{self._subject_prefix}>",
-            cb=on_msg,
-            ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.ALL,
-            stream=self.aggregate,
-        )
         merged: dict[str, ReplicatedEntry] = {}
-        try:
+        # Replay from the start to know each key's merged state; emit from `start`.
+        async with ordered_feed(
+            js,
+            f"{self._subject_prefix}>",
+            stream=self.aggregate,
+            deliver_policy=api.DeliverPolicy.ALL,
+        ) as queue:
             while True:
                 msg = await queue.get()
                 writer, key = self._split(msg.subject)
@@ -357,11 +328,6 @@ class ReplicatedKeyspaceStore:
                 merged[key] = entry
                 if seq >= start:
                     yield entry
-        finally:
-            try:
-                await sub.unsubscribe()
-            except nats.errors.Error as exc:
-                log.debug("unsubscribe watch on %s: %s", self.aggregate, exc)
 
     def staleness(
         self, view: KeyspaceView[ReplicatedEntry], now: float
