@@ -97,8 +97,8 @@ async def test_incoming_traceparent_is_honoured_on_both_transports(nats_server: 
                 status_pb2.GetStatusRequest(), metadata=(("traceparent", TRACEPARENT),)
             )
             await call
-            initial = dict(await call.initial_metadata())
-        assert initial["traceparent"].split("-")[1] == TRACE_ID
+            trailing = dict(await call.trailing_metadata())
+        assert trailing["traceparent"].split("-")[1] == TRACE_ID
         agent.tracer_provider.force_flush()
     spans = {s.name: s for s in exporter.get_finished_spans()}
     for name in ("meridian.v1.HealthService/Check", "meridian.v1.StatusService/GetStatus"):

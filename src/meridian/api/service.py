@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -47,6 +47,16 @@ class InternalError(MeridianError):
 
 
 @dataclass(frozen=True)
+class _CallSeries:
+    count: Any
+    latency: Any
+
+    def record(self, seconds: float) -> None:
+        self.count.inc()
+        self.latency.observe(seconds)
+
+
+@dataclass(frozen=True)
 class CallResult:
     response: Message | None
     error: MeridianError | None
@@ -68,6 +78,7 @@ class AgentApi:
         self.source = source
         self.metrics = metrics
         self.tracer = tracer
+        self._call_series: dict[tuple[str, str, str, str], _CallSeries] = {}
 
     # -- the services ---------------------------------------------------
 
@@ -85,6 +96,18 @@ class AgentApi:
         )
 
     # -- the shared call path --------------------------------------------
+
+    def _series(self, service: str, method: str, transport: str, code: str) -> _CallSeries:
+        """The metric children of one (service, method, transport, code), made once."""
+        key = (service, method, transport, code)
+        series = self._call_series.get(key)
+        if series is None:
+            series = _CallSeries(
+                self.metrics.requests.labels(self.region, service, method, transport, code),
+                self.metrics.latency.labels(self.region, service, method, transport),
+            )
+            self._call_series[key] = series
+        return series
 
     async def call(
         self,
@@ -127,11 +150,7 @@ class AgentApi:
                 return CallResult(None, InternalError(f"internal error in {name}"), traceparent)
             finally:
                 elapsed = time.perf_counter() - start
-                self.metrics.requests.labels(self.region, service, method, transport, code).inc()
-                self.metrics.latency.labels(self.region, service, method, transport).observe(
-                    elapsed
-                )
-                log.debug("%s %s %s in %.1fms", transport, name, code, elapsed * 1000)
+                self._series(service, method, transport, code).record(elapsed)
 
     @contextlib.asynccontextmanager
     async def streaming(
@@ -158,10 +177,7 @@ class AgentApi:
                 code = "CANCELLED"
                 raise
             finally:
-                self.metrics.requests.labels(self.region, service, method, transport, code).inc()
-                self.metrics.latency.labels(self.region, service, method, transport).observe(
-                    time.perf_counter() - start
-                )
+                self._series(service, method, transport, code).record(time.perf_counter() - start)
 
 
 _HEALTH = {

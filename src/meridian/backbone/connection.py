@@ -91,6 +91,8 @@ class BackboneConnection:
         self.last_error = ""
         self._closed = False
         self._connected = asyncio.Event()
+        self._js: dict[float, JetStreamContext] = {}
+        self._js_nc: Client | None = None
 
     async def connect(self) -> None:
         """Connect once; raise :class:`UnavailableError` naming the URLs on failure."""
@@ -165,7 +167,15 @@ class BackboneConnection:
         )
 
     def jetstream(self, timeout_s: float) -> JetStreamContext:
-        return self.nc.jetstream(timeout=timeout_s)
+        """A JetStream context with this default timeout, made once per timeout."""
+        nc = self.nc
+        js = self._js.get(timeout_s)
+        if js is None or self._js_nc is not nc:
+            if self._js_nc is not nc:
+                self._js.clear()
+                self._js_nc = nc
+            js = self._js[timeout_s] = nc.jetstream(timeout=timeout_s)
+        return js
 
     async def rtt_ms(self, timeout_s: float) -> float:
         """Round trip to the connected server (a PING/PONG flush)."""

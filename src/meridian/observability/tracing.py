@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export import (
     ConsoleSpanExporter,
     SpanExporter,
 )
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from meridian.config import TelemetryConfig
@@ -33,9 +34,13 @@ def build_tracer_provider(
     exporter: SpanExporter | None = None,
 ) -> TracerProvider:
     """A tracer provider for one process; ``exporter`` overrides the configured one (tests)."""
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": service, "cloud.region": region})
-    )
+    resource = Resource.create({"service.name": service, "cloud.region": region})
+    if exporter is None and telemetry.exporter == "none":
+        # Nothing is exported, so record nothing: spans stay non-recording but still
+        # carry (and propagate) trace and span ids, for logs and traceparent. This
+        # keeps the per-call cost of tracing near zero on the hot path.
+        return TracerProvider(resource=resource, sampler=ALWAYS_OFF)
+    provider = TracerProvider(resource=resource)
     if exporter is None:
         if telemetry.exporter == "console":
             exporter = ConsoleSpanExporter()

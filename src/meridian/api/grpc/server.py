@@ -40,12 +40,15 @@ async def _unary(
 ) -> Resp:
     carrier = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
     result = await api.call(service, method, "grpc", carrier, handler, request)
-    if result.traceparent:
-        await context.send_initial_metadata((("traceparent", result.traceparent),))
+    # Trailing, not initial, metadata: sending initial metadata is a separate
+    # write per call, and it showed up in profiles of the read path.
+    trailing = (("traceparent", result.traceparent),) if result.traceparent else ()
     if result.error is not None:
         mapping = mapping_for(result.error)
-        context.set_trailing_metadata(error_metadata(result.error))
+        context.set_trailing_metadata(trailing + error_metadata(result.error))
         await context.abort(mapping.grpc, result.error.message)
+    if trailing:
+        context.set_trailing_metadata(trailing)
     assert result.response is not None
     return result.response  # type: ignore[return-value]
 
@@ -123,6 +126,7 @@ class StateServicer(state_pb2_grpc.StateServiceServicer):
         carrier = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         try:
             async with self.api.streaming("StateService", "Watch", "grpc", carrier) as tp:
+                # A stream's first message may be far off: send the trace context now.
                 await context.send_initial_metadata((("traceparent", tp),))
                 async for event in await self.state.watch(request):
                     yield event
