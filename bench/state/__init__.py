@@ -11,7 +11,9 @@ Every figure is compared with a baseline measured in the same run:
 1. ``Get EVENTUAL`` latency through the agent, over gRPC (``MeridianClient``)
    and HTTP/JSON, against a direct nats-py KV get of the same bucket from the
    same region: sequential calls on one connection, same key, interleaved
-   rounds. Goal: agent ≤ 1.0x direct.
+   rounds. Goal: agent ≤ 1.0x direct. A direct get is answered by any of the
+   three replicas, most across the WAN, so the subset the local replica
+   answered is shown too.
 2. ``Put STRONG`` latency from each region against the floor the WAN allows:
    RTT(writer, stream leader) + the smallest RTT from the leader to a follower.
    Goal: median ≤ 1.2 x floor + 5 ms.
@@ -24,6 +26,8 @@ Every figure is compared with a baseline measured in the same run:
 5. Replication lag of ``replicated`` keyspaces: skipped until they are served.
 
 Alongside each figure it reports the CPU time of the load generator and of the
-agent (plus the region's nats-servers and the WAN emulator), read from
-``/proc/<pid>/stat`` before and after.
+agent (its event-loop thread too, plus the region's nats-servers, the WAN
+emulator and the whole machine), read from ``/proc`` before and after. With
+``--py-spy`` it samples the agent during figures 3 and 4 and keeps the raw stacks
+in ``bench/results/state-<UTC timestamp>/``.
 """

@@ -17,8 +17,11 @@ import tempfile
 from pathlib import Path
 
 from meridian.config import MeridianConfig, RegionConfig, load_config
+from meridian.core.keyspace import Keyspace
 
 KEYSPACE = "bench"
+#: Figure 5's keyspace: one stream per region, sourced into every region.
+REPLICATED_KEYSPACE = "benchrep"
 #: The default WAN matrix: one-way milliseconds, both directions.
 LINKS = (("us-east", "eu-west", 35), ("us-east", "ap-south", 100), ("eu-west", "ap-south", 65))
 REGIONS = ("us-east", "eu-west", "ap-south")
@@ -33,6 +36,8 @@ def config_text(base_port: int) -> str:
         f'[sandbox]\nworkdir = "sandbox"\nbase_port = {base_port}\n'
         f"\n[wan]\njitter_ms = 1.0\n{links}{regions}"
         f'\n[[keyspace]]\nname = "{KEYSPACE}"\nlocality = "global"\n'
+        f'\n[[keyspace]]\nname = "{REPLICATED_KEYSPACE}"\nlocality = "replicated"\n'
+        'conflict = "lww"\n'
     )
 
 
@@ -48,7 +53,14 @@ class BenchSandbox:
         self.config_path = self.root / "meridian.toml"
         self.config_path.write_text(config_text(base_port))
         self.config: MeridianConfig = load_config(self.config_path, env={})
-        self.keyspace = self.config.keyspaces[0]
+        self.keyspace = self._declared(KEYSPACE)
+        self.replicated = self._declared(REPLICATED_KEYSPACE)
+
+    def _declared(self, name: str) -> Keyspace:
+        ks = self.config.keyspace(name)
+        if ks is None:
+            raise SandboxError(f"the bench config declares no keyspace {name!r}")
+        return ks
 
     # -- lifecycle ---------------------------------------------------------
 

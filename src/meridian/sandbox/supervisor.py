@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 import urllib.error
@@ -120,7 +121,7 @@ class Sandbox:
         busy = wait_ports_free(self._all_ports(), timeout_s=10)
         self.state.remove()
         if purge:
-            _rmtree(self.workdir / "nats")
+            shutil.rmtree(self.workdir / "nats", ignore_errors=True)
         return busy
 
     def kill_region(self, region: str) -> list[ProcessRecord]:
@@ -353,12 +354,6 @@ def _tail(path: str, lines: int = 15) -> str:
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def status_json(statuses: list[ComponentStatus]) -> str:
