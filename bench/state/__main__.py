@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--put-samples", type=int, help="figure 2 Puts per region (30)")
     p.add_argument(
+        "--lag-samples", type=int, help="figure 5 Puts per writer region, 20 ms apart (100)"
+    )
+    p.add_argument(
         "--py-spy",
         action="store_true",
         help="sample the agent with py-spy during figures 3 and 4 (via `uv tool run py-spy`)",
@@ -73,12 +76,14 @@ def settings(args: argparse.Namespace) -> Settings:
                 "put_samples": 8,
                 "warmup_s": 1.0,
                 "duration_s": 3.0,
+                "lag_samples": 30,
             }
         )
     overrides = {
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "put_samples": args.put_samples,
+        "lag_samples": args.lag_samples,
     }
     return Settings(**{**s.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
 

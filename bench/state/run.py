@@ -12,7 +12,7 @@ import nats
 from nats.js import JetStreamContext
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.state import latency, load
+from bench.state import latency, load, replication
 from bench.state.profile import Profiler
 from bench.state.report import Report, Row
 from bench.state.sandbox import BenchSandbox
@@ -43,6 +43,9 @@ class Settings:
     read_tasks: int = 16
     write_concurrency: int = 64
     write_regions: tuple[str, ...] = ("us-east", "leader")
+    # figure 5
+    lag_samples: int = 100
+    lag_interval_s: float = 0.02
 
 
 def watched(sb: BenchSandbox, region: str) -> dict[str, Target]:
@@ -378,6 +381,97 @@ async def figure4(sb: BenchSandbox, s: Settings, leader: str, profiler: Profiler
     return rows
 
 
+# -- figure 5 ------------------------------------------------------------------------
+
+
+async def wait_replicated_ready(sb: BenchSandbox, timeout_s: float = 120) -> None:
+    """Every agent accepts a Put on the replicated keyspace."""
+    ks = sb.replicated.name
+    for r in sb.config.region_names:
+        async with MeridianClient(sb.region(r).grpc_address, timeout_s=5) as client:
+
+            async def put(client: MeridianClient = client, r: str = r) -> bool:
+                await client.put(ks, f"ready-{r}", b"1")
+                return True
+
+            await _until(f"agent {r} accepted no Put on {ks!r}", put, timeout_s)
+
+
+def _ms(samples_s: list[float]) -> str:
+    return f"{latency.summary_ms(samples_s).median:.1f}" if samples_s else "-"
+
+
+async def figure5(sb: BenchSandbox, s: Settings) -> list[Row]:
+    await wait_replicated_ready(sb)
+    runs = await replication.replication_lag(
+        sb,
+        samples=s.lag_samples,
+        interval_s=s.lag_interval_s,
+        pids=lambda r: watched(sb, r),
+    )
+    rows = []
+    for run in runs:
+        for pair in run.pairs:
+            w, r = pair.writer, pair.reader
+            one_way = sb.one_way_ms(w, r)
+            limit = one_way + 50
+            arr = pair.arrivals_s
+            watch = latency.summary_ms(arr[replication.WATCH])
+            core = latency.summary_ms(arr[replication.CORE])
+            missing = {p: pair.missing(p) for p in replication.PATHS if pair.missing(p)}
+            met = watch.n > 0 and watch.p99 <= limit and not missing.get(replication.WATCH)
+            note = (
+                f"{watch.median - core.median:+.1f} ms over core NATS at the median; split: Put at {w} → stored in {w}'s stream {_ms(run.stored_s)} ms "
+                f"(Put acked after {_ms(run.ack_s)}), JetStream sourcing into {r}'s aggregate "
+                f"{_ms(pair.sourcing_s)} ms, aggregate → Watch event {_ms(pair.delivery_s)} ms "
+                f"(raw consumer {_ms(pair.raw_delivery_s)}); raw consumers at {r}: "
+                f"aggregate {_ms(arr[replication.AGGREGATE])} ms, {w}'s own stream "
+                f"(the direct peer feed's path) {_ms(arr[replication.PEER])} ms"
+            )
+            if missing:
+                note += "; never arrived: " + ", ".join(f"{p} {n}" for p, n in missing.items())
+            extra = {
+                "writer": w,
+                "reader": r,
+                "one_way_ms": one_way,
+                "limit_ms": limit,
+                "missing": missing,
+                "paths_ms": {p: latency.summary_ms(v).to_json() for p, v in arr.items() if v},
+                "put_ack_ms": latency.summary_ms(run.ack_s).to_json(),
+                "send_to_stored_at_writer_ms": latency.summary_ms(run.stored_s).to_json(),
+                "sourcing_ms": latency.summary_ms(pair.sourcing_s).to_json(),
+                "aggregate_to_watch_ms": latency.summary_ms(pair.delivery_s).to_json(),
+                "aggregate_to_raw_consumer_ms": latency.summary_ms(pair.raw_delivery_s).to_json(),
+            }
+            rows.append(
+                Row(
+                    "5",
+                    f"lag {w}→{r}, agent Put → Watch",
+                    "ms",
+                    watch,
+                    baseline_name="core NATS",
+                    baseline_median=core.median,
+                    ratio=watch.median / core.median if core.n and core.median else None,
+                    goal=f"p99 ≤ {one_way:.0f}+50 = {limit:.0f} ms",
+                    met=met,
+                    note=note,
+                    cpu=_cpu_json(pair.cpu, pair.samples),
+                    extra=extra,
+                )
+            )
+            rows.append(
+                Row(
+                    "5",
+                    f"lag {w}→{r}, core NATS publish",
+                    "ms",
+                    core,
+                    goal="baseline",
+                    note=f"one way in the WAN matrix: {one_way:.0f} ms",
+                )
+            )
+    return rows
+
+
 # -- all -----------------------------------------------------------------------------
 
 
@@ -413,13 +507,7 @@ async def measure(sb: BenchSandbox, s: Settings, profiler: Profiler, report: Rep
     await step(
         "4", "STRONG write throughput, agent vs direct", lambda: figure4(sb, s, leader, profiler)
     )
-    if "5" in s.figures:
-        report.rows.append(
-            Row(
-                "5",
-                "replication lag, replicated keyspaces",
-                "ms",
-                note="skipped: replicated keyspaces not served yet",
-            )
-        )
+    await step(
+        "5", "replication lag of a replicated keyspace, per region pair", lambda: figure5(sb, s)
+    )
     report.profiles = profiler.summaries
