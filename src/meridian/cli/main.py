@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import click
@@ -46,8 +46,16 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
-    return asyncio.run(coro_fn())  # type: ignore[arg-type]
+def _run_fast(coro: Coroutine[Any, Any, None]) -> None:
+    """Run a long-lived daemon on uvloop where it is installed, else on the standard
+    loop. In bench/state on this machine uvloop cut the agent's CPU per call by about
+    a fifth (reads ~565 -> ~445 us, writes ~1.2 -> ~1.0 ms)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+        return
+    uvloop.run(coro)
 
 
 @click.group()
@@ -194,7 +202,7 @@ def agent_run(ctx: _Ctx, region: str) -> None:
     cfg.region(region)
     configure_logging(region, cfg.agent.log_level)
     agent_ = Agent(cfg, region)
-    asyncio.run(agent_.run(install_signal_handlers=True))
+    _run_fast(agent_.run(install_signal_handlers=True))
 
 
 # -- wan -------------------------------------------------------------------
