@@ -76,16 +76,9 @@ class HttpTransport:
         service: str,
         method: str,
         handler: Handler,
-        message: Message | MeridianError,
+        message: Message,
         ok_status: Callable[[Message], int] = lambda _: 200,
     ) -> web.Response:
-        if isinstance(message, MeridianError):
-            error = message
-
-            async def fail(_: Any) -> Message:
-                raise error
-
-            handler, message = fail, state_pb2.GetRequest()
         result = await self.api.call(service, method, "http", request.headers, handler, message)
         headers = {"traceparent": result.traceparent} if result.traceparent else {}
         if result.error is not None:
@@ -102,6 +95,14 @@ class HttpTransport:
     ) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def route(request: web.Request) -> web.Response:
             parsed = await _parse_body(request, request_type)
+            if isinstance(parsed, MeridianError):
+                # A bad body is still one traced, counted call of this method.
+                error = parsed
+
+                async def reject(_: Message) -> Message:
+                    raise error
+
+                return await self._respond(request, service, method, reject, request_type())
             return await self._respond(request, service, method, handler, parsed)
 
         return route
