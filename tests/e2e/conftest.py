@@ -3,17 +3,22 @@ driven through the real `meridian` CLI."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from meridian.client import MeridianClient
 from meridian.config import MeridianConfig, load_config
+from tests.conftest import eventually
+
+REGIONS = ("us-east", "eu-west", "ap-south")
 
 E2E_BASE_PORT = 24000
 
@@ -125,3 +130,27 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxHandle]
         yield handle
     finally:
         handle.cli("sandbox", "down", "--purge", check=False)
+
+
+@contextlib.asynccontextmanager
+async def ready_clients(
+    sandbox: SandboxHandle, ready: Callable[[MeridianClient, str], Awaitable[None]]
+) -> AsyncIterator[dict[str, MeridianClient]]:
+    """A client per region, once ``ready(client, region)`` succeeds for each: the
+    region's keyspaces are set up and it can write."""
+    out = {r: MeridianClient(sandbox.config.region(r).grpc_address) for r in REGIONS}
+    try:
+        for region, client in out.items():
+
+            async def attempt(c: MeridianClient = client, r: str = region) -> bool:
+                try:
+                    await ready(c, r)
+                except Exception:  # not ready yet, whatever the reason
+                    return False
+                return True
+
+            await eventually(attempt, bool, timeout_s=120, interval_s=0.5, what=f"{region} ready")
+        yield out
+    finally:
+        for client in out.values():
+            await client.aclose()

@@ -15,33 +15,19 @@ from meridian.client import Bounded, Entry, Eventual, MeridianClient
 from meridian.core.errors import NotFoundError, UnavailableError
 from meridian.sandbox.wan_control import WanClient
 from tests.conftest import eventually
-from tests.e2e.conftest import SandboxHandle
-
-REGIONS = ("us-east", "eu-west", "ap-south")
-KEYSPACES = ("carts", "stock", "tags", "notes")
+from tests.e2e.conftest import REGIONS, SandboxHandle, ready_clients
 
 
 @pytest.fixture
 async def clients(sandbox: SandboxHandle) -> AsyncIterator[dict[str, MeridianClient]]:
-    out = {r: MeridianClient(sandbox.config.region(r).grpc_address) for r in REGIONS}
-    try:
-        for region, client in out.items():
+    async def writable(client: MeridianClient, region: str) -> None:
+        await client.put("carts", f"ready.{region}", b"1")
+        await client.increment("stock", f"ready.{region}", 1)
+        await client.set_add("tags", f"ready.{region}", "x")
+        await client.put("notes", f"ready.{region}", b"1")
 
-            async def writable(c: MeridianClient = client, r: str = region) -> bool:
-                try:
-                    await c.put("carts", f"ready.{r}", b"1")
-                    await c.increment("stock", f"ready.{r}", 1)
-                    await c.set_add("tags", f"ready.{r}", "x")
-                    await c.put("notes", f"ready.{r}", b"1")
-                except Exception:
-                    return False
-                return True
-
-            await eventually(writable, bool, timeout_s=120, interval_s=0.5, what=f"{region} ready")
+    async with ready_clients(sandbox, writable) as out:
         yield out
-    finally:
-        for client in out.values():
-            await client.aclose()
 
 
 def view(entry: Entry | None) -> Any:

@@ -20,9 +20,7 @@ import nats
 from meridian.sandbox.processes import port_in_use
 from meridian.sandbox.wan_control import WanClient
 from tests.conftest import eventually
-from tests.e2e.conftest import SandboxHandle
-
-REGIONS = ("us-east", "eu-west", "ap-south")
+from tests.e2e.conftest import REGIONS, SandboxHandle
 
 
 async def agent_status(sandbox: SandboxHandle, region: str) -> dict[str, Any] | None:

@@ -15,32 +15,16 @@ from meridian.client import Eventual, MeridianClient, Strong
 from meridian.core.errors import ConflictError, NotFoundError, QuorumUnavailableError
 from meridian.sandbox.wan_control import WanClient
 from tests.conftest import eventually
-from tests.e2e.conftest import SandboxHandle
-
-REGIONS = ("us-east", "eu-west", "ap-south")
+from tests.e2e.conftest import REGIONS, SandboxHandle, ready_clients
 
 
 @pytest.fixture
 async def clients(sandbox: SandboxHandle) -> AsyncIterator[dict[str, MeridianClient]]:
-    out = {r: MeridianClient(sandbox.config.region(r).grpc_address) for r in REGIONS}
-    try:
-        # Wait until every region's agent can write (keyspace ready, quorum reachable).
-        for region, client in out.items():
+    async def writable(client: MeridianClient, region: str) -> None:
+        await client.put("accounts", f"ready.{region}", b"1")
 
-            async def writable(c: MeridianClient = client, r: str = region) -> bool:
-                try:
-                    await c.put("accounts", f"ready.{r}", b"1")
-                except Exception:
-                    return False
-                return True
-
-            await eventually(
-                writable, bool, timeout_s=120, interval_s=0.5, what=f"{region} writable"
-            )
+    async with ready_clients(sandbox, writable) as out:
         yield out
-    finally:
-        for client in out.values():
-            await client.aclose()
 
 
 async def test_a_write_acknowledged_in_one_region_is_read_strongly_in_every_other(

@@ -109,17 +109,17 @@ class AgentApi:
             self._call_series[key] = series
         return series
 
-    async def call(
-        self,
-        service: str,
-        method: str,
-        transport: str,
-        carrier: Mapping[str, str],
-        handler: Callable[[Req], Awaitable[Resp]],
-        request: Req,
-    ) -> CallResult:
-        """Run ``handler(request)`` as one traced, measured API call. Never raises
-        a MeridianError: it comes back in the result for the transport to map."""
+    @contextlib.asynccontextmanager
+    async def serving(
+        self, service: str, method: str, transport: str, carrier: Mapping[str, str]
+    ) -> AsyncIterator[str]:
+        """One traced, measured API call (unary or streaming); yields its ``traceparent``.
+
+        The span continues the caller's W3C trace context from ``carrier``. A
+        MeridianError raised inside is recorded and re-raised; any other exception
+        is logged and re-raised as INTERNAL, so transports only ever map
+        MeridianErrors. Cancellation passes through.
+        """
         start = time.perf_counter()
         code = "OK"
         name = f"meridian.v1.{service}/{method}"
@@ -134,39 +134,6 @@ class AgentApi:
                 "cloud.region": self.region,
             },
         ) as span:
-            traceparent = current_traceparent()
-            try:
-                response = await handler(request)
-                return CallResult(response, None, traceparent)
-            except MeridianError as exc:
-                code = exc.code.value
-                span.set_status(Status(StatusCode.ERROR, exc.message))
-                return CallResult(None, exc, traceparent)
-            except Exception as exc:
-                code = ErrorCode.INTERNAL.value
-                log.exception("unhandled error in %s", name)
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, str(exc)))
-                return CallResult(None, InternalError(f"internal error in {name}"), traceparent)
-            finally:
-                elapsed = time.perf_counter() - start
-                self._series(service, method, transport, code).record(elapsed)
-
-    @contextlib.asynccontextmanager
-    async def streaming(
-        self, service: str, method: str, transport: str, carrier: Mapping[str, str]
-    ) -> AsyncIterator[str]:
-        """A server span and metrics around one streaming call; yields its ``traceparent``.
-        A MeridianError raised inside is recorded and re-raised for the transport to map."""
-        start = time.perf_counter()
-        code = "OK"
-        name = f"meridian.v1.{service}/{method}"
-        with self.tracer.start_as_current_span(
-            name,
-            context=extract_context(carrier),
-            kind=SpanKind.SERVER,
-            attributes={"rpc.service": f"meridian.v1.{service}", "rpc.method": method},
-        ) as span:
             try:
                 yield current_traceparent()
             except MeridianError as exc:
@@ -176,8 +143,32 @@ class AgentApi:
             except asyncio.CancelledError:
                 code = "CANCELLED"
                 raise
+            except Exception as exc:
+                code = ErrorCode.INTERNAL.value
+                log.exception("unhandled error in %s", name)
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                raise InternalError(f"internal error in {name}") from exc
             finally:
                 self._series(service, method, transport, code).record(time.perf_counter() - start)
+
+    async def call(
+        self,
+        service: str,
+        method: str,
+        transport: str,
+        carrier: Mapping[str, str],
+        handler: Callable[[Req], Awaitable[Resp]],
+        request: Req,
+    ) -> CallResult:
+        """Run ``handler(request)`` as one :meth:`serving` call. Never raises a
+        MeridianError: it comes back in the result for the transport to map."""
+        traceparent = ""
+        try:
+            async with self.serving(service, method, transport, carrier) as traceparent:
+                return CallResult(await handler(request), None, traceparent)
+        except MeridianError as exc:
+            return CallResult(None, exc, traceparent)
 
 
 _HEALTH = {

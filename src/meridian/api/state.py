@@ -448,10 +448,9 @@ class StateApi:
             lambda state: operation(state, hlc),
             hlc,
         )
-        merged = rep.merge(current.state if current else None, new)
+        # Read-your-writes: show the write now; the feed merges it again, harmlessly.
         base_rev = current.revision if current else 0
-        latest = max(
-            (hlc.to_int(), self.region), (current.hlc, current.region) if current else (0, "")
+        replica.view.merge_local(
+            key, rep.merged_entry(current, key, new, base_rev, hlc.to_int(), self.region)
         )
-        replica.view.merge_local(key, ReplicatedEntry(key, merged, base_rev, *latest))
         return state_pb2.WriteResponse(revision=revision, hlc=hlc.to_int())

@@ -39,20 +39,32 @@ def reraise_if_cancelling() -> None:
 
 
 @contextlib.contextmanager
-def translate_nats_errors(what: str) -> Iterator[None]:
-    """Re-raise nats-py failures during ``what`` as Meridian errors, chained to the original."""
+def translate_nats_errors(
+    what: str,
+    *,
+    unreachable: type[MeridianError] = UnavailableError,
+    timeout: type[MeridianError] = DeadlineExceededError,
+) -> Iterator[None]:
+    """Re-raise nats-py failures during ``what`` as Meridian errors, chained to the original.
+
+    ``unreachable`` is raised when no JetStream leader answers (no responders, 503)
+    and ``timeout`` when nothing answers in time; a ``global`` keyspace passes
+    QuorumUnavailableError for both. A lost NATS connection is always
+    UnavailableError. Other JetStream API errors (a lost compare-and-set, a
+    missing message) pass through for the caller, who knows what they mean.
+    """
     try:
         yield
     except MeridianError:
         raise
     except (TimeoutError, nats.errors.TimeoutError, nats.js.errors.FetchTimeoutError) as exc:
-        raise DeadlineExceededError(f"{what}: no answer in time") from exc
-    except nats.errors.NoRespondersError as exc:
-        raise UnavailableError(f"{what}: no responders") from exc
+        raise timeout(
+            f"{what}: no answer in time; a write may or may not have been applied"
+        ) from exc
+    except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError) as exc:
+        raise unreachable(f"{what}: no JetStream leader is reachable") from exc
     except nats.js.errors.ServiceUnavailableError as exc:
-        raise UnavailableError(f"{what}: JetStream temporarily unavailable") from exc
-    except nats.js.errors.APIError as exc:
-        raise UnavailableError(f"{what}: JetStream error {exc.code}: {exc.description}") from exc
+        raise unreachable(f"{what}: JetStream is temporarily unavailable") from exc
     except (
         nats.errors.ConnectionClosedError,
         nats.errors.ConnectionReconnectingError,

@@ -32,7 +32,11 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import api
 
-from meridian.backbone.connection import BackboneConnection, reraise_if_cancelling
+from meridian.backbone.connection import (
+    BackboneConnection,
+    reraise_if_cancelling,
+    translate_nats_errors,
+)
 from meridian.backbone.feed import ordered_feed
 from meridian.config import GLOBAL_CLUSTER
 from meridian.core.errors import (
@@ -302,31 +306,14 @@ class GlobalKeyspaceStore:
     # -- errors -----------------------------------------------------------
 
     async def _quorum_call(self, what: str, aw: Awaitable[T]) -> T:
-        """Await ``aw``; a timeout or an absent leader becomes QuorumUnavailableError."""
-        start = time.monotonic()
-        try:
+        """Await ``aw``; no answer in time, or no leader, is QuorumUnavailableError."""
+        with translate_nats_errors(
+            f"cannot {what} from {self.region} (the {GLOBAL_CLUSTER} quorum is needed)",
+            unreachable=QuorumUnavailableError,
+            timeout=QuorumUnavailableError,
+        ):
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
             # that races with completion, which left feeds running after shutdown.
             async with asyncio.timeout(self.timeout_s + 0.5):
                 return await aw
-        except (TimeoutError, nats.errors.TimeoutError) as exc:
-            raise QuorumUnavailableError(
-                f"cannot {what}: no quorum of the {GLOBAL_CLUSTER} cluster answered from "
-                f"{self.region} within {time.monotonic() - start:.1f}s (a write may or may "
-                "not have been applied)"
-            ) from exc
-        except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError) as exc:
-            raise QuorumUnavailableError(
-                f"cannot {what}: no JetStream leader for {self.stream} is reachable from "
-                f"{self.region}"
-            ) from exc
-        except nats.js.errors.ServiceUnavailableError as exc:
-            raise QuorumUnavailableError(
-                f"cannot {what}: JetStream is temporarily unavailable from {self.region}"
-            ) from exc
-        except (
-            nats.errors.ConnectionClosedError,
-            nats.errors.ConnectionReconnectingError,
-            nats.errors.StaleConnectionError,
-        ) as exc:
-            raise UnavailableError(f"cannot {what}: no NATS connection in {self.region}") from exc
+        raise AssertionError("unreachable")  # translate_nats_errors re-raises

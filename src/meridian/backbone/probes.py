@@ -14,7 +14,6 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import nats.errors
@@ -143,12 +142,6 @@ class GlobalProbe:
         except (nats.errors.Error, OSError, TimeoutError):
             return ""
         return (info.cluster.leader or "") if info.cluster else ""
-
-
-@dataclass(frozen=True)
-class PingReply:
-    region: str
-    agent_id: str
 
 
 class PeerPinger:

@@ -28,13 +28,17 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import api
 
-from meridian.backbone.connection import BackboneConnection, reraise_if_cancelling
+from meridian.backbone.connection import (
+    BackboneConnection,
+    reraise_if_cancelling,
+    translate_nats_errors,
+)
 from meridian.backbone.feed import ordered_feed
 from meridian.backbone.kv import HLC_HEADER, REGION_HEADER, WRONG_LAST_SEQUENCE
 from meridian.core.errors import ClockSkewError, InvalidArgumentError, UnavailableError
 from meridian.core.hlc import HlcTimestamp, HybridLogicalClock
 from meridian.core.keyspace import Keyspace
-from meridian.core.replicated import ReplicatedEntry, State, decode, merge
+from meridian.core.replicated import ReplicatedEntry, State, decode, merge, merged_entry
 from meridian.core.view import KeyspaceView
 
 log = logging.getLogger(__name__)
@@ -145,20 +149,18 @@ class ReplicatedKeyspaceStore:
                 "Nats-Expected-Last-Subject-Sequence": str(last_seq),
             }
             try:
-                async with asyncio.timeout(self.timeout_s + 0.5):
-                    ack = await js.publish(
-                        subject, new.to_canonical(), timeout=self.timeout_s, headers=headers
-                    )
+                with translate_nats_errors(
+                    f"cannot write {self.keyspace.name}/{key} in {self.region}"
+                ):
+                    async with asyncio.timeout(self.timeout_s + 0.5):
+                        ack = await js.publish(
+                            subject, new.to_canonical(), timeout=self.timeout_s, headers=headers
+                        )
             except nats.js.errors.APIError as exc:
                 if exc.err_code in WRONG_LAST_SEQUENCE:
                     continue  # another agent in this region wrote first; merge and retry
                 raise UnavailableError(
                     f"cannot write {self.keyspace.name}/{key} in {self.region}: {exc.description}"
-                ) from exc
-            except (TimeoutError, nats.errors.Error) as exc:
-                raise UnavailableError(
-                    f"cannot write {self.keyspace.name}/{key}: this region's stream "
-                    f"{self.own} did not answer ({type(exc).__name__})"
                 ) from exc
             return int(ack.seq), new
         raise UnavailableError(
@@ -168,17 +170,14 @@ class ReplicatedKeyspaceStore:
     async def _last_own(self, subject: str) -> tuple[int, State | None]:
         js = self.conn.jetstream(self.timeout_s)
         try:
-            msg = await js.get_last_msg(self.own, subject, direct=False)
+            with translate_nats_errors(f"cannot read this region's stream {self.own}"):
+                msg = await js.get_last_msg(self.own, subject, direct=False)
         except nats.js.errors.NotFoundError:
             return 0, None
         except nats.js.errors.APIError as exc:
             if exc.err_code == NO_MESSAGE_FOUND:
                 return 0, None
             raise
-        except (TimeoutError, nats.errors.Error) as exc:
-            raise UnavailableError(
-                f"this region's stream {self.own} did not answer ({type(exc).__name__})"
-            ) from exc
         return int(msg.seq or 0), decode(self.keyspace.conflict, msg.data or b"")
 
     # -- the merged view ------------------------------------------------------
@@ -220,10 +219,8 @@ class ReplicatedKeyspaceStore:
             msg = await queue.get()
             seq = msg.metadata.sequence.stream
             writer, key = self._split(msg.subject)
-            headers = dict(msg.headers or {})
             try:
-                incoming = decode(self.keyspace.conflict, msg.data)
-                hlc = HlcTimestamp.decode(headers.get(HLC_HEADER, "0" * 16))
+                incoming, hlc = self._decode(msg)
             except InvalidArgumentError as exc:
                 log.error("skipping malformed message on %s: %s", msg.subject, exc)
                 if not direct:
@@ -237,17 +234,18 @@ class ReplicatedKeyspaceStore:
                     log.warning("%s", exc.message)
                     self.on_skewed()
             old = view.get(key)
-            merged = merge(old.state if old else None, incoming)
-            # The newest write's (hlc, region) labels the entry: the same in every
-            # region whatever order the messages arrived in.
-            latest = max((hlc.to_int(), writer), (old.hlc, old.region) if old else (0, ""))
             if direct:
-                if old is None or merged != old.state or latest != (old.hlc, old.region):
-                    view.merge_local(
-                        key, ReplicatedEntry(key, merged, old.revision if old else 0, *latest)
-                    )
+                entry = merged_entry(
+                    old, key, incoming, old.revision if old else 0, hlc.to_int(), writer
+                )
+                if old is None or (entry.state, entry.hlc, entry.region) != (
+                    old.state,
+                    old.hlc,
+                    old.region,
+                ):
+                    view.merge_local(key, entry)
             else:
-                view.apply(seq, key, ReplicatedEntry(key, merged, seq, *latest))
+                view.apply(seq, key, merged_entry(old, key, incoming, seq, hlc.to_int(), writer))
             await on_applied(hlc.wall_ms if writer != self.region else 0)
 
     async def _follow_peer(
@@ -316,18 +314,19 @@ class ReplicatedKeyspaceStore:
                     continue
                 seq = msg.metadata.sequence.stream
                 try:
-                    incoming = decode(self.keyspace.conflict, msg.data)
-                    hlc = HlcTimestamp.decode(dict(msg.headers or {}).get(HLC_HEADER, "0" * 16))
+                    incoming, hlc = self._decode(msg)
                 except InvalidArgumentError:
                     continue
-                old = merged.get(key)
-                latest = max((hlc.to_int(), writer), (old.hlc, old.region) if old else (0, ""))
-                entry = ReplicatedEntry(
-                    key, merge(old.state if old else None, incoming), seq, *latest
-                )
+                entry = merged_entry(merged.get(key), key, incoming, seq, hlc.to_int(), writer)
                 merged[key] = entry
                 if seq >= start:
                     yield entry
+
+    def _decode(self, msg: Msg) -> tuple[State, HlcTimestamp]:
+        """A message's CRDT state and HLC; InvalidArgumentError if malformed."""
+        headers = dict(msg.headers or {})
+        incoming = decode(self.keyspace.conflict, msg.data)
+        return incoming, HlcTimestamp.decode(headers.get(HLC_HEADER, "0" * 16))
 
     def staleness(
         self, view: KeyspaceView[ReplicatedEntry], now: float

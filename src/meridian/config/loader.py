@@ -1,17 +1,7 @@
-"""Meridian's one configuration file.
+"""Loading and validating the configuration file (see :mod:`meridian.config`).
 
-A TOML file declares the regions, the ports every listener uses, the WAN
-latency matrix of the sandbox, the agent's timings and the telemetry exporter.
-Later capabilities (keyspaces, services) add their own tables here.
-
-Loading validates everything at once and raises a single :class:`ConfigError`
-that lists every problem, each naming the field as a dotted path and saying how
-to fix it. Nothing is started from a configuration that failed validation.
-
-The environment is an injectable mapping:
-
-- ``MERIDIAN_CONFIG``: the file to load when none is given;
-- ``MERIDIAN_NATS_SERVER``: the ``nats-server`` binary, overriding the file.
+Every rule is checked and every violation collected before anything is raised,
+so one :class:`ConfigError` lists all problems, each with its field path.
 """
 
 from __future__ import annotations

@@ -149,3 +149,20 @@ class ReplicatedEntry:
 
     def siblings(self) -> list[Dot]:
         return self.state.siblings() if isinstance(self.state, MultiValue) else []
+
+
+def merged_entry(
+    old: ReplicatedEntry | None,
+    key: str,
+    incoming: State,
+    revision: int,
+    hlc: int,
+    region: str,
+) -> ReplicatedEntry:
+    """``old`` merged with one write of ``region`` at ``hlc``.
+
+    The entry is labelled with the newest (hlc, region) it has seen, so every
+    region shows the same label, whatever order the writes arrived in.
+    """
+    latest = max((hlc, region), (old.hlc, old.region) if old else (0, ""))
+    return ReplicatedEntry(key, merge(old.state if old else None, incoming), revision, *latest)

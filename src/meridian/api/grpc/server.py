@@ -125,7 +125,7 @@ class StateServicer(state_pb2_grpc.StateServiceServicer):
     ) -> AsyncIterator[state_pb2.WatchEvent]:
         carrier = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         try:
-            async with self.api.streaming("StateService", "Watch", "grpc", carrier) as tp:
+            async with self.api.serving("StateService", "Watch", "grpc", carrier) as tp:
                 # A stream's first message may be far off: send the trace context now.
                 await context.send_initial_metadata((("traceparent", tp),))
                 async for event in await self.state.watch(request):

@@ -148,7 +148,7 @@ class HttpTransport:
                     FieldViolation("from_revision", "must be a non-negative integer revision")
                 )
         try:
-            async with self.api.streaming("StateService", "Watch", "http", request.headers) as tp:
+            async with self.api.serving("StateService", "Watch", "http", request.headers) as tp:
                 if error is not None:
                     raise error
                 events = await self.state.watch(watch)
