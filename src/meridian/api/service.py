@@ -24,7 +24,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from meridian._pb.meridian.v1 import health_pb2, status_pb2
-from meridian.core.errors import ErrorCode, MeridianError
+from meridian.core.errors import ErrorCode, InternalError, MeridianError
 from meridian.core.status import AgentObservation, Health, judge_health
 from meridian.observability.metrics import AgentMetrics
 from meridian.observability.tracing import current_traceparent, extract_context
@@ -40,10 +40,6 @@ class ObservationSource(Protocol):
 
     @property
     def latest(self) -> AgentObservation: ...
-
-
-class InternalError(MeridianError):
-    code = ErrorCode.INTERNAL
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ typed error from the same code.
     ├── ClockSkewError              CLOCK_SKEW
     ├── QuorumUnavailableError      QUORUM_UNAVAILABLE
     ├── UnavailableError            UNAVAILABLE        a dependency (NATS, a peer) can't be reached
-    └── DeadlineExceededError       DEADLINE_EXCEEDED
+    ├── DeadlineExceededError       DEADLINE_EXCEEDED
+    └── InternalError               INTERNAL           a bug: logged with its traceback
 """
 
 from __future__ import annotations
@@ -121,3 +122,9 @@ class UnavailableError(MeridianError):
 
 class DeadlineExceededError(MeridianError):
     code = ErrorCode.DEADLINE_EXCEEDED
+
+
+class InternalError(MeridianError):
+    """Something failed that should not have; the agent logs the original exception."""
+
+    code = ErrorCode.INTERNAL
