@@ -160,7 +160,7 @@ class GlobalKeyspaceStore:
             )
         except nats.js.errors.APIError as exc:
             if exc.err_code in WRONG_LAST_SEQUENCE:
-                current = await self._current_revision(key)
+                current = await self._revision_after_conflict(key, if_revision)
                 raise ConflictError(
                     f"{self.keyspace.name}/{key}: expected revision {if_revision}, "
                     f"current revision is {current}",
@@ -168,6 +168,21 @@ class GlobalKeyspaceStore:
                 ) from exc
             raise
         return int(ack.seq), hlc
+
+    async def _revision_after_conflict(self, key: str, expected: int | None) -> int:
+        """The revision that beat ``expected``.
+
+        The leader may refuse a compare-and-set because a competing write is
+        still in flight (error 10164), so right after the refusal the key can
+        still read as ``expected``. Read again until the winner shows, for at
+        most the write timeout; then report what is there.
+        """
+        deadline = time.monotonic() + self.timeout_s
+        last = await self._last(key)
+        while (last[0] if last else 0) == (expected or 0) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+            last = await self._last(key)
+        return 0 if last is None or last[1] is None else last[0]
 
     async def _current_revision(self, key: str) -> int:
         last = await self._last(key)

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
-from nats.js import api
+from nats.js import JetStreamContext, api
 
 from meridian.backbone.connection import (
     BackboneConnection,
@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 STREAM_NAME_IN_USE = 10058
 NO_MESSAGE_FOUND = 10037
 CAS_ATTEMPTS = 20
+#: How often a direct peer feed is checked for a stall.
+PEER_CHECK_S = 3.0
 
 
 def own_stream(keyspace: str, region: str) -> str:
@@ -212,12 +214,16 @@ class ReplicatedKeyspaceStore:
         on_applied: Callable[[int], Awaitable[None]],
         *,
         direct: bool = False,
+        progress: list[int] | None = None,
     ) -> None:
         """Merge queued messages into ``view``. Aggregate messages advance the view's
-        sequence; ``direct`` ones (read straight from a peer's stream) only merge."""
+        sequence; ``direct`` ones (read straight from a peer's stream) only merge.
+        ``progress[0]`` is kept at the last stream sequence taken from the queue."""
         while True:
             msg = await queue.get()
             seq = msg.metadata.sequence.stream
+            if progress is not None:
+                progress[0] = seq
             writer, key = self._split(msg.subject)
             try:
                 incoming, hlc = self._decode(msg)
@@ -258,23 +264,54 @@ class ReplicatedKeyspaceStore:
 
         JetStream sourcing into the aggregate can stall after a partition heals
         (nats-server issues #6206, #8346); merging is idempotent, so reading the
-        peer directly as well costs only bandwidth and bounds that stall. Best
-        effort: retries while the peer is unreachable, never fails the feed.
+        peer directly as well costs only bandwidth and bounds that stall. The
+        direct consumer can stall too (seen after heals): every
+        ``PEER_CHECK_S`` the peer stream's last sequence is compared with what
+        this feed has taken, and a feed that is behind and made no progress
+        since the previous check is recreated. Best effort: retries while the
+        peer is unreachable, never fails the keyspace's feed.
         """
         js = self.conn.jetstream(self.timeout_s)
+        stream = own_stream(self.keyspace.name, region)
         while True:
             try:
-                async with ordered_feed(
-                    js,
-                    f"{self._subject_prefix}{region}.>",
-                    stream=own_stream(self.keyspace.name, region),
-                    deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
-                ) as queue:
-                    await self._apply(queue, view, on_applied, direct=True)
+                async with (
+                    ordered_feed(
+                        js,
+                        f"{self._subject_prefix}{region}.>",
+                        stream=stream,
+                        deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+                    ) as queue,
+                    asyncio.TaskGroup() as tg,
+                ):
+                    progress = [0]
+                    applying = tg.create_task(
+                        self._apply(queue, view, on_applied, direct=True, progress=progress)
+                    )
+                    await self._until_stalled(js, stream, progress)
+                    log.info("direct feed from %s stalled; recreating it", region)
+                    applying.cancel()
             except (TimeoutError, nats.errors.Error) as exc:
                 log.debug("direct feed from %s not available yet: %s", region, exc)
             reraise_if_cancelling()
             await asyncio.sleep(2.0)
+
+    async def _until_stalled(self, js: JetStreamContext, stream: str, progress: list[int]) -> None:
+        """Return once ``stream`` holds messages the feed has not taken, and the feed
+        took nothing since the previous check. Unreachable peers are not stalls."""
+        previous = -1
+        while True:
+            await asyncio.sleep(PEER_CHECK_S)
+            try:
+                last = int((await js.stream_info(stream)).state.last_seq)
+            except (TimeoutError, nats.errors.Error):
+                previous = -1  # can't tell while the peer is out of reach
+                continue
+            finally:
+                reraise_if_cancelling()
+            if last > progress[0] and progress[0] == previous:
+                return
+            previous = progress[0]
 
     async def _marks(self, view: KeyspaceView[ReplicatedEntry], interval_s: float) -> None:
         """Prove freshness: the aggregate's last sequence, and each source's lag."""
