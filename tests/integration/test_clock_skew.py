@@ -13,7 +13,7 @@ import pytest
 from meridian.agent.app import Agent
 from meridian.client import MeridianClient
 from meridian.config import MeridianConfig, parse_config
-from meridian.core.errors import ClockSkewError
+from meridian.core.errors import ClockSkewError, UnavailableError
 from meridian.core.hlc import SystemClock
 from meridian.testing.clock import OffsetClock
 from meridian.testing.nats_server import NatsCluster, free_port
@@ -82,9 +82,23 @@ async def test_the_skewed_agent_refuses_clock_writes_and_says_why(cluster: NatsC
         assert all(-1_200 < o < -800 for o in offsets.values()), offsets
 
         async with MeridianClient(config.region("ap-south").grpc_address) as ap:
-            with pytest.raises(ClockSkewError) as err:
-                await ap.put("accounts", "skewed", b"x")
-            assert "refuses writes that need the clock" in err.value.message
+
+            async def skewed_put() -> Exception | None:
+                try:
+                    await ap.put("accounts", "skewed", b"x")
+                except Exception as exc:
+                    return exc
+                return None
+
+            # The keyspace may still be setting up its streams (UNAVAILABLE);
+            # once it is, the write must be refused for the clock, never accepted.
+            err = await eventually(
+                skewed_put,
+                lambda e: not isinstance(e, UnavailableError),
+                what="ap-south's accounts keyspace is ready",
+            )
+            assert isinstance(err, ClockSkewError), err
+            assert "refuses writes that need the clock" in err.message
 
         # The healthy majority keeps writing: each sees only one peer off.
         for region in ("us-east", "eu-west"):
