@@ -1,0 +1,15 @@
+"""The verification harness (DESIGN §8): faults, workloads, checkers and reports.
+
+- :mod:`~meridian.chaos.history`: the history model, one event per op event
+  (invoke, ok, fail, info), serialised as JSON;
+- :mod:`~meridian.chaos.checkers`: pure checkers that turn a history into
+  verdicts (linearizability through the Porcupine Go command, bank, replicated
+  convergence, HLC invariants, exactly-once effects);
+- :mod:`~meridian.chaos.nemesis`: faults against a running sandbox, each
+  recorded with its timestamps;
+- :mod:`~meridian.chaos.workloads`: clients driving the real sandbox;
+- :mod:`~meridian.chaos.runner` and :mod:`~meridian.chaos.scenarios`: a run,
+  and the named runs behind ``meridian chaos run SCENARIO``;
+- :mod:`~meridian.chaos.report`: ``report.json`` and a self-contained
+  ``report.html``.
+"""
