@@ -1,0 +1,234 @@
+//! The connection to one agent.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Endpoint;
+
+use crate::error::Error;
+use crate::pb;
+use crate::state::StateClient;
+use crate::trace::{self, TraceContextInterceptor};
+use crate::types::Health;
+
+/// The channel every generated client runs on: tonic's, with the trace
+/// context interceptor in front.
+pub type TracedChannel = InterceptedService<tonic::transport::Channel, TraceContextInterceptor>;
+
+/// Largest message sent or received: the agent's limit (room for an 8 MiB
+/// value plus its envelope). tonic's default of 4 MiB would refuse large values.
+pub const MAX_MESSAGE_BYTES: usize = 10 << 20;
+
+/// The per-call timeout used unless [`ClientBuilder::timeout`] or a call's own
+/// `timeout` says otherwise (the Python client's default too).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// A connection to one Meridian agent, normally the one in the caller's region.
+///
+/// Cheap to clone: clones share one HTTP/2 connection, which tonic
+/// re-establishes if it drops. Calls need a tokio runtime with timers enabled.
+#[derive(Clone, Debug)]
+pub struct Client {
+    channel: tonic::transport::Channel,
+    timeout: Option<Duration>,
+}
+
+/// Options for a [`Client`]; see [`Client::builder`].
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct ClientBuilder {
+    target: String,
+    timeout: Option<Duration>,
+    connect_timeout: Option<Duration>,
+}
+
+impl ClientBuilder {
+    /// The default deadline of each unary call (`None`: no deadline). Each
+    /// call can override it. A watch has no deadline unless its own
+    /// `timeout` sets one. Default: [`DEFAULT_TIMEOUT`].
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long to wait for the TCP connection to the agent. Default: no limit
+    /// beyond the operating system's.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    fn endpoint(&self) -> Result<Endpoint, Error> {
+        let uri = if self.target.contains("://") {
+            self.target.clone()
+        } else {
+            format!("http://{}", self.target)
+        };
+        let mut endpoint = Endpoint::from_shared(uri)?;
+        if let Some(t) = self.connect_timeout {
+            endpoint = endpoint.connect_timeout(t);
+        }
+        Ok(endpoint)
+    }
+
+    /// Connects now.
+    ///
+    /// # Errors
+    /// [`Error::Transport`] if the address is malformed or the agent can't be
+    /// reached.
+    pub async fn connect(self) -> Result<Client, Error> {
+        let channel = self.endpoint()?.connect().await?;
+        Ok(Client {
+            channel,
+            timeout: self.timeout,
+        })
+    }
+
+    /// Returns at once; the connection is made by the first call (whose error,
+    /// if the agent is down, is [`Error::Unavailable`]).
+    ///
+    /// # Errors
+    /// [`Error::Transport`] if the address is malformed.
+    pub fn connect_lazy(self) -> Result<Client, Error> {
+        let channel = self.endpoint()?.connect_lazy();
+        Ok(Client {
+            channel,
+            timeout: self.timeout,
+        })
+    }
+}
+
+impl Client {
+    /// Connects to the agent at `target`: a URI such as
+    /// `http://127.0.0.1:14020`, or a bare `host:port` (plaintext HTTP/2).
+    ///
+    /// # Errors
+    /// [`Error::Transport`] if the address is malformed or the agent can't be
+    /// reached.
+    pub async fn connect(target: impl Into<String>) -> Result<Self, Error> {
+        Self::builder(target).connect().await
+    }
+
+    /// Options beyond the defaults: timeouts, lazy connection.
+    pub fn builder(target: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            target: target.into(),
+            timeout: Some(DEFAULT_TIMEOUT),
+            connect_timeout: None,
+        }
+    }
+
+    /// The State API: keys in the keyspaces the agent's configuration declares.
+    pub fn state(&self) -> StateClient {
+        StateClient::new(self.raw_state(), self.timeout)
+    }
+
+    /// The agent's health: serving, degraded or not, and why.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] if the agent can't be reached,
+    /// [`Error::DeadlineExceeded`] past the client's timeout.
+    pub async fn health(&self) -> Result<Health, Error> {
+        let mut client = pb::health_service_client::HealthServiceClient::with_interceptor(
+            self.channel.clone(),
+            TraceContextInterceptor,
+        );
+        let response = unary(
+            CallOptions::new(self.timeout),
+            pb::HealthCheckRequest {},
+            move |r| async move { client.check(r).await },
+        )
+        .await?;
+        Ok(response.into_inner().into())
+    }
+
+    /// What the agent observes: NATS, JetStream, the `global` quorum, its
+    /// peer regions and its clock (the proto message as sent).
+    ///
+    /// # Errors
+    /// As [`Client::health`].
+    pub async fn status(&self) -> Result<pb::AgentStatus, Error> {
+        let mut client = pb::status_service_client::StatusServiceClient::with_interceptor(
+            self.channel.clone(),
+            TraceContextInterceptor,
+        );
+        let response = unary(
+            CallOptions::new(self.timeout),
+            pb::GetStatusRequest {},
+            move |r| async move { client.get_status(r).await },
+        )
+        .await?;
+        response.into_inner().status.ok_or_else(|| Error::Internal {
+            message: "GetStatus answered without a status".into(),
+        })
+    }
+
+    /// The generated StateService client on this connection, for calls the
+    /// typed wrapper does not cover. Its errors are raw `tonic::Status`es;
+    /// `Error::from(status)` types them.
+    pub fn raw_state(&self) -> pb::state_service_client::StateServiceClient<TracedChannel> {
+        pb::state_service_client::StateServiceClient::with_interceptor(
+            self.channel.clone(),
+            TraceContextInterceptor,
+        )
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// The underlying tonic channel, to build any other generated client
+    /// (wrap it with [`TraceContextInterceptor`] to keep trace propagation).
+    pub fn channel(&self) -> tonic::transport::Channel {
+        self.channel.clone()
+    }
+}
+
+/// The deadline and trace context of one call.
+#[derive(Clone, Debug)]
+pub(crate) struct CallOptions {
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) context: opentelemetry::Context,
+}
+
+impl CallOptions {
+    /// The client's default timeout, and the trace context current now (when
+    /// the call is built), so a call awaited elsewhere keeps its caller's trace.
+    pub(crate) fn new(timeout: Option<Duration>) -> Self {
+        CallOptions {
+            timeout,
+            context: opentelemetry::Context::current(),
+        }
+    }
+}
+
+/// Sends one unary request with the call's trace context and deadline.
+///
+/// The deadline travels as `grpc-timeout`, so the agent stops working on the
+/// call when it passes, and is also enforced here, so a call never outlives
+/// it even if the agent does not answer. Dropping the future cancels the RPC.
+pub(crate) async fn unary<Req, Resp, F, Fut>(
+    options: CallOptions,
+    message: Req,
+    send: F,
+) -> Result<tonic::Response<Resp>, Error>
+where
+    F: FnOnce(tonic::Request<Req>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+{
+    let mut request = tonic::Request::new(message);
+    trace::inject(&options.context, request.metadata_mut());
+    let result = match options.timeout {
+        None => send(request).await,
+        Some(timeout) => {
+            request.set_timeout(timeout);
+            match tokio::time::timeout(timeout, send(request)).await {
+                Ok(result) => result,
+                Err(_) => return Err(Error::deadline(format!("no answer within {timeout:?}"))),
+            }
+        }
+    };
+    result.map_err(Error::from)
+}
