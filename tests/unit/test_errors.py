@@ -31,6 +31,11 @@ DOCUMENTED = {
     ErrorCode.DEADLINE_EXCEEDED: (504, grpc.StatusCode.DEADLINE_EXCEEDED),
     ErrorCode.UNAVAILABLE: (503, grpc.StatusCode.UNAVAILABLE),
     ErrorCode.INTERNAL: (500, grpc.StatusCode.INTERNAL),
+    ErrorCode.FENCED: (409, grpc.StatusCode.FAILED_PRECONDITION),
+    # The IETF Idempotency-Key draft: a concurrent duplicate is 409, a reused key
+    # with another payload 422.
+    ErrorCode.IDEMPOTENCY_IN_PROGRESS: (409, grpc.StatusCode.ABORTED),
+    ErrorCode.IDEMPOTENCY_MISMATCH: (422, grpc.StatusCode.FAILED_PRECONDITION),
 }
 
 

@@ -29,6 +29,9 @@ ERROR_TABLE: dict[ErrorCode, StatusMapping] = {
     ErrorCode.UNAVAILABLE: StatusMapping(grpc.StatusCode.UNAVAILABLE, 503),
     ErrorCode.DEADLINE_EXCEEDED: StatusMapping(grpc.StatusCode.DEADLINE_EXCEEDED, 504),
     ErrorCode.INTERNAL: StatusMapping(grpc.StatusCode.INTERNAL, 500),
+    ErrorCode.FENCED: StatusMapping(grpc.StatusCode.FAILED_PRECONDITION, 409),
+    ErrorCode.IDEMPOTENCY_IN_PROGRESS: StatusMapping(grpc.StatusCode.ABORTED, 409),
+    ErrorCode.IDEMPOTENCY_MISMATCH: StatusMapping(grpc.StatusCode.FAILED_PRECONDITION, 422),
 }
 
 ERROR_CODE_METADATA = "meridian-error-code"

@@ -36,6 +36,9 @@ class ErrorCode(StrEnum):
     UNAVAILABLE = "UNAVAILABLE"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     INTERNAL = "INTERNAL"
+    FENCED = "FENCED"
+    IDEMPOTENCY_IN_PROGRESS = "IDEMPOTENCY_IN_PROGRESS"
+    IDEMPOTENCY_MISMATCH = "IDEMPOTENCY_MISMATCH"
 
 
 class MeridianError(Exception):
@@ -128,3 +131,21 @@ class InternalError(MeridianError):
     """Something failed that should not have; the agent logs the original exception."""
 
     code = ErrorCode.INTERNAL
+
+
+class FencedError(MeridianError):
+    """A Complete or Abort carried a fencing token that no longer holds the key."""
+
+    code = ErrorCode.FENCED
+
+
+class IdempotencyInProgressError(MeridianError):
+    """Another caller is running the command with this idempotency key right now."""
+
+    code = ErrorCode.IDEMPOTENCY_IN_PROGRESS
+
+
+class IdempotencyMismatchError(MeridianError):
+    """The idempotency key was used before with a different request."""
+
+    code = ErrorCode.IDEMPOTENCY_MISMATCH
