@@ -18,6 +18,7 @@ call cancels the RPC.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -26,19 +27,29 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from meridian._pb.meridian.v1 import state_pb2, state_pb2_grpc
+from meridian._pb.meridian.v1 import (
+    idempotency_pb2,
+    idempotency_pb2_grpc,
+    state_pb2,
+    state_pb2_grpc,
+)
+from meridian.core.canonical import PayloadKind, fingerprint
 from meridian.core.errors import (
     ClockSkewError,
     ConflictError,
     DeadlineExceededError,
     ErrorCode,
+    FencedError,
     FieldViolation,
+    IdempotencyInProgressError,
+    IdempotencyMismatchError,
     InvalidArgumentError,
     MeridianError,
     NotFoundError,
     QuorumUnavailableError,
     UnavailableError,
 )
+from meridian.core.idempotency import StoredResponse
 
 T = TypeVar("T")
 
@@ -109,6 +120,39 @@ class WatchEvent:
     entry: Entry
 
 
+@dataclass(frozen=True)
+class Begun:
+    """What a Begin found. ``outcome``: "new", "in_progress", "completed" or "mismatch"."""
+
+    outcome: str
+    fingerprint: str
+    #: "new": pass it to complete() or abort().
+    fencing_token: int = 0
+    #: "new" and "in_progress": when the lease runs out (epoch seconds).
+    lease_expires_at: float = 0.0
+    #: "completed": the stored response.
+    response: StoredResponse | None = None
+    took_over: bool = False
+
+
+@dataclass(frozen=True)
+class OnceResult:
+    response: StoredResponse
+    #: True when the command had run before and this is its stored response.
+    replayed: bool
+
+
+_OUTCOMES = {
+    idempotency_pb2.BeginResponse.OUTCOME_NEW: "new",
+    idempotency_pb2.BeginResponse.OUTCOME_IN_PROGRESS: "in_progress",
+    idempotency_pb2.BeginResponse.OUTCOME_COMPLETED: "completed",
+    idempotency_pb2.BeginResponse.OUTCOME_MISMATCH: "mismatch",
+}
+_KINDS = {
+    PayloadKind.JSON: idempotency_pb2.PAYLOAD_KIND_JSON,
+    PayloadKind.BINARY: idempotency_pb2.PAYLOAD_KIND_BINARY,
+}
+
 _SERVED = {
     state_pb2.Consistency.LEVEL_STRONG: "strong",
     state_pb2.Consistency.LEVEL_BOUNDED: "bounded",
@@ -157,6 +201,9 @@ def error_from_rpc(exc: grpc.aio.AioRpcError) -> MeridianError:
         ErrorCode.QUORUM_UNAVAILABLE: QuorumUnavailableError,
         ErrorCode.CLOCK_SKEW: ClockSkewError,
         ErrorCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+        ErrorCode.FENCED: FencedError,
+        ErrorCode.IDEMPOTENCY_IN_PROGRESS: IdempotencyInProgressError,
+        ErrorCode.IDEMPOTENCY_MISMATCH: IdempotencyMismatchError,
     }
     if code in simple:
         return simple[code](message)
@@ -179,6 +226,7 @@ class MeridianClient:
             ],
         )
         self._state = state_pb2_grpc.StateServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._idem = idempotency_pb2_grpc.IdempotencyServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     async def _call(self, fn: Callable[..., Awaitable[T]], request: Any) -> T:
         try:
@@ -298,6 +346,115 @@ class MeridianClient:
             raise error_from_rpc(exc) from exc
         finally:
             call.cancel()
+
+    # -- idempotency ------------------------------------------------------
+
+    async def begin(
+        self,
+        scope: str,
+        key: str,
+        request: bytes,
+        *,
+        kind: PayloadKind = PayloadKind.JSON,
+        lease_s: float | None = None,
+    ) -> Begun:
+        """Claim idempotency ``key`` (scoped by ``scope``) for ``request``.
+
+        The request's fingerprint is computed here (RFC 8785 canonical JSON, or
+        the raw bytes), so only the 64-hex digest travels.
+        """
+        message = idempotency_pb2.BeginRequest(
+            scope=scope,
+            key=key,
+            fingerprint=fingerprint(request, kind),
+            payload_kind=_KINDS[kind],
+        )
+        if lease_s is not None:
+            message.lease.FromNanoseconds(int(lease_s * 1e9))
+        resp = await self._call(self._idem.Begin, message)
+        return Begun(
+            outcome=_OUTCOMES.get(resp.outcome, "unspecified"),
+            fingerprint=resp.fingerprint,
+            fencing_token=resp.fencing_token,
+            lease_expires_at=resp.lease_expires_at.ToNanoseconds() / 1e9
+            if resp.HasField("lease_expires_at")
+            else 0.0,
+            response=StoredResponse(
+                resp.response.status,
+                resp.response.body,
+                tuple(sorted(resp.response.headers.items())),
+            )
+            if resp.HasField("response")
+            else None,
+            took_over=resp.took_over,
+        )
+
+    async def complete(
+        self, scope: str, key: str, fencing_token: int, response: StoredResponse
+    ) -> float:
+        """Store the command's response; returns when it will be forgotten (epoch s).
+        FencedError if ``fencing_token`` no longer holds the key."""
+        resp = await self._call(
+            self._idem.Complete,
+            idempotency_pb2.CompleteRequest(
+                scope=scope,
+                key=key,
+                fencing_token=fencing_token,
+                response=idempotency_pb2.StoredResponse(
+                    status=response.status, body=response.body, headers=dict(response.headers)
+                ),
+            ),
+        )
+        return float(resp.expires_at.ToNanoseconds() / 1e9)
+
+    async def abort(self, scope: str, key: str, fencing_token: int) -> None:
+        """Release the key without a response, so the command may run again."""
+        await self._call(
+            self._idem.Abort,
+            idempotency_pb2.AbortRequest(scope=scope, key=key, fencing_token=fencing_token),
+        )
+
+    async def once(
+        self,
+        scope: str,
+        key: str,
+        request: bytes,
+        command: Callable[[int], Awaitable[StoredResponse]],
+        *,
+        kind: PayloadKind = PayloadKind.JSON,
+        lease_s: float | None = None,
+    ) -> OnceResult:
+        """Run ``command(fencing_token)`` at most once per (scope, key) and return
+        its response; a repeat returns the stored response without running it.
+
+        The command reports its own failures in the response it returns (they
+        are stored and replayed like successes). If it raises instead, the key
+        is released and the exception propagates, so a retry runs it again.
+        Raises IdempotencyInProgressError while another caller runs it, and
+        IdempotencyMismatchError if the key was used for a different request.
+        """
+        begun = await self.begin(scope, key, request, kind=kind, lease_s=lease_s)
+        if begun.outcome == "completed" and begun.response is not None:
+            return OnceResult(begun.response, replayed=True)
+        if begun.outcome == "in_progress":
+            raise IdempotencyInProgressError(
+                f"idempotency key {key!r} is being run by another caller; retry after its "
+                f"lease (until {begun.lease_expires_at:.3f})"
+            )
+        if begun.outcome == "mismatch":
+            raise IdempotencyMismatchError(
+                f"idempotency key {key!r} was used with a different request "
+                f"(fingerprint {begun.fingerprint})"
+            )
+        try:
+            response = await command(begun.fencing_token)
+        except BaseException:
+            # If the abort fails too, the lease runs out on its own.
+            with contextlib.suppress(MeridianError):
+                await self.abort(scope, key, begun.fencing_token)
+            raise
+        await self.complete(scope, key, begun.fencing_token, response)
+        return OnceResult(response, replayed=False)
 
     async def aclose(self) -> None:
         await self._channel.close()

@@ -21,6 +21,7 @@ def agent_config(
     peers: Sequence[str] = (),
     keyspaces: Sequence[dict[str, Any]] = (),
     quorum_timeout_s: float = 1.0,
+    idempotency: dict[str, Any] | None = None,
 ) -> MeridianConfig:
     """One agent in us-east on ``cluster``; ``peers`` are declared regions without agents."""
     home = cluster.server("us-east")
@@ -52,6 +53,7 @@ def agent_config(
                 "quorum_timeout_s": quorum_timeout_s,
             },
             "keyspace": list(keyspaces),
+            "idempotency": idempotency or {},
         },
         env={},
     )
@@ -59,9 +61,9 @@ def agent_config(
 
 @contextlib.asynccontextmanager
 async def running_agent(
-    config: MeridianConfig, exporter: InMemorySpanExporter | None = None
+    config: MeridianConfig, exporter: InMemorySpanExporter | None = None, region: str = "us-east"
 ) -> AsyncIterator[Agent]:
-    agent = Agent(config, "us-east", span_exporter=exporter)
+    agent = Agent(config, region, span_exporter=exporter)
     task = asyncio.create_task(agent.run())
     try:
         await asyncio.wait_for(agent.ready.wait(), 30)

@@ -610,7 +610,7 @@ def test_unknown_top_level_key(tmp_path: Path) -> None:
         err,
         "regions",
         "unknown setting",
-        "allowed here: agent, keyspace, region, sandbox, telemetry, wan",
+        "allowed here: agent, idempotency, keyspace, region, sandbox, telemetry, wan",
     )
 
 

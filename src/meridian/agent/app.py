@@ -27,11 +27,13 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 
 import meridian
+from meridian.agent.idempotency import IdempotencyComponent
 from meridian.agent.monitor import StatusMonitor
 from meridian.agent.state import StateComponent
 from meridian.api.grpc.server import GrpcTransport
 from meridian.api.http.server import HttpTransport
-from meridian.api.service import AgentApi
+from meridian.api.idempotency import IdempotencyApi
+from meridian.api.service import AgentApi, Services
 from meridian.api.state import StateApi
 from meridian.backbone.connection import BackboneConnection
 from meridian.config import MeridianConfig
@@ -147,6 +149,17 @@ class Agent:
             hlc=self.hlc,
             metrics=self.metrics,
         )
+        self.idempotency = IdempotencyComponent(
+            self.conn,
+            config.idempotency,
+            region=region,
+            global_replicas=min(3, len(config.regions)),
+            regional_replicas=config.agent.regional_replicas,
+            timeout_s=config.agent.quorum_timeout_s,
+            hlc=self.hlc,
+            clock=self.clock,
+            metrics=self.metrics,
+        )
         self.api = AgentApi(region, self.monitor, metrics=self.metrics, tracer=self.tracer)
         self.state_api = StateApi(
             region,
@@ -156,15 +169,20 @@ class Agent:
             metrics=self.metrics,
             strong_timeout_s=config.agent.quorum_timeout_s,
         )
+        self.services = Services(
+            state=self.state_api,
+            idempotency=IdempotencyApi(self.idempotency, skew=self.skew),
+        )
         rc = self.region_config
         # Order matters: components start in this order and stop in reverse, so
         # the transports (intake) stop first and the state feeds last.
         self.components: list[Component] = [
             _Monitor(self.monitor),
             self.state,
+            self.idempotency,
             _Transports(
-                GrpcTransport(self.api, self.state_api, rc.listen_host, rc.grpc_port),
-                HttpTransport(self.api, self.state_api, rc.listen_host, rc.http_port),
+                GrpcTransport(self.api, self.services, rc.listen_host, rc.grpc_port),
+                HttpTransport(self.api, self.services, rc.listen_host, rc.http_port),
             ),
         ]
         self._stop = asyncio.Event()

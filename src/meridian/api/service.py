@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -28,6 +28,10 @@ from meridian.core.errors import ErrorCode, InternalError, MeridianError
 from meridian.core.status import AgentObservation, Health, judge_health
 from meridian.observability.metrics import AgentMetrics
 from meridian.observability.tracing import current_traceparent, extract_context
+
+if TYPE_CHECKING:
+    from meridian.api.idempotency import IdempotencyApi
+    from meridian.api.state import StateApi
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,14 @@ class _CallSeries:
     def record(self, seconds: float) -> None:
         self.count.inc()
         self.latency.observe(seconds)
+
+
+@dataclass(frozen=True)
+class Services:
+    """The service APIs both transports serve, beside AgentApi's Status and Health."""
+
+    state: StateApi
+    idempotency: IdempotencyApi
 
 
 @dataclass(frozen=True)

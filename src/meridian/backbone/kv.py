@@ -81,7 +81,9 @@ class GlobalKeyspaceStore:
         replicas: int,
         timeout_s: float,
         clock_now: Callable[[], HlcTimestamp],
+        cluster: str = GLOBAL_CLUSTER,
     ) -> None:
+        self.cluster = cluster
         self.conn = conn
         self.keyspace = keyspace
         self.region = region
@@ -105,13 +107,14 @@ class GlobalKeyspaceStore:
         js = self.conn.jetstream(self.timeout_s)
         config = api.KeyValueConfig(
             bucket=self.keyspace.bucket,
-            description=f"Meridian global keyspace {self.keyspace.name}",
-            # Watch can replay from a revision: keep the last 64 changes of each key
-            # (NATS KV's maximum history).
-            history=64,
+            description=f"Meridian keyspace {self.keyspace.name}",
+            # Watch can replay from a revision: keep the last changes of each key
+            # (by default 64, NATS KV's maximum history).
+            history=self.keyspace.history,
+            ttl=self.keyspace.ttl_s or None,
             replicas=self.replicas,
             storage=api.StorageType.FILE,
-            placement=api.Placement(cluster=GLOBAL_CLUSTER),
+            placement=api.Placement(cluster=self.cluster),
             max_value_size=self.keyspace.value_max_bytes,
             direct=True,
         )

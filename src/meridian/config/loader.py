@@ -22,6 +22,7 @@ from meridian.config.model import (
     REGION_NAME,
     REGION_PORT_STRIDE,
     AgentConfig,
+    IdempotencyConfig,
     MeridianConfig,
     NatsPorts,
     RegionConfig,
@@ -152,7 +153,7 @@ def parse_config(
     env = os.environ if env is None else env
     base_dir = base_dir or Path.cwd()
     rd = _Reader()
-    rd.known(raw, {"sandbox", "wan", "agent", "telemetry", "region", "keyspace"}, "")
+    rd.known(raw, {"sandbox", "wan", "agent", "telemetry", "region", "keyspace", "idempotency"}, "")
 
     sandbox = _sandbox(rd, rd.table(raw, "sandbox", "sandbox"), env, base_dir)
     regions = _regions(rd, raw.get("region"), sandbox.base_port)
@@ -161,6 +162,7 @@ def parse_config(
     agent = _agent(rd, rd.table(raw, "agent", "agent"))
     telemetry = _telemetry(rd, rd.table(raw, "telemetry", "telemetry"))
     keyspaces = _keyspaces(rd, raw.get("keyspace", []))
+    idempotency = _idempotency(rd, rd.table(raw, "idempotency", "idempotency"))
     _check_port_clashes(rd, regions, wan)
 
     if rd.violations:
@@ -172,7 +174,38 @@ def parse_config(
         agent=agent,
         telemetry=telemetry,
         keyspaces=tuple(keyspaces),
+        idempotency=idempotency,
         source=source,
+    )
+
+
+IDEMPOTENCY_STORAGE = ("global", "regional")
+
+
+def _idempotency(rd: _Reader, raw: Mapping[str, Any]) -> IdempotencyConfig:
+    rd.known(raw, {"storage", "retention_s", "default_lease_s", "max_lease_s"}, "idempotency")
+    storage = rd.string(raw, "storage", "idempotency.storage", "global")
+    if storage not in IDEMPOTENCY_STORAGE:
+        rd.bad("idempotency.storage", f"must be global or regional; got {storage!r}")
+        storage = "global"
+    retention = rd.number(
+        raw, "retention_s", "idempotency.retention_s", 86_400.0, low=1, high=30 * 86_400
+    )
+    default_lease = rd.number(
+        raw, "default_lease_s", "idempotency.default_lease_s", 30.0, low=0.1, high=86_400
+    )
+    max_lease = rd.number(
+        raw, "max_lease_s", "idempotency.max_lease_s", 300.0, low=0.1, high=86_400
+    )
+    if default_lease > max_lease:
+        rd.bad("idempotency.default_lease_s", "must be at most idempotency.max_lease_s")
+    if max_lease > retention:
+        rd.bad("idempotency.max_lease_s", "must be at most idempotency.retention_s")
+    return IdempotencyConfig(
+        storage=storage,
+        retention_s=float(retention),
+        default_lease_s=float(default_lease),
+        max_lease_s=float(max_lease),
     )
 
 

@@ -135,6 +135,20 @@ class TelemetryConfig:
 
 
 @dataclass(frozen=True)
+class IdempotencyConfig:
+    """Where idempotency records live and for how long (DESIGN §4)."""
+
+    #: "global": exactly-once across regions and across the loss of a region
+    #: (each Begin/Complete is a quorum write, one WAN round trip).
+    #: "regional": this region's cluster only; faster, but a retry in another
+    #: region, or after this region is lost, may run the command again.
+    storage: str = "global"
+    retention_s: float = 86_400.0
+    default_lease_s: float = 30.0
+    max_lease_s: float = 300.0
+
+
+@dataclass(frozen=True)
 class MeridianConfig:
     regions: tuple[RegionConfig, ...]
     wan: WanConfig
@@ -142,6 +156,7 @@ class MeridianConfig:
     agent: AgentConfig
     telemetry: TelemetryConfig
     keyspaces: tuple[Keyspace, ...] = ()
+    idempotency: IdempotencyConfig = IdempotencyConfig()
     source: str = "<defaults>"
 
     @property

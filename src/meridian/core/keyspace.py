@@ -49,6 +49,10 @@ class Keyspace:
     conflict: ConflictPolicy = ConflictPolicy.LWW
     key_max_bytes: int = DEFAULT_KEY_MAX_BYTES
     value_max_bytes: int = DEFAULT_VALUE_MAX_BYTES
+    #: Changes kept per key (``global``; NATS KV allows at most 64).
+    history: int = 64
+    #: Entries older than this are removed by JetStream (0: kept for ever).
+    ttl_s: float = 0.0
 
     @property
     def bucket(self) -> str:

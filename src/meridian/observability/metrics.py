@@ -88,6 +88,13 @@ class AgentMetrics:
             ["region", "keyspace", "requested", "served"],
             registry=r,
         )
+        self.idempotency = Counter(
+            "meridian_idempotency_outcomes",
+            "Idempotency store outcomes. Begin: new, took_over, in_progress, completed (a "
+            "replay), mismatch. Complete: stored. Abort: aborted. Either: fenced.",
+            ["region", "outcome"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

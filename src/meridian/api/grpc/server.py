@@ -11,6 +11,8 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from meridian._pb.meridian.v1 import (
     health_pb2,
+    idempotency_pb2,
+    idempotency_pb2_grpc,
     state_pb2,
     state_pb2_grpc,
     status_pb2,
@@ -18,7 +20,8 @@ from meridian._pb.meridian.v1 import (
 )
 from meridian._pb.meridian.v1 import health_pb2_grpc as m_health_grpc
 from meridian.api.errors import error_metadata, mapping_for
-from meridian.api.service import AgentApi
+from meridian.api.idempotency import IdempotencyApi
+from meridian.api.service import AgentApi, Services
 from meridian.api.state import StateApi
 from meridian.core.errors import MeridianError
 
@@ -135,12 +138,39 @@ class StateServicer(state_pb2_grpc.StateServiceServicer):
             await context.abort(mapping_for(exc).grpc, exc.message)
 
 
+class IdempotencyServicer(idempotency_pb2_grpc.IdempotencyServiceServicer):
+    def __init__(self, api: AgentApi, idempotency: IdempotencyApi) -> None:
+        self.api = api
+        self.idempotency = idempotency
+
+    async def Begin(
+        self, request: idempotency_pb2.BeginRequest, context: Ctx
+    ) -> idempotency_pb2.BeginResponse:
+        return await _unary(
+            self.api, "IdempotencyService", "Begin", self.idempotency.begin, request, context
+        )
+
+    async def Complete(
+        self, request: idempotency_pb2.CompleteRequest, context: Ctx
+    ) -> idempotency_pb2.CompleteResponse:
+        return await _unary(
+            self.api, "IdempotencyService", "Complete", self.idempotency.complete, request, context
+        )
+
+    async def Abort(
+        self, request: idempotency_pb2.AbortRequest, context: Ctx
+    ) -> idempotency_pb2.AbortResponse:
+        return await _unary(
+            self.api, "IdempotencyService", "Abort", self.idempotency.abort, request, context
+        )
+
+
 class GrpcTransport:
     """The agent's gRPC server. ``start()`` returns once the port is bound."""
 
-    def __init__(self, api: AgentApi, state: StateApi, host: str, port: int) -> None:
+    def __init__(self, api: AgentApi, services: Services, host: str, port: int) -> None:
         self.api = api
-        self.state = state
+        self.services = services
         self.address = f"{host}:{port}"
         # The standard grpc.health.v1 service too, for orchestrators' probes.
         self.std_health = health.aio.HealthServicer()
@@ -159,7 +189,11 @@ class GrpcTransport:
             (m_health_grpc.add_HealthServiceServicer_to_server, HealthServicer(self.api)),
             (
                 state_pb2_grpc.add_StateServiceServicer_to_server,
-                StateServicer(self.api, self.state),
+                StateServicer(self.api, self.services.state),
+            ),
+            (
+                idempotency_pb2_grpc.add_IdempotencyServiceServicer_to_server,
+                IdempotencyServicer(self.api, self.services.idempotency),
             ),
         )
         for register, servicer in add:

@@ -7,6 +7,7 @@ base64, 64-bit integers as strings).
 - ``GET /v1/health``  → HealthService.Check (200 SERVING/DEGRADED, 503 NOT_SERVING)
 - ``POST /v1/state/get|put|create|delete|scan|increment|setadd|setremove``
   → StateService.*, the request message as JSON in the body
+- ``POST /v1/idempotency/begin|complete|abort`` → IdempotencyService.*
 - ``GET /metrics``    → Prometheus exposition
 
 A body that is not JSON, not an object of the request's fields, or too large is
@@ -23,10 +24,9 @@ from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from meridian._pb.meridian.v1 import health_pb2, state_pb2, status_pb2
+from meridian._pb.meridian.v1 import health_pb2, idempotency_pb2, state_pb2, status_pb2
 from meridian.api.errors import error_body, mapping_for
-from meridian.api.service import AgentApi
-from meridian.api.state import StateApi
+from meridian.api.service import AgentApi, Services
 from meridian.core.errors import FieldViolation, InvalidArgumentError, MeridianError
 from meridian.observability.metrics import CONTENT_TYPE
 
@@ -43,7 +43,7 @@ def _json(message: Message) -> dict[str, Any]:
 class HttpTransport:
     """The agent's HTTP server. ``start()`` returns once the port is bound."""
 
-    def __init__(self, api: AgentApi, state: StateApi, host: str, port: int) -> None:
+    def __init__(self, api: AgentApi, services: Services, host: str, port: int) -> None:
         self.api = api
         self.host = host
         self.port = port
@@ -52,7 +52,7 @@ class HttpTransport:
         app.router.add_get("/v1/health", self._health)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/v1/state/watch", self._watch)
-        self.state = state
+        state = self.state = services.state
         state_routes: dict[str, tuple[Handler, type[Message]]] = {
             "Get": (state.get, state_pb2.GetRequest),
             "Put": (state.put, state_pb2.PutRequest),
@@ -67,6 +67,17 @@ class HttpTransport:
             app.router.add_post(
                 f"/v1/state/{method.lower()}",
                 self._json_route("StateService", method, handler, request_type),
+            )
+        idem = services.idempotency
+        idempotency_routes: dict[str, tuple[Handler, type[Message]]] = {
+            "Begin": (idem.begin, idempotency_pb2.BeginRequest),
+            "Complete": (idem.complete, idempotency_pb2.CompleteRequest),
+            "Abort": (idem.abort, idempotency_pb2.AbortRequest),
+        }
+        for method, (handler, request_type) in idempotency_routes.items():
+            app.router.add_post(
+                f"/v1/idempotency/{method.lower()}",
+                self._json_route("IdempotencyService", method, handler, request_type),
             )
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
 
