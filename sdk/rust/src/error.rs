@@ -16,6 +16,7 @@
 //! ├── Unavailable         UNAVAILABLE         the agent or a dependency can't be reached
 //! ├── DeadlineExceeded    DEADLINE_EXCEEDED   the call's timeout passed
 //! ├── Internal            INTERNAL            a bug in the agent (it logs the cause)
+//! ├── Other               a Meridian code this SDK version does not know yet
 //! ├── Rpc                 any other gRPC status, without a Meridian code
 //! └── Transport           the channel could not be set up
 //! ```
@@ -92,6 +93,15 @@ pub enum Error {
         /// The agent's explanation.
         message: String,
     },
+    /// A stable Meridian code this version of the SDK does not know (a newer
+    /// agent's); match on `code` to handle it.
+    #[error("{code}: {message}")]
+    Other {
+        /// The stable code, as the agent sent it.
+        code: String,
+        /// The agent's explanation.
+        message: String,
+    },
     /// A gRPC status that carries no Meridian code (for example from a proxy,
     /// or `UNIMPLEMENTED` from an older agent).
     #[error("rpc failed: {0}")]
@@ -105,7 +115,7 @@ pub enum Error {
 impl Error {
     /// The stable Meridian code (`CONFLICT`, `NOT_FOUND`, ...), or `None` for
     /// [`Error::Rpc`] and [`Error::Transport`].
-    pub fn code(&self) -> Option<&'static str> {
+    pub fn code(&self) -> Option<&str> {
         Some(match self {
             Error::InvalidArgument { .. } => "INVALID_ARGUMENT",
             Error::NotFound { .. } => "NOT_FOUND",
@@ -115,6 +125,7 @@ impl Error {
             Error::Unavailable { .. } => "UNAVAILABLE",
             Error::DeadlineExceeded { .. } => "DEADLINE_EXCEEDED",
             Error::Internal { .. } => "INTERNAL",
+            Error::Other { code, .. } => code,
             Error::Rpc(_) | Error::Transport(_) => return None,
         })
     }
@@ -168,6 +179,10 @@ impl From<tonic::Status> for Error {
             Some("UNAVAILABLE") => Error::Unavailable { message },
             Some("DEADLINE_EXCEEDED") => Error::DeadlineExceeded { message },
             Some("INTERNAL") => Error::Internal { message },
+            Some(code) if !code.is_empty() => Error::Other {
+                code: code.to_owned(),
+                message,
+            },
             _ => match status.code() {
                 tonic::Code::DeadlineExceeded => Error::DeadlineExceeded { message },
                 // tonic reports its own enforcement of `grpc-timeout` as CANCELLED.
@@ -277,5 +292,16 @@ mod tests {
             Error::Unavailable { .. }
         ));
         assert!(matches!(plain(tonic::Code::Unimplemented), Error::Rpc(_)));
+    }
+
+    #[test]
+    fn a_code_from_a_newer_agent_is_kept() {
+        let err = Error::from(status(
+            tonic::Code::FailedPrecondition,
+            "fenced off",
+            &[(ERROR_CODE_METADATA, "FENCED")],
+        ));
+        assert_eq!(err.code(), Some("FENCED"));
+        assert!(matches!(err, Error::Other { .. }));
     }
 }
