@@ -1,0 +1,217 @@
+// Package meridian is the Go client of a Meridian agent.
+//
+// A service talks to the agent of its own region over gRPC:
+//
+//	c, err := meridian.Dial(ctx, "127.0.0.1:14020")
+//	if err != nil { ... }
+//	defer c.Close()
+//	w, err := c.State().Put(ctx, "accounts", "alice", []byte("100"))
+//	r, err := c.State().Get(ctx, "accounts", "alice", meridian.Bounded(500*time.Millisecond))
+//	_, err = c.State().Put(ctx, "accounts", "alice", []byte("90"), meridian.IfRevision(r.Revision))
+//	if errors.Is(err, meridian.ErrConflict) { ... }
+//
+// # Consistency
+//
+// A read of a global keyspace is Strong by default (linearizable), or
+// Bounded(d) (at most d stale, else served as Strong), or Eventual (the
+// agent's cache). A replicated keyspace reads Eventual by default, or
+// Bounded(d); Strong is an invalid argument there. Every read says what was
+// served and how stale it may be.
+//
+// # Errors
+//
+// Every method returns nil or an *Error carrying the stable code the agent
+// sent. Match it with errors.Is against ErrConflict, ErrNotFound,
+// ErrInvalidArgument, ErrQuorumUnavailable, ErrClockSkew, ErrUnavailable,
+// ErrDeadlineExceeded (also context.DeadlineExceeded), ErrCanceled (also
+// context.Canceled), and read its details with errors.As:
+//
+//	var merr *meridian.Error
+//	if errors.As(err, &merr) && merr.Code == meridian.CodeConflict {
+//		retryFrom(merr.CurrentRevision)
+//	}
+//
+// # Deadlines, cancellation and tracing
+//
+// Every call honours its context: its deadline becomes the gRPC deadline and
+// the agent's, and canceling it cancels the call. The W3C trace context of
+// the span in the context (OpenTelemetry) is sent along, so the agent's span
+// joins the caller's trace.
+package meridian
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/otel/propagation"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	meridianv1 "github.com/meridian-rt/meridian/sdk/go/meridianpb/v1"
+)
+
+// DefaultDialTimeout bounds Dial when its context has no deadline.
+const DefaultDialTimeout = 10 * time.Second
+
+// maxMessageBytes is room for the largest value (8 MiB) plus the envelope;
+// the agent uses the same limit.
+const maxMessageBytes = 10 << 20
+
+// Option configures Dial.
+type Option func(*options)
+
+type options struct {
+	creds       credentials.TransportCredentials
+	propagator  propagation.TextMapPropagator
+	dialOptions []grpc.DialOption
+}
+
+// WithTransportCredentials sets the connection's credentials (TLS, mTLS).
+// The default is plaintext, for an agent on the same host or pod.
+func WithTransportCredentials(c credentials.TransportCredentials) Option {
+	return func(o *options) { o.creds = c }
+}
+
+// WithPropagator replaces the propagator that writes the caller's trace
+// context into each call's metadata. The default is W3C Trace Context
+// (traceparent, tracestate), which is what the agent reads; pass
+// otel.GetTextMapPropagator() to add baggage or other formats.
+func WithPropagator(p propagation.TextMapPropagator) Option {
+	return func(o *options) { o.propagator = p }
+}
+
+// WithDialOptions adds gRPC dial options, e.g. a stats handler such as
+// otelgrpc.NewClientHandler() for client spans and metrics. They are applied
+// after Meridian's own, so they can override them.
+func WithDialOptions(opts ...grpc.DialOption) Option {
+	return func(o *options) { o.dialOptions = append(o.dialOptions, opts...) }
+}
+
+// Client is a connection to one agent. It is safe for concurrent use; make
+// one per process and agent, and Close it when done.
+type Client struct {
+	conn   *grpc.ClientConn
+	region string
+	state  *State
+	// The unwrapped services.
+	healthRPC meridianv1.HealthServiceClient
+	statusRPC meridianv1.StatusServiceClient
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Dial connects to the agent at addr ("host:port") and waits until it
+// answers a health check, or until ctx is done (DefaultDialTimeout if ctx
+// has no deadline). The agent may answer that it is degraded: Dial only
+// proves it is there and learns its region. ctx bounds only Dial itself.
+//
+// On failure it returns an *Error (ErrUnavailable or ErrDeadlineExceeded)
+// and holds no resources.
+func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
+	o := options{creds: insecure.NewCredentials(), propagator: propagation.TraceContext{}}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	dialOpts := []grpc.DialOption{
+		grpc.WithTransportCredentials(o.creds),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessageBytes), grpc.MaxCallSendMsgSize(maxMessageBytes)),
+		grpc.WithChainUnaryInterceptor(traceUnary(o.propagator)),
+		grpc.WithChainStreamInterceptor(traceStream(o.propagator)),
+	}
+	conn, err := grpc.NewClient(addr, append(dialOpts, o.dialOptions...)...)
+	if err != nil {
+		return nil, &Error{Code: CodeInvalidArgument, Field: "addr", Rule: err.Error(), Message: fmt.Sprintf("addr: %v", err)}
+	}
+	c := NewClient(conn)
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, DefaultDialTimeout)
+		defer cancel()
+	}
+	h, err := c.health(ctx, grpc.WaitForReady(true))
+	if err != nil {
+		_ = conn.Close()
+		return nil, err
+	}
+	c.region = h.Region
+	return c, nil
+}
+
+// NewClient wraps a gRPC connection made by the caller (its own dialer,
+// interceptors, load balancing). It does not add Meridian's trace
+// propagation; use Dial for that. Closing the Client closes conn.
+func NewClient(conn *grpc.ClientConn) *Client {
+	return &Client{
+		conn:      conn,
+		state:     &State{rpc: meridianv1.NewStateServiceClient(conn)},
+		healthRPC: meridianv1.NewHealthServiceClient(conn),
+		statusRPC: meridianv1.NewStatusServiceClient(conn),
+	}
+}
+
+// State is the State API: keys in the keyspaces the agent declares.
+func (c *Client) State() *State { return c.state }
+
+// Region is the region of the agent, as it said when Dial checked it
+// ("" for a Client made by NewClient).
+func (c *Client) Region() string { return c.region }
+
+// Conn is the underlying connection, for the generated clients in
+// meridianpb/v1 (e.g. services this package does not wrap yet). Calls on it
+// carry the trace context like the Client's own.
+func (c *Client) Conn() *grpc.ClientConn { return c.conn }
+
+// Close closes the connection; calls in flight fail with ErrCanceled or
+// ErrUnavailable. It is safe to call more than once.
+func (c *Client) Close() error {
+	c.closeOnce.Do(func() { c.closeErr = c.conn.Close() })
+	return c.closeErr
+}
+
+// HealthStatus is the agent's answer to a health check.
+type HealthStatus struct {
+	// Status is SERVING, DEGRADED (it serves its region, but the global
+	// quorum, a peer or the clock is off) or NOT_SERVING (no NATS).
+	Status meridianv1.HealthCheckResponse_ServingStatus
+	Region string
+	// Reasons explain anything other than SERVING.
+	Reasons []string
+}
+
+// Serving reports whether the agent serves its region (SERVING or DEGRADED).
+func (h HealthStatus) Serving() bool {
+	return h.Status == meridianv1.HealthCheckResponse_SERVING_STATUS_SERVING ||
+		h.Status == meridianv1.HealthCheckResponse_SERVING_STATUS_DEGRADED
+}
+
+// Health asks the agent whether it can serve its region. It is the cheap
+// probe; Status has the full picture.
+func (c *Client) Health(ctx context.Context) (HealthStatus, error) {
+	return c.health(ctx)
+}
+
+func (c *Client) health(ctx context.Context, opts ...grpc.CallOption) (HealthStatus, error) {
+	var trailer metadata.MD
+	resp, err := c.healthRPC.Check(ctx, &meridianv1.HealthCheckRequest{}, append(opts, grpc.Trailer(&trailer))...)
+	if err != nil {
+		return HealthStatus{}, fromRPC(err, trailer)
+	}
+	return HealthStatus{Status: resp.GetStatus(), Region: resp.GetRegion(), Reasons: resp.GetReasons()}, nil
+}
+
+// Status returns what the agent last observed of NATS, JetStream, the
+// global quorum, its peer regions and its clock. It never blocks on the
+// network: the agent refreshes it in the background.
+func (c *Client) Status(ctx context.Context) (*meridianv1.AgentStatus, error) {
+	var trailer metadata.MD
+	resp, err := c.statusRPC.GetStatus(ctx, &meridianv1.GetStatusRequest{}, grpc.Trailer(&trailer))
+	if err != nil {
+		return nil, fromRPC(err, trailer)
+	}
+	return resp.GetStatus(), nil
+}

@@ -1,0 +1,220 @@
+package meridian
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// Code is a stable Meridian error code. The agent sends it with every error
+// (gRPC trailer meridian-error-code), and it never changes meaning, so match
+// on it, through errors.Is with the Err* values, rather than on messages.
+type Code string
+
+// The codes of the agent's error table (src/meridian/api/errors.py).
+const (
+	CodeInvalidArgument       Code = "INVALID_ARGUMENT"
+	CodeNotFound              Code = "NOT_FOUND"
+	CodeConflict              Code = "CONFLICT"
+	CodeClockSkew             Code = "CLOCK_SKEW"
+	CodeQuorumUnavailable     Code = "QUORUM_UNAVAILABLE"
+	CodeUnavailable           Code = "UNAVAILABLE"
+	CodeDeadlineExceeded      Code = "DEADLINE_EXCEEDED"
+	CodeInternal              Code = "INTERNAL"
+	CodeFenced                Code = "FENCED"
+	CodeIdempotencyInProgress Code = "IDEMPOTENCY_IN_PROGRESS"
+	CodeIdempotencyMismatch   Code = "IDEMPOTENCY_MISMATCH"
+	// CodeCanceled is never sent by the agent: the caller's context was
+	// canceled before the call finished.
+	CodeCanceled Code = "CANCELED"
+)
+
+// Sentinels for errors.Is. Every error a *Client method returns is an *Error
+// that matches exactly one of them, by its Code:
+//
+//	if errors.Is(err, meridian.ErrConflict) { ... }
+//
+// For the details (the current revision of a conflict, the field of an
+// invalid argument), use errors.As with *Error.
+var (
+	// ErrInvalidArgument: the request broke a rule; nothing was written.
+	// Error.Field and Error.Rule say which.
+	ErrInvalidArgument error = sentinel(CodeInvalidArgument)
+	// ErrNotFound: the key does not exist.
+	ErrNotFound error = sentinel(CodeNotFound)
+	// ErrConflict: a conditional write (IfRevision, Create) lost.
+	// Error.CurrentRevision is the key's revision now (0: absent).
+	ErrConflict error = sentinel(CodeConflict)
+	// ErrClockSkew: the agent's clock is too far off its peers' for it to
+	// stamp writes; it says why. Another region's agent may serve the write.
+	ErrClockSkew error = sentinel(CodeClockSkew)
+	// ErrQuorumUnavailable: the agent's region can't reach a quorum of
+	// regions, so a global write or strong read could not be served. Whether
+	// a write that failed this way took effect is unknown.
+	ErrQuorumUnavailable error = sentinel(CodeQuorumUnavailable)
+	// ErrUnavailable: the agent, or something it depends on, can't be reached.
+	ErrUnavailable error = sentinel(CodeUnavailable)
+	// ErrDeadlineExceeded: the call's deadline passed. An *Error with this
+	// code also matches context.DeadlineExceeded.
+	ErrDeadlineExceeded error = sentinel(CodeDeadlineExceeded)
+	// ErrInternal: a bug in the agent, which logged it.
+	ErrInternal error = sentinel(CodeInternal)
+	// ErrFenced: an idempotency Complete or Abort carried a fencing token
+	// that no longer holds the key.
+	ErrFenced error = sentinel(CodeFenced)
+	// ErrIdempotencyInProgress: another caller is running the command with
+	// this idempotency key right now.
+	ErrIdempotencyInProgress error = sentinel(CodeIdempotencyInProgress)
+	// ErrIdempotencyMismatch: the idempotency key was used before with a
+	// different request.
+	ErrIdempotencyMismatch error = sentinel(CodeIdempotencyMismatch)
+	// ErrCanceled: the caller's context was canceled. An *Error with this
+	// code also matches context.Canceled.
+	ErrCanceled error = sentinel(CodeCanceled)
+)
+
+type sentinel Code
+
+func (s sentinel) Error() string { return "meridian: " + string(s) }
+
+// FieldViolation is one rule a request broke.
+type FieldViolation struct {
+	Field string
+	Rule  string
+}
+
+// Error is a failed call, rebuilt from the stable code the agent sent.
+type Error struct {
+	// Code is the stable code; it decides which Err* sentinel matches.
+	Code Code
+	// Message is the agent's description. It is for people, not for matching.
+	Message string
+	// CurrentRevision is set for CodeConflict: the key's revision now
+	// (0 when the key does not exist).
+	CurrentRevision uint64
+	// Field and Rule are set for CodeInvalidArgument: the first field that
+	// broke a rule (e.g. "key", "keyspace", "consistency.max_staleness") and
+	// the rule. Violations lists every one.
+	Field      string
+	Rule       string
+	Violations []FieldViolation
+	// TraceParent is the W3C traceparent of the agent's span for the call,
+	// when the agent returned one: its trace id finds the call's logs.
+	TraceParent string
+
+	status *status.Status
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString("meridian: ")
+	b.WriteString(string(e.Code))
+	if e.Message != "" {
+		b.WriteString(": ")
+		b.WriteString(e.Message)
+	}
+	if e.Code == CodeConflict {
+		fmt.Fprintf(&b, " (current revision %d)", e.CurrentRevision)
+	}
+	return b.String()
+}
+
+// Is reports whether target is the sentinel for e.Code, or the context error
+// that a deadline or cancellation code stands for.
+func (e *Error) Is(target error) bool {
+	switch target {
+	case context.DeadlineExceeded:
+		return e.Code == CodeDeadlineExceeded
+	case context.Canceled:
+		return e.Code == CodeCanceled
+	}
+	s, ok := target.(sentinel)
+	return ok && Code(s) == e.Code
+}
+
+// GRPCStatus is the gRPC status the call ended with, so status.Code(err)
+// and status.FromError(err) keep working.
+func (e *Error) GRPCStatus() *status.Status { return e.status }
+
+// Trailer keys of the agent's error metadata (src/meridian/api/errors.py).
+const (
+	errorCodeKey       = "meridian-error-code"
+	currentRevisionKey = "meridian-current-revision"
+	errorFieldKey      = "meridian-error-field"
+	traceparentKey     = "traceparent"
+)
+
+// fromRPC rebuilds the typed error of a failed call from its status and its
+// trailing metadata. err must be non-nil.
+func fromRPC(err error, trailer metadata.MD) *Error {
+	st, _ := status.FromError(err)
+	e := &Error{Message: st.Message(), status: st, TraceParent: first(trailer, traceparentKey)}
+	code := Code(first(trailer, errorCodeKey))
+	switch {
+	case code != "":
+		e.Code = code
+	case st.Code() == codes.DeadlineExceeded:
+		e.Code = CodeDeadlineExceeded
+	case st.Code() == codes.Canceled:
+		e.Code = CodeCanceled
+	default:
+		// No Meridian code: the call failed before reaching the agent's
+		// service layer (connection refused, TLS, message too large, an
+		// older agent without the method). Same rule as the Python client.
+		e.Code = CodeUnavailable
+		e.Message = st.Code().String() + ": " + st.Message()
+	}
+	switch e.Code {
+	case CodeConflict:
+		e.CurrentRevision, _ = strconv.ParseUint(first(trailer, currentRevisionKey), 10, 64)
+	case CodeInvalidArgument:
+		e.Field = first(trailer, errorFieldKey)
+		e.Violations = violations(e.Message)
+		if e.Field == "" && len(e.Violations) > 0 {
+			e.Field = e.Violations[0].Field
+		}
+		if e.Field == "" {
+			e.Field = "request"
+		}
+		e.Rule = e.Message
+		for _, v := range e.Violations {
+			if v.Field == e.Field {
+				e.Rule = v.Rule
+				break
+			}
+		}
+	}
+	return e
+}
+
+// violations parses the agent's INVALID_ARGUMENT message,
+// "field: rule; field: rule", which is all the gRPC transport carries of
+// the violations besides the first field.
+func violations(message string) []FieldViolation {
+	var out []FieldViolation
+	for _, part := range strings.Split(message, "; ") {
+		field, rule, ok := strings.Cut(part, ": ")
+		if !ok || field == "" || strings.ContainsAny(field, " \t") {
+			if len(out) == 0 {
+				return nil
+			}
+			// A rule that itself contained "; ": glue it back on.
+			out[len(out)-1].Rule += "; " + part
+			continue
+		}
+		out = append(out, FieldViolation{Field: field, Rule: rule})
+	}
+	return out
+}
+
+func first(md metadata.MD, key string) string {
+	if v := md.Get(key); len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}

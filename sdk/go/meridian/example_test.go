@@ -1,0 +1,116 @@
+package meridian_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"time"
+
+	"github.com/meridian-rt/meridian/sdk/go/meridian"
+)
+
+// These examples need a running agent (./scripts/demo starts one per
+// region), so they are compiled but not run.
+
+func Example() {
+	ctx := context.Background()
+	c, err := meridian.Dial(ctx, "127.0.0.1:14020")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	st := c.State()
+	w, err := st.Put(ctx, "accounts", "alice", []byte("100"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	// Compare-and-set: only if nobody wrote alice since.
+	_, err = st.Put(ctx, "accounts", "alice", []byte("90"), meridian.IfRevision(w.Revision))
+	var merr *meridian.Error
+	if errors.As(err, &merr) && merr.Code == meridian.CodeConflict {
+		fmt.Println("lost the race; alice is now at revision", merr.CurrentRevision)
+	} else if err != nil {
+		log.Fatal(err)
+	}
+
+	r, err := st.Get(ctx, "accounts", "alice", meridian.Bounded(500*time.Millisecond))
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("%s at revision %d, written in %s at %v; served %v, at most %v stale\n",
+		r.Value, r.Revision, r.Region, r.HLC.Time(), r.Served, r.StalenessBound)
+}
+
+func ExampleState_Get() {
+	ctx := context.Background()
+	c, err := meridian.Dial(ctx, "127.0.0.1:14020")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	r, err := c.State().Get(ctx, "accounts", "bob", meridian.Strong())
+	switch {
+	case errors.Is(err, meridian.ErrNotFound):
+		fmt.Println("no bob")
+	case errors.Is(err, meridian.ErrQuorumUnavailable):
+		fmt.Println("this region is cut off from the global quorum; try Eventual()")
+	case err != nil:
+		log.Fatal(err)
+	default:
+		fmt.Printf("bob: %s\n", r.Value)
+	}
+}
+
+func ExampleState_Scan() {
+	ctx := context.Background()
+	c, err := meridian.Dial(ctx, "127.0.0.1:14020")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	for e, err := range c.State().Scan(ctx, "accounts", "al", meridian.Limit(500)) {
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Println(e.Key, string(e.Value))
+	}
+}
+
+func ExampleState_Watch() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := meridian.Dial(ctx, "127.0.0.1:14020")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	for ev, err := range c.State().Watch(ctx, "accounts", "al") {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return
+		}
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Println(ev.Kind, ev.Entry.Key, ev.Entry.Revision)
+	}
+}
+
+func ExampleState_Increment() {
+	ctx := context.Background()
+	c, err := meridian.Dial(ctx, "127.0.0.1:14020")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	// "stock" is a replicated keyspace with conflict = "counter".
+	if _, err := c.State().Increment(ctx, "stock", "sku-1", -1); err != nil {
+		log.Fatal(err)
+	}
+	r, err := c.State().Get(ctx, "stock", "sku-1")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("sku-1 in stock:", r.Counter)
+}
