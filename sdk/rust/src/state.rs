@@ -211,7 +211,7 @@ impl StateClient {
     /// [`Watch::from_revision`]. Await it for a [`WatchStream`].
     ///
     /// A watch has no deadline unless [`Watch::timeout`] sets one; the
-    /// client's default timeout does not apply to it.
+    /// client's default timeout only bounds how long it may take to open.
     pub fn watch(&self, keyspace: impl Into<String>, prefix: impl Into<String>) -> Watch {
         Watch {
             client: self.clone(),
@@ -477,11 +477,19 @@ impl IntoFuture for Watch {
     fn into_future(self) -> Self::IntoFuture {
         let mut inner = self.client.inner;
         let deadline = self.options.timeout.map(|t| (t, Instant::now() + t));
+        // Without a deadline of its own, a watch still has to open (get the
+        // agent's response headers) within the client's default timeout.
+        let open_timeout = self.client.timeout.filter(|_| deadline.is_none());
         Box::pin(async move {
-            let streaming = unary(self.options, self.request, move |r| async move {
+            let open = unary(self.options, self.request, move |r| async move {
                 inner.watch(r).await
             });
-            let response = streaming.await?;
+            let response = match open_timeout {
+                None => open.await?,
+                Some(t) => tokio::time::timeout(t, open).await.map_err(|_| {
+                    Error::deadline(format!("the watch did not open within {t:?}"))
+                })??,
+            };
             let traceparent = response
                 .metadata()
                 .get(crate::trace::TRACEPARENT)
