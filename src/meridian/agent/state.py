@@ -75,9 +75,18 @@ class KeyspaceReplica(Generic[E]):
             )
 
     async def wait_applied(self, seq: int, timeout_s: float) -> None:
-        """Return once the view has applied stream sequence ``seq``."""
-        async with asyncio.timeout(timeout_s), self._changed:
-            await self._changed.wait_for(lambda: self.view.applied_seq >= seq)
+        """Return once the view has applied stream sequence ``seq``; UNAVAILABLE if
+        it has not within ``timeout_s`` (say, its change feed is restarting after
+        the stream's leader moved)."""
+        try:
+            async with asyncio.timeout(timeout_s), self._changed:
+                await self._changed.wait_for(lambda: self.view.applied_seq >= seq)
+        except TimeoutError:
+            raise UnavailableError(
+                f"keyspace {self.keyspace.name!r}: this region's change feed did not reach "
+                f"revision {seq} within {timeout_s:g}s (it may be catching up after a "
+                "leader change); retry"
+            ) from None
 
     async def on_applied(self, hlc_wall_ms: int) -> None:
         """Export the write→view lag and wake readers waiting for the view."""
