@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import click
 
+from meridian.chaos.cli import chaos
 from meridian.config import MeridianConfig, default_config_text, load_config
 from meridian.core.errors import MeridianError
 
@@ -331,6 +332,9 @@ def wan_serve(ctx: _Ctx) -> None:
 
     configure_logging("wan", ctx.config.agent.log_level)
     asyncio.run(serve_wan(ctx.config))
+
+
+cli.add_command(chaos)
 
 
 def main() -> None:

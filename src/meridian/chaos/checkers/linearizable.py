@@ -69,7 +69,7 @@ class LinearizableChecker:
     name = "linearizable"
 
     def __init__(
-        self, workdir: Path | None = None, *, timeout_s: float = 120.0, prefix: str = ""
+        self, workdir: Path | None = None, *, timeout_s: float = 60.0, prefix: str = ""
     ) -> None:
         self.workdir = workdir
         self.timeout_s = timeout_s

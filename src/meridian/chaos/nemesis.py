@@ -1,0 +1,329 @@
+"""The nemesis: faults against a running sandbox, scheduled and recorded.
+
+A :class:`Fault` has ``start`` and ``stop`` (stop heals it). The
+:class:`Nemesis` runs a schedule of :class:`Step`\\ s, and records each fault
+as a :class:`FaultRecord` with four times on the history's clock: when it was
+asked to start, when it had started, when it was asked to stop, and when the
+system was back (a restart counts only once ``Sandbox.up()`` says the whole
+sandbox is ready again).
+
+Faults:
+
+- :class:`Partition`: a region's WAN links black-holed, both ways or one way;
+- :class:`LatencySpike`: a link's latency raised, then restored to the
+  configured value;
+- :class:`KillRegion`: SIGKILL of every process of a region, restarted by
+  ``Sandbox.up()``;
+- :class:`KillProcess`: SIGKILL of one process (a NATS server or an agent);
+- :class:`Pause`: SIGSTOP, then SIGCONT, of one process;
+- :class:`ClockSkew`: the region's agent replaced by one whose HLC clock
+  source runs ``offset_ms`` ahead (see :mod:`meridian.chaos.skewed_agent`).
+
+Blocking sandbox calls run in a worker thread so clients keep running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+import urllib.error
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from meridian.backbone.server import fetch_json
+from meridian.chaos.history import History
+from meridian.sandbox.processes import ProcessRecord, spawn, stop
+from meridian.sandbox.supervisor import Sandbox
+from meridian.sandbox.wan_control import WanClient
+
+
+class SandboxControl:
+    """What faults act on: the sandbox supervisor and the WAN control API."""
+
+    def __init__(self, sandbox: Sandbox, *, sync_interval: str = "always") -> None:
+        self.sandbox = sandbox
+        self.config = sandbox.config
+        self.config_path = sandbox.config_path
+        self.sync_interval = sync_interval
+
+    def record(self, name: str) -> ProcessRecord:
+        rec = self.sandbox.state.load().get(name)
+        if rec is None or not rec.alive():
+            raise RuntimeError(f"sandbox process {name!r} is not running")
+        return rec
+
+    def signal(self, name: str, sig: signal.Signals) -> ProcessRecord:
+        rec = self.record(name)
+        os.killpg(rec.pid, sig)
+        return rec
+
+    async def up(self) -> None:
+        """Bring back whatever is not running, and wait until the sandbox is ready.
+
+        Runs :mod:`meridian.chaos.supervise` as a child process (see there why).
+        """
+        argv = [sys.executable, "-m", "meridian.chaos.supervise"]
+        argv += ["--config", self.config_path or "", "--sync-interval", self.sync_interval]
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        out, _ = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"sandbox up failed ({proc.returncode}): {out.decode()[-2000:]}")
+
+    @contextlib.asynccontextmanager
+    async def wan(self) -> Any:
+        async with WanClient(self.config.wan.control_url) as client:
+            yield client
+
+
+class Fault(Protocol):
+    @property
+    def name(self) -> str:
+        """What it is, e.g. "partition ap-south inbound"."""
+
+    @property
+    def kind(self) -> str:
+        """partition | latency | kill-region | kill | pause | clock-skew"""
+
+    @property
+    def region(self) -> str:
+        """The region it hits most ("" if none)."""
+
+    async def start(self, ctl: SandboxControl) -> None: ...
+
+    async def stop(self, ctl: SandboxControl) -> None: ...
+
+
+@dataclass
+class Partition:
+    region: str
+    direction: str = "both"  # both | outbound | inbound
+    kind: str = "partition"
+
+    @property
+    def name(self) -> str:
+        return f"partition {self.region} {self.direction}"
+
+    async def start(self, ctl: SandboxControl) -> None:
+        async with ctl.wan() as wan:
+            await wan.partition(self.region, direction=self.direction)
+
+    async def stop(self, ctl: SandboxControl) -> None:
+        async with ctl.wan() as wan:
+            await wan.heal(self.region)
+
+
+@dataclass
+class LatencySpike:
+    a: str
+    b: str
+    latency_ms: float
+    jitter_ms: float = 0.0
+    kind: str = "latency"
+
+    @property
+    def region(self) -> str:
+        return self.b
+
+    @property
+    def name(self) -> str:
+        return f"latency {self.a}<->{self.b} {self.latency_ms:g}ms"
+
+    async def start(self, ctl: SandboxControl) -> None:
+        async with ctl.wan() as wan:
+            await wan.set_latency(self.a, self.b, self.latency_ms, jitter_ms=self.jitter_ms)
+
+    async def stop(self, ctl: SandboxControl) -> None:
+        jitter = next((ln.jitter_ms for ln in ctl.config.wan.links), 0.0)
+        async with ctl.wan() as wan:
+            for src, dst in ((self.a, self.b), (self.b, self.a)):
+                ms = ctl.config.latency(src, dst)
+                await wan.set_latency(src, dst, ms, jitter_ms=jitter, one_way=True)
+
+
+@dataclass
+class KillRegion:
+    region: str
+    kind: str = "kill-region"
+
+    @property
+    def name(self) -> str:
+        return f"kill region {self.region}"
+
+    async def start(self, ctl: SandboxControl) -> None:
+        await asyncio.to_thread(ctl.sandbox.kill_region, self.region)
+
+    async def stop(self, ctl: SandboxControl) -> None:
+        await ctl.up()
+
+
+@dataclass
+class KillProcess:
+    """``kill -9`` of one sandbox process, e.g. ``nats:global-eu-west`` or ``agent:eu-west``."""
+
+    process: str
+    region: str
+    kind: str = "kill"
+
+    @property
+    def name(self) -> str:
+        return f"kill -9 {self.process}"
+
+    async def start(self, ctl: SandboxControl) -> None:
+        rec = ctl.signal(self.process, signal.SIGKILL)
+        await asyncio.to_thread(stop, [rec], grace_s=5, hard=True)  # reaps it
+
+    async def stop(self, ctl: SandboxControl) -> None:
+        await ctl.up()
+
+
+@dataclass
+class Pause:
+    """SIGSTOP of one sandbox process until the fault stops (SIGCONT)."""
+
+    process: str
+    region: str
+    kind: str = "pause"
+
+    @property
+    def name(self) -> str:
+        return f"pause {self.process}"
+
+    async def start(self, ctl: SandboxControl) -> None:
+        ctl.signal(self.process, signal.SIGSTOP)
+
+    async def stop(self, ctl: SandboxControl) -> None:
+        ctl.signal(self.process, signal.SIGCONT)
+
+
+@dataclass
+class ClockSkew:
+    """The region's agent restarted with its HLC clock source ``offset_ms`` off.
+
+    The agent's CLI has no clock option, so this fault stops the sandbox's
+    agent and runs :mod:`meridian.chaos.skewed_agent` on the same ports; stop
+    ends it and lets ``Sandbox.up()`` start the normal agent again.
+    """
+
+    region: str
+    offset_ms: int
+    kind: str = "clock-skew"
+    _proc: ProcessRecord | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"clock skew {self.region} {self.offset_ms:+d}ms"
+
+    async def start(self, ctl: SandboxControl) -> None:
+        rec = ctl.record(f"agent:{self.region}")
+        await asyncio.to_thread(stop, [rec], grace_s=10)
+        argv = [sys.executable, "-m", "meridian.chaos.skewed_agent"]
+        if ctl.config_path:
+            argv += ["--config", ctl.config_path]
+        argv += ["--region", self.region, "--offset-ms", str(self.offset_ms)]
+        region = ctl.config.region(self.region)
+        self._proc = spawn(
+            f"skewed-agent:{self.region}",
+            self.region,
+            argv,
+            ports=[region.grpc_port, region.http_port],
+            log_path=ctl.sandbox.workdir / "logs" / f"agent-{self.region}-skewed.log",
+            env=ctl.sandbox.env,
+        )
+        deadline = time.monotonic() + ctl.config.sandbox.ready_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                await asyncio.to_thread(fetch_json, f"{region.http_url}/v1/status", 1.0)
+                return
+            except (OSError, urllib.error.URLError, ValueError):
+                await asyncio.sleep(0.25)
+        raise RuntimeError(f"skewed agent for {self.region} never answered its status API")
+
+    async def stop(self, ctl: SandboxControl) -> None:
+        if self._proc is not None:
+            await asyncio.to_thread(stop, [self._proc], grace_s=10)
+            self._proc = None
+        await ctl.up()
+
+
+@dataclass
+class FaultRecord:
+    """One fault as it happened; times are history nanoseconds (None: never reached)."""
+
+    name: str
+    kind: str
+    region: str
+    start: int
+    started: int | None = None
+    stop: int | None = None
+    stopped: int | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Step:
+    """Start ``fault`` at ``at_s`` seconds into the run and hold it ``hold_s`` seconds."""
+
+    at_s: float
+    fault: Fault
+    hold_s: float
+
+
+class Nemesis:
+    """Runs a schedule of steps one after another against ``ctl``, recording each fault."""
+
+    def __init__(self, ctl: SandboxControl, history: History) -> None:
+        self.ctl = ctl
+        self.history = history
+        self.records: list[FaultRecord] = []
+        self._active: list[tuple[Fault, FaultRecord]] = []
+
+    async def run(self, steps: Sequence[Step]) -> None:
+        """Run every step; cancelling it leaves faults active until :meth:`heal_all`."""
+        for step in sorted(steps, key=lambda s: s.at_s):
+            delay = step.at_s - self.history.now() / 1e9
+            if delay > 0:
+                await asyncio.sleep(delay)
+            rec = FaultRecord(
+                step.fault.name, step.fault.kind, step.fault.region, self.history.now()
+            )
+            self.records.append(rec)
+            try:
+                await step.fault.start(self.ctl)
+            except Exception as exc:  # a fault that could not start is recorded, not fatal
+                rec.error = f"start: {exc}"
+                continue
+            rec.started = self.history.now()
+            self._active.append((step.fault, rec))
+            await asyncio.sleep(step.hold_s)
+            await self._stop(step.fault, rec)
+
+    async def _stop(self, fault: Fault, rec: FaultRecord) -> None:
+        self._active = [(f, r) for f, r in self._active if r is not rec]
+        rec.stop = self.history.now()
+        try:
+            await fault.stop(self.ctl)
+        except Exception as exc:
+            rec.error = f"stop: {exc}"
+            return
+        rec.stopped = self.history.now()
+
+    async def heal_all(self) -> None:
+        """Stop every active fault, heal the whole WAN and bring every process back."""
+        for fault, rec in list(self._active):
+            await self._stop(fault, rec)
+        for pid_name in list(self.ctl.sandbox.state.load()):
+            with contextlib.suppress(Exception):
+                self.ctl.signal(pid_name, signal.SIGCONT)
+        async with self.ctl.wan() as wan:
+            await wan.heal()
+        await self.ctl.up()

@@ -1,0 +1,134 @@
+"""Named scenarios: workloads plus a nemesis schedule.
+
+The smoke scenarios are short and each pairs one workload with the fault that
+threatens it most. :func:`matrix` builds every fault x every workload for the
+full run (``scripts/chaos``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from meridian.chaos.nemesis import (
+    ClockSkew,
+    Fault,
+    KillProcess,
+    KillRegion,
+    LatencySpike,
+    Partition,
+    Pause,
+    Step,
+)
+from meridian.chaos.workloads.bank import BankWorkload
+from meridian.chaos.workloads.base import Workload
+from meridian.chaos.workloads.register import RegisterWorkload
+from meridian.chaos.workloads.replicated import ReplicatedWorkload
+from meridian.config import MeridianConfig
+
+Schedule = Callable[[MeridianConfig, float], list[Step]]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    workloads: Callable[[], Sequence[Workload]]
+    schedule: Schedule
+    duration_s: float = 40.0
+
+
+def faults_in_middle(*faults: Fault, lead_s: float = 5.0, tail_s: float = 8.0) -> Schedule:
+    """Each fault in turn, after ``lead_s`` of calm, splitting the time that leaves
+    ``tail_s`` of calm at the end, half held and half calm between faults."""
+
+    def schedule(_config: MeridianConfig, duration: float) -> list[Step]:
+        if not faults:
+            return []
+        slot = max(2.0, (duration - lead_s - tail_s) / len(faults))
+        return [Step(lead_s + i * slot, fault, hold_s=slot / 2) for i, fault in enumerate(faults)]
+
+    return schedule
+
+
+WORKLOADS: dict[str, Callable[[], Workload]] = {
+    "register": RegisterWorkload,
+    "bank": BankWorkload,
+    "replicated": ReplicatedWorkload,
+}
+
+#: Every fault the nemesis knows, by name, against the region furthest from the others.
+FAULTS: dict[str, Callable[[], Fault]] = {
+    "partition": lambda: Partition("ap-south", "both"),
+    "partition-inbound": lambda: Partition("ap-south", "inbound"),
+    "partition-outbound": lambda: Partition("ap-south", "outbound"),
+    "latency": lambda: LatencySpike("us-east", "eu-west", 400.0, jitter_ms=50.0),
+    "kill-region": lambda: KillRegion("eu-west"),
+    "kill-global-server": lambda: KillProcess("nats:global-us-east", "us-east"),
+    "kill-agent": lambda: KillProcess("agent:eu-west", "eu-west"),
+    "pause-global-server": lambda: Pause("nats:global-eu-west", "eu-west"),
+    "pause-agent": lambda: Pause("agent:ap-south", "ap-south"),
+    "clock-skew": lambda: ClockSkew("ap-south", 1000),
+}
+
+
+def _single(workload: str, fault: str | None, duration_s: float, description: str) -> Scenario:
+    def schedule(config: MeridianConfig, duration: float) -> list[Step]:
+        faults = () if fault is None else (FAULTS[fault](),)  # fresh fault state per run
+        return faults_in_middle(*faults)(config, duration)
+
+    return Scenario(
+        f"{workload}-{fault or 'calm'}",
+        description,
+        lambda: [WORKLOADS[workload]()],
+        schedule,
+        duration_s,
+    )
+
+
+SMOKE: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        _single(
+            "register",
+            "partition",
+            30.0,
+            "CAS register on global, ap-south partitioned both ways for a while: linearizable?",
+        ),
+        _single(
+            "bank",
+            "kill-region",
+            30.0,
+            "Bank transfers on global while eu-west is killed and restarted: money conserved?",
+        ),
+        _single(
+            "replicated",
+            "partition",
+            30.0,
+            "Replicated writes in every region while ap-south is cut off, then heal: converged?",
+        ),
+    )
+}
+
+
+def matrix(duration_s: float = 60.0) -> dict[str, Scenario]:
+    """Every fault x every workload, plus each workload without faults."""
+    out: dict[str, Scenario] = {}
+    for workload in WORKLOADS:
+        for fault in [None, *FAULTS]:
+            s = _single(workload, fault, duration_s, f"{workload} under {fault or 'no fault'}")
+            out[s.name] = s
+    return out
+
+
+def find(name: str) -> Scenario:
+    """A smoke scenario, or any ``WORKLOAD-FAULT`` of the matrix (``WORKLOAD-calm`` too)."""
+    if name in SMOKE:
+        return SMOKE[name]
+    every = matrix()
+    if name in every:
+        return every[name]
+    known = ", ".join(
+        [*SMOKE, "WORKLOAD-FAULT with WORKLOAD in", *WORKLOADS, "and FAULT in calm", *FAULTS]
+    )
+    raise KeyError(f"unknown scenario {name!r}; known: {known}")
