@@ -18,11 +18,18 @@
 // Bounded(d); Strong is an invalid argument there. Every read says what was
 // served and how stale it may be.
 //
+// # Idempotency
+//
+// Client.Idempotency runs a command once per idempotency key, across
+// regions: Once(ctx, scope, key, request, fn) runs fn the first time and
+// replays its stored response after that.
+//
 // # Errors
 //
 // Every method returns nil or an *Error carrying the stable code the agent
 // sent. Match it with errors.Is against ErrConflict, ErrNotFound,
 // ErrInvalidArgument, ErrQuorumUnavailable, ErrClockSkew, ErrUnavailable,
+// ErrFenced, ErrIdempotencyInProgress, ErrIdempotencyMismatch,
 // ErrDeadlineExceeded (also context.DeadlineExceeded), ErrCanceled (also
 // context.Canceled), and read its details with errors.As:
 //
@@ -97,6 +104,7 @@ type Client struct {
 	conn   *grpc.ClientConn
 	region string
 	state  *State
+	idem   *Idempotency
 	// The unwrapped services.
 	healthRPC meridianv1.HealthServiceClient
 	statusRPC meridianv1.StatusServiceClient
@@ -149,6 +157,7 @@ func NewClient(conn *grpc.ClientConn) *Client {
 	return &Client{
 		conn:      conn,
 		state:     &State{rpc: meridianv1.NewStateServiceClient(conn)},
+		idem:      &Idempotency{rpc: meridianv1.NewIdempotencyServiceClient(conn)},
 		healthRPC: meridianv1.NewHealthServiceClient(conn),
 		statusRPC: meridianv1.NewStatusServiceClient(conn),
 	}
@@ -156,6 +165,9 @@ func NewClient(conn *grpc.ClientConn) *Client {
 
 // State is the State API: keys in the keyspaces the agent declares.
 func (c *Client) State() *State { return c.state }
+
+// Idempotency is the Idempotency API: run a command once per idempotency key.
+func (c *Client) Idempotency() *Idempotency { return c.idem }
 
 // Region is the region of the agent, as it said when Dial checked it
 // ("" for a Client made by NewClient).

@@ -114,3 +114,35 @@ func ExampleState_Increment() {
 	}
 	fmt.Println("sku-1 in stock:", r.Counter)
 }
+
+func ExampleIdempotency_Once() {
+	ctx := context.Background()
+	c, err := meridian.Dial(ctx, "127.0.0.1:14020")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	// The client's Idempotency-Key header, and the request body it came with.
+	key, request := "order-7f3a", []byte(`{"sku":"A-1","qty":2}`)
+	res, err := c.Idempotency().Once(ctx, "shop-frontend", key, request,
+		func(ctx context.Context, token uint64) (meridian.StoredResponse, error) {
+			// Runs once per key, in whichever region gets there first. A
+			// failure the client should see again is a response, not an error.
+			return meridian.StoredResponse{
+				Status:  201,
+				Body:    []byte(`{"order":"o-1"}`),
+				Headers: map[string]string{"content-type": "application/json"},
+			}, nil
+		})
+	switch {
+	case errors.Is(err, meridian.ErrIdempotencyInProgress):
+		fmt.Println("409: the same request is still running; retry later")
+	case errors.Is(err, meridian.ErrIdempotencyMismatch):
+		fmt.Println("422: this key was used for another request")
+	case err != nil:
+		log.Fatal(err)
+	default:
+		fmt.Println(res.Response.Status, string(res.Response.Body), "replayed:", res.Replayed)
+	}
+}
