@@ -8,6 +8,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Endpoint;
 
 use crate::error::Error;
+use crate::idempotency::IdempotencyClient;
 use crate::pb;
 use crate::state::StateClient;
 use crate::trace::{self, TraceContextInterceptor};
@@ -127,6 +128,11 @@ impl Client {
         StateClient::new(self.raw_state(), self.timeout)
     }
 
+    /// The Idempotency API: run a command once per idempotency key.
+    pub fn idempotency(&self) -> IdempotencyClient {
+        IdempotencyClient::new(self.raw_idempotency(), self.timeout)
+    }
+
     /// The agent's health: serving, degraded or not, and why.
     ///
     /// # Errors
@@ -172,6 +178,19 @@ impl Client {
     /// `Error::from(status)` types them.
     pub fn raw_state(&self) -> pb::state_service_client::StateServiceClient<TracedChannel> {
         pb::state_service_client::StateServiceClient::with_interceptor(
+            self.channel.clone(),
+            TraceContextInterceptor,
+        )
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// The generated IdempotencyService client on this connection. Its errors
+    /// are raw `tonic::Status`es; `Error::from(status)` types them.
+    pub fn raw_idempotency(
+        &self,
+    ) -> pb::idempotency_service_client::IdempotencyServiceClient<TracedChannel> {
+        pb::idempotency_service_client::IdempotencyServiceClient::with_interceptor(
             self.channel.clone(),
             TraceContextInterceptor,
         )

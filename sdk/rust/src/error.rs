@@ -8,20 +8,24 @@
 //!
 //! ```text
 //! Error
-//! ├── InvalidArgument     INVALID_ARGUMENT    a bad request; names the field and the rule
-//! ├── NotFound            NOT_FOUND
-//! ├── Conflict            CONFLICT            carries the key's current revision
-//! ├── ClockSkew           CLOCK_SKEW          the agent's clock is off its peers
-//! ├── QuorumUnavailable   QUORUM_UNAVAILABLE  a global write/strong read can't reach a quorum
-//! ├── Unavailable         UNAVAILABLE         the agent or a dependency can't be reached
-//! ├── DeadlineExceeded    DEADLINE_EXCEEDED   the call's timeout passed
-//! ├── Internal            INTERNAL            a bug in the agent (it logs the cause)
-//! ├── Other               a Meridian code this SDK version does not know yet
-//! ├── Rpc                 any other gRPC status, without a Meridian code
-//! └── Transport           the channel could not be set up
+//! ├── InvalidArgument       INVALID_ARGUMENT        a bad request; names the field and the rule
+//! ├── NotFound              NOT_FOUND
+//! ├── Conflict              CONFLICT                carries the key's current revision
+//! ├── ClockSkew             CLOCK_SKEW              the agent's clock is off its peers
+//! ├── QuorumUnavailable     QUORUM_UNAVAILABLE      a global write/strong read can't reach a quorum
+//! ├── Unavailable           UNAVAILABLE             the agent or a dependency can't be reached
+//! ├── DeadlineExceeded      DEADLINE_EXCEEDED       the call's timeout passed
+//! ├── Internal              INTERNAL                a bug in the agent (it logs the cause)
+//! ├── Fenced                FENCED                  an idempotency token that lost its key
+//! ├── IdempotencyInProgress IDEMPOTENCY_IN_PROGRESS another caller is running the command
+//! ├── IdempotencyMismatch   IDEMPOTENCY_MISMATCH    the key was used for another request
+//! ├── Other                 a Meridian code this SDK version does not know yet
+//! ├── Rpc                   any other gRPC status, without a Meridian code
+//! └── Transport             the channel could not be set up
 //! ```
 
 use std::error::Error as _;
+use std::time::SystemTime;
 
 use tonic::metadata::MetadataMap;
 
@@ -93,6 +97,31 @@ pub enum Error {
         /// The agent's explanation.
         message: String,
     },
+    /// An idempotency `complete` or `abort` with a fencing token that no
+    /// longer holds the key: its lease ran out and another caller took the key
+    /// over (or it was already aborted). Nothing was stored.
+    #[error("fenced: {message}")]
+    Fenced {
+        /// The agent's explanation.
+        message: String,
+    },
+    /// Another caller holds the idempotency key and is running the command
+    /// now. Retry after its lease runs out (or once it completes); see
+    /// [`IdempotencyClient::once`](crate::IdempotencyClient::once).
+    #[error("idempotency key in progress: {message}")]
+    IdempotencyInProgress {
+        /// Why, in words.
+        message: String,
+        /// When the current holder's lease runs out, if known.
+        lease_expires_at: Option<SystemTime>,
+    },
+    /// The idempotency key was used before with a different request (another
+    /// fingerprint). Using a fresh key is the only way forward.
+    #[error("idempotency key mismatch: {message}")]
+    IdempotencyMismatch {
+        /// Why, in words (including the fingerprint the key is bound to).
+        message: String,
+    },
     /// A stable Meridian code this version of the SDK does not know (a newer
     /// agent's); match on `code` to handle it.
     #[error("{code}: {message}")]
@@ -125,18 +154,25 @@ impl Error {
             Error::Unavailable { .. } => "UNAVAILABLE",
             Error::DeadlineExceeded { .. } => "DEADLINE_EXCEEDED",
             Error::Internal { .. } => "INTERNAL",
+            Error::Fenced { .. } => "FENCED",
+            Error::IdempotencyInProgress { .. } => "IDEMPOTENCY_IN_PROGRESS",
+            Error::IdempotencyMismatch { .. } => "IDEMPOTENCY_MISMATCH",
             Error::Other { code, .. } => code,
             Error::Rpc(_) | Error::Transport(_) => return None,
         })
     }
 
     /// Whether the same call may succeed if retried later (after a backoff):
-    /// quorum loss, unavailability and clock skew are transient; a deadline
-    /// is retryable only for calls that are safe to repeat.
+    /// quorum loss, unavailability, clock skew and an idempotency key in
+    /// progress elsewhere are transient; a deadline is retryable only for
+    /// calls that are safe to repeat.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::QuorumUnavailable { .. } | Error::Unavailable { .. } | Error::ClockSkew { .. }
+            Error::QuorumUnavailable { .. }
+                | Error::Unavailable { .. }
+                | Error::ClockSkew { .. }
+                | Error::IdempotencyInProgress { .. }
         )
     }
 
@@ -179,6 +215,12 @@ impl From<tonic::Status> for Error {
             Some("UNAVAILABLE") => Error::Unavailable { message },
             Some("DEADLINE_EXCEEDED") => Error::DeadlineExceeded { message },
             Some("INTERNAL") => Error::Internal { message },
+            Some("FENCED") => Error::Fenced { message },
+            Some("IDEMPOTENCY_IN_PROGRESS") => Error::IdempotencyInProgress {
+                message,
+                lease_expires_at: None,
+            },
+            Some("IDEMPOTENCY_MISMATCH") => Error::IdempotencyMismatch { message },
             Some(code) if !code.is_empty() => Error::Other {
                 code: code.to_owned(),
                 message,
@@ -298,10 +340,35 @@ mod tests {
     fn a_code_from_a_newer_agent_is_kept() {
         let err = Error::from(status(
             tonic::Code::FailedPrecondition,
-            "fenced off",
-            &[(ERROR_CODE_METADATA, "FENCED")],
+            "something new",
+            &[(ERROR_CODE_METADATA, "SOMETHING_NEW")],
         ));
-        assert_eq!(err.code(), Some("FENCED"));
+        assert_eq!(err.code(), Some("SOMETHING_NEW"));
         assert!(matches!(err, Error::Other { .. }));
+    }
+
+    #[test]
+    fn the_idempotency_codes_are_typed() {
+        let typed = |code: &'static str, grpc| {
+            let err = Error::from(status(grpc, "why", &[(ERROR_CODE_METADATA, code)]));
+            assert_eq!(err.code(), Some(code), "{err:?}");
+            err
+        };
+        assert!(matches!(
+            typed("FENCED", tonic::Code::FailedPrecondition),
+            Error::Fenced { .. }
+        ));
+        let busy = typed("IDEMPOTENCY_IN_PROGRESS", tonic::Code::Aborted);
+        assert!(matches!(
+            busy,
+            Error::IdempotencyInProgress {
+                lease_expires_at: None,
+                ..
+            }
+        ));
+        assert!(busy.is_transient());
+        let mismatch = typed("IDEMPOTENCY_MISMATCH", tonic::Code::FailedPrecondition);
+        assert!(matches!(mismatch, Error::IdempotencyMismatch { .. }));
+        assert!(!mismatch.is_transient());
     }
 }

@@ -9,6 +9,9 @@
 //!   compare-and-set with `if_revision`), `create`, `delete`, `scan` (by page
 //!   or as a stream), `increment`, `set_add`, `set_remove` and `watch` (a
 //!   stream of changes);
+//! - [`idempotency`]: [`Client::idempotency`] runs a command once per
+//!   idempotency key, across regions: `begin`/`complete`/`abort`, or
+//!   [`IdempotencyClient::once`] around a closure;
 //! - [`Error`]: typed errors rebuilt from the agent's stable error codes;
 //! - [`canonical`] and [`hlc`]: canonical JSON fingerprints and HLC
 //!   timestamps, byte for byte the same as the agent's (checked against the
@@ -51,6 +54,7 @@ pub mod canonical;
 mod client;
 mod error;
 pub mod hlc;
+pub mod idempotency;
 pub mod state;
 pub mod trace;
 mod types;
@@ -64,6 +68,7 @@ pub mod pb {
 
 pub use client::{Client, ClientBuilder, DEFAULT_TIMEOUT, MAX_MESSAGE_BYTES, TracedChannel};
 pub use error::{CURRENT_REVISION_METADATA, ERROR_CODE_METADATA, ERROR_FIELD_METADATA, Error};
+pub use idempotency::{Begun, IdempotencyClient, OnceError, OnceResult, Outcome, StoredResponse};
 pub use state::{StateClient, WatchStream};
 pub use types::{
     Consistency, Entry, Health, Page, ReadLevel, ReadResult, ServingStatus, Sibling, WatchEvent,
