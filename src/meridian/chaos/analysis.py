@@ -18,7 +18,7 @@ NS = 1_000_000_000
 
 def client_ops(history: History) -> list[Op]:
     """Ops a client ran in a region (not the final convergence poll)."""
-    return [op for op in history.ops() if op.region and op.f != "converge"]
+    return [op for op in history.ops() if op.region and op.f not in ("converge", "nemesis")]
 
 
 def availability(history: History, regions: Sequence[str], bucket_s: float = 1.0) -> dict[str, Any]:
@@ -81,7 +81,7 @@ def failover(history: History, faults: Sequence[FaultRecord]) -> list[dict[str, 
 
 def op_counts(history: History) -> dict[str, dict[str, int]]:
     counts: dict[str, dict[str, int]] = {}
-    for op in history.ops():
+    for op in client_ops(history):
         row = counts.setdefault(op.f, {"ok": 0, "fail": 0, "info": 0})
         row[op.type] += 1
     return counts

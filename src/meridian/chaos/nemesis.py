@@ -19,7 +19,12 @@ Faults:
 - :class:`ClockSkew`: the region's agent replaced by one whose HLC clock
   source runs ``offset_ms`` ahead (see :mod:`meridian.chaos.skewed_agent`).
 
-Blocking sandbox calls run in a worker thread so clients keep running.
+Each fault's start and stop are also events in the history (process
+:data:`NEMESIS_PROCESS`, ``f`` "nemesis", ``key`` the fault's kind, ``value``
+``{"name", "phase"}``), so checkers can see when faults were active.
+
+Blocking sandbox calls run in a worker thread or a child process so clients
+keep running.
 """
 
 from __future__ import annotations
@@ -36,10 +41,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from meridian.backbone.server import fetch_json
-from meridian.chaos.history import History
+from meridian.chaos.history import EventType, History
 from meridian.sandbox.processes import ProcessRecord, spawn, stop
 from meridian.sandbox.supervisor import Sandbox
 from meridian.sandbox.wan_control import WanClient
+
+#: The process number of the nemesis's own events in the history.
+NEMESIS_PROCESS = -1
 
 
 class SandboxControl:
@@ -286,36 +294,61 @@ class Nemesis:
         self.history = history
         self.records: list[FaultRecord] = []
         self._active: list[tuple[Fault, FaultRecord]] = []
+        self._finishing = asyncio.Event()
+
+    def finish(self) -> None:
+        """Start no new fault, and cut the current fault's hold short; :meth:`run`
+        then returns once that fault has stopped."""
+        self._finishing.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._finishing.wait(), max(0.0, seconds))
 
     async def run(self, steps: Sequence[Step]) -> None:
-        """Run every step; cancelling it leaves faults active until :meth:`heal_all`."""
+        """Run every step until :meth:`finish`. Cancelling it instead leaves faults
+        active until :meth:`heal_all`."""
         for step in sorted(steps, key=lambda s: s.at_s):
-            delay = step.at_s - self.history.now() / 1e9
-            if delay > 0:
-                await asyncio.sleep(delay)
+            await self._sleep(step.at_s - self.history.now() / 1e9)
+            if self._finishing.is_set():
+                return
             rec = FaultRecord(
                 step.fault.name, step.fault.kind, step.fault.region, self.history.now()
             )
             self.records.append(rec)
+            self._event("invoke", rec, "start")
             try:
                 await step.fault.start(self.ctl)
             except Exception as exc:  # a fault that could not start is recorded, not fatal
                 rec.error = f"start: {exc}"
+                self._event("fail", rec, "start", error=rec.error)
                 continue
             rec.started = self.history.now()
+            self._event("ok", rec, "start")
             self._active.append((step.fault, rec))
-            await asyncio.sleep(step.hold_s)
+            await self._sleep(step.hold_s)
             await self._stop(step.fault, rec)
 
     async def _stop(self, fault: Fault, rec: FaultRecord) -> None:
         self._active = [(f, r) for f, r in self._active if r is not rec]
         rec.stop = self.history.now()
+        self._event("invoke", rec, "stop")
         try:
             await fault.stop(self.ctl)
         except Exception as exc:
             rec.error = f"stop: {exc}"
+            self._event("info", rec, "stop", error=rec.error)
             return
         rec.stopped = self.history.now()
+        self._event("ok", rec, "stop")
+
+    def _event(
+        self, type_: EventType, rec: FaultRecord, phase: str, error: str | None = None
+    ) -> None:
+        value = {"name": rec.name, "phase": phase}
+        self.history.add(
+            type_, NEMESIS_PROCESS, rec.region, "nemesis", rec.kind, value, error=error
+        )
 
     async def heal_all(self) -> None:
         """Stop every active fault, heal the whole WAN and bring every process back."""

@@ -142,7 +142,8 @@ async def run(
             clients_tasks = [tg.create_task(w.run(ctx, stop)) for w in workloads]
             nemesis_task = tg.create_task(nemesis.run(steps))
             await asyncio.sleep(duration)
-            nemesis_task.cancel()
+            nemesis.finish()
+            await nemesis_task
             say("healing every fault")
             await nemesis.heal_all()
             stop.set()

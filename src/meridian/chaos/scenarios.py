@@ -51,6 +51,16 @@ def faults_in_middle(*faults: Fault, lead_s: float = 5.0, tail_s: float = 8.0) -
     return schedule
 
 
+def fault_until_end(fault: Callable[[], Fault], lead_s: float = 5.0) -> Schedule:
+    """One fault after ``lead_s`` of calm, held until the run ends: the final heal
+    is then the one the workloads' final reads follow (convergence after heal)."""
+
+    def schedule(_config: MeridianConfig, duration: float) -> list[Step]:
+        return [Step(lead_s, fault(), hold_s=duration + 3600)]
+
+    return schedule
+
+
 WORKLOADS: dict[str, Callable[[], Workload]] = {
     "register": RegisterWorkload,
     "bank": BankWorkload,
@@ -101,11 +111,13 @@ SMOKE: dict[str, Scenario] = {
             30.0,
             "Bank transfers on global while eu-west is killed and restarted: money conserved?",
         ),
-        _single(
-            "replicated",
-            "partition",
+        Scenario(
+            "replicated-partition",
+            "Replicated writes in every region while ap-south is cut off until the end, "
+            "then heal: converged, HLCs sound?",
+            lambda: [ReplicatedWorkload()],
+            fault_until_end(FAULTS["partition"]),
             30.0,
-            "Replicated writes in every region while ap-south is cut off, then heal: converged?",
         ),
     )
 }

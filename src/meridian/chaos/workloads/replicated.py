@@ -12,8 +12,9 @@ Clients in every region, concurrently:
 key until all regions agree and hold every acknowledged key, or ``within_s``
 passes, and records one ``converge`` op with the last snapshots it saw.
 
-Checked by :class:`~meridian.chaos.checkers.convergence.ConvergenceChecker`
-and :class:`~meridian.chaos.checkers.clocks.HlcChecker`.
+Checked by :class:`~meridian.chaos.checkers.convergence.ConvergenceChecker`,
+:class:`~meridian.chaos.checkers.clocks.HlcChecker` and
+:class:`~meridian.chaos.checkers.availability.AlwaysWritableChecker`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from functools import partial
 from typing import Any
 
 from meridian.chaos.checkers import Checker
+from meridian.chaos.checkers.availability import AlwaysWritableChecker
 from meridian.chaos.checkers.clocks import HlcChecker
 from meridian.chaos.checkers.convergence import ConvergenceChecker
 from meridian.chaos.workloads.base import KeyspaceSpec, RunContext, pace, record
@@ -144,7 +146,11 @@ class ReplicatedWorkload:
         )  # fmt: skip
 
     def checkers(self, ctx: RunContext) -> list[Checker]:
-        return [ConvergenceChecker(self.within_s), HlcChecker(self.max_offset_ms)]
+        return [
+            ConvergenceChecker(self.within_s),
+            HlcChecker(self.max_offset_ms),
+            AlwaysWritableChecker(),
+        ]
 
 
 async def _lww_entry(client: MeridianClient, key: str) -> dict[str, Any] | None:
