@@ -72,3 +72,27 @@ def chaos_run(
     for v in result["verdicts"]:
         click.echo(f"  {v['invariant']:14} {v['label']:8} {v['summary']}")
     sys.exit({True: 0, False: 1, None: 3}[result["valid"]])
+
+
+@chaos.command("matrix")
+@click.option("--duration", type=float, default=60.0, show_default=True, help="Seconds per run.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Directory for every run's report (default: .meridian/chaos/matrix-TIME).")  # fmt: skip
+@click.option("--base-port", type=int, default=27000, show_default=True)
+@click.option("--only", default=None, help="Run only scenarios whose name contains this.")
+@click.option("--sync-faults", default="kill-global-server,kill-region", show_default=True,
+              help="Faults under which the global workloads also run with NATS's default "
+                   "sync_interval (comma-separated; empty for none).")  # fmt: skip
+def chaos_matrix(
+    duration: float, out_dir: str | None, base_port: int, only: str | None, sync_faults: str
+) -> None:
+    """Every fault x every workload, then the global workloads with sync_interval
+    default vs always; writes summary.json and summary.md next to the reports."""
+    from meridian.chaos.matrix import run_matrix
+
+    out = Path(out_dir or f".meridian/chaos/matrix-{time.strftime('%Y%m%dT%H%M%S')}")
+    faults = [f for f in sync_faults.split(",") if f]
+    valid = asyncio.run(
+        run_matrix(out, duration_s=duration, base_port=base_port, only=only, sync_faults=faults)
+    )
+    sys.exit({True: 0, False: 1, None: 3}[valid])
