@@ -44,7 +44,11 @@ def test_register_linearizable_across_a_partition(tmp_path: Path) -> None:
     cut_off = [
         op
         for op in history.ops()
-        if op.region == "ap-south" and started <= op.start <= stop and op.f in ("write", "cas")
+        if op.region == "ap-south"
+        and op.f in ("write", "cas")
+        and started <= op.start
+        and op.end is not None
+        and op.end <= stop
     ]
     assert cut_off and all(op.type != "ok" for op in cut_off[len(cut_off) // 2 :]), cut_off[-5:]
     # A stale read appended to the real history must be caught: after the last
