@@ -28,6 +28,8 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 
 from meridian._pb.meridian.v1 import (
+    events_pb2,
+    events_pb2_grpc,
     idempotency_pb2,
     idempotency_pb2_grpc,
     state_pb2,
@@ -50,6 +52,7 @@ from meridian.core.errors import (
     UnavailableError,
 )
 from meridian.core.idempotency import StoredResponse
+from meridian.subscription import Subscription
 
 T = TypeVar("T")
 
@@ -153,6 +156,14 @@ _KINDS = {
     PayloadKind.BINARY: idempotency_pb2.PAYLOAD_KIND_BINARY,
 }
 
+
+def _start(msg: events_pb2.StartPosition, sequence: int | None, time_s: float | None) -> None:
+    if sequence is not None:
+        msg.sequence = sequence
+    elif time_s is not None:
+        msg.time.FromNanoseconds(int(time_s * 1e9))
+
+
 _SERVED = {
     state_pb2.Consistency.LEVEL_STRONG: "strong",
     state_pb2.Consistency.LEVEL_BOUNDED: "bounded",
@@ -227,6 +238,7 @@ class MeridianClient:
         )
         self._state = state_pb2_grpc.StateServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._idem = idempotency_pb2_grpc.IdempotencyServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._events = events_pb2_grpc.EventServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     async def _call(self, fn: Callable[..., Awaitable[T]], request: Any) -> T:
         try:
@@ -455,6 +467,78 @@ class MeridianClient:
             raise
         await self.complete(scope, key, begun.fencing_token, response)
         return OnceResult(response, replayed=False)
+
+    # -- events -----------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        key: str,
+        payload: bytes,
+        *,
+        event_id: str,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, bool]:
+        """Publish an event; returns (sequence in this region's stream, duplicate)."""
+        resp = await self._call(
+            self._events.Publish,
+            events_pb2.PublishRequest(
+                topic=topic, key=key, payload=payload, event_id=event_id, headers=headers or {}
+            ),
+        )
+        return int(resp.sequence), bool(resp.duplicate)
+
+    def subscribe(
+        self,
+        group: str,
+        *,
+        topic_filter: str = "",
+        keyspace: str = "",
+        start_sequence: int | None = None,
+        start_time: float | None = None,
+        max_in_flight: int = 0,
+        max_deliveries: int = 0,
+        ack_wait_s: float | None = None,
+    ) -> Subscription:
+        """Join consumer group ``group`` of this region, for events of topics matching
+        ``topic_filter`` or for the change feed of ``keyspace``. A new group starts
+        with new events, or at ``start_sequence`` / ``start_time`` (epoch s)."""
+        open_ = events_pb2.SubscribeOpen(
+            group=group, max_in_flight=max_in_flight, max_deliveries=max_deliveries
+        )
+        if keyspace:
+            open_.keyspace = keyspace
+        else:
+            open_.topic_filter = topic_filter
+        _start(open_.start, start_sequence, start_time)
+        if ack_wait_s is not None:
+            open_.ack_wait.FromNanoseconds(int(ack_wait_s * 1e9))
+        return Subscription(self._events.Subscribe(), events_pb2.SubscribeRequest(open=open_))
+
+    async def replay(
+        self,
+        group: str,
+        *,
+        topic_filter: str = "",
+        keyspace: str = "",
+        start_sequence: int | None = None,
+        start_time: float | None = None,
+    ) -> None:
+        """Move ``group`` back (or forward) to a sequence or a time."""
+        request = events_pb2.ReplayRequest(group=group)
+        if keyspace:
+            request.keyspace = keyspace
+        else:
+            request.topic_filter = topic_filter
+        _start(request.start, start_sequence, start_time)
+        await self._call(self._events.Replay, request)
+
+    async def invalidate(self, namespace: str, keys: list[str]) -> int:
+        """Tell every region's subscribers of ``_invalidate.<namespace>`` to drop ``keys``."""
+        resp = await self._call(
+            self._events.Invalidate, events_pb2.InvalidateRequest(namespace=namespace, keys=keys)
+        )
+        return int(resp.sequence)
 
     async def aclose(self) -> None:
         await self._channel.close()

@@ -27,9 +27,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 
 import meridian
+from meridian.agent.events import EventsComponent
 from meridian.agent.idempotency import IdempotencyComponent
 from meridian.agent.monitor import StatusMonitor
 from meridian.agent.state import StateComponent
+from meridian.api.events import EventsApi
 from meridian.api.grpc.server import GrpcTransport
 from meridian.api.http.server import HttpTransport
 from meridian.api.idempotency import IdempotencyApi
@@ -160,6 +162,13 @@ class Agent:
             clock=self.clock,
             metrics=self.metrics,
         )
+        self.events = EventsComponent(
+            self.conn,
+            region=region,
+            regions=config.region_names,
+            replicas=config.agent.regional_replicas,
+            timeout_s=config.agent.quorum_timeout_s,
+        )
         self.api = AgentApi(region, self.monitor, metrics=self.metrics, tracer=self.tracer)
         self.state_api = StateApi(
             region,
@@ -172,6 +181,14 @@ class Agent:
         self.services = Services(
             state=self.state_api,
             idempotency=IdempotencyApi(self.idempotency, skew=self.skew),
+            events=EventsApi(
+                self.events,
+                region=region,
+                keyspaces={ks.name: ks for ks in config.keyspaces},
+                clock=self.clock,
+                metrics=self.metrics,
+                tracer=self.tracer,
+            ),
         )
         rc = self.region_config
         # Order matters: components start in this order and stop in reverse, so
@@ -180,6 +197,7 @@ class Agent:
             _Monitor(self.monitor),
             self.state,
             self.idempotency,
+            self.events,
             _Transports(
                 GrpcTransport(self.api, self.services, rc.listen_host, rc.grpc_port),
                 HttpTransport(self.api, self.services, rc.listen_host, rc.http_port),

@@ -30,6 +30,7 @@ from meridian.observability.metrics import AgentMetrics
 from meridian.observability.tracing import current_traceparent, extract_context
 
 if TYPE_CHECKING:
+    from meridian.api.events import EventsApi
     from meridian.api.idempotency import IdempotencyApi
     from meridian.api.state import StateApi
 
@@ -62,6 +63,7 @@ class Services:
 
     state: StateApi
     idempotency: IdempotencyApi
+    events: EventsApi
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,34 @@ class AgentMetrics:
             ["region", "keyspace", "requested", "served"],
             registry=r,
         )
+        lag_buckets = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5, 5, 10, 30)
+        self.events_published = Counter(
+            "meridian_events_published",
+            "Events published in this region: stored, or dropped as a duplicate event id.",
+            ["region", "result"],
+            registry=r,
+        )
+        self.events_delivered = Counter(
+            "meridian_events_delivered",
+            "Event deliveries to subscribers, and what became of them: delivered, acked, "
+            "nacked, duplicate (absorbed by the group's inbox), dead_lettered.",
+            ["region", "group", "result"],
+            registry=r,
+        )
+        self.event_lag = Histogram(
+            "meridian_event_delivery_lag_seconds",
+            "From an event's publication in its origin region to its delivery here.",
+            ["region", "origin"],
+            buckets=lag_buckets,
+            registry=r,
+        )
+        self.invalidation_lag = Histogram(
+            "meridian_invalidation_lag_seconds",
+            "From a cache invalidation's publication in its origin region to its delivery here.",
+            ["region", "origin"],
+            buckets=lag_buckets,
+            registry=r,
+        )
         self.idempotency = Counter(
             "meridian_idempotency_outcomes",
             "Idempotency store outcomes. Begin: new, took_over, in_progress, completed (a "

@@ -10,6 +10,8 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2_grpc
 
 from meridian._pb.meridian.v1 import (
+    events_pb2,
+    events_pb2_grpc,
     health_pb2,
     idempotency_pb2,
     idempotency_pb2_grpc,
@@ -20,6 +22,7 @@ from meridian._pb.meridian.v1 import (
 )
 from meridian._pb.meridian.v1 import health_pb2_grpc as m_health_grpc
 from meridian.api.errors import error_metadata, mapping_for
+from meridian.api.events import EventsApi
 from meridian.api.idempotency import IdempotencyApi
 from meridian.api.service import AgentApi, Services
 from meridian.api.state import StateApi
@@ -165,6 +168,47 @@ class IdempotencyServicer(idempotency_pb2_grpc.IdempotencyServiceServicer):
         )
 
 
+class EventServicer(events_pb2_grpc.EventServiceServicer):
+    def __init__(self, api: AgentApi, events: EventsApi) -> None:
+        self.api = api
+        self.events = events
+
+    async def Publish(
+        self, request: events_pb2.PublishRequest, context: Ctx
+    ) -> events_pb2.PublishResponse:
+        return await _unary(
+            self.api, "EventService", "Publish", self.events.publish, request, context
+        )
+
+    async def Replay(
+        self, request: events_pb2.ReplayRequest, context: Ctx
+    ) -> events_pb2.ReplayResponse:
+        return await _unary(
+            self.api, "EventService", "Replay", self.events.replay, request, context
+        )
+
+    async def Invalidate(
+        self, request: events_pb2.InvalidateRequest, context: Ctx
+    ) -> events_pb2.InvalidateResponse:
+        return await _unary(
+            self.api, "EventService", "Invalidate", self.events.invalidate, request, context
+        )
+
+    async def Subscribe(
+        self, request_iterator: AsyncIterator[events_pb2.SubscribeRequest], context: Ctx
+    ) -> AsyncIterator[events_pb2.Delivery]:
+        carrier = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        try:
+            async with self.api.serving("EventService", "Subscribe", "grpc", carrier) as tp:
+                deliveries = await self.events.subscribe(request_iterator)
+                await context.send_initial_metadata((("traceparent", tp),))
+                async for delivery in deliveries:
+                    yield delivery
+        except MeridianError as exc:
+            context.set_trailing_metadata(error_metadata(exc))
+            await context.abort(mapping_for(exc).grpc, exc.message)
+
+
 class GrpcTransport:
     """The agent's gRPC server. ``start()`` returns once the port is bound."""
 
@@ -194,6 +238,10 @@ class GrpcTransport:
             (
                 idempotency_pb2_grpc.add_IdempotencyServiceServicer_to_server,
                 IdempotencyServicer(self.api, self.services.idempotency),
+            ),
+            (
+                events_pb2_grpc.add_EventServiceServicer_to_server,
+                EventServicer(self.api, self.services.events),
             ),
         )
         for register, servicer in add:

@@ -8,6 +8,8 @@ base64, 64-bit integers as strings).
 - ``POST /v1/state/get|put|create|delete|scan|increment|setadd|setremove``
   → StateService.*, the request message as JSON in the body
 - ``POST /v1/idempotency/begin|complete|abort`` → IdempotencyService.*
+- ``POST /v1/events/publish|replay|invalidate`` → EventService.* (Subscribe is
+  a gRPC bidirectional stream)
 - ``GET /metrics``    → Prometheus exposition
 
 A body that is not JSON, not an object of the request's fields, or too large is
@@ -24,7 +26,13 @@ from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from meridian._pb.meridian.v1 import health_pb2, idempotency_pb2, state_pb2, status_pb2
+from meridian._pb.meridian.v1 import (
+    events_pb2,
+    health_pb2,
+    idempotency_pb2,
+    state_pb2,
+    status_pb2,
+)
 from meridian.api.errors import error_body, mapping_for
 from meridian.api.service import AgentApi, Services
 from meridian.core.errors import FieldViolation, InvalidArgumentError, MeridianError
@@ -78,6 +86,17 @@ class HttpTransport:
             app.router.add_post(
                 f"/v1/idempotency/{method.lower()}",
                 self._json_route("IdempotencyService", method, handler, request_type),
+            )
+        events = services.events
+        event_routes: dict[str, tuple[Handler, type[Message]]] = {
+            "Publish": (events.publish, events_pb2.PublishRequest),
+            "Replay": (events.replay, events_pb2.ReplayRequest),
+            "Invalidate": (events.invalidate, events_pb2.InvalidateRequest),
+        }
+        for method, (handler, request_type) in event_routes.items():
+            app.router.add_post(
+                f"/v1/events/{method.lower()}",
+                self._json_route("EventService", method, handler, request_type),
             )
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
 

@@ -1,0 +1,490 @@
+"""The Event API, once, for both transports: publish, subscribe, replay, invalidate.
+
+Every request is validated before anything is published; a bad one gets
+INVALID_ARGUMENT naming the field and the rule, and nothing is written.
+
+A subscription is a durable consumer group of this region. Each subscriber
+fetches at most ``max_in_flight`` deliveries ahead of its acks. For every
+delivery:
+
+- attempt > ``max_deliveries`` (nacked or unacked that often): the event moves
+  to the dead-letter stream instead;
+- the group's inbox already holds its event id: acked without delivery (a
+  duplicate published beyond JetStream's window, or in two regions);
+- otherwise it is delivered; an ack records the event id in the inbox, then
+  acks the JetStream message, so a crash between the two redelivers an event
+  the inbox then absorbs.
+
+A subscriber that goes away nacks what it held, so the group's other
+subscribers get those events at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+import nats.errors
+from google.protobuf.timestamp_pb2 import Timestamp
+from nats.aio.msg import Msg
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanKind
+
+from meridian._pb.meridian.v1 import events_pb2 as pb
+from meridian.agent.events import EventsComponent
+from meridian.backbone.connection import translate_nats_errors
+from meridian.backbone.events import (
+    EVENT_ID_HEADER,
+    PUBLISHED_HEADER,
+    TOPIC_KEY_HEADER,
+    ConsumerSpec,
+)
+from meridian.backbone.kv import HLC_HEADER, KV_OPERATION, REGION_HEADER
+from meridian.core import events as ev
+from meridian.core import replicated as rep
+from meridian.core.errors import FieldViolation, InvalidArgumentError
+from meridian.core.hlc import Clock, HlcTimestamp
+from meridian.core.keyspace import RESERVED_KEY_PREFIX, Keyspace, Locality
+from meridian.observability.metrics import AgentMetrics
+from meridian.observability.tracing import current_traceparent, extract_context
+
+log = logging.getLogger(__name__)
+
+FETCH_WAIT_S = 1.0
+
+
+def _check(violations: list[FieldViolation]) -> None:
+    if violations:
+        raise InvalidArgumentError(violations)
+
+
+def _timestamp(epoch_ms: int) -> Timestamp:
+    ts = Timestamp()
+    ts.FromMilliseconds(epoch_ms)
+    return ts
+
+
+def start_from_proto(msg: pb.StartPosition, present: bool) -> tuple[ev.Start, list[FieldViolation]]:
+    which = msg.WhichOneof("position") if present else None
+    if which == "sequence":
+        if msg.sequence < 1:
+            return ev.Start(), [FieldViolation("start.sequence", "must be at least 1")]
+        return ev.Start(sequence=msg.sequence), []
+    if which == "time":
+        ms = msg.time.ToMilliseconds()
+        if ms <= 0:
+            return ev.Start(), [FieldViolation("start.time", "must be after 1970-01-01")]
+        return ev.Start(time_ms=ms), []
+    return ev.Start(), []
+
+
+def _origin_sequence(headers: Mapping[str, str], local: int) -> int:
+    """The sequence in the origin stream, from the ``Nats-Stream-Source`` header
+    JetStream adds when sourcing ("<stream> <sequence> ..."); ``local`` for an
+    event published in this region."""
+    parts = headers.get("Nats-Stream-Source", "").split(" ")
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else local
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What a group consumes: its consumer, and how to read a message as an Event."""
+
+    spec: ConsumerSpec
+    keyspace: Keyspace | None
+
+
+class EventsApi:
+    """The EventService over this region's event streams."""
+
+    def __init__(
+        self,
+        component: EventsComponent,
+        *,
+        region: str,
+        keyspaces: Mapping[str, Keyspace],
+        clock: Clock,
+        metrics: AgentMetrics,
+        tracer: trace.Tracer,
+    ) -> None:
+        self.component = component
+        self.streams = component.streams
+        self.region = region
+        self.keyspaces = keyspaces
+        self.clock = clock
+        self.metrics = metrics
+        self.tracer = tracer
+
+    # -- publish / invalidate ------------------------------------------------
+
+    async def publish(self, request: pb.PublishRequest) -> pb.PublishResponse:
+        headers = dict(request.headers)
+        _check(
+            ev.topic_violations(request.topic)
+            + ev.printable_violations(request.key, "key", ev.MAX_KEY_CHARS)
+            + ev.printable_violations(request.event_id, "event_id", ev.MAX_EVENT_ID_CHARS)
+            + ev.payload_violations(request.payload)
+            + ev.header_violations(headers)
+        )
+        return await self._publish(
+            request.topic, request.key, request.payload, request.event_id, headers
+        )
+
+    async def _publish(
+        self, topic: str, key: str, payload: bytes, event_id: str, headers: dict[str, str]
+    ) -> pb.PublishResponse:
+        self.component.require_ready()
+        traceparent = current_traceparent()
+        if traceparent:
+            headers["traceparent"] = traceparent
+        seq, duplicate = await self.streams.publish(
+            topic, key, payload, event_id, headers, self.clock.now_ms()
+        )
+        self.metrics.events_published.labels(
+            self.region, "duplicate" if duplicate else "stored"
+        ).inc()
+        return pb.PublishResponse(sequence=seq, region=self.region, duplicate=duplicate)
+
+    async def invalidate(self, request: pb.InvalidateRequest) -> pb.InvalidateResponse:
+        keys = list(request.keys)
+        violations = ev.name_violations(request.namespace, "namespace")
+        if not 1 <= len(keys) <= ev.MAX_INVALIDATE_KEYS:
+            violations.append(FieldViolation("keys", f"must hold 1..{ev.MAX_INVALIDATE_KEYS} keys"))
+        for key in keys:
+            if ev.printable_violations(key, "keys", ev.MAX_KEY_CHARS):
+                violations.append(
+                    FieldViolation(
+                        "keys", f"each key must be 1..{ev.MAX_KEY_CHARS} printable ASCII characters"
+                    )
+                )
+                break
+        _check(violations)
+        payload = json.dumps({"namespace": request.namespace, "keys": keys}).encode()
+        resp = await self._publish(
+            f"{ev.INVALIDATE_TOPIC}.{request.namespace}",
+            request.namespace,
+            payload,
+            f"inv-{uuid.uuid4()}",
+            {},
+        )
+        return pb.InvalidateResponse(sequence=resp.sequence)
+
+    # -- sources -----------------------------------------------------------------
+
+    def _source(
+        self,
+        group: str,
+        which: str | None,
+        topic_filter: str,
+        keyspace: str,
+        ack_wait_s: float,
+        max_in_flight: int,
+        violations: list[FieldViolation],
+    ) -> _Source | None:
+        violations += ev.name_violations(group, "group")
+        if which == "topic_filter":
+            violations += ev.topic_filter_violations(topic_filter)
+            spec = ConsumerSpec(
+                self.streams.aggregate,
+                ev.consumer_name(group, f"topic:{topic_filter}"),
+                ev.filter_subject(topic_filter),
+                ack_wait_s,
+                max_in_flight,
+            )
+            return _Source(spec, None)
+        if which == "keyspace":
+            ks = self.keyspaces.get(keyspace)
+            if ks is None:
+                known = ", ".join(sorted(self.keyspaces)) or "none"
+                violations.append(
+                    FieldViolation("keyspace", f"unknown keyspace {keyspace!r}; declared: {known}")
+                )
+                return None
+            if ks.locality is Locality.REPLICATED:
+                stream, subject = f"MRA_{ks.name}_{self.region}", f"mr.{ks.name}.>"
+            else:
+                stream, subject = f"KV_{ks.bucket}", f"$KV.{ks.bucket}.>"
+            # The global stream is shared by every region: name the region's consumer.
+            name = ev.consumer_name(group, f"keyspace:{ks.name}:{self.region}")
+            return _Source(ConsumerSpec(stream, name, subject, ack_wait_s, max_in_flight), ks)
+        violations.append(FieldViolation("source", "set topic_filter or keyspace"))
+        return None
+
+    async def replay(self, request: pb.ReplayRequest) -> pb.ReplayResponse:
+        violations: list[FieldViolation] = []
+        start, bad = start_from_proto(request.start, request.HasField("start"))
+        violations += bad
+        if not request.HasField("start"):
+            violations.append(FieldViolation("start", "say where to replay from: sequence or time"))
+        source = self._source(
+            request.group,
+            request.WhichOneof("source"),
+            request.topic_filter,
+            request.keyspace,
+            ev.DEFAULT_ACK_WAIT_S,
+            ev.DEFAULT_MAX_IN_FLIGHT,
+            violations,
+        )
+        _check(violations)
+        assert source is not None
+        self.component.require_ready()
+        await self.streams.reset(source.spec, request.group, start)
+        return pb.ReplayResponse()
+
+    # -- subscribe --------------------------------------------------------------------
+
+    async def subscribe(
+        self, requests: AsyncIterator[pb.SubscribeRequest]
+    ) -> AsyncIterator[pb.Delivery]:
+        """Validate the opening message; returns the delivery stream."""
+        try:
+            first = await anext(requests)
+        except StopAsyncIteration:
+            raise InvalidArgumentError(
+                FieldViolation("open", "the first message must open the subscription")
+            ) from None
+        if first.WhichOneof("kind") != "open":
+            raise InvalidArgumentError(
+                FieldViolation("open", "the first message must open the subscription")
+            )
+        o = first.open
+        violations: list[FieldViolation] = []
+        max_in_flight = o.max_in_flight or ev.DEFAULT_MAX_IN_FLIGHT
+        if not 1 <= max_in_flight <= ev.MAX_IN_FLIGHT:
+            violations.append(FieldViolation("max_in_flight", f"must be 1..{ev.MAX_IN_FLIGHT}"))
+        max_deliveries = o.max_deliveries or ev.DEFAULT_MAX_DELIVERIES
+        if not 1 <= max_deliveries <= ev.MAX_DELIVERIES:
+            violations.append(FieldViolation("max_deliveries", f"must be 1..{ev.MAX_DELIVERIES}"))
+        ack_wait_s = (
+            o.ack_wait.ToMilliseconds() / 1000 if o.HasField("ack_wait") else ev.DEFAULT_ACK_WAIT_S
+        )
+        if not 0.1 <= ack_wait_s <= ev.MAX_ACK_WAIT_S:
+            violations.append(
+                FieldViolation("ack_wait", f"must be 0.1..{ev.MAX_ACK_WAIT_S:g} seconds")
+            )
+        start, bad = start_from_proto(o.start, o.HasField("start"))
+        violations += bad
+        source = self._source(
+            o.group,
+            o.WhichOneof("source"),
+            o.topic_filter,
+            o.keyspace,
+            ack_wait_s,
+            max_in_flight,
+            violations,
+        )
+        _check(violations)
+        assert source is not None
+        self.component.require_ready()
+        psub = await self.streams.consumer(source.spec, start)
+        return _Subscription(self, o.group, source, psub, max_in_flight, max_deliveries).run(
+            requests
+        )
+
+    # -- reading messages --------------------------------------------------------------
+
+    def event_of(self, msg: Msg, source: _Source) -> pb.Event | None:
+        """The Event a message carries; None for messages that are not events
+        (a keyspace's read barriers)."""
+        headers = dict(msg.headers or {})
+        meta = msg.metadata
+        if source.keyspace is None:
+            origin, topic = ev.split_subject(msg.subject)
+            published = int(headers.get(PUBLISHED_HEADER, "0") or 0)
+            return pb.Event(
+                topic=topic,
+                key=headers.get(TOPIC_KEY_HEADER, ""),
+                payload=msg.data,
+                event_id=headers.get(EVENT_ID_HEADER, ""),
+                headers={
+                    k: v
+                    for k, v in headers.items()
+                    if not k.lower().startswith(ev.RESERVED_HEADER_PREFIXES)
+                },
+                origin_region=origin,
+                origin_sequence=_origin_sequence(headers, meta.sequence.stream),
+                published_at=_timestamp(published) if published else None,
+            )
+        ks = source.keyspace
+        if ks.locality is Locality.REPLICATED:
+            _, _, rest = msg.subject.split(".", 2)
+            origin, _, key = rest.partition(".")
+        else:
+            key = msg.subject[len(f"$KV.{ks.bucket}.") :]
+            origin = headers.get(REGION_HEADER, "")
+        if key.startswith(RESERVED_KEY_PREFIX):
+            return None
+        hlc = headers.get(HLC_HEADER, "")
+        published_ms = HlcTimestamp.decode(hlc).wall_ms if hlc else 0
+        if ks.locality is Locality.REPLICATED:
+            # The message is the key's whole CRDT state; a delete is a tombstone in it.
+            deleted = not rep.exists(rep.decode(ks.conflict, msg.data))
+        else:
+            deleted = headers.get(KV_OPERATION) in ("DEL", "PURGE")
+        return pb.Event(
+            topic=f"{ev.STATE_TOPIC}.{ks.name}",
+            key=key,
+            payload=msg.data,
+            event_id=f"{ks.name}:{origin}:{meta.sequence.stream}",
+            headers={"operation": "delete" if deleted else "put", "hlc": hlc},
+            origin_region=origin,
+            origin_sequence=meta.sequence.stream,
+            published_at=_timestamp(published_ms) if published_ms else None,
+        )
+
+
+@dataclass
+class _InFlight:
+    msg: Msg
+    event_id: str
+    attempt: int
+
+
+class _Subscription:
+    """One subscriber's deliveries and acks."""
+
+    _ids = itertools.count(1)
+
+    def __init__(
+        self,
+        api: EventsApi,
+        group: str,
+        source: _Source,
+        psub: object,
+        max_in_flight: int,
+        max_deliveries: int,
+    ) -> None:
+        self.api = api
+        self.group = group
+        self.source = source
+        self.psub = psub
+        self.max_in_flight = max_in_flight
+        self.max_deliveries = max_deliveries
+        self.in_flight: dict[int, _InFlight] = {}
+        self.room = asyncio.Event()
+        self.room.set()
+
+    def _count(self, result: str) -> None:
+        self.api.metrics.events_delivered.labels(self.api.region, self.group, result).inc()
+
+    async def run(self, requests: AsyncIterator[pb.SubscribeRequest]) -> AsyncIterator[pb.Delivery]:
+        acks = asyncio.create_task(self._read_acks(requests), name=f"acks-{self.group}")
+        try:
+            while True:
+                if acks.done():
+                    acks.result()  # the subscriber closed its side, or sent a bad ack
+                    return
+                room = self.max_in_flight - len(self.in_flight)
+                if room <= 0:
+                    self.room.clear()
+                    waiter = asyncio.create_task(self.room.wait())
+                    await asyncio.wait({waiter, acks}, return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+                    continue
+                try:
+                    msgs = await self.psub.fetch(room, timeout=FETCH_WAIT_S)  # type: ignore[attr-defined]
+                except (nats.errors.TimeoutError, TimeoutError):
+                    continue
+                for msg in msgs:
+                    delivery = await self._prepare(msg)
+                    if delivery is not None:
+                        yield delivery
+        finally:
+            acks.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await acks
+            # Hand back what this subscriber held, so others get it at once.
+            for held in self.in_flight.values():
+                with contextlib.suppress(Exception):
+                    await held.msg.nak()
+            self.in_flight.clear()
+            with contextlib.suppress(Exception):
+                await self.psub.unsubscribe()  # type: ignore[attr-defined]
+
+    async def _prepare(self, msg: Msg) -> pb.Delivery | None:
+        attempt = int(msg.metadata.num_delivered or 1)
+        event = self.api.event_of(msg, self.source)
+        if event is None:
+            await msg.ack()
+            return None
+        if ev.dead_letter(attempt, self.max_deliveries):
+            await self._dead_letter(msg, f"not acked after {attempt - 1} deliveries")
+            return None
+        if await self.api.streams.processed(self.group, event.event_id):
+            await msg.ack()
+            self._count("duplicate")
+            return None
+        delivery_id = next(self._ids)
+        self.in_flight[delivery_id] = _InFlight(msg, event.event_id, attempt)
+        self._count("delivered")
+        if event.HasField("published_at"):
+            lag = max(0.0, time.time() - event.published_at.ToMilliseconds() / 1000)
+            origin = event.origin_region
+            if event.topic.startswith(ev.INVALIDATE_TOPIC + "."):
+                self.api.metrics.invalidation_lag.labels(self.api.region, origin).observe(lag)
+            else:
+                self.api.metrics.event_lag.labels(self.api.region, origin).observe(lag)
+        self._trace_delivery(event)
+        return pb.Delivery(
+            delivery_id=delivery_id,
+            event=event,
+            attempt=attempt,
+            sequence=msg.metadata.sequence.stream,
+        )
+
+    def _trace_delivery(self, event: pb.Event) -> None:
+        producer = trace.get_current_span(extract_context(dict(event.headers))).get_span_context()
+        links = [Link(producer)] if producer.is_valid else []
+        with self.api.tracer.start_as_current_span(
+            "meridian.v1.EventService/Deliver",
+            kind=SpanKind.CONSUMER,
+            links=links,
+            attributes={"messaging.destination.name": event.topic, "meridian.group": self.group},
+        ):
+            pass
+
+    async def _dead_letter(self, msg: Msg, reason: str) -> None:
+        await self.api.streams.dead_letter(msg, self.group, reason)
+        await msg.term()
+        self._count("dead_lettered")
+
+    async def _read_acks(self, requests: AsyncIterator[pb.SubscribeRequest]) -> None:
+        with translate_nats_errors(f"handle acks of group {self.group!r}"):
+            await self._handle_acks(requests)
+
+    async def _handle_acks(self, requests: AsyncIterator[pb.SubscribeRequest]) -> None:
+        async for request in requests:
+            kind = request.WhichOneof("kind")
+            if kind == "ack":
+                held = self.in_flight.pop(request.ack.delivery_id, None)
+                if held is not None:
+                    await self.api.streams.mark_processed(self.group, held.event_id)
+                    await held.msg.ack()
+                    self._count("acked")
+            elif kind == "nack":
+                held = self.in_flight.pop(request.nack.delivery_id, None)
+                if held is not None:
+                    if held.attempt >= self.max_deliveries:
+                        await self._dead_letter(
+                            held.msg, f"nacked on all {held.attempt} deliveries"
+                        )
+                    else:
+                        delay = (
+                            request.nack.delay.ToMilliseconds() / 1000
+                            if request.nack.HasField("delay")
+                            else ev.backoff_s(held.attempt)
+                        )
+                        await held.msg.nak(delay=delay)
+                        self._count("nacked")
+            else:
+                raise InvalidArgumentError(
+                    FieldViolation("kind", "after open, send only ack or nack")
+                )
+            self.room.set()

@@ -1,0 +1,346 @@
+"""Events on JetStream: a region's own stream, its aggregate of every region's
+streams, durable consumer groups, the dead-letter stream and the inbox.
+
+Names and rules come from :mod:`meridian.core.events`. This module does the
+I/O: creating the streams, publishing with ``Nats-Msg-Id``, creating and
+resetting durable pull consumers, recording processed event ids in the
+region's inbox bucket, and moving dead letters.
+
+JetStream sourcing can stall after a partition heals (nats-server issues
+#6206 and #8346, seen here with replicated keyspaces). :meth:`EventStreams.
+repair_sources` watches each source of the aggregate and, when one lags its
+origin without progress, re-adds it by updating the aggregate's
+configuration; JetStream then resumes from the last sequence it copied, so
+nothing is lost or copied twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import api
+from nats.js.client import JetStreamContext
+
+from meridian.backbone.connection import (
+    BackboneConnection,
+    reraise_if_cancelling,
+    translate_nats_errors,
+)
+from meridian.core import events as ev
+from meridian.core.events import Start
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+STREAM_NAME_IN_USE = 10058
+CONSUMER_NOT_FOUND = 10014
+MSG_ID = "Nats-Msg-Id"
+TOPIC_KEY_HEADER = "Meridian-Key"
+EVENT_ID_HEADER = "Meridian-Event-Id"
+PUBLISHED_HEADER = "Meridian-Published-Ms"
+DLQ_REASON_HEADER = "Meridian-Dead-Letter-Reason"
+DLQ_GROUP_HEADER = "Meridian-Dead-Letter-Group"
+DUPLICATE_WINDOW_S = 120.0
+#: A source that lags its origin without progress for this long is re-added.
+SOURCE_STALL_S = 5.0
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """One durable pull consumer: a group's view of one source."""
+
+    stream: str
+    name: str
+    filter_subject: str
+    ack_wait_s: float
+    max_ack_pending: int
+
+
+class EventStreams:
+    """This region's event streams, consumers and inbox. ``await ensure()`` first."""
+
+    def __init__(
+        self,
+        conn: BackboneConnection,
+        *,
+        region: str,
+        regions: Sequence[str],
+        replicas: int,
+        timeout_s: float,
+        inbox_ttl_s: float,
+    ) -> None:
+        self.conn = conn
+        self.region = region
+        self.regions = list(regions)
+        self.replicas = replicas
+        self.timeout_s = timeout_s
+        self.inbox_ttl_s = inbox_ttl_s
+        self.own = ev.own_stream(region)
+        self.aggregate = ev.aggregate_stream(region)
+        self.dlq = ev.dlq_stream(region)
+        self.inbox_bucket = f"mg__inbox_{region}"
+        self._source_progress: dict[str, tuple[int, float]] = {}
+
+    def _js(self) -> JetStreamContext:
+        return self.conn.jetstream(self.timeout_s)
+
+    async def _call(self, what: str, aw: Awaitable[T]) -> T:
+        with translate_nats_errors(f"cannot {what} in {self.region}"):
+            async with asyncio.timeout(self.timeout_s):
+                result = await aw
+        reraise_if_cancelling()
+        return result
+
+    # -- setup ------------------------------------------------------------
+
+    def _aggregate_config(self) -> api.StreamConfig:
+        return api.StreamConfig(
+            name=self.aggregate,
+            description=f"Meridian events of every region, in {self.region}",
+            storage=api.StorageType.FILE,
+            num_replicas=self.replicas,
+            placement=api.Placement(cluster=self.region),
+            sources=[api.StreamSource(name=ev.own_stream(r)) for r in self.regions],
+        )
+
+    async def ensure(self) -> None:
+        """Create the streams and the inbox bucket if missing (idempotent)."""
+        js = self._js()
+        configs = [
+            api.StreamConfig(
+                name=self.own,
+                description=f"Meridian events published in {self.region}",
+                subjects=[f"{ev.SUBJECT_PREFIX}.{self.region}.>"],
+                storage=api.StorageType.FILE,
+                num_replicas=self.replicas,
+                duplicate_window=DUPLICATE_WINDOW_S,
+                placement=api.Placement(cluster=self.region),
+            ),
+            self._aggregate_config(),
+            api.StreamConfig(
+                name=self.dlq,
+                description=f"Meridian dead letters of {self.region}'s consumer groups",
+                subjects=[f"{ev.DLQ_SUBJECT_PREFIX}.{self.region}.>"],
+                storage=api.StorageType.FILE,
+                num_replicas=self.replicas,
+                placement=api.Placement(cluster=self.region),
+            ),
+        ]
+        for config in configs:
+            try:
+                await self._call(f"create stream {config.name}", js.add_stream(config))
+            except nats.js.errors.BadRequestError as exc:
+                if exc.err_code != STREAM_NAME_IN_USE:
+                    raise
+        try:
+            await js.key_value(self.inbox_bucket)
+        except nats.js.errors.BucketNotFoundError:
+            await self._call(
+                "create the inbox bucket",
+                js.create_key_value(
+                    api.KeyValueConfig(
+                        bucket=self.inbox_bucket,
+                        description=f"Meridian consumer-group inboxes of {self.region}",
+                        history=1,
+                        ttl=self.inbox_ttl_s,
+                        direct=True,
+                        storage=api.StorageType.FILE,
+                        replicas=self.replicas,
+                        placement=api.Placement(cluster=self.region),
+                    )
+                ),
+            )
+
+    # -- publishing ---------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        key: str,
+        payload: bytes,
+        event_id: str,
+        headers: dict[str, str],
+        published_ms: int,
+    ) -> tuple[int, bool]:
+        """Publish to this region's stream; returns (sequence, duplicate)."""
+        all_headers = {
+            **headers,
+            MSG_ID: event_id,
+            EVENT_ID_HEADER: event_id,
+            TOPIC_KEY_HEADER: key,
+            PUBLISHED_HEADER: str(published_ms),
+        }
+        ack = await self._call(
+            f"publish to {topic}",
+            self._js().publish(
+                ev.subject(self.region, topic), payload, timeout=self.timeout_s, headers=all_headers
+            ),
+        )
+        return int(ack.seq), bool(ack.duplicate)
+
+    # -- consumer groups ------------------------------------------------------
+
+    async def consumer(self, spec: ConsumerSpec, start: Start) -> JetStreamContext.PullSubscription:
+        """Bind to the group's durable consumer, creating it at ``start`` if missing."""
+        js = self._js()
+        try:
+            await self._call("look up a consumer group", js.consumer_info(spec.stream, spec.name))
+        except nats.js.errors.NotFoundError:
+            await self._create_consumer(js, spec, start)
+        return await self._call(
+            "bind to a consumer group",
+            js.pull_subscribe_bind(durable=spec.name, stream=spec.stream),
+        )
+
+    async def reset(self, spec: ConsumerSpec, group: str, start: Start) -> None:
+        """Move a group to ``start``: JetStream consumers can't be rewound, so the
+        consumer is deleted and created again at the new position. The group's
+        inbox is emptied, so replayed events are delivered again rather than
+        absorbed as duplicates. Deliveries in flight to current subscribers fail
+        their acks and are redelivered."""
+        js = self._js()
+        await self._call(
+            "empty the group's inbox",
+            js.purge_stream(
+                f"KV_{self.inbox_bucket}", subject=f"$KV.{self.inbox_bucket}.{group}.>"
+            ),
+        )
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await self._call("delete a consumer group", js.delete_consumer(spec.stream, spec.name))
+        await self._create_consumer(js, spec, start)
+
+    async def _create_consumer(
+        self, js: JetStreamContext, spec: ConsumerSpec, start: Start
+    ) -> None:
+        config = api.ConsumerConfig(
+            durable_name=spec.name,
+            filter_subject=spec.filter_subject,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=spec.ack_wait_s,
+            max_ack_pending=spec.max_ack_pending,
+            # Meridian counts attempts itself and dead-letters; JetStream must not stop early.
+            max_deliver=-1,
+            deliver_policy=api.DeliverPolicy.NEW,
+        )
+        if start.sequence:
+            config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = start.sequence
+        elif start.time_ms:
+            config.deliver_policy = api.DeliverPolicy.BY_START_TIME
+            config.opt_start_time = datetime.fromtimestamp(start.time_ms / 1000, UTC)
+        await self._call("create a consumer group", js.add_consumer(spec.stream, config=config))
+
+    # -- inbox --------------------------------------------------------------------
+
+    async def processed(self, group: str, event_id: str) -> bool:
+        """Whether ``group`` in this region already processed ``event_id``."""
+        js = self._js()
+        try:
+            await self._call(
+                "read the inbox",
+                js.get_last_msg(
+                    f"KV_{self.inbox_bucket}",
+                    f"$KV.{self.inbox_bucket}.{ev.inbox_key(group, event_id)}",
+                    direct=True,
+                ),
+            )
+        except (nats.js.errors.NotFoundError, nats.js.errors.APIError):
+            return False
+        return True
+
+    async def mark_processed(self, group: str, event_id: str) -> None:
+        await self._call(
+            "record a processed event",
+            self._js().publish(
+                f"$KV.{self.inbox_bucket}.{ev.inbox_key(group, event_id)}",
+                b"",
+                timeout=self.timeout_s,
+            ),
+        )
+
+    # -- dead letters ------------------------------------------------------------
+
+    async def dead_letter(self, msg: Msg, group: str, reason: str) -> None:
+        """Copy ``msg`` to the dead-letter stream (then the caller terminates it)."""
+        # JetStream refuses a publish carrying its own headers (Nats-Msg-Id,
+        # Nats-Stream-Source, ...); the event's own headers are kept.
+        headers = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
+        headers[DLQ_REASON_HEADER] = reason
+        headers[DLQ_GROUP_HEADER] = group
+        _, topic = ev.split_subject(msg.subject) if msg.subject.startswith("mev.") else ("", "")
+        await self._call(
+            "move an event to the dead-letter stream",
+            self._js().publish(
+                f"{ev.DLQ_SUBJECT_PREFIX}.{self.region}.{group}.{topic or 'change'}",
+                msg.data,
+                timeout=self.timeout_s,
+                headers=headers,
+            ),
+        )
+
+    async def dead_letters(self, group: str, limit: int = 1000) -> list[Msg]:
+        """The dead letters of ``group`` (for operators and tests)."""
+        js = self._js()
+        out: list[Msg] = []
+        sub = await js.pull_subscribe(
+            f"{ev.DLQ_SUBJECT_PREFIX}.{self.region}.{group}.>",
+            stream=self.dlq,
+            config=api.ConsumerConfig(
+                ack_policy=api.AckPolicy.NONE,
+                deliver_policy=api.DeliverPolicy.ALL,
+                inactive_threshold=30.0,
+            ),
+        )
+        try:
+            while len(out) < limit:
+                try:
+                    batch = await sub.fetch(min(100, limit - len(out)), timeout=0.5)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    break
+                out.extend(batch)
+        finally:
+            await sub.unsubscribe()
+        return out
+
+    # -- sourcing health -------------------------------------------------------------
+
+    async def repair_sources(self, now: float) -> list[str]:
+        """Re-add sources that lag their origin with no progress for SOURCE_STALL_S;
+        returns the regions whose source was re-added."""
+        js = self._js()
+        info = await self._call("read the aggregate stream", js.stream_info(self.aggregate))
+        stalled = []
+        for source in info.sources or []:
+            lag = int(source.lag or 0)
+            name = source.name
+            last_lag, since = self._source_progress.get(name, (lag, now))
+            if lag == 0 or lag < last_lag:
+                self._source_progress[name] = (lag, now)
+                continue
+            self._source_progress[name] = (lag, since)
+            if now - since >= SOURCE_STALL_S:
+                stalled.append(name)
+        if not stalled:
+            return []
+        config = self._aggregate_config()
+        kept = [s for s in config.sources or [] if s.name not in stalled]
+        # Drop the stalled sources, then add them back: JetStream restarts them
+        # from the last sequence it copied.
+        await self._call(
+            "drop stalled sources", js.update_stream(dataclasses.replace(config, sources=kept))
+        )
+        await self._call("re-add stalled sources", js.update_stream(config))
+        for name in stalled:
+            self._source_progress.pop(name, None)
+        log.warning("event sources %s stalled in %s; re-added them", stalled, self.region)
+        return [n.removeprefix("EV_") for n in stalled]

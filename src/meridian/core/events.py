@@ -1,0 +1,208 @@
+"""Events: names, limits, subjects and redelivery rules (DESIGN §4).
+
+Everything here is pure. The agent maps an event to JetStream like this:
+
+- a region's own stream ``EV_<region>`` holds what it published, on subjects
+  ``mev.<region>.<topic>``; the event id travels as ``Nats-Msg-Id`` so
+  JetStream drops a republish inside its duplicate window;
+- every region's aggregate ``EVA_<region>`` sources every own stream, so a
+  consumer group there sees the events of all regions;
+- a consumer group is a durable pull consumer on the aggregate, filtered by
+  ``mev.*.<topic_filter>``;
+- after ``max_deliveries`` attempts an event moves to ``EVDLQ_<region>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from meridian.core.errors import FieldViolation
+
+TOPIC_TOKEN = re.compile(r"[a-z0-9_-]{1,64}")
+FILTER_TOKEN = re.compile(r"[a-z0-9_-]{1,64}|\*|>")
+GROUP = re.compile(r"[a-z0-9_-]{1,64}")
+NAMESPACE = re.compile(r"[a-z0-9_-]{1,64}")
+PRINTABLE = re.compile(r"[\x20-\x7e]+")
+HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
+MAX_TOPIC_CHARS = 255
+MAX_TOPIC_TOKENS = 16
+MAX_KEY_CHARS = 255
+MAX_EVENT_ID_CHARS = 128
+MAX_PAYLOAD_BYTES = 1 << 20
+MAX_HEADERS = 32
+MAX_HEADER_BYTES = 8 * 1024
+MAX_INVALIDATE_KEYS = 1000
+DEFAULT_MAX_IN_FLIGHT = 64
+MAX_IN_FLIGHT = 1024
+DEFAULT_MAX_DELIVERIES = 5
+MAX_DELIVERIES = 100
+DEFAULT_ACK_WAIT_S = 30.0
+MAX_ACK_WAIT_S = 3600.0
+#: Redelivery backoff after a nack: base x 2^(attempt-1), capped.
+BACKOFF_BASE_S = 0.1
+BACKOFF_MAX_S = 30.0
+#: Header names the agent sets itself.
+RESERVED_HEADER_PREFIXES = ("nats-", "meridian-")
+INVALIDATE_TOPIC = "_invalidate"
+STATE_TOPIC = "_state"
+
+SUBJECT_PREFIX = "mev"
+DLQ_SUBJECT_PREFIX = "mevdlq"
+
+
+def own_stream(region: str) -> str:
+    return f"EV_{region}"
+
+
+def aggregate_stream(region: str) -> str:
+    return f"EVA_{region}"
+
+
+def dlq_stream(region: str) -> str:
+    return f"EVDLQ_{region}"
+
+
+def subject(region: str, topic: str) -> str:
+    return f"{SUBJECT_PREFIX}.{region}.{topic}"
+
+
+def split_subject(subj: str) -> tuple[str, str]:
+    """(origin region, topic) of an event subject."""
+    _, region, topic = subj.split(".", 2)
+    return region, topic
+
+
+def filter_subject(topic_filter: str) -> str:
+    """The aggregate-stream subject filter of a topic filter, for every origin region."""
+    return f"{SUBJECT_PREFIX}.*.{topic_filter}"
+
+
+def consumer_name(group: str, source: str) -> str:
+    """The durable consumer of ``group`` for one source (topic filter or keyspace).
+
+    A group may consume several sources; each gets its own consumer, named by
+    the group and a short hash of the source so names stay valid and distinct.
+    """
+    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+    return f"{group}__{digest}"
+
+
+def inbox_key(group: str, event_id: str) -> str:
+    """The key in a region's inbox bucket recording that ``group`` processed ``event_id``."""
+    return f"{group}.{hashlib.sha256(event_id.encode()).hexdigest()}"
+
+
+def backoff_s(attempt: int) -> float:
+    """Delay before redelivering after the ``attempt``-th delivery was nacked."""
+    return float(min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2.0 ** max(0, min(attempt - 1, 30))))
+
+
+def dead_letter(attempt: int, max_deliveries: int) -> bool:
+    """Whether a delivery that is about to be (re)delivered as ``attempt`` goes to
+    the dead-letter stream instead."""
+    return attempt > max_deliveries
+
+
+# -- validation ---------------------------------------------------------------
+
+
+def topic_violations(
+    topic: str, field: str = "topic", *, reserved_ok: bool = False
+) -> list[FieldViolation]:
+    rule = (
+        f"must be 1..{MAX_TOPIC_TOKENS} dot-separated tokens of a-z 0-9 _ - "
+        f"(at most {MAX_TOPIC_CHARS} characters)"
+    )
+    tokens = topic.split(".")
+    if (
+        not topic
+        or len(topic) > MAX_TOPIC_CHARS
+        or len(tokens) > MAX_TOPIC_TOKENS
+        or not all(TOPIC_TOKEN.fullmatch(t) for t in tokens)
+    ):
+        return [FieldViolation(field, rule)]
+    if topic.startswith("_") and not reserved_ok:
+        return [FieldViolation(field, "topics starting with '_' are reserved for Meridian")]
+    return []
+
+
+def topic_filter_violations(topic_filter: str) -> list[FieldViolation]:
+    tokens = topic_filter.split(".")
+    rule = (
+        "must be dot-separated tokens of a-z 0-9 _ -, '*' for one token, or a final "
+        f"'>' for the rest (at most {MAX_TOPIC_TOKENS} tokens, {MAX_TOPIC_CHARS} characters)"
+    )
+    if (
+        not topic_filter
+        or len(topic_filter) > MAX_TOPIC_CHARS
+        or len(tokens) > MAX_TOPIC_TOKENS
+        or not all(FILTER_TOKEN.fullmatch(t) for t in tokens)
+        or ">" in tokens[:-1]
+    ):
+        return [FieldViolation("topic_filter", rule)]
+    return []
+
+
+def printable_violations(value: str, field: str, max_chars: int) -> list[FieldViolation]:
+    if not value or len(value) > max_chars or not PRINTABLE.fullmatch(value):
+        return [FieldViolation(field, f"must be 1..{max_chars} printable ASCII characters")]
+    return []
+
+
+def name_violations(value: str, field: str) -> list[FieldViolation]:
+    if not GROUP.fullmatch(value):
+        return [FieldViolation(field, "must be 1..64 characters of a-z 0-9 _ -")]
+    return []
+
+
+def payload_violations(payload: bytes) -> list[FieldViolation]:
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return [
+            FieldViolation(
+                "payload", f"must be at most {MAX_PAYLOAD_BYTES} bytes, got {len(payload)}"
+            )
+        ]
+    return []
+
+
+def header_violations(headers: dict[str, str]) -> list[FieldViolation]:
+    out = []
+    if len(headers) > MAX_HEADERS:
+        out.append(FieldViolation("headers", f"must be at most {MAX_HEADERS} headers"))
+    size = 0
+    for name, value in headers.items():
+        size += len(name) + len(value.encode())
+        if not HEADER_NAME.fullmatch(name):
+            out.append(
+                FieldViolation(
+                    "headers", f"header names must be 1..64 of A-Z a-z 0-9 -, got {name[:40]!r}"
+                )
+            )
+        elif name.lower().startswith(RESERVED_HEADER_PREFIXES):
+            out.append(
+                FieldViolation(
+                    "headers",
+                    f"header {name!r}: names starting with Nats- or Meridian- are reserved",
+                )
+            )
+        if "\r" in value or "\n" in value:
+            out.append(
+                FieldViolation("headers", f"header {name!r}: values must not contain CR or LF")
+            )
+    if size > MAX_HEADER_BYTES:
+        out.append(FieldViolation("headers", f"must be at most {MAX_HEADER_BYTES} bytes in all"))
+    return out
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where a new consumer group starts: new events, a sequence, or a time (epoch ms)."""
+
+    sequence: int = 0
+    time_ms: int = 0
+
+    @property
+    def is_new(self) -> bool:
+        return not self.sequence and not self.time_ms
