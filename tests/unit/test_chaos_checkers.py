@@ -12,6 +12,7 @@ from meridian.chaos.checkers.clocks import HlcChecker
 from meridian.chaos.checkers.convergence import ConvergenceChecker
 from meridian.chaos.checkers.effects import ExactlyOnceChecker
 from meridian.chaos.checkers.linearizable import LinearizableChecker
+from meridian.chaos.checkers.refusals import RefusedWritesInvisibleChecker, failed_as_indeterminate
 from meridian.chaos.history import History, build
 
 needs_go = pytest.mark.skipif(shutil.which("go") is None, reason="the Porcupine command needs Go")
@@ -348,3 +349,31 @@ def test_hlc_beyond_max_offset_is_invalid() -> None:
 
 def test_no_hlc_observation_is_unknown() -> None:
     assert HlcChecker().check(History()).valid is None
+
+
+# -- refused writes ----------------------------------------------------------------
+
+
+def _refused(read_value: int) -> History:
+    return build(
+        ("invoke", 0, "write", "k", 1, 0),
+        ("ok", 0, "write", "k", 1, 10),
+        ("invoke", 1, "cas", "k", [1, 2], 20),
+        ("fail", 1, "cas", "k", [1, 2], 30),
+        ("invoke", 2, "read", "k", None, 40),
+        ("ok", 2, "read", "k", read_value, 50),
+    )
+
+
+def test_a_refused_cas_that_was_applied_is_caught() -> None:
+    v = RefusedWritesInvisibleChecker().check(_refused(2))
+    assert v.valid is False
+    assert v.errors[0]["value"] == 2
+    assert RefusedWritesInvisibleChecker().check(_refused(1)).valid is True
+
+
+@needs_go
+def test_refusals_as_indeterminate_leave_the_rest_to_porcupine() -> None:
+    h = _refused(2)
+    assert LinearizableChecker().check(h).valid is False
+    assert LinearizableChecker().check(failed_as_indeterminate(h)).valid is True

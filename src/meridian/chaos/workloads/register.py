@@ -11,7 +11,9 @@ Clients in every region run, at random:
   revision, and the revision did not change between the get and the put.
 
 Checked by :class:`~meridian.chaos.checkers.linearizable.LinearizableChecker`
-(Porcupine). A timeout is info, never fail.
+(Porcupine) and, to pinpoint one way of failing it,
+:class:`~meridian.chaos.checkers.refusals.RefusedWritesInvisibleChecker`. A
+timeout is info, never fail.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from functools import partial
 
 from meridian.chaos.checkers import Checker
 from meridian.chaos.checkers.linearizable import LinearizableChecker
+from meridian.chaos.checkers.refusals import RefusedWritesInvisibleChecker
 from meridian.chaos.history import EventType
 from meridian.chaos.workloads.base import KeyspaceSpec, RunContext, pace, record
 from meridian.client import MeridianClient, Strong
@@ -112,7 +115,11 @@ class RegisterWorkload:
         return kind
 
     def checkers(self, ctx: RunContext) -> list[Checker]:
-        return [LinearizableChecker(ctx.out_dir, prefix=f"{ctx.run_id}-reg")]
+        prefix = f"{ctx.run_id}-reg"
+        return [
+            LinearizableChecker(ctx.out_dir, prefix=prefix),
+            RefusedWritesInvisibleChecker(prefix),
+        ]
 
     async def finish(self, ctx: RunContext) -> None:
         # One last strong read of every key from every region.
