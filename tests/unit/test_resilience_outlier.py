@@ -185,6 +185,9 @@ class OutlierMachine(RuleBasedStateMachine):
     @rule(names=st.sets(st.sampled_from(INSTANCES), min_size=1))
     def membership(self, names: set[str]) -> None:
         self.detector.set_instances(names, self.now)
+        for gone in set(self.last_duration) - names:  # a departed instance is forgotten
+            self.last_duration.pop(gone)
+            self.readmitted_at.pop(gone, None)
 
     @invariant()
     def ejected_share_never_exceeds_the_maximum(self) -> None:

@@ -85,7 +85,8 @@ def format_grpc_timeout(ns: int) -> str:
 
     Rounds down to that unit, so ``parse_grpc_timeout(format_grpc_timeout(ns))``
     is ``ns`` whenever ``ns`` is a whole number of that unit, and otherwise less
-    than ``ns`` by under one unit (a relative error below 1e-7). Values too large
+    than ``ns`` by under one unit: a relative error below 1e-5 (a value that
+    needs a coarser unit has at least five digits left in it). Values too large
     for 8 digits of hours are capped at ``99999999H``.
     """
     if ns < 0:
