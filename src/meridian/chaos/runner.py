@@ -145,7 +145,12 @@ async def run(
             nemesis.finish()
             await nemesis_task
             say("healing every fault")
-            await nemesis.heal_all()
+            heal_error = None
+            try:
+                await nemesis.heal_all()
+            except Exception as exc:  # reported; the final reads show what it cost
+                heal_error = f"{type(exc).__name__}: {exc}"
+                say(f"heal failed: {heal_error}")
             stop.set()
             await asyncio.gather(*clients_tasks)
         elapsed_s = history.now() / 1e9
@@ -175,6 +180,7 @@ async def run(
             "regions": list(config.region_names),
             "verdicts": vj,
             "faults": [f.to_json() for f in nemesis.records],
+            "heal_error": heal_error,
             "availability": analysis.availability(history, config.region_names),
             "failover": analysis.failover(history, nemesis.records),
             "op_counts": analysis.op_counts(history),
