@@ -16,18 +16,20 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from meridian._pb.meridian.v1 import health_pb2, status_pb2
 from meridian.core.errors import ErrorCode, InternalError, MeridianError
 from meridian.core.status import AgentObservation, Health, judge_health
 from meridian.observability.metrics import AgentMetrics
-from meridian.observability.tracing import current_traceparent, extract_context
+from meridian.observability.tracing import extract_context
 
 if TYPE_CHECKING:
     from meridian.api.events import EventsApi
@@ -55,6 +57,33 @@ class _CallSeries:
     def record(self, seconds: float) -> None:
         self.count.inc()
         self.latency.observe(seconds)
+
+
+@dataclass(frozen=True)
+class _CallMeta:
+    name: str
+    attributes: Mapping[str, str]
+
+
+#: The parent context when the caller sends no ``traceparent``: what extract_context
+#: returns then (an empty Context), without copying the carrier first.
+_NO_PARENT = Context()
+
+
+def _parent_context(carrier: Mapping[str, str]) -> Context:
+    for k in carrier:
+        if k.lower() == "traceparent":
+            return extract_context(carrier)
+    return _NO_PARENT
+
+
+def _traceparent(span: trace.Span) -> str:
+    """``current_traceparent()`` for the span just made current, formatted directly
+    (the W3C form the propagator injects) instead of through a carrier dict."""
+    ctx = span.get_span_context()
+    if ctx == trace.INVALID_SPAN_CONTEXT:
+        return ""
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
 
 
 @dataclass(frozen=True)
@@ -89,6 +118,7 @@ class AgentApi:
         self.metrics = metrics
         self.tracer = tracer
         self._call_series: dict[tuple[str, str, str, str], _CallSeries] = {}
+        self._call_meta: dict[tuple[str, str, str], _CallMeta] = {}
 
     # -- the services ---------------------------------------------------
 
@@ -119,6 +149,25 @@ class AgentApi:
             self._call_series[key] = series
         return series
 
+    def _meta(self, service: str, method: str, transport: str) -> _CallMeta:
+        """The span name and attributes of one (service, method, transport), made once."""
+        key = (service, method, transport)
+        meta = self._call_meta.get(key)
+        if meta is None:
+            meta = _CallMeta(
+                f"meridian.v1.{service}/{method}",
+                MappingProxyType(
+                    {
+                        "rpc.system": "grpc" if transport == "grpc" else "http",
+                        "rpc.service": f"meridian.v1.{service}",
+                        "rpc.method": method,
+                        "cloud.region": self.region,
+                    }
+                ),
+            )
+            self._call_meta[key] = meta
+        return meta
+
     @contextlib.asynccontextmanager
     async def serving(
         self, service: str, method: str, transport: str, carrier: Mapping[str, str]
@@ -132,20 +181,13 @@ class AgentApi:
         """
         start = time.perf_counter()
         code = "OK"
-        name = f"meridian.v1.{service}/{method}"
+        meta = self._meta(service, method, transport)
+        name = meta.name
         with self.tracer.start_as_current_span(
-            name,
-            context=extract_context(carrier),
-            kind=SpanKind.SERVER,
-            attributes={
-                "rpc.system": "grpc" if transport == "grpc" else "http",
-                "rpc.service": f"meridian.v1.{service}",
-                "rpc.method": method,
-                "cloud.region": self.region,
-            },
+            name, context=_parent_context(carrier), kind=SpanKind.SERVER, attributes=meta.attributes
         ) as span:
             try:
-                yield current_traceparent()
+                yield _traceparent(span)
             except MeridianError as exc:
                 code = exc.code.value
                 span.set_status(Status(StatusCode.ERROR, exc.message))
@@ -173,10 +215,40 @@ class AgentApi:
     ) -> CallResult:
         """Run ``handler(request)`` as one :meth:`serving` call. Never raises a
         MeridianError: it comes back in the result for the transport to map."""
+        # serving() inlined: a generator-based context manager per call showed up in
+        # profiles of the read path. Same span, same metrics, same error handling.
+        start = time.perf_counter()
+        code = "OK"
         traceparent = ""
+        meta = self._meta(service, method, transport)
+        name = meta.name
         try:
-            async with self.serving(service, method, transport, carrier) as traceparent:
-                return CallResult(await handler(request), None, traceparent)
+            with self.tracer.start_as_current_span(
+                name,
+                context=_parent_context(carrier),
+                kind=SpanKind.SERVER,
+                attributes=meta.attributes,
+            ) as span:
+                try:
+                    traceparent = _traceparent(span)
+                    return CallResult(await handler(request), None, traceparent)
+                except MeridianError as exc:
+                    code = exc.code.value
+                    span.set_status(Status(StatusCode.ERROR, exc.message))
+                    raise
+                except asyncio.CancelledError:
+                    code = "CANCELLED"
+                    raise
+                except Exception as exc:
+                    code = ErrorCode.INTERNAL.value
+                    log.exception("unhandled error in %s", name)
+                    span.record_exception(exc)
+                    span.set_status(Status(StatusCode.ERROR, str(exc)))
+                    raise InternalError(f"internal error in {name}") from exc
+                finally:
+                    self._series(service, method, transport, code).record(
+                        time.perf_counter() - start
+                    )
         except MeridianError as exc:
             return CallResult(None, exc, traceparent)
 

@@ -22,6 +22,7 @@ import base64
 import binascii
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 
@@ -137,6 +138,7 @@ class StateApi:
         self.skew = skew
         self.metrics = metrics
         self.strong_timeout_s = strong_timeout_s
+        self._served: dict[tuple[str, ReadLevel, ReadLevel], Any] = {}
 
     # -- routing and validation ----------------------------------------------
 
@@ -172,7 +174,14 @@ class StateApi:
         return replica
 
     def _count(self, keyspace: str, want: ReadLevel, served: ReadLevel) -> None:
-        self.metrics.state_served.labels(self.region, keyspace, want.value, served.value).inc()
+        key = (keyspace, want, served)
+        counter = self._served.get(key)
+        if counter is None:  # the metric child, looked up once per combination
+            counter = self.metrics.state_served.labels(
+                self.region, keyspace, want.value, served.value
+            )
+            self._served[key] = counter
+        counter.inc()
 
     # -- reads -----------------------------------------------------------------
 
