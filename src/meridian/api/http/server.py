@@ -19,6 +19,7 @@ runs.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -46,6 +47,59 @@ Handler = Callable[[Any], Awaitable[Message]]
 
 def _json(message: Message) -> dict[str, Any]:
     return json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+
+
+def _json_text(message: Message) -> str:
+    """``json.dumps(_json(message))``, the body ``web.json_response`` would send."""
+    if type(message) is state_pb2.GetResponse:
+        fast = _get_response_text(message)
+        if fast is not None:
+            return fast
+    return json.dumps(_json(message))
+
+
+#: protojson text of recently served entries, by their wire bytes: an EVENTUAL read
+#: of a hot key sends the same entry again and again. Small entries only, bounded.
+_ENTRY_TEXT: dict[bytes, str] = {}
+_ENTRY_TEXT_MAX = 1024
+_ENTRY_TEXT_MAX_BYTES = 4096
+
+
+def _entry_text(entry: state_pb2.Entry) -> str:
+    wire = entry.SerializeToString()
+    text = _ENTRY_TEXT.get(wire)
+    if text is None:
+        text = json.dumps(_json(entry))
+        if len(wire) <= _ENTRY_TEXT_MAX_BYTES:
+            if len(_ENTRY_TEXT) >= _ENTRY_TEXT_MAX:
+                _ENTRY_TEXT.clear()
+            _ENTRY_TEXT[wire] = text
+    return text
+
+
+_LEVEL_NAMES = {v: k for k, v in state_pb2.Consistency.Level.items()}
+
+
+def _get_response_text(resp: state_pb2.GetResponse) -> str | None:
+    """The protojson of a GetResponse without json_format on each call: the same text,
+    field for field and in the same order (set fields by number, then the unset
+    ``served``), with the entry's text cached. None: let json_format do it."""
+    served = _LEVEL_NAMES.get(resp.served)
+    if served is None:
+        return None
+    parts = []
+    if resp.HasField("entry"):
+        parts.append('"entry": ' + _entry_text(resp.entry))
+    if resp.served:
+        parts.append(f'"served": "{served}"')
+    if resp.HasField("staleness_bound"):
+        try:
+            parts.append(f'"stalenessBound": "{resp.staleness_bound.ToJsonString()}"')
+        except ValueError:
+            return None
+    if not resp.served:
+        parts.append(f'"served": "{served}"')
+    return "{" + ", ".join(parts) + "}"
 
 
 class HttpTransport:
@@ -117,7 +171,7 @@ class HttpTransport:
             )
         assert result.response is not None
         return web.json_response(
-            _json(result.response), status=ok_status(result.response), headers=headers
+            text=_json_text(result.response), status=ok_status(result.response), headers=headers
         )
 
     def _json_route(
@@ -222,6 +276,10 @@ async def _parse_body(request: web.Request, request_type: type[Message]) -> Mess
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return InvalidArgumentError(FieldViolation("body", f"is larger than {MAX_BODY} bytes"))
+    if request_type is state_pb2.GetRequest and raw:
+        fast = _fast_get_request(raw)
+        if fast is not None:
+            return fast
     message = request_type()
     try:
         json_format.Parse(raw or b"{}", message)
@@ -232,3 +290,46 @@ async def _parse_body(request: web.Request, request_type: type[Message]) -> Mess
     except (UnicodeDecodeError, RecursionError, ValueError) as exc:
         return InvalidArgumentError(FieldViolation("body", f"is not valid JSON: {exc}"))
     return message
+
+
+class _Duplicate(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise _Duplicate
+    return out
+
+
+_GET_FIELDS = frozenset({"keyspace", "key", "consistency"})
+_LEVELS_BY_NAME = dict(state_pb2.Consistency.Level.items())
+
+
+def _fast_get_request(raw: bytes) -> state_pb2.GetRequest | None:
+    """The common GetRequest body (``keyspace`` and ``key`` strings, ``consistency``
+    with a ``level`` name) without json_format; the same message json_format.Parse
+    makes. Anything else (other spellings, types, duplicates, bad JSON): None, and
+    json_format parses it, with its errors."""
+    try:
+        js = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+        if type(js) is not dict or not js.keys() <= _GET_FIELDS:
+            return None
+        keyspace = js.get("keyspace", "")
+        key = js.get("key", "")
+        if type(keyspace) is not str or type(key) is not str:
+            return None
+        if "consistency" not in js:
+            return state_pb2.GetRequest(keyspace=keyspace, key=key)
+        c = js["consistency"]
+        if type(c) is not dict or not c.keys() <= {"level"}:
+            return None
+        level = _LEVELS_BY_NAME.get(c.get("level", "LEVEL_UNSPECIFIED"))
+        if level is None:
+            return None
+        return state_pb2.GetRequest(
+            keyspace=keyspace, key=key, consistency=state_pb2.Consistency(level=level)
+        )
+    except Exception:  # surrogates, bad UTF-8 or JSON, duplicates: json_format decides
+        return None
