@@ -41,6 +41,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="us-east,leader",
         help="figure 4 writer regions; 'leader' = the stream leader's region (us-east,leader)",
     )
+    p.add_argument(
+        "--load-client",
+        choices=("native", "python"),
+        default="native",
+        help="what drives the agent in figures 3 and 4: the Go load generator in "
+        "bench/state/loadgen, or the Python gRPC clients (native)",
+    )
+    p.add_argument(
+        "--loadgen-procs", type=int, default=1, help="GOMAXPROCS of the native load generator (1)"
+    )
+    p.add_argument(
+        "--nice",
+        type=int,
+        help="run the benchmark and everything it starts (sandbox, load generators) at this "
+        "niceness, e.g. -10 on a machine shared with unrelated work (negative needs root)",
+    )
     p.add_argument("--put-samples", type=int, help="figure 2 Puts per region (30)")
     p.add_argument(
         "--lag-samples", type=int, help="figure 5 Puts per writer region, 20 ms apart (100)"
@@ -64,6 +80,8 @@ def settings(args: argparse.Namespace) -> Settings:
         read_tasks=args.read_tasks,
         write_concurrency=args.write_concurrency,
         write_regions=tuple(r.strip() for r in args.write_regions.split(",") if r.strip()),
+        load_client=args.load_client,
+        loadgen_procs=args.loadgen_procs,
     )
     if args.quick:
         s = Settings(
@@ -110,6 +128,15 @@ def main(argv: list[str] | None = None) -> int:
             f"the machine was already busy before the run (1-min load average {load_1m:.1f} "
             f"on {os.cpu_count()} CPUs): other work competes for the cores, see the "
             "'machine' column; expect noisy figures"
+        )
+    if args.nice is not None:
+        # Inherited by every process and thread started from here on: the sandbox (its
+        # agents, nats-servers and WAN emulator) and both kinds of load generator.
+        os.setpriority(os.PRIO_PROCESS, 0, args.nice)
+        report.meta["niceness"] = os.getpriority(os.PRIO_PROCESS, 0)
+        report.notes.append(
+            f"run at niceness {report.meta['niceness']} (--nice): the sandbox and the load "
+            "generators were favoured over unrelated work on the machine"
         )
     profiler = Profiler(out.with_suffix("") if args.py_spy else None)
     sb = BenchSandbox(args.base_port)

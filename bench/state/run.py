@@ -6,13 +6,14 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import nats
 from nats.js import JetStreamContext
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.state import latency, load, replication
+from bench.state import latency, load, native, replication
 from bench.state.profile import Profiler
 from bench.state.report import Report, Row
 from bench.state.sandbox import BenchSandbox
@@ -43,6 +44,12 @@ class Settings:
     read_tasks: int = 16
     write_concurrency: int = 64
     write_regions: tuple[str, ...] = ("us-east", "leader")
+    #: "native": the Go load generator (bench/state/loadgen) drives the agent in
+    #: figures 3 and 4; "python": the Python gRPC clients. The direct baselines are
+    #: nats-py either way.
+    load_client: str = "native"
+    #: GOMAXPROCS of the native load generator.
+    loadgen_procs: int = 1
     # figure 5
     lag_samples: int = 100
     lag_interval_s: float = 0.02
@@ -105,9 +112,11 @@ async def wait_ready(sb: BenchSandbox, region: str, timeout_s: float = 180) -> i
     return revision
 
 
-async def handler_time(sb: BenchSandbox, region: str, method: str) -> tuple[float, float]:
-    """(total seconds, calls) of StateService ``method`` over gRPC, as the agent's own
-    latency histogram counts them: the time inside the agent's handler."""
+async def handler_time(
+    sb: BenchSandbox, region: str, method: str, transport: str = "grpc"
+) -> tuple[float, float]:
+    """(total seconds, calls) of StateService ``method`` over ``transport``, as the
+    agent's own latency histogram counts them: the time inside the agent's handler."""
     async with (
         aiohttp.ClientSession() as session,
         session.get(f"{sb.region(region).http_url}/metrics") as resp,
@@ -119,7 +128,7 @@ async def handler_time(sb: BenchSandbox, region: str, method: str) -> tuple[floa
             continue
         for sample in family.samples:
             labels = sample.labels
-            if labels.get("method") != method or labels.get("transport") != "grpc":
+            if labels.get("method") != method or labels.get("transport") != transport:
                 continue
             if sample.name.endswith("_sum"):
                 total += sample.value
@@ -280,7 +289,9 @@ def _cap_note(res: load.LoadResult) -> str:
     )
 
 
-async def figure3(sb: BenchSandbox, s: Settings, profiler: Profiler) -> list[Row]:
+async def figure3(
+    sb: BenchSandbox, s: Settings, profiler: Profiler, loadgen: Path | None
+) -> list[Row]:
     rc = sb.region(s.region)
     pids = watched(sb, s.region)
     common = dict(
@@ -298,28 +309,108 @@ async def figure3(sb: BenchSandbox, s: Settings, profiler: Profiler) -> list[Row
         mode="nats",
         **common,  # type: ignore[arg-type]
     )
-    before = await handler_time(sb, s.region, "Get")
-    async with profiler.record(agent_pid(sb, s.region), "figure3-reads", s.warmup_s + s.duration_s):
-        agent = await load.read_load_processes(
-            f"EVENTUAL reads/s, one agent (gRPC, {s.read_processes}x{s.read_tasks} callers)",
-            target=rc.grpc_address,
-            keyspace=sb.keyspace.name,
-            mode="grpc",
-            **common,  # type: ignore[arg-type]
+    callers = s.read_processes * s.read_tasks
+    runs: list[tuple[str, str, Callable[[], Awaitable[load.LoadResult]]]] = []
+    if loadgen is None:
+        runs.append(
+            (
+                "grpc",
+                f"EVENTUAL reads/s, one agent, gRPC ({s.read_processes}x{s.read_tasks} "
+                "Python callers)",
+                lambda: load.read_load_processes(
+                    "",
+                    target=rc.grpc_address,
+                    keyspace=sb.keyspace.name,
+                    mode="grpc",
+                    **common,  # type: ignore[arg-type]
+                ),
+            )
         )
-    agent_rate = Summary.of(agent.slice_rates).median
-    after = await handler_time(sb, s.region, "Get")
+    else:
+        for transport, mode, target in (
+            ("grpc", "grpc-get", rc.grpc_address),
+            ("http", "http-get", f"{rc.listen_host}:{rc.http_port}"),
+        ):
+            runs.append(
+                (
+                    transport,
+                    f"EVENTUAL reads/s, one agent, {'gRPC' if transport == 'grpc' else 'HTTP/JSON'}"
+                    f" ({callers} native callers)",
+                    lambda mode=mode, target=target: native.closed_loop(  # type: ignore[misc]
+                        loadgen,
+                        "",
+                        mode=mode,
+                        target=target,
+                        keyspace=sb.keyspace.name,
+                        key=READ_KEY,
+                        concurrency=callers,
+                        connections=s.read_processes,
+                        warmup_s=s.warmup_s,
+                        duration_s=s.duration_s,
+                        pids=pids,
+                        procs=s.loadgen_procs,
+                    ),
+                )
+            )
     drow = _load_row("3", direct, None, "baseline", None)
     drow.note += _cap_note(direct)
-    arow = _load_row("3", agent, direct, "≥ 5,000/s", agent_rate >= 5000)
-    arow.note += _handler_note(before, after)
-    return [drow, arow]
+    rows = [drow]
+    for transport, name, run in runs:
+        method_before = await handler_time(sb, s.region, "Get", transport)
+        async with profiler.record(
+            agent_pid(sb, s.region), f"figure3-reads-{transport}", s.warmup_s + s.duration_s
+        ):
+            agent = await run()
+        agent.name = name
+        method_after = await handler_time(sb, s.region, "Get", transport)
+        rate = Summary.of(agent.slice_rates).median
+        arow = _load_row("3", agent, direct, "≥ 5,000/s per agent process", rate >= 5000)
+        arow.note += _handler_note(method_before, method_after)
+        rows.append(arow)
+    return rows
 
 
 # -- figure 4 ------------------------------------------------------------------------
 
 
-async def figure4(sb: BenchSandbox, s: Settings, leader: str, profiler: Profiler) -> list[Row]:
+async def _agent_writes(
+    sb: BenchSandbox, s: Settings, region: str, pids: dict[str, Target], loadgen: Path | None
+) -> load.LoadResult:
+    ks = sb.keyspace
+    if loadgen is not None:
+        return await native.closed_loop(
+            loadgen,
+            f"STRONG writes/s from {region}, agent gRPC Put (native client)",
+            mode="grpc-put",
+            target=sb.region(region).grpc_address,
+            keyspace=ks.name,
+            key=f"a-{region}",
+            value=VALUE,
+            concurrency=s.write_concurrency,
+            connections=1,
+            warmup_s=s.warmup_s,
+            duration_s=s.duration_s,
+            pids=pids,
+            procs=s.loadgen_procs,
+        )
+    async with MeridianClient(sb.region(region).grpc_address) as client:
+
+        async def put(key: str, client: MeridianClient = client) -> object:
+            return await client.put(ks.name, key, VALUE)
+
+        return await load.closed_loop(
+            f"STRONG writes/s from {region}, agent gRPC Put (Python client)",
+            load.write_ops(put, f"a-{region}"),
+            concurrency=s.write_concurrency,
+            warmup_s=s.warmup_s,
+            duration_s=s.duration_s,
+            pids=pids,
+        )
+
+
+async def figure4(
+    sb: BenchSandbox, s: Settings, leader: str, profiler: Profiler, loadgen: Path | None
+) -> list[Row]:
     lead = latency.leader_region(leader)
     regions = []
     for r in s.write_regions:
@@ -348,24 +439,12 @@ async def figure4(sb: BenchSandbox, s: Settings, leader: str, profiler: Profiler
             )
         finally:
             await nc.close()
-        async with MeridianClient(sb.region(region).grpc_address) as client:
-
-            async def put(key: str, client: MeridianClient = client) -> object:
-                return await client.put(ks.name, key, VALUE)
-
-            before = await handler_time(sb, region, "Put")
-            async with profiler.record(
-                agent_pid(sb, region), f"figure4-writes-{region}", s.warmup_s + s.duration_s
-            ):
-                agent = await load.closed_loop(
-                    f"STRONG writes/s from {region}, agent gRPC Put",
-                    load.write_ops(put, f"a-{region}"),
-                    concurrency=s.write_concurrency,
-                    warmup_s=s.warmup_s,
-                    duration_s=s.duration_s,
-                    pids=pids,
-                )
-            after = await handler_time(sb, region, "Put")
+        before = await handler_time(sb, region, "Put")
+        async with profiler.record(
+            agent_pid(sb, region), f"figure4-writes-{region}", s.warmup_s + s.duration_s
+        ):
+            agent = await _agent_writes(sb, s, region, pids, loadgen)
+        after = await handler_time(sb, region, "Put")
         d = Summary.of(direct.slice_rates).median
         a = Summary.of(agent.slice_rates).median
         need_abs = d >= 1000
@@ -503,9 +582,20 @@ async def measure(sb: BenchSandbox, s: Settings, profiler: Profiler, report: Rep
 
     await step("1", "Get EVENTUAL latency, agent vs direct", lambda: figure1(sb, s))
     await step("2", "Put STRONG latency from each region vs floor", lambda: figure2(sb, s))
-    await step("3", "EVENTUAL read throughput of one agent", lambda: figure3(sb, s, profiler))
+    loadgen: Path | None = None
+    if s.load_client == "native" and s.figures & {"3", "4"}:
+        try:
+            loadgen = await asyncio.to_thread(native.build)
+        except native.NativeUnavailable as exc:
+            report.notes.append(f"native load generator unavailable ({exc}): Python clients used")
+    report.meta["load_client"] = "native" if loadgen else "python"
     await step(
-        "4", "STRONG write throughput, agent vs direct", lambda: figure4(sb, s, leader, profiler)
+        "3", "EVENTUAL read throughput of one agent", lambda: figure3(sb, s, profiler, loadgen)
+    )
+    await step(
+        "4",
+        "STRONG write throughput, agent vs direct",
+        lambda: figure4(sb, s, leader, profiler, loadgen),
     )
     await step(
         "5", "replication lag of a replicated keyspace, per region pair", lambda: figure5(sb, s)

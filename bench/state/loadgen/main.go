@@ -1,0 +1,294 @@
+// Command loadgen is the State API benchmark's native closed-loop load generator.
+//
+// It keeps -concurrency callers busy, each issuing its next call as soon as the
+// previous one returns, against one agent over gRPC (Get or Put) or HTTP/JSON
+// (POST /v1/state/get). Being native, it leaves more of a small machine to the
+// agent than a Python client would, and it reports its own CPU time.
+//
+// Protocol with the benchmark (python -m bench.state): once connected and one call
+// has succeeded it prints "ready". It then reads commands on stdin: "start" opens
+// the measuring window, "stop" closes it; calls are counted only when they finish
+// inside the window, in 1 s slices. After "stop" it prints one JSON object with
+// the counts, latencies, errors and the CPU seconds it used inside the window.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	pb "github.com/meridian-rt/meridian/sdk/go/meridianpb/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+type result struct {
+	Counts      map[int]int `json:"counts"`
+	LatenciesS  []float64   `json:"latencies"`
+	Errors      []string    `json:"errors"`
+	NErrors     int         `json:"n_errors"`
+	CPUS        float64     `json:"cpu_s"`
+	WallS       float64     `json:"wall_s"`
+	Connections int         `json:"connections"`
+}
+
+type caller struct {
+	counts    map[int]int
+	latencies []float64
+	errors    []string
+	nErrors   int
+}
+
+// window: 0 = not open, >0 = open since that UnixNano, and closed after stop.
+type window struct {
+	start atomic.Int64
+	stop  atomic.Int64
+}
+
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return -1
+	}
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
+}
+
+func main() {
+	mode := flag.String("mode", "grpc-get", "grpc-get, grpc-put or http-get")
+	target := flag.String("target", "", "host:port of the agent's gRPC or HTTP port")
+	keyspace := flag.String("keyspace", "bench", "keyspace")
+	key := flag.String("key", "read-key", "key read (gets), or prefix of keys written (puts)")
+	value := flag.String("value", "", "value written by puts")
+	concurrency := flag.Int("concurrency", 32, "callers")
+	conns := flag.Int("connections", 2, "gRPC connections shared round-robin by the callers (HTTP: one per caller)")
+	flag.Parse()
+
+	var op func(ctx context.Context, c, i int) error
+	var closers []io.Closer
+	switch *mode {
+	case "grpc-get", "grpc-put":
+		stubs := make([]pb.StateServiceClient, *conns)
+		for n := range stubs {
+			cc, err := grpc.NewClient(*target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				fail(err)
+			}
+			closers = append(closers, cc)
+			stubs[n] = pb.NewStateServiceClient(cc)
+		}
+		if *mode == "grpc-get" {
+			req := &pb.GetRequest{Keyspace: *keyspace, Key: *key,
+				Consistency: &pb.Consistency{Level: pb.Consistency_LEVEL_EVENTUAL}}
+			op = func(ctx context.Context, c, _ int) error {
+				resp, err := stubs[c%len(stubs)].Get(ctx, req)
+				if err == nil && resp.GetServed() != pb.Consistency_LEVEL_EVENTUAL {
+					err = fmt.Errorf("the agent served %v, not EVENTUAL", resp.GetServed())
+				}
+				return err
+			}
+		} else {
+			val := []byte(*value)
+			op = func(ctx context.Context, c, i int) error {
+				_, err := stubs[c%len(stubs)].Put(ctx, &pb.PutRequest{
+					Keyspace: *keyspace, Key: fmt.Sprintf("%s-%d-%d", *key, c, i), Value: val})
+				return err
+			}
+		}
+	case "http-get":
+		// HTTP/1.1 keep-alive, one connection per caller, the request bytes made once:
+		// net/http's client cost several times the CPU per call of this.
+		body, _ := json.Marshal(map[string]any{"keyspace": *keyspace, "key": *key,
+			"consistency": map[string]string{"level": "LEVEL_EVENTUAL"}})
+		request := []byte(fmt.Sprintf("POST /v1/state/get HTTP/1.1\r\nHost: %s\r\n"+
+			"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", *target, len(body), body))
+		want := []byte(`"served": "LEVEL_EVENTUAL"`)
+		hc := make([]*httpConn, *concurrency) // hc[c] is caller c's own
+		closers = append(closers, closeAll(hc))
+		op = func(ctx context.Context, c, _ int) error {
+			if hc[c] == nil {
+				conn, err := net.DialTimeout("tcp", *target, 10*time.Second)
+				if err != nil {
+					return err
+				}
+				hc[c] = &httpConn{conn: conn, r: bufio.NewReaderSize(conn, 64<<10)}
+			}
+			status, got, err := hc[c].roundTrip(request)
+			if err != nil {
+				hc[c].conn.Close()
+				hc[c] = nil
+				return err
+			}
+			if status != 200 {
+				return fmt.Errorf("HTTP %d: %.200s", status, got)
+			}
+			if !bytes.Contains(got, want) {
+				return fmt.Errorf("not served EVENTUAL: %.200s", got)
+			}
+			return nil
+		}
+	default:
+		fail(fmt.Errorf("unknown -mode %q", *mode))
+	}
+
+	ctx := context.Background()
+	call := func(c, i int) error {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		return op(cctx, c, i)
+	}
+	if err := call(0, -1); err != nil {
+		fail(fmt.Errorf("first call: %w", err))
+	}
+
+	var w window
+	var done atomic.Bool
+	callers := make([]*caller, *concurrency)
+	var wg sync.WaitGroup
+	for c := range callers {
+		cl := &caller{counts: map[int]int{}}
+		callers[c] = cl
+		wg.Add(1)
+		go func(c int) {
+			defer wg.Done()
+			for i := 0; !done.Load(); i++ {
+				t0 := time.Now().UnixNano()
+				err := call(c, i)
+				t1 := time.Now().UnixNano()
+				start, stop := w.start.Load(), w.stop.Load()
+				if start == 0 || t0 < start || (stop != 0 && t1 >= stop) {
+					if err != nil {
+						time.Sleep(10 * time.Millisecond)
+					}
+					continue
+				}
+				if err != nil {
+					cl.nErrors++
+					if len(cl.errors) == 0 {
+						cl.errors = append(cl.errors, err.Error())
+					}
+					time.Sleep(10 * time.Millisecond)
+					continue
+				}
+				cl.counts[int((t1-start)/int64(time.Second))]++
+				cl.latencies = append(cl.latencies, float64(t1-t0)/1e9)
+			}
+		}(c)
+	}
+	fmt.Println("ready")
+
+	in := bufio.NewScanner(os.Stdin)
+	var cpu0, cpu1 float64
+	var t0, t1 time.Time
+	for in.Scan() {
+		switch in.Text() {
+		case "start":
+			cpu0, t0 = cpuSeconds(), time.Now()
+			w.start.Store(t0.UnixNano())
+		case "stop":
+			t1 = time.Now()
+			w.stop.Store(t1.UnixNano())
+			cpu1 = cpuSeconds()
+		}
+		if w.stop.Load() != 0 {
+			break
+		}
+	}
+	done.Store(true)
+	wg.Wait()
+	for _, c := range closers {
+		c.Close()
+	}
+	out := result{Counts: map[int]int{}, Errors: []string{}, LatenciesS: []float64{},
+		CPUS: cpu1 - cpu0, WallS: t1.Sub(t0).Seconds(), Connections: *conns}
+	for _, cl := range callers {
+		for k, v := range cl.counts {
+			out.Counts[k] += v
+		}
+		out.LatenciesS = append(out.LatenciesS, cl.latencies...)
+		out.NErrors += cl.nErrors
+		if len(out.Errors) == 0 && len(cl.errors) > 0 {
+			out.Errors = cl.errors[:1]
+		}
+	}
+	if err := json.NewEncoder(os.Stdout).Encode(out); err != nil {
+		fail(err)
+	}
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "loadgen:", err)
+	os.Exit(1)
+}
+
+type httpConn struct {
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+// roundTrip writes one request and reads one response with a Content-Length body.
+func (h *httpConn) roundTrip(request []byte) (int, []byte, error) {
+	if err := h.conn.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		return 0, nil, err
+	}
+	if _, err := h.conn.Write(request); err != nil {
+		return 0, nil, err
+	}
+	line, err := h.r.ReadSlice('\n')
+	if err != nil {
+		return 0, nil, err
+	}
+	var status int
+	if len(line) < 12 || !bytes.HasPrefix(line, []byte("HTTP/1.1 ")) {
+		return 0, nil, fmt.Errorf("bad status line %q", line)
+	}
+	status, err = strconv.Atoi(string(line[9:12]))
+	if err != nil {
+		return 0, nil, err
+	}
+	length := -1
+	for {
+		line, err = h.r.ReadSlice('\n')
+		if err != nil {
+			return 0, nil, err
+		}
+		if len(line) <= 2 {
+			break
+		}
+		if k, v, ok := bytes.Cut(line, []byte(":")); ok && strings.EqualFold(string(k), "Content-Length") {
+			if length, err = strconv.Atoi(string(bytes.TrimSpace(v))); err != nil {
+				return 0, nil, err
+			}
+		}
+	}
+	if length < 0 {
+		return 0, nil, fmt.Errorf("HTTP %d without Content-Length", status)
+	}
+	body := make([]byte, length)
+	if _, err = io.ReadFull(h.r, body); err != nil {
+		return 0, nil, err
+	}
+	return status, body, nil
+}
+
+type closeAll []*httpConn
+
+func (cs closeAll) Close() error {
+	for _, c := range cs {
+		if c != nil {
+			c.conn.Close()
+		}
+	}
+	return nil
+}
