@@ -12,4 +12,13 @@
   and the named runs behind ``meridian chaos run SCENARIO``;
 - :mod:`~meridian.chaos.report`: ``report.json`` and a self-contained
   ``report.html``.
+
+Commands (each run brings up its own sandbox, base port 27000 by default)::
+
+    meridian chaos list                       # smoke scenarios, workloads, faults
+    meridian chaos run register-partition     # one scenario -> report.json, report.html
+    meridian chaos run bank-kill-global-server --sync-interval default --duration 60
+    meridian chaos matrix                     # every fault x every workload (scripts/chaos)
+
+The smoke suite is ``tests/chaos``; the Porcupine command is ``tools/porcupine``.
 """
