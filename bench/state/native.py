@@ -79,6 +79,7 @@ async def closed_loop(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "GOMAXPROCS": str(procs)},
+        limit=256 << 20,  # the result is one JSON line with every latency in it
     )
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     try:
@@ -101,7 +102,7 @@ async def closed_loop(
     finally:
         if proc.returncode is None:
             proc.kill()
-            await proc.wait()
+            await asyncio.wait_for(proc.wait(), timeout=30)
     counts: Counter[int] = Counter({int(k): v for k, v in part["counts"].items()})
     result = load.LoadResult(name, concurrency, duration_s, cpu=usage)
     result.ops = sum(counts.values())
