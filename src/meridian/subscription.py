@@ -11,6 +11,8 @@ acks and nacks go up it. Use it as an async context manager and iterate::
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -111,8 +113,14 @@ class Subscription:
             nack.delay.CopyFrom(_duration(delay_s))
         await self._send(events_pb2.SubscribeRequest(nack=nack))
 
-    async def close(self) -> None:
-        """End the subscription; deliveries not acked are redelivered to the group."""
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """End the subscription: the acks and nacks already sent are applied, and
+        deliveries not acked are redelivered to the group's other subscribers."""
+        with contextlib.suppress(Exception):
+            await self._call.done_writing()
+            # The agent ends the stream once it has handled everything sent.
+            async with asyncio.timeout(timeout_s):
+                await self._call.code()
         self._call.cancel()
 
 

@@ -2,15 +2,13 @@
 
 It creates the region's own stream, its aggregate of every region's streams,
 the dead-letter stream and the inbox bucket, retrying until JetStream can;
-until then event calls fail with UNAVAILABLE. Then it watches the aggregate's
-sources and re-adds any that stall after a heal.
+until then event calls fail with UNAVAILABLE.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
 
 from meridian.backbone.connection import BackboneConnection, reraise_if_cancelling
@@ -20,7 +18,6 @@ from meridian.core.errors import UnavailableError
 log = logging.getLogger(__name__)
 
 RETRY_S = 1.0
-SOURCE_CHECK_S = 1.0
 #: How long a consumer group remembers processed event ids.
 INBOX_TTL_S = 7 * 86_400.0
 
@@ -69,15 +66,6 @@ class EventsComponent:
                 log.warning("event streams not ready (%s); retrying in %.1fs", exc, RETRY_S)
                 reraise_if_cancelling()
                 await asyncio.sleep(RETRY_S)
-        while True:
-            await asyncio.sleep(SOURCE_CHECK_S)
-            try:
-                await self.streams.repair_sources(time.monotonic())
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # unreachable leader, partition: try again later
-                log.debug("source check failed: %s", exc)
-                reraise_if_cancelling()
 
     async def stop(self, grace_s: float) -> None:
         return None

@@ -22,6 +22,7 @@ subscribers get those events at once.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import json
@@ -87,8 +88,7 @@ def start_from_proto(msg: pb.StartPosition, present: bool) -> tuple[ev.Start, li
 
 def _origin_sequence(headers: Mapping[str, str], local: int) -> int:
     """The sequence in the origin stream, from the ``Nats-Stream-Source`` header
-    JetStream adds when sourcing ("<stream> <sequence> ..."); ``local`` for an
-    event published in this region."""
+    JetStream adds when sourcing ("<stream> <sequence> ...")."""
     parts = headers.get("Nats-Stream-Source", "").split(" ")
     return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else local
 
@@ -121,6 +121,12 @@ class EventsApi:
         self.clock = clock
         self.metrics = metrics
         self.tracer = tracer
+        #: Event ids delivered and not yet settled, per consumer, across this
+        #: agent's subscribers: a second copy (the same event published in two
+        #: regions) arriving meanwhile is absorbed, not delivered in parallel.
+        self.in_flight_ids: dict[str, collections.Counter[str]] = collections.defaultdict(
+            collections.Counter
+        )
 
     # -- publish / invalidate ------------------------------------------------
 
@@ -368,6 +374,7 @@ class _Subscription:
         self.max_in_flight = max_in_flight
         self.max_deliveries = max_deliveries
         self.in_flight: dict[int, _InFlight] = {}
+        self.ids = api.in_flight_ids[source.spec.name]
         self.room = asyncio.Event()
         self.room.set()
 
@@ -402,6 +409,7 @@ class _Subscription:
                 await acks
             # Hand back what this subscriber held, so others get it at once.
             for held in self.in_flight.values():
+                self._settled(held)
                 with contextlib.suppress(Exception):
                     await held.msg.nak()
             self.in_flight.clear()
@@ -417,12 +425,13 @@ class _Subscription:
         if ev.dead_letter(attempt, self.max_deliveries):
             await self._dead_letter(msg, f"not acked after {attempt - 1} deliveries")
             return None
-        if await self.api.streams.processed(self.group, event.event_id):
+        if self.ids[event.event_id] or await self.api.streams.processed(self.group, event.event_id):
             await msg.ack()
             self._count("duplicate")
             return None
         delivery_id = next(self._ids)
         self.in_flight[delivery_id] = _InFlight(msg, event.event_id, attempt)
+        self.ids[event.event_id] += 1
         self._count("delivered")
         if event.HasField("published_at"):
             lag = max(0.0, time.time() - event.published_at.ToMilliseconds() / 1000)
@@ -450,6 +459,11 @@ class _Subscription:
         ):
             pass
 
+    def _settled(self, held: _InFlight) -> None:
+        self.ids[held.event_id] -= 1
+        if self.ids[held.event_id] <= 0:
+            del self.ids[held.event_id]
+
     async def _dead_letter(self, msg: Msg, reason: str) -> None:
         await self.api.streams.dead_letter(msg, self.group, reason)
         await msg.term()
@@ -465,12 +479,16 @@ class _Subscription:
             if kind == "ack":
                 held = self.in_flight.pop(request.ack.delivery_id, None)
                 if held is not None:
-                    await self.api.streams.mark_processed(self.group, held.event_id)
+                    try:
+                        await self.api.streams.mark_processed(self.group, held.event_id)
+                    finally:
+                        self._settled(held)
                     await held.msg.ack()
                     self._count("acked")
             elif kind == "nack":
                 held = self.in_flight.pop(request.nack.delivery_id, None)
                 if held is not None:
+                    self._settled(held)
                     if held.attempt >= self.max_deliveries:
                         await self._dead_letter(
                             held.msg, f"nacked on all {held.attempt} deliveries"

@@ -6,19 +6,17 @@ I/O: creating the streams, publishing with ``Nats-Msg-Id``, creating and
 resetting durable pull consumers, recording processed event ids in the
 region's inbox bucket, and moving dead letters.
 
-JetStream sourcing can stall after a partition heals (nats-server issues
-#6206 and #8346, seen here with replicated keyspaces). :meth:`EventStreams.
-repair_sources` watches each source of the aggregate and, when one lags its
-origin without progress, re-adds it by updating the aggregate's
-configuration; JetStream then resumes from the last sequence it copied, so
-nothing is lost or copied twice.
+Every region's own stream is sourced into every region's aggregate by
+JetStream. Delivery during a partition and after it heals is checked by the
+e2e tier; no stalled source has been seen for events so far (nats-server
+#6206 and #8346 were seen with replicated keyspaces, which therefore also read
+peers directly). There is no automatic source repair yet.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
@@ -51,8 +49,6 @@ PUBLISHED_HEADER = "Meridian-Published-Ms"
 DLQ_REASON_HEADER = "Meridian-Dead-Letter-Reason"
 DLQ_GROUP_HEADER = "Meridian-Dead-Letter-Group"
 DUPLICATE_WINDOW_S = 120.0
-#: A source that lags its origin without progress for this long is re-added.
-SOURCE_STALL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -89,7 +85,6 @@ class EventStreams:
         self.aggregate = ev.aggregate_stream(region)
         self.dlq = ev.dlq_stream(region)
         self.inbox_bucket = f"mg__inbox_{region}"
-        self._source_progress: dict[str, tuple[int, float]] = {}
 
     def _js(self) -> JetStreamContext:
         return self.conn.jetstream(self.timeout_s)
@@ -277,7 +272,9 @@ class EventStreams:
         headers = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
         headers[DLQ_REASON_HEADER] = reason
         headers[DLQ_GROUP_HEADER] = group
-        _, topic = ev.split_subject(msg.subject) if msg.subject.startswith("mev.") else ("", "")
+        # A topic event keeps its topic; a change-feed event files under "change".
+        prefix = f"{ev.SUBJECT_PREFIX}."
+        topic = ev.split_subject(msg.subject)[1] if msg.subject.startswith(prefix) else ""
         await self._call(
             "move an event to the dead-letter stream",
             self._js().publish(
@@ -311,36 +308,3 @@ class EventStreams:
         finally:
             await sub.unsubscribe()
         return out
-
-    # -- sourcing health -------------------------------------------------------------
-
-    async def repair_sources(self, now: float) -> list[str]:
-        """Re-add sources that lag their origin with no progress for SOURCE_STALL_S;
-        returns the regions whose source was re-added."""
-        js = self._js()
-        info = await self._call("read the aggregate stream", js.stream_info(self.aggregate))
-        stalled = []
-        for source in info.sources or []:
-            lag = int(source.lag or 0)
-            name = source.name
-            last_lag, since = self._source_progress.get(name, (lag, now))
-            if lag == 0 or lag < last_lag:
-                self._source_progress[name] = (lag, now)
-                continue
-            self._source_progress[name] = (lag, since)
-            if now - since >= SOURCE_STALL_S:
-                stalled.append(name)
-        if not stalled:
-            return []
-        config = self._aggregate_config()
-        kept = [s for s in config.sources or [] if s.name not in stalled]
-        # Drop the stalled sources, then add them back: JetStream restarts them
-        # from the last sequence it copied.
-        await self._call(
-            "drop stalled sources", js.update_stream(dataclasses.replace(config, sources=kept))
-        )
-        await self._call("re-add stalled sources", js.update_stream(config))
-        for name in stalled:
-            self._source_progress.pop(name, None)
-        log.warning("event sources %s stalled in %s; re-added them", stalled, self.region)
-        return [n.removeprefix("EV_") for n in stalled]

@@ -46,3 +46,30 @@ async def ordered_feed(
             await sub.unsubscribe()
         except nats.errors.Error as exc:
             log.debug("unsubscribe feed on %s: %s", stream, exc)
+
+
+async def until_stalled(
+    js: JetStreamContext, stream: str, progress: list[int], check_s: float
+) -> None:
+    """Return once ``stream`` holds messages a feed has not taken (``progress[0]``
+    is the last stream sequence it took) and the feed took nothing since the
+    previous check, ``check_s`` earlier. An unreachable stream is not a stall.
+
+    Ordered consumers across a gateway have been seen to stop after a
+    partition heals without nats-py noticing; callers recreate the feed.
+    """
+    previous = -1
+    while True:
+        await asyncio.sleep(check_s)
+        try:
+            last = int((await js.stream_info(stream)).state.last_seq)
+        except (TimeoutError, nats.errors.Error):
+            previous = -1  # can't tell while the stream is out of reach
+            continue
+        finally:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
+        if last > progress[0] and progress[0] == previous:
+            return
+        previous = progress[0]

@@ -26,14 +26,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext, api
+from nats.js import api
 
 from meridian.backbone.connection import (
     BackboneConnection,
     reraise_if_cancelling,
     translate_nats_errors,
 )
-from meridian.backbone.feed import ordered_feed
+from meridian.backbone.feed import ordered_feed, until_stalled
 from meridian.backbone.kv import HLC_HEADER, REGION_HEADER, WRONG_LAST_SEQUENCE
 from meridian.core.errors import ClockSkewError, InvalidArgumentError, UnavailableError
 from meridian.core.hlc import HlcTimestamp, HybridLogicalClock
@@ -288,30 +288,13 @@ class ReplicatedKeyspaceStore:
                     applying = tg.create_task(
                         self._apply(queue, view, on_applied, direct=True, progress=progress)
                     )
-                    await self._until_stalled(js, stream, progress)
+                    await until_stalled(js, stream, progress, PEER_CHECK_S)
                     log.info("direct feed from %s stalled; recreating it", region)
                     applying.cancel()
             except (TimeoutError, nats.errors.Error) as exc:
                 log.debug("direct feed from %s not available yet: %s", region, exc)
             reraise_if_cancelling()
             await asyncio.sleep(2.0)
-
-    async def _until_stalled(self, js: JetStreamContext, stream: str, progress: list[int]) -> None:
-        """Return once ``stream`` holds messages the feed has not taken, and the feed
-        took nothing since the previous check. Unreachable peers are not stalls."""
-        previous = -1
-        while True:
-            await asyncio.sleep(PEER_CHECK_S)
-            try:
-                last = int((await js.stream_info(stream)).state.last_seq)
-            except (TimeoutError, nats.errors.Error):
-                previous = -1  # can't tell while the peer is out of reach
-                continue
-            finally:
-                reraise_if_cancelling()
-            if last > progress[0] and progress[0] == previous:
-                return
-            previous = progress[0]
 
     async def _marks(self, view: KeyspaceView[ReplicatedEntry], interval_s: float) -> None:
         """Prove freshness: the aggregate's last sequence, and each source's lag."""
