@@ -533,6 +533,46 @@ class MeridianClient:
         _start(request.start, start_sequence, start_time)
         await self._call(self._events.Replay, request)
 
+    async def register_push(
+        self,
+        group: str,
+        endpoint: str,
+        *,
+        topic_filter: str = "",
+        keyspace: str = "",
+        start_sequence: int | None = None,
+        start_time: float | None = None,
+        max_in_flight: int = 0,
+        max_deliveries: int = 0,
+        ack_wait_s: float | None = None,
+    ) -> None:
+        """Have this region's agent POST ``group``'s deliveries to ``endpoint``
+        (2xx acks, anything else nacks)."""
+        request = events_pb2.RegisterPushRequest(
+            group=group,
+            endpoint=endpoint,
+            max_in_flight=max_in_flight,
+            max_deliveries=max_deliveries,
+        )
+        if keyspace:
+            request.keyspace = keyspace
+        else:
+            request.topic_filter = topic_filter
+        _start(request.start, start_sequence, start_time)
+        if ack_wait_s is not None:
+            request.ack_wait.FromNanoseconds(int(ack_wait_s * 1e9))
+        await self._call(self._events.RegisterPush, request)
+
+    async def unregister_push(
+        self, group: str, *, topic_filter: str = "", keyspace: str = ""
+    ) -> None:
+        request = events_pb2.UnregisterPushRequest(group=group)
+        if keyspace:
+            request.keyspace = keyspace
+        else:
+            request.topic_filter = topic_filter
+        await self._call(self._events.UnregisterPush, request)
+
     async def invalidate(self, namespace: str, keys: list[str]) -> int:
         """Tell every region's subscribers of ``_invalidate.<namespace>`` to drop ``keys``."""
         resp = await self._call(

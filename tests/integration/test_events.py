@@ -7,12 +7,14 @@ input that publishes nothing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from meridian.agent.app import Agent
 from meridian.backbone.events import EVENT_ID_HEADER, PUBLISHED_HEADER, TOPIC_KEY_HEADER
@@ -20,7 +22,7 @@ from meridian.client import MeridianClient
 from meridian.config import MeridianConfig
 from meridian.core.errors import InvalidArgumentError
 from meridian.subscription import Delivery, Subscription
-from meridian.testing.nats_server import NatsCluster
+from meridian.testing.nats_server import NatsCluster, free_port
 from tests.conftest import eventually
 from tests.integration.harness import agent_config, http_post, running_agent
 
@@ -49,7 +51,9 @@ def config(cluster: NatsCluster) -> MeridianConfig:
 async def agent(config: MeridianConfig) -> AsyncIterator[Agent]:
     async with running_agent(config) as agent:
         await eventually(
-            lambda: asyncio.sleep(0, agent.events.ready and agent.state.replicas["carts"].ready),
+            lambda: asyncio.sleep(
+                0, agent.events.ready and agent.push.ready and agent.state.replicas["carts"].ready
+            ),
             bool,
             what="event streams ready",
         )
@@ -364,3 +368,103 @@ async def test_http_publish_rejects_hostile_bodies(config: MeridianConfig, agent
     status, resp = await http_post(url, {"topic": "ok", "key": "k", "eventId": ""})
     assert status == 400
     assert resp["error"]["field"] == "event_id"
+
+
+class Endpoint:
+    """A real HTTP endpoint a push registration posts to; fails events on request."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict[str, Any], dict[str, str]]] = []
+        self.fail: set[str] = set()
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.received.append((body, dict(request.headers)))
+        event_id = request.headers.get("Meridian-Event-Id", "")
+        return web.Response(status=500 if event_id in self.fail else 204)
+
+    async def __aenter__(self) -> Endpoint:
+        app = web.Application()
+        app.router.add_post("/hooks/events", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        port = free_port()
+        await web.TCPSite(self.runner, "127.0.0.1", port).start()
+        self.url = f"http://127.0.0.1:{port}/hooks/events"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+
+async def test_http_push_acks_on_2xx_and_dead_letters_a_failing_event(
+    client: MeridianClient, agent: Agent
+) -> None:
+    topic = unique("pushed")
+    group = unique("hook")
+    async with Endpoint() as endpoint:
+        endpoint.fail.add(f"{topic}-bad")
+        await client.register_push(
+            group, endpoint.url, topic_filter=topic, start_sequence=1, max_deliveries=2
+        )
+        await client.publish(topic, "k", b"good", event_id=f"{topic}-good")
+        await client.publish(topic, "k", b"bad", event_id=f"{topic}-bad")
+        await eventually(
+            lambda: agent.events.streams.dead_letters(group),
+            lambda msgs: len(msgs) == 1,
+            what="the failing event dead-lettered",
+        )
+        ids = [h["Meridian-Event-Id"] for _, h in endpoint.received]
+        assert ids.count(f"{topic}-good") == 1
+        assert ids.count(f"{topic}-bad") == 2  # max_deliveries
+        good = next(b for b, h in endpoint.received if h["Meridian-Event-Id"] == f"{topic}-good")
+        assert good["event"]["topic"] == topic
+        assert good["attempt"] == 1
+        assert endpoint.received[0][1]["Meridian-Group"] == group
+        # Unregistered: nothing more is pushed.
+        await client.unregister_push(group, topic_filter=topic)
+        before = len(endpoint.received)
+        await client.publish(topic, "k", b"later", event_id=f"{topic}-later")
+        await asyncio.sleep(1.5)
+        assert len(endpoint.received) == before
+
+
+async def test_push_registrations_survive_an_agent_restart(config: MeridianConfig) -> None:
+    topic = unique("durable")
+    group = unique("hook")
+
+    @contextlib.asynccontextmanager
+    async def agent_and_client() -> AsyncIterator[MeridianClient]:
+        async with running_agent(config) as agent:
+            await eventually(
+                lambda: asyncio.sleep(0, agent.events.ready and agent.push.ready), bool
+            )
+            async with MeridianClient(config.region("us-east").grpc_address) as client:
+                yield client
+
+    async with Endpoint() as endpoint:
+        async with agent_and_client() as client:
+            await client.register_push(group, endpoint.url, topic_filter=topic, start_sequence=1)
+            await client.publish(topic, "k", b"1", event_id=f"{topic}-1")
+            await eventually(lambda: asyncio.sleep(0, len(endpoint.received)), lambda n: n == 1)
+        # A new agent process for the region resumes the registration.
+        async with agent_and_client() as client:
+            await client.publish(topic, "k", b"2", event_id=f"{topic}-2")
+            await eventually(lambda: asyncio.sleep(0, len(endpoint.received)), lambda n: n >= 2)
+            got = [b["event"]["eventId"] for b, _ in endpoint.received]
+            assert got == [f"{topic}-1", f"{topic}-2"]
+            await client.unregister_push(group, topic_filter=topic)
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["", "ftp://x/y", "http://", "http://user:pw@host/x", "http://host:99999/x", "not a url",
+     "http://h/" + "x" * 3000],
+)  # fmt: skip
+async def test_bad_push_endpoints_are_invalid(client: MeridianClient, endpoint: str) -> None:
+    with pytest.raises(InvalidArgumentError) as err:
+        await client.register_push("g", endpoint, topic_filter="t")
+    assert err.value.field == "endpoint"

@@ -35,6 +35,7 @@ from meridian.api.events import EventsApi
 from meridian.api.grpc.server import GrpcTransport
 from meridian.api.http.server import HttpTransport
 from meridian.api.idempotency import IdempotencyApi
+from meridian.api.push import PushDeliveries
 from meridian.api.service import AgentApi, Services
 from meridian.api.state import StateApi
 from meridian.backbone.connection import BackboneConnection
@@ -178,17 +179,22 @@ class Agent:
             metrics=self.metrics,
             strong_timeout_s=config.agent.quorum_timeout_s,
         )
+        events_api = EventsApi(
+            self.events,
+            region=region,
+            keyspaces={ks.name: ks for ks in config.keyspaces},
+            clock=self.clock,
+            metrics=self.metrics,
+            tracer=self.tracer,
+        )
+        self.push = PushDeliveries(
+            events_api, region=region, replicas=config.agent.regional_replicas
+        )
         self.services = Services(
             state=self.state_api,
             idempotency=IdempotencyApi(self.idempotency, skew=self.skew),
-            events=EventsApi(
-                self.events,
-                region=region,
-                keyspaces={ks.name: ks for ks in config.keyspaces},
-                clock=self.clock,
-                metrics=self.metrics,
-                tracer=self.tracer,
-            ),
+            events=events_api,
+            push=self.push,
         )
         rc = self.region_config
         # Order matters: components start in this order and stop in reverse, so
@@ -198,6 +204,7 @@ class Agent:
             self.state,
             self.idempotency,
             self.events,
+            self.push,
             _Transports(
                 GrpcTransport(self.api, self.services, rc.listen_host, rc.grpc_port),
                 HttpTransport(self.api, self.services, rc.listen_host, rc.http_port),

@@ -3,44 +3,26 @@
 Every request is validated before anything is published; a bad one gets
 INVALID_ARGUMENT naming the field and the rule, and nothing is written.
 
-A subscription is a durable consumer group of this region. Each subscriber
-fetches at most ``max_in_flight`` deliveries ahead of its acks. For every
-delivery:
-
-- attempt > ``max_deliveries`` (nacked or unacked that often): the event moves
-  to the dead-letter stream instead;
-- the group's inbox already holds its event id: acked without delivery (a
-  duplicate published beyond JetStream's window, or in two regions);
-- otherwise it is delivered; an ack records the event id in the inbox, then
-  acks the JetStream message, so a crash between the two redelivers an event
-  the inbox then absorbs.
-
-A subscriber that goes away nacks what it held, so the group's other
-subscribers get those events at once.
+A subscription is a durable consumer group of this region; delivering its
+events (dead letters, the inbox, acks) is :mod:`meridian.api.delivery`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import contextlib
-import itertools
 import json
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
-import nats.errors
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.msg import Msg
 from opentelemetry import trace
-from opentelemetry.trace import Link, SpanKind
 
 from meridian._pb.meridian.v1 import events_pb2 as pb
 from meridian.agent.events import EventsComponent
-from meridian.backbone.connection import translate_nats_errors
+from meridian.api.delivery import GroupReader, stream_deliveries
 from meridian.backbone.events import (
     EVENT_ID_HEADER,
     PUBLISHED_HEADER,
@@ -54,7 +36,7 @@ from meridian.core.errors import FieldViolation, InvalidArgumentError
 from meridian.core.hlc import Clock, HlcTimestamp
 from meridian.core.keyspace import RESERVED_KEY_PREFIX, Keyspace, Locality
 from meridian.observability.metrics import AgentMetrics
-from meridian.observability.tracing import current_traceparent, extract_context
+from meridian.observability.tracing import current_traceparent
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +76,16 @@ def _origin_sequence(headers: Mapping[str, str], local: int) -> int:
 
 
 @dataclass(frozen=True)
-class _Source:
+class GroupOptions:
+    source: EventSource
+    start: ev.Start
+    max_in_flight: int
+    max_deliveries: int
+    ack_wait_s: float
+
+
+@dataclass(frozen=True)
+class EventSource:
     """What a group consumes: its consumer, and how to read a message as an Event."""
 
     spec: ConsumerSpec
@@ -193,7 +184,7 @@ class EventsApi:
         ack_wait_s: float,
         max_in_flight: int,
         violations: list[FieldViolation],
-    ) -> _Source | None:
+    ) -> EventSource | None:
         violations += ev.name_violations(group, "group")
         if which == "topic_filter":
             violations += ev.topic_filter_violations(topic_filter)
@@ -204,7 +195,7 @@ class EventsApi:
                 ack_wait_s,
                 max_in_flight,
             )
-            return _Source(spec, None)
+            return EventSource(spec, None)
         if which == "keyspace":
             ks = self.keyspaces.get(keyspace)
             if ks is None:
@@ -219,9 +210,28 @@ class EventsApi:
                 stream, subject = f"KV_{ks.bucket}", f"$KV.{ks.bucket}.>"
             # The global stream is shared by every region: name the region's consumer.
             name = ev.consumer_name(group, f"keyspace:{ks.name}:{self.region}")
-            return _Source(ConsumerSpec(stream, name, subject, ack_wait_s, max_in_flight), ks)
+            return EventSource(ConsumerSpec(stream, name, subject, ack_wait_s, max_in_flight), ks)
         violations.append(FieldViolation("source", "set topic_filter or keyspace"))
         return None
+
+    def source_of(
+        self,
+        group: str,
+        which: str | None,
+        topic_filter: str,
+        keyspace: str,
+        violations: list[FieldViolation],
+    ) -> EventSource | None:
+        """The source of a group, to name its consumer (consumer settings at defaults)."""
+        return self._source(
+            group,
+            which,
+            topic_filter,
+            keyspace,
+            ev.DEFAULT_ACK_WAIT_S,
+            ev.DEFAULT_MAX_IN_FLIGHT,
+            violations,
+        )
 
     async def replay(self, request: pb.ReplayRequest) -> pb.ReplayResponse:
         violations: list[FieldViolation] = []
@@ -261,6 +271,14 @@ class EventsApi:
                 FieldViolation("open", "the first message must open the subscription")
             )
         o = first.open
+        opts = self.group_options(o)
+        reader = await self.open_group(
+            o.group, opts.source, opts.start, opts.max_in_flight, opts.max_deliveries
+        )
+        return stream_deliveries(reader, requests)
+
+    def group_options(self, o: pb.SubscribeOpen | pb.RegisterPushRequest) -> GroupOptions:
+        """Validate how a group is consumed (shared by Subscribe and RegisterPush)."""
         violations: list[FieldViolation] = []
         max_in_flight = o.max_in_flight or ev.DEFAULT_MAX_IN_FLIGHT
         if not 1 <= max_in_flight <= ev.MAX_IN_FLIGHT:
@@ -288,15 +306,24 @@ class EventsApi:
         )
         _check(violations)
         assert source is not None
+        return GroupOptions(source, start, max_in_flight, max_deliveries, ack_wait_s)
+
+    async def open_group(
+        self,
+        group: str,
+        source: EventSource,
+        start: ev.Start,
+        max_in_flight: int,
+        max_deliveries: int,
+    ) -> GroupReader:
+        """Bind a reader to ``group``'s consumer of ``source`` (created at ``start``)."""
         self.component.require_ready()
         psub = await self.streams.consumer(source.spec, start)
-        return _Subscription(self, o.group, source, psub, max_in_flight, max_deliveries).run(
-            requests
-        )
+        return GroupReader(self, group, source, psub, max_in_flight, max_deliveries)
 
     # -- reading messages --------------------------------------------------------------
 
-    def event_of(self, msg: Msg, source: _Source) -> pb.Event | None:
+    def event_of(self, msg: Msg, source: EventSource) -> pb.Event | None:
         """The Event a message carries; None for messages that are not events
         (a keyspace's read barriers)."""
         headers = dict(msg.headers or {})
@@ -344,165 +371,3 @@ class EventsApi:
             origin_sequence=meta.sequence.stream,
             published_at=_timestamp(published_ms) if published_ms else None,
         )
-
-
-@dataclass
-class _InFlight:
-    msg: Msg
-    event_id: str
-    attempt: int
-
-
-class _Subscription:
-    """One subscriber's deliveries and acks."""
-
-    _ids = itertools.count(1)
-
-    def __init__(
-        self,
-        api: EventsApi,
-        group: str,
-        source: _Source,
-        psub: object,
-        max_in_flight: int,
-        max_deliveries: int,
-    ) -> None:
-        self.api = api
-        self.group = group
-        self.source = source
-        self.psub = psub
-        self.max_in_flight = max_in_flight
-        self.max_deliveries = max_deliveries
-        self.in_flight: dict[int, _InFlight] = {}
-        self.ids = api.in_flight_ids[source.spec.name]
-        self.room = asyncio.Event()
-        self.room.set()
-
-    def _count(self, result: str) -> None:
-        self.api.metrics.events_delivered.labels(self.api.region, self.group, result).inc()
-
-    async def run(self, requests: AsyncIterator[pb.SubscribeRequest]) -> AsyncIterator[pb.Delivery]:
-        acks = asyncio.create_task(self._read_acks(requests), name=f"acks-{self.group}")
-        try:
-            while True:
-                if acks.done():
-                    acks.result()  # the subscriber closed its side, or sent a bad ack
-                    return
-                room = self.max_in_flight - len(self.in_flight)
-                if room <= 0:
-                    self.room.clear()
-                    waiter = asyncio.create_task(self.room.wait())
-                    await asyncio.wait({waiter, acks}, return_when=asyncio.FIRST_COMPLETED)
-                    waiter.cancel()
-                    continue
-                try:
-                    msgs = await self.psub.fetch(room, timeout=FETCH_WAIT_S)  # type: ignore[attr-defined]
-                except (nats.errors.TimeoutError, TimeoutError):
-                    continue
-                for msg in msgs:
-                    delivery = await self._prepare(msg)
-                    if delivery is not None:
-                        yield delivery
-        finally:
-            acks.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await acks
-            # Hand back what this subscriber held, so others get it at once.
-            for held in self.in_flight.values():
-                self._settled(held)
-                with contextlib.suppress(Exception):
-                    await held.msg.nak()
-            self.in_flight.clear()
-            with contextlib.suppress(Exception):
-                await self.psub.unsubscribe()  # type: ignore[attr-defined]
-
-    async def _prepare(self, msg: Msg) -> pb.Delivery | None:
-        attempt = int(msg.metadata.num_delivered or 1)
-        event = self.api.event_of(msg, self.source)
-        if event is None:
-            await msg.ack()
-            return None
-        if ev.dead_letter(attempt, self.max_deliveries):
-            await self._dead_letter(msg, f"not acked after {attempt - 1} deliveries")
-            return None
-        if self.ids[event.event_id] or await self.api.streams.processed(self.group, event.event_id):
-            await msg.ack()
-            self._count("duplicate")
-            return None
-        delivery_id = next(self._ids)
-        self.in_flight[delivery_id] = _InFlight(msg, event.event_id, attempt)
-        self.ids[event.event_id] += 1
-        self._count("delivered")
-        if event.HasField("published_at"):
-            lag = max(0.0, time.time() - event.published_at.ToMilliseconds() / 1000)
-            origin = event.origin_region
-            if event.topic.startswith(ev.INVALIDATE_TOPIC + "."):
-                self.api.metrics.invalidation_lag.labels(self.api.region, origin).observe(lag)
-            else:
-                self.api.metrics.event_lag.labels(self.api.region, origin).observe(lag)
-        self._trace_delivery(event)
-        return pb.Delivery(
-            delivery_id=delivery_id,
-            event=event,
-            attempt=attempt,
-            sequence=msg.metadata.sequence.stream,
-        )
-
-    def _trace_delivery(self, event: pb.Event) -> None:
-        producer = trace.get_current_span(extract_context(dict(event.headers))).get_span_context()
-        links = [Link(producer)] if producer.is_valid else []
-        with self.api.tracer.start_as_current_span(
-            "meridian.v1.EventService/Deliver",
-            kind=SpanKind.CONSUMER,
-            links=links,
-            attributes={"messaging.destination.name": event.topic, "meridian.group": self.group},
-        ):
-            pass
-
-    def _settled(self, held: _InFlight) -> None:
-        self.ids[held.event_id] -= 1
-        if self.ids[held.event_id] <= 0:
-            del self.ids[held.event_id]
-
-    async def _dead_letter(self, msg: Msg, reason: str) -> None:
-        await self.api.streams.dead_letter(msg, self.group, reason)
-        await msg.term()
-        self._count("dead_lettered")
-
-    async def _read_acks(self, requests: AsyncIterator[pb.SubscribeRequest]) -> None:
-        with translate_nats_errors(f"handle acks of group {self.group!r}"):
-            await self._handle_acks(requests)
-
-    async def _handle_acks(self, requests: AsyncIterator[pb.SubscribeRequest]) -> None:
-        async for request in requests:
-            kind = request.WhichOneof("kind")
-            if kind == "ack":
-                held = self.in_flight.pop(request.ack.delivery_id, None)
-                if held is not None:
-                    try:
-                        await self.api.streams.mark_processed(self.group, held.event_id)
-                    finally:
-                        self._settled(held)
-                    await held.msg.ack()
-                    self._count("acked")
-            elif kind == "nack":
-                held = self.in_flight.pop(request.nack.delivery_id, None)
-                if held is not None:
-                    self._settled(held)
-                    if held.attempt >= self.max_deliveries:
-                        await self._dead_letter(
-                            held.msg, f"nacked on all {held.attempt} deliveries"
-                        )
-                    else:
-                        delay = (
-                            request.nack.delay.ToMilliseconds() / 1000
-                            if request.nack.HasField("delay")
-                            else ev.backoff_s(held.attempt)
-                        )
-                        await held.msg.nak(delay=delay)
-                        self._count("nacked")
-            else:
-                raise InvalidArgumentError(
-                    FieldViolation("kind", "after open, send only ack or nack")
-                )
-            self.room.set()

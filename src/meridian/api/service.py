@@ -34,6 +34,7 @@ from meridian.observability.tracing import extract_context
 if TYPE_CHECKING:
     from meridian.api.events import EventsApi
     from meridian.api.idempotency import IdempotencyApi
+    from meridian.api.push import PushDeliveries
     from meridian.api.state import StateApi
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ class Services:
     state: StateApi
     idempotency: IdempotencyApi
     events: EventsApi
+    push: PushDeliveries
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from urllib.parse import urlsplit
 from dataclasses import dataclass
 
 from meridian.core.errors import FieldViolation
@@ -194,6 +195,33 @@ def header_violations(headers: dict[str, str]) -> list[FieldViolation]:
     if size > MAX_HEADER_BYTES:
         out.append(FieldViolation("headers", f"must be at most {MAX_HEADER_BYTES} bytes in all"))
     return out
+
+
+MAX_ENDPOINT_CHARS = 2048
+
+
+def endpoint_violations(endpoint: str) -> list[FieldViolation]:
+    rule = (
+        f"must be an http:// or https:// URL with a host, at most {MAX_ENDPOINT_CHARS} "
+        "characters, without credentials"
+    )
+    if not endpoint or len(endpoint) > MAX_ENDPOINT_CHARS or not PRINTABLE.fullmatch(endpoint):
+        return [FieldViolation("endpoint", rule)]
+    try:
+        parts = urlsplit(endpoint)
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        return [FieldViolation("endpoint", rule)]
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.username
+        or parts.password
+        or not port_ok
+        or " " in endpoint
+    ):
+        return [FieldViolation("endpoint", rule)]
+    return []
 
 
 @dataclass(frozen=True)

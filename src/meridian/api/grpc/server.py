@@ -24,6 +24,7 @@ from meridian._pb.meridian.v1 import health_pb2_grpc as m_health_grpc
 from meridian.api.errors import error_metadata, mapping_for
 from meridian.api.events import EventsApi
 from meridian.api.idempotency import IdempotencyApi
+from meridian.api.push import PushDeliveries
 from meridian.api.service import AgentApi, Services
 from meridian.api.state import StateApi
 from meridian.core.errors import MeridianError
@@ -169,9 +170,10 @@ class IdempotencyServicer(idempotency_pb2_grpc.IdempotencyServiceServicer):
 
 
 class EventServicer(events_pb2_grpc.EventServiceServicer):
-    def __init__(self, api: AgentApi, events: EventsApi) -> None:
+    def __init__(self, api: AgentApi, events: EventsApi, push: PushDeliveries) -> None:
         self.api = api
         self.events = events
+        self.push = push
 
     async def Publish(
         self, request: events_pb2.PublishRequest, context: Ctx
@@ -192,6 +194,20 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
     ) -> events_pb2.InvalidateResponse:
         return await _unary(
             self.api, "EventService", "Invalidate", self.events.invalidate, request, context
+        )
+
+    async def RegisterPush(
+        self, request: events_pb2.RegisterPushRequest, context: Ctx
+    ) -> events_pb2.RegisterPushResponse:
+        return await _unary(
+            self.api, "EventService", "RegisterPush", self.push.register, request, context
+        )
+
+    async def UnregisterPush(
+        self, request: events_pb2.UnregisterPushRequest, context: Ctx
+    ) -> events_pb2.UnregisterPushResponse:
+        return await _unary(
+            self.api, "EventService", "UnregisterPush", self.push.unregister, request, context
         )
 
     async def Subscribe(
@@ -241,7 +257,7 @@ class GrpcTransport:
             ),
             (
                 events_pb2_grpc.add_EventServiceServicer_to_server,
-                EventServicer(self.api, self.services.events),
+                EventServicer(self.api, self.services.events, self.services.push),
             ),
         )
         for register, servicer in add:

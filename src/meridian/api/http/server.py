@@ -8,8 +8,9 @@ base64, 64-bit integers as strings).
 - ``POST /v1/state/get|put|create|delete|scan|increment|setadd|setremove``
   → StateService.*, the request message as JSON in the body
 - ``POST /v1/idempotency/begin|complete|abort`` → IdempotencyService.*
-- ``POST /v1/events/publish|replay|invalidate`` → EventService.* (Subscribe is
-  a gRPC bidirectional stream)
+- ``POST /v1/events/publish|replay|invalidate|push/register|push/unregister``
+  → EventService.* (Subscribe is a gRPC bidirectional stream; HTTP services
+  register a push endpoint instead)
 - ``GET /metrics``    → Prometheus exposition
 
 A body that is not JSON, not an object of the request's fields, or too large is
@@ -146,10 +147,13 @@ class HttpTransport:
             "Publish": (events.publish, events_pb2.PublishRequest),
             "Replay": (events.replay, events_pb2.ReplayRequest),
             "Invalidate": (events.invalidate, events_pb2.InvalidateRequest),
+            "RegisterPush": (services.push.register, events_pb2.RegisterPushRequest),
+            "UnregisterPush": (services.push.unregister, events_pb2.UnregisterPushRequest),
         }
         for method, (handler, request_type) in event_routes.items():
+            path = {"RegisterPush": "push/register", "UnregisterPush": "push/unregister"}
             app.router.add_post(
-                f"/v1/events/{method.lower()}",
+                f"/v1/events/{path.get(method, method.lower())}",
                 self._json_route("EventService", method, handler, request_type),
             )
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)

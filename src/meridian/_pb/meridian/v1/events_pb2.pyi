@@ -451,3 +451,109 @@ class InvalidateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InvalidateResponse: _TypeAlias = InvalidateResponse  # noqa: Y015
+
+@_typing.final
+class RegisterPushRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    TOPIC_FILTER_FIELD_NUMBER: _builtins.int
+    KEYSPACE_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    MAX_IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    MAX_DELIVERIES_FIELD_NUMBER: _builtins.int
+    ACK_WAIT_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    topic_filter: _builtins.str
+    keyspace: _builtins.str
+    endpoint: _builtins.str
+    """An http:// or https:// URL, at most 2048 characters, without credentials."""
+    max_in_flight: _builtins.int
+    max_deliveries: _builtins.int
+    @_builtins.property
+    def start(self) -> Global___StartPosition:
+        """As in SubscribeOpen."""
+
+    @_builtins.property
+    def ack_wait(self) -> _duration_pb2.Duration:
+        """Also how long the agent waits for the endpoint's answer."""
+
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        topic_filter: _builtins.str = ...,
+        keyspace: _builtins.str = ...,
+        endpoint: _builtins.str = ...,
+        start: Global___StartPosition | None = ...,
+        max_in_flight: _builtins.int = ...,
+        max_deliveries: _builtins.int = ...,
+        ack_wait: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack_wait", b"ack_wait", "keyspace", b"keyspace", "source", b"source", "start", b"start", "topic_filter", b"topic_filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_wait", b"ack_wait", "endpoint", b"endpoint", "group", b"group", "keyspace", b"keyspace", "max_deliveries", b"max_deliveries", "max_in_flight", b"max_in_flight", "source", b"source", "start", b"start", "topic_filter", b"topic_filter"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["topic_filter", "keyspace"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
+
+Global___RegisterPushRequest: _TypeAlias = RegisterPushRequest  # noqa: Y015
+
+@_typing.final
+class RegisterPushResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterPushResponse: _TypeAlias = RegisterPushResponse  # noqa: Y015
+
+@_typing.final
+class UnregisterPushRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    TOPIC_FILTER_FIELD_NUMBER: _builtins.int
+    KEYSPACE_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    topic_filter: _builtins.str
+    keyspace: _builtins.str
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        topic_filter: _builtins.str = ...,
+        keyspace: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["keyspace", b"keyspace", "source", b"source", "topic_filter", b"topic_filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "keyspace", b"keyspace", "source", b"source", "topic_filter", b"topic_filter"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["topic_filter", "keyspace"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
+
+Global___UnregisterPushRequest: _TypeAlias = UnregisterPushRequest  # noqa: Y015
+
+@_typing.final
+class UnregisterPushResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnregisterPushResponse: _TypeAlias = UnregisterPushResponse  # noqa: Y015

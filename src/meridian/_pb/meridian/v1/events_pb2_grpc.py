@@ -77,6 +77,16 @@ class EventServiceStub:
                 request_serializer=meridian_dot_v1_dot_events__pb2.InvalidateRequest.SerializeToString,
                 response_deserializer=meridian_dot_v1_dot_events__pb2.InvalidateResponse.FromString,
                 _registered_method=True)
+        self.RegisterPush = channel.unary_unary(
+                '/meridian.v1.EventService/RegisterPush',
+                request_serializer=meridian_dot_v1_dot_events__pb2.RegisterPushRequest.SerializeToString,
+                response_deserializer=meridian_dot_v1_dot_events__pb2.RegisterPushResponse.FromString,
+                _registered_method=True)
+        self.UnregisterPush = channel.unary_unary(
+                '/meridian.v1.EventService/UnregisterPush',
+                request_serializer=meridian_dot_v1_dot_events__pb2.UnregisterPushRequest.SerializeToString,
+                response_deserializer=meridian_dot_v1_dot_events__pb2.UnregisterPushResponse.FromString,
+                _registered_method=True)
 
 
 class EventServiceServicer:
@@ -130,6 +140,23 @@ class EventServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterPush(self, request, context):
+        """RegisterPush has this region's agent POST a group's deliveries to an HTTP
+        endpoint, as JSON (a Delivery in the proto3 JSON mapping). A 2xx answer
+        acks; any other answer, or none within `ack_wait`, nacks (redelivery with
+        backoff, then the dead-letter stream). Registrations survive agent
+        restarts. Registering the same group and source again replaces it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnregisterPush(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -152,6 +179,16 @@ def add_EventServiceServicer_to_server(servicer, server):
                     servicer.Invalidate,
                     request_deserializer=meridian_dot_v1_dot_events__pb2.InvalidateRequest.FromString,
                     response_serializer=meridian_dot_v1_dot_events__pb2.InvalidateResponse.SerializeToString,
+            ),
+            'RegisterPush': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterPush,
+                    request_deserializer=meridian_dot_v1_dot_events__pb2.RegisterPushRequest.FromString,
+                    response_serializer=meridian_dot_v1_dot_events__pb2.RegisterPushResponse.SerializeToString,
+            ),
+            'UnregisterPush': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnregisterPush,
+                    request_deserializer=meridian_dot_v1_dot_events__pb2.UnregisterPushRequest.FromString,
+                    response_serializer=meridian_dot_v1_dot_events__pb2.UnregisterPushResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -284,6 +321,60 @@ class EventService:
             '/meridian.v1.EventService/Invalidate',
             meridian_dot_v1_dot_events__pb2.InvalidateRequest.SerializeToString,
             meridian_dot_v1_dot_events__pb2.InvalidateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterPush(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.EventService/RegisterPush',
+            meridian_dot_v1_dot_events__pb2.RegisterPushRequest.SerializeToString,
+            meridian_dot_v1_dot_events__pb2.RegisterPushResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnregisterPush(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.EventService/UnregisterPush',
+            meridian_dot_v1_dot_events__pb2.UnregisterPushRequest.SerializeToString,
+            meridian_dot_v1_dot_events__pb2.UnregisterPushResponse.FromString,
             options,
             channel_credentials,
             insecure,
