@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from urllib.parse import urlsplit
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from meridian.core.errors import FieldViolation
 
