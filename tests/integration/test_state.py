@@ -462,3 +462,24 @@ async def test_watch_bad_requests_are_invalid_argument(
         body = await resp.json()
     assert resp.status == 400
     assert body["error"]["field"] == field
+
+
+async def test_a_refused_cas_that_was_applied_is_recognised_as_ours(
+    agent: tuple[Agent, MeridianConfig], client: MeridianClient
+) -> None:
+    """JetStream can refuse a compare-and-set that it then applies (the chaos
+    harness saw it right after a heal). The store tells its own write apart by
+    the HLC and region headers of the key's first message after the expected
+    revision."""
+    store = agent[0].state.replicas["accounts"].store
+    key = unique("refused")
+    rev = await client.put("accounts", key, b"v1")
+    js = agent[0].conn.jetstream(2.0)
+    ours = {"Meridian-HLC": "0000000000000001", "Meridian-Region": "us-east"}
+    ack = await js.publish(store.subject(key), b"v2", headers=dict(ours))
+    assert await store._our_write_after(key, rev, ours) == ack.seq
+    theirs = {"Meridian-HLC": "0000000000000002", "Meridian-Region": "us-east"}
+    assert await store._our_write_after(key, rev, theirs) == 0
+    # A later write after ours doesn't hide it: ours is the first after rev.
+    await client.put("accounts", key, b"v3")
+    assert await store._our_write_after(key, rev, ours) == ack.seq
