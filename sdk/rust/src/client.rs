@@ -8,6 +8,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Endpoint;
 
 use crate::error::Error;
+use crate::events::EventsClient;
 use crate::idempotency::IdempotencyClient;
 use crate::pb;
 use crate::state::StateClient;
@@ -133,6 +134,12 @@ impl Client {
         IdempotencyClient::new(self.raw_idempotency(), self.timeout)
     }
 
+    /// The Event API: publish, subscribe (topics or a keyspace's change
+    /// feed), replay and cache invalidation.
+    pub fn events(&self) -> EventsClient {
+        EventsClient::new(self.raw_events(), self.timeout)
+    }
+
     /// The agent's health: serving, degraded or not, and why.
     ///
     /// # Errors
@@ -191,6 +198,17 @@ impl Client {
         &self,
     ) -> pb::idempotency_service_client::IdempotencyServiceClient<TracedChannel> {
         pb::idempotency_service_client::IdempotencyServiceClient::with_interceptor(
+            self.channel.clone(),
+            TraceContextInterceptor,
+        )
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// The generated EventService client on this connection. Its errors are
+    /// raw `tonic::Status`es; `Error::from(status)` types them.
+    pub fn raw_events(&self) -> pb::event_service_client::EventServiceClient<TracedChannel> {
+        pb::event_service_client::EventServiceClient::with_interceptor(
             self.channel.clone(),
             TraceContextInterceptor,
         )

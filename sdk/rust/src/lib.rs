@@ -12,6 +12,10 @@
 //! - [`idempotency`]: [`Client::idempotency`] runs a command once per
 //!   idempotency key, across regions: `begin`/`complete`/`abort`, or
 //!   [`IdempotencyClient::once`] around a closure;
+//! - [`events`]: [`Client::events`] publishes events and consumes them in
+//!   durable consumer groups of every region ([`Subscription`]: a stream of
+//!   [`Delivery`]s to ack or nack), consumes a keyspace's change feed,
+//!   replays a group and fans cache invalidations out;
 //! - [`Error`]: typed errors rebuilt from the agent's stable error codes;
 //! - [`canonical`] and [`hlc`]: canonical JSON fingerprints and HLC
 //!   timestamps, byte for byte the same as the agent's (checked against the
@@ -53,6 +57,7 @@
 pub mod canonical;
 mod client;
 mod error;
+pub mod events;
 pub mod hlc;
 pub mod idempotency;
 pub mod state;
@@ -68,6 +73,7 @@ pub mod pb {
 
 pub use client::{Client, ClientBuilder, DEFAULT_TIMEOUT, MAX_MESSAGE_BYTES, TracedChannel};
 pub use error::{CURRENT_REVISION_METADATA, ERROR_CODE_METADATA, ERROR_FIELD_METADATA, Error};
+pub use events::{Acker, Delivery, Event, EventsClient, Published, Source, Start, Subscription};
 pub use idempotency::{Begun, IdempotencyClient, OnceError, OnceResult, Outcome, StoredResponse};
 pub use state::{StateClient, WatchStream};
 pub use types::{

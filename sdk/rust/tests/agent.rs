@@ -7,7 +7,8 @@
 //!
 //! The sandbox must declare the keyspaces of tests/e2e: `accounts` (global),
 //! `carts` (replicated, lww), `stock` (replicated, counter) and `tags`
-//! (replicated, set).
+//! (replicated, set). The event tests use topics, groups and event ids of
+//! their own (event ids are the dedup identity across topics).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,8 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::{StreamExt, TryStreamExt};
 use meridian::canonical::PayloadKind;
 use meridian::{
-    Client, Consistency, Error, OnceError, Outcome, ReadLevel, ServingStatus, StoredResponse,
-    WatchKind,
+    Client, Consistency, Delivery, Error, OnceError, Outcome, Published, ReadLevel, ServingStatus,
+    Source, Start, StoredResponse, Subscription, WatchKind,
 };
 use opentelemetry::trace::{
     FutureExt as _, SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
@@ -935,5 +936,612 @@ async fn idempotency_invalid_arguments_name_the_field() {
     match east.complete(SCOPE, "k", 0, stored_ok()).await {
         Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "fencing_token"),
         other => panic!("expected InvalidArgument on fencing_token, got {other:?}"),
+    }
+}
+
+// -- events -----------------------------------------------------------------
+
+/// How long a test waits for a delivery that should come: a hang guard, not a
+/// speed check (cross-region sourcing takes the WAN latency and more).
+const DELIVERY_GUARD: Duration = Duration::from_secs(60);
+
+/// A topic (or namespace, or group) no other test or run uses: tokens of
+/// a-z 0-9 _ - only.
+fn fresh(name: &str) -> String {
+    unique(name).replace('.', "-")
+}
+
+/// The next delivery; fails on an error, the end of the stream or a hang.
+async fn next_delivery(sub: &mut Subscription, what: &str) -> Delivery {
+    match tokio::time::timeout(DELIVERY_GUARD, sub.next()).await {
+        Ok(Some(Ok(delivery))) => delivery,
+        Ok(Some(Err(e))) => panic!("{what}: the subscription failed: {e}"),
+        Ok(None) => panic!("{what}: the subscription ended"),
+        Err(_) => panic!("{what}: nothing delivered within {DELIVERY_GUARD:?}"),
+    }
+}
+
+/// Nothing is delivered for `wait`.
+async fn nothing_more(sub: &mut Subscription, wait: Duration) {
+    if let Ok(next) = tokio::time::timeout(wait, sub.next()).await {
+        panic!("expected no delivery for {wait:?}, got {next:?}");
+    }
+}
+
+fn ok_published(result: Result<Published, Error>, what: &str) -> Published {
+    let published = ok(result, what);
+    assert!(published.sequence > 0, "{what}: {published:?}");
+    assert!(!published.duplicate, "{what}: {published:?}");
+    published
+}
+
+#[test]
+fn subscriptions_and_ackers_cross_tasks() {
+    fn send<T: Send>() {}
+    fn send_sync<T: Send + Sync>() {}
+    send::<Subscription>();
+    send_sync::<meridian::Acker>();
+    send_sync::<meridian::EventsClient>();
+    send::<<meridian::events::Subscribe as std::future::IntoFuture>::IntoFuture>();
+    send::<<meridian::events::Publish as std::future::IntoFuture>::IntoFuture>();
+}
+
+#[tokio::test]
+async fn an_event_published_in_us_east_reaches_a_group_in_eu_west() {
+    let (east, west) = (us_east().await.events(), eu_west().await.events());
+    let topic = fresh("orders");
+    let event_id = unique("placed");
+    let published = ok_published(
+        east.publish(
+            format!("{topic}.placed"),
+            "o-1",
+            br#"{"total":42}"#.to_vec(),
+            &event_id,
+        )
+        .header("content-type", "application/json")
+        .await,
+        "publish",
+    );
+    assert_eq!(published.region, "us-east");
+    // JetStream recognises the id again inside its window: nothing is stored.
+    let again = ok(
+        east.publish(
+            format!("{topic}.placed"),
+            "o-1",
+            b"other".to_vec(),
+            &event_id,
+        )
+        .await,
+        "publish again",
+    );
+    assert!(again.duplicate, "{again:?}");
+
+    let mut sub = ok(
+        west.subscribe(fresh("billing"), Source::Topic(format!("{topic}.*")))
+            .start_sequence(1)
+            .await,
+        "subscribe in eu-west",
+    );
+    let d = next_delivery(&mut sub, "the event in eu-west").await;
+    assert_eq!(d.attempt, 1);
+    assert!(d.sequence > 0);
+    let e = &d.event;
+    assert_eq!(e.topic, format!("{topic}.placed"));
+    assert_eq!(e.key, "o-1");
+    assert_eq!(e.payload, br#"{"total":42}"#);
+    assert_eq!(e.event_id, event_id);
+    assert_eq!(e.headers["content-type"], "application/json");
+    assert_eq!(e.origin_region, "us-east");
+    assert_eq!(e.origin_sequence, published.sequence);
+    let at = e.published_at.expect("published_at");
+    let age = SystemTime::now().duration_since(at).unwrap_or_default();
+    assert!(age < Duration::from_secs(300), "published {age:?} ago");
+    sub.ack(&d).expect("ack");
+    // The duplicate is not delivered.
+    nothing_more(&mut sub, Duration::from_millis(1500)).await;
+    ok(sub.close().await, "close");
+}
+
+#[tokio::test]
+async fn a_nacked_delivery_is_redelivered_with_attempt_2() {
+    let events = us_east().await.events();
+    let topic = fresh("retry");
+    let event_id = unique("retry");
+    ok_published(
+        events.publish(&topic, "k", b"x".to_vec(), &event_id).await,
+        "publish",
+    );
+    let mut sub = ok(
+        events
+            .subscribe(fresh("g"), Source::Topic(topic.clone()))
+            .start_sequence(1)
+            .await,
+        "subscribe",
+    );
+    let first = next_delivery(&mut sub, "the first delivery").await;
+    assert_eq!(
+        (first.event.event_id.as_str(), first.attempt),
+        (event_id.as_str(), 1)
+    );
+    sub.nack(&first, Some(Duration::from_millis(50)))
+        .expect("nack");
+    let second = next_delivery(&mut sub, "the redelivery").await;
+    assert_eq!(second.event.event_id, event_id);
+    assert_eq!(second.attempt, 2);
+    assert_ne!(second.id, first.id, "each delivery has its own id");
+    assert_eq!(second.sequence, first.sequence);
+    // Without a delay: the backoff for attempt 2.
+    sub.nack(&second, None).expect("nack");
+    let third = next_delivery(&mut sub, "the second redelivery").await;
+    assert_eq!(third.attempt, 3);
+    sub.ack(&third).expect("ack");
+    nothing_more(&mut sub, Duration::from_millis(1500)).await;
+    ok(sub.close().await, "close");
+}
+
+#[tokio::test]
+async fn after_max_deliveries_the_event_is_dead_lettered_and_not_delivered_again() {
+    let events = us_east().await.events();
+    let topic = fresh("poison");
+    let group = fresh("parser");
+    let poison = unique("poison");
+    ok_published(
+        events
+            .publish(&topic, "k", b"cannot parse".to_vec(), &poison)
+            .await,
+        "publish",
+    );
+    let mut sub = ok(
+        events
+            .subscribe(&group, Source::Topic(topic.clone()))
+            .start_sequence(1)
+            .max_deliveries(3)
+            .await,
+        "subscribe",
+    );
+    let mut attempts = Vec::new();
+    for _ in 0..3 {
+        let d = next_delivery(&mut sub, "the poison event").await;
+        assert_eq!(d.event.event_id, poison);
+        attempts.push(d.attempt);
+        sub.nack(&d, Some(Duration::from_millis(50))).expect("nack");
+    }
+    assert_eq!(attempts, [1, 2, 3]);
+    // The next event comes; the poison one never again.
+    let fine = unique("fine");
+    ok_published(
+        events.publish(&topic, "k", b"ok".to_vec(), &fine).await,
+        "publish",
+    );
+    let d = next_delivery(&mut sub, "the event after the poison one").await;
+    assert_eq!(d.event.event_id, fine, "{d:?}");
+    sub.ack(&d).expect("ack");
+    nothing_more(&mut sub, Duration::from_secs(2)).await;
+    ok(sub.close().await, "close");
+    // Nor to a later subscriber of the group.
+    let mut sub = ok(
+        events.subscribe(&group, Source::Topic(topic.clone())).await,
+        "subscribe again",
+    );
+    nothing_more(&mut sub, Duration::from_millis(1500)).await;
+    ok(sub.close().await, "close");
+}
+
+#[tokio::test]
+async fn the_same_event_id_published_in_two_regions_is_delivered_once() {
+    let (east, west) = (us_east().await.events(), eu_west().await.events());
+    let topic = fresh("dup");
+    // A producer retried in another region after a timeout: the same event id.
+    let retried = unique("retried");
+    ok_published(
+        east.publish(&topic, "k", b"x".to_vec(), &retried).await,
+        "publish in us-east",
+    );
+    ok_published(
+        west.publish(&topic, "k", b"x".to_vec(), &retried).await,
+        "publish in eu-west",
+    );
+    // Published after the copy in eu-west: once it arrived, so did that copy.
+    let after = unique("after");
+    ok_published(
+        west.publish(&topic, "k", b"y".to_vec(), &after).await,
+        "publish after",
+    );
+    for (region, events) in [("us-east", &east), ("eu-west", &west)] {
+        let mut sub = ok(
+            events
+                .subscribe(fresh("billing"), Source::Topic(topic.clone()))
+                .start_sequence(1)
+                .await,
+            "subscribe",
+        );
+        let mut seen: HashMap<String, u32> = HashMap::new();
+        while !seen.contains_key(&after) {
+            let d = next_delivery(&mut sub, &format!("{region}: both events")).await;
+            *seen.entry(d.event.event_id.clone()).or_default() += 1;
+            sub.ack(&d).expect("ack");
+        }
+        nothing_more(&mut sub, Duration::from_secs(2)).await;
+        assert_eq!(
+            seen,
+            HashMap::from([(retried.clone(), 1), (after.clone(), 1)]),
+            "{region}"
+        );
+        ok(sub.close().await, "close");
+    }
+}
+
+#[tokio::test]
+async fn a_keyspace_change_feed_delivers_a_put() {
+    let client = us_east().await;
+    let events = client.events();
+    // A new group starts with the writes after it is created: when the
+    // subscribe call returns.
+    let mut sub = ok(
+        events
+            .subscribe(fresh("feed"), Source::Keyspace(REPLICATED.into()))
+            .await,
+        "subscribe to the change feed",
+    );
+    let key = unique("cart");
+    ok(
+        client
+            .state()
+            .put(REPLICATED, &key, b"apples".to_vec())
+            .await,
+        "put",
+    );
+    // Other tests write carts too: skip (and ack) their changes.
+    let d = loop {
+        let d = next_delivery(&mut sub, "the put in the change feed").await;
+        sub.ack(&d).expect("ack");
+        if d.event.key == key {
+            break d;
+        }
+    };
+    assert_eq!(d.event.topic, format!("_state.{REPLICATED}"));
+    assert_eq!(d.event.headers["operation"], "put");
+    assert!(!d.event.headers["hlc"].is_empty());
+    assert_eq!(d.event.origin_region, "us-east");
+    assert!(!d.event.payload.is_empty());
+    assert!(d.event.published_at.is_some());
+    ok(sub.close().await, "close");
+}
+
+#[tokio::test]
+async fn an_invalidation_reaches_a_subscriber_in_another_region() {
+    let (east, west) = (us_east().await.events(), eu_west().await.events());
+    let namespace = fresh("products");
+    let mut sub = ok(
+        west.subscribe(
+            fresh("cache"),
+            Source::Topic(format!("_invalidate.{namespace}")),
+        )
+        .await,
+        "subscribe to the invalidations",
+    );
+    let sequence = ok(
+        east.invalidate(&namespace, ["sku-1", "sku-2"]).await,
+        "invalidate",
+    );
+    assert!(sequence > 0);
+    let d = next_delivery(&mut sub, "the invalidation in eu-west").await;
+    assert_eq!(d.event.topic, format!("_invalidate.{namespace}"));
+    assert_eq!(d.event.origin_region, "us-east");
+    assert_eq!(d.event.origin_sequence, sequence);
+    let payload: serde_json::Value =
+        serde_json::from_slice(&d.event.payload).expect("a JSON payload");
+    assert_eq!(
+        payload,
+        serde_json::json!({"namespace": namespace, "keys": ["sku-1", "sku-2"]})
+    );
+    sub.ack(&d).expect("ack");
+    ok(sub.close().await, "close");
+}
+
+#[tokio::test]
+async fn close_flushes_the_acks_so_the_group_resumes_after_them() {
+    let events = us_east().await.events();
+    let topic = fresh("flush");
+    let group = fresh("g");
+    let ids: Vec<String> = (0..3).map(|i| unique(&format!("flush{i}"))).collect();
+    for id in &ids {
+        ok_published(
+            events.publish(&topic, "k", b"x".to_vec(), id).await,
+            "publish",
+        );
+    }
+    let mut sub = ok(
+        events
+            .subscribe(&group, Source::Topic(topic.clone()))
+            .start_sequence(1)
+            .ack_wait(Duration::from_secs(30))
+            .await,
+        "subscribe",
+    );
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let d = next_delivery(&mut sub, "the batch").await;
+        got.push(d.event.event_id.clone());
+        sub.ack(&d).expect("ack");
+    }
+    assert_eq!(got, ids, "in order per key");
+    // Closed at once after the acks: they are applied, nothing comes again.
+    ok(sub.close().await, "close");
+    let later = unique("later");
+    ok_published(
+        events.publish(&topic, "k", b"x".to_vec(), &later).await,
+        "publish",
+    );
+    let mut sub = ok(
+        events.subscribe(&group, Source::Topic(topic.clone())).await,
+        "subscribe again",
+    );
+    let d = next_delivery(&mut sub, "the later event").await;
+    assert_eq!(d.event.event_id, later, "{d:?}");
+    assert_eq!(d.attempt, 1);
+    sub.ack(&d).expect("ack");
+    ok(sub.close().await, "close");
+}
+
+#[tokio::test]
+async fn replay_redelivers_from_a_sequence() {
+    let events = us_east().await.events();
+    let topic = fresh("replay");
+    let group = fresh("g");
+    let ids: Vec<String> = (0..3).map(|i| unique(&format!("replay{i}"))).collect();
+    for id in &ids {
+        ok_published(
+            events.publish(&topic, "k", b"x".to_vec(), id).await,
+            "publish",
+        );
+    }
+    let mut sub = ok(
+        events
+            .subscribe(&group, Source::Topic(topic.clone()))
+            .start_sequence(1)
+            .await,
+        "subscribe",
+    );
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let d = next_delivery(&mut sub, "the events").await;
+        sub.ack(&d).expect("ack");
+        got.push(d);
+    }
+    ok(sub.close().await, "close");
+    ok(
+        events
+            .replay(
+                &group,
+                Source::Topic(topic.clone()),
+                Start::Sequence(got[1].sequence),
+            )
+            .await,
+        "replay",
+    );
+    let mut sub = ok(
+        events.subscribe(&group, Source::Topic(topic.clone())).await,
+        "subscribe again",
+    );
+    for id in &ids[1..] {
+        let d = next_delivery(&mut sub, "the replayed events").await;
+        assert_eq!(&d.event.event_id, id);
+        sub.ack(&d).expect("ack");
+    }
+    ok(sub.close().await, "close");
+}
+
+#[tokio::test]
+async fn run_acks_on_ok_and_nacks_on_err() {
+    let events = us_east().await.events();
+    let topic = fresh("run");
+    let group = fresh("g");
+    let event_id = unique("run");
+    ok_published(
+        events.publish(&topic, "k", b"x".to_vec(), &event_id).await,
+        "publish",
+    );
+    let mut sub = ok(
+        events
+            .subscribe(&group, Source::Topic(topic.clone()))
+            .start_sequence(1)
+            .await,
+        "subscribe",
+    );
+    let (handled, mut done) = tokio::sync::mpsc::unbounded_channel();
+    let run = sub.run(|d: Delivery| {
+        let handled = handled.clone();
+        async move {
+            let _ = handled.send(d.attempt);
+            // The first attempt fails: run nacks it, and the event comes back.
+            if d.attempt == 1 {
+                Err("not yet")
+            } else {
+                Ok(())
+            }
+        }
+    });
+    let attempts = tokio::select! {
+        result = run => panic!("run ended: {result:?}"),
+        attempts = async {
+            let mut attempts = Vec::new();
+            while attempts.len() < 2 {
+                attempts.push(done.recv().await.expect("the handler"));
+            }
+            // Room for run to send the ack of the second attempt.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            attempts
+        } => attempts,
+    };
+    assert_eq!(attempts, [1, 2]);
+    ok(sub.close().await, "close");
+    // Acked: the group does not get it again.
+    let mut sub = ok(
+        events.subscribe(&group, Source::Topic(topic.clone())).await,
+        "subscribe again",
+    );
+    nothing_more(&mut sub, Duration::from_millis(1500)).await;
+    ok(sub.close().await, "close");
+}
+
+#[tokio::test]
+async fn an_acker_settles_deliveries_from_another_task() {
+    let events = us_east().await.events();
+    let topic = fresh("acker");
+    let event_id = unique("acker");
+    ok_published(
+        events.publish(&topic, "k", b"x".to_vec(), &event_id).await,
+        "publish",
+    );
+    let mut sub = ok(
+        events
+            .subscribe(fresh("g"), Source::Topic(topic.clone()))
+            .start_sequence(1)
+            .await,
+        "subscribe",
+    );
+    let d = next_delivery(&mut sub, "the event").await;
+    let acker = sub.acker();
+    let held = d.clone();
+    tokio::spawn(async move { acker.nack(&held, Some(Duration::from_millis(50))) })
+        .await
+        .expect("task")
+        .expect("nack");
+    let again = next_delivery(&mut sub, "the redelivery").await;
+    assert_eq!(
+        (again.event.event_id.as_str(), again.attempt),
+        (event_id.as_str(), 2)
+    );
+    let acker = sub.acker();
+    sub.ack(&again).expect("ack");
+    ok(sub.close().await, "close");
+    // The subscription is gone: an acker can't settle anything any more.
+    assert!(matches!(acker.ack(&d), Err(Error::Unavailable { .. })));
+}
+
+#[tokio::test]
+async fn a_published_event_carries_the_callers_trace() {
+    let trace_id = TraceId::from_hex("5bf92f3577b34da6a3ce929d0e0e4737").unwrap();
+    let cx = opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+        trace_id,
+        SpanId::from_hex("00f067aa0ba902b8").unwrap(),
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    ));
+    let events = us_east().await.events();
+    let topic = fresh("traced");
+    let event_id = unique("traced");
+    ok_published(
+        events
+            .publish(&topic, "k", b"x".to_vec(), &event_id)
+            .context(cx.clone())
+            .await,
+        "publish",
+    );
+    let mut sub = ok(
+        events
+            .subscribe(fresh("g"), Source::Topic(topic.clone()))
+            .start_sequence(1)
+            .context(cx)
+            .await,
+        "subscribe",
+    );
+    let wanted = format!("-{trace_id}-");
+    let served = sub.traceparent().expect("the agent sends its traceparent");
+    assert!(
+        served.contains(&wanted),
+        "{served} is not in trace {trace_id}"
+    );
+    let d = next_delivery(&mut sub, "the traced event").await;
+    let parent = &d.event.headers["traceparent"];
+    assert!(
+        parent.contains(&wanted),
+        "{parent} is not in trace {trace_id}"
+    );
+    sub.ack(&d).expect("ack");
+    ok(sub.close().await, "close");
+}
+
+#[tokio::test]
+async fn events_invalid_arguments_name_the_field() {
+    let events = us_east().await.events();
+    let publish = |topic: &str, key: &str, event_id: &str| {
+        events.publish(topic, key, b"x".to_vec(), event_id)
+    };
+    let id = unique("bad");
+    let cases = [
+        (publish("Bad Topic", "k", &id), "topic"),
+        (publish("a..b", "k", &id), "topic"),
+        (publish("_reserved", "k", &id), "topic"),
+        (publish("ok", "", &id), "key"),
+        (publish("ok", "k", ""), "event_id"),
+        (
+            publish("ok", "k", &id).header("Nats-Msg-Id", "sneaky"),
+            "headers",
+        ),
+    ];
+    for (call, expected) in cases {
+        let request = format!("{call:?}");
+        match call.await {
+            Err(Error::InvalidArgument { field, rule }) => {
+                assert_eq!(field, expected, "{request}: {rule}");
+                assert!(!rule.is_empty());
+            }
+            other => panic!("{request}: expected InvalidArgument, got {other:?}"),
+        }
+    }
+    let subscribe_cases = [
+        (
+            events.subscribe("Bad Group", Source::Topic("x".into())),
+            "group",
+        ),
+        (
+            events.subscribe("g", Source::Topic("a.>.b".into())),
+            "topic_filter",
+        ),
+        (
+            events
+                .subscribe("g", Source::Topic("x".into()))
+                .start_sequence(0),
+            "start.sequence",
+        ),
+        (
+            events
+                .subscribe("g", Source::Topic("x".into()))
+                .max_deliveries(1000),
+            "max_deliveries",
+        ),
+        (
+            events
+                .subscribe("g", Source::Topic("x".into()))
+                .ack_wait(Duration::from_millis(1)),
+            "ack_wait",
+        ),
+        (
+            events.subscribe("g", Source::Keyspace("nope".into())),
+            "keyspace",
+        ),
+    ];
+    for (call, expected) in subscribe_cases {
+        let request = format!("{call:?}");
+        match call.await {
+            Err(Error::InvalidArgument { field, rule }) => {
+                assert_eq!(field, expected, "{request}: {rule}");
+            }
+            other => panic!("{request}: expected InvalidArgument, got {other:?}"),
+        }
+    }
+    match events.invalidate("products", Vec::<String>::new()).await {
+        Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "keys"),
+        other => panic!("expected InvalidArgument on keys, got {other:?}"),
+    }
+    match events
+        .replay("g", Source::Topic("x".into()), Start::Sequence(0))
+        .await
+    {
+        Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "start.sequence"),
+        other => panic!("expected InvalidArgument on start.sequence, got {other:?}"),
     }
 }
