@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
-import signal
 import sys
-import time
-from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 
+from bench.common import RESULTS, drive, stamp
 from bench.state.profile import Profiler
-from bench.state.report import Report, host_info, render
 from bench.state.run import Settings, measure
-from bench.state.sandbox import BenchSandbox, SandboxError
-
-REPO = Path(__file__).resolve().parents[2]
-RESULTS = REPO / "bench" / "results"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -106,69 +96,19 @@ def settings(args: argparse.Namespace) -> Settings:
     return Settings(**{**s.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     s = settings(args)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = args.out or RESULTS / f"state-{stamp}.json"
-    signal.signal(signal.SIGTERM, _terminate)
-    report = Report()
-    report.meta.update(
-        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        host=host_info(REPO),
-        settings={k: sorted(v) if isinstance(v, frozenset) else v for k, v in s.__dict__.items()},
-    )
-    load_1m = os.getloadavg()[0]
-    if load_1m > 0.5 * (os.cpu_count() or 1):
-        report.notes.append(
-            f"the machine was already busy before the run (1-min load average {load_1m:.1f} "
-            f"on {os.cpu_count()} CPUs): other work competes for the cores, see the "
-            "'machine' column; expect noisy figures"
-        )
-    if args.nice is not None:
-        # Inherited by every process and thread started from here on: the sandbox (its
-        # agents, nats-servers and WAN emulator) and both kinds of load generator.
-        os.setpriority(os.PRIO_PROCESS, 0, args.nice)
-        report.meta["niceness"] = os.getpriority(os.PRIO_PROCESS, 0)
-        report.notes.append(
-            f"run at niceness {report.meta['niceness']} (--nice): the sandbox and the load "
-            "generators were favoured over unrelated work on the machine"
-        )
+    out = args.out or RESULTS / f"state-{stamp()}.json"
     profiler = Profiler(out.with_suffix("") if args.py_spy else None)
-    sb = BenchSandbox(args.base_port)
-    report.meta["config_toml"] = sb.config_path.read_text()
-    started = time.monotonic()
-    failed = False
-    try:
-        print(f"bringing up the sandbox (config {sb.config_path}) ...", flush=True)
-        sb.up()
-        print(f"  up in {time.monotonic() - started:.1f}s", flush=True)
-        asyncio.run(measure(sb, s, profiler, report))
-    except (SandboxError, TimeoutError) as exc:
-        report.errors.append(str(exc))
-        failed = True
-    except KeyboardInterrupt:
-        report.errors.append("interrupted")
-        failed = True
-    finally:
-        print("tearing the sandbox down ...", flush=True)
-        problem = sb.down(keep_workdir=args.keep_workdir or failed)
-        if problem:
-            report.errors.append(problem)
-        if args.keep_workdir or failed:
-            report.notes.append(f"sandbox logs kept in {sb.root}")
-    report.meta["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    report.meta["elapsed_s"] = round(time.monotonic() - started, 1)
-    report.meta["loadavg_at_end"] = os.getloadavg()
-    print()
-    print(render(report))
-    report.save(out)
-    print(f"\nresults: {out}  ({report.meta['elapsed_s']} s)")
-    return 1 if report.errors else 0
+    return drive(
+        base_port=args.base_port,
+        out=out,
+        settings=s.__dict__,
+        measure=lambda sb, report: measure(sb, s, profiler, report),
+        nice=args.nice,
+        keep_workdir=args.keep_workdir,
+    )
 
 
 if __name__ == "__main__":

@@ -131,16 +131,20 @@ def leader_region(server_name: str) -> str:
     return server_name.removeprefix("global-")
 
 
-async def stream_cluster(sb: BenchSandbox, region: str) -> tuple[str, list[str]]:
-    """(leader server, follower servers) of the keyspace's stream, as JetStream reports them."""
+async def stream_cluster(
+    sb: BenchSandbox, region: str, stream: str | None = None
+) -> tuple[str, list[str]]:
+    """(leader server, follower servers) of ``stream`` (default: the keyspace's), as
+    JetStream reports them."""
+    name = stream or f"KV_{sb.keyspace.bucket}"
     nc = await nats.connect(sb.nats_url(region), allow_reconnect=False)
     try:
-        info = await nc.jetstream().stream_info(f"KV_{sb.keyspace.bucket}")
+        info = await nc.jetstream().stream_info(name)
     finally:
         await nc.close()
     cluster = info.cluster
     if cluster is None or not cluster.leader:
-        raise RuntimeError("the keyspace's stream has no leader")
+        raise RuntimeError(f"stream {name} has no leader")
     return cluster.leader, [p.name for p in cluster.replicas or [] if p.name]
 
 

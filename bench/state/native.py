@@ -1,5 +1,5 @@
 """The native load generator (``bench/state/loadgen``, Go): closed-loop gRPC Get and
-Put and HTTP/JSON Get against one agent, at a fraction of the Python clients' CPU
+Put, HTTP/JSON Get and gRPC event Publish (``bench/events``) against one agent, at a fraction of the Python clients' CPU
 per call, so that on a small machine the load generator leaves the cores to the
 agent it measures. It reports its own CPU time; see ``loadgen/main.go`` for the
 protocol. Built with the Go toolchain on first use; without Go, the benchmark falls
@@ -62,10 +62,12 @@ async def closed_loop(
     duration_s: float,
     pids: Mapping[str, Target],
     procs: int = 1,
+    topic: str = "",
 ) -> load.LoadResult:
-    """Run the load generator: ``concurrency`` callers (``mode`` grpc-get, grpc-put or
-    http-get) for ``warmup_s``, then measure ``duration_s``. Its Go runtime gets
-    ``procs`` OS threads for Go code (GOMAXPROCS)."""
+    """Run the load generator: ``concurrency`` callers (``mode`` grpc-get, grpc-put,
+    grpc-publish or http-get) for ``warmup_s``, then measure ``duration_s``. Its Go
+    runtime gets ``procs`` OS threads for Go code (GOMAXPROCS). Publishes go to
+    ``topic`` with event ids prefixed by ``key``."""
     proc = await asyncio.create_subprocess_exec(
         str(binary),
         f"-mode={mode}",
@@ -75,6 +77,7 @@ async def closed_loop(
         f"-value={value.decode()}",
         f"-concurrency={concurrency}",
         f"-connections={connections}",
+        *([f"-topic={topic}"] if topic else []),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -13,13 +13,13 @@ import nats
 from nats.js import JetStreamContext
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.common import until as _until
 from bench.state import latency, load, native, replication
 from bench.state.profile import Profiler
 from bench.state.report import Report, Row
 from bench.state.sandbox import BenchSandbox
 from bench.state.stats import CpuUsage, Summary, Target
 from meridian.client import Eventual, MeridianClient
-from meridian.core.errors import MeridianError
 
 READ_KEY = "read-key"
 VALUE = b"v" * 100
@@ -73,20 +73,6 @@ def watched(sb: BenchSandbox, region: str) -> dict[str, Target]:
 
 def agent_pid(sb: BenchSandbox, region: str) -> int:
     return sb.pids()[f"agent:{region}"]
-
-
-async def _until(what: str, attempt: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    last = ""
-    while True:
-        try:
-            if await attempt():
-                return
-        except (MeridianError, OSError, nats.errors.Error) as exc:
-            last = f" (last error: {type(exc).__name__}: {exc})"
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} within {timeout_s:.0f}s{last}")
-        await asyncio.sleep(0.5)
 
 
 async def wait_ready(sb: BenchSandbox, region: str, timeout_s: float = 180) -> int:

@@ -66,11 +66,13 @@ func cpuSeconds() float64 {
 }
 
 func main() {
-	mode := flag.String("mode", "grpc-get", "grpc-get, grpc-put or http-get")
+	mode := flag.String("mode", "grpc-get", "grpc-get, grpc-put, grpc-publish or http-get")
 	target := flag.String("target", "", "host:port of the agent's gRPC or HTTP port")
 	keyspace := flag.String("keyspace", "bench", "keyspace")
-	key := flag.String("key", "read-key", "key read (gets), or prefix of keys written (puts)")
-	value := flag.String("value", "", "value written by puts")
+	key := flag.String("key", "read-key", "key read (gets), or prefix of keys written (puts) "+
+		"and of event ids (publishes)")
+	value := flag.String("value", "", "value written by puts, payload of publishes")
+	topic := flag.String("topic", "bench.load", "topic of publishes")
 	concurrency := flag.Int("concurrency", 32, "callers")
 	conns := flag.Int("connections", 2, "gRPC connections shared round-robin by the callers (HTTP: one per caller)")
 	flag.Parse()
@@ -137,6 +139,28 @@ func main() {
 				return fmt.Errorf("not served EVENTUAL: %.200s", got)
 			}
 			return nil
+		}
+	case "grpc-publish":
+		// Unary EventService.Publish; each caller publishes under an event key of its
+		// own (order is kept per key), every event id distinct.
+		stubs := make([]pb.EventServiceClient, *conns)
+		for n := range stubs {
+			cc, err := grpc.NewClient(*target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				fail(err)
+			}
+			closers = append(closers, cc)
+			stubs[n] = pb.NewEventServiceClient(cc)
+		}
+		payload := []byte(*value)
+		op = func(ctx context.Context, c, i int) error {
+			resp, err := stubs[c%len(stubs)].Publish(ctx, &pb.PublishRequest{
+				Topic: *topic, Key: fmt.Sprintf("%s-%d", *key, c), Payload: payload,
+				EventId: fmt.Sprintf("%s-%d-%d", *key, c, i)})
+			if err == nil && resp.GetDuplicate() {
+				err = fmt.Errorf("event %s-%d-%d stored as a duplicate", *key, c, i)
+			}
+			return err
 		}
 	default:
 		fail(fmt.Errorf("unknown -mode %q", *mode))
