@@ -24,6 +24,15 @@
 // regions: Once(ctx, scope, key, request, fn) runs fn the first time and
 // replays its stored response after that.
 //
+// # Events
+//
+// Client.Events publishes events and consumes them in durable consumer
+// groups of the agent's region, effectively once per group across regions:
+//
+//	_, err = c.Events().Publish(ctx, "orders.placed", "o-1", body, "order-o-1-placed")
+//	err = c.Events().Subscribe(ctx, "billing", meridian.Topic("orders.*"),
+//		func(ctx context.Context, d meridian.Delivery) error { return bill(ctx, d.Event) })
+//
 // # Errors
 //
 // Every method returns nil or an *Error carrying the stable code the agent
@@ -105,6 +114,7 @@ type Client struct {
 	region string
 	state  *State
 	idem   *Idempotency
+	events *Events
 	// The unwrapped services.
 	healthRPC meridianv1.HealthServiceClient
 	statusRPC meridianv1.StatusServiceClient
@@ -136,6 +146,7 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 		return nil, &Error{Code: CodeInvalidArgument, Field: "addr", Rule: err.Error(), Message: fmt.Sprintf("addr: %v", err)}
 	}
 	c := NewClient(conn)
+	c.events.propagator = o.propagator
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, DefaultDialTimeout)
@@ -158,6 +169,7 @@ func NewClient(conn *grpc.ClientConn) *Client {
 		conn:      conn,
 		state:     &State{rpc: meridianv1.NewStateServiceClient(conn)},
 		idem:      &Idempotency{rpc: meridianv1.NewIdempotencyServiceClient(conn)},
+		events:    &Events{rpc: meridianv1.NewEventServiceClient(conn), propagator: propagation.TraceContext{}},
 		healthRPC: meridianv1.NewHealthServiceClient(conn),
 		statusRPC: meridianv1.NewStatusServiceClient(conn),
 	}
@@ -168,6 +180,10 @@ func (c *Client) State() *State { return c.state }
 
 // Idempotency is the Idempotency API: run a command once per idempotency key.
 func (c *Client) Idempotency() *Idempotency { return c.idem }
+
+// Events is the Event API: publish events, consume them in consumer groups,
+// replay, and invalidate caches in every region.
+func (c *Client) Events() *Events { return c.events }
 
 // Region is the region of the agent, as it said when Dial checked it
 // ("" for a Client made by NewClient).

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/meridian-rt/meridian/sdk/go/meridian"
@@ -144,5 +147,78 @@ func ExampleIdempotency_Once() {
 		log.Fatal(err)
 	default:
 		fmt.Println(res.Response.Status, string(res.Response.Body), "replayed:", res.Replayed)
+	}
+}
+
+func ExampleEvents_Publish() {
+	ctx := context.Background()
+	c, err := meridian.Dial(ctx, "127.0.0.1:14020")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	// The event id is the event's identity: a retry (even in another region)
+	// is absorbed, so derive it from what happened, not from the attempt.
+	res, err := c.Events().Publish(ctx, "orders.placed", "o-1", []byte(`{"total":42}`), "order-o-1-placed",
+		meridian.Headers(map[string]string{"content-type": "application/json"}))
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("stored at", res.Region, res.Sequence, "duplicate:", res.Duplicate)
+}
+
+func ExampleEvents_Subscribe() {
+	// Stop on SIGINT/SIGTERM: Subscribe then finishes the running handler,
+	// has the agent apply the acks sent, and returns nil.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	c, err := meridian.Dial(ctx, "127.0.0.1:14020")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	// Group "billing" of this region gets every event of orders.* from every
+	// region, once; its other subscribers (other replicas) share the work.
+	err = c.Events().Subscribe(ctx, "billing", meridian.Topic("orders.*"),
+		func(ctx context.Context, d meridian.Delivery) error {
+			// ctx continues the publisher's trace.
+			fmt.Printf("%s %s from %s (attempt %d): %s\n",
+				d.Event.Topic, d.Event.Key, d.Event.OriginRegion, d.Attempt, d.Event.Payload)
+			if len(d.Event.Payload) == 0 {
+				return errors.New("empty order") // nacked: redelivered with backoff, dead-lettered after 5 attempts
+			}
+			return nil // acked
+		},
+		meridian.StartSequence(1), // a new group starts at the beginning, not with new events only
+		meridian.MaxInFlight(16),
+		meridian.AckWait(time.Minute))
+	if err != nil {
+		log.Fatal(err) // the subscription was refused, or its stream failed
+	}
+}
+
+func ExampleEvents_Open() {
+	ctx := context.Background()
+	c, err := meridian.Dial(ctx, "127.0.0.1:14020")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	// The change feed of the carts keyspace, acked by hand.
+	sub, err := c.Events().Open(ctx, "cart-audit", meridian.Keyspace("carts"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer sub.Close() // applies the acks sent, hands back the rest
+	for range 10 {
+		d, err := sub.Recv(ctx)
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Println(d.Event.Headers["operation"], d.Event.Key)
+		if err := sub.Ack(d); err != nil {
+			log.Fatal(err)
+		}
 	}
 }

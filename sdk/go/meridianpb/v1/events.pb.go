@@ -999,6 +999,301 @@ func (x *InvalidateResponse) GetSequence() uint64 {
 	return 0
 }
 
+type RegisterPushRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Group string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	// Types that are valid to be assigned to Source:
+	//
+	//	*RegisterPushRequest_TopicFilter
+	//	*RegisterPushRequest_Keyspace
+	Source isRegisterPushRequest_Source `protobuf_oneof:"source"`
+	// An http:// or https:// URL, at most 2048 characters, without credentials.
+	Endpoint string `protobuf:"bytes,4,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	// As in SubscribeOpen.
+	Start         *StartPosition `protobuf:"bytes,5,opt,name=start,proto3" json:"start,omitempty"`
+	MaxInFlight   uint32         `protobuf:"varint,6,opt,name=max_in_flight,json=maxInFlight,proto3" json:"max_in_flight,omitempty"`
+	MaxDeliveries uint32         `protobuf:"varint,7,opt,name=max_deliveries,json=maxDeliveries,proto3" json:"max_deliveries,omitempty"`
+	// Also how long the agent waits for the endpoint's answer.
+	AckWait       *durationpb.Duration `protobuf:"bytes,8,opt,name=ack_wait,json=ackWait,proto3" json:"ack_wait,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterPushRequest) Reset() {
+	*x = RegisterPushRequest{}
+	mi := &file_meridian_v1_events_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterPushRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterPushRequest) ProtoMessage() {}
+
+func (x *RegisterPushRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_events_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterPushRequest.ProtoReflect.Descriptor instead.
+func (*RegisterPushRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_events_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RegisterPushRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *RegisterPushRequest) GetSource() isRegisterPushRequest_Source {
+	if x != nil {
+		return x.Source
+	}
+	return nil
+}
+
+func (x *RegisterPushRequest) GetTopicFilter() string {
+	if x != nil {
+		if x, ok := x.Source.(*RegisterPushRequest_TopicFilter); ok {
+			return x.TopicFilter
+		}
+	}
+	return ""
+}
+
+func (x *RegisterPushRequest) GetKeyspace() string {
+	if x != nil {
+		if x, ok := x.Source.(*RegisterPushRequest_Keyspace); ok {
+			return x.Keyspace
+		}
+	}
+	return ""
+}
+
+func (x *RegisterPushRequest) GetEndpoint() string {
+	if x != nil {
+		return x.Endpoint
+	}
+	return ""
+}
+
+func (x *RegisterPushRequest) GetStart() *StartPosition {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *RegisterPushRequest) GetMaxInFlight() uint32 {
+	if x != nil {
+		return x.MaxInFlight
+	}
+	return 0
+}
+
+func (x *RegisterPushRequest) GetMaxDeliveries() uint32 {
+	if x != nil {
+		return x.MaxDeliveries
+	}
+	return 0
+}
+
+func (x *RegisterPushRequest) GetAckWait() *durationpb.Duration {
+	if x != nil {
+		return x.AckWait
+	}
+	return nil
+}
+
+type isRegisterPushRequest_Source interface {
+	isRegisterPushRequest_Source()
+}
+
+type RegisterPushRequest_TopicFilter struct {
+	TopicFilter string `protobuf:"bytes,2,opt,name=topic_filter,json=topicFilter,proto3,oneof"`
+}
+
+type RegisterPushRequest_Keyspace struct {
+	Keyspace string `protobuf:"bytes,3,opt,name=keyspace,proto3,oneof"`
+}
+
+func (*RegisterPushRequest_TopicFilter) isRegisterPushRequest_Source() {}
+
+func (*RegisterPushRequest_Keyspace) isRegisterPushRequest_Source() {}
+
+type RegisterPushResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterPushResponse) Reset() {
+	*x = RegisterPushResponse{}
+	mi := &file_meridian_v1_events_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterPushResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterPushResponse) ProtoMessage() {}
+
+func (x *RegisterPushResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_events_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterPushResponse.ProtoReflect.Descriptor instead.
+func (*RegisterPushResponse) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_events_proto_rawDescGZIP(), []int{14}
+}
+
+type UnregisterPushRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Group string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	// Types that are valid to be assigned to Source:
+	//
+	//	*UnregisterPushRequest_TopicFilter
+	//	*UnregisterPushRequest_Keyspace
+	Source        isUnregisterPushRequest_Source `protobuf_oneof:"source"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnregisterPushRequest) Reset() {
+	*x = UnregisterPushRequest{}
+	mi := &file_meridian_v1_events_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnregisterPushRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnregisterPushRequest) ProtoMessage() {}
+
+func (x *UnregisterPushRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_events_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnregisterPushRequest.ProtoReflect.Descriptor instead.
+func (*UnregisterPushRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_events_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *UnregisterPushRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *UnregisterPushRequest) GetSource() isUnregisterPushRequest_Source {
+	if x != nil {
+		return x.Source
+	}
+	return nil
+}
+
+func (x *UnregisterPushRequest) GetTopicFilter() string {
+	if x != nil {
+		if x, ok := x.Source.(*UnregisterPushRequest_TopicFilter); ok {
+			return x.TopicFilter
+		}
+	}
+	return ""
+}
+
+func (x *UnregisterPushRequest) GetKeyspace() string {
+	if x != nil {
+		if x, ok := x.Source.(*UnregisterPushRequest_Keyspace); ok {
+			return x.Keyspace
+		}
+	}
+	return ""
+}
+
+type isUnregisterPushRequest_Source interface {
+	isUnregisterPushRequest_Source()
+}
+
+type UnregisterPushRequest_TopicFilter struct {
+	TopicFilter string `protobuf:"bytes,2,opt,name=topic_filter,json=topicFilter,proto3,oneof"`
+}
+
+type UnregisterPushRequest_Keyspace struct {
+	Keyspace string `protobuf:"bytes,3,opt,name=keyspace,proto3,oneof"`
+}
+
+func (*UnregisterPushRequest_TopicFilter) isUnregisterPushRequest_Source() {}
+
+func (*UnregisterPushRequest_Keyspace) isUnregisterPushRequest_Source() {}
+
+type UnregisterPushResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnregisterPushResponse) Reset() {
+	*x = UnregisterPushResponse{}
+	mi := &file_meridian_v1_events_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnregisterPushResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnregisterPushResponse) ProtoMessage() {}
+
+func (x *UnregisterPushResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_events_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnregisterPushResponse.ProtoReflect.Descriptor instead.
+func (*UnregisterPushResponse) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_events_proto_rawDescGZIP(), []int{16}
+}
+
 var File_meridian_v1_events_proto protoreflect.FileDescriptor
 
 const file_meridian_v1_events_proto_rawDesc = "" +
@@ -1073,13 +1368,32 @@ const file_meridian_v1_events_proto_rawDesc = "" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04keys\x18\x02 \x03(\tR\x04keys\"0\n" +
 	"\x12InvalidateResponse\x12\x1a\n" +
-	"\bsequence\x18\x01 \x01(\x04R\bsequence2\xad\x02\n" +
+	"\bsequence\x18\x01 \x01(\x04R\bsequence\"\xc7\x02\n" +
+	"\x13RegisterPushRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12#\n" +
+	"\ftopic_filter\x18\x02 \x01(\tH\x00R\vtopicFilter\x12\x1c\n" +
+	"\bkeyspace\x18\x03 \x01(\tH\x00R\bkeyspace\x12\x1a\n" +
+	"\bendpoint\x18\x04 \x01(\tR\bendpoint\x120\n" +
+	"\x05start\x18\x05 \x01(\v2\x1a.meridian.v1.StartPositionR\x05start\x12\"\n" +
+	"\rmax_in_flight\x18\x06 \x01(\rR\vmaxInFlight\x12%\n" +
+	"\x0emax_deliveries\x18\a \x01(\rR\rmaxDeliveries\x124\n" +
+	"\back_wait\x18\b \x01(\v2\x19.google.protobuf.DurationR\aackWaitB\b\n" +
+	"\x06source\"\x16\n" +
+	"\x14RegisterPushResponse\"z\n" +
+	"\x15UnregisterPushRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12#\n" +
+	"\ftopic_filter\x18\x02 \x01(\tH\x00R\vtopicFilter\x12\x1c\n" +
+	"\bkeyspace\x18\x03 \x01(\tH\x00R\bkeyspaceB\b\n" +
+	"\x06source\"\x18\n" +
+	"\x16UnregisterPushResponse2\xdd\x03\n" +
 	"\fEventService\x12D\n" +
 	"\aPublish\x12\x1b.meridian.v1.PublishRequest\x1a\x1c.meridian.v1.PublishResponse\x12E\n" +
 	"\tSubscribe\x12\x1d.meridian.v1.SubscribeRequest\x1a\x15.meridian.v1.Delivery(\x010\x01\x12A\n" +
 	"\x06Replay\x12\x1a.meridian.v1.ReplayRequest\x1a\x1b.meridian.v1.ReplayResponse\x12M\n" +
 	"\n" +
-	"Invalidate\x12\x1e.meridian.v1.InvalidateRequest\x1a\x1f.meridian.v1.InvalidateResponseBAZ?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1b\x06proto3"
+	"Invalidate\x12\x1e.meridian.v1.InvalidateRequest\x1a\x1f.meridian.v1.InvalidateResponse\x12S\n" +
+	"\fRegisterPush\x12 .meridian.v1.RegisterPushRequest\x1a!.meridian.v1.RegisterPushResponse\x12Y\n" +
+	"\x0eUnregisterPush\x12\".meridian.v1.UnregisterPushRequest\x1a#.meridian.v1.UnregisterPushResponseBAZ?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1b\x06proto3"
 
 var (
 	file_meridian_v1_events_proto_rawDescOnce sync.Once
@@ -1093,52 +1407,62 @@ func file_meridian_v1_events_proto_rawDescGZIP() []byte {
 	return file_meridian_v1_events_proto_rawDescData
 }
 
-var file_meridian_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_meridian_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_meridian_v1_events_proto_goTypes = []any{
-	(*PublishRequest)(nil),        // 0: meridian.v1.PublishRequest
-	(*PublishResponse)(nil),       // 1: meridian.v1.PublishResponse
-	(*StartPosition)(nil),         // 2: meridian.v1.StartPosition
-	(*SubscribeRequest)(nil),      // 3: meridian.v1.SubscribeRequest
-	(*SubscribeOpen)(nil),         // 4: meridian.v1.SubscribeOpen
-	(*Ack)(nil),                   // 5: meridian.v1.Ack
-	(*Nack)(nil),                  // 6: meridian.v1.Nack
-	(*Event)(nil),                 // 7: meridian.v1.Event
-	(*Delivery)(nil),              // 8: meridian.v1.Delivery
-	(*ReplayRequest)(nil),         // 9: meridian.v1.ReplayRequest
-	(*ReplayResponse)(nil),        // 10: meridian.v1.ReplayResponse
-	(*InvalidateRequest)(nil),     // 11: meridian.v1.InvalidateRequest
-	(*InvalidateResponse)(nil),    // 12: meridian.v1.InvalidateResponse
-	nil,                           // 13: meridian.v1.PublishRequest.HeadersEntry
-	nil,                           // 14: meridian.v1.Event.HeadersEntry
-	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
+	(*PublishRequest)(nil),         // 0: meridian.v1.PublishRequest
+	(*PublishResponse)(nil),        // 1: meridian.v1.PublishResponse
+	(*StartPosition)(nil),          // 2: meridian.v1.StartPosition
+	(*SubscribeRequest)(nil),       // 3: meridian.v1.SubscribeRequest
+	(*SubscribeOpen)(nil),          // 4: meridian.v1.SubscribeOpen
+	(*Ack)(nil),                    // 5: meridian.v1.Ack
+	(*Nack)(nil),                   // 6: meridian.v1.Nack
+	(*Event)(nil),                  // 7: meridian.v1.Event
+	(*Delivery)(nil),               // 8: meridian.v1.Delivery
+	(*ReplayRequest)(nil),          // 9: meridian.v1.ReplayRequest
+	(*ReplayResponse)(nil),         // 10: meridian.v1.ReplayResponse
+	(*InvalidateRequest)(nil),      // 11: meridian.v1.InvalidateRequest
+	(*InvalidateResponse)(nil),     // 12: meridian.v1.InvalidateResponse
+	(*RegisterPushRequest)(nil),    // 13: meridian.v1.RegisterPushRequest
+	(*RegisterPushResponse)(nil),   // 14: meridian.v1.RegisterPushResponse
+	(*UnregisterPushRequest)(nil),  // 15: meridian.v1.UnregisterPushRequest
+	(*UnregisterPushResponse)(nil), // 16: meridian.v1.UnregisterPushResponse
+	nil,                            // 17: meridian.v1.PublishRequest.HeadersEntry
+	nil,                            // 18: meridian.v1.Event.HeadersEntry
+	(*timestamppb.Timestamp)(nil),  // 19: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 20: google.protobuf.Duration
 }
 var file_meridian_v1_events_proto_depIdxs = []int32{
-	13, // 0: meridian.v1.PublishRequest.headers:type_name -> meridian.v1.PublishRequest.HeadersEntry
-	15, // 1: meridian.v1.StartPosition.time:type_name -> google.protobuf.Timestamp
+	17, // 0: meridian.v1.PublishRequest.headers:type_name -> meridian.v1.PublishRequest.HeadersEntry
+	19, // 1: meridian.v1.StartPosition.time:type_name -> google.protobuf.Timestamp
 	4,  // 2: meridian.v1.SubscribeRequest.open:type_name -> meridian.v1.SubscribeOpen
 	5,  // 3: meridian.v1.SubscribeRequest.ack:type_name -> meridian.v1.Ack
 	6,  // 4: meridian.v1.SubscribeRequest.nack:type_name -> meridian.v1.Nack
 	2,  // 5: meridian.v1.SubscribeOpen.start:type_name -> meridian.v1.StartPosition
-	16, // 6: meridian.v1.SubscribeOpen.ack_wait:type_name -> google.protobuf.Duration
-	16, // 7: meridian.v1.Nack.delay:type_name -> google.protobuf.Duration
-	14, // 8: meridian.v1.Event.headers:type_name -> meridian.v1.Event.HeadersEntry
-	15, // 9: meridian.v1.Event.published_at:type_name -> google.protobuf.Timestamp
+	20, // 6: meridian.v1.SubscribeOpen.ack_wait:type_name -> google.protobuf.Duration
+	20, // 7: meridian.v1.Nack.delay:type_name -> google.protobuf.Duration
+	18, // 8: meridian.v1.Event.headers:type_name -> meridian.v1.Event.HeadersEntry
+	19, // 9: meridian.v1.Event.published_at:type_name -> google.protobuf.Timestamp
 	7,  // 10: meridian.v1.Delivery.event:type_name -> meridian.v1.Event
 	2,  // 11: meridian.v1.ReplayRequest.start:type_name -> meridian.v1.StartPosition
-	0,  // 12: meridian.v1.EventService.Publish:input_type -> meridian.v1.PublishRequest
-	3,  // 13: meridian.v1.EventService.Subscribe:input_type -> meridian.v1.SubscribeRequest
-	9,  // 14: meridian.v1.EventService.Replay:input_type -> meridian.v1.ReplayRequest
-	11, // 15: meridian.v1.EventService.Invalidate:input_type -> meridian.v1.InvalidateRequest
-	1,  // 16: meridian.v1.EventService.Publish:output_type -> meridian.v1.PublishResponse
-	8,  // 17: meridian.v1.EventService.Subscribe:output_type -> meridian.v1.Delivery
-	10, // 18: meridian.v1.EventService.Replay:output_type -> meridian.v1.ReplayResponse
-	12, // 19: meridian.v1.EventService.Invalidate:output_type -> meridian.v1.InvalidateResponse
-	16, // [16:20] is the sub-list for method output_type
-	12, // [12:16] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	2,  // 12: meridian.v1.RegisterPushRequest.start:type_name -> meridian.v1.StartPosition
+	20, // 13: meridian.v1.RegisterPushRequest.ack_wait:type_name -> google.protobuf.Duration
+	0,  // 14: meridian.v1.EventService.Publish:input_type -> meridian.v1.PublishRequest
+	3,  // 15: meridian.v1.EventService.Subscribe:input_type -> meridian.v1.SubscribeRequest
+	9,  // 16: meridian.v1.EventService.Replay:input_type -> meridian.v1.ReplayRequest
+	11, // 17: meridian.v1.EventService.Invalidate:input_type -> meridian.v1.InvalidateRequest
+	13, // 18: meridian.v1.EventService.RegisterPush:input_type -> meridian.v1.RegisterPushRequest
+	15, // 19: meridian.v1.EventService.UnregisterPush:input_type -> meridian.v1.UnregisterPushRequest
+	1,  // 20: meridian.v1.EventService.Publish:output_type -> meridian.v1.PublishResponse
+	8,  // 21: meridian.v1.EventService.Subscribe:output_type -> meridian.v1.Delivery
+	10, // 22: meridian.v1.EventService.Replay:output_type -> meridian.v1.ReplayResponse
+	12, // 23: meridian.v1.EventService.Invalidate:output_type -> meridian.v1.InvalidateResponse
+	14, // 24: meridian.v1.EventService.RegisterPush:output_type -> meridian.v1.RegisterPushResponse
+	16, // 25: meridian.v1.EventService.UnregisterPush:output_type -> meridian.v1.UnregisterPushResponse
+	20, // [20:26] is the sub-list for method output_type
+	14, // [14:20] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_meridian_v1_events_proto_init() }
@@ -1164,13 +1488,21 @@ func file_meridian_v1_events_proto_init() {
 		(*ReplayRequest_TopicFilter)(nil),
 		(*ReplayRequest_Keyspace)(nil),
 	}
+	file_meridian_v1_events_proto_msgTypes[13].OneofWrappers = []any{
+		(*RegisterPushRequest_TopicFilter)(nil),
+		(*RegisterPushRequest_Keyspace)(nil),
+	}
+	file_meridian_v1_events_proto_msgTypes[15].OneofWrappers = []any{
+		(*UnregisterPushRequest_TopicFilter)(nil),
+		(*UnregisterPushRequest_Keyspace)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meridian_v1_events_proto_rawDesc), len(file_meridian_v1_events_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

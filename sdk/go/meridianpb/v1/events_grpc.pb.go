@@ -19,10 +19,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	EventService_Publish_FullMethodName    = "/meridian.v1.EventService/Publish"
-	EventService_Subscribe_FullMethodName  = "/meridian.v1.EventService/Subscribe"
-	EventService_Replay_FullMethodName     = "/meridian.v1.EventService/Replay"
-	EventService_Invalidate_FullMethodName = "/meridian.v1.EventService/Invalidate"
+	EventService_Publish_FullMethodName        = "/meridian.v1.EventService/Publish"
+	EventService_Subscribe_FullMethodName      = "/meridian.v1.EventService/Subscribe"
+	EventService_Replay_FullMethodName         = "/meridian.v1.EventService/Replay"
+	EventService_Invalidate_FullMethodName     = "/meridian.v1.EventService/Invalidate"
+	EventService_RegisterPush_FullMethodName   = "/meridian.v1.EventService/RegisterPush"
+	EventService_UnregisterPush_FullMethodName = "/meridian.v1.EventService/UnregisterPush"
 )
 
 // EventServiceClient is the client API for EventService service.
@@ -58,6 +60,13 @@ type EventServiceClient interface {
 	// Replay moves a group's position back (or forward) to a sequence or a time.
 	Replay(ctx context.Context, in *ReplayRequest, opts ...grpc.CallOption) (*ReplayResponse, error)
 	Invalidate(ctx context.Context, in *InvalidateRequest, opts ...grpc.CallOption) (*InvalidateResponse, error)
+	// RegisterPush has this region's agent POST a group's deliveries to an HTTP
+	// endpoint, as JSON (a Delivery in the proto3 JSON mapping). A 2xx answer
+	// acks; any other answer, or none within `ack_wait`, nacks (redelivery with
+	// backoff, then the dead-letter stream). Registrations survive agent
+	// restarts. Registering the same group and source again replaces it.
+	RegisterPush(ctx context.Context, in *RegisterPushRequest, opts ...grpc.CallOption) (*RegisterPushResponse, error)
+	UnregisterPush(ctx context.Context, in *UnregisterPushRequest, opts ...grpc.CallOption) (*UnregisterPushResponse, error)
 }
 
 type eventServiceClient struct {
@@ -111,6 +120,26 @@ func (c *eventServiceClient) Invalidate(ctx context.Context, in *InvalidateReque
 	return out, nil
 }
 
+func (c *eventServiceClient) RegisterPush(ctx context.Context, in *RegisterPushRequest, opts ...grpc.CallOption) (*RegisterPushResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RegisterPushResponse)
+	err := c.cc.Invoke(ctx, EventService_RegisterPush_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *eventServiceClient) UnregisterPush(ctx context.Context, in *UnregisterPushRequest, opts ...grpc.CallOption) (*UnregisterPushResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UnregisterPushResponse)
+	err := c.cc.Invoke(ctx, EventService_UnregisterPush_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // EventServiceServer is the server API for EventService service.
 // All implementations must embed UnimplementedEventServiceServer
 // for forward compatibility.
@@ -144,6 +173,13 @@ type EventServiceServer interface {
 	// Replay moves a group's position back (or forward) to a sequence or a time.
 	Replay(context.Context, *ReplayRequest) (*ReplayResponse, error)
 	Invalidate(context.Context, *InvalidateRequest) (*InvalidateResponse, error)
+	// RegisterPush has this region's agent POST a group's deliveries to an HTTP
+	// endpoint, as JSON (a Delivery in the proto3 JSON mapping). A 2xx answer
+	// acks; any other answer, or none within `ack_wait`, nacks (redelivery with
+	// backoff, then the dead-letter stream). Registrations survive agent
+	// restarts. Registering the same group and source again replaces it.
+	RegisterPush(context.Context, *RegisterPushRequest) (*RegisterPushResponse, error)
+	UnregisterPush(context.Context, *UnregisterPushRequest) (*UnregisterPushResponse, error)
 	mustEmbedUnimplementedEventServiceServer()
 }
 
@@ -165,6 +201,12 @@ func (UnimplementedEventServiceServer) Replay(context.Context, *ReplayRequest) (
 }
 func (UnimplementedEventServiceServer) Invalidate(context.Context, *InvalidateRequest) (*InvalidateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Invalidate not implemented")
+}
+func (UnimplementedEventServiceServer) RegisterPush(context.Context, *RegisterPushRequest) (*RegisterPushResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RegisterPush not implemented")
+}
+func (UnimplementedEventServiceServer) UnregisterPush(context.Context, *UnregisterPushRequest) (*UnregisterPushResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UnregisterPush not implemented")
 }
 func (UnimplementedEventServiceServer) mustEmbedUnimplementedEventServiceServer() {}
 func (UnimplementedEventServiceServer) testEmbeddedByValue()                      {}
@@ -248,6 +290,42 @@ func _EventService_Invalidate_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _EventService_RegisterPush_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RegisterPushRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EventServiceServer).RegisterPush(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EventService_RegisterPush_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EventServiceServer).RegisterPush(ctx, req.(*RegisterPushRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _EventService_UnregisterPush_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UnregisterPushRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EventServiceServer).UnregisterPush(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EventService_UnregisterPush_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EventServiceServer).UnregisterPush(ctx, req.(*UnregisterPushRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // EventService_ServiceDesc is the grpc.ServiceDesc for EventService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -266,6 +344,14 @@ var EventService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Invalidate",
 			Handler:    _EventService_Invalidate_Handler,
+		},
+		{
+			MethodName: "RegisterPush",
+			Handler:    _EventService_RegisterPush_Handler,
+		},
+		{
+			MethodName: "UnregisterPush",
+			Handler:    _EventService_UnregisterPush_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
