@@ -9,7 +9,9 @@ events (dead letters, the inbox, acks) is :mod:`meridian.api.delivery`.
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import json
 import logging
 import uuid
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.msg import Msg
+from nats.js import api as js_api
 from opentelemetry import trace
 
 from meridian._pb.meridian.v1 import events_pb2 as pb
@@ -41,6 +44,8 @@ from meridian.observability.tracing import current_traceparent
 log = logging.getLogger(__name__)
 
 FETCH_WAIT_S = 1.0
+#: Publishes of one PublishStream awaiting JetStream's ack at once.
+STREAM_IN_FLIGHT = 256
 
 
 def _check(violations: list[FieldViolation]) -> None:
@@ -73,6 +78,14 @@ def _origin_sequence(headers: Mapping[str, str], local: int) -> int:
     JetStream adds when sourcing ("<stream> <sequence> ...")."""
     parts = headers.get("Nats-Stream-Source", "").split(" ")
     return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else local
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A PublishStream publish sent to JetStream, its ack not yet read."""
+
+    topic: str
+    ack: asyncio.Future[js_api.PubAck]
 
 
 @dataclass(frozen=True)
@@ -121,7 +134,10 @@ class EventsApi:
 
     # -- publish / invalidate ------------------------------------------------
 
-    async def publish(self, request: pb.PublishRequest) -> pb.PublishResponse:
+    @staticmethod
+    def _validated_headers(request: pb.PublishRequest) -> dict[str, str]:
+        """Check a PublishRequest (INVALID_ARGUMENT naming every bad field); returns
+        its headers as a dict of its own."""
         headers = dict(request.headers)
         _check(
             ev.topic_violations(request.topic)
@@ -130,9 +146,59 @@ class EventsApi:
             + ev.payload_violations(request.payload)
             + ev.header_violations(headers)
         )
+        return headers
+
+    async def publish(self, request: pb.PublishRequest) -> pb.PublishResponse:
+        headers = self._validated_headers(request)
         return await self._publish(
             request.topic, request.key, request.payload, request.event_id, headers
         )
+
+    async def publish_stream(
+        self, requests: AsyncIterator[pb.PublishRequest]
+    ) -> AsyncIterator[pb.PublishResponse]:
+        """PublishStream: each request validated and published as :meth:`publish`
+        does, up to :data:`STREAM_IN_FLIGHT` awaiting JetStream's ack at once; the
+        responses in request order. The first failure ends the stream (raised after
+        the responses before it); nothing after an invalid request is published."""
+        traceparent = current_traceparent()
+        acks: asyncio.Queue[_Pending | Exception | None] = asyncio.Queue(STREAM_IN_FLIGHT)
+
+        async def send() -> None:
+            try:
+                async for request in requests:
+                    headers = self._validated_headers(request)
+                    self.component.require_ready()
+                    if traceparent:
+                        headers["traceparent"] = traceparent
+                    ack = await self.streams.publish_pipelined(
+                        request.topic,
+                        request.key,
+                        request.payload,
+                        request.event_id,
+                        headers,
+                        self.clock.now_ms(),
+                    )
+                    await acks.put(_Pending(request.topic, ack))
+            except Exception as exc:  # the stream ends with it, after the earlier responses
+                await acks.put(exc)
+            else:
+                await acks.put(None)
+
+        sender = asyncio.create_task(send())
+        try:
+            while (item := await acks.get()) is not None:
+                if isinstance(item, Exception):
+                    raise item
+                seq, duplicate = await self.streams.acked(item.topic, item.ack)
+                self.metrics.events_published.labels(
+                    self.region, "duplicate" if duplicate else "stored"
+                ).inc()
+                yield pb.PublishResponse(sequence=seq, region=self.region, duplicate=duplicate)
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
 
     async def _publish(
         self, topic: str, key: str, payload: bytes, event_id: str, headers: dict[str, str]

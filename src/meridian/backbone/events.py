@@ -183,6 +183,38 @@ class EventStreams:
         )
         return int(ack.seq), bool(ack.duplicate)
 
+    async def publish_pipelined(
+        self,
+        topic: str,
+        key: str,
+        payload: bytes,
+        event_id: str,
+        headers: dict[str, str],
+        published_ms: int,
+    ) -> asyncio.Future[api.PubAck]:
+        """Send a publish like :meth:`publish` without waiting for its ack: returns
+        the ack's future once the message is written; :meth:`acked` waits for it."""
+        all_headers = {
+            **headers,
+            MSG_ID: event_id,
+            EVENT_ID_HEADER: event_id,
+            TOPIC_KEY_HEADER: key,
+            PUBLISHED_HEADER: str(published_ms),
+        }
+        with translate_nats_errors(f"cannot publish to {topic} in {self.region}"):
+            return await self._js().publish_async(
+                ev.subject(self.region, topic), payload, headers=all_headers
+            )
+
+    async def acked(self, topic: str, ack: asyncio.Future[api.PubAck]) -> tuple[int, bool]:
+        """(sequence, duplicate) of a :meth:`publish_pipelined`; DEADLINE_EXCEEDED if
+        JetStream does not answer within the timeout."""
+        with translate_nats_errors(f"cannot publish to {topic} in {self.region}"):
+            async with asyncio.timeout(self.timeout_s):
+                got = await ack
+        reraise_if_cancelling()
+        return int(got.seq), bool(got.duplicate)
+
     # -- consumer groups ------------------------------------------------------
 
     async def consumer(self, spec: ConsumerSpec, start: Start) -> JetStreamContext.PullSubscription:

@@ -1385,9 +1385,10 @@ const file_meridian_v1_events_proto_rawDesc = "" +
 	"\ftopic_filter\x18\x02 \x01(\tH\x00R\vtopicFilter\x12\x1c\n" +
 	"\bkeyspace\x18\x03 \x01(\tH\x00R\bkeyspaceB\b\n" +
 	"\x06source\"\x18\n" +
-	"\x16UnregisterPushResponse2\xdd\x03\n" +
+	"\x16UnregisterPushResponse2\xad\x04\n" +
 	"\fEventService\x12D\n" +
-	"\aPublish\x12\x1b.meridian.v1.PublishRequest\x1a\x1c.meridian.v1.PublishResponse\x12E\n" +
+	"\aPublish\x12\x1b.meridian.v1.PublishRequest\x1a\x1c.meridian.v1.PublishResponse\x12N\n" +
+	"\rPublishStream\x12\x1b.meridian.v1.PublishRequest\x1a\x1c.meridian.v1.PublishResponse(\x010\x01\x12E\n" +
 	"\tSubscribe\x12\x1d.meridian.v1.SubscribeRequest\x1a\x15.meridian.v1.Delivery(\x010\x01\x12A\n" +
 	"\x06Replay\x12\x1a.meridian.v1.ReplayRequest\x1a\x1b.meridian.v1.ReplayResponse\x12M\n" +
 	"\n" +
@@ -1447,19 +1448,21 @@ var file_meridian_v1_events_proto_depIdxs = []int32{
 	2,  // 12: meridian.v1.RegisterPushRequest.start:type_name -> meridian.v1.StartPosition
 	20, // 13: meridian.v1.RegisterPushRequest.ack_wait:type_name -> google.protobuf.Duration
 	0,  // 14: meridian.v1.EventService.Publish:input_type -> meridian.v1.PublishRequest
-	3,  // 15: meridian.v1.EventService.Subscribe:input_type -> meridian.v1.SubscribeRequest
-	9,  // 16: meridian.v1.EventService.Replay:input_type -> meridian.v1.ReplayRequest
-	11, // 17: meridian.v1.EventService.Invalidate:input_type -> meridian.v1.InvalidateRequest
-	13, // 18: meridian.v1.EventService.RegisterPush:input_type -> meridian.v1.RegisterPushRequest
-	15, // 19: meridian.v1.EventService.UnregisterPush:input_type -> meridian.v1.UnregisterPushRequest
-	1,  // 20: meridian.v1.EventService.Publish:output_type -> meridian.v1.PublishResponse
-	8,  // 21: meridian.v1.EventService.Subscribe:output_type -> meridian.v1.Delivery
-	10, // 22: meridian.v1.EventService.Replay:output_type -> meridian.v1.ReplayResponse
-	12, // 23: meridian.v1.EventService.Invalidate:output_type -> meridian.v1.InvalidateResponse
-	14, // 24: meridian.v1.EventService.RegisterPush:output_type -> meridian.v1.RegisterPushResponse
-	16, // 25: meridian.v1.EventService.UnregisterPush:output_type -> meridian.v1.UnregisterPushResponse
-	20, // [20:26] is the sub-list for method output_type
-	14, // [14:20] is the sub-list for method input_type
+	0,  // 15: meridian.v1.EventService.PublishStream:input_type -> meridian.v1.PublishRequest
+	3,  // 16: meridian.v1.EventService.Subscribe:input_type -> meridian.v1.SubscribeRequest
+	9,  // 17: meridian.v1.EventService.Replay:input_type -> meridian.v1.ReplayRequest
+	11, // 18: meridian.v1.EventService.Invalidate:input_type -> meridian.v1.InvalidateRequest
+	13, // 19: meridian.v1.EventService.RegisterPush:input_type -> meridian.v1.RegisterPushRequest
+	15, // 20: meridian.v1.EventService.UnregisterPush:input_type -> meridian.v1.UnregisterPushRequest
+	1,  // 21: meridian.v1.EventService.Publish:output_type -> meridian.v1.PublishResponse
+	1,  // 22: meridian.v1.EventService.PublishStream:output_type -> meridian.v1.PublishResponse
+	8,  // 23: meridian.v1.EventService.Subscribe:output_type -> meridian.v1.Delivery
+	10, // 24: meridian.v1.EventService.Replay:output_type -> meridian.v1.ReplayResponse
+	12, // 25: meridian.v1.EventService.Invalidate:output_type -> meridian.v1.InvalidateResponse
+	14, // 26: meridian.v1.EventService.RegisterPush:output_type -> meridian.v1.RegisterPushResponse
+	16, // 27: meridian.v1.EventService.UnregisterPush:output_type -> meridian.v1.UnregisterPushResponse
+	21, // [21:28] is the sub-list for method output_type
+	14, // [14:21] is the sub-list for method input_type
 	14, // [14:14] is the sub-list for extension type_name
 	14, // [14:14] is the sub-list for extension extendee
 	0,  // [0:14] is the sub-list for field type_name

@@ -20,6 +20,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	EventService_Publish_FullMethodName        = "/meridian.v1.EventService/Publish"
+	EventService_PublishStream_FullMethodName  = "/meridian.v1.EventService/PublishStream"
 	EventService_Subscribe_FullMethodName      = "/meridian.v1.EventService/Subscribe"
 	EventService_Replay_FullMethodName         = "/meridian.v1.EventService/Replay"
 	EventService_Invalidate_FullMethodName     = "/meridian.v1.EventService/Invalidate"
@@ -55,6 +56,17 @@ const (
 // codes (INVALID_ARGUMENT names the field and rule).
 type EventServiceClient interface {
 	Publish(ctx context.Context, in *PublishRequest, opts ...grpc.CallOption) (*PublishResponse, error)
+	// PublishStream publishes many events on one call, for throughput: each
+	// request is validated and published exactly as Publish would, several are
+	// in flight to JetStream at once, and each gets its PublishResponse on the
+	// response stream, in request order. The stream ends when the caller ends
+	// its side and every response is sent. The first request that fails (invalid,
+	// or not stored) ends the stream with that error, after the responses of all
+	// requests before it; no request after an invalid one is published, but
+	// requests after a failed store may have been in flight and stored: send
+	// them again with the same `event_id` (JetStream drops the duplicates).
+	// gRPC only.
+	PublishStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PublishRequest, PublishResponse], error)
 	// The first message must be `open`; then `ack`s and `nack`s for deliveries.
 	Subscribe(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SubscribeRequest, Delivery], error)
 	// Replay moves a group's position back (or forward) to a sequence or a time.
@@ -87,9 +99,22 @@ func (c *eventServiceClient) Publish(ctx context.Context, in *PublishRequest, op
 	return out, nil
 }
 
+func (c *eventServiceClient) PublishStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PublishRequest, PublishResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &EventService_ServiceDesc.Streams[0], EventService_PublishStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[PublishRequest, PublishResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type EventService_PublishStreamClient = grpc.BidiStreamingClient[PublishRequest, PublishResponse]
+
 func (c *eventServiceClient) Subscribe(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SubscribeRequest, Delivery], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &EventService_ServiceDesc.Streams[0], EventService_Subscribe_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &EventService_ServiceDesc.Streams[1], EventService_Subscribe_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -168,6 +193,17 @@ func (c *eventServiceClient) UnregisterPush(ctx context.Context, in *UnregisterP
 // codes (INVALID_ARGUMENT names the field and rule).
 type EventServiceServer interface {
 	Publish(context.Context, *PublishRequest) (*PublishResponse, error)
+	// PublishStream publishes many events on one call, for throughput: each
+	// request is validated and published exactly as Publish would, several are
+	// in flight to JetStream at once, and each gets its PublishResponse on the
+	// response stream, in request order. The stream ends when the caller ends
+	// its side and every response is sent. The first request that fails (invalid,
+	// or not stored) ends the stream with that error, after the responses of all
+	// requests before it; no request after an invalid one is published, but
+	// requests after a failed store may have been in flight and stored: send
+	// them again with the same `event_id` (JetStream drops the duplicates).
+	// gRPC only.
+	PublishStream(grpc.BidiStreamingServer[PublishRequest, PublishResponse]) error
 	// The first message must be `open`; then `ack`s and `nack`s for deliveries.
 	Subscribe(grpc.BidiStreamingServer[SubscribeRequest, Delivery]) error
 	// Replay moves a group's position back (or forward) to a sequence or a time.
@@ -192,6 +228,9 @@ type UnimplementedEventServiceServer struct{}
 
 func (UnimplementedEventServiceServer) Publish(context.Context, *PublishRequest) (*PublishResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Publish not implemented")
+}
+func (UnimplementedEventServiceServer) PublishStream(grpc.BidiStreamingServer[PublishRequest, PublishResponse]) error {
+	return status.Error(codes.Unimplemented, "method PublishStream not implemented")
 }
 func (UnimplementedEventServiceServer) Subscribe(grpc.BidiStreamingServer[SubscribeRequest, Delivery]) error {
 	return status.Error(codes.Unimplemented, "method Subscribe not implemented")
@@ -246,6 +285,13 @@ func _EventService_Publish_Handler(srv interface{}, ctx context.Context, dec fun
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _EventService_PublishStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(EventServiceServer).PublishStream(&grpc.GenericServerStream[PublishRequest, PublishResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type EventService_PublishStreamServer = grpc.BidiStreamingServer[PublishRequest, PublishResponse]
 
 func _EventService_Subscribe_Handler(srv interface{}, stream grpc.ServerStream) error {
 	return srv.(EventServiceServer).Subscribe(&grpc.GenericServerStream[SubscribeRequest, Delivery]{ServerStream: stream})
@@ -355,6 +401,12 @@ var EventService_ServiceDesc = grpc.ServiceDesc{
 		},
 	},
 	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "PublishStream",
+			Handler:       _EventService_PublishStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
 		{
 			StreamName:    "Subscribe",
 			Handler:       _EventService_Subscribe_Handler,

@@ -182,6 +182,19 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             self.api, "EventService", "Publish", self.events.publish, request, context
         )
 
+    async def PublishStream(
+        self, request_iterator: AsyncIterator[events_pb2.PublishRequest], context: Ctx
+    ) -> AsyncIterator[events_pb2.PublishResponse]:
+        carrier = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        try:
+            async with self.api.serving("EventService", "PublishStream", "grpc", carrier) as tp:
+                await context.send_initial_metadata((("traceparent", tp),))
+                async for response in self.events.publish_stream(request_iterator):
+                    yield response
+        except MeridianError as exc:
+            context.set_trailing_metadata(error_metadata(exc))
+            await context.abort(mapping_for(exc).grpc, exc.message)
+
     async def Replay(
         self, request: events_pb2.ReplayRequest, context: Ctx
     ) -> events_pb2.ReplayResponse:

@@ -62,6 +62,11 @@ class EventServiceStub:
                 request_serializer=meridian_dot_v1_dot_events__pb2.PublishRequest.SerializeToString,
                 response_deserializer=meridian_dot_v1_dot_events__pb2.PublishResponse.FromString,
                 _registered_method=True)
+        self.PublishStream = channel.stream_stream(
+                '/meridian.v1.EventService/PublishStream',
+                request_serializer=meridian_dot_v1_dot_events__pb2.PublishRequest.SerializeToString,
+                response_deserializer=meridian_dot_v1_dot_events__pb2.PublishResponse.FromString,
+                _registered_method=True)
         self.Subscribe = channel.stream_stream(
                 '/meridian.v1.EventService/Subscribe',
                 request_serializer=meridian_dot_v1_dot_events__pb2.SubscribeRequest.SerializeToString,
@@ -120,6 +125,22 @@ class EventServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishStream(self, request_iterator, context):
+        """PublishStream publishes many events on one call, for throughput: each
+        request is validated and published exactly as Publish would, several are
+        in flight to JetStream at once, and each gets its PublishResponse on the
+        response stream, in request order. The stream ends when the caller ends
+        its side and every response is sent. The first request that fails (invalid,
+        or not stored) ends the stream with that error, after the responses of all
+        requests before it; no request after an invalid one is published, but
+        requests after a failed store may have been in flight and stored: send
+        them again with the same `event_id` (JetStream drops the duplicates).
+        gRPC only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Subscribe(self, request_iterator, context):
         """The first message must be `open`; then `ack`s and `nack`s for deliveries.
         """
@@ -162,6 +183,11 @@ def add_EventServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Publish': grpc.unary_unary_rpc_method_handler(
                     servicer.Publish,
+                    request_deserializer=meridian_dot_v1_dot_events__pb2.PublishRequest.FromString,
+                    response_serializer=meridian_dot_v1_dot_events__pb2.PublishResponse.SerializeToString,
+            ),
+            'PublishStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.PublishStream,
                     request_deserializer=meridian_dot_v1_dot_events__pb2.PublishRequest.FromString,
                     response_serializer=meridian_dot_v1_dot_events__pb2.PublishResponse.SerializeToString,
             ),
@@ -238,6 +264,33 @@ class EventService:
             request,
             target,
             '/meridian.v1.EventService/Publish',
+            meridian_dot_v1_dot_events__pb2.PublishRequest.SerializeToString,
+            meridian_dot_v1_dot_events__pb2.PublishResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/meridian.v1.EventService/PublishStream',
             meridian_dot_v1_dot_events__pb2.PublishRequest.SerializeToString,
             meridian_dot_v1_dot_events__pb2.PublishResponse.FromString,
             options,
