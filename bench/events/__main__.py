@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bench.common import RESULTS, drive, stamp
 from bench.events.run import Settings, measure
+from bench.state.profile import Profiler
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -46,6 +47,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         help="run the benchmark and everything it starts at this niceness, e.g. -10 on a "
         "machine shared with unrelated work (negative needs root)",
+    )
+    p.add_argument(
+        "--py-spy",
+        action="store_true",
+        help="sample the agent with py-spy during figure 2's first round (via `uv tool run py-spy`)",
     )
     p.add_argument("--out", type=Path, help="JSON results file (bench/results/events-<UTC>.json)")
     p.add_argument(
@@ -90,11 +96,13 @@ def settings(args: argparse.Namespace) -> Settings:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     s = settings(args)
+    out = args.out or RESULTS / f"events-{stamp()}.json"
+    profiler = Profiler(out.with_suffix("") if args.py_spy else None)
     return drive(
         base_port=args.base_port,
-        out=args.out or RESULTS / f"events-{stamp()}.json",
+        out=out,
         settings=s.__dict__,
-        measure=lambda sb, report: measure(sb, s, report),
+        measure=lambda sb, report: measure(sb, s, profiler, report),
         nice=args.nice,
         keep_workdir=args.keep_workdir,
     )

@@ -7,7 +7,9 @@ own, 100-byte payloads, all on one topic.
 
 - Through the agent: unary ``EventService/Publish`` over gRPC from the native
   load generator (``bench/state/loadgen``, ``-mode=grpc-publish``), or from the
-  Python client with ``--load-client python``.
+  Python client with ``--load-client python``; and ``EventService/PublishStream``
+  (``-mode=grpc-publish-stream``: one stream per connection, the same number of
+  publishes in flight in all, responses read as they come).
 - Baseline, same run, same concurrency: nats-py JetStream publishes straight to
   the region's stream ``EV_<region>`` on subject ``mev.<region>.<topic>``, with
   the headers the agent sets (``Nats-Msg-Id`` and Meridian's own).
@@ -96,9 +98,31 @@ async def through_agent(
     warmup_s: float,
     duration_s: float,
     pids: Mapping[str, Target],
+    stream: bool = False,
 ) -> load.LoadResult:
-    """Unary gRPC Publish through ``region``'s agent."""
+    """gRPC Publish through ``region``'s agent: unary calls, or with ``stream``
+    ``PublishStream`` (native load generator only), one stream per connection
+    sharing the ``concurrency`` publishes in flight."""
     run = uuid.uuid4().hex[:8]
+    if stream:
+        if loadgen is None:
+            raise native.NativeUnavailable("PublishStream is driven by the native load generator")
+        return await native.closed_loop(
+            loadgen,
+            f"publishes/s in {region}, agent gRPC PublishStream x{connections} (native client)",
+            mode="grpc-publish-stream",
+            target=sb.region(region).grpc_address,
+            keyspace="",
+            key=f"s{run}",
+            topic=TOPIC,
+            value=PAYLOAD,
+            concurrency=concurrency,
+            connections=connections,
+            warmup_s=warmup_s,
+            duration_s=duration_s,
+            pids=pids,
+            procs=loadgen_procs,
+        )
     if loadgen is not None:
         return await native.closed_loop(
             loadgen,

@@ -12,8 +12,9 @@ from pathlib import Path
 from bench.common import until
 from bench.events import idem, lag, publish
 from bench.state import latency, load, native
+from bench.state.profile import Profiler
 from bench.state.report import Report, Row
-from bench.state.run import handler_time, watched
+from bench.state.run import agent_pid, handler_time, watched
 from bench.state.sandbox import BenchSandbox
 from bench.state.stats import CpuUsage, Summary
 from meridian.client import MeridianClient
@@ -165,52 +166,64 @@ def _pool(name: str, runs: list[load.LoadResult]) -> load.LoadResult:
     return out
 
 
-async def figure2(sb: BenchSandbox, s: Settings, loadgen: Path | None) -> list[Row]:
+async def figure2(
+    sb: BenchSandbox, s: Settings, loadgen: Path | None, profiler: Profiler
+) -> list[Row]:
     region = s.publish_region
     pids = watched(sb, region)
     common = dict(
         concurrency=s.publish_concurrency, warmup_s=s.warmup_s, duration_s=s.duration_s, pids=pids
     )
-    directs: list[load.LoadResult] = []
-    agents: list[load.LoadResult] = []
-    before = await handler_time(sb, region, "Publish")
-    for r in range(s.publish_rounds):
+    paths: dict[str, list[load.LoadResult]] = {"direct": [], "unary": [], "stream": []}
+    if loadgen is None:
+        del paths["stream"]
 
-        async def run_direct() -> None:
-            directs.append(await publish.direct(sb, region, **common))  # type: ignore[arg-type]
-
-        async def run_agent() -> None:
-            agents.append(
-                await publish.through_agent(
-                    sb,
-                    region,
-                    loadgen=loadgen,
-                    connections=s.publish_connections,
-                    loadgen_procs=s.loadgen_procs,
-                    **common,  # type: ignore[arg-type]
-                )
-            )
-
-        for step in (run_direct, run_agent) if r % 2 == 0 else (run_agent, run_direct):
-            await step()
-    after = await handler_time(sb, region, "Publish")
-    direct = _pool(directs[0].name, directs)
-    agent = _pool(agents[0].name, agents)
-    base = Summary.of(direct.slice_rates)
-    rate = Summary.of(agent.slice_rates).median
-    drow = _rate_row(
-        direct, [Summary.of(d.slice_rates).median for d in directs], None, "baseline", None
-    )
-    arow = _rate_row(
-        agent, [Summary.of(a.slice_rates).median for a in agents], base, "≥ 5,000/s", rate >= 5000
-    )
-    calls = after[1] - before[1]
-    if calls > 0:
-        arow.note += (
-            f"; mean time inside the agent's handler {(after[0] - before[0]) / calls * 1000:.2f} ms"
-            " (warm-up included)"
+    async def one(path: str) -> load.LoadResult:
+        if path == "direct":
+            return await publish.direct(sb, region, **common)  # type: ignore[arg-type]
+        return await publish.through_agent(
+            sb,
+            region,
+            loadgen=loadgen,
+            connections=s.publish_connections,
+            loadgen_procs=s.loadgen_procs,
+            stream=path == "stream",
+            **common,  # type: ignore[arg-type]
         )
-    return [drow, arow]
+
+    before = await handler_time(sb, region, "Publish")
+    order = list(paths)
+    for r in range(s.publish_rounds):
+        # Rotate the order so that no path always runs right after another.
+        for path in order[r % len(order) :] + order[: r % len(order)]:
+            if r == 0 and path != "direct":  # --py-spy: the first round of each agent path
+                async with profiler.record(
+                    agent_pid(sb, region), f"figure2-{path}", s.warmup_s + s.duration_s
+                ):
+                    paths[path].append(await one(path))
+            else:
+                paths[path].append(await one(path))
+    after = await handler_time(sb, region, "Publish")
+    pooled = {p: _pool(runs[0].name, runs) for p, runs in paths.items()}
+    base = Summary.of(pooled["direct"].slice_rates)
+    rows = []
+    for path, res in pooled.items():
+        per_round = [Summary.of(x.slice_rates).median for x in paths[path]]
+        if path == "direct":
+            rows.append(_rate_row(res, per_round, None, "baseline", None))
+            continue
+        rate = Summary.of(res.slice_rates).median
+        row = _rate_row(res, per_round, base, "≥ 5,000/s", rate >= 5000)
+        calls = after[1] - before[1]
+        if path == "unary" and calls > 0:
+            row.note += (
+                "; mean time inside the agent's handler "
+                f"{(after[0] - before[0]) / calls * 1000:.2f} ms (warm-up included)"
+            )
+        rows.append(row)
+    if loadgen is None:
+        rows[-1].note += "; PublishStream not measured (needs the native load generator)"
+    return rows
 
 
 # -- figure 3 ------------------------------------------------------------------------
@@ -280,7 +293,10 @@ async def figure3(sb: BenchSandbox, s: Settings) -> list[Row]:
 # -- all -----------------------------------------------------------------------------
 
 
-async def measure(sb: BenchSandbox, s: Settings, report: Report) -> None:
+async def measure(sb: BenchSandbox, s: Settings, profiler: Profiler, report: Report) -> None:
+    await profiler.check()
+    if profiler.problem:
+        report.notes.append(profiler.problem)
     t0 = time.monotonic()
     await wait_ready(sb)
     report.meta["ready_after_s"] = round(time.monotonic() - t0, 1)
@@ -308,5 +324,8 @@ async def measure(sb: BenchSandbox, s: Settings, report: Report) -> None:
         except native.NativeUnavailable as exc:
             report.notes.append(f"native load generator unavailable ({exc}): Python client used")
     report.meta["load_client"] = "native" if loadgen else "python"
-    await step("2", "publish throughput of one agent vs direct", lambda: figure2(sb, s, loadgen))
+    await step(
+        "2", "publish throughput of one agent vs direct", lambda: figure2(sb, s, loadgen, profiler)
+    )
     await step("3", "cross-region delivery lag, per region pair", lambda: figure3(sb, s))
+    report.profiles = profiler.summaries

@@ -66,7 +66,7 @@ func cpuSeconds() float64 {
 }
 
 func main() {
-	mode := flag.String("mode", "grpc-get", "grpc-get, grpc-put, grpc-publish or http-get")
+	mode := flag.String("mode", "grpc-get", "grpc-get, grpc-put, grpc-publish, grpc-publish-stream or http-get")
 	target := flag.String("target", "", "host:port of the agent's gRPC or HTTP port")
 	keyspace := flag.String("keyspace", "bench", "keyspace")
 	key := flag.String("key", "read-key", "key read (gets), or prefix of keys written (puts) "+
@@ -79,6 +79,7 @@ func main() {
 
 	var op func(ctx context.Context, c, i int) error
 	var closers []io.Closer
+	var publishers []pb.EventServiceClient // grpc-publish-stream: one stream per connection
 	switch *mode {
 	case "grpc-get", "grpc-put":
 		stubs := make([]pb.StateServiceClient, *conns)
@@ -162,53 +163,27 @@ func main() {
 			}
 			return err
 		}
+	case "grpc-publish-stream":
+		for n := 0; n < *conns; n++ {
+			cc, err := grpc.NewClient(*target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				fail(err)
+			}
+			closers = append(closers, cc)
+			publishers = append(publishers, pb.NewEventServiceClient(cc))
+		}
 	default:
 		fail(fmt.Errorf("unknown -mode %q", *mode))
 	}
 
-	ctx := context.Background()
-	call := func(c, i int) error {
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		return op(cctx, c, i)
-	}
-	if err := call(0, -1); err != nil {
-		fail(fmt.Errorf("first call: %w", err))
-	}
-
 	var w window
 	var done atomic.Bool
-	callers := make([]*caller, *concurrency)
+	var callers []*caller
 	var wg sync.WaitGroup
-	for c := range callers {
-		cl := &caller{counts: map[int]int{}}
-		callers[c] = cl
-		wg.Add(1)
-		go func(c int) {
-			defer wg.Done()
-			for i := 0; !done.Load(); i++ {
-				t0 := time.Now().UnixNano()
-				err := call(c, i)
-				t1 := time.Now().UnixNano()
-				start, stop := w.start.Load(), w.stop.Load()
-				if start == 0 || t0 < start || (stop != 0 && t1 >= stop) {
-					if err != nil {
-						time.Sleep(10 * time.Millisecond)
-					}
-					continue
-				}
-				if err != nil {
-					cl.nErrors++
-					if len(cl.errors) == 0 {
-						cl.errors = append(cl.errors, err.Error())
-					}
-					time.Sleep(10 * time.Millisecond)
-					continue
-				}
-				cl.counts[int((t1-start)/int64(time.Second))]++
-				cl.latencies = append(cl.latencies, float64(t1-t0)/1e9)
-			}
-		}(c)
+	if publishers != nil {
+		callers = startStreams(publishers, *topic, *key, []byte(*value), *concurrency, &w, &done, &wg)
+	} else {
+		callers = startCallers(op, *concurrency, &w, &done, &wg)
 	}
 	fmt.Println("ready")
 
@@ -249,6 +224,133 @@ func main() {
 	if err := json.NewEncoder(os.Stdout).Encode(out); err != nil {
 		fail(err)
 	}
+}
+
+// startCallers starts the closed loop: concurrency callers, each issuing its next
+// call as soon as the previous one returns. One call must succeed first.
+func startCallers(op func(ctx context.Context, c, i int) error, concurrency int,
+	w *window, done *atomic.Bool, wg *sync.WaitGroup) []*caller {
+	ctx := context.Background()
+	call := func(c, i int) error {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		return op(cctx, c, i)
+	}
+	if err := call(0, -1); err != nil {
+		fail(fmt.Errorf("first call: %w", err))
+	}
+	callers := make([]*caller, concurrency)
+	for c := range callers {
+		cl := &caller{counts: map[int]int{}}
+		callers[c] = cl
+		wg.Add(1)
+		go func(c int) {
+			defer wg.Done()
+			for i := 0; !done.Load(); i++ {
+				t0 := time.Now().UnixNano()
+				err := call(c, i)
+				t1 := time.Now().UnixNano()
+				start, stop := w.start.Load(), w.stop.Load()
+				if start == 0 || t0 < start || (stop != 0 && t1 >= stop) {
+					if err != nil {
+						time.Sleep(10 * time.Millisecond)
+					}
+					continue
+				}
+				if err != nil {
+					cl.nErrors++
+					if len(cl.errors) == 0 {
+						cl.errors = append(cl.errors, err.Error())
+					}
+					time.Sleep(10 * time.Millisecond)
+					continue
+				}
+				cl.counts[int((t1-start)/int64(time.Second))]++
+				cl.latencies = append(cl.latencies, float64(t1-t0)/1e9)
+			}
+		}(c)
+	}
+	return callers
+}
+
+// startStreams keeps concurrency publishes in flight on one PublishStream per
+// connection (concurrency/len(stubs) each): a sender writes requests while the
+// window has room, a receiver reads the responses (in request order) and times
+// each from its send. Every stream's first publish must succeed first.
+func startStreams(stubs []pb.EventServiceClient, topic, prefix string, payload []byte,
+	concurrency int, w *window, done *atomic.Bool, wg *sync.WaitGroup) []*caller {
+	callers := make([]*caller, len(stubs))
+	per := max(1, concurrency/len(stubs))
+	for s, stub := range stubs {
+		cl := &caller{counts: map[int]int{}}
+		callers[s] = cl
+		stream, err := stub.PublishStream(context.Background())
+		if err != nil {
+			fail(err)
+		}
+		req := func(i int) *pb.PublishRequest {
+			return &pb.PublishRequest{Topic: topic, Key: fmt.Sprintf("%s-%d", prefix, s),
+				Payload: payload, EventId: fmt.Sprintf("%s-%d-%d", prefix, s, i)}
+		}
+		if err := stream.Send(req(-1)); err != nil {
+			fail(fmt.Errorf("first publish: %w", err))
+		}
+		if resp, err := stream.Recv(); err != nil || resp.GetDuplicate() {
+			fail(fmt.Errorf("first publish: %v (duplicate %v)", err, resp.GetDuplicate()))
+		}
+		slots := make(chan struct{}, per)
+		sent := make(chan int64, per) // send times, in request order
+		wg.Add(2)
+		go func() { // sender
+			defer wg.Done()
+			defer stream.CloseSend()
+			for i := 0; !done.Load(); i++ {
+				slots <- struct{}{}
+				sent <- time.Now().UnixNano()
+				if err := stream.Send(req(i)); err != nil {
+					return // the receiver sees the stream's error
+				}
+			}
+		}()
+		go func() { // receiver
+			defer wg.Done()
+			for {
+				resp, err := stream.Recv()
+				if err == io.EOF {
+					return
+				}
+				t1 := time.Now().UnixNano()
+				if err != nil {
+					cl.nErrors++
+					cl.errors = append(cl.errors, err.Error())
+					for !done.Load() { // unblock the sender; its next Send fails and it ends
+						select {
+						case <-slots:
+						case <-sent:
+						case <-time.After(10 * time.Millisecond):
+						}
+					}
+					return
+				}
+				t0 := <-sent
+				<-slots
+				start, stop := w.start.Load(), w.stop.Load()
+				if start == 0 || t0 < start || (stop != 0 && t1 >= stop) {
+					continue
+				}
+				if resp.GetDuplicate() {
+					cl.nErrors++
+					if len(cl.errors) == 0 {
+						cl.errors = append(cl.errors, "an event stored as a duplicate")
+					}
+					continue
+				}
+				cl.counts[int((t1-start)/int64(time.Second))]++
+				cl.latencies = append(cl.latencies, float64(t1-t0)/1e9)
+			}
+		}()
+	}
+	return callers
 }
 
 func fail(err error) {

@@ -186,14 +186,16 @@ class EventsApi:
                 await acks.put(None)
 
         sender = asyncio.create_task(send())
+        counted = {
+            outcome: self.metrics.events_published.labels(self.region, outcome)
+            for outcome in ("stored", "duplicate")
+        }
         try:
             while (item := await acks.get()) is not None:
                 if isinstance(item, Exception):
                     raise item
                 seq, duplicate = await self.streams.acked(item.topic, item.ack)
-                self.metrics.events_published.labels(
-                    self.region, "duplicate" if duplicate else "stored"
-                ).inc()
+                counted["duplicate" if duplicate else "stored"].inc()
                 yield pb.PublishResponse(sequence=seq, region=self.region, duplicate=duplicate)
         finally:
             sender.cancel()

@@ -209,10 +209,13 @@ class EventStreams:
     async def acked(self, topic: str, ack: asyncio.Future[api.PubAck]) -> tuple[int, bool]:
         """(sequence, duplicate) of a :meth:`publish_pipelined`; DEADLINE_EXCEEDED if
         JetStream does not answer within the timeout."""
+        if not ack.done():  # pipelined, the ack is often in already: no timer then
+            with translate_nats_errors(f"cannot publish to {topic} in {self.region}"):
+                async with asyncio.timeout(self.timeout_s):
+                    await ack
+            reraise_if_cancelling()
         with translate_nats_errors(f"cannot publish to {topic} in {self.region}"):
-            async with asyncio.timeout(self.timeout_s):
-                got = await ack
-        reraise_if_cancelling()
+            got = ack.result()
         return int(got.seq), bool(got.duplicate)
 
     # -- consumer groups ------------------------------------------------------
