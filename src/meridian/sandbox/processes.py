@@ -34,7 +34,12 @@ class ProcessRecord:
     log: str
 
     def alive(self) -> bool:
-        return _cmdline(self.pid) == self.argv
+        cmdline = _cmdline(self.pid)
+        if cmdline == ():
+            # Empty: a zombie (exited, not yet reaped), or a process caught
+            # mid-exec right after it was spawned. Only its state tells them apart.
+            return _state(self.pid) not in (None, "Z", "X")
+        return cmdline == self.argv
 
 
 def _cmdline(pid: int) -> tuple[str, ...] | None:
@@ -43,8 +48,19 @@ def _cmdline(pid: int) -> tuple[str, ...] | None:
     except OSError:
         return None
     if not raw:
-        return None  # a zombie: exited, not yet reaped
+        return ()
     return tuple(part.decode(errors="replace") for part in raw.rstrip(b"\0").split(b"\0"))
+
+
+def _state(pid: int) -> str | None:
+    """The one-letter state in ``/proc/<pid>/stat`` (R, S, D, Z, ...), None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name is in parentheses and may contain spaces: split after it.
+    fields = stat.rpartition(")")[2].split()
+    return fields[0] if fields else None
 
 
 class StateFile:
