@@ -15,7 +15,6 @@ import pytest
 from meridian.chaos.checkers.bank import BankChecker
 from meridian.chaos.checkers.convergence import ConvergenceChecker
 from meridian.chaos.checkers.linearizable import LinearizableChecker
-from meridian.chaos.checkers.refusals import failed_as_indeterminate
 from meridian.chaos.history import Event, History
 from tests.chaos.conftest import fault_window, run_smoke, verdict
 
@@ -36,15 +35,6 @@ def test_register_linearizable_across_a_partition(tmp_path: Path) -> None:
     report = run_smoke("register-partition", tmp_path)
     lin = verdict(report, "linearizable")
     history = History.load(tmp_path / "history.json")
-    if lin["valid"] is False:
-        # Seen here: Put(if_revision) answered CONFLICT for a write that was applied
-        # (just after heal, during JetStream's re-election). If that alone explains
-        # the violation, i.e. with refused writes counted as indeterminate the history
-        # is linearizable, it is that known bug; anything else fails the test.
-        refusals = verdict(report, "refusal-means-not-applied")
-        rest = LinearizableChecker().check(failed_as_indeterminate(history))
-        assert refusals["valid"] is False and rest.valid is True, (lin, refusals, rest)
-        pytest.xfail(f"known: a CAS answered CONFLICT but was applied: {refusals['errors'][:2]}")
     assert lin["valid"] is True, lin
     porcupine = lin["details"]["porcupine"]
     assert porcupine["operations"] > 50, porcupine
@@ -121,11 +111,7 @@ def test_replicated_converges_after_a_partition_heals(tmp_path: Path) -> None:
     events[i] = dataclasses.replace(final, value={**final.value, "regions": regions})
     diverged = History(events, t0_ns=0, wall_t0_ns=history.wall_t0_ns)
     assert ConvergenceChecker().check(diverged).valid is False
-    # DESIGN §3: a cut-off region keeps accepting replicated writes. It doesn't yet:
-    # a few seconds into the partition ap-south's writes fail with "JetStream is
-    # temporarily unavailable" until a few seconds after heal. Reported; this
-    # xfail turns into a pass when it is fixed.
+    # DESIGN §3: a cut-off region keeps accepting replicated writes (every rput and
+    # incr ends ok, except while the writer's own processes are down).
     writable = verdict(report, "always-writable")
-    assert writable["valid"] is not None, writable
-    if writable["valid"] is False:
-        pytest.xfail(f"known: replicated writes refused in a cut-off region: {writable['summary']}")
+    assert writable["valid"] is True, writable
