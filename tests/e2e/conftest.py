@@ -1,5 +1,10 @@
-"""One real sandbox per e2e module: NATS supercluster, WAN emulator and agents,
-driven through the real `meridian` CLI."""
+"""A real sandbox for the e2e tier: NATS supercluster, WAN emulator and agents,
+driven through the real `meridian` CLI.
+
+One sandbox (base port 24000) is shared by every module whose tests leave it
+as they found it (partitions are healed, killed regions restarted): bringing
+a sandbox up takes some 20 s. ``test_sandbox.py``, which takes its sandbox
+down, has its own (``own_sandbox``, base port 23000)."""
 
 from __future__ import annotations
 
@@ -21,11 +26,12 @@ from tests.conftest import eventually
 REGIONS = ("us-east", "eu-west", "ap-south")
 
 E2E_BASE_PORT = 24000
+OWN_BASE_PORT = 23000
 
-CONFIG = f"""
+CONFIG = """
 [sandbox]
 workdir = "sandbox"
-base_port = {E2E_BASE_PORT}
+base_port = {base_port}
 
 [agent]
 status_interval_s = 0.5
@@ -117,11 +123,9 @@ class SandboxHandle:
         return {p["name"]: p for p in json.loads(path.read_text())["processes"]}
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxHandle]:
-    root = tmp_path_factory.mktemp("sandbox")
+def _sandbox(root: Path, base_port: int) -> Iterator[SandboxHandle]:
     config_path = root / "meridian.toml"
-    config_path.write_text(CONFIG)
+    config_path.write_text(CONFIG.format(base_port=base_port))
     config = load_config(config_path, env={})
     handle = SandboxHandle(config_path, config, "")
     try:
@@ -130,6 +134,18 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxHandle]
         yield handle
     finally:
         handle.cli("sandbox", "down", "--purge", check=False)
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxHandle]:
+    """The shared sandbox."""
+    yield from _sandbox(tmp_path_factory.mktemp("sandbox"), E2E_BASE_PORT)
+
+
+@pytest.fixture(scope="module")
+def own_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxHandle]:
+    """A sandbox of the module's own, for tests that take it down."""
+    yield from _sandbox(tmp_path_factory.mktemp("own-sandbox"), OWN_BASE_PORT)
 
 
 @contextlib.asynccontextmanager

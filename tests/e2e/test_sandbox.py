@@ -16,11 +16,18 @@ from typing import Any
 
 import aiohttp
 import nats
+import pytest
 
 from meridian.sandbox.processes import port_in_use
 from meridian.sandbox.wan_control import WanClient
 from tests.conftest import eventually
 from tests.e2e.conftest import REGIONS, SandboxHandle
+
+
+@pytest.fixture(scope="module")
+def sandbox(own_sandbox: SandboxHandle) -> SandboxHandle:
+    """This module takes its sandbox down at the end: it gets one of its own."""
+    return own_sandbox
 
 
 async def agent_status(sandbox: SandboxHandle, region: str) -> dict[str, Any] | None:

@@ -35,6 +35,7 @@ from meridian.backbone.connection import (
     translate_nats_errors,
 )
 from meridian.core import events as ev
+from meridian.core.errors import UnavailableError
 from meridian.core.events import Start
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ PUBLISHED_HEADER = "Meridian-Published-Ms"
 DLQ_REASON_HEADER = "Meridian-Dead-Letter-Reason"
 DLQ_GROUP_HEADER = "Meridian-Dead-Letter-Group"
 DUPLICATE_WINDOW_S = 120.0
+CONSUMER_ATTEMPTS = 4
 
 
 @dataclass(frozen=True)
@@ -221,7 +223,24 @@ class EventStreams:
     # -- consumer groups ------------------------------------------------------
 
     async def consumer(self, spec: ConsumerSpec, start: Start) -> JetStreamContext.PullSubscription:
-        """Bind to the group's durable consumer, creating it at ``start`` if missing."""
+        """Bind to the group's durable consumer, creating it at ``start`` if missing.
+
+        Looking a consumer up goes through the JetStream meta leader, which is
+        briefly missing while it is re-elected (after a partition heals, say):
+        that is retried a few times before UNAVAILABLE reaches the caller.
+        """
+        for attempt in range(CONSUMER_ATTEMPTS):
+            try:
+                return await self._consumer(spec, start)
+            except UnavailableError:
+                if attempt == CONSUMER_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.5)
+        raise AssertionError("unreachable")
+
+    async def _consumer(
+        self, spec: ConsumerSpec, start: Start
+    ) -> JetStreamContext.PullSubscription:
         js = self._js()
         try:
             await self._call("look up a consumer group", js.consumer_info(spec.stream, spec.name))
