@@ -31,7 +31,7 @@ def chaos_list() -> None:
     from meridian.chaos.scenarios import FAULTS, SMOKE, WORKLOADS
 
     for s in SMOKE.values():
-        click.echo(f"{s.name:28} {s.description}")
+        click.echo(f"{s.name:32} {s.description}")
     click.echo(f"\nmatrix: WORKLOAD-FAULT, WORKLOAD in {', '.join(WORKLOADS)};")
     click.echo(f"        FAULT in calm, {', '.join(FAULTS)}")
 
@@ -43,7 +43,8 @@ def chaos_list() -> None:
 )
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Report directory (default: .meridian/chaos/SCENARIO-TIME).")  # fmt: skip
-@click.option("--base-port", type=int, default=27000, show_default=True)
+@click.option("--base-port", type=int, default=28000, show_default=True,
+              help="Ports of the run's sandbox (the smoke suite uses 27000).")  # fmt: skip
 @click.option("--sync-interval", type=click.Choice(["always", "default"]), default="always",
               show_default=True, help="fsync policy of the global servers.")  # fmt: skip
 @click.option("--keep", is_flag=True, help="Leave the sandbox running afterwards.")
@@ -78,7 +79,8 @@ def chaos_run(
 @click.option("--duration", type=float, default=60.0, show_default=True, help="Seconds per run.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Directory for every run's report (default: .meridian/chaos/matrix-TIME).")  # fmt: skip
-@click.option("--base-port", type=int, default=27000, show_default=True)
+@click.option("--base-port", type=int, default=28000, show_default=True,
+              help="Ports of the run's sandbox (the smoke suite uses 27000).")  # fmt: skip
 @click.option("--only", default=None, help="Run only scenarios whose name contains this.")
 @click.option("--sync-faults", default="kill-global-server,kill-region", show_default=True,
               help="Faults under which the global workloads also run with NATS's default "

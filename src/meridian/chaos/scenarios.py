@@ -22,6 +22,8 @@ from meridian.chaos.nemesis import (
 )
 from meridian.chaos.workloads.bank import BankWorkload
 from meridian.chaos.workloads.base import Workload
+from meridian.chaos.workloads.events import EventsWorkload
+from meridian.chaos.workloads.idempotency import IdempotencyWorkload
 from meridian.chaos.workloads.register import RegisterWorkload
 from meridian.chaos.workloads.replicated import ReplicatedWorkload
 from meridian.config import MeridianConfig
@@ -65,6 +67,8 @@ WORKLOADS: dict[str, Callable[[], Workload]] = {
     "register": RegisterWorkload,
     "bank": BankWorkload,
     "replicated": ReplicatedWorkload,
+    "idempotency": IdempotencyWorkload,
+    "events": EventsWorkload,
 }
 
 #: Every fault the nemesis knows, by name, against the region furthest from the others.
@@ -118,6 +122,18 @@ SMOKE: dict[str, Scenario] = {
             lambda: [ReplicatedWorkload()],
             fault_until_end(FAULTS["partition"]),
             30.0,
+        ),
+        Scenario(
+            "commands-events-partition-kill",
+            "Idempotent commands (shared keys, every region) and events (producers and a "
+            "consumer group in every region) while ap-south is partitioned, then eu-west is "
+            "killed and restarted: one effect and one response per key; no acknowledged "
+            "event lost, none unexpected, producer order kept, duplicates absorbed?",
+            lambda: [IdempotencyWorkload(), EventsWorkload()],
+            lambda config, duration: faults_in_middle(
+                FAULTS["partition"](), FAULTS["kill-region"]()
+            )(config, duration),
+            40.0,
         ),
     )
 }

@@ -5,8 +5,7 @@ needs, ``setup``, ``run`` until told to stop, ``finish`` after the nemesis has
 healed everything, and the checkers that judge its history.
 
 Built: :mod:`register` (CAS register on ``global``), :mod:`bank` (transfers on
-``global``), :mod:`replicated` (convergence and HLC). The idempotent-commands
-and events workloads plug in the same way once their APIs exist; their
-checkers' history formats are in :mod:`meridian.chaos.checkers.effects` (and,
-for events, to be written with the events API).
+``global``), :mod:`replicated` (convergence and HLC), :mod:`idempotency`
+(idempotent commands through ``client.once``: one effect and one response per
+key) and :mod:`events` (producers and consumer groups in every region).
 """
