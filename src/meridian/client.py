@@ -157,6 +157,14 @@ _KINDS = {
 }
 
 
+def _set_source(msg: Any, topic_filter: str, keyspace: str) -> None:
+    """Fill a request's ``source`` oneof: a keyspace's change feed, or a topic filter."""
+    if keyspace:
+        msg.keyspace = keyspace
+    else:
+        msg.topic_filter = topic_filter
+
+
 def _start(msg: events_pb2.StartPosition, sequence: int | None, time_s: float | None) -> None:
     if sequence is not None:
         msg.sequence = sequence
@@ -506,10 +514,7 @@ class MeridianClient:
         open_ = events_pb2.SubscribeOpen(
             group=group, max_in_flight=max_in_flight, max_deliveries=max_deliveries
         )
-        if keyspace:
-            open_.keyspace = keyspace
-        else:
-            open_.topic_filter = topic_filter
+        _set_source(open_, topic_filter, keyspace)
         _start(open_.start, start_sequence, start_time)
         if ack_wait_s is not None:
             open_.ack_wait.FromNanoseconds(int(ack_wait_s * 1e9))
@@ -526,10 +531,7 @@ class MeridianClient:
     ) -> None:
         """Move ``group`` back (or forward) to a sequence or a time."""
         request = events_pb2.ReplayRequest(group=group)
-        if keyspace:
-            request.keyspace = keyspace
-        else:
-            request.topic_filter = topic_filter
+        _set_source(request, topic_filter, keyspace)
         _start(request.start, start_sequence, start_time)
         await self._call(self._events.Replay, request)
 
@@ -554,10 +556,7 @@ class MeridianClient:
             max_in_flight=max_in_flight,
             max_deliveries=max_deliveries,
         )
-        if keyspace:
-            request.keyspace = keyspace
-        else:
-            request.topic_filter = topic_filter
+        _set_source(request, topic_filter, keyspace)
         _start(request.start, start_sequence, start_time)
         if ack_wait_s is not None:
             request.ack_wait.FromNanoseconds(int(ack_wait_s * 1e9))
@@ -567,10 +566,7 @@ class MeridianClient:
         self, group: str, *, topic_filter: str = "", keyspace: str = ""
     ) -> None:
         request = events_pb2.UnregisterPushRequest(group=group)
-        if keyspace:
-            request.keyspace = keyspace
-        else:
-            request.topic_filter = topic_filter
+        _set_source(request, topic_filter, keyspace)
         await self._call(self._events.UnregisterPush, request)
 
     async def invalidate(self, namespace: str, keys: list[str]) -> int:
