@@ -243,16 +243,18 @@ class EventsApi:
 
     # -- sources -----------------------------------------------------------------
 
-    def _source(
+    def source_of(
         self,
         group: str,
         which: str | None,
         topic_filter: str,
         keyspace: str,
-        ack_wait_s: float,
-        max_in_flight: int,
         violations: list[FieldViolation],
+        *,
+        ack_wait_s: float = ev.DEFAULT_ACK_WAIT_S,
+        max_in_flight: int = ev.DEFAULT_MAX_IN_FLIGHT,
     ) -> EventSource | None:
+        """What ``group`` consumes, and its consumer; appends broken rules to ``violations``."""
         violations += ev.name_violations(group, "group")
         if which == "topic_filter":
             violations += ev.topic_filter_violations(topic_filter)
@@ -282,38 +284,17 @@ class EventsApi:
         violations.append(FieldViolation("source", "set topic_filter or keyspace"))
         return None
 
-    def source_of(
-        self,
-        group: str,
-        which: str | None,
-        topic_filter: str,
-        keyspace: str,
-        violations: list[FieldViolation],
-    ) -> EventSource | None:
-        """The source of a group, to name its consumer (consumer settings at defaults)."""
-        return self._source(
-            group,
-            which,
-            topic_filter,
-            keyspace,
-            ev.DEFAULT_ACK_WAIT_S,
-            ev.DEFAULT_MAX_IN_FLIGHT,
-            violations,
-        )
-
     async def replay(self, request: pb.ReplayRequest) -> pb.ReplayResponse:
         violations: list[FieldViolation] = []
         start, bad = start_from_proto(request.start, request.HasField("start"))
         violations += bad
         if not request.HasField("start"):
             violations.append(FieldViolation("start", "say where to replay from: sequence or time"))
-        source = self._source(
+        source = self.source_of(
             request.group,
             request.WhichOneof("source"),
             request.topic_filter,
             request.keyspace,
-            ev.DEFAULT_ACK_WAIT_S,
-            ev.DEFAULT_MAX_IN_FLIGHT,
             violations,
         )
         _check(violations)
@@ -363,14 +344,14 @@ class EventsApi:
             )
         start, bad = start_from_proto(o.start, o.HasField("start"))
         violations += bad
-        source = self._source(
+        source = self.source_of(
             o.group,
             o.WhichOneof("source"),
             o.topic_filter,
             o.keyspace,
-            ack_wait_s,
-            max_in_flight,
             violations,
+            ack_wait_s=ack_wait_s,
+            max_in_flight=max_in_flight,
         )
         _check(violations)
         assert source is not None

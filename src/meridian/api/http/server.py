@@ -150,8 +150,8 @@ class HttpTransport:
             "RegisterPush": (services.push.register, events_pb2.RegisterPushRequest),
             "UnregisterPush": (services.push.unregister, events_pb2.UnregisterPushRequest),
         }
+        path = {"RegisterPush": "push/register", "UnregisterPush": "push/unregister"}
         for method, (handler, request_type) in event_routes.items():
-            path = {"RegisterPush": "push/register", "UnregisterPush": "push/unregister"}
             app.router.add_post(
                 f"/v1/events/{path.get(method, method.lower())}",
                 self._json_route("EventService", method, handler, request_type),
