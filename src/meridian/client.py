@@ -45,6 +45,7 @@ from meridian.core.errors import (
     FieldViolation,
     IdempotencyInProgressError,
     IdempotencyMismatchError,
+    ResourceExhaustedError,
     InvalidArgumentError,
     MeridianError,
     NotFoundError,
@@ -223,6 +224,7 @@ def error_from_rpc(exc: grpc.aio.AioRpcError) -> MeridianError:
         ErrorCode.FENCED: FencedError,
         ErrorCode.IDEMPOTENCY_IN_PROGRESS: IdempotencyInProgressError,
         ErrorCode.IDEMPOTENCY_MISMATCH: IdempotencyMismatchError,
+        ErrorCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
     }
     if code in simple:
         return simple[code](message)

@@ -36,6 +36,7 @@ DOCUMENTED = {
     # with another payload 422.
     ErrorCode.IDEMPOTENCY_IN_PROGRESS: (409, grpc.StatusCode.ABORTED),
     ErrorCode.IDEMPOTENCY_MISMATCH: (422, grpc.StatusCode.FAILED_PRECONDITION),
+    ErrorCode.RESOURCE_EXHAUSTED: (503, grpc.StatusCode.RESOURCE_EXHAUSTED),
 }
 
 

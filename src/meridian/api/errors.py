@@ -32,6 +32,7 @@ ERROR_TABLE: dict[ErrorCode, StatusMapping] = {
     ErrorCode.FENCED: StatusMapping(grpc.StatusCode.FAILED_PRECONDITION, 409),
     ErrorCode.IDEMPOTENCY_IN_PROGRESS: StatusMapping(grpc.StatusCode.ABORTED, 409),
     ErrorCode.IDEMPOTENCY_MISMATCH: StatusMapping(grpc.StatusCode.FAILED_PRECONDITION, 422),
+    ErrorCode.RESOURCE_EXHAUSTED: StatusMapping(grpc.StatusCode.RESOURCE_EXHAUSTED, 503),
 }
 
 ERROR_CODE_METADATA = "meridian-error-code"

@@ -39,6 +39,7 @@ class ErrorCode(StrEnum):
     FENCED = "FENCED"
     IDEMPOTENCY_IN_PROGRESS = "IDEMPOTENCY_IN_PROGRESS"
     IDEMPOTENCY_MISMATCH = "IDEMPOTENCY_MISMATCH"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
 
 
 class MeridianError(Exception):
@@ -149,3 +150,9 @@ class IdempotencyMismatchError(MeridianError):
     """The idempotency key was used before with a different request."""
 
     code = ErrorCode.IDEMPOTENCY_MISMATCH
+
+
+class ResourceExhaustedError(MeridianError):
+    """A concurrency limit (a bulkhead) is full; the call was refused before it started."""
+
+    code = ErrorCode.RESOURCE_EXHAUSTED
