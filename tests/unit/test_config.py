@@ -610,7 +610,7 @@ def test_unknown_top_level_key(tmp_path: Path) -> None:
         err,
         "regions",
         "unknown setting",
-        "allowed here: agent, idempotency, keyspace, region, sandbox, telemetry, wan",
+        "allowed here: agent, gateway, idempotency, invocation, keyspace, region, resilience, sandbox, telemetry, wan",
     )
 
 
@@ -974,3 +974,36 @@ def test_latency_is_accepted_only_between_0_and_60000(ms: float) -> None:
     else:
         with pytest.raises(ConfigError):
             parse_config(raw, env={})
+
+
+def test_invocation_gateway_and_resilience_sections(tmp_path: Path) -> None:
+    path = tmp_path / "meridian.toml"
+    path.write_text(
+        "[invocation]\nannounce_interval_s = 0.5\n"
+        "[gateway]\nport = 19999\nunhealthy_after = 3\n"
+        "[resilience.service.orders]\nbulkhead.max_concurrent = 4\n"
+    )
+    cfg = load_config(path)
+    assert cfg.invocation.announce_interval_s == 0.5
+    assert (cfg.gateway.port, cfg.gateway.unhealthy_after) == (19999, 3)
+    assert cfg.resilience.resolve("orders").bulkhead.max_concurrent == 4
+    assert cfg.resilience.resolve("other").bulkhead.max_concurrent == 100
+
+
+def test_bad_invocation_gateway_and_resilience_values_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "meridian.toml"
+    path.write_text(
+        "[invocation]\nannounce_interval_s = 2.0\nstale_after_s = 3.0\nbogus = 1\n"
+        '[gateway]\nport = 70000\nregion_header = "bad header"\n'
+        "[resilience.service.orders]\nbreaker.failure_rate = 2\n"
+        '[resilience.service.orders.route."/x"]\nbulkhead.max_concurrent = 1\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert_violation(info.value, "invocation.stale_after_s", "at least twice")
+    assert_violation(info.value, "invocation.bogus", "unknown setting")
+    assert_violation(info.value, "gateway.port", "between 1 and 65535")
+    assert_violation(info.value, "gateway.region_header", "header name")
+    assert_violation(info.value, "resilience.service.orders.breaker.failure_rate", "fraction")
+    fields = [v.field for v in info.value.violations]
+    assert any(f.startswith('resilience.service.orders.route."/x"') for f in fields), fields

@@ -17,12 +17,15 @@ from meridian.config.model import (
     DEFAULT_LINKS,
     DEFAULT_REGIONS,
     EXPORTERS,
+    GATEWAY_PORT_OFFSET,
     GLOBAL_CLUSTER,
     PORT_OFFSETS,
     REGION_NAME,
     REGION_PORT_STRIDE,
     AgentConfig,
+    GatewayConfig,
     IdempotencyConfig,
+    InvocationConfig,
     MeridianConfig,
     NatsPorts,
     RegionConfig,
@@ -42,6 +45,7 @@ from meridian.core.keyspace import (
     Keyspace,
     Locality,
 )
+from meridian.core.resilience.overrides import PolicySet
 
 
 class _Reader:
@@ -153,7 +157,22 @@ def parse_config(
     env = os.environ if env is None else env
     base_dir = base_dir or Path.cwd()
     rd = _Reader()
-    rd.known(raw, {"sandbox", "wan", "agent", "telemetry", "region", "keyspace", "idempotency"}, "")
+    rd.known(
+        raw,
+        {
+            "sandbox",
+            "wan",
+            "agent",
+            "telemetry",
+            "region",
+            "keyspace",
+            "idempotency",
+            "invocation",
+            "resilience",
+            "gateway",
+        },
+        "",
+    )
 
     sandbox = _sandbox(rd, rd.table(raw, "sandbox", "sandbox"), env, base_dir)
     regions = _regions(rd, raw.get("region"), sandbox.base_port)
@@ -163,7 +182,12 @@ def parse_config(
     telemetry = _telemetry(rd, rd.table(raw, "telemetry", "telemetry"))
     keyspaces = _keyspaces(rd, raw.get("keyspace", []))
     idempotency = _idempotency(rd, rd.table(raw, "idempotency", "idempotency"))
+    invocation = _invocation(rd, rd.table(raw, "invocation", "invocation"))
+    gateway = _gateway(rd, rd.table(raw, "gateway", "gateway"), sandbox.base_port)
+    resilience = _resilience(rd, rd.table(raw, "resilience", "resilience"))
     _check_port_clashes(rd, regions, wan)
+    if any(r.grpc_port == gateway.port or r.http_port == gateway.port for r in regions):
+        rd.bad("gateway.port", f"port {gateway.port} is also an agent's; pick another")
 
     if rd.violations:
         raise ConfigError(rd.violations, source)
@@ -175,11 +199,132 @@ def parse_config(
         telemetry=telemetry,
         keyspaces=tuple(keyspaces),
         idempotency=idempotency,
+        invocation=invocation,
+        gateway=gateway,
+        resilience=resilience,
         source=source,
     )
 
 
 IDEMPOTENCY_STORAGE = ("global", "regional")
+
+
+def _invocation(rd: _Reader, raw: Mapping[str, Any]) -> InvocationConfig:
+    keys = {
+        "announce_interval_s",
+        "stale_after_s",
+        "default_ttl_s",
+        "max_ttl_s",
+        "health_timeout_s",
+        "max_body_bytes",
+    }
+    rd.known(raw, keys, "invocation")
+    d = InvocationConfig()
+    announce = rd.number(
+        raw,
+        "announce_interval_s",
+        "invocation.announce_interval_s",
+        d.announce_interval_s,
+        low=0.05,
+        high=60,
+    )
+    stale = rd.number(
+        raw, "stale_after_s", "invocation.stale_after_s", d.stale_after_s, low=0.1, high=600
+    )
+    if stale < 2 * announce:
+        rd.bad("invocation.stale_after_s", "must be at least twice invocation.announce_interval_s")
+    default_ttl = rd.number(
+        raw, "default_ttl_s", "invocation.default_ttl_s", d.default_ttl_s, low=1, high=3600
+    )
+    max_ttl = rd.number(raw, "max_ttl_s", "invocation.max_ttl_s", d.max_ttl_s, low=1, high=86_400)
+    if default_ttl > max_ttl:
+        rd.bad("invocation.default_ttl_s", "must be at most invocation.max_ttl_s")
+    return InvocationConfig(
+        announce_interval_s=float(announce),
+        stale_after_s=float(stale),
+        default_ttl_s=float(default_ttl),
+        max_ttl_s=float(max_ttl),
+        health_timeout_s=float(
+            rd.number(
+                raw,
+                "health_timeout_s",
+                "invocation.health_timeout_s",
+                d.health_timeout_s,
+                low=0.01,
+                high=60,
+            )
+        ),
+        max_body_bytes=int(
+            rd.number(
+                raw,
+                "max_body_bytes",
+                "invocation.max_body_bytes",
+                d.max_body_bytes,
+                low=1024,
+                high=64 << 20,
+            )
+        ),
+    )
+
+
+def _gateway(rd: _Reader, raw: Mapping[str, Any], base_port: int) -> GatewayConfig:
+    keys = {
+        "host",
+        "port",
+        "health_interval_s",
+        "health_timeout_s",
+        "unhealthy_after",
+        "region_header",
+    }
+    rd.known(raw, keys, "gateway")
+    d = GatewayConfig()
+    header = rd.string(raw, "region_header", "gateway.region_header", d.region_header)
+    if not header or not all(c.isalnum() or c == "-" for c in header):
+        rd.bad("gateway.region_header", "must be a header name: letters, digits and '-'")
+        header = d.region_header
+    return GatewayConfig(
+        host=rd.string(raw, "host", "gateway.host", d.host),
+        port=rd.port(raw, "port", "gateway.port", base_port + GATEWAY_PORT_OFFSET),
+        health_interval_s=float(
+            rd.number(
+                raw,
+                "health_interval_s",
+                "gateway.health_interval_s",
+                d.health_interval_s,
+                low=0.05,
+                high=60,
+            )
+        ),
+        health_timeout_s=float(
+            rd.number(
+                raw,
+                "health_timeout_s",
+                "gateway.health_timeout_s",
+                d.health_timeout_s,
+                low=0.01,
+                high=60,
+            )
+        ),
+        unhealthy_after=int(
+            rd.number(
+                raw,
+                "unhealthy_after",
+                "gateway.unhealthy_after",
+                d.unhealthy_after,
+                low=1,
+                high=100,
+            )
+        ),
+        region_header=header,
+    )
+
+
+def _resilience(rd: _Reader, raw: Mapping[str, Any]) -> PolicySet:
+    try:
+        return PolicySet.from_mapping(raw)
+    except ConfigError as exc:
+        rd.violations.extend(exc.violations)
+        return PolicySet()
 
 
 def _idempotency(rd: _Reader, raw: Mapping[str, Any]) -> IdempotencyConfig:

@@ -6,11 +6,12 @@ See :mod:`meridian.config` for loading and validation.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from meridian.core.errors import ConfigError, FieldViolation
 from meridian.core.keyspace import Keyspace
+from meridian.core.resilience.overrides import PolicySet
 
 REGION_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
 GLOBAL_CLUSTER = "global"
@@ -39,6 +40,8 @@ PORT_OFFSETS = {
     "grpc": 20,
     "http": 21,
 }
+#: The gateway's port, inside the first region's block of ports.
+GATEWAY_PORT_OFFSET = 90
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,37 @@ class IdempotencyConfig:
 
 
 @dataclass(frozen=True)
+class InvocationConfig:
+    """Service discovery and invocation (DESIGN §5); resilience lives in [resilience]."""
+
+    #: How often an agent re-announces its local instances to the registry.
+    announce_interval_s: float = 1.0
+    #: A remote instance not announced for this long is treated as gone.
+    stale_after_s: float = 5.0
+    default_ttl_s: float = 10.0
+    max_ttl_s: float = 300.0
+    #: Timeout of one health check of a local instance.
+    health_timeout_s: float = 1.0
+    #: Largest request or response body an invocation carries.
+    max_body_bytes: int = 4 << 20
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The global front door (``meridian gateway``)."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_BASE_PORT + 90
+    #: Between health checks of each region's agent.
+    health_interval_s: float = 0.5
+    health_timeout_s: float = 1.0
+    #: Consecutive failed checks before a region is taken out of rotation.
+    unhealthy_after: int = 2
+    #: The request header a client names its preferred region in.
+    region_header: str = "Meridian-Region"
+
+
+@dataclass(frozen=True)
 class MeridianConfig:
     regions: tuple[RegionConfig, ...]
     wan: WanConfig
@@ -157,6 +191,10 @@ class MeridianConfig:
     telemetry: TelemetryConfig
     keyspaces: tuple[Keyspace, ...] = ()
     idempotency: IdempotencyConfig = IdempotencyConfig()
+    invocation: InvocationConfig = InvocationConfig()
+    gateway: GatewayConfig = GatewayConfig()
+    #: The parsed [resilience] table (core.resilience.overrides.PolicySet).
+    resilience: PolicySet = field(default_factory=PolicySet)
     source: str = "<defaults>"
 
     @property
