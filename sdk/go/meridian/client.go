@@ -39,7 +39,7 @@
 // sent. Match it with errors.Is against ErrConflict, ErrNotFound,
 // ErrInvalidArgument, ErrQuorumUnavailable, ErrClockSkew, ErrUnavailable,
 // ErrFenced, ErrIdempotencyInProgress, ErrIdempotencyMismatch,
-// ErrDeadlineExceeded (also context.DeadlineExceeded), ErrCanceled (also
+// ErrResourceExhausted, ErrDeadlineExceeded (also context.DeadlineExceeded), ErrCanceled (also
 // context.Canceled), and read its details with errors.As:
 //
 //	var merr *meridian.Error

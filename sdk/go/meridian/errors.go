@@ -29,6 +29,7 @@ const (
 	CodeFenced                Code = "FENCED"
 	CodeIdempotencyInProgress Code = "IDEMPOTENCY_IN_PROGRESS"
 	CodeIdempotencyMismatch   Code = "IDEMPOTENCY_MISMATCH"
+	CodeResourceExhausted     Code = "RESOURCE_EXHAUSTED"
 	// CodeCanceled is never sent by the agent: the caller's context was
 	// canceled before the call finished.
 	CodeCanceled Code = "CANCELED"
@@ -73,6 +74,10 @@ var (
 	// ErrIdempotencyMismatch: the idempotency key was used before with a
 	// different request.
 	ErrIdempotencyMismatch error = sentinel(CodeIdempotencyMismatch)
+	// ErrResourceExhausted: the agent refused the call because a limit is
+	// full (e.g. the bulkhead of the service an Invoke targets); nothing was
+	// sent on. Back off and retry, or shed the load.
+	ErrResourceExhausted error = sentinel(CodeResourceExhausted)
 	// ErrCanceled: the caller's context was canceled. An *Error with this
 	// code also matches context.Canceled.
 	ErrCanceled error = sentinel(CodeCanceled)

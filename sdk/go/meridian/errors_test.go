@@ -33,6 +33,7 @@ func TestFromRPCRebuildsEachCode(t *testing.T) {
 		{codes.FailedPrecondition, CodeFenced, ErrFenced},
 		{codes.Aborted, CodeIdempotencyInProgress, ErrIdempotencyInProgress},
 		{codes.FailedPrecondition, CodeIdempotencyMismatch, ErrIdempotencyMismatch},
+		{codes.ResourceExhausted, CodeResourceExhausted, ErrResourceExhausted},
 	} {
 		err := fromRPC(status.Error(tc.grpc, "boom"), metadata.Pairs(errorCodeKey, string(tc.code)))
 		if err.Code != tc.code || !errors.Is(err, tc.sentinel) {
@@ -41,7 +42,7 @@ func TestFromRPCRebuildsEachCode(t *testing.T) {
 		if status.Code(err) != tc.grpc {
 			t.Errorf("%s: status.Code = %v, want %v", tc.code, status.Code(err), tc.grpc)
 		}
-		for _, other := range []error{ErrInvalidArgument, ErrNotFound, ErrConflict, ErrQuorumUnavailable, ErrUnavailable} {
+		for _, other := range []error{ErrInvalidArgument, ErrNotFound, ErrConflict, ErrQuorumUnavailable, ErrUnavailable, ErrResourceExhausted} {
 			if other != tc.sentinel && errors.Is(err, other) {
 				t.Errorf("%s also matches %v", tc.code, other)
 			}
