@@ -33,6 +33,19 @@
 //	err = c.Events().Subscribe(ctx, "billing", meridian.Topic("orders.*"),
 //		func(ctx context.Context, d meridian.Delivery) error { return bill(ctx, d.Event) })
 //
+// # Calls between services
+//
+// Client.Registry registers an instance with the agent, which health-checks
+// it and keeps it in a registry every region sees; Client.Invoke calls a
+// service through the agent, which picks a healthy instance (its own region
+// first) and fails over to other regions:
+//
+//	reg, err := c.Registry().Register(ctx, meridian.Instance{Service: "orders", Endpoint: "127.0.0.1:8080",
+//		Protocol: meridian.ProtocolHTTP, HealthPath: "/healthz"}, 10*time.Second)
+//	defer reg.Close(context.Background())
+//	resp, err := c.Invoke(ctx, "inventory", "reservations", body, meridian.Header("Content-Type", "application/json"))
+//	fmt.Println(resp.Status, resp.Region, resp.Instance)
+//
 // # Errors
 //
 // Every method returns nil or an *Error carrying the stable code the agent
@@ -115,9 +128,11 @@ type Client struct {
 	state  *State
 	idem   *Idempotency
 	events *Events
+	reg    *Registry
 	// The unwrapped services.
-	healthRPC meridianv1.HealthServiceClient
-	statusRPC meridianv1.StatusServiceClient
+	healthRPC     meridianv1.HealthServiceClient
+	statusRPC     meridianv1.StatusServiceClient
+	invocationRPC meridianv1.InvocationServiceClient
 
 	closeOnce sync.Once
 	closeErr  error
@@ -166,12 +181,14 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 // propagation; use Dial for that. Closing the Client closes conn.
 func NewClient(conn *grpc.ClientConn) *Client {
 	return &Client{
-		conn:      conn,
-		state:     &State{rpc: meridianv1.NewStateServiceClient(conn)},
-		idem:      &Idempotency{rpc: meridianv1.NewIdempotencyServiceClient(conn)},
-		events:    &Events{rpc: meridianv1.NewEventServiceClient(conn), propagator: propagation.TraceContext{}},
-		healthRPC: meridianv1.NewHealthServiceClient(conn),
-		statusRPC: meridianv1.NewStatusServiceClient(conn),
+		conn:          conn,
+		state:         &State{rpc: meridianv1.NewStateServiceClient(conn)},
+		idem:          &Idempotency{rpc: meridianv1.NewIdempotencyServiceClient(conn)},
+		events:        &Events{rpc: meridianv1.NewEventServiceClient(conn), propagator: propagation.TraceContext{}},
+		reg:           &Registry{rpc: meridianv1.NewRegistryServiceClient(conn)},
+		healthRPC:     meridianv1.NewHealthServiceClient(conn),
+		statusRPC:     meridianv1.NewStatusServiceClient(conn),
+		invocationRPC: meridianv1.NewInvocationServiceClient(conn),
 	}
 }
 
@@ -184,6 +201,10 @@ func (c *Client) Idempotency() *Idempotency { return c.idem }
 // Events is the Event API: publish events, consume them in consumer groups,
 // replay, and invalidate caches in every region.
 func (c *Client) Events() *Events { return c.events }
+
+// Registry is the Registry API: register this process's service instance
+// with the agent, and list the instances of every region.
+func (c *Client) Registry() *Registry { return c.reg }
 
 // Region is the region of the agent, as it said when Dial checked it
 // ("" for a Client made by NewClient).
