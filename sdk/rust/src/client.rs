@@ -10,7 +10,9 @@ use tonic::transport::Endpoint;
 use crate::error::Error;
 use crate::events::EventsClient;
 use crate::idempotency::IdempotencyClient;
+use crate::invocation::Invoke;
 use crate::pb;
+use crate::registry::RegistryClient;
 use crate::state::StateClient;
 use crate::trace::{self, TraceContextInterceptor};
 use crate::types::Health;
@@ -140,6 +142,26 @@ impl Client {
         EventsClient::new(self.raw_events(), self.timeout)
     }
 
+    /// The Registry API: register this service's instances (leases kept
+    /// alive in the background) and list every region's instances.
+    pub fn registry(&self) -> RegistryClient {
+        RegistryClient::new(self.raw_registry(), self.timeout)
+    }
+
+    /// A call to `method` (the path after the service name, e.g.
+    /// `orders/42`) of the `http` service `service`, through the agent: a
+    /// healthy instance, local first, with the service's resilience policy.
+    /// Set the verb (default `POST`), headers, query and body on the
+    /// returned [`Invoke`], then await it.
+    pub fn invoke(&self, service: impl Into<String>, method: impl Into<String>) -> Invoke {
+        Invoke::new(
+            self.raw_invocation(),
+            self.timeout,
+            service.into(),
+            method.into(),
+        )
+    }
+
     /// The agent's health: serving, degraded or not, and why.
     ///
     /// # Errors
@@ -209,6 +231,30 @@ impl Client {
     /// raw `tonic::Status`es; `Error::from(status)` types them.
     pub fn raw_events(&self) -> pb::event_service_client::EventServiceClient<TracedChannel> {
         pb::event_service_client::EventServiceClient::with_interceptor(
+            self.channel.clone(),
+            TraceContextInterceptor,
+        )
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// The generated RegistryService client on this connection. Its errors
+    /// are raw `tonic::Status`es; `Error::from(status)` types them.
+    pub fn raw_registry(
+        &self,
+    ) -> pb::registry_service_client::RegistryServiceClient<TracedChannel> {
+        pb::registry_service_client::RegistryServiceClient::with_interceptor(
+            self.channel.clone(),
+            TraceContextInterceptor,
+        )
+    }
+
+    /// The generated InvocationService client on this connection. Its errors
+    /// are raw `tonic::Status`es; `Error::from(status)` types them.
+    pub fn raw_invocation(
+        &self,
+    ) -> pb::invocation_service_client::InvocationServiceClient<TracedChannel> {
+        pb::invocation_service_client::InvocationServiceClient::with_interceptor(
             self.channel.clone(),
             TraceContextInterceptor,
         )

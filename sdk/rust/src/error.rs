@@ -19,6 +19,7 @@
 //! ├── Fenced                FENCED                  an idempotency token that lost its key
 //! ├── IdempotencyInProgress IDEMPOTENCY_IN_PROGRESS another caller is running the command
 //! ├── IdempotencyMismatch   IDEMPOTENCY_MISMATCH    the key was used for another request
+//! ├── ResourceExhausted     RESOURCE_EXHAUSTED      a concurrency limit (bulkhead) is full
 //! ├── Other                 a Meridian code this SDK version does not know yet
 //! ├── Rpc                   any other gRPC status, without a Meridian code
 //! └── Transport             the channel could not be set up
@@ -122,6 +123,14 @@ pub enum Error {
         /// Why, in words (including the fingerprint the key is bound to).
         message: String,
     },
+    /// A concurrency limit is full (the bulkhead of an invoked service, for
+    /// example): the call was refused before it started, so it is safe to
+    /// retry after a backoff. gRPC `RESOURCE_EXHAUSTED`, HTTP 503.
+    #[error("resource exhausted: {message}")]
+    ResourceExhausted {
+        /// Which limit, in words.
+        message: String,
+    },
     /// A stable Meridian code this version of the SDK does not know (a newer
     /// agent's); match on `code` to handle it.
     #[error("{code}: {message}")]
@@ -157,6 +166,7 @@ impl Error {
             Error::Fenced { .. } => "FENCED",
             Error::IdempotencyInProgress { .. } => "IDEMPOTENCY_IN_PROGRESS",
             Error::IdempotencyMismatch { .. } => "IDEMPOTENCY_MISMATCH",
+            Error::ResourceExhausted { .. } => "RESOURCE_EXHAUSTED",
             Error::Other { code, .. } => code,
             Error::Rpc(_) | Error::Transport(_) => return None,
         })
@@ -164,7 +174,7 @@ impl Error {
 
     /// Whether the same call may succeed if retried later (after a backoff):
     /// quorum loss, unavailability, clock skew and an idempotency key in
-    /// progress elsewhere are transient; a deadline is retryable only for
+    /// progress elsewhere and a full bulkhead are transient; a deadline is retryable only for
     /// calls that are safe to repeat.
     pub fn is_transient(&self) -> bool {
         matches!(
@@ -173,6 +183,7 @@ impl Error {
                 | Error::Unavailable { .. }
                 | Error::ClockSkew { .. }
                 | Error::IdempotencyInProgress { .. }
+                | Error::ResourceExhausted { .. }
         )
     }
 
@@ -221,6 +232,7 @@ impl From<tonic::Status> for Error {
                 lease_expires_at: None,
             },
             Some("IDEMPOTENCY_MISMATCH") => Error::IdempotencyMismatch { message },
+            Some("RESOURCE_EXHAUSTED") => Error::ResourceExhausted { message },
             Some(code) if !code.is_empty() => Error::Other {
                 code: code.to_owned(),
                 message,
@@ -370,5 +382,17 @@ mod tests {
         let mismatch = typed("IDEMPOTENCY_MISMATCH", tonic::Code::FailedPrecondition);
         assert!(matches!(mismatch, Error::IdempotencyMismatch { .. }));
         assert!(!mismatch.is_transient());
+    }
+
+    #[test]
+    fn a_full_bulkhead_is_resource_exhausted_and_transient() {
+        let err = Error::from(status(
+            tonic::Code::ResourceExhausted,
+            "bulkhead of orders is full (64 in flight)",
+            &[(ERROR_CODE_METADATA, "RESOURCE_EXHAUSTED")],
+        ));
+        assert!(matches!(err, Error::ResourceExhausted { .. }), "{err:?}");
+        assert_eq!(err.code(), Some("RESOURCE_EXHAUSTED"));
+        assert!(err.is_transient());
     }
 }

@@ -16,6 +16,12 @@
 //!   durable consumer groups of every region ([`Subscription`]: a stream of
 //!   [`Delivery`]s to ack or nack), consumes a keyspace's change feed,
 //!   replays a group and fans cache invalidations out;
+//! - [`registry`]: [`Client::registry`] registers this service's instances
+//!   (a [`Registration`] renews its lease in the background and deregisters
+//!   on [`Registration::close`]) and lists every region's instances;
+//! - [`invocation`]: [`Client::invoke`] calls another service's HTTP
+//!   endpoint through the agent, which picks a healthy instance (local region
+//!   first) and fails over across regions ([`InvokeResponse`] says who answered);
 //! - [`Error`]: typed errors rebuilt from the agent's stable error codes;
 //! - [`canonical`] and [`hlc`]: canonical JSON fingerprints and HLC
 //!   timestamps, byte for byte the same as the agent's (checked against the
@@ -60,6 +66,8 @@ mod error;
 pub mod events;
 pub mod hlc;
 pub mod idempotency;
+pub mod invocation;
+pub mod registry;
 pub mod state;
 pub mod trace;
 mod types;
@@ -67,7 +75,7 @@ mod types;
 /// The generated protobuf messages and gRPC clients of `proto/meridian/v1`
 /// (every `.proto` there), built by `build.rs`. Never edited by hand.
 pub mod pb {
-    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    #![allow(missing_docs, clippy::all, clippy::pedantic, rustdoc::invalid_html_tags)]
     tonic::include_proto!("meridian.v1");
 }
 
@@ -75,6 +83,10 @@ pub use client::{Client, ClientBuilder, DEFAULT_TIMEOUT, MAX_MESSAGE_BYTES, Trac
 pub use error::{CURRENT_REVISION_METADATA, ERROR_CODE_METADATA, ERROR_FIELD_METADATA, Error};
 pub use events::{Acker, Delivery, Event, EventsClient, Published, Source, Start, Subscription};
 pub use idempotency::{Begun, IdempotencyClient, OnceError, OnceResult, Outcome, StoredResponse};
+pub use invocation::{Invoke, InvokeResponse};
+pub use registry::{
+    Instance, InstanceHealth, InstanceStatus, Lease, Protocol, Registration, RegistryClient,
+};
 pub use state::{StateClient, WatchStream};
 pub use types::{
     Consistency, Entry, Health, Page, ReadLevel, ReadResult, ServingStatus, Sibling, WatchEvent,
