@@ -23,6 +23,7 @@ import click
 from meridian.chaos.cli import chaos
 from meridian.config import MeridianConfig, default_config_text, load_config
 from meridian.core.errors import MeridianError
+from meridian.gateway.cli import gateway
 
 T = TypeVar("T")
 
@@ -335,6 +336,7 @@ def wan_serve(ctx: _Ctx) -> None:
 
 
 cli.add_command(chaos)
+cli.add_command(gateway)
 
 
 def main() -> None:
