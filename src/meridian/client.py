@@ -45,11 +45,11 @@ from meridian.core.errors import (
     FieldViolation,
     IdempotencyInProgressError,
     IdempotencyMismatchError,
-    ResourceExhaustedError,
     InvalidArgumentError,
     MeridianError,
     NotFoundError,
     QuorumUnavailableError,
+    ResourceExhaustedError,
     UnavailableError,
 )
 from meridian.core.idempotency import StoredResponse

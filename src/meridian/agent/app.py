@@ -29,12 +29,15 @@ from opentelemetry.sdk.trace.export import SpanExporter
 import meridian
 from meridian.agent.events import EventsComponent
 from meridian.agent.idempotency import IdempotencyComponent
+from meridian.agent.invoke import Invoker
 from meridian.agent.monitor import StatusMonitor
+from meridian.agent.registry import RegistryComponent
 from meridian.agent.state import StateComponent
 from meridian.api.events import EventsApi
 from meridian.api.grpc.server import GrpcTransport
 from meridian.api.http.server import HttpTransport
 from meridian.api.idempotency import IdempotencyApi
+from meridian.api.invocation import InvocationApi, RegistryApi
 from meridian.api.push import PushDeliveries
 from meridian.api.service import AgentApi, Services
 from meridian.api.state import StateApi
@@ -190,11 +193,31 @@ class Agent:
         self.push = PushDeliveries(
             events_api, region=region, replicas=config.agent.regional_replicas
         )
+        self.registry = RegistryComponent(
+            self.conn,
+            config.invocation,
+            region=region,
+            regions=config.region_names,
+            replicas=config.agent.regional_replicas,
+            timeout_s=config.agent.quorum_timeout_s,
+            metrics=self.metrics,
+        )
+        self.invoker = Invoker(
+            self.conn,
+            self.registry,
+            config.resilience,
+            region=region,
+            config=config.invocation,
+            metrics=self.metrics,
+            peer_rtts=self._peer_rtts,
+        )
         self.services = Services(
             state=self.state_api,
             idempotency=IdempotencyApi(self.idempotency, skew=self.skew),
             events=events_api,
             push=self.push,
+            registry=RegistryApi(self.registry, config.invocation),
+            invocation=InvocationApi(self.invoker, config.invocation),
         )
         rc = self.region_config
         # Order matters: components start in this order and stop in reverse, so
@@ -205,6 +228,8 @@ class Agent:
             self.idempotency,
             self.events,
             self.push,
+            self.registry,
+            self.invoker,
             _Transports(
                 GrpcTransport(self.api, self.services, rc.listen_host, rc.grpc_port),
                 HttpTransport(self.api, self.services, rc.listen_host, rc.http_port),
@@ -212,6 +237,12 @@ class Agent:
         ]
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
+
+    def _peer_rtts(self) -> dict[str, float | None]:
+        """Measured round trip to each peer region's agent (None: unreachable)."""
+        return {
+            p.region: (p.rtt_ms / 1000 if p.reachable else None) for p in self.monitor.latest.peers
+        }
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown (what SIGTERM does)."""

@@ -34,6 +34,7 @@ from meridian.observability.tracing import extract_context
 if TYPE_CHECKING:
     from meridian.api.events import EventsApi
     from meridian.api.idempotency import IdempotencyApi
+    from meridian.api.invocation import InvocationApi, RegistryApi
     from meridian.api.push import PushDeliveries
     from meridian.api.state import StateApi
 
@@ -95,6 +96,8 @@ class Services:
     idempotency: IdempotencyApi
     events: EventsApi
     push: PushDeliveries
+    registry: RegistryApi
+    invocation: InvocationApi
 
 
 @dataclass(frozen=True)

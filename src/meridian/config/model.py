@@ -163,8 +163,9 @@ class InvocationConfig:
     max_ttl_s: float = 300.0
     #: Timeout of one health check of a local instance.
     health_timeout_s: float = 1.0
-    #: Largest request or response body an invocation carries.
-    max_body_bytes: int = 4 << 20
+    #: Largest request or response body an invocation carries. A call that fails
+    #: over to another region travels in one NATS message (max_payload 1 MiB).
+    max_body_bytes: int = 960 * 1024
 
 
 @dataclass(frozen=True)

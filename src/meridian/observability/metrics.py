@@ -124,5 +124,68 @@ class AgentMetrics:
             registry=r,
         )
 
+        self.invocations = Counter(
+            "meridian_invocations",
+            "Service invocations through this agent, by target service, serving region "
+            "and outcome (ok, http_5xx, unavailable, rejected, deadline, fallback).",
+            ["region", "service", "target_region", "outcome"],
+            registry=r,
+        )
+        self.invocation_seconds = Histogram(
+            "meridian_invocation_duration_seconds",
+            "Invocation latency inside the agent, attempts and failover included.",
+            ["region", "service"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.invocation_attempts = Counter(
+            "meridian_invocation_attempts",
+            "Attempts sent to instances or peer agents, first tries and retries.",
+            ["region", "service", "kind"],
+            registry=r,
+        )
+        self.retry_decisions = Counter(
+            "meridian_invocation_retry_decisions",
+            "Why a failed attempt was or was not retried.",
+            ["region", "service", "verdict"],
+            registry=r,
+        )
+        self.breaker_state = Gauge(
+            "meridian_circuit_breaker_state",
+            "Circuit breaker per (service, region): 0 closed, 1 open, 2 half-open.",
+            ["region", "service", "target_region"],
+            registry=r,
+        )
+        self.breaker_transitions = Counter(
+            "meridian_circuit_breaker_transitions",
+            "Circuit breaker transitions per (service, region).",
+            ["region", "service", "target_region", "from_state", "to_state"],
+            registry=r,
+        )
+        self.outlier_events = Counter(
+            "meridian_outlier_events",
+            "Outlier ejections and readmissions of local instances.",
+            ["region", "service", "instance", "event"],
+            registry=r,
+        )
+        self.bulkhead_rejected = Counter(
+            "meridian_bulkhead_rejected",
+            "Calls refused at once because the target's bulkhead was full.",
+            ["region", "service"],
+            registry=r,
+        )
+        self.bulkhead_in_flight = Gauge(
+            "meridian_bulkhead_in_flight",
+            "Calls in flight per target service.",
+            ["region", "service"],
+            registry=r,
+        )
+        self.registry_instances = Gauge(
+            "meridian_registry_instances",
+            "Instances this agent's registry replica knows, by service, region and health.",
+            ["region", "service", "instance_region", "health"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

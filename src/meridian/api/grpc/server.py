@@ -15,6 +15,8 @@ from meridian._pb.meridian.v1 import (
     health_pb2,
     idempotency_pb2,
     idempotency_pb2_grpc,
+    invocation_pb2,
+    invocation_pb2_grpc,
     state_pb2,
     state_pb2_grpc,
     status_pb2,
@@ -24,6 +26,7 @@ from meridian._pb.meridian.v1 import health_pb2_grpc as m_health_grpc
 from meridian.api.errors import error_metadata, mapping_for
 from meridian.api.events import EventsApi
 from meridian.api.idempotency import IdempotencyApi
+from meridian.api.invocation import InvocationApi, RegistryApi, grpc_call
 from meridian.api.push import PushDeliveries
 from meridian.api.service import AgentApi, Services
 from meridian.api.state import StateApi
@@ -238,6 +241,141 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             await context.abort(mapping_for(exc).grpc, exc.message)
 
 
+class RegistryServicer(invocation_pb2_grpc.RegistryServiceServicer):
+    def __init__(self, api: AgentApi, registry: RegistryApi) -> None:
+        self.api = api
+        self.registry = registry
+
+    async def Register(
+        self, request: invocation_pb2.RegisterRequest, context: Ctx
+    ) -> invocation_pb2.RegisterResponse:
+        return await _unary(
+            self.api, "RegistryService", "Register", self.registry.register, request, context
+        )
+
+    async def Heartbeat(
+        self, request: invocation_pb2.HeartbeatRequest, context: Ctx
+    ) -> invocation_pb2.HeartbeatResponse:
+        return await _unary(
+            self.api, "RegistryService", "Heartbeat", self.registry.heartbeat, request, context
+        )
+
+    async def Deregister(
+        self, request: invocation_pb2.DeregisterRequest, context: Ctx
+    ) -> invocation_pb2.DeregisterResponse:
+        return await _unary(
+            self.api, "RegistryService", "Deregister", self.registry.deregister, request, context
+        )
+
+    async def ListInstances(
+        self, request: invocation_pb2.ListInstancesRequest, context: Ctx
+    ) -> invocation_pb2.ListInstancesResponse:
+        return await _unary(
+            self.api,
+            "RegistryService",
+            "ListInstances",
+            self.registry.list_instances,
+            request,
+            context,
+        )
+
+
+class InvocationServicer(invocation_pb2_grpc.InvocationServiceServicer):
+    def __init__(self, api: AgentApi, invocation: InvocationApi) -> None:
+        self.api = api
+        self.invocation = invocation
+
+    async def Invoke(
+        self, request: invocation_pb2.InvokeRequest, context: Ctx
+    ) -> invocation_pb2.InvokeResponse:
+        remaining = context.time_remaining()
+
+        async def invoke(req: invocation_pb2.InvokeRequest) -> invocation_pb2.InvokeResponse:
+            return await self.invocation.invoke(req, timeout_s=remaining)
+
+        return await _unary(self.api, "InvocationService", "Invoke", invoke, request, context)
+
+
+SERVICE_METADATA = "meridian-service"
+#: Metadata the proxy does not pass on: gRPC's own, and ours.
+_DROPPED_METADATA = frozenset(
+    {SERVICE_METADATA, "grpc-timeout", "user-agent", "content-type", "te", "traceparent"}
+)
+
+
+class InvocationProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """The transparent gRPC proxy: any unary method, with ``meridian-service``
+    metadata naming the target service, is invoked through the router as raw
+    bytes. Streaming methods are not proxied (UNIMPLEMENTED)."""
+
+    def __init__(self, api: AgentApi, invocation: InvocationApi) -> None:
+        self.api = api
+        self.invocation = invocation
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        md = handler_call_details.invocation_metadata or ()
+        target = next((v for k, v in md if k == SERVICE_METADATA and isinstance(v, str)), None)
+        if target is None:
+            return None
+        full_method = handler_call_details.method
+        full_method = full_method.decode() if isinstance(full_method, bytes) else full_method
+
+        async def proxy(request: bytes, context: Ctx) -> bytes:
+            return await self._proxy(target, full_method, request, context)
+
+        return grpc.unary_unary_rpc_method_handler(proxy)
+
+    async def _proxy(self, service: str, full_method: str, request: bytes, context: Ctx) -> bytes:
+        incoming = [(k, v) for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)]
+        carrier = dict(incoming)
+        inv = self.invocation
+        try:
+            async with self.api.serving("InvocationService", "Proxy", "grpc", carrier) as tp:
+                metadata = [
+                    (k, v)
+                    for k, v in incoming
+                    if k not in _DROPPED_METADATA and not k.startswith(":")
+                ]
+                if tp:
+                    metadata.append(("traceparent", tp))
+                call = grpc_call(
+                    service=service,
+                    full_method=full_method,
+                    metadata=metadata,
+                    body=request,
+                    max_body=inv.config.max_body_bytes,
+                )
+                deadline = inv.deadline(call, timeout_ms=None, timeout_s=context.time_remaining())
+                reply = await inv.call(call, deadline)
+        except MeridianError as exc:
+            context.set_trailing_metadata(error_metadata(exc))
+            await context.abort(mapping_for(exc).grpc, exc.message)
+        await context.send_initial_metadata(
+            (
+                ("meridian-region", reply.region),
+                ("meridian-instance", reply.instance_id),
+                ("meridian-attempts", str(reply.attempts)),
+            )
+        )
+        passed = tuple(
+            (k, v)
+            for k, v in reply.headers
+            if not k.startswith(("grpc-", ":")) and k not in ("content-type",)
+        )
+        if passed:
+            context.set_trailing_metadata(passed)
+        if reply.grpc_code and reply.grpc_code != "OK":
+            code = (
+                grpc.StatusCode[reply.grpc_code]
+                if reply.grpc_code in grpc.StatusCode.__members__
+                else grpc.StatusCode.UNKNOWN
+            )
+            await context.abort(code, reply.grpc_details)
+        return reply.body
+
+
 class GrpcTransport:
     """The agent's gRPC server. ``start()`` returns once the port is bound."""
 
@@ -272,10 +410,19 @@ class GrpcTransport:
                 events_pb2_grpc.add_EventServiceServicer_to_server,
                 EventServicer(self.api, self.services.events, self.services.push),
             ),
+            (
+                invocation_pb2_grpc.add_RegistryServiceServicer_to_server,
+                RegistryServicer(self.api, self.services.registry),
+            ),
+            (
+                invocation_pb2_grpc.add_InvocationServiceServicer_to_server,
+                InvocationServicer(self.api, self.services.invocation),
+            ),
         )
         for register, servicer in add:
             register(servicer, server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self.std_health, server)
+        server.add_generic_rpc_handlers((InvocationProxy(self.api, self.services.invocation),))
         bound = server.add_insecure_port(self.address)
         if bound == 0:
             raise OSError(f"gRPC cannot bind {self.address}: address in use?")

@@ -11,6 +11,13 @@ base64, 64-bit integers as strings).
 - ``POST /v1/events/publish|replay|invalidate|push/register|push/unregister``
   → EventService.* (Subscribe is a gRPC bidirectional stream; HTTP services
   register a push endpoint instead)
+- ``POST /v1/registry/register|heartbeat|deregister|list`` → RegistryService.*
+- ``POST /v1/invocation/invoke`` → InvocationService.Invoke (protojson)
+- ``<VERB> /v1/invoke/{service}/{method...}?{query}`` → the same invocation as a
+  passthrough: the method, headers, query and body go to the service; its
+  status, headers and body come back, with ``Meridian-Region``,
+  ``Meridian-Instance`` and ``Meridian-Attempts``. The deadline is the
+  ``Meridian-Timeout-Ms`` header (milliseconds).
 - ``GET /metrics``    → Prometheus exposition
 
 A body that is not JSON, not an object of the request's fields, or too large is
@@ -27,15 +34,19 @@ from typing import Any
 from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import Message
+from multidict import CIMultiDict
 
 from meridian._pb.meridian.v1 import (
     events_pb2,
     health_pb2,
     idempotency_pb2,
+    invocation_pb2,
     state_pb2,
     status_pb2,
 )
+from meridian.agent.invoke import HOP_BY_HOP
 from meridian.api.errors import error_body, mapping_for
+from meridian.api.invocation import http_call, reply_headers
 from meridian.api.service import AgentApi, Services
 from meridian.core.errors import FieldViolation, InvalidArgumentError, MeridianError
 from meridian.observability.metrics import CONTENT_TYPE
@@ -156,6 +167,31 @@ class HttpTransport:
                 f"/v1/events/{path.get(method, method.lower())}",
                 self._json_route("EventService", method, handler, request_type),
             )
+        reg = services.registry
+        registry_routes: dict[str, tuple[Handler, type[Message]]] = {
+            "Register": (reg.register, invocation_pb2.RegisterRequest),
+            "Heartbeat": (reg.heartbeat, invocation_pb2.HeartbeatRequest),
+            "Deregister": (reg.deregister, invocation_pb2.DeregisterRequest),
+            "ListInstances": (reg.list_instances, invocation_pb2.ListInstancesRequest),
+        }
+        for method, (handler, request_type) in registry_routes.items():
+            name = "list" if method == "ListInstances" else method.lower()
+            app.router.add_post(
+                f"/v1/registry/{name}",
+                self._json_route("RegistryService", method, handler, request_type),
+            )
+        self.invocation = services.invocation
+        app.router.add_post(
+            "/v1/invocation/invoke",
+            self._json_route(
+                "InvocationService",
+                "Invoke",
+                services.invocation.invoke,
+                invocation_pb2.InvokeRequest,
+            ),
+        )
+        app.router.add_route("*", "/v1/invoke/{service}", self._invoke)
+        app.router.add_route("*", "/v1/invoke/{service}/{method:.*}", self._invoke)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
 
     async def _respond(
@@ -218,6 +254,46 @@ class HttpTransport:
             health_pb2.HealthCheckRequest(),
             code,
         )
+
+    async def _invoke(self, request: web.Request) -> web.Response:
+        """The invocation passthrough; see the module docstring."""
+        service = request.match_info["service"]
+        prefix = f"/v1/invoke/{service}"
+        raw_path = request.raw_path.split("?", 1)[0]
+        method = raw_path[len(prefix) :].lstrip("/") if raw_path.startswith(prefix) else ""
+        inv = self.invocation
+        try:
+            async with self.api.serving(
+                "InvocationService", "Invoke", "http", request.headers
+            ) as tp:
+                body = await request.read()
+                headers = [
+                    (k, v)
+                    for k, v in request.headers.items()
+                    if k.lower() not in HOP_BY_HOP and k.lower() != "traceparent"
+                ]
+                if tp:
+                    headers.append(("traceparent", tp))
+                call = http_call(
+                    service=service,
+                    method=method,
+                    verb=request.method,
+                    query=request.query_string,
+                    headers=headers,
+                    body=body,
+                    max_body=inv.config.max_body_bytes,
+                )
+                deadline = inv.deadline(
+                    call,
+                    timeout_ms=request.headers.get("Meridian-Timeout-Ms"),
+                    timeout_s=None,
+                )
+                reply = await inv.call(call, deadline)
+                return web.Response(
+                    status=reply.status, body=reply.body, headers=CIMultiDict(reply_headers(reply))
+                )
+        except MeridianError as exc:
+            return web.json_response(error_body(exc), status=mapping_for(exc).http)
 
     async def _watch(self, request: web.Request) -> web.StreamResponse:
         """StateService.Watch as Server-Sent Events: one ``data:`` line of protojson per

@@ -1,0 +1,240 @@
+"""The service registry on JetStream: a stream per region, sourced into every region.
+
+For region ``r``:
+
+- ``MGREG_<r>`` lives in cluster ``r`` and holds the latest announcement of
+  each instance registered with one of ``r``'s agents, on
+  ``mg.reg.<r>.<instance_id>`` (one message per subject). Its agents
+  re-announce their instances every ``announce_interval_s``; a deregistered
+  or expired instance gets a tombstone (:data:`GONE_HEADER`).
+- ``MGREGA_<r>``, also in cluster ``r``, *sources* every region's
+  ``MGREG_<s>``: the region's replica of the whole registry. Each agent follows
+  its own region's aggregate, so reading the registry never crosses the WAN.
+
+A replica can only be as fresh as the last announcement it received: the
+reader (:mod:`meridian.agent.registry`) drops entries not re-announced
+within ``stale_after_s``, which is what happens to a region cut off or lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import nats.errors
+import nats.js.errors
+from nats.js import api
+from nats.js.client import JetStreamContext
+
+from meridian._pb.meridian.v1 import invocation_pb2
+from meridian.backbone.connection import (
+    BackboneConnection,
+    reraise_if_cancelling,
+    translate_nats_errors,
+)
+from meridian.backbone.feed import ordered_feed, until_stalled
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+STREAM_NAME_IN_USE = 10058
+SUBJECT_PREFIX = "mg.reg"
+GONE_HEADER = "Meridian-Gone"
+#: How often the follower checks its feed for a stall (see feed.until_stalled).
+STALL_CHECK_S = 5.0
+
+
+def own_stream(region: str) -> str:
+    return f"MGREG_{region}"
+
+
+def aggregate_stream(region: str) -> str:
+    return f"MGREGA_{region}"
+
+
+def subject(region: str, instance_id: str) -> str:
+    return f"{SUBJECT_PREFIX}.{region}.{instance_id}"
+
+
+#: Called with (instance_id, status) for an announcement, (instance_id, None) for a tombstone.
+OnEntry = Callable[[str, invocation_pb2.InstanceStatus | None], None]
+
+
+class RegistryStreams:
+    """This region's registry streams. ``await ensure()`` first."""
+
+    def __init__(
+        self,
+        conn: BackboneConnection,
+        *,
+        region: str,
+        regions: Sequence[str],
+        replicas: int,
+        timeout_s: float,
+        max_age_s: float,
+    ) -> None:
+        self.conn = conn
+        self.region = region
+        self.regions = list(regions)
+        self.replicas = replicas
+        self.timeout_s = timeout_s
+        self.max_age_s = max_age_s
+        self.own = own_stream(region)
+        self.aggregate = aggregate_stream(region)
+        self._idle: set[str] = set()
+
+    def _js(self) -> JetStreamContext:
+        return self.conn.jetstream(self.timeout_s)
+
+    async def _call(self, what: str, aw: Awaitable[T]) -> T:
+        with translate_nats_errors(f"cannot {what} in {self.region}"):
+            async with asyncio.timeout(self.timeout_s):
+                result = await aw
+        reraise_if_cancelling()
+        return result
+
+    async def ensure(self) -> None:
+        """Create both streams if missing (idempotent)."""
+        js = self._js()
+        configs = [
+            api.StreamConfig(
+                name=self.own,
+                description=f"Meridian service instances registered in {self.region}",
+                subjects=[f"{SUBJECT_PREFIX}.{self.region}.*"],
+                storage=api.StorageType.FILE,
+                num_replicas=self.replicas,
+                max_msgs_per_subject=1,
+                max_age=self.max_age_s,
+                placement=api.Placement(cluster=self.region),
+            ),
+            self._aggregate_config(self.regions),
+        ]
+        for config in configs:
+            try:
+                await self._call(f"create stream {config.name}", js.add_stream(config))
+            except nats.js.errors.BadRequestError as exc:
+                if exc.err_code != STREAM_NAME_IN_USE:
+                    raise
+
+    def _aggregate_config(self, regions: Sequence[str]) -> api.StreamConfig:
+        return api.StreamConfig(
+            name=self.aggregate,
+            description=f"Meridian service registry of every region, in {self.region}",
+            storage=api.StorageType.FILE,
+            num_replicas=self.replicas,
+            max_msgs_per_subject=1,
+            max_age=self.max_age_s,
+            placement=api.Placement(cluster=self.region),
+            sources=[api.StreamSource(name=own_stream(r)) for r in regions],
+        )
+
+    async def repair_sources(self) -> list[str]:
+        """Restart sources of the aggregate that never became active.
+
+        A source whose stream did not exist yet when the aggregate was made
+        (the regions' agents start one after another) is retried by the server
+        with a backoff that has been seen to take minutes. Once the stream
+        exists, dropping the source and adding it back starts it at once
+        (JetStream resumes a re-added source where it left off). Returns the
+        regions restarted."""
+        js = self._js()
+        info = await self._call("read the registry aggregate", js.stream_info(self.aggregate))
+        idle = [
+            src.name.removeprefix("MGREG_")
+            for src in info.sources or []
+            if src.active is None or src.active < 0
+        ]
+        # Only sources idle at two checks in a row: a fresh source is idle briefly.
+        idle, self._idle = [r for r in idle if r in self._idle], set(idle)
+        restarted: list[str] = []
+        for region in idle:
+            try:
+                await self._call("look up a registry stream", js.stream_info(own_stream(region)))
+            except nats.js.errors.NotFoundError:
+                continue
+            others = [r for r in self.regions if r != region]
+            await self._call(
+                "restart a registry source", js.update_stream(self._aggregate_config(others))
+            )
+            await self._call(
+                "restart a registry source", js.update_stream(self._aggregate_config(self.regions))
+            )
+            restarted.append(region)
+        return restarted
+
+    async def announce(self, status: invocation_pb2.InstanceStatus) -> None:
+        """Publish one instance's current status to this region's stream."""
+        await self._call(
+            "announce an instance",
+            self._js().publish(
+                subject(self.region, status.instance.instance_id),
+                status.SerializeToString(),
+                timeout=self.timeout_s,
+            ),
+        )
+
+    async def withdraw(self, instance_id: str) -> None:
+        """Publish a tombstone: the instance is gone."""
+        await self._call(
+            "withdraw an instance",
+            self._js().publish(
+                subject(self.region, instance_id),
+                b"",
+                timeout=self.timeout_s,
+                headers={GONE_HEADER: "1"},
+            ),
+        )
+
+    async def follow(self, on_entry: OnEntry) -> None:
+        """Feed every entry of this region's replica to ``on_entry``, latest per
+        instance first, then as they arrive; until cancelled. The feed is
+        recreated after an error or a stall."""
+        while True:
+            try:
+                await self._follow_once(on_entry)
+            except (nats.errors.Error, TimeoutError, OSError) as exc:
+                reraise_if_cancelling()
+                log.info("registry feed in %s restarts: %s", self.region, exc)
+            await asyncio.sleep(1.0)
+
+    async def _follow_once(self, on_entry: OnEntry) -> None:
+        js = self._js()
+        progress = [0]
+        async with ordered_feed(
+            js,
+            f"{SUBJECT_PREFIX}.>",
+            stream=self.aggregate,
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+        ) as queue:
+            stall = asyncio.create_task(until_stalled(js, self.aggregate, progress, STALL_CHECK_S))
+            try:
+                while not stall.done():
+                    getter = asyncio.ensure_future(queue.get())
+                    done, _ = await asyncio.wait(
+                        {getter, stall}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if getter not in done:
+                        getter.cancel()
+                        break
+                    msg = getter.result()
+                    if msg.metadata is not None:
+                        progress[0] = int(msg.metadata.sequence.stream)
+                    instance_id = msg.subject.rsplit(".", 1)[-1]
+                    if (msg.headers or {}).get(GONE_HEADER) or not msg.data:
+                        on_entry(instance_id, None)
+                        continue
+                    status = invocation_pb2.InstanceStatus()
+                    try:
+                        status.ParseFromString(msg.data)
+                    except Exception:
+                        log.warning("skipping an unreadable registry entry on %s", msg.subject)
+                        continue
+                    on_entry(instance_id, status)
+                log.info("registry feed in %s stalled; recreating it", self.region)
+            finally:
+                stall.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await stall
