@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"net/url"
 	"os"
 	"os/signal"
 	"syscall"
@@ -220,5 +221,80 @@ func ExampleEvents_Open() {
 		if err := sub.Ack(d); err != nil {
 			log.Fatal(err)
 		}
+	}
+}
+
+func ExampleClient_Invoke() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second) // travels with the call
+	defer cancel()
+	c, err := meridian.Dial(ctx, "127.0.0.1:14020")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	// POST inventory/reservations on a healthy instance, this region's first.
+	resp, err := c.Invoke(ctx, "inventory", "reservations", []byte(`{"order_id":"o-1","sku":"sku-1","qty":2}`),
+		meridian.Header("Content-Type", "application/json"),
+		meridian.Header("Idempotency-Key", "o-1")) // makes the POST safe for the agent to retry
+	switch {
+	case errors.Is(err, meridian.ErrResourceExhausted):
+		fmt.Println("inventory's bulkhead is full: shed load or retry later")
+	case errors.Is(err, meridian.ErrUnavailable):
+		fmt.Println("no healthy inventory instance in any region")
+	case err != nil:
+		log.Fatal(err)
+	default:
+		// A 4xx or 5xx from the instance is a response, not an error.
+		fmt.Println(resp.Status, string(resp.Body), "served by", resp.Instance, "in", resp.Region,
+			"after", resp.Attempts, "attempt(s)")
+	}
+	// GET with a query string.
+	_, _ = c.Invoke(ctx, "inventory", "stock/sku-1", nil, meridian.Verb("GET"), meridian.Query(url.Values{"fresh": {"1"}}))
+}
+
+func ExampleRegistry_Register() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	c, err := meridian.Dial(ctx, "127.0.0.1:14020")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	// Serve first (the agent health-checks GET /healthz), then register.
+	reg, err := c.Registry().Register(ctx, meridian.Instance{
+		Service:    "orders",
+		Version:    "1.4.0",
+		Endpoint:   "127.0.0.1:8080",
+		Protocol:   meridian.ProtocolHTTP,
+		HealthPath: "/healthz",
+		Metadata:   map[string]string{"commit": "3f9e2c1"},
+	}, 10*time.Second, meridian.OnHeartbeatError(func(err error) { log.Print("heartbeat: ", err) }))
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("registered as", reg.ID())
+
+	<-ctx.Done()
+	// Deregister before closing the client, with a fresh context.
+	closeCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := reg.Close(closeCtx); err != nil {
+		log.Print("deregister: ", err)
+	}
+}
+
+func ExampleRegistry_ListInstances() {
+	ctx := context.Background()
+	c, err := meridian.Dial(ctx, "127.0.0.1:14020")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	list, err := c.Registry().ListInstances(ctx, "inventory", "") // every region
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, s := range list {
+		fmt.Println(s.Region, s.ID, s.Endpoint, s.Health, s.HealthDetail)
 	}
 }

@@ -201,7 +201,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func TestInvokeSendsTheRequestAndReturnsTheResponse(t *testing.T) {
+func TestFakeInvokeSendsTheRequestAndReturnsTheResponse(t *testing.T) {
 	f, c := startFakeAgent(t)
 	tid := trace.TraceID{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}
 	sc := trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: trace.SpanID{1, 2, 3, 4, 5, 6, 7, 8}, TraceFlags: trace.FlagsSampled})
@@ -243,7 +243,7 @@ func TestInvokeSendsTheRequestAndReturnsTheResponse(t *testing.T) {
 	}
 }
 
-func TestInvokeDefaultsAndErrors(t *testing.T) {
+func TestFakeInvokeDefaultsAndErrors(t *testing.T) {
 	f, c := startFakeAgent(t)
 	ctx := context.Background()
 
@@ -270,7 +270,7 @@ func TestInvokeDefaultsAndErrors(t *testing.T) {
 	}
 }
 
-func TestRegistrationHeartbeatsUntilClose(t *testing.T) {
+func TestFakeRegistrationHeartbeatsUntilClose(t *testing.T) {
 	f, c := startFakeAgent(t)
 	ctx := context.Background()
 	inst := Instance{
@@ -321,7 +321,7 @@ func TestRegistrationHeartbeatsUntilClose(t *testing.T) {
 	}
 }
 
-func TestRegistrationRegistersAgainWhenTheLeaseIsGone(t *testing.T) {
+func TestFakeRegistrationRegistersAgainWhenTheLeaseIsGone(t *testing.T) {
 	f, c := startFakeAgent(t)
 	ctx := context.Background()
 	reg, err := c.Registry().Register(ctx, Instance{ID: "orders-7", Service: "orders", Endpoint: "127.0.0.1:1"}, 300*time.Millisecond)
@@ -342,7 +342,7 @@ func TestRegistrationRegistersAgainWhenTheLeaseIsGone(t *testing.T) {
 	waitFor(t, "a good heartbeat after registering again", func() bool { return reg.Err() == nil })
 }
 
-func TestRegistrationKeepsTryingThroughFailures(t *testing.T) {
+func TestFakeRegistrationKeepsTryingThroughFailures(t *testing.T) {
 	f, c := startFakeAgent(t)
 	ctx := context.Background()
 	errs := make(chan error, 100)
@@ -374,7 +374,7 @@ func TestRegistrationKeepsTryingThroughFailures(t *testing.T) {
 	waitFor(t, "a good heartbeat after the failures", func() bool { return reg.Err() == nil })
 }
 
-func TestCloseOfALeaseAlreadyGone(t *testing.T) {
+func TestFakeCloseOfALeaseAlreadyGone(t *testing.T) {
 	f, c := startFakeAgent(t)
 	ctx := context.Background()
 	reg, err := c.Registry().Register(ctx, Instance{Service: "orders", Endpoint: "127.0.0.1:1"}, time.Minute)
@@ -387,7 +387,7 @@ func TestCloseOfALeaseAlreadyGone(t *testing.T) {
 	}
 }
 
-func TestListInstances(t *testing.T) {
+func TestFakeListInstances(t *testing.T) {
 	_, c := startFakeAgent(t)
 	ctx := context.Background()
 	for _, svc := range []string{"orders", "inventory"} {
