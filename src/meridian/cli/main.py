@@ -126,6 +126,9 @@ def sandbox_up(ctx: _Ctx) -> None:
             f"HTTP {region.http_url}  (NATS {region.agent_nats_urls[0]})"
         )
     click.echo(f"  WAN emulator control: {ctx.config.wan.control_url}")
+    click.echo(
+        f"  Gateway: {box.gateway_url}  (pick a region with {ctx.config.gateway.region_header}: REGION)"
+    )
     click.echo("Try: meridian sandbox status | meridian wan show | meridian sandbox down")
 
 

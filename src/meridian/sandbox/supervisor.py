@@ -3,7 +3,11 @@
 ``Sandbox.up()`` makes the whole topology run and returns only when it is
 ready: the WAN emulator, then both NATS servers of every region, then, once
 every server reports a JetStream meta leader and its routes and gateways are
-connected, one agent per region, each answering its Status API.
+connected, one agent per region, each answering its Status API, and last the
+global gateway (``meridian gateway``), once it sees every region up.
+
+The gateway belongs to no region: ``kill_region`` and ``restart`` leave it
+running, as a real front door outlives a region.
 
 ``up()`` is idempotent: it starts only what is not already running. That is
 how a killed region comes back (``up`` again, or ``restart(region)``).
@@ -109,6 +113,11 @@ class Sandbox:
         for region in self.config.regions:
             rec = records[f"agent:{region.name}"]
             self._wait(partial(self._agent_ready, region), f"agent {region.name}", rec)
+
+        if "gateway" not in records:
+            records["gateway"] = self._start_gateway()
+            self.state.save(records)
+        self._wait(self._gateway_ready, "the gateway", records["gateway"])
         self.say(f"sandbox ready in {time.monotonic() - started_at:.1f}s")
         return records
 
@@ -125,7 +134,7 @@ class Sandbox:
         return busy
 
     def kill_region(self, region: str) -> list[ProcessRecord]:
-        """SIGKILL every process of ``region``: its servers and its agent."""
+        """SIGKILL every process of ``region``: its servers and its agent (not the gateway)."""
         self.config.region(region)
         records = self.state.load()
         victims = [r for r in records.values() if r.region == region]
@@ -179,7 +188,20 @@ class Sandbox:
                     data or {},
                 )
             )
+        rec = records.get("gateway")
+        gw_ok, gw_detail = self._gateway_health()
+        out.append(
+            ComponentStatus(
+                "gateway", "", bool(rec and rec.alive()), gw_ok, f"{self.gateway_url}: {gw_detail}"
+            )
+        )
         return out
+
+    @property
+    def gateway_url(self) -> str:
+        from meridian.gateway.server import local_url
+
+        return local_url(self.config.gateway.host, self.config.gateway.port)
 
     # -- starting -------------------------------------------------------
 
@@ -238,6 +260,19 @@ class Sandbox:
             self._cli("agent", "run", "--region", region.name),
             ports=ports,
             log_path=self.workdir / "logs" / f"agent-{region.name}.log",
+            env=self.env,
+        )
+
+    def _start_gateway(self) -> ProcessRecord:
+        port = self.config.gateway.port
+        self._check_free("the gateway", [port])
+        self.say(f"starting gateway on {self.gateway_url}")
+        return spawn(
+            "gateway",
+            "",
+            self._cli("gateway"),
+            ports=[port],
+            log_path=self.workdir / "logs" / "gateway.log",
             env=self.env,
         )
 
@@ -301,8 +336,38 @@ class Sandbox:
         ok, detail = _judge_agent(data, "")
         return ok, detail
 
+    def _gateway_regions(self) -> tuple[list[dict[str, Any]] | None, str]:
+        """Each region as the gateway sees it, or None and why it does not answer."""
+        try:
+            data = fetch_json(f"{self.gateway_url}/gateway/status", timeout=1.0)
+        except (OSError, urllib.error.URLError, ValueError) as exc:
+            return None, f"not answering: {exc}"
+        return list(data.get("regions", [])), ""
+
+    def _gateway_health(self) -> tuple[bool, str]:
+        """Healthy while it answers and routes to at least one region; the detail names them."""
+        regions, reason = self._gateway_regions()
+        if regions is None:
+            return False, reason
+        up = [r["region"] for r in regions if r.get("up")]
+        down = [f"{r['region']} ({r.get('last_error', '')})" for r in regions if not r.get("up")]
+        detail = f"regions up: {', '.join(up) or 'none'}"
+        if down:
+            detail += f"; down: {', '.join(down)}"
+        return bool(up), detail
+
+    def _gateway_ready(self) -> tuple[bool, str]:
+        """Ready once it answers and has every region in rotation."""
+        regions, reason = self._gateway_regions()
+        if regions is None:
+            return False, reason
+        down = [r["region"] for r in regions if not r.get("up")]
+        return not down, f"regions not yet in rotation: {', '.join(down)}"
+
     def _all_ports(self) -> list[int]:
-        ports = [self.config.wan.control_port] + [p.listen_port for p in wan_proxies(self.config)]
+        ports = [self.config.gateway.port, self.config.wan.control_port] + [
+            p.listen_port for p in wan_proxies(self.config)
+        ]
         for spec in self.servers:
             ports += [spec.ports.client, spec.ports.cluster, spec.ports.gateway, spec.ports.monitor]
         for region in self.config.regions:
@@ -341,12 +406,14 @@ def _describe_view(view: JetStreamView) -> str:
 
 
 def _stop_rank(name: str) -> int:
-    # Stop intake first (agents), then the data layer, then the network.
-    if name.startswith("agent:"):
+    # Stop intake first (the gateway, then agents), then the data layer, then the network.
+    if name == "gateway":
         return 0
-    if name.startswith("nats:"):
+    if name.startswith("agent:"):
         return 1
-    return 2
+    if name.startswith("nats:"):
+        return 2
+    return 3
 
 
 def _tail(path: str, lines: int = 15) -> str:
