@@ -75,7 +75,12 @@ mod types;
 /// The generated protobuf messages and gRPC clients of `proto/meridian/v1`
 /// (every `.proto` there), built by `build.rs`. Never edited by hand.
 pub mod pb {
-    #![allow(missing_docs, clippy::all, clippy::pedantic, rustdoc::invalid_html_tags)]
+    #![allow(
+        missing_docs,
+        clippy::all,
+        clippy::pedantic,
+        rustdoc::invalid_html_tags
+    )]
     tonic::include_proto!("meridian.v1");
 }
 
