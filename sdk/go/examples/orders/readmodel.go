@@ -122,6 +122,9 @@ func (m *readModel) run(ctx context.Context, ev *meridian.Events, group string, 
 		if err == nil {
 			break
 		}
+		if ctx.Err() != nil {
+			return nil
+		}
 		log.Warn("read model: replay from the start failed; retrying", "group", group, "err", err)
 		if !backoff.wait(ctx) {
 			return nil
