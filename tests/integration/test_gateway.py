@@ -95,8 +95,12 @@ class StandInAgent:
         app.router.add_get("/gzip", self._gzip)
         app.router.add_post("/hangup", self._hangup)
         app.router.add_get("/broken", self._broken)
+        app.router.add_get("/frozen", self._frozen)
         app.router.add_route("*", "/echo/{tail:.*}", self._echo)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Stopping is abrupt, like a killed agent: requests in flight are cut off.
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=0.1
+        )
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
 
@@ -156,6 +160,10 @@ class StandInAgent:
         await asyncio.sleep(0.1)
         return web.Response()
 
+    async def _frozen(self, request: web.Request) -> web.Response:
+        await self.release_stream.wait()  # like a stopped process: connected, never answers
+        return web.Response()
+
     async def _broken(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Length": "100000"})
         await response.prepare(request)
@@ -179,11 +187,12 @@ async def stand_ins() -> AsyncIterator[dict[str, StandInAgent]]:
 
 
 @contextlib.asynccontextmanager
-async def gateway(**settings: Any) -> AsyncIterator[Gateway]:
+async def gateway(answer_timeout_s: float = 30.0, **settings: Any) -> AsyncIterator[Gateway]:
     config = make_config()
     gw_settings = dataclasses.replace(config.gateway, **settings)
+    targets = {r.name: r.http_url for r in config.regions}
     async with Gateway(
-        gw_settings, {r.name: r.http_url for r in config.regions}, config.latency
+        gw_settings, targets, config.latency, answer_timeout_s=answer_timeout_s
     ) as gw:
         yield gw
 
@@ -349,6 +358,18 @@ async def test_an_agent_that_hangs_up_without_answering_is_a_502(
         assert 'meridian_gateway_requests_total{code="502",region="us-east"}' in (
             await metrics(client)
         )
+
+
+async def test_an_agent_that_never_answers_is_a_502_after_the_answer_timeout(
+    agents: dict[str, StandInAgent], client: aiohttp.ClientSession
+) -> None:
+    async with gateway(answer_timeout_s=0.3):
+        async with client.get(f"{GW}/frozen", headers={HINT: "eu-west"}) as resp:
+            assert resp.status == 502
+            body = await resp.json()
+        assert body["error"]["code"] == "UNAVAILABLE"
+        assert "eu-west failed to answer: no answer within 0.3s" in body["error"]["message"]
+        assert await served_by(client, "eu-west") == (200, "eu-west")
 
 
 # -- what passes through ---------------------------------------------------------------

@@ -77,6 +77,9 @@ _NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
 #: Default grace for requests in flight (long streams included) at shutdown.
 SHUTDOWN_GRACE_S = 5.0
+#: Default limit on the wait for an agent's status and headers (not on a body or a
+#: stream, which may go on): a frozen agent accepts connections but never answers.
+ANSWER_TIMEOUT_S = 30.0
 
 
 def local_url(host: str, port: int) -> str:
@@ -103,8 +106,10 @@ class Gateway:
     """One gateway process's server, health checker and client session.
 
     ``targets`` maps each region to its agent's base URL; ``latency_ms`` is the
-    configured one-way WAN latency between two regions. ``start()`` returns once
-    every region has been checked once and the port is bound; ``aclose()``
+    configured one-way WAN latency between two regions; ``answer_timeout_s``
+    bounds the wait for an agent's status and headers (a 502 after it).
+    ``start()`` returns once every region has been checked once and the port is
+    bound; ``aclose()``
     stops taking requests, lets those in flight finish within ``grace_s``, then
     stops checking and closes the session. It is idempotent. As an async
     context manager the gateway starts on entry and closes on exit.
@@ -119,6 +124,7 @@ class Gateway:
         host: str | None = None,
         port: int | None = None,
         grace_s: float = SHUTDOWN_GRACE_S,
+        answer_timeout_s: float = ANSWER_TIMEOUT_S,
         clock: Clock = time.monotonic,
     ) -> None:
         self.settings = settings
@@ -127,6 +133,7 @@ class Gateway:
         self.host = settings.host if host is None else host
         self.port = settings.port if port is None else port
         self.grace_s = grace_s
+        self.answer_timeout_s = answer_timeout_s
         self.clock = clock
         self.board = HealthBoard(
             list(self.targets), unhealthy_after=settings.unhealthy_after, now=clock()
@@ -290,15 +297,16 @@ class Gateway:
             url = URL(self.targets[region] + request.raw_path, encoded=True)
             started = self.clock()
             try:
-                upstream = await self._session.request(
-                    request.method,
-                    url,
-                    headers=headers,
-                    data=body,
-                    allow_redirects=False,
-                    skip_auto_headers=_NO_AUTO_HEADERS,
-                    timeout=self._connect_timeout,
-                )
+                async with asyncio.timeout(self.answer_timeout_s):
+                    upstream = await self._session.request(
+                        request.method,
+                        url,
+                        headers=headers,
+                        data=body,
+                        allow_redirects=False,
+                        skip_auto_headers=_NO_AUTO_HEADERS,
+                        timeout=self._connect_timeout,
+                    )
             except aiohttp.ClientConnectorError as exc:
                 # Not connected: the request never reached the region, so trying the
                 # next one cannot run it twice.
@@ -310,12 +318,18 @@ class Gateway:
                 self._record(self.board.record_failure, region, describe(exc), started)
                 continue
             except (aiohttp.ClientError, TimeoutError) as exc:
+                # Sent, perhaps in part: it may have run, so no other region may run it.
+                why = (
+                    f"no answer within {self.answer_timeout_s:g}s"
+                    if type(exc) is TimeoutError
+                    else describe(exc)
+                )
                 log.warning(
                     "proxied request failed",
-                    extra={"target_region": region, "path": request.path, "error": describe(exc)},
+                    extra={"target_region": region, "path": request.path, "error": why},
                 )
                 return self._refuse(
-                    UnavailableError(f"region {region} failed to answer: {describe(exc)}"),
+                    UnavailableError(f"region {region} failed to answer: {why}"),
                     502,
                     arrived,
                     region,
