@@ -32,6 +32,8 @@ from meridian._pb.meridian.v1 import (
     events_pb2_grpc,
     idempotency_pb2,
     idempotency_pb2_grpc,
+    invocation_pb2,
+    invocation_pb2_grpc,
     state_pb2,
     state_pb2_grpc,
 )
@@ -249,6 +251,8 @@ class MeridianClient:
         self._state = state_pb2_grpc.StateServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._idem = idempotency_pb2_grpc.IdempotencyServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._events = events_pb2_grpc.EventServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._registry = invocation_pb2_grpc.RegistryServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._invocation = invocation_pb2_grpc.InvocationServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     async def _call(self, fn: Callable[..., Awaitable[T]], request: Any) -> T:
         try:
@@ -577,6 +581,78 @@ class MeridianClient:
             self._events.Invalidate, events_pb2.InvalidateRequest(namespace=namespace, keys=keys)
         )
         return int(resp.sequence)
+
+    # -- services and invocation -------------------------------------------
+
+    async def register(
+        self,
+        service: str,
+        endpoint: str,
+        *,
+        protocol: str = "http",
+        instance_id: str = "",
+        version: str = "",
+        metadata: dict[str, str] | None = None,
+        health_path: str = "/healthz",
+        ttl_s: float = 10.0,
+    ) -> str:
+        """Register an instance with this agent; returns its instance id. Keep the
+        lease with :meth:`heartbeat` every ``ttl_s / 3``."""
+        inst = invocation_pb2.Instance(
+            service=service,
+            endpoint=endpoint,
+            protocol=invocation_pb2.PROTOCOL_GRPC
+            if protocol == "grpc"
+            else invocation_pb2.PROTOCOL_HTTP,
+            instance_id=instance_id,
+            version=version,
+            metadata=metadata or {},
+            health_check=invocation_pb2.HealthCheck(http_path=health_path),
+        )
+        request = invocation_pb2.RegisterRequest(instance=inst)
+        request.ttl.FromNanoseconds(int(ttl_s * 1e9))
+        resp = await self._call(self._registry.Register, request)
+        return str(resp.instance_id)
+
+    async def heartbeat(self, instance_id: str) -> None:
+        await self._call(
+            self._registry.Heartbeat, invocation_pb2.HeartbeatRequest(instance_id=instance_id)
+        )
+
+    async def deregister(self, instance_id: str) -> None:
+        await self._call(
+            self._registry.Deregister, invocation_pb2.DeregisterRequest(instance_id=instance_id)
+        )
+
+    async def list_instances(
+        self, service: str = "", region: str = ""
+    ) -> list[invocation_pb2.InstanceStatus]:
+        resp = await self._call(
+            self._registry.ListInstances,
+            invocation_pb2.ListInstancesRequest(service=service, region=region),
+        )
+        return list(resp.instances)
+
+    async def invoke(
+        self,
+        service: str,
+        method: str,
+        body: bytes = b"",
+        *,
+        verb: str = "POST",
+        headers: dict[str, str] | None = None,
+        query: str = "",
+    ) -> invocation_pb2.InvokeResponse:
+        """Call an HTTP service through the agent (InvocationService.Invoke)."""
+        request = invocation_pb2.InvokeRequest(
+            service=service,
+            method=method,
+            http_verb=verb,
+            query=query,
+            headers=[invocation_pb2.Header(name=k, value=v) for k, v in (headers or {}).items()],
+            body=body,
+        )
+        return await self._call(self._invocation.Invoke, request)
 
     async def aclose(self) -> None:
         await self._channel.close()

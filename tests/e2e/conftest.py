@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -25,7 +26,8 @@ from tests.conftest import eventually
 
 REGIONS = ("us-east", "eu-west", "ap-south")
 
-E2E_BASE_PORT = 24000
+# MERIDIAN_E2E_BASE_PORT moves the shared sandbox, for two runs side by side.
+E2E_BASE_PORT = int(os.environ.get("MERIDIAN_E2E_BASE_PORT", "24000"))
 OWN_BASE_PORT = 23000
 
 CONFIG = """
@@ -88,6 +90,50 @@ conflict = "set"
 name = "notes"
 locality = "replicated"
 conflict = "multi_value"
+
+[invocation]
+announce_interval_s = 0.5
+stale_after_s = 3.0
+
+# Resilience settings of the test services in test_invoke.py.
+[resilience.service.flaky]
+outlier.consecutive_5xx = 3
+outlier.base_ejection_s = 2.0
+outlier.max_ejection_s = 4.0
+breaker.consecutive_failures = 0
+breaker.minimum_calls = 10000
+breaker.window_size = 10000
+
+[resilience.service.brk]
+breaker.consecutive_failures = 3
+breaker.open_cooldown_s = 2.0
+outlier.consecutive_5xx = 0
+outlier.consecutive_gateway_failures = 0
+
+[resilience.service.slow]
+bulkhead.max_concurrent = 4
+
+[resilience.service.amp]
+budget.ratio = 0.2
+budget.min_retries_per_s = 0.0
+retry.max_attempts = 3
+outlier.consecutive_5xx = 0
+outlier.consecutive_gateway_failures = 0
+breaker.consecutive_failures = 0
+breaker.minimum_calls = 10000
+breaker.window_size = 10000
+
+[resilience.service.keyed]
+outlier.consecutive_5xx = 0
+outlier.consecutive_gateway_failures = 0
+breaker.consecutive_failures = 0
+breaker.minimum_calls = 10000
+breaker.window_size = 10000
+
+[resilience.service.fb]
+fallback.enabled = true
+fallback.http_status = 200
+fallback.body = '{{"fallback": true}}'
 """
 
 

@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Iterable
 from datetime import datetime
+from urllib.parse import unquote
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -23,6 +24,7 @@ from meridian.config.model import InvocationConfig
 from meridian.core.errors import FieldViolation, InvalidArgumentError
 from meridian.core.registry import INSTANCE_ID, SERVICE_NAME, validate_registration
 from meridian.core.resilience.deadline import resolve_deadline
+from meridian.observability.tracing import current_traceparent
 
 HTTP_VERBS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 #: The path after the service: URL path characters, no "..", at most 2 KiB.
@@ -86,9 +88,13 @@ def http_call(
 ) -> Call:
     """A validated HTTP call, or InvalidArgumentError naming each bad field."""
     v = _service_violation(service)
-    if not METHOD_PATH.match(method) or ".." in method.split("/"):
+    if not METHOD_PATH.match(method) or any(
+        unquote(segment) in (".", "..") for segment in method.split("/")
+    ):
         v.append(
-            FieldViolation("method", "must be a URL path of at most 2 KiB without '..' segments")
+            FieldViolation(
+                "method", "must be a URL path of at most 2 KiB without '.' or '..' segments"
+            )
         )
     verb = verb.upper() or "POST"
     if verb not in HTTP_VERBS:
@@ -225,7 +231,10 @@ class InvocationApi:
         self, request: pb.InvokeRequest, *, timeout_s: float | None = None
     ) -> pb.InvokeResponse:
         """InvocationService.Invoke (gRPC, or POST /v1/invocation/invoke)."""
-        headers = [(h.name, h.value) for h in request.headers]
+        headers = [(h.name, h.value) for h in request.headers if h.name.lower() != "traceparent"]
+        traceparent = current_traceparent()  # the agent's server span, a child of the caller's
+        if traceparent:
+            headers.append(("traceparent", traceparent))
         call = http_call(
             service=request.service,
             method=request.method,

@@ -8,6 +8,8 @@
                                  | partition REGION [--peer P ...] [--direction both|outbound|inbound]
                                  | heal [REGION] | reset [REGION] | serve
     meridian [--config FILE] config check | config default
+    meridian [--config FILE] services [--via REGION] [--service NAME] [--region REGION] [--json]
+    meridian [--config FILE] gateway [--host H] [--port P]
 """
 
 from __future__ import annotations
@@ -185,6 +187,73 @@ def sandbox_kill(ctx: _Ctx, region: str) -> None:
     click.echo(
         f"killed {len(victims)} process(es) of {region}: {', '.join(v.name for v in victims)}"
     )
+
+
+# -- services --------------------------------------------------------------
+
+
+@cli.command("services")
+@click.option("--via", "via", default=None, help="Ask this region's agent (default: the first).")
+@click.option("--service", default="", help="Only this service.")
+@click.option("--region", default="", help="Only instances in this region.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def services(ctx: _Ctx, via: str | None, service: str, region: str, as_json: bool) -> None:
+    """List registered service instances by region, with their health.
+
+    The answer is the asked agent's replica of the registry, which every
+    region's agents keep from JetStream."""
+    import aiohttp
+
+    cfg = ctx.config
+    try:
+        agent = cfg.region(via) if via else cfg.regions[0]
+    except MeridianError as exc:
+        _fail(exc.message)
+        return
+
+    async def fetch() -> tuple[int, dict[str, Any]]:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
+            session.post(
+                f"{agent.http_url}/v1/registry/list",
+                json={"service": service, "region": region},
+            ) as resp,
+        ):
+            return resp.status, await resp.json(content_type=None)
+
+    try:
+        status, data = asyncio.run(fetch())
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        _fail(
+            f"cannot reach the {agent.name} agent at {agent.http_url}: {exc or type(exc).__name__}"
+        )
+        return
+    if status != 200:
+        _fail(f"{agent.name} agent answered {status}: {data.get('error', data)}")
+    instances = data.get("instances", [])
+    if as_json:
+        click.echo(json.dumps(instances, indent=2))
+        return
+    if not instances:
+        click.echo(f"no instances registered (asked the {agent.name} agent)")
+        return
+    by_region: dict[str, list[dict[str, Any]]] = {}
+    for st in instances:
+        by_region.setdefault(st["instance"].get("region", "?"), []).append(st)
+    for name in sorted(by_region, key=lambda r: (r != agent.name, r)):
+        click.echo(f"{name}:")
+        for st in sorted(
+            by_region[name], key=lambda s: (s["instance"]["service"], s["instance"]["instanceId"])
+        ):
+            inst = st["instance"]
+            health = st.get("health", "").removeprefix("INSTANCE_HEALTH_").lower()
+            detail = f" ({st['healthDetail']})" if st.get("healthDetail") else ""
+            proto = inst.get("protocol", "").removeprefix("PROTOCOL_").lower()
+            click.echo(
+                f"  {inst['service']:<14} {inst['instanceId']:<36} {proto:<5} "
+                f"{inst.get('endpoint', ''):<22} {health}{detail}"
+            )
 
 
 # -- agent -----------------------------------------------------------------

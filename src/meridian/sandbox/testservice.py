@@ -198,7 +198,7 @@ class TestService:
         grpc_server: grpc.aio.Server | None = None
         if args.protocol == "http":
             admin.router.add_route("*", "/{tail:.*}", self.echo)
-        runner = web.AppRunner(admin, access_log=None, handle_signals=False)
+        runner = web.AppRunner(admin, access_log=None, handle_signals=False, shutdown_timeout=0.5)
         await runner.setup()
         http_port = args.port if args.protocol == "http" else args.admin_port
         site = web.TCPSite(runner, "127.0.0.1", http_port)
@@ -224,13 +224,15 @@ class TestService:
             beat = asyncio.create_task(self.keep_alive(session, port))
             await stop.wait()
             beat.cancel()
-            with contextlib.suppress(aiohttp.ClientError, OSError):
+            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
                 async with session.post(
-                    f"{args.agent}/v1/registry/deregister", json={"instanceId": self.instance_id}
+                    f"{args.agent}/v1/registry/deregister",
+                    json={"instanceId": self.instance_id},
+                    timeout=aiohttp.ClientTimeout(total=2),
                 ):
                     pass
         if grpc_server is not None:
-            await grpc_server.stop(1)
+            await grpc_server.stop(0.5)
         await runner.cleanup()
 
 
