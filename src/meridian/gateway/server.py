@@ -109,10 +109,10 @@ class Gateway:
     configured one-way WAN latency between two regions; ``answer_timeout_s``
     bounds the wait for an agent's status and headers (a 502 after it).
     ``start()`` returns once every region has been checked once and the port is
-    bound; ``aclose()``
-    stops taking requests, lets those in flight finish within ``grace_s``, then
-    stops checking and closes the session. It is idempotent. As an async
-    context manager the gateway starts on entry and closes on exit.
+    bound; ``aclose()`` stops taking requests, lets those in flight finish
+    within ``grace_s`` (then cancels them), stops checking and closes the
+    session. It is idempotent. As an async context manager the gateway starts on
+    entry and closes on exit.
     """
 
     def __init__(
