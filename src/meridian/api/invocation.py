@@ -18,7 +18,8 @@ from urllib.parse import unquote
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from meridian._pb.meridian.v1 import invocation_pb2 as pb
-from meridian.agent.invoke import Call, Invoker, Reply
+from meridian.agent.calls import Call, Reply
+from meridian.agent.invoke import Invoker
 from meridian.agent.registry import PROTOCOL_NAMES, RegistryComponent
 from meridian.config.model import InvocationConfig
 from meridian.core.errors import FieldViolation, InvalidArgumentError

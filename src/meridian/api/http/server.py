@@ -44,7 +44,7 @@ from meridian._pb.meridian.v1 import (
     state_pb2,
     status_pb2,
 )
-from meridian.agent.invoke import HOP_BY_HOP
+from meridian.agent.calls import HOP_BY_HOP
 from meridian.api.errors import error_body, mapping_for
 from meridian.api.invocation import http_call, reply_headers
 from meridian.api.service import AgentApi, Services

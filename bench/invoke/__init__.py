@@ -1,0 +1,1 @@
+"""Invocation benchmarks (issue 5): agent overhead and cross-region failover."""

@@ -1,0 +1,3 @@
+from bench.invoke.run import main
+
+raise SystemExit(main())
