@@ -45,8 +45,8 @@ use crate::pb::invocation_service_client::InvocationServiceClient;
 /// Set its options, then `.await` it for an [`InvokeResponse`].
 ///
 /// It carries the trace context current when it was built (override with
-/// [`Invoke::context`]); the agent passes it on to the instance as
-/// `traceparent`. Its deadline (the client's default unless
+/// [`Invoke::context`]) to the agent, and to the instance as the HTTP headers
+/// `traceparent` and `tracestate` (unless set with [`Invoke::header`]). Its deadline (the client's default unless
 /// [`Invoke::timeout`] says otherwise) travels as the gRPC deadline and bounds
 /// every attempt the agent makes.
 #[derive(Debug)]
@@ -141,16 +141,46 @@ impl Invoke {
     }
 }
 
+impl Invoke {
+    /// The client, options and request as sent. The trace context also goes
+    /// to the instance, as HTTP headers: the gRPC metadata only reaches the
+    /// agent. Headers the caller set win.
+    fn into_parts(
+        mut self,
+    ) -> (
+        InvocationServiceClient<TracedChannel>,
+        CallOptions,
+        pb::InvokeRequest,
+    ) {
+        let has_parent = self
+            .request
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case(crate::trace::TRACEPARENT));
+        if !has_parent {
+            for (name, value) in crate::trace::headers(&self.options.context) {
+                self.request.headers.push(pb::Header {
+                    name: name.to_owned(),
+                    value,
+                });
+            }
+        }
+        (self.inner, self.options, self.request)
+    }
+}
+
 impl IntoFuture for Invoke {
     type Output = Result<InvokeResponse, Error>;
     type IntoFuture = BoxFuture<Self::Output>;
 
     fn into_future(self) -> Self::IntoFuture {
-        let mut inner = self.inner;
+        let (mut inner, options, request) = self.into_parts();
         Box::pin(async move {
-            let response = unary(self.options, self.request, move |r| async move {
-                inner.invoke(r).await
-            })
+            let response = unary(
+                options,
+                request,
+                move |r| async move { inner.invoke(r).await },
+            )
             .await?
             .into_inner();
             Ok(InvokeResponse::from_proto(response))
@@ -247,6 +277,39 @@ mod tests {
         assert_eq!(r.body, b"hi");
         assert_eq!(call().request.http_verb, "POST");
         assert_eq!(call().query("a=1").request.query, "a=1");
+    }
+
+    fn traced() -> opentelemetry::Context {
+        use opentelemetry::trace::{
+            SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+        };
+        opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        ))
+    }
+
+    #[tokio::test]
+    async fn the_trace_context_goes_to_the_instance_unless_the_caller_set_one() {
+        let (_, _, untraced) = call().context(opentelemetry::Context::new()).into_parts();
+        assert!(untraced.headers.is_empty());
+        let parent = |invoke: Invoke| {
+            let (_, _, request) = invoke.context(traced()).into_parts();
+            request
+                .headers
+                .into_iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("traceparent"))
+                .map(|h| h.value)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            parent(call()),
+            ["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"]
+        );
+        assert_eq!(parent(call().header("Traceparent", "00-mine")), ["00-mine"]);
     }
 
     #[test]

@@ -738,7 +738,15 @@ mod tests {
     }
 
     #[test]
-    fn leases_are_renewed_three_times_per_ttl() {
+    fn leases_are_renewed_three_times_per_ttl_and_retried_sooner() {
+        assert_eq!(
+            retry_period(Duration::from_secs(9)),
+            Duration::from_millis(900)
+        );
+        assert_eq!(
+            retry_period(Duration::from_millis(500)),
+            Duration::from_millis(100)
+        );
         assert_eq!(
             renewal_period(Duration::from_secs(9)),
             Duration::from_secs(3)

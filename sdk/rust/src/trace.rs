@@ -50,6 +50,20 @@ pub fn inject(cx: &opentelemetry::Context, metadata: &mut MetadataMap) {
     }
 }
 
+/// `cx`'s trace context as HTTP headers: `traceparent`, and `tracestate`
+/// when there is one; nothing when `cx` has no valid span context.
+pub fn headers(cx: &opentelemetry::Context) -> Vec<(&'static str, String)> {
+    let Some(parent) = traceparent(cx) else {
+        return Vec::new();
+    };
+    let mut out = vec![(TRACEPARENT, parent)];
+    let state = cx.span().span_context().trace_state().header();
+    if !state.is_empty() {
+        out.push((TRACESTATE, state));
+    }
+    out
+}
+
 /// A tonic interceptor that injects the *current* OpenTelemetry context
 /// ([`opentelemetry::Context::current`]) into every outgoing request that does
 /// not already carry a `traceparent`.
@@ -103,6 +117,22 @@ mod tests {
         let state = TraceState::from_key_value([("vendor", "v1")]).unwrap();
         inject(&context(state), &mut md);
         assert_eq!(md.get(TRACESTATE).unwrap(), "vendor=v1");
+    }
+
+    #[test]
+    fn the_http_headers_carry_the_same_context() {
+        let state = TraceState::from_key_value([("vendor", "v1")]).unwrap();
+        assert_eq!(
+            headers(&context(state)),
+            vec![
+                (
+                    TRACEPARENT,
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()
+                ),
+                (TRACESTATE, "vendor=v1".to_owned()),
+            ]
+        );
+        assert!(headers(&opentelemetry::Context::new()).is_empty());
     }
 
     #[test]
