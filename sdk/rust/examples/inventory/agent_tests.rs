@@ -29,6 +29,8 @@ fn env(name: &str) -> String {
 }
 
 async fn client() -> Client {
+    // The service's logs, shown with a failing test's output.
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let addr = env("MERIDIAN_TEST_GRPC");
     Client::connect(format!("http://{addr}"))
         .await
@@ -62,13 +64,15 @@ async fn available(inventory: &Inventory, sku: &str) -> u64 {
         .available
 }
 
-/// Polls until `check` holds; the limit is a hang guard, not a speed check.
+/// Polls until `check` holds. The two minutes are a hang guard, not a speed
+/// check: on a loaded machine each compare-and-set of the `global` keyspace
+/// can take a second or more.
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    for _ in 0..300 {
+    for _ in 0..1200 {
         if check().await {
             return;
         }
@@ -325,19 +329,29 @@ async fn the_service_registers_and_answers_invocations_from_every_region() {
     assert_eq!(running.region, "us-east");
     let instance_id = running.registration.instance_id().to_owned();
     let client = client().await;
-    let registry = client.registry();
-    eventually("the instance is listed healthy", || async {
-        registry
-            .list_instances()
-            .service(&service)
-            .await
-            .is_ok_and(|list| {
-                list.iter().any(|s| {
-                    s.instance.instance_id == instance_id && s.health == InstanceHealth::Healthy
+    let eu_west = env("MERIDIAN_TEST_REGIONS")
+        .split(',')
+        .find_map(|part| part.strip_prefix("eu-west=").map(str::to_owned))
+        .expect("MERIDIAN_TEST_REGIONS names eu-west");
+    let remote = Client::connect(format!("http://{eu_west}"))
+        .await
+        .expect("connect to eu-west");
+    // Listed healthy by the us-east agent, and known to eu-west's.
+    for agent in [&client, &remote] {
+        let registry = agent.registry();
+        eventually("the instance is listed healthy", || async {
+            registry
+                .list_instances()
+                .service(&service)
+                .await
+                .is_ok_and(|list| {
+                    list.iter().any(|s| {
+                        s.instance.instance_id == instance_id && s.health == InstanceHealth::Healthy
+                    })
                 })
-            })
-    })
-    .await;
+        })
+        .await;
+    }
 
     let sku = unique("sku");
     let call = |method: String, body: Value| {
@@ -390,13 +404,6 @@ async fn the_service_registers_and_answers_invocations_from_every_region() {
     assert_eq!(json_body(&bad)["error"], "invalid_request");
 
     // eu-west has no instance: its agent sends the call to us-east.
-    let eu_west = env("MERIDIAN_TEST_REGIONS")
-        .split(',')
-        .find_map(|part| part.strip_prefix("eu-west=").map(str::to_owned))
-        .expect("MERIDIAN_TEST_REGIONS names eu-west");
-    let remote = Client::connect(format!("http://{eu_west}"))
-        .await
-        .expect("connect to eu-west");
     let stock = remote
         .invoke(&service, format!("stock/{sku}"))
         .verb("GET")
@@ -407,7 +414,8 @@ async fn the_service_registers_and_answers_invocations_from_every_region() {
     assert_eq!(json_body(&stock), json!({"sku": sku, "available": 0}));
 
     running.stop().await.expect("stop");
-    let left = registry
+    let left = client
+        .registry()
         .list_instances()
         .service(&service)
         .region("us-east")
