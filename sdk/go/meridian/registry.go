@@ -344,7 +344,8 @@ func (r *Registration) renew(ctx context.Context, timeout time.Duration) error {
 }
 
 // Close stops the heartbeats and deregisters the instance, so callers stop
-// being sent to it at once rather than when its lease runs out. ctx bounds
+// being sent to it as soon as the agents have applied the withdrawal (a
+// moment), rather than when its lease runs out. ctx bounds
 // the Deregister call (use a fresh one on shutdown, not the one that was
 // just canceled). An instance the agent no longer knows counts as
 // deregistered. Close the Registration before the Client. It is safe to
