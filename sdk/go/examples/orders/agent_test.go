@@ -270,6 +270,10 @@ func TestOrdersAgainstTheAgents(t *testing.T) {
 		t.Errorf("the key with another order: %d %s, want 422", r.status, r.body)
 	}
 
+	if r := call(t, "POST", eastURL+"/orders", strings.Repeat("k", 300), body); r.status != http.StatusBadRequest || !strings.Contains(string(r.body), "Idempotency-Key: ") {
+		t.Errorf("a 300-character key: %d %s, want 400 naming the Idempotency-Key", r.status, r.body)
+	}
+
 	// Out of stock: a stored answer too.
 	key2 := unique(t, "key")
 	big := `{"sku":"` + sku + `","qty":4,"customer":"c-2"}`

@@ -140,6 +140,7 @@ func (s *service) placeOrder(w http.ResponseWriter, r *http.Request) {
 	}
 	// Once fingerprints body by its canonical JSON: the same order sent
 	// again, respaced or reordered, is the same request.
+	var merr *meridian.Error
 	res, err := s.client.Idempotency().Once(r.Context(), idempotencyScope, key, body,
 		func(ctx context.Context, _ uint64) (meridian.StoredResponse, error) {
 			return s.place(ctx, orderID(key), req)
@@ -151,6 +152,9 @@ func (s *service) placeOrder(w http.ResponseWriter, r *http.Request) {
 		return
 	case errors.Is(err, meridian.ErrIdempotencyMismatch):
 		writeError(w, http.StatusUnprocessableEntity, "idempotency_key_reused", "this Idempotency-Key was used for a different request")
+		return
+	case errors.As(err, &merr) && merr.Code == meridian.CodeInvalidArgument && merr.Field == "key":
+		writeError(w, http.StatusBadRequest, "invalid_request", "Idempotency-Key: "+merr.Rule)
 		return
 	case err != nil && res.Response.Status != 0:
 		// The order is placed, but its response could not be stored; a
