@@ -73,7 +73,18 @@ class Upstream:
                     headers=headers,
                     allow_redirects=False,
                 ) as resp:
-                    body = await resp.content.read(limit + 1)
+                    # Read to the end (a partly read body would cost the pooled
+                    # connection), but no further than the limit.
+                    declared = resp.content_length
+                    if declared is not None and declared <= limit:
+                        body = await resp.read()
+                    else:
+                        buf = bytearray()
+                        async for chunk in resp.content.iter_any():
+                            buf += chunk
+                            if len(buf) > limit:
+                                break
+                        body = bytes(buf)
                     if len(body) > limit:
                         raise AttemptFailed(
                             f"instance {view.instance_id} answered more than {limit} bytes",
