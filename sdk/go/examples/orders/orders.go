@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"regexp"
 	"strconv"
 	"time"
 
@@ -46,12 +47,11 @@ type Order struct {
 	Customer string `json:"customer"`
 	Status   string `json:"status"`
 	// Region is where the order was placed.
-	Region        string `json:"region"`
-	ReservationID string `json:"reservation_id"`
-	// ReservationExpiresAt is inventory's expires_at, as inventory sent it.
-	ReservationExpiresAt json.RawMessage `json:"reservation_expires_at,omitempty"`
-	CreatedAt            time.Time       `json:"created_at"`
-	CancelledAt          *time.Time      `json:"cancelled_at,omitempty"`
+	Region string `json:"region"`
+	// ReservationID is inventory's (confirmed) reservation of the stock.
+	ReservationID string     `json:"reservation_id"`
+	CreatedAt     time.Time  `json:"created_at"`
+	CancelledAt   *time.Time `json:"cancelled_at,omitempty"`
 }
 
 // OrderEvent is the payload of the events on topicOrders.
@@ -85,6 +85,9 @@ type placeRequest struct {
 	Customer string `json:"customer"`
 }
 
+// skuPattern is what inventory accepts as a SKU.
+var skuPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
+
 // maxBodyBytes bounds request bodies.
 const maxBodyBytes = 64 << 10
 
@@ -101,8 +104,8 @@ func parsePlaceRequest(body []byte) (placeRequest, error) {
 		return req, errors.New("body: must hold one JSON object")
 	}
 	switch {
-	case req.SKU == "" || len(req.SKU) > 128:
-		return req, errors.New("sku: must be 1 to 128 bytes")
+	case !skuPattern.MatchString(req.SKU):
+		return req, errors.New("sku: must be 1 to 128 characters of A-Z, a-z, 0-9, '-', '_' and '.'")
 	case req.Qty < 1 || req.Qty > 1000:
 		return req, errors.New("qty: must be 1 to 1000")
 	case req.Customer == "" || len(req.Customer) > 128:
@@ -120,8 +123,8 @@ func orderID(key string) string {
 	return "o-" + hex.EncodeToString(sum[:10])
 }
 
-// placeOrder is POST /orders: reserve stock, write the order, publish
-// OrderPlaced, once per Idempotency-Key.
+// placeOrder is POST /orders: reserve and confirm stock, write the order,
+// publish OrderPlaced, once per Idempotency-Key.
 func (s *service) placeOrder(w http.ResponseWriter, r *http.Request) {
 	key := r.Header.Get("Idempotency-Key")
 	if key == "" {
@@ -143,7 +146,7 @@ func (s *service) placeOrder(w http.ResponseWriter, r *http.Request) {
 	var merr *meridian.Error
 	res, err := s.client.Idempotency().Once(r.Context(), idempotencyScope, key, body,
 		func(ctx context.Context, _ uint64) (meridian.StoredResponse, error) {
-			return s.place(ctx, orderID(key), req)
+			return storedAnswer(s.place(ctx, orderID(key), req))
 		})
 	switch {
 	case errors.Is(err, meridian.ErrIdempotencyInProgress):
@@ -174,58 +177,108 @@ func (s *service) placeOrder(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(res.Response.Body)
 }
 
-// reservation is inventory's answer to POST reservations.
-type reservation struct {
-	ReservationID string          `json:"reservation_id"`
-	ExpiresAt     json.RawMessage `json:"expires_at"`
+// storedAnswer is what Once stores for the outcome of place: 201 with the
+// order, or 409 when inventory refused. Other errors are not stored: Once
+// releases the key and the client may retry.
+func storedAnswer(order Order, err error) (meridian.StoredResponse, error) {
+	var refused *refusedError
+	switch {
+	case errors.As(err, &refused):
+		return jsonResponse(http.StatusConflict, errorBody{Error: refused.reason}), nil
+	case err != nil:
+		return meridian.StoredResponse{}, err
+	}
+	return jsonResponse(http.StatusCreated, order), nil
 }
 
-// place runs the command under the idempotency key. Its answers (201, or
-// 409 out of stock) are stored and replayed; its errors are not: Once
-// releases the key and the caller may retry.
-func (s *service) place(ctx context.Context, id string, req placeRequest) (meridian.StoredResponse, error) {
-	// 1. Reserve the stock. The order id doubles as inventory's
-	// Idempotency-Key, which also lets the agent retry the POST.
+// place runs the command under the idempotency key: every step can be run
+// again by a retry of the same request (same key, same order id) without
+// doing anything twice.
+func (s *service) place(ctx context.Context, id string, req placeRequest) (Order, error) {
+	// 1. Reserve the stock.
 	ask, _ := json.Marshal(map[string]any{"order_id": id, "sku": req.SKU, "qty": req.Qty})
-	resp, err := s.client.Invoke(ctx, inventoryService, "reservations", ask,
-		meridian.Header("Content-Type", "application/json"), meridian.Header("Idempotency-Key", id))
+	resp, err := s.callInventory(ctx, "reservations", ask, id)
 	if err != nil {
-		return meridian.StoredResponse{}, fmt.Errorf("reserve stock: %w", err)
+		return Order{}, err
 	}
-	if resp.Status == http.StatusConflict {
-		return jsonResponse(http.StatusConflict, errorBody{Error: "out_of_stock"}), nil
+	var rsv struct {
+		ReservationID string `json:"reservation_id"`
 	}
-	var rsv reservation
-	if resp.Status != http.StatusOK || json.Unmarshal(resp.Body, &rsv) != nil || rsv.ReservationID == "" {
-		return meridian.StoredResponse{}, &upstreamError{service: inventoryService, status: resp.Status, body: resp.Body}
+	if err := json.Unmarshal(resp.Body, &rsv); err != nil || rsv.ReservationID == "" {
+		return Order{}, &upstreamError{service: inventoryService, status: resp.Status, body: resp.Body}
 	}
 
-	// 2. Write the order. The id is the key's, so an order already there
+	// 2. Confirm it, or inventory gives the stock back at expires_at. Doing
+	// so before writing the order means a request abandoned in between
+	// leaves stock held without an order (until it is retried with its
+	// key), never an order whose stock went back.
+	if _, err := s.callInventory(ctx, "reservations/"+id+"/confirm", nil, id); err != nil {
+		return Order{}, err
+	}
+
+	// 3. Write the order. The id is the key's, so an order already there
 	// was written by an earlier attempt of this same request: keep it.
 	order := Order{
 		ID: id, SKU: req.SKU, Qty: req.Qty, Customer: req.Customer, Status: statusPlaced, Region: s.region,
-		ReservationID: rsv.ReservationID, ReservationExpiresAt: rsv.ExpiresAt, CreatedAt: time.Now().UTC(),
+		ReservationID: rsv.ReservationID, CreatedAt: time.Now().UTC(),
 	}
 	value, _ := json.Marshal(order)
 	st := s.client.State()
 	if _, err := st.Create(ctx, s.keyspace, id, value); errors.Is(err, meridian.ErrConflict) {
 		cur, err := st.Get(ctx, s.keyspace, id, meridian.Strong())
 		if err != nil {
-			return meridian.StoredResponse{}, fmt.Errorf("read the order written before: %w", err)
+			return Order{}, fmt.Errorf("read the order written before: %w", err)
 		}
 		if err := json.Unmarshal(cur.Value, &order); err != nil {
-			return meridian.StoredResponse{}, fmt.Errorf("order %s: %w", id, err)
+			return Order{}, fmt.Errorf("order %s: %w", id, err)
 		}
 	} else if err != nil {
-		return meridian.StoredResponse{}, fmt.Errorf("write the order: %w", err)
+		return Order{}, fmt.Errorf("write the order: %w", err)
 	}
 
-	// 3. Tell everyone. The event id is fixed per order, so a retry
+	// 4. Tell everyone. The event id is fixed per order, so a retry
 	// publishes nothing new.
 	if err := s.publish(ctx, eventPlaced, "order-"+id+"-placed", order); err != nil {
-		return meridian.StoredResponse{}, err
+		return Order{}, err
 	}
-	return jsonResponse(http.StatusCreated, order), nil
+	return order, nil
+}
+
+// refusedError is inventory saying no for a reason the client should hear:
+// out_of_stock, or reservation_released (a retry that came after the
+// order's reservation expired or was cancelled). place stores it as its
+// answer.
+type refusedError struct{ reason string }
+
+func (e *refusedError) Error() string { return "inventory refused: " + e.reason }
+
+// callInventory POSTs to inventory through the agent. The order id doubles
+// as inventory's Idempotency-Key, which also lets the agent retry the
+// POST. Anything but a 200 or a refusal is an *upstreamError.
+func (s *service) callInventory(ctx context.Context, method string, body []byte, orderID string) (*meridian.Response, error) {
+	resp, err := s.client.Invoke(ctx, inventoryService, method, body,
+		meridian.Header("Content-Type", "application/json"), meridian.Header("Idempotency-Key", orderID))
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", inventoryService, method, err)
+	}
+	if err := inventoryError(resp); err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+// inventoryError is nil for inventory's 200, a *refusedError for a refusal,
+// an *upstreamError for anything else.
+func inventoryError(resp *meridian.Response) error {
+	if resp.Status == http.StatusOK {
+		return nil
+	}
+	var refusal errorBody
+	if resp.Status == http.StatusConflict && json.Unmarshal(resp.Body, &refusal) == nil &&
+		(refusal.Error == "out_of_stock" || refusal.Error == "reservation_released") {
+		return &refusedError{reason: refusal.Error}
+	}
+	return &upstreamError{service: inventoryService, status: resp.Status, body: resp.Body}
 }
 
 // cancelOrder is POST /orders/{id}/cancel: mark the order cancelled

@@ -54,6 +54,7 @@ func TestPlaceOrderRefusesBadRequestsBeforeAnyCall(t *testing.T) {
 		{"unknown field", `{"sku":"a","qty":1,"customer":"c","price":3}`, "k", "invalid_request", "body:"},
 		{"two objects", good + good, "k", "invalid_request", "body: must hold one JSON object"},
 		{"no sku", `{"qty":1,"customer":"c"}`, "k", "invalid_request", "sku:"},
+		{"sku with a slash", `{"sku":"a/b","qty":1,"customer":"c"}`, "k", "invalid_request", "sku:"},
 		{"zero qty", `{"sku":"a","qty":0,"customer":"c"}`, "k", "invalid_request", "qty:"},
 		{"fractional qty", `{"sku":"a","qty":1.5,"customer":"c"}`, "k", "invalid_request", "body:"},
 		{"no customer", `{"sku":"a","qty":1}`, "k", "invalid_request", "customer:"},
@@ -113,6 +114,40 @@ func consistencyOf(level meridian.Level) meridian.Consistency {
 		return meridian.Eventual()
 	}
 	return meridian.Bounded(250 * time.Millisecond)
+}
+
+func TestInventoryAnswers(t *testing.T) {
+	for _, tc := range []struct {
+		status  int
+		body    string
+		refusal string // "" for a 200
+		stored  int    // what place's caller stores: 0 for an error
+	}{
+		{200, `{"reservation_id":"r-1"}`, "", 201},
+		{409, `{"error":"out_of_stock","available":1}`, "out_of_stock", 409},
+		{409, `{"error":"reservation_released","released_because":"expired"}`, "reservation_released", 409},
+		{409, `{"error":"reservation_mismatch"}`, "upstream", 0},
+		{404, `{"error":"unknown_reservation"}`, "upstream", 0},
+		{503, `{"error":"unavailable"}`, "upstream", 0},
+		{409, `not json`, "upstream", 0},
+	} {
+		err := inventoryError(&meridian.Response{Status: tc.status, Body: []byte(tc.body)})
+		var refused *refusedError
+		var upstream *upstreamError
+		switch {
+		case tc.refusal == "" && err != nil,
+			tc.refusal == "upstream" && !errors.As(err, &upstream),
+			tc.refusal != "" && tc.refusal != "upstream" && (!errors.As(err, &refused) || refused.reason != tc.refusal):
+			t.Errorf("%d %s: %v, want %q", tc.status, tc.body, err, tc.refusal)
+		}
+		resp, serr := storedAnswer(Order{ID: "o-1"}, err)
+		if int(resp.Status) != tc.stored || (tc.stored == 0) != (serr != nil) {
+			t.Errorf("%d %s: stored %d (err %v), want %d", tc.status, tc.body, resp.Status, serr, tc.stored)
+		}
+		if tc.stored == 409 && string(resp.Body) != `{"error":"`+tc.refusal+`"}` {
+			t.Errorf("%d %s: stored body %s", tc.status, tc.body, resp.Body)
+		}
+	}
 }
 
 func TestOrderIDIsTheKeys(t *testing.T) {
