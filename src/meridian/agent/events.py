@@ -66,6 +66,7 @@ class EventsComponent:
                 log.warning("event streams not ready (%s); retrying in %.1fs", exc, RETRY_S)
                 reraise_if_cancelling()
                 await asyncio.sleep(RETRY_S)
+        await self.streams.repair.run()
 
     async def stop(self, grace_s: float) -> None:
         return None

@@ -41,8 +41,6 @@ log = logging.getLogger(__name__)
 HEALTHY = pb.INSTANCE_HEALTH_HEALTHY
 UNHEALTHY = pb.INSTANCE_HEALTH_UNHEALTHY
 UNKNOWN = pb.INSTANCE_HEALTH_UNKNOWN
-#: How often the aggregate's sources are checked for one that never started.
-REPAIR_INTERVAL_S = 3.0
 PROTOCOL_NAMES = {pb.PROTOCOL_HTTP: "http", pb.PROTOCOL_GRPC: "grpc"}
 PROTOCOL_VALUES = {v: k for k, v in PROTOCOL_NAMES.items()}
 
@@ -134,19 +132,7 @@ class RegistryComponent:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.streams.follow(self._on_entry), name="registry-follow")
             tg.create_task(self._announce_loop(), name="registry-announce")
-            tg.create_task(self._repair_loop(), name="registry-repair")
-
-    async def _repair_loop(self) -> None:
-        while True:
-            await asyncio.sleep(REPAIR_INTERVAL_S)
-            try:
-                restarted = await self.streams.repair_sources()
-            except Exception as exc:  # tried again next round
-                reraise_if_cancelling()
-                log.debug("registry source check failed: %s", exc)
-                continue
-            if restarted:
-                log.info("restarted registry sources from %s", ", ".join(restarted))
+            tg.create_task(self.streams.repair.run(), name="registry-repair")
 
     async def stop(self, grace_s: float) -> None:
         for lease in self._leases.values():
@@ -194,6 +180,8 @@ class RegistryComponent:
         lease = self._leases.pop(instance_id, None)
         if lease is None:
             raise NotFoundError(f"no lease for instance {instance_id!r} in {self.region}")
+        # Gone here at once, not only when the tombstone comes back around.
+        self._on_entry(instance_id, None)
         await self._withdraw(lease)
 
     def statuses(self, service: str = "", region: str = "") -> list[pb.InstanceStatus]:

@@ -10,7 +10,7 @@ Every region's own stream is sourced into every region's aggregate by
 JetStream. Delivery during a partition and after it heals is checked by the
 e2e tier; no stalled source has been seen for events so far (nats-server
 #6206 and #8346 were seen with replicated keyspaces, which therefore also read
-peers directly). There is no automatic source repair yet.
+peers directly). Sources that never started are restarted (:mod:`.sources`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from meridian.backbone.connection import (
     reraise_if_cancelling,
     translate_nats_errors,
 )
+from meridian.backbone.sources import SourceRepair
 from meridian.core import events as ev
 from meridian.core.errors import UnavailableError
 from meridian.core.events import Start
@@ -87,6 +88,14 @@ class EventStreams:
         self.aggregate = ev.aggregate_stream(region)
         self.dlq = ev.dlq_stream(region)
         self.inbox_bucket = f"mg__inbox_{region}"
+        self.repair = SourceRepair(
+            self._js,
+            aggregate=self.aggregate,
+            regions=self.regions,
+            own_stream=ev.own_stream,
+            config_for=self._aggregate_config,
+            timeout_s=timeout_s,
+        )
 
     def _js(self) -> JetStreamContext:
         return self.conn.jetstream(self.timeout_s)
@@ -100,14 +109,17 @@ class EventStreams:
 
     # -- setup ------------------------------------------------------------
 
-    def _aggregate_config(self) -> api.StreamConfig:
+    def _aggregate_config(self, regions: Sequence[str] | None = None) -> api.StreamConfig:
         return api.StreamConfig(
             name=self.aggregate,
             description=f"Meridian events of every region, in {self.region}",
             storage=api.StorageType.FILE,
             num_replicas=self.replicas,
             placement=api.Placement(cluster=self.region),
-            sources=[api.StreamSource(name=ev.own_stream(r)) for r in self.regions],
+            sources=[
+                api.StreamSource(name=ev.own_stream(r))
+                for r in (self.regions if regions is None else regions)
+            ],
         )
 
     async def ensure(self) -> None:

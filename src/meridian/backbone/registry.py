@@ -36,6 +36,7 @@ from meridian.backbone.connection import (
     translate_nats_errors,
 )
 from meridian.backbone.feed import ordered_feed, until_stalled
+from meridian.backbone.sources import SourceRepair
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,7 +85,14 @@ class RegistryStreams:
         self.max_age_s = max_age_s
         self.own = own_stream(region)
         self.aggregate = aggregate_stream(region)
-        self._idle: set[str] = set()
+        self.repair = SourceRepair(
+            self._js,
+            aggregate=self.aggregate,
+            regions=self.regions,
+            own_stream=own_stream,
+            config_for=self._aggregate_config,
+            timeout_s=timeout_s,
+        )
 
     def _js(self) -> JetStreamContext:
         return self.conn.jetstream(self.timeout_s)
@@ -130,40 +138,6 @@ class RegistryStreams:
             placement=api.Placement(cluster=self.region),
             sources=[api.StreamSource(name=own_stream(r)) for r in regions],
         )
-
-    async def repair_sources(self) -> list[str]:
-        """Restart sources of the aggregate that never became active.
-
-        A source whose stream did not exist yet when the aggregate was made
-        (the regions' agents start one after another) is retried by the server
-        with a backoff that has been seen to take minutes. Once the stream
-        exists, dropping the source and adding it back starts it at once
-        (JetStream resumes a re-added source where it left off). Returns the
-        regions restarted."""
-        js = self._js()
-        info = await self._call("read the registry aggregate", js.stream_info(self.aggregate))
-        idle = [
-            src.name.removeprefix("MGREG_")
-            for src in info.sources or []
-            if src.active is None or src.active < 0
-        ]
-        # Only sources idle at two checks in a row: a fresh source is idle briefly.
-        idle, self._idle = [r for r in idle if r in self._idle], set(idle)
-        restarted: list[str] = []
-        for region in idle:
-            try:
-                await self._call("look up a registry stream", js.stream_info(own_stream(region)))
-            except nats.js.errors.NotFoundError:
-                continue
-            others = [r for r in self.regions if r != region]
-            await self._call(
-                "restart a registry source", js.update_stream(self._aggregate_config(others))
-            )
-            await self._call(
-                "restart a registry source", js.update_stream(self._aggregate_config(self.regions))
-            )
-            restarted.append(region)
-        return restarted
 
     async def announce(self, status: invocation_pb2.InstanceStatus) -> None:
         """Publish one instance's current status to this region's stream."""
