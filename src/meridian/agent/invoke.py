@@ -32,6 +32,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from typing import Any
 
 from meridian.agent.calls import AttemptFailed, Call, NoRoute, Reply
 from meridian.agent.forward import PeerForwarder
@@ -99,6 +100,7 @@ class Invoker:
         self._budgets: dict[str, RetryBudget] = {}
         self._outliers: dict[str, OutlierDetector] = {}
         self._outstanding: Counter[str] = Counter()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.upstream = Upstream(region, config)
         self.forwarder = PeerForwarder(
             conn,
@@ -137,7 +139,7 @@ class Invoker:
                 f"bulkhead of service {call.service!r} is full: {bulkhead.limit} calls in "
                 "flight; the call was not sent"
             )
-        in_flight = self.metrics.bulkhead_in_flight.labels(self.region, call.service)
+        in_flight = self._child(self.metrics.bulkhead_in_flight, call.service)
         in_flight.set(bulkhead.in_flight)
         start = time.perf_counter()
         outcome, served_by = "ok", ""
@@ -164,8 +166,8 @@ class Invoker:
         finally:
             lease.release()
             in_flight.set(bulkhead.in_flight)
-            self.metrics.invocations.labels(self.region, call.service, served_by, outcome).inc()
-            self.metrics.invocation_seconds.labels(self.region, call.service).observe(
+            self._child(self.metrics.invocations, call.service, served_by, outcome).inc()
+            self._child(self.metrics.invocation_seconds, call.service).observe(
                 time.perf_counter() - start
             )
 
@@ -184,7 +186,7 @@ class Invoker:
         while True:
             attempts += 1
             kind = "first" if attempts == 1 else "retry"
-            self.metrics.invocation_attempts.labels(self.region, call.service, kind).inc()
+            self._child(self.metrics.invocation_attempts, call.service, kind).inc()
             try:
                 reply = await self._attempt(
                     call, policy, deadline, avoid_instances, avoid_regions, local_only=False
@@ -234,6 +236,15 @@ class Invoker:
                     raise DeadlineExceededError(f"calling {call.service!r}: the deadline passed")
                 raise last
             await asyncio.sleep(decision.delay_s)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(region, *labels)``, made once: prometheus_client's
+        labels() showed up in profiles of the call path."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(self.region, *labels)
+        return child
 
     def _budget(self, service: str, policy: ResiliencePolicy) -> RetryBudget:
         budget = self._budgets.get(service)
@@ -307,7 +318,7 @@ class Invoker:
             if permit is None:
                 refused.append(region)
                 continue
-            self.metrics.breaker_state.labels(self.region, call.service, region).set(
+            self._child(self.metrics.breaker_state, call.service, region).set(
                 _BREAKER_GAUGE[breaker.state]
             )
             try:
