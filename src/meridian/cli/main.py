@@ -25,6 +25,7 @@ import click
 from meridian.chaos.cli import chaos
 from meridian.config import MeridianConfig, default_config_text, load_config
 from meridian.core.errors import MeridianError
+from meridian.demo.cli import demo
 from meridian.gateway.cli import gateway
 
 T = TypeVar("T")
@@ -408,6 +409,7 @@ def wan_serve(ctx: _Ctx) -> None:
 
 
 cli.add_command(chaos)
+cli.add_command(demo)
 cli.add_command(gateway)
 
 
