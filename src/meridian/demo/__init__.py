@@ -15,7 +15,9 @@ Modules:
 - :mod:`~meridian.demo.fleet`: the service processes (start, kill, stop, wait until healthy);
 - :mod:`~meridian.demo.shop`: the shoppers and what they were told;
 - :mod:`~meridian.demo.audit`: the global state after the load, and the invariants;
-- :mod:`~meridian.demo.report`: figures, verdicts, text and JSON;
+- :mod:`~meridian.demo.verdict`: from the records and the audit to figures and checks;
+- :mod:`~meridian.demo.report`: the report, as text and as JSON;
 - :mod:`~meridian.demo.runner`: the phases, signals and clean-up;
+- :mod:`~meridian.demo.leftovers`: the run's ports, and the last resort against stray processes;
 - :mod:`~meridian.demo.cli`: ``meridian demo run`` and ``meridian demo down``.
 """

@@ -224,8 +224,8 @@ class Report:
                 f"  heal      {h['region']} brought back at +{h['started_at_s']:.1f} s, "
                 f"ready (sandbox up + services healthy) in {h['ready_s']:.1f} s"
                 + (
-                    f"; its clients served by {h['region']} again {back:.1f} s after"
-                    if back
+                    f"; its clients served by {h['region']} again {back:.1f} s after the heal began"
+                    if back is not None
                     else ""
                 )
             )

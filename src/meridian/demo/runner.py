@@ -42,14 +42,13 @@ from typing import Any, BinaryIO
 
 import aiohttp
 
-from meridian.backbone.topology import wan_proxies
 from meridian.config import MeridianConfig, load_config
 from meridian.core.errors import MeridianError
-from meridian.demo import audit, report
+from meridian.demo import audit, leftovers, report, verdict
 from meridian.demo.binaries import inventory_binary, orders_binary, require
 from meridian.demo.fleet import Binaries, Fleet
 from meridian.demo.options import DemoOptions
-from meridian.demo.report import Check, Report
+from meridian.demo.report import Report
 from meridian.demo.shop import Shop
 from meridian.sandbox.processes import ProcessRecord, port_in_use, wait_ports_free
 from meridian.sandbox.supervisor import Sandbox, SandboxError
@@ -77,6 +76,7 @@ class DemoRun:
         #: Every process the run started or had started for it, by name then pid.
         self._seen: dict[tuple[str, int], ProcessRecord] = {}
         self._region_state = "up"
+        self._busy_before: set[int] = set()
 
     def phase(self, name: str, message: str) -> None:
         at = time.monotonic() - self.t0
@@ -107,6 +107,8 @@ class DemoRun:
             await asyncio.to_thread(fleet.stop_all)
             await asyncio.to_thread(sandbox.down, purge=True)
 
+        # Ports some other program holds are not ours to report as left behind.
+        self._busy_before = set(_listening(leftovers.ports(config, opts)))
         regions = ", ".join(config.region_names)
         self.phase(
             "sandbox",
@@ -139,7 +141,7 @@ class DemoRun:
             load_s = shop.now()
             # From here on the read models are watched; the store no longer changes
             # except by the settling below.
-            snapshots: list[tuple[float, dict[str, dict[str, Any]]]] = []
+            snapshots: list[verdict.Snapshot] = []
             poller = asyncio.create_task(self._poll_readmodels(session, snapshots))
             try:
                 orders, cancels = shop.unsettled()
@@ -168,7 +170,17 @@ class DemoRun:
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
-        self._conclude(shop, state, load_s, settled, converged, snapshots)
+        verdict.conclude(
+            self.report,
+            opts,
+            shop,
+            state,
+            gateway_url=sandbox.gateway_url,
+            load_s=load_s,
+            settled=settled,
+            converged=converged,
+            snapshots=snapshots,
+        )
         await asyncio.to_thread(_write_exchanges, shop, opts.workdir / "exchanges.jsonl")
 
     async def _sandbox_up(self) -> float:
@@ -197,8 +209,14 @@ class DemoRun:
         self._remember(self.sandbox.state.load())
         if code != 0:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+            hint = ""
+            if "already in use" in tail:
+                hint = (
+                    f"\nIs another sandbox using base port {self.opts.base_port}? Stop it "
+                    "(`meridian sandbox down`), or give the demo other ports (--base-port)."
+                )
             raise SandboxError(
-                f"`meridian sandbox up` failed ({code}); its output ({log}):\n{tail}"
+                f"`meridian sandbox up` failed ({code}); its output ({log}):\n{tail}{hint}"
             )
         return time.monotonic() - started
 
@@ -329,7 +347,7 @@ class DemoRun:
     async def _poll_readmodels(
         self,
         session: aiohttp.ClientSession,
-        snapshots: list[tuple[float, dict[str, dict[str, Any]]]],
+        snapshots: list[verdict.Snapshot],
     ) -> None:
         """Record every region's GET /readmodel, straight from its orders instance."""
         assert self.config is not None
@@ -348,7 +366,7 @@ class DemoRun:
     async def _converged(
         self,
         state: audit.GlobalState,
-        snapshots: list[tuple[float, dict[str, dict[str, Any]]]],
+        snapshots: list[verdict.Snapshot],
         shop: Shop,
     ) -> float | None:
         """Seconds from the last acknowledged write until every read model equalled the
@@ -357,7 +375,7 @@ class DemoRun:
         last_write = shop.t0 + shop.last_write()
         deadline = time.monotonic() + self.opts.converge_timeout_s
         while True:
-            since = _agreed_since(snapshots, want)
+            since = verdict.agreed_since(snapshots, want)
             if since is not None and snapshots[-1][0] - since >= 0.5:
                 return round(max(0.0, since - last_write), 3)
             if time.monotonic() > deadline:
@@ -365,161 +383,6 @@ class DemoRun:
             await asyncio.sleep(0.2)
 
     # -- the report -------------------------------------------------------------
-
-    def _conclude(
-        self,
-        shop: Shop,
-        state: audit.GlobalState,
-        load_s: float,
-        settled: int,
-        converged: float | None,
-        snapshots: list[tuple[float, dict[str, dict[str, Any]]]],
-    ) -> None:
-        opts, rep = self.opts, self.report
-        assert self.config is not None and self.sandbox is not None
-        requests = list(shop.orders.values())
-        rep.load = {
-            "seconds": round(load_s, 3),
-            "clients": opts.clients_per_region * len(shop.regions),
-            "clients_per_region": opts.clients_per_region,
-            "gateway": self.sandbox.gateway_url,
-            "requests": len(shop.exchanges),
-        }
-        outcomes = Counter(r.outcome for r in requests)
-        rejected = Counter(r.reason for r in requests if r.outcome == "rejected")
-        unknown = Counter(r.last_error for r in requests if r.outcome in ("unknown", "pending"))
-        rep.orders = {
-            "requested": len(requests),
-            "accepted": outcomes["accepted"],
-            "rejected": dict(rejected),
-            "unknown": sum(unknown.values()),
-            "unknown_last_errors": dict(unknown),
-            "settled": settled,
-            "cancelled": sum(1 for r in requests if r.cancelled_at is not None),
-            "cancels": dict(shop.cancels),
-            "replays": {
-                "sent": sum(r.replays for r in requests),
-                "same_order": sum(r.replays_same for r in requests),
-                "marked_replayed": sum(r.replays_marked for r in requests),
-            },
-            "by_region": {
-                region: {
-                    "accepted": sum(
-                        1 for r in requests if r.region == region and r.outcome == "accepted"
-                    ),
-                    "rejected": sum(
-                        1 for r in requests if r.region == region and r.outcome == "rejected"
-                    ),
-                }
-                for region in shop.regions
-            },
-        }
-        rep.reads = {
-            "ok": dict(shop.reads.ok),
-            "not_yet_visible": dict(shop.reads.not_yet_visible),
-            "failed": dict(shop.reads.failed),
-            "strong_anomalies": shop.reads.strong_anomalies[:20],
-        }
-        rep.latency = report.latency(shop.exchanges, shop.regions)
-        if "killed_at_s" in rep.failover:
-            rep.failover = report.failover(
-                shop.exchanges, opts.kill_region, rep.failover["killed_at_s"]
-            )
-        if rep.heal:
-            rep.heal["back_home_s"] = report.back_home(
-                shop.exchanges, opts.kill_region, rep.heal["started_at_s"] + rep.heal["ready_s"]
-            )
-
-        seeded = dict.fromkeys(opts.sku_names, opts.stock_per_sku)
-        lines = audit.stock_lines(state, seeded)
-        rep.stock = [s.to_json() for s in lines]
-        oversell = sum(s.oversell for s in lines)
-        dups = audit.duplicates(requests, state)
-        lost = audit.lost_writes(requests, state)
-        last = snapshots[-1][1] if snapshots else {}
-        rep.invariants = {
-            "accepted": outcomes["accepted"],
-            "oversell": oversell,
-            "duplicates": dups.count,
-            "duplicate_keys": dups.keys[:20],
-            "duplicate_stored": dups.stored[:20],
-            "lost_writes": len(lost),
-            "strong_read_anomalies": len(shop.reads.strong_anomalies),
-            "failover_s": rep.failover.get("first_success_s"),
-            "read_models_converged": converged is not None,
-            "convergence_s": converged,
-            "read_models": {r: _model_summary(m) for r, m in last.items()},
-            "stored_orders": len(state.orders),
-        }
-        sold = sum(s.sold for s in lines)
-        rep.checks = [
-            Check(
-                "orders accepted",
-                outcomes["accepted"] > 0,
-                f"{outcomes['accepted']} of {len(requests)} requested",
-                outcomes["accepted"],
-            ),
-            Check(
-                "oversell",
-                oversell == 0 and not state.unreadable,
-                f"{oversell} units: {sold} units sold in live orders, none beyond what "
-                f"inventory took out of the {sum(seeded.values())} seeded"
-                if oversell == 0
-                else f"{oversell} units sold beyond stock: "
-                + ", ".join(f"{s.sku} +{s.oversell}" for s in lines if s.oversell)
-                + (f"; unreadable entries: {state.unreadable}" if state.unreadable else ""),
-                oversell,
-            ),
-            Check(
-                "duplicates",
-                dups.count == 0,
-                f"{dups.count}: each of {len(requests)} keys gave at most one order id, "
-                f"and each request is stored at most once ({len(state.orders)} orders)"
-                if dups.count == 0
-                else f"{len(dups.keys)} key(s) with two orders {dups.keys[:5]}, "
-                f"{len(dups.stored)} request(s) stored twice {dups.stored[:5]}",
-                dups.count,
-            ),
-            Check(
-                "acknowledged writes",
-                not lost,
-                "every acknowledged order and cancel is in the store"
-                if not lost
-                else f"{len(lost)} lost: {lost[:5]}",
-                len(lost),
-            ),
-            Check(
-                "strong reads",
-                not shop.reads.strong_anomalies,
-                f"{shop.reads.ok['strong']} strong reads, each saw every write acknowledged before it"
-                if not shop.reads.strong_anomalies
-                else f"{len(shop.reads.strong_anomalies)} stale: {shop.reads.strong_anomalies[:3]}",
-                len(shop.reads.strong_anomalies),
-            ),
-            Check(
-                "failover measured",
-                rep.failover.get("first_success_s") is not None,
-                f"{opts.kill_region}'s shoppers answered {rep.failover['first_success_s']:.2f} s "
-                f"after the kill, by {rep.failover['served_by']}"
-                if rep.failover.get("first_success_s") is not None
-                else f"{opts.kill_region}'s shoppers were never answered after the kill",
-                rep.failover.get("first_success_s"),
-            ),
-            Check(
-                "read models converged",
-                converged is not None,
-                f"all {len(last)} regions equal the store's {len(state.orders)} orders "
-                + (
-                    f"{converged:.1f} s after the last write was acknowledged"
-                    if converged > 0
-                    else "as soon as the last write was acknowledged"
-                )
-                if converged is not None
-                else f"not within {opts.converge_timeout_s:g} s: store has {len(state.orders)}; "
-                + ", ".join(f"{r} {_model_summary(m)}" for r, m in last.items()),
-                converged,
-            ),
-        ]
 
     # -- clean-up ---------------------------------------------------------------
 
@@ -571,9 +434,10 @@ class DemoRun:
         busy: list[int] = []
         if self.sandbox is not None:
             busy = await asyncio.to_thread(self.sandbox.down, purge=True)
-        stragglers = await asyncio.to_thread(self._sweep)
+        stragglers = await asyncio.to_thread(leftovers.sweep, self.opts.workdir)
         alive = [p for p in self._seen.values() if p.alive()]
-        ports = sorted({*busy, *self._ports()})
+        ours = leftovers.ports(self.config, self.opts) if self.config else []
+        ports = sorted({*busy, *_listening(ours)} - self._busy_before)
         ports = await asyncio.to_thread(wait_ports_free, ports, 5.0) if ports else []
         self.report.left_behind = {
             "pids": [f"{p.name} ({p.pid})" for p in alive],
@@ -587,42 +451,6 @@ class DemoRun:
         else:
             self.phase("cleanup", "no process or port left behind")
         self._look_next(kept=False)
-
-    def _ports(self) -> list[int]:
-        """Every port of the run's sandbox and services that something still listens on."""
-        if self.config is None:
-            return []
-        cfg = self.config
-        ports = [cfg.gateway.port, cfg.wan.control_port]
-        ports += [p.listen_port for p in wan_proxies(cfg)]
-        for r in cfg.regions:
-            ports += [r.grpc_port, r.http_port, *asdict(r.regional).values()]
-            ports += list(asdict(r.global_).values())
-            ports += [self.opts.service_port(s, r.name) for s in ("orders", "inventory")]
-        return [p for p in ports if port_in_use(p)]
-
-    def _sweep(self) -> list[str]:
-        """Kill any process started for this run's configuration that escaped the
-        records (a child spawned by an interrupted start-up before it was saved): its
-        command line names the run's ``meridian.toml`` or its sandbox directory.
-        This process and its ancestors are never touched."""
-        workdir = self.opts.workdir.resolve()
-        markers = (str(workdir / "meridian.toml"), str(workdir / "sandbox") + "/")
-        spared = _ancestors()
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) in spared:
-                continue
-            try:
-                raw = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            cmdline = raw.replace(b"\0", b" ").decode(errors="replace")
-            if any(m in cmdline for m in markers):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(int(entry.name), signal.SIGKILL)
-                found.append(f"{entry.name}: {cmdline.strip()[:160]}")
-        return found
 
     def _look_next(self, *, kept: bool) -> None:
         if self.config is None or self.sandbox is None:
@@ -666,32 +494,8 @@ def _append(path: Path) -> BinaryIO:
     return path.open("ab")
 
 
-def _ancestors() -> set[int]:
-    """This process and every process above it."""
-    out: set[int] = set()
-    pid = os.getpid()
-    while pid > 1 and pid not in out:
-        out.add(pid)
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            break
-        pid = int(stat.rpartition(")")[2].split()[1])
-    return out
-
-
-def _agreed_since(
-    snapshots: list[tuple[float, dict[str, dict[str, Any]]]], want: str
-) -> float | None:
-    """The time of the first snapshot from which on every region's state hash is ``want``."""
-    since = None
-    for at, snap in snapshots:
-        if snap and all(m.get("state_hash") == want for m in snap.values()):
-            if since is None:
-                since = at
-        else:
-            since = None
-    return since
+def _listening(ports: list[int]) -> list[int]:
+    return [p for p in ports if port_in_use(p)]
 
 
 def _describe(exc: BaseException) -> str:
@@ -700,12 +504,6 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, MeridianError):
         return exc.message
     return f"{type(exc).__name__}: {exc}"
-
-
-def _model_summary(model: dict[str, Any]) -> str:
-    if "error" in model and "count" not in model:
-        return f"unreachable ({model['error']})"
-    return f"{model.get('count')} orders {model.get('by_status', {})}"
 
 
 def _options_json(opts: DemoOptions) -> dict[str, Any]:
@@ -721,12 +519,16 @@ async def run_demo(opts: DemoOptions, say: Say) -> tuple[Report, int]:
     loop = asyncio.get_running_loop()
     scenario = asyncio.create_task(run.scenario())
 
+    first_at = 0.0
+
     def on_signal(sig: signal.Signals) -> None:
+        nonlocal first_at
         if run.interrupted_by is None and not scenario.done():
-            run.interrupted_by = sig
+            run.interrupted_by, first_at = sig, time.monotonic()
             say(f"\n{sig.name}: stopping the load, the services and the sandbox ...")
             scenario.cancel()
-        else:
+        elif time.monotonic() - first_at > 1.0:
+            # (One Ctrl-C often arrives twice: from the terminal and forwarded by `uv run`.)
             say(f"{sig.name}: still cleaning up, so that no process is left behind")
 
     for sig in (signal.SIGINT, signal.SIGTERM):
