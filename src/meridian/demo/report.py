@@ -77,6 +77,7 @@ def failover(exchanges: Sequence[Exchange], region: str, killed_at: float) -> di
         "killed_at_s": round(killed_at, 3),
         "first_success_s": None if first is None else round(first.ended - killed_at, 3),
         "served_by": None if first is None else first.served_by,
+        "first_success_op": None if first is None else first.op,
         "first_order_s": None if first_order is None else round(first_order.ended - killed_at, 3),
         "rerouted_s": None if rerouted is None else round(rerouted.ended - killed_at, 3),
         "rerouted_to": None if rerouted is None else rerouted.served_by,
@@ -253,6 +254,15 @@ class Report:
         return "\n".join(lines)
 
 
+_OPS = {
+    "place": "an order",
+    "settle": "an order",
+    "replay": "a retried order",
+    "read": "a read",
+    "cancel": "a cancel",
+}
+
+
 def _failover_lines(f: dict[str, Any]) -> list[str]:
     head = f"  failover  {f['region']} killed at +{f['killed_at_s']:.1f} s"
     if f.get("first_success_s") is None:
@@ -260,8 +270,8 @@ def _failover_lines(f: dict[str, Any]) -> list[str]:
     errors = ", ".join(f"{k} {v}" for k, v in f.get("failed_errors", {}).items())
     lines = [
         f"{head}: its clients' first success {f['first_success_s']:.2f} s later "
-        f"(served by {f['served_by']}); {f['failed_before']} request(s) failed before it"
-        + (f" ({errors})" if errors else "")
+        f"({_OPS.get(f.get('first_success_op') or '', 'a request')}, served by {f['served_by']}); "
+        f"{f['failed_before']} request(s) failed before it" + (f" ({errors})" if errors else "")
     ]
     if f.get("rerouted_s") is not None:
         lines.append(

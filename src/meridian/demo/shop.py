@@ -5,10 +5,13 @@ and loops, with a short think time between requests:
 
 - 60 %: place a new order (``POST /v1/invoke/orders/orders``) for a random SKU
   (the first SKUs are the popular ones) under a fresh ``Idempotency-Key``. A
-  failed attempt (5xx, no answer, 409 ``request_in_progress``) is sent again
-  with the same key, as a real client would. One accepted order in six is sent
-  once more on purpose, half the time through another region, to show that
-  the same key never places a second order;
+  failed attempt (5xx, no answer) is sent again with the same key, as a real
+  client would. An order whose key another attempt still holds (409
+  ``request_in_progress``: e.g. the attempt died with its region and its lease
+  has not run out) is set aside and asked about again every second while the
+  shopper goes on. One accepted order in six is sent once more on purpose,
+  half the time through another region, to show that the same key never
+  places a second order;
 - 30 %: read an accepted order (``GET .../orders/{id}``) strong, bounded (500 ms)
   or eventual;
 - 10 %: cancel an accepted order (``POST .../orders/{id}/cancel``).
@@ -38,6 +41,8 @@ CALL_TIMEOUT_MS = 10_000
 CLIENT_TIMEOUT_S = 15.0
 CONSISTENCIES = ("strong", "bounded", "eventual")
 PLACE_ATTEMPTS = 6
+#: How soon a shopper asks again about an order whose key is held by another attempt.
+PARKED_RETRY_S = 1.0
 CANCEL_ATTEMPTS = 4
 
 
@@ -86,6 +91,8 @@ class OrderRequest:
     replays: int = 0
     replays_same: int = 0
     replays_marked: int = 0
+    #: When a parked request is due to be sent again (seconds since the load began).
+    retry_at: float = 0.0
     cancel_requested: bool = False
     #: When a cancel was acknowledged (seconds since the load began), else None.
     cancelled_at: float | None = None
@@ -158,11 +165,24 @@ class Shop:
     async def _client(self, region: str, n: int, stop: asyncio.Event) -> None:
         rng = random.Random(f"{self.seed}/{region}/{n}")
         seq = 0
+        # Orders whose key another attempt still holds (409 request_in_progress): the
+        # shopper is told "being processed", goes on shopping, and asks again later.
+        parked: list[OrderRequest] = []
         while not stop.is_set():
+            due = next((r for r in parked if r.retry_at <= self.now()), None)
             roll = rng.random()
-            if roll < 0.6 or not self.accepted:
+            if due is not None:
+                parked.remove(due)
+                await self._place(due, region, "place", 1, stop)
+                if due.outcome == "unknown":
+                    due.retry_at = self.now() + PARKED_RETRY_S
+                    parked.append(due)
+            elif roll < 0.6 or not self.accepted:
                 seq += 1
-                await self._new_order(region, n, seq, rng, stop)
+                req = await self._new_order(region, n, seq, rng, stop)
+                if req.outcome == "unknown" and req.last_error == "request_in_progress":
+                    req.retry_at = self.now() + PARKED_RETRY_S
+                    parked.append(req)
             elif roll < 0.9:
                 await self._read(region, rng)
             else:
@@ -171,7 +191,7 @@ class Shop:
 
     async def _new_order(
         self, region: str, n: int, seq: int, rng: random.Random, stop: asyncio.Event
-    ) -> None:
+    ) -> OrderRequest:
         sku = rng.choices(self.skus, weights=self.sku_weights)[0]
         qty = rng.randint(1, 3)
         key = f"demo-{self.seed}-{region}-{n}-{seq}"
@@ -184,6 +204,7 @@ class Shop:
             # The deliberate retry: the same request again, as after a lost answer.
             other = self.regions[(self.regions.index(region) + 1) % len(self.regions)]
             await self._replay(req, other if rng.random() < 0.5 else region)
+        return req
 
     async def _place(
         self, req: OrderRequest, hint: str, op: str, attempts: int, stop: asyncio.Event | None
@@ -211,8 +232,9 @@ class Shop:
                 req.outcome, req.reason = "rejected", a.error or f"http_{a.status}"
                 return
             req.last_error = a.error or (f"http_{a.status}" if a.status else "no_answer")
-            wait = 1.0 if a.error == "request_in_progress" else min(2.0, 0.2 * 2**attempt)
-            await asyncio.sleep(wait * random.uniform(0.8, 1.2))
+            if a.error == "request_in_progress":
+                break  # another attempt holds the key, perhaps one that died: ask later
+            await asyncio.sleep(min(2.0, 0.2 * 2**attempt) * random.uniform(0.8, 1.2))
         req.outcome = "unknown"
 
     def _accept(self, req: OrderRequest, a: Answer) -> None:
