@@ -10,6 +10,7 @@ the shared e2e sandbox (24000) and the module sandboxes (23000)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -23,9 +24,10 @@ from typing import Any
 
 import pytest
 
-from meridian.demo import binaries
+from meridian.demo import audit, binaries
 
-BASE_PORT = 22000
+# MERIDIAN_DEMO_TEST_BASE_PORT moves the demo's ports, for two test runs side by side.
+BASE_PORT = int(os.environ.get("MERIDIAN_DEMO_TEST_BASE_PORT", "22000"))
 PORTS = range(BASE_PORT, BASE_PORT + 1000)
 
 
@@ -137,6 +139,60 @@ def test_quick_run_holds_every_invariant_and_leaves_nothing(built: None, tmp_pat
         assert sku["sold"] + sku["available"] <= sku["seeded"], sku
     assert "all invariants held" in proc.stdout
     _assert_nothing_left(report, workdir)
+    _assert_checks_catch_anomalies(workdir / "audit.json", report)
+
+
+def _assert_checks_catch_anomalies(path: Path, report: dict[str, Any]) -> None:
+    """The run's own audited state passes the checks; with one anomaly injected, each
+    check fails (a check that cannot fail proves nothing)."""
+    state, requests = audit.load(path)
+    opts = report["options"]
+    seeded = {f"sku-{i}": opts["stock_per_sku"] for i in range(1, opts["skus"] + 1)}
+    assert sum(s.oversell for s in audit.stock_lines(state, seeded)) == 0
+    assert audit.duplicates(requests, state).count == 0
+    assert audit.lost_writes(requests, state) == []
+    accepted = [r for r in requests if r.outcome == "accepted"]
+    assert accepted
+
+    # One unit sold beyond what inventory took out of stock.
+    line = audit.stock_lines(state, seeded)[0]
+    extra = line.seeded - line.available - line.sold + 1
+    oversold = audit.GlobalState(
+        {
+            **state.orders,
+            "o-extra": audit.StoredOrder("o-extra", line.sku, extra, "placed", "x", ""),
+        },
+        state.available,
+        state.reservations,
+    )
+    assert sum(s.oversell for s in audit.stock_lines(oversold, seeded)) == 1
+
+    # One request stored as two orders; one key answered with two order ids.
+    first = state.orders[accepted[0].order_id]
+    twice = audit.GlobalState(
+        {**state.orders, "o-twin": dataclasses.replace(first, id="o-twin")},
+        state.available,
+        state.reservations,
+    )
+    assert audit.duplicates(requests, twice).stored == [first.customer]
+    accepted[0].order_ids.add("o-other")
+    assert audit.duplicates(requests, state).keys == [accepted[0].key]
+    accepted[0].order_ids.discard("o-other")
+
+    # An acknowledged order missing from the store.
+    missing = dict(state.orders)
+    del missing[accepted[0].order_id]
+    lost = audit.GlobalState(missing, state.available, state.reservations)
+    assert len(audit.lost_writes(requests, lost)) == 1
+
+    # A read model that missed one event differs from the store.
+    orders = list(state.orders.values())
+    stale = [
+        dataclasses.replace(
+            orders[0], status="cancelled" if orders[0].status == "placed" else "placed"
+        )
+    ]
+    assert audit.readmodel_hashes(orders)[1] != audit.readmodel_hashes(stale + orders[1:])[1]
 
 
 def test_sigint_while_a_region_heals_leaves_nothing(built: None, tmp_path: Path) -> None:

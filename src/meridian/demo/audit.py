@@ -23,7 +23,8 @@ import hashlib
 import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from meridian.client import MeridianClient, Strong
@@ -90,6 +91,52 @@ async def read_state(agent: str) -> GlobalState:
             except (ValueError, KeyError, TypeError) as exc:
                 state.unreadable[f"inventory/{e.key}"] = repr(exc)
     return state
+
+
+def save(path: Path, state: GlobalState, requests: Iterable[OrderRequest]) -> None:
+    """Write the audited state and what each request was told (``audit.json`` in the
+    run's directory), so the checks can be run again on them, or on doctored copies."""
+    doc = {
+        "orders": [asdict(o) for o in state.orders.values()],
+        "available": state.available,
+        "reservations": [asdict(r) for r in state.reservations.values()],
+        "unreadable": state.unreadable,
+        "requests": [
+            {
+                "key": r.key,
+                "region": r.region,
+                "sku": r.sku,
+                "qty": r.qty,
+                "customer": r.customer,
+                "outcome": r.outcome,
+                "reason": r.reason,
+                "order_ids": sorted(r.order_ids),
+                "cancelled_at": r.cancelled_at,
+            }
+            for r in requests
+        ],
+    }
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def load(path: Path) -> tuple[GlobalState, list[OrderRequest]]:
+    """What :func:`save` wrote."""
+    doc = json.loads(path.read_text())
+    state = GlobalState(
+        orders={o["id"]: StoredOrder(**o) for o in doc["orders"]},
+        available={k: int(v) for k, v in doc["available"].items()},
+        reservations={r["order_id"]: Reservation(**r) for r in doc["reservations"]},
+        unreadable=dict(doc["unreadable"]),
+    )
+    requests = []
+    for r in doc["requests"]:
+        req = OrderRequest(
+            r["key"], r["region"], r["sku"], r["qty"], r["customer"], b"", r["outcome"], r["reason"]
+        )
+        req.order_ids = set(r["order_ids"])
+        req.cancelled_at = r["cancelled_at"]
+        requests.append(req)
+    return state, requests
 
 
 @dataclass(frozen=True)

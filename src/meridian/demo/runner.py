@@ -182,6 +182,9 @@ class DemoRun:
             snapshots=snapshots,
         )
         await asyncio.to_thread(_write_exchanges, shop, opts.workdir / "exchanges.jsonl")
+        await asyncio.to_thread(
+            audit.save, opts.workdir / "audit.json", state, shop.orders.values()
+        )
 
     async def _sandbox_up(self) -> float:
         """``meridian sandbox up`` for the run's configuration, in a child process."""
@@ -460,7 +463,10 @@ class DemoRun:
             f"logs: {self.opts.workdir / 'logs'} (services), {cfg.sandbox.workdir / 'logs'} (sandbox)",
         ]
         if self.shop is not None and self.report.checks:
-            logs.append(f"every request the shoppers sent: {self.opts.workdir / 'exchanges.jsonl'}")
+            logs.append(
+                f"every request the shoppers sent: {self.opts.workdir / 'exchanges.jsonl'}; "
+                f"the audited state: {self.opts.workdir / 'audit.json'}"
+            )
         if not kept and not self.report.checks:
             self.report.look_next = logs
             return
