@@ -11,6 +11,7 @@ they deregister, then SIGKILL after a grace.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -95,6 +96,7 @@ class Fleet:
                     self._argv(service, region),
                     ports=[port],
                     log_path=self.logs / f"{service}-{region}.log",
+                    env={**os.environ, "NO_COLOR": "1"},  # plain logs
                 )
                 records[name] = rec
                 self.state.save(records)

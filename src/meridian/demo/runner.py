@@ -167,9 +167,7 @@ class DemoRun:
                 )
                 converged = await self._converged(state, snapshots, shop)
             finally:
-                poller.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await poller
+                await _cancel(poller)
         verdict.conclude(
             self.report,
             opts,
@@ -310,9 +308,7 @@ class DemoRun:
             }
             self.phase("heal", f"{region} is back, services healthy ({ready_at - heal_at:.1f} s)")
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            await _cancel(watcher)
         return ready_at
 
     def _kill(self, region: str) -> list[ProcessRecord]:
@@ -384,8 +380,6 @@ class DemoRun:
             if time.monotonic() > deadline:
                 return None
             await asyncio.sleep(0.2)
-
-    # -- the report -------------------------------------------------------------
 
     # -- clean-up ---------------------------------------------------------------
 
@@ -487,6 +481,13 @@ class DemoRun:
             f"read models: {models}",
             *logs,
         ]
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel a helper task and wait until it is done. Unlike awaiting it under
+    ``suppress(CancelledError)``, this never swallows a cancellation of the caller."""
+    task.cancel()
+    await asyncio.wait({task})
 
 
 def _write_exchanges(shop: Shop, path: Path) -> None:

@@ -234,7 +234,8 @@ class Shop:
             req.last_error = a.error or (f"http_{a.status}" if a.status else "no_answer")
             if a.error == "request_in_progress":
                 break  # another attempt holds the key, perhaps one that died: ask later
-            await asyncio.sleep(min(2.0, 0.2 * 2**attempt) * random.uniform(0.8, 1.2))
+            if attempt + 1 < attempts:
+                await asyncio.sleep(min(2.0, 0.2 * 2**attempt) * random.uniform(0.8, 1.2))
         req.outcome = "unknown"
 
     def _accept(self, req: OrderRequest, a: Answer) -> None:
@@ -309,7 +310,8 @@ class Shop:
                 self.cancels[a.error or f"http_{a.status}"] += 1
                 req.cancel_unknown = False
                 return
-            await asyncio.sleep(min(2.0, 0.2 * 2**attempt) * random.uniform(0.8, 1.2))
+            if attempt + 1 < attempts:
+                await asyncio.sleep(min(2.0, 0.2 * 2**attempt) * random.uniform(0.8, 1.2))
         req.cancel_unknown = True
 
     # -- after the load -----------------------------------------------------
