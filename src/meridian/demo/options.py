@@ -35,7 +35,7 @@ class DemoOptions:
     skus: int = 5
     #: Units seeded per SKU. Picked so the hot SKUs run out during the run and
     #: later orders for them are refused for stock.
-    stock_per_sku: int = 200
+    stock_per_sku: int = 150
     kill_region: str = "eu-west"
     #: When the region is killed, as a fraction of ``duration_s``.
     kill_at: float = 0.5
