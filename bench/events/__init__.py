@@ -2,7 +2,7 @@
 
 Not part of ``./scripts/test``. Like ``bench.state`` (whose sandbox, statistics,
 report and native load generator it reuses), it brings up its own three-region
-sandbox through the real CLI, on base port 36000 with the default WAN matrix
+sandbox through the real CLI, on base port 17000 with the default WAN matrix
 (35/100/65 ms one way), measures, prints a table, writes
 ``bench/results/events-<UTC timestamp>.json`` and tears the sandbox down, also on
 failure or Ctrl-C. Every figure is run in several rounds and reports the median

@@ -17,7 +17,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="bench-events",
         description="Idempotency and event benchmarks against a fresh three-region sandbox.",
     )
-    p.add_argument("--base-port", type=int, default=36000, help="sandbox base port (36000)")
+    p.add_argument("--base-port", type=int, default=17000, help="sandbox base port (17000)")
     p.add_argument("--figures", default="1,2,3", help="which figures to measure, e.g. 1,3 (all)")
     p.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
     p.add_argument("--rounds", type=int, help="rounds of every figure (figure 1: 4, else 3)")

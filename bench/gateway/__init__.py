@@ -1,7 +1,7 @@
 """Gateway failover benchmark: ``./scripts/bench-gateway`` (``python -m bench.gateway``).
 
 Not part of ``./scripts/test``. Like the other benchmarks it brings up its own
-three-region sandbox through the real CLI (base port 37000, the default WAN
+three-region sandbox through the real CLI (base port 18000, the default WAN
 matrix, 35/100/65 ms one way; the sandbox starts ``meridian gateway`` on base
 port + 90), measures, prints a table, writes
 ``bench/results/gateway-<UTC timestamp>.json`` and tears the sandbox down, also

@@ -17,7 +17,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="bench-gateway",
         description="Failover through the gateway after a region kill, in a fresh sandbox.",
     )
-    p.add_argument("--base-port", type=int, default=37000, help="sandbox base port (37000)")
+    p.add_argument("--base-port", type=int, default=18000, help="sandbox base port (18000)")
     p.add_argument("--figures", default="1,2", help="1: region SIGKILL, 2: agent SIGSTOP (1,2)")
     p.add_argument("--rounds", type=int, default=5, help="rounds of each figure (5)")
     p.add_argument("--region", default="eu-west", help="the region killed and hinted (eu-west)")

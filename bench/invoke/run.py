@@ -259,7 +259,7 @@ async def figure2(sb: BenchSandbox, s: Settings) -> list[Row]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench.invoke", description=__doc__.split("\n\n")[0])
-    p.add_argument("--base-port", type=int, default=38000)
+    p.add_argument("--base-port", type=int, default=19000)
     p.add_argument("--figures", default="1,2", help="comma-separated: 1 overhead, 2 failover")
     p.add_argument("--rounds", type=int, default=Settings.rounds)
     p.add_argument("--rate", type=float, default=Settings.rate)

@@ -1,7 +1,7 @@
 """State API benchmarks: ``./scripts/bench-state`` (``python -m bench.state``).
 
 Not part of ``./scripts/test``. The command brings up its own three-region
-sandbox through the real CLI (base port 34000, the default WAN matrix
+sandbox through the real CLI (base port 16000, the default WAN matrix
 35/100/65 ms one way, a ``global`` keyspace ``bench`` and a ``replicated`` one
 ``benchrep``), measures, prints a table, writes
 ``bench/results/state-<UTC timestamp>.json`` and tears the sandbox down with

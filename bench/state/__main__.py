@@ -16,7 +16,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="bench-state",
         description="State API benchmarks against a fresh three-region sandbox.",
     )
-    p.add_argument("--base-port", type=int, default=34000, help="sandbox base port (34000)")
+    p.add_argument("--base-port", type=int, default=16000, help="sandbox base port (16000)")
     p.add_argument(
         "--figures", default="1,2,3,4,5", help="which figures to measure, e.g. 1,3 (all)"
     )

@@ -1,6 +1,6 @@
 """The benchmark's own sandbox, driven through the real ``meridian`` CLI.
 
-It has its own configuration file, its own ports (``base_port``, 34000 by
+It has its own configuration file, its own ports (``base_port``, 16000 by
 default, away from the demo's 14000 and the e2e tests' 24000) and its own
 workdir in a temporary directory, so it never touches a sandbox someone else is
 running.

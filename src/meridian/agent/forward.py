@@ -6,9 +6,12 @@ agent calls one of its own instances and answers with a ``ForwardedResult``;
 it never forwards further.
 
 NATS cannot tell a caller that the region holding its request died: the
-answer just never comes. So the forwarder watches the status monitor's view
-of the peers and fails every call still waiting on a region it lost contact
-with (an idempotent call is then retried elsewhere by the router).
+answer just never comes. So the forwarder fails every call still waiting on a
+region that is found gone (an idempotent call is then retried elsewhere by
+the router): when the status monitor loses contact with it, or sooner, when a
+call has waited longer than ``PROBE_AFTER_S`` and a ping to that region's
+agents (the monitor's ping subject) finds no responder or no answer within a
+few round trips.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from nats.aio.subscription import Subscription
 from meridian._pb.meridian.v1 import invocation_pb2 as pb
 from meridian.agent.calls import AttemptFailed, Call, NoRoute, Reply
 from meridian.backbone.connection import BackboneConnection
+from meridian.backbone.probes import describe_nats_error, ping_subject
 from meridian.core.errors import DeadlineExceededError, MeridianError, ResourceExhaustedError
 from meridian.core.resilience.policy import ResiliencePolicy
 from meridian.core.resilience.retry import attempt_deadline
@@ -36,6 +40,11 @@ FORWARD_SUBJECT = "mg.invoke"
 FORWARD_QUEUE = "mg-invoke"
 #: How often the forwarder looks for regions the status monitor lost contact with.
 LOST_REGION_CHECK_S = 0.1
+#: A call waiting this long on a region gets that region pinged.
+PROBE_AFTER_S = 0.25
+#: The ping's timeout: this many measured round trips (plus PROBE_SLACK_S).
+PROBE_RTTS = 3.0
+PROBE_SLACK_S = 0.1
 
 #: Serves a call forwarded to this region: (call, deadline) -> reply.
 ServeLocally = Callable[[Call, float], Awaitable[Reply]]
@@ -64,7 +73,9 @@ class PeerForwarder:
         self.serve_locally = serve_locally
         self._served: set[asyncio.Task[None]] = set()
         #: Forwarded calls waiting for an answer, by region.
-        self._forwards: dict[str, set[asyncio.Task[Msg]]] = {}
+        self._forwards: dict[str, dict[asyncio.Task[Msg], float]] = {}
+        self._probing: set[str] = set()
+        self._probes: set[asyncio.Task[None]] = set()
         self._sub: Subscription | None = None
 
     async def run(self) -> None:
@@ -77,21 +88,45 @@ class PeerForwarder:
         reachable: dict[str, bool] = {}
         while True:
             await asyncio.sleep(LOST_REGION_CHECK_S)
-            for region, rtt in self.peer_rtts().items():
+            rtts = self.peer_rtts()
+            for region, rtt in rtts.items():
                 if rtt is None and reachable.get(region, True):
                     self._abandon(region, "the status monitor lost contact with it")
                 reachable[region] = rtt is not None
+            now = time.monotonic()
+            for region, waiting in self._forwards.items():
+                if (
+                    waiting
+                    and region not in self._probing
+                    and now - min(waiting.values()) > PROBE_AFTER_S
+                ):
+                    self._probing.add(region)
+                    probe = asyncio.create_task(self._probe(region, rtts.get(region)))
+                    self._probes.add(probe)
+                    probe.add_done_callback(self._probes.discard)
+
+    async def _probe(self, region: str, rtt_s: float | None) -> None:
+        """Ping ``region``'s agents; abandon the calls waiting on it if none answers."""
+        timeout = PROBE_RTTS * (rtt_s or PROBE_AFTER_S) + PROBE_SLACK_S
+        try:
+            await self.conn.nc.request(ping_subject(region), b"", timeout=timeout)
+        except (nats.errors.Error, TimeoutError) as exc:
+            self._abandon(region, f"a ping found {describe_nats_error(exc)}")
+        finally:
+            self._probing.discard(region)
 
     async def stop(self, grace_s: float) -> None:
         if self._sub is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()
+        for probe in self._probes:
+            probe.cancel()
         if self._served:
             await asyncio.wait(self._served, timeout=grace_s)
 
     def _abandon(self, region: str, why: str) -> None:
         """Fail every forwarded call still waiting on ``region``."""
-        waiting = self._forwards.pop(region, set())
+        waiting = self._forwards.pop(region, {})
         if waiting:
             log.info("abandoning %d call(s) forwarded to %s: %s", len(waiting), region, why)
         for task in waiting:
@@ -138,8 +173,8 @@ class PeerForwarder:
         request = asyncio.ensure_future(
             self.conn.nc.request(forward_subject(region), payload, timeout=left)
         )
-        waiting = self._forwards.setdefault(region, set())
-        waiting.add(request)
+        waiting = self._forwards.setdefault(region, {})
+        waiting[request] = time.monotonic()
         try:
             msg = await request
         except asyncio.CancelledError:
@@ -168,7 +203,7 @@ class PeerForwarder:
                 f"cannot reach {region}: {exc}", not_sent=True, region=region
             ) from None
         finally:
-            waiting.discard(request)
+            waiting.pop(request, None)
         result = pb.ForwardedResult.FromString(msg.data)
         which = result.WhichOneof("result")
         if which == "error":
