@@ -44,7 +44,7 @@ def demo() -> None:
 @click.option("--duration", type=float, default=None, help="Seconds of load [60; quick 15].")
 @click.option("--clients-per-region", type=int, default=None, help="Shoppers per region [4; quick 2].")  # fmt: skip
 @click.option("--skus", type=int, default=None, help="How many SKUs [5].")
-@click.option("--stock-per-sku", type=int, default=None, help="Units seeded per SKU [150; quick 30].")  # fmt: skip
+@click.option("--stock-per-sku", type=int, default=None, help="Units seeded per SKU [120; quick 30].")  # fmt: skip
 @click.option("--kill-region", default="eu-west", show_default=True, help="The region killed halfway.")  # fmt: skip
 @click.option("--seed", type=int, default=1, show_default=True, help="Seeds the shoppers' choices.")
 @click.option("--keep", is_flag=True, help="Leave the sandbox and the services running afterwards.")
