@@ -61,14 +61,19 @@ def _listening(port: int) -> bool:
 
 
 def _still_running(proc: dict[str, Any]) -> bool:
-    """The recorded process still exists and is still the same program (pids are reused)."""
+    """The recorded process still exists and is still the same one (pids are reused): the
+    same start time for the services, the same command line for the sandbox's children."""
     try:
         raw = Path(f"/proc/{proc['pid']}/cmdline").read_bytes()
-        state = Path(f"/proc/{proc['pid']}/stat").read_text().rpartition(")")[2].split()[0]
+        stat = Path(f"/proc/{proc['pid']}/stat").read_text().rpartition(")")[2].split()
     except OSError:
         return False
+    if stat[0] in ("Z", "X"):
+        return False
+    if "start_ticks" in proc:
+        return int(stat[19]) == proc["start_ticks"]
     argv = [p.decode(errors="replace") for p in raw.rstrip(b"\0").split(b"\0")] if raw else []
-    return state not in ("Z", "X") and argv == proc["argv"]
+    return argv == proc["argv"]
 
 
 def _naming(workdir: Path) -> list[str]:

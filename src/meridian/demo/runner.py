@@ -35,7 +35,7 @@ import sys
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -46,7 +46,7 @@ from meridian.config import MeridianConfig, load_config
 from meridian.core.errors import MeridianError
 from meridian.demo import audit, leftovers, report, verdict
 from meridian.demo.binaries import inventory_binary, orders_binary, require
-from meridian.demo.fleet import Binaries, Fleet
+from meridian.demo.fleet import Binaries, Fleet, Service
 from meridian.demo.options import DemoOptions
 from meridian.demo.report import Report
 from meridian.demo.shop import Shop
@@ -74,7 +74,7 @@ class DemoRun:
         self.shop: Shop | None = None
         self._up: asyncio.subprocess.Process | None = None
         #: Every process the run started or had started for it, by name then pid.
-        self._seen: dict[tuple[str, int], ProcessRecord] = {}
+        self._seen: dict[tuple[str, int], ProcessRecord | Service] = {}
         self._region_state = "up"
         self._busy_before: set[int] = set()
 
@@ -83,7 +83,7 @@ class DemoRun:
         self.report.phases.append({"at_s": round(at, 3), "phase": name, "message": message})
         self.say(f"[{at:6.1f}s] {name}: {message}")
 
-    def _remember(self, records: dict[str, ProcessRecord]) -> None:
+    def _remember(self, records: Mapping[str, ProcessRecord | Service]) -> None:
         for rec in records.values():
             self._seen[(rec.name, rec.pid)] = rec
 
@@ -102,7 +102,11 @@ class DemoRun:
         self.sandbox = sandbox = Sandbox(config, str(opts.config_path))
         self.fleet = fleet = Fleet(opts, config, binaries)
 
-        if any(r.alive() for r in [*sandbox.state.load().values(), *fleet.records().values()]):
+        left: list[ProcessRecord | Service] = [
+            *sandbox.state.load().values(),
+            *fleet.records().values(),
+        ]
+        if any(r.alive() for r in left):
             self.phase("sandbox", "a demo left running on these ports (--keep); stopping it first")
             await asyncio.to_thread(fleet.stop_all)
             await asyncio.to_thread(sandbox.down, purge=True)
@@ -311,7 +315,7 @@ class DemoRun:
             await _cancel(watcher)
         return ready_at
 
-    def _kill(self, region: str) -> list[ProcessRecord]:
+    def _kill(self, region: str) -> list[ProcessRecord | Service]:
         assert self.sandbox is not None and self.fleet is not None
         return [*self.fleet.kill(region), *self.sandbox.kill_region(region)]
 
@@ -415,6 +419,7 @@ class DemoRun:
                     "pid": r.pid,
                     "argv": list(r.argv),
                     "ports": list(r.ports),
+                    **({"start_ticks": r.start_ticks} if isinstance(r, Service) else {}),
                 }
                 for r in self._seen.values()
             ),

@@ -224,11 +224,9 @@ class Shop:
             if a.status == 201:
                 self._accept(req, a)
                 return
-            if a.status == 409 and a.error == "out_of_stock":
-                req.outcome, req.reason = "rejected", "out_of_stock"
-                return
-            if 400 <= a.status < 500 and a.status != 409:
-                # Not expected from this client: recorded as a refusal with its reason.
+            if 400 <= a.status < 500 and a.error != "request_in_progress":
+                # A stored refusal (409 out_of_stock, reservation_released), or one this
+                # client does not expect: recorded with its reason.
                 req.outcome, req.reason = "rejected", a.error or f"http_{a.status}"
                 return
             req.last_error = a.error or (f"http_{a.status}" if a.status else "no_answer")
