@@ -326,3 +326,17 @@ class HealthMachine(RuleBasedStateMachine):
 
 
 TestHealthMachine = HealthMachine.TestCase
+
+
+def test_with_no_region_up_every_region_that_ever_answered_is_offered() -> None:
+    # A JetStream meta-leader election makes every agent's health check fail at
+    # once; rather than refuse everything, the gateway tries the regions anyway.
+    board = HealthBoard(ALL, unhealthy_after=1, now=0.0)
+    board.record_success("us-east", 4.0, 1.0)
+    board.record_success("eu-west", 40.0, 1.0)
+    board.record_failure("us-east", "503", 2.0)
+    board.record_failure("eu-west", "503", 2.0)
+    assert board.up() == []
+    assert board.choose("eu-west", wan) == ["eu-west", "us-east"]  # ap-south never answered
+    board.record_success("us-east", 4.0, 3.0)
+    assert board.choose("eu-west", wan) == ["us-east"]  # one is up again: only it

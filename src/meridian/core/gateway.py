@@ -27,7 +27,9 @@ region is.
 the hinted region (the client's ``Meridian-Region`` header) if it is up, then
 the others nearest to the hinted region by the configured WAN latency; with no
 hint, or one naming no configured region, by the gateway's measured round trip.
-Ties go to measured round trip, then to configuration order.
+Ties go to measured round trip, then to configuration order. When no region
+is up, :meth:`HealthBoard.choose` offers every region that ever answered
+(panic mode) rather than none.
 """
 
 from __future__ import annotations
@@ -251,10 +253,19 @@ class HealthBoard:
         return None
 
     def choose(self, hint: str | None, latency_ms: Latency) -> list[str]:
-        """:func:`choose_regions` over this board's regions that are up."""
+        """:func:`choose_regions` over this board's regions that are up.
+
+        When none is up, every region that has answered a check at least once
+        (Envoy's panic mode): health checks fail in every region at once when
+        JetStream elects a new meta leader, and the agents still serve much of
+        their API meanwhile; a region that cannot be connected to is skipped by
+        the caller as usual."""
+        up = self.up()
+        if not up:
+            up = [r.region for r in self._regions.values() if r.rtt_ms is not None]
         return choose_regions(
             hint,
-            self.up(),
+            up,
             latency_ms=latency_ms,
             rtt_ms={r.region: r.rtt_ms for r in self._regions.values()},
         )

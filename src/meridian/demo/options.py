@@ -115,6 +115,12 @@ class DemoOptions:
             "announce_interval_s = 0.5",
             "stale_after_s = 3.0",
             "",
+            "# While the global cluster elects new leaders after the kill, orders answers",
+            "# 503 for a few seconds in every region; a short cooldown lets the breakers",
+            "# find out soon after that it works again.",
+            "[resilience.service.orders]",
+            "breaker.open_cooldown_s = 1.0",
+            "",
             "[wan]",
             "jitter_ms = 1.0",
         ]
