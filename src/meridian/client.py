@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
 
 from meridian._pb.meridian.v1 import (
     events_pb2,
@@ -37,22 +35,32 @@ from meridian._pb.meridian.v1 import (
     state_pb2,
     state_pb2_grpc,
 )
+from meridian.client_types import (
+    _KINDS,
+    _OUTCOMES,
+    _SERVED,
+    Begun,
+    Bounded,
+    Entry,
+    Eventual,
+    OnceResult,
+    Page,
+    ReadConsistency,
+    ReadResult,
+    Sibling,
+    Strong,
+    WatchEvent,
+    _consistency,
+    _entry,
+    _set_source,
+    _start,
+    error_from_rpc,
+)
 from meridian.core.canonical import PayloadKind, fingerprint
 from meridian.core.errors import (
-    ClockSkewError,
-    ConflictError,
-    DeadlineExceededError,
-    ErrorCode,
-    FencedError,
-    FieldViolation,
     IdempotencyInProgressError,
     IdempotencyMismatchError,
-    InvalidArgumentError,
     MeridianError,
-    NotFoundError,
-    QuorumUnavailableError,
-    ResourceExhaustedError,
-    UnavailableError,
 )
 from meridian.core.idempotency import StoredResponse
 from meridian.subscription import Subscription
@@ -60,179 +68,21 @@ from meridian.subscription import Subscription
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Strong:
-    """Linearizable: the latest acknowledged write."""
-
-
-@dataclass(frozen=True)
-class Bounded:
-    """At most ``max_staleness_s`` seconds stale."""
-
-    max_staleness_s: float
-
-
-@dataclass(frozen=True)
-class Eventual:
-    """The agent's cache, kept current by the change feed."""
-
-
-ReadConsistency = Strong | Bounded | Eventual
-
-
-@dataclass(frozen=True)
-class Sibling:
-    value: bytes
-    hlc: int
-    region: str
-
-
-@dataclass(frozen=True)
-class Entry:
-    key: str
-    value: bytes
-    revision: int
-    hlc: int
-    region: str
-    #: ``counter`` keyspaces: the counter's value.
-    counter: int = 0
-    #: ``set`` keyspaces: the elements, sorted.
-    elements: tuple[str, ...] = ()
-    #: ``multi_value`` keyspaces: the concurrent values, oldest first.
-    siblings: tuple[Sibling, ...] = ()
-
-
-@dataclass(frozen=True)
-class ReadResult:
-    entry: Entry
-    #: "strong", "bounded" or "eventual": what the agent actually served.
-    served: str
-    #: How stale the answer may be, in seconds (0 for strong).
-    staleness_bound_s: float
-
-
-@dataclass(frozen=True)
-class Page:
-    entries: list[Entry]
-    next_page_token: str
-    served: str
-    staleness_bound_s: float
-
-
-@dataclass(frozen=True)
-class WatchEvent:
-    #: "put" or "delete"
-    kind: str
-    entry: Entry
-
-
-@dataclass(frozen=True)
-class Begun:
-    """What a Begin found. ``outcome``: "new", "in_progress", "completed" or "mismatch"."""
-
-    outcome: str
-    fingerprint: str
-    #: "new": pass it to complete() or abort().
-    fencing_token: int = 0
-    #: "new" and "in_progress": when the lease runs out (epoch seconds).
-    lease_expires_at: float = 0.0
-    #: "completed": the stored response.
-    response: StoredResponse | None = None
-    took_over: bool = False
-
-
-@dataclass(frozen=True)
-class OnceResult:
-    response: StoredResponse
-    #: True when the command had run before and this is its stored response.
-    replayed: bool
-
-
-_OUTCOMES = {
-    idempotency_pb2.BeginResponse.OUTCOME_NEW: "new",
-    idempotency_pb2.BeginResponse.OUTCOME_IN_PROGRESS: "in_progress",
-    idempotency_pb2.BeginResponse.OUTCOME_COMPLETED: "completed",
-    idempotency_pb2.BeginResponse.OUTCOME_MISMATCH: "mismatch",
-}
-_KINDS = {
-    PayloadKind.JSON: idempotency_pb2.PAYLOAD_KIND_JSON,
-    PayloadKind.BINARY: idempotency_pb2.PAYLOAD_KIND_BINARY,
-}
-
-
-def _set_source(msg: Any, topic_filter: str, keyspace: str) -> None:
-    """Fill a request's ``source`` oneof: a keyspace's change feed, or a topic filter."""
-    if keyspace:
-        msg.keyspace = keyspace
-    else:
-        msg.topic_filter = topic_filter
-
-
-def _start(msg: events_pb2.StartPosition, sequence: int | None, time_s: float | None) -> None:
-    if sequence is not None:
-        msg.sequence = sequence
-    elif time_s is not None:
-        msg.time.FromNanoseconds(int(time_s * 1e9))
-
-
-_SERVED = {
-    state_pb2.Consistency.LEVEL_STRONG: "strong",
-    state_pb2.Consistency.LEVEL_BOUNDED: "bounded",
-    state_pb2.Consistency.LEVEL_EVENTUAL: "eventual",
-}
-
-
-def _consistency(c: ReadConsistency) -> state_pb2.Consistency:
-    if isinstance(c, Bounded):
-        d = Duration()
-        d.FromNanoseconds(int(c.max_staleness_s * 1e9))
-        return state_pb2.Consistency(level=state_pb2.Consistency.LEVEL_BOUNDED, max_staleness=d)
-    if isinstance(c, Eventual):
-        return state_pb2.Consistency(level=state_pb2.Consistency.LEVEL_EVENTUAL)
-    return state_pb2.Consistency(level=state_pb2.Consistency.LEVEL_STRONG)
-
-
-def _entry(e: state_pb2.Entry) -> Entry:
-    return Entry(
-        e.key,
-        e.value,
-        e.revision,
-        e.hlc,
-        e.region,
-        e.counter,
-        tuple(e.elements),
-        tuple(Sibling(s.value, s.hlc, s.region) for s in e.siblings),
-    )
-
-
-def error_from_rpc(exc: grpc.aio.AioRpcError) -> MeridianError:
-    """Rebuild the typed Meridian error from a failed call's trailers."""
-    trailers = {k: v for k, v in (exc.trailing_metadata() or ()) if isinstance(v, str)}
-    code = trailers.get("meridian-error-code", "")
-    message = exc.details() or ""
-    if code == ErrorCode.CONFLICT:
-        return ConflictError(
-            message, current_revision=int(trailers.get("meridian-current-revision", "0") or 0)
-        )
-    if code == ErrorCode.INVALID_ARGUMENT:
-        field = trailers.get("meridian-error-field", "request")
-        rule = message.split(": ", 1)[1] if message.startswith(f"{field}: ") else message
-        return InvalidArgumentError(FieldViolation(field, rule))
-    simple: dict[str, type[MeridianError]] = {
-        ErrorCode.NOT_FOUND: NotFoundError,
-        ErrorCode.QUORUM_UNAVAILABLE: QuorumUnavailableError,
-        ErrorCode.CLOCK_SKEW: ClockSkewError,
-        ErrorCode.DEADLINE_EXCEEDED: DeadlineExceededError,
-        ErrorCode.FENCED: FencedError,
-        ErrorCode.IDEMPOTENCY_IN_PROGRESS: IdempotencyInProgressError,
-        ErrorCode.IDEMPOTENCY_MISMATCH: IdempotencyMismatchError,
-        ErrorCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
-    }
-    if code in simple:
-        return simple[code](message)
-    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return DeadlineExceededError(message or "deadline exceeded")
-    return UnavailableError(f"{exc.code().name}: {message}")
+__all__ = [
+    "Begun",
+    "Bounded",
+    "Entry",
+    "Eventual",
+    "MeridianClient",
+    "OnceResult",
+    "Page",
+    "ReadConsistency",
+    "ReadResult",
+    "Sibling",
+    "Strong",
+    "WatchEvent",
+    "error_from_rpc",
+]
 
 
 class MeridianClient:
