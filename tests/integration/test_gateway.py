@@ -2,7 +2,7 @@
 ``/v1/health`` and ``/v1/status`` like an agent, plus an echo route and streams.
 
 The gateway runs in-process (and once as a real ``meridian gateway`` process, for
-SIGTERM). Ports 39100-39199: stand-in agents on 39131-39133, the gateway on 39190.
+SIGTERM). Ports 20100-20199 (below the ephemeral range): stand-in agents on 20131-20133, the gateway on 20190.
 """
 
 from __future__ import annotations
@@ -34,14 +34,14 @@ from meridian.sandbox.processes import port_in_use
 from tests.conftest import eventually
 
 REGIONS = ("us-east", "eu-west", "ap-south")
-AGENT_PORTS = {"us-east": 39131, "eu-west": 39132, "ap-south": 39133}
-GATEWAY_PORT = 39190
+AGENT_PORTS = {"us-east": 20131, "eu-west": 20132, "ap-south": 20133}
+GATEWAY_PORT = 20190
 AGENT_MAX_BODY = 12 << 20
 HINT = "Meridian-Region"
 
 CONFIG = f"""
 [sandbox]
-base_port = 39100
+base_port = 20100
 
 [gateway]
 port = {GATEWAY_PORT}
