@@ -31,7 +31,6 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import Any
 
 from meridian.agent.calls import AttemptFailed, Call, NoRoute, Reply
@@ -101,6 +100,7 @@ class Invoker:
         self._outliers: dict[str, OutlierDetector] = {}
         self._outstanding: Counter[str] = Counter()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._gauged: set[str] = set()
         self.upstream = Upstream(region, config)
         self.forwarder = PeerForwarder(
             conn,
@@ -139,8 +139,12 @@ class Invoker:
                 f"bulkhead of service {call.service!r} is full: {bulkhead.limit} calls in "
                 "flight; the call was not sent"
             )
-        in_flight = self._child(self.metrics.bulkhead_in_flight, call.service)
-        in_flight.set(bulkhead.in_flight)
+        if call.service not in self._gauged:
+            # Read when scraped, not set on every call (a Gauge.set takes a lock).
+            self._gauged.add(call.service)
+            self._child(self.metrics.bulkhead_in_flight, call.service).set_function(
+                lambda service=call.service: self.bulkheads.get(service).in_flight
+            )
         start = time.perf_counter()
         outcome, served_by = "ok", ""
         try:
@@ -165,7 +169,6 @@ class Invoker:
             )
         finally:
             lease.release()
-            in_flight.set(bulkhead.in_flight)
             self._child(self.metrics.invocations, call.service, served_by, outcome).inc()
             self._child(self.metrics.invocation_seconds, call.service).observe(
                 time.perf_counter() - start
@@ -296,19 +299,19 @@ class Invoker:
         if local_only:
             order = [self.region]
         else:
-            rtts = self.peer_rtts()
-            views: dict[str, RegionView] = {}
+            counts: dict[str, list[int]] = {}
             for v in every:
                 usable = v.healthy and v.instance_id not in avoid_instances
                 if v.region == self.region:
                     usable = usable and v.instance_id not in ejected
-                prev = views.get(v.region) or RegionView(v.region, 0, 0, rtts.get(v.region))
-                views[v.region] = replace(
-                    prev, usable=prev.usable + int(usable), total=prev.total + 1
-                )
+                c = counts.setdefault(v.region, [0, 0])
+                c[0] += usable
+                c[1] += 1
+            rtts = self.peer_rtts() if len(counts) > 1 or self.region not in counts else {}
+            views = [RegionView(r, u, t, rtts.get(r)) for r, (u, t) in counts.items()]
             order = [
                 r
-                for r in region_order(self.region, views.values(), policy.balancer)
+                for r in region_order(self.region, views, policy.balancer)
                 if r not in avoid_regions
             ]
         refused: list[str] = []

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 HEALTHY = pb.INSTANCE_HEALTH_HEALTHY
 UNHEALTHY = pb.INSTANCE_HEALTH_UNHEALTHY
 UNKNOWN = pb.INSTANCE_HEALTH_UNKNOWN
+#: How long the router's view of a service's instances is reused.
+VIEW_CACHE_S = 0.05
 PROTOCOL_NAMES = {pb.PROTOCOL_HTTP: "http", pb.PROTOCOL_GRPC: "grpc"}
 PROTOCOL_VALUES = {v: k for k, v in PROTOCOL_NAMES.items()}
 
@@ -108,6 +110,8 @@ class RegistryComponent:
         self._session: aiohttp.ClientSession | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._announce_now = asyncio.Event()
+        #: service -> (when, instances): the router's view, briefly cached.
+        self._views: dict[str, tuple[float, list[InstanceView]]] = {}
         self._lock = asyncio.Lock()
 
     # -- lifecycle ------------------------------------------------------------
@@ -149,6 +153,7 @@ class RegistryComponent:
         """Take (or renew) a lease; returns (instance_id, expires_at, ttl_s)."""
         instance_id = reg.instance_id or f"{reg.service}-{self.region}-{uuid.uuid4().hex[:12]}"
         now = time.monotonic()
+        self._views.clear()
         lease = self._leases.get(instance_id)
         if lease is not None and lease.reg != reg:
             if lease.checker is not None:
@@ -207,8 +212,15 @@ class RegistryComponent:
     # -- for the router -------------------------------------------------------
 
     def instances(self, service: str) -> list[InstanceView]:
-        """Every fresh instance of ``service``: own leases live, the rest from the replica."""
+        """Every fresh instance of ``service``: own leases live, the rest from the replica.
+
+        Kept for VIEW_CACHE_S per service (the router asks on every call); any
+        change of a lease, a health result, an announcement or an unreachable
+        report drops the cache at once."""
         now = time.monotonic()
+        cached = self._views.get(service)
+        if cached is not None and now - cached[0] < VIEW_CACHE_S:
+            return cached[1]
         views: dict[str, InstanceView] = {}
         for v in self.replica.instances(service, now):
             if self._suspects.get(v.instance_id, 0.0) > now and v.healthy:
@@ -217,13 +229,16 @@ class RegistryComponent:
         for lease in self._leases.values():
             if lease.reg.service == service and lease.expires_at > now:
                 views[lease.instance_id] = lease.view(self.region)
-        return list(views.values())
+        result = list(views.values())
+        self._views[service] = (now, result)
+        return result
 
     def report_unreachable(self, instance_id: str) -> None:
         """The router could not connect: treat the instance as unhealthy until it
         passes a health check again (or, if another agent checks it, for the
         staleness window)."""
         until = time.monotonic() + self.config.stale_after_s
+        self._views.clear()
         lease = self._leases.get(instance_id)
         if lease is not None:
             lease.suspect_until = until
@@ -266,6 +281,7 @@ class RegistryComponent:
 
     def _on_entry(self, instance_id: str, status: pb.InstanceStatus | None) -> None:
         now = time.monotonic()
+        self._views.clear()
         if status is None:
             self._statuses.pop(instance_id, None)
             self.replica.apply(instance_id, None, now)
@@ -311,6 +327,7 @@ class RegistryComponent:
                 if lease.expires_at <= now:
                     log.info("lease of %s expired", iid)
                     self._leases.pop(iid, None)
+                    self._views.clear()
                     await self._withdraw(lease)
             await asyncio.gather(*(self._announce(lease) for lease in self._leases.values()))
             self.replica.prune(now)
@@ -334,8 +351,9 @@ class RegistryComponent:
             healthy, detail = await self._check(lease.reg)
             lease.checked_at = datetime.now(UTC)
             health = HEALTHY if healthy else UNHEALTHY
-            if healthy:
+            if healthy and lease.suspect_until:
                 lease.suspect_until = 0.0
+                self._views.clear()
             if health != lease.health:
                 log.info(
                     "instance %s of %s is %s%s",
@@ -345,6 +363,7 @@ class RegistryComponent:
                     f": {detail}" if detail else "",
                 )
                 lease.health, lease.detail = health, detail
+                self._views.clear()
                 self._announce_now.set()
             lease.detail = detail
             await asyncio.sleep(lease.reg.check_interval_s)

@@ -7,7 +7,6 @@ non-idempotent call, since this one never reached an instance.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import aiohttp
@@ -65,49 +64,43 @@ class Upstream:
         headers.append(("Host", view.endpoint))
         limit = self.config.max_body_bytes
         try:
-            async with asyncio.timeout(until - now):
-                async with self._session.request(
-                    call.verb,
-                    url,
-                    data=call.body or None,
-                    headers=headers,
-                    allow_redirects=False,
-                ) as resp:
-                    # Read to the end (a partly read body would cost the pooled
-                    # connection), but no further than the limit.
-                    declared = resp.content_length
-                    if declared is not None and declared <= limit:
-                        body = await resp.read()
-                    else:
-                        buf = bytearray()
-                        async for chunk in resp.content.iter_any():
-                            buf += chunk
-                            if len(buf) > limit:
-                                break
-                        body = bytes(buf)
-                    if len(body) > limit:
-                        raise AttemptFailed(
-                            f"instance {view.instance_id} answered more than {limit} bytes",
-                            not_sent=False,
-                            region=self.region,
-                            instance_id=view.instance_id,
-                        )
-                    return Reply(
-                        body=body,
-                        headers=clean_headers(list(resp.headers.items())),
-                        status=resp.status,
+            # aiohttp's own timeout (one timer), not asyncio.timeout around it (two).
+            async with self._session.request(
+                call.verb,
+                url,
+                data=call.body or None,
+                headers=headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=until - now),
+            ) as resp:
+                # Read to the end (a partly read body would cost the pooled
+                # connection), but no further than the limit.
+                declared = resp.content_length
+                if declared is not None and declared <= limit:
+                    body = await resp.read()
+                else:
+                    buf = bytearray()
+                    async for chunk in resp.content.iter_any():
+                        buf += chunk
+                        if len(buf) > limit:
+                            break
+                    body = bytes(buf)
+                if len(body) > limit:
+                    raise AttemptFailed(
+                        f"instance {view.instance_id} answered more than {limit} bytes",
+                        not_sent=False,
+                        region=self.region,
+                        instance_id=view.instance_id,
                     )
+                return Reply(
+                    body=body,
+                    headers=clean_headers(list(resp.headers.items())),
+                    status=resp.status,
+                )
         except aiohttp.ClientConnectorError as exc:
             raise AttemptFailed(
                 f"instance {view.instance_id} refused the connection ({exc.os_error})",
                 not_sent=True,
-                region=self.region,
-                instance_id=view.instance_id,
-            ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise AttemptFailed(
-                f"instance {view.instance_id} failed: {exc}",
-                not_sent=False,
                 region=self.region,
                 instance_id=view.instance_id,
             ) from None
@@ -118,6 +111,13 @@ class Upstream:
                 ) from None
             raise AttemptFailed(
                 f"instance {view.instance_id} did not answer within the per-try timeout",
+                not_sent=False,
+                region=self.region,
+                instance_id=view.instance_id,
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise AttemptFailed(
+                f"instance {view.instance_id} failed: {exc}",
                 not_sent=False,
                 region=self.region,
                 instance_id=view.instance_id,

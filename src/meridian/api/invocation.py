@@ -54,12 +54,16 @@ def _service_violation(service: str, name: str = "service") -> list[FieldViolati
     ]
 
 
-def _header_violations(headers: Iterable[tuple[str, str]], name: str) -> list[FieldViolation]:
+def _header_violations(
+    headers: Iterable[tuple[str, str]], name: str, *, parsed: bool = False
+) -> list[FieldViolation]:
     v: list[FieldViolation] = []
     total = count = 0
     for k, val in headers:
         count += 1
         total += len(k) + len(val)
+        if parsed:
+            continue
         if not HEADER_NAME.match(k):
             v.append(FieldViolation(name, f"header name {k[:40]!r} is not an HTTP token"))
             break
@@ -86,8 +90,13 @@ def http_call(
     headers: list[tuple[str, str]],
     body: bytes,
     max_body: int,
+    parsed_headers: bool = False,
 ) -> Call:
-    """A validated HTTP call, or InvalidArgumentError naming each bad field."""
+    """A validated HTTP call, or InvalidArgumentError naming each bad field.
+
+    ``parsed_headers``: the headers come from an HTTP request the server has
+    already parsed (names are tokens, values have no CR or LF), so only their
+    number and size are checked."""
     v = _service_violation(service)
     if not METHOD_PATH.match(method) or any(
         unquote(segment) in (".", "..") for segment in method.split("/")
@@ -104,7 +113,7 @@ def http_call(
         v.append(
             FieldViolation("query", f"must be at most {MAX_QUERY} bytes with no space, CR, LF, #")
         )
-    v += _header_violations(headers, "headers")
+    v += _header_violations(headers, "headers", parsed=parsed_headers)
     if len(body) > max_body:
         v.append(FieldViolation("body", f"must be at most {max_body} bytes"))
     if v:

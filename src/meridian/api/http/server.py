@@ -282,6 +282,7 @@ class HttpTransport:
                     headers=headers,
                     body=body,
                     max_body=inv.config.max_body_bytes,
+                    parsed_headers=True,
                 )
                 deadline = inv.deadline(
                     call,
