@@ -321,9 +321,6 @@ class Invoker:
             if permit is None:
                 refused.append(region)
                 continue
-            self._child(self.metrics.breaker_state, call.service, region).set(
-                _BREAKER_GAUGE[breaker.state]
-            )
             try:
                 if region == self.region:
                     reply = await self._call_local(call, policy, deadline, local, ejected, detector)

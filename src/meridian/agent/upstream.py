@@ -33,6 +33,9 @@ class Upstream:
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            # A proxy for many callers must not keep one caller's cookies for the
+            # next (and a dummy jar costs nothing per request).
+            cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
         )
