@@ -13,8 +13,10 @@
 //! back. A crash between the two writes can so only leave stock unavailable
 //! (logged with the order id), never sell it twice.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, SystemTime};
 
 use futures_util::TryStreamExt;
@@ -22,6 +24,7 @@ use meridian::state::StateClient;
 use meridian::{Consistency, Error};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::Mutex as AsyncMutex;
 
 use crate::model::{
     AlreadyReleased, OutOfStock, RESERVATION_PREFIX, Release, Reservation, State, Stock,
@@ -88,6 +91,11 @@ pub struct Inventory {
     state: StateClient,
     keyspace: String,
     reservation_ttl: Duration,
+    /// One lock per order id being reserved in this process: concurrent
+    /// requests for the same order would otherwise each take its stock before
+    /// one of them records the reservation, and a request could be refused
+    /// for stock its own duplicates held for a moment.
+    reserving: Arc<StdMutex<HashMap<String, Arc<AsyncMutex<()>>>>>,
 }
 
 impl Inventory {
@@ -98,6 +106,7 @@ impl Inventory {
             state,
             keyspace: keyspace.into(),
             reservation_ttl,
+            reserving: Arc::default(),
         }
     }
 
@@ -128,10 +137,40 @@ impl Inventory {
         sku: &str,
         qty: u64,
     ) -> Result<Reservation, ReserveError> {
+        let lock = Arc::clone(
+            self.reserving
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(order_id.to_owned())
+                .or_default(),
+        );
+        let result = {
+            let _held = lock.lock().await;
+            self.reserve_once(order_id, sku, qty).await
+        };
+        let mut locks = self.reserving.lock().unwrap_or_else(|e| e.into_inner());
+        // Ours and the map's: nobody else waits on it.
+        if Arc::strong_count(&lock) == 2 {
+            locks.remove(order_id);
+        }
+        result
+    }
+
+    async fn reserve_once(
+        &self,
+        order_id: &str,
+        sku: &str,
+        qty: u64,
+    ) -> Result<Reservation, ReserveError> {
         if let Some(existing) = self.reservation(order_id).await? {
             return retried(existing, sku, qty);
         }
         if let Err(out) = self.change_stock(sku, |s| s.take(qty)).await? {
+            // A duplicate in another process may have recorded the order's
+            // reservation meanwhile (with the stock that is now missing).
+            if let Some(existing) = self.reservation(order_id).await? {
+                return retried(existing, sku, qty);
+            }
             return Err(ReserveError::OutOfStock(out));
         }
         let reservation =
