@@ -191,7 +191,7 @@ class PeerForwarder:
                 f"no agent of {region} answers", not_sent=True, region=region
             ) from None
         except (nats.errors.TimeoutError, TimeoutError):
-            if time.monotonic() >= deadline:
+            if until >= deadline or time.monotonic() >= deadline:
                 raise DeadlineExceededError(
                     f"calling {call.service!r}: the deadline passed waiting for {region}"
                 ) from None

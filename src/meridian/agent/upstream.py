@@ -108,7 +108,9 @@ class Upstream:
                 instance_id=view.instance_id,
             ) from None
         except TimeoutError:
-            if time.monotonic() >= deadline:
+            # The timer was set for ``until``; when that is the call's deadline it
+            # is the deadline that passed (the loop's clock may fire a hair early).
+            if until >= deadline or time.monotonic() >= deadline:
                 raise DeadlineExceededError(
                     f"calling {call.service!r}: the deadline passed waiting for {view.instance_id}"
                 ) from None
@@ -157,7 +159,7 @@ class Upstream:
                     region=self.region,
                     instance_id=view.instance_id,
                 ) from None
-            if code == "DEADLINE_EXCEEDED" and time.monotonic() >= deadline:
+            if code == "DEADLINE_EXCEEDED" and (until >= deadline or time.monotonic() >= deadline):
                 raise DeadlineExceededError(
                     f"calling {call.service!r}: the deadline passed waiting for {view.instance_id}"
                 ) from None
