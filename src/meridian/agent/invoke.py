@@ -127,9 +127,12 @@ class Invoker:
     def policy(self, call: Call) -> ResiliencePolicy:
         return self.policies.resolve(call.service, call.route)
 
-    async def invoke(self, call: Call, deadline: float) -> Reply:
-        """Route ``call`` until ``deadline`` (monotonic); see the module docstring."""
-        policy = self.policy(call)
+    async def invoke(
+        self, call: Call, deadline: float, policy: ResiliencePolicy | None = None
+    ) -> Reply:
+        """Route ``call`` until ``deadline`` (monotonic); see the module docstring.
+        ``policy``: the call's policy if the caller resolved it already."""
+        policy = policy or self.policy(call)
         bulkhead = self.bulkheads.get(call.service)
         lease = bulkhead.try_acquire()
         if lease is None:

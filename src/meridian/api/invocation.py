@@ -25,6 +25,7 @@ from meridian.config.model import InvocationConfig
 from meridian.core.errors import FieldViolation, InvalidArgumentError
 from meridian.core.registry import INSTANCE_ID, SERVICE_NAME, validate_registration
 from meridian.core.resilience.deadline import resolve_deadline
+from meridian.core.resilience.policy import TimeoutPolicy
 from meridian.observability.tracing import current_traceparent
 
 HTTP_VERBS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -225,17 +226,23 @@ class InvocationApi:
         self.invoker = invoker
         self.config = config
 
-    def deadline(self, call: Call, *, timeout_ms: str | None, timeout_s: float | None) -> float:
+    @staticmethod
+    def _deadline(policy: TimeoutPolicy, timeout_ms: str | None, timeout_s: float | None) -> float:
         """The call's absolute deadline: the caller's (header or gRPC deadline),
         the route's default when none, capped by the route's maximum."""
-        policy = self.invoker.policy(call).timeout
         now = time.monotonic()
         if timeout_s is not None:
             return now + min(max(timeout_s, 0.0), policy.max_s)
         return resolve_deadline(now, policy, timeout_ms=timeout_ms)
 
-    async def call(self, call: Call, deadline: float) -> Reply:
-        return await self.invoker.invoke(call, deadline)
+    async def call(
+        self, call: Call, *, timeout_ms: str | None = None, timeout_s: float | None = None
+    ) -> Reply:
+        """Invoke ``call`` with the caller's timeout; the route's policy is
+        resolved once, for the deadline and the call."""
+        policy = self.invoker.policy(call)
+        deadline = self._deadline(policy.timeout, timeout_ms, timeout_s)
+        return await self.invoker.invoke(call, deadline, policy)
 
     async def invoke(
         self, request: pb.InvokeRequest, *, timeout_s: float | None = None
@@ -255,9 +262,7 @@ class InvocationApi:
             max_body=self.config.max_body_bytes,
         )
         timeout_ms = next((v for k, v in headers if k.lower() == "meridian-timeout-ms"), None)
-        reply = await self.invoker.invoke(
-            call, self.deadline(call, timeout_ms=timeout_ms, timeout_s=timeout_s)
-        )
+        reply = await self.call(call, timeout_ms=timeout_ms, timeout_s=timeout_s)
         return pb.InvokeResponse(
             status=reply.status,
             headers=[pb.Header(name=k, value=v) for k, v in reply.headers],

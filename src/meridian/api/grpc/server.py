@@ -347,8 +347,7 @@ class InvocationProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
                     body=request,
                     max_body=inv.config.max_body_bytes,
                 )
-                deadline = inv.deadline(call, timeout_ms=None, timeout_s=context.time_remaining())
-                reply = await inv.call(call, deadline)
+                reply = await inv.call(call, timeout_s=context.time_remaining())
         except MeridianError as exc:
             context.set_trailing_metadata(error_metadata(exc))
             await context.abort(mapping_for(exc).grpc, exc.message)

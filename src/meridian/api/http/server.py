@@ -284,12 +284,7 @@ class HttpTransport:
                     max_body=inv.config.max_body_bytes,
                     parsed_headers=True,
                 )
-                deadline = inv.deadline(
-                    call,
-                    timeout_ms=request.headers.get("Meridian-Timeout-Ms"),
-                    timeout_s=None,
-                )
-                reply = await inv.call(call, deadline)
+                reply = await inv.call(call, timeout_ms=request.headers.get("Meridian-Timeout-Ms"))
                 return web.Response(
                     status=reply.status, body=reply.body, headers=CIMultiDict(reply_headers(reply))
                 )
