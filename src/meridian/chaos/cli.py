@@ -82,7 +82,7 @@ def chaos_run(
 @click.option("--base-port", type=int, default=28000, show_default=True,
               help="Ports of the run's sandbox (the smoke suite uses 27000).")  # fmt: skip
 @click.option("--only", default=None, help="Run only scenarios whose name contains this.")
-@click.option("--sync-faults", default="kill-global-server,kill-region", show_default=True,
+@click.option("--sync-faults", default="kill-global-server,kill-region,power-loss", show_default=True,
               help="Faults under which the global workloads also run with NATS's default "
                    "sync_interval (comma-separated; empty for none).")  # fmt: skip
 def chaos_matrix(

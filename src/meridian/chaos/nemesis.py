@@ -17,7 +17,9 @@ Faults:
 - :class:`KillProcess`: SIGKILL of one process (a NATS server or an agent);
 - :class:`Pause`: SIGSTOP, then SIGCONT, of one process;
 - :class:`ClockSkew`: the region's agent replaced by one whose HLC clock
-  source runs ``offset_ms`` ahead (see :mod:`meridian.chaos.skewed_agent`).
+  source runs ``offset_ms`` ahead (see :mod:`meridian.chaos.skewed_agent`);
+- :class:`PowerLoss`: SIGKILL of NATS servers at one instant, and every write
+  they had not fsynced lost (their stores sit on :mod:`meridian.chaos.lazyfs`).
 
 Each fault's start and stop are also events in the history (process
 :data:`NEMESIS_PROCESS`, ``f`` "nemesis", ``key`` the fault's kind, ``value``
@@ -38,9 +40,11 @@ import time
 import urllib.error
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from meridian.backbone.server import fetch_json
+from meridian.chaos import lazyfs
 from meridian.chaos.history import EventType, History
 from meridian.sandbox.processes import ProcessRecord, spawn, stop
 from meridian.sandbox.supervisor import Sandbox
@@ -53,11 +57,19 @@ NEMESIS_PROCESS = -1
 class SandboxControl:
     """What faults act on: the sandbox supervisor and the WAN control API."""
 
-    def __init__(self, sandbox: Sandbox, *, sync_interval: str = "always") -> None:
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        *,
+        sync_interval: str = "always",
+        lazy_mounts: dict[str, Path] | None = None,
+    ) -> None:
         self.sandbox = sandbox
         self.config = sandbox.config
         self.config_path = sandbox.config_path
         self.sync_interval = sync_interval
+        #: Process name -> the lazyfs mount its store is on (power-loss faults).
+        self.lazy_mounts = lazy_mounts or {}
 
     def record(self, name: str) -> ProcessRecord:
         rec = self.sandbox.state.load().get(name)
@@ -97,7 +109,7 @@ class Fault(Protocol):
 
     @property
     def kind(self) -> str:
-        """partition | latency | kill-region | kill | pause | clock-skew"""
+        """partition | latency | kill-region | kill | pause | clock-skew | power-loss"""
 
     @property
     def region(self) -> str:
@@ -257,6 +269,39 @@ class ClockSkew:
         if self._proc is not None:
             await asyncio.to_thread(stop, [self._proc], grace_s=10)
             self._proc = None
+        await ctl.up()
+
+
+@dataclass
+class PowerLoss:
+    """Power lost at once by NATS servers: SIGKILL of each, then every write they had
+    not fsynced is gone (their stores are on lazyfs mounts, see
+    :mod:`meridian.chaos.lazyfs`); stop powers them back on (``Sandbox.up()``).
+
+    With ``sync_interval: always`` every acknowledged write was fsynced before
+    the acknowledgement; with NATS's default (every 2 minutes) it may not be.
+    """
+
+    processes: tuple[str, ...]
+    region: str = ""
+    kind: str = "power-loss"
+
+    @property
+    def name(self) -> str:
+        return "power loss " + ", ".join(self.processes)
+
+    async def start(self, ctl: SandboxControl) -> None:
+        missing = [p for p in self.processes if p not in ctl.lazy_mounts]
+        if missing:
+            raise RuntimeError(f"no lazyfs mount under {missing}: the run did not mount one")
+        records = [ctl.record(p) for p in self.processes]
+        for rec in records:  # one instant: no server outlives another by a write
+            os.killpg(rec.pid, signal.SIGKILL)
+        await asyncio.to_thread(stop, records, grace_s=5, hard=True)  # reaps them
+        for p in self.processes:
+            await asyncio.to_thread(lazyfs.crash, ctl.lazy_mounts[p])
+
+    async def stop(self, ctl: SandboxControl) -> None:
         await ctl.up()
 
 

@@ -25,11 +25,12 @@ from typing import Any
 from meridian.chaos import analysis, report
 from meridian.chaos.checkers import Verdict
 from meridian.chaos.history import History
+from meridian.chaos.lazyfs import LazyMounts
 from meridian.chaos.nemesis import Nemesis, SandboxControl
 from meridian.chaos.scenarios import Scenario
 from meridian.chaos.workloads.base import KeyspaceSpec, RunContext
 from meridian.client import MeridianClient
-from meridian.config import load_config
+from meridian.config import GLOBAL_CLUSTER, load_config
 from meridian.sandbox.supervisor import Sandbox
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,13 @@ async def _retry(what: str, attempt: Callable[[], Awaitable[None]], timeout_s: f
             await asyncio.sleep(0.5)
 
 
+def _down(sandbox: Sandbox, mounts: LazyMounts) -> None:
+    """Stop the sandbox, unmount any lazyfs under it, then remove its data."""
+    sandbox.down()
+    mounts.close()
+    sandbox.down(purge=True)
+
+
 async def run(
     scenario: Scenario, opts: RunOptions, *, say: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -109,13 +117,21 @@ async def run(
     config_path.write_text(sandbox_config_text(opts.base_port, keyspaces))
     config = load_config(config_path, env={})
     sandbox = Sandbox(config, str(config_path))
-    ctl = SandboxControl(sandbox, sync_interval=opts.sync_interval)
+    steps = scenario.schedule(config, duration)
+    mounts = LazyMounts(sandbox.workdir / "logs")
+    if any(s.fault.kind == "power-loss" for s in steps):
+        # Power loss needs the global servers' stores on a file system that can
+        # lose what was not fsynced.
+        for spec in sandbox.servers:
+            if spec.cluster == GLOBAL_CLUSTER:
+                await asyncio.to_thread(mounts.mount, f"nats:{spec.name}", spec.store_dir)
+    ctl = SandboxControl(sandbox, sync_interval=opts.sync_interval, lazy_mounts=mounts.mounts)
     say(f"bringing up the sandbox (base port {opts.base_port}) in {config.sandbox.workdir}")
     try:
         await ctl.up()
     except BaseException:
         if not opts.keep_sandbox:
-            await asyncio.to_thread(sandbox.down, purge=True)
+            await asyncio.to_thread(_down, sandbox, mounts)
         raise
     clients = {r.name: MeridianClient(r.grpc_address, timeout_s=5.0) for r in config.regions}
     try:
@@ -132,7 +148,6 @@ async def run(
             await _retry(f"workload {w.name}", partial(w.setup, ctx), opts.setup_timeout_s)
         ctx.history = history = History()  # setup is not part of the history
         nemesis = Nemesis(ctl, history)
-        steps = scenario.schedule(config, duration)
         say(
             f"running {scenario.name} for {duration:g}s: {', '.join(s.fault.name for s in steps) or 'no faults'}"
         )
@@ -193,4 +208,4 @@ async def run(
         for c in clients.values():
             await c.aclose()
         if not opts.keep_sandbox:
-            await asyncio.to_thread(sandbox.down, purge=True)
+            await asyncio.to_thread(_down, sandbox, mounts)

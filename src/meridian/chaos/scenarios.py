@@ -18,6 +18,7 @@ from meridian.chaos.nemesis import (
     LatencySpike,
     Partition,
     Pause,
+    PowerLoss,
     Step,
 )
 from meridian.chaos.workloads.bank import BankWorkload
@@ -83,6 +84,9 @@ FAULTS: dict[str, Callable[[], Fault]] = {
     "pause-global-server": lambda: Pause("nats:global-eu-west", "eu-west"),
     "pause-agent": lambda: Pause("agent:ap-south", "ap-south"),
     "clock-skew": lambda: ClockSkew("ap-south", 1000),
+    "power-loss": lambda: PowerLoss(
+        ("nats:global-us-east", "nats:global-eu-west", "nats:global-ap-south")
+    ),
 }
 
 
