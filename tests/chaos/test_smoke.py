@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,14 +32,24 @@ def _append(h: History, *events: tuple[str, int, str, str, str | None, object]) 
     return out
 
 
-def test_register_linearizable_across_a_partition(tmp_path: Path) -> None:
-    report = run_smoke("register-partition", tmp_path)
+@pytest.fixture(scope="module")
+def partitioned(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    """One sandbox for the register and the replicated workloads, ap-south cut off
+    until the end, then healed: (report, run directory)."""
+    out = tmp_path_factory.mktemp("register-replicated-partition")
+    return run_smoke("register-replicated-partition", out), out
+
+
+def test_register_linearizable_across_a_partition(
+    partitioned: tuple[dict[str, Any], Path],
+) -> None:
+    report, out = partitioned
     lin = verdict(report, "linearizable")
-    history = History.load(tmp_path / "history.json")
+    history = History.load(out / "history.json")
     assert lin["valid"] is True, lin
     porcupine = lin["details"]["porcupine"]
     assert porcupine["operations"] > 50, porcupine
-    assert (tmp_path / lin["details"]["visualization"]).stat().st_size > 0
+    assert (out / lin["details"]["visualization"]).stat().st_size > 0
     # The partition had an effect a user would see: ap-south could not write.
     started, stop = fault_window(report)
     cut_off = [
@@ -88,15 +99,17 @@ def test_bank_conserves_money_when_a_region_is_killed(tmp_path: Path) -> None:
     assert checker.check(bad).valid is False
 
 
-def test_replicated_converges_after_a_partition_heals(tmp_path: Path) -> None:
-    report = run_smoke("replicated-partition", tmp_path)
+def test_replicated_converges_after_a_partition_heals(
+    partitioned: tuple[dict[str, Any], Path],
+) -> None:
+    report, out = partitioned
     converged = verdict(report, "converged")
     assert converged["valid"] is True, converged
     assert converged["details"]["regions"] == ["ap-south", "eu-west", "us-east"]
     hlc = verdict(report, "hlc")
     assert hlc["valid"] is True, hlc
     started, stop = fault_window(report)
-    history = History.load(tmp_path / "history.json")
+    history = History.load(out / "history.json")
     # ap-south kept accepting writes while cut off.
     assert any(
         op.region == "ap-south" and op.f == "rput" and op.type == "ok" and started < op.start < stop

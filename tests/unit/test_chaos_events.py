@@ -201,6 +201,31 @@ def test_a_redelivery_after_a_broken_stream_is_excused() -> None:
     assert v.details["excused_redeliveries"] == 1
 
 
+def test_a_redelivery_as_new_after_a_broken_stream_is_excused() -> None:
+    # The group's server died with the stream: JetStream lost the ack and its
+    # delivery count, so the redelivery says attempt 1 again.
+    h = H().publish("us-east-p0", 1, "us-east").publish("us-east-p0", 2, "us-east")
+    h.deliver("eu-west", "us-east-p0", 1, "us-east", session=1)
+    h.session(1, "info")
+    h.deliver("eu-west", "us-east-p0", 1, "us-east", session=2)
+    h.deliver("eu-west", "us-east-p0", 2, "us-east", session=2)
+    h.session(2, "ok")
+    once = EventsOnceChecker().check(h.history())
+    assert once.valid is True, once.errors
+    assert once.details["excused_redeliveries"] == 1
+    assert EventsOrderedChecker().check(h.history()).valid is True
+
+
+def test_two_copies_in_flight_as_new_are_caught() -> None:
+    h = H().publish("us-east-p0", 1, "us-east")
+    h.deliver("eu-west", "us-east-p0", 1, "us-east", session=1, end="fail")
+    h.deliver("eu-west", "us-east-p0", 1, "us-east", session=2)
+    h.session(1, "info").session(2, "ok")
+    v = EventsOnceChecker().check(h.history())
+    assert v.valid is False
+    assert v.errors[0]["problem"] == "a second copy delivered as new"
+
+
 def test_no_delivery_or_no_drain_is_unknown() -> None:
     h = H().publish("us-east-p0", 1, "us-east")
     assert checks(h.history()) == {

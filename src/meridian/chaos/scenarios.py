@@ -107,25 +107,20 @@ def _single(workload: str, fault: str | None, duration_s: float, description: st
 SMOKE: dict[str, Scenario] = {
     s.name: s
     for s in (
-        _single(
-            "register",
-            "partition",
+        Scenario(
+            "register-replicated-partition",
+            "A CAS register on global and replicated writes in every region while ap-south "
+            "is cut off until the end, then heal: linearizable? converged, HLCs sound, "
+            "ap-south still writable?",
+            lambda: [RegisterWorkload(), ReplicatedWorkload()],
+            fault_until_end(FAULTS["partition"]),
             30.0,
-            "CAS register on global, ap-south partitioned both ways for a while: linearizable?",
         ),
         _single(
             "bank",
             "kill-region",
             30.0,
             "Bank transfers on global while eu-west is killed and restarted: money conserved?",
-        ),
-        Scenario(
-            "replicated-partition",
-            "Replicated writes in every region while ap-south is cut off until the end, "
-            "then heal: converged, HLCs sound?",
-            lambda: [ReplicatedWorkload()],
-            fault_until_end(FAULTS["partition"]),
-            30.0,
         ),
         Scenario(
             "commands-events-partition-kill",

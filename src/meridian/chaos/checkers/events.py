@@ -202,6 +202,7 @@ class EventsOrderedChecker:
     def check(self, history: History) -> Verdict:
         v = view(history, self.prefix)
         last: dict[tuple[str, str, str], tuple[int, str]] = {}  # (group, origin, key) -> seq, id
+        seen: set[tuple[str, str]] = set()  # (group, event id) delivered as new before
         errors: list[dict[str, Any]] = []
         firsts = 0
         for op in v.deliveries:
@@ -209,6 +210,11 @@ class EventsOrderedChecker:
             pub = v.published.get(op.key or "")
             if int(d.get("attempt", 0)) != 1 or pub is None:
                 continue
+            # A second copy of an event is not a first delivery; events-once judges it.
+            copy = (str(d.get("group", op.region)), op.key or "")
+            if copy in seen:
+                continue
+            seen.add(copy)
             firsts += 1
             stream = (str(d.get("group", op.region)), str(d.get("origin")), str(d.get("key")))
             prev = last.get(stream)
@@ -257,20 +263,23 @@ class EventsOnceChecker:
             at = (str(d.get("group", op.region)), op.key or "")
             attempt = int(d.get("attempt", 0))
             where = {"group": at[0], "event": at[1], "attempt": attempt}
-            if attempt == 1:
-                firsts[at] = firsts.get(at, 0) + 1
-                if firsts[at] == 2:
-                    errors.append({**where, "problem": "a second copy delivered as new"})
             if at in acked_in:
-                broke = not v.sessions.get(acked_in[at], False)
-                if attempt > 1 and broke:
+                if not v.sessions.get(acked_in[at], False):
+                    # The ack went out on a stream that then broke: it may never have
+                    # been applied. If the group's server died too, JetStream may have
+                    # lost its delivery count as well, so the redelivery can say
+                    # attempt 1 again.
                     excused += 1
                 elif attempt > 1:
                     errors.append(
                         {**where, "problem": "redelivered after an ack on a stream that held"}
                     )
-                elif firsts[at] == 1:  # attempt 1 after an ack: already reported if a copy
-                    errors.append({**where, "problem": "delivered again after its ack"})
+                else:
+                    errors.append({**where, "problem": "a second copy delivered as new"})
+            elif attempt == 1 and firsts.get(at, 0) >= 1:
+                errors.append({**where, "problem": "a second copy delivered as new"})
+            if attempt == 1:
+                firsts[at] = firsts.get(at, 0) + 1
             if op.type == "ok":
                 acked_in[at] = int(d.get("session", -1))
         details = {"deliveries": len(v.deliveries), "excused_redeliveries": excused}
