@@ -10,6 +10,9 @@ own, 100-byte payloads, all on one topic.
   Python client with ``--load-client python``; and ``EventService/PublishStream``
   (``-mode=grpc-publish-stream``: one stream per connection, the same number of
   publishes in flight in all, responses read as they come).
+- ``EventService/PublishBatch`` (``-mode=grpc-publish-batch``): calls of
+  ``batch`` events each, as many calls at once as make the same number of
+  events in flight.
 - Baseline, same run, same concurrency: nats-py JetStream publishes straight to
   the region's stream ``EV_<region>`` on subject ``mev.<region>.<topic>``, with
   the headers the agent sets (``Nats-Msg-Id`` and Meridian's own).
@@ -99,11 +102,36 @@ async def through_agent(
     duration_s: float,
     pids: Mapping[str, Target],
     stream: bool = False,
+    batch: int = 0,
 ) -> load.LoadResult:
     """gRPC Publish through ``region``'s agent: unary calls, or with ``stream``
     ``PublishStream`` (native load generator only), one stream per connection
-    sharing the ``concurrency`` publishes in flight."""
+    sharing the ``concurrency`` publishes in flight, or with ``batch``
+    ``PublishBatch`` calls of ``batch`` events each, ``concurrency`` // ``batch``
+    calls at once (native load generator only)."""
     run = uuid.uuid4().hex[:8]
+    if batch:
+        if loadgen is None:
+            raise native.NativeUnavailable("PublishBatch is driven by the native load generator")
+        callers = max(1, concurrency // batch)
+        return await native.closed_loop(
+            loadgen,
+            f"publishes/s in {region}, agent gRPC PublishBatch of {batch}, {callers} calls "
+            "at once (native client)",
+            mode="grpc-publish-batch",
+            target=sb.region(region).grpc_address,
+            keyspace="",
+            key=f"b{run}",
+            topic=TOPIC,
+            value=PAYLOAD,
+            concurrency=callers,
+            connections=connections,
+            warmup_s=warmup_s,
+            duration_s=duration_s,
+            pids=pids,
+            procs=loadgen_procs,
+            batch=batch,
+        )
     if stream:
         if loadgen is None:
             raise native.NativeUnavailable("PublishStream is driven by the native load generator")

@@ -32,6 +32,8 @@ class Settings:
     publish_rounds: int = 3
     publish_concurrency: int = 64
     publish_connections: int = 2
+    #: Events per PublishBatch call (the batch path keeps publish_concurrency in flight).
+    publish_batch: int = 32
     warmup_s: float = 3.0
     duration_s: float = 10.0
     #: "native": the Go load generator (bench/state/loadgen) publishes through the
@@ -174,9 +176,9 @@ async def figure2(
     common = dict(
         concurrency=s.publish_concurrency, warmup_s=s.warmup_s, duration_s=s.duration_s, pids=pids
     )
-    paths: dict[str, list[load.LoadResult]] = {"direct": [], "unary": [], "stream": []}
+    paths: dict[str, list[load.LoadResult]] = {"direct": [], "unary": [], "stream": [], "batch": []}
     if loadgen is None:
-        del paths["stream"]
+        del paths["stream"], paths["batch"]
 
     async def one(path: str) -> load.LoadResult:
         if path == "direct":
@@ -188,6 +190,7 @@ async def figure2(
             connections=s.publish_connections,
             loadgen_procs=s.loadgen_procs,
             stream=path == "stream",
+            batch=s.publish_batch if path == "batch" else 0,
             **common,  # type: ignore[arg-type]
         )
 
@@ -222,7 +225,9 @@ async def figure2(
             )
         rows.append(row)
     if loadgen is None:
-        rows[-1].note += "; PublishStream not measured (needs the native load generator)"
+        rows[-1].note += (
+            "; PublishStream and PublishBatch not measured (need the native load generator)"
+        )
     return rows
 
 

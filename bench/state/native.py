@@ -63,11 +63,13 @@ async def closed_loop(
     pids: Mapping[str, Target],
     procs: int = 1,
     topic: str = "",
+    batch: int = 0,
 ) -> load.LoadResult:
     """Run the load generator: ``concurrency`` callers (``mode`` grpc-get, grpc-put,
-    grpc-publish or http-get) for ``warmup_s``, then measure ``duration_s``. Its Go
-    runtime gets ``procs`` OS threads for Go code (GOMAXPROCS). Publishes go to
-    ``topic`` with event ids prefixed by ``key``."""
+    grpc-publish, grpc-publish-batch, grpc-publish-stream or http-get) for
+    ``warmup_s``, then measure ``duration_s``. Its Go runtime gets ``procs`` OS
+    threads for Go code (GOMAXPROCS). Publishes go to ``topic`` with event ids
+    prefixed by ``key``; grpc-publish-batch sends ``batch`` events per call."""
     proc = await asyncio.create_subprocess_exec(
         str(binary),
         f"-mode={mode}",
@@ -78,6 +80,7 @@ async def closed_loop(
         f"-concurrency={concurrency}",
         f"-connections={connections}",
         *([f"-topic={topic}"] if topic else []),
+        *([f"-batch={batch}"] if batch else []),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -44,6 +44,7 @@ from meridian.client_types import (
     Entry,
     Eventual,
     OnceResult,
+    OutgoingEvent,
     Page,
     ReadConsistency,
     ReadResult,
@@ -75,6 +76,7 @@ __all__ = [
     "Eventual",
     "MeridianClient",
     "OnceResult",
+    "OutgoingEvent",
     "Page",
     "ReadConsistency",
     "ReadResult",
@@ -351,6 +353,27 @@ class MeridianClient:
             ),
         )
         return int(resp.sequence), bool(resp.duplicate)
+
+    async def publish_batch(self, events: list[OutgoingEvent]) -> list[tuple[int, bool]]:
+        """Publish up to 1000 events in one call (all validated first; nothing is
+        published if one is bad); returns (sequence, duplicate) per event, in order.
+        On an error some may be stored: send the same batch again."""
+        resp = await self._call(
+            self._events.PublishBatch,
+            events_pb2.PublishBatchRequest(
+                events=[
+                    events_pb2.PublishRequest(
+                        topic=e.topic,
+                        key=e.key,
+                        payload=e.payload,
+                        event_id=e.event_id,
+                        headers=e.headers or {},
+                    )
+                    for e in events
+                ]
+            ),
+        )
+        return [(int(r.sequence), bool(r.duplicate)) for r in resp.results]
 
     def subscribe(
         self,

@@ -54,6 +54,17 @@ ReadConsistency = Strong | Bounded | Eventual
 
 
 @dataclass(frozen=True)
+class OutgoingEvent:
+    """One event of :meth:`MeridianClient.publish_batch`."""
+
+    topic: str
+    key: str
+    payload: bytes
+    event_id: str
+    headers: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
 class Sibling:
     value: bytes
     hlc: int

@@ -66,7 +66,7 @@ func cpuSeconds() float64 {
 }
 
 func main() {
-	mode := flag.String("mode", "grpc-get", "grpc-get, grpc-put, grpc-publish, grpc-publish-stream or http-get")
+	mode := flag.String("mode", "grpc-get", "grpc-get, grpc-put, grpc-publish, grpc-publish-batch, grpc-publish-stream or http-get")
 	target := flag.String("target", "", "host:port of the agent's gRPC or HTTP port")
 	keyspace := flag.String("keyspace", "bench", "keyspace")
 	key := flag.String("key", "read-key", "key read (gets), or prefix of keys written (puts) "+
@@ -75,9 +75,10 @@ func main() {
 	topic := flag.String("topic", "bench.load", "topic of publishes")
 	concurrency := flag.Int("concurrency", 32, "callers")
 	conns := flag.Int("connections", 2, "gRPC connections shared round-robin by the callers (HTTP: one per caller)")
+	batch := flag.Int("batch", 64, "events per PublishBatch call (grpc-publish-batch)")
 	flag.Parse()
 
-	var op func(ctx context.Context, c, i int) error
+	var op func(ctx context.Context, c, i int) (int, error)
 	var closers []io.Closer
 	var publishers []pb.EventServiceClient // grpc-publish-stream: one stream per connection
 	switch *mode {
@@ -94,19 +95,19 @@ func main() {
 		if *mode == "grpc-get" {
 			req := &pb.GetRequest{Keyspace: *keyspace, Key: *key,
 				Consistency: &pb.Consistency{Level: pb.Consistency_LEVEL_EVENTUAL}}
-			op = func(ctx context.Context, c, _ int) error {
+			op = func(ctx context.Context, c, _ int) (int, error) {
 				resp, err := stubs[c%len(stubs)].Get(ctx, req)
 				if err == nil && resp.GetServed() != pb.Consistency_LEVEL_EVENTUAL {
 					err = fmt.Errorf("the agent served %v, not EVENTUAL", resp.GetServed())
 				}
-				return err
+				return 1, err
 			}
 		} else {
 			val := []byte(*value)
-			op = func(ctx context.Context, c, i int) error {
+			op = func(ctx context.Context, c, i int) (int, error) {
 				_, err := stubs[c%len(stubs)].Put(ctx, &pb.PutRequest{
 					Keyspace: *keyspace, Key: fmt.Sprintf("%s-%d-%d", *key, c, i), Value: val})
-				return err
+				return 1, err
 			}
 		}
 	case "http-get":
@@ -119,11 +120,11 @@ func main() {
 		want := []byte(`"served": "LEVEL_EVENTUAL"`)
 		hc := make([]*httpConn, *concurrency) // hc[c] is caller c's own
 		closers = append(closers, closeAll(hc))
-		op = func(ctx context.Context, c, _ int) error {
+		op = func(ctx context.Context, c, _ int) (int, error) {
 			if hc[c] == nil {
 				conn, err := net.DialTimeout("tcp", *target, 10*time.Second)
 				if err != nil {
-					return err
+					return 1, err
 				}
 				hc[c] = &httpConn{conn: conn, r: bufio.NewReaderSize(conn, 64<<10)}
 			}
@@ -131,15 +132,15 @@ func main() {
 			if err != nil {
 				hc[c].conn.Close()
 				hc[c] = nil
-				return err
+				return 1, err
 			}
 			if status != 200 {
-				return fmt.Errorf("HTTP %d: %.200s", status, got)
+				return 1, fmt.Errorf("HTTP %d: %.200s", status, got)
 			}
 			if !bytes.Contains(got, want) {
-				return fmt.Errorf("not served EVENTUAL: %.200s", got)
+				return 1, fmt.Errorf("not served EVENTUAL: %.200s", got)
 			}
-			return nil
+			return 1, nil
 		}
 	case "grpc-publish":
 		// Unary EventService.Publish; each caller publishes under an event key of its
@@ -154,14 +155,47 @@ func main() {
 			stubs[n] = pb.NewEventServiceClient(cc)
 		}
 		payload := []byte(*value)
-		op = func(ctx context.Context, c, i int) error {
+		op = func(ctx context.Context, c, i int) (int, error) {
 			resp, err := stubs[c%len(stubs)].Publish(ctx, &pb.PublishRequest{
 				Topic: *topic, Key: fmt.Sprintf("%s-%d", *key, c), Payload: payload,
 				EventId: fmt.Sprintf("%s-%d-%d", *key, c, i)})
 			if err == nil && resp.GetDuplicate() {
 				err = fmt.Errorf("event %s-%d-%d stored as a duplicate", *key, c, i)
 			}
-			return err
+			return 1, err
+		}
+	case "grpc-publish-batch":
+		// EventService.PublishBatch: each caller sends -batch events per call under
+		// an event key of its own; a call counts as -batch publishes.
+		stubs := make([]pb.EventServiceClient, *conns)
+		for n := range stubs {
+			cc, err := grpc.NewClient(*target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				fail(err)
+			}
+			closers = append(closers, cc)
+			stubs[n] = pb.NewEventServiceClient(cc)
+		}
+		payload := []byte(*value)
+		op = func(ctx context.Context, c, i int) (int, error) {
+			req := &pb.PublishBatchRequest{Events: make([]*pb.PublishRequest, *batch)}
+			for j := range req.Events {
+				req.Events[j] = &pb.PublishRequest{Topic: *topic, Key: fmt.Sprintf("%s-%d", *key, c),
+					Payload: payload, EventId: fmt.Sprintf("%s-%d-%d-%d", *key, c, i, j)}
+			}
+			resp, err := stubs[c%len(stubs)].PublishBatch(ctx, req)
+			if err != nil {
+				return *batch, err
+			}
+			if len(resp.GetResults()) != *batch {
+				return *batch, fmt.Errorf("%d results for %d events", len(resp.GetResults()), *batch)
+			}
+			for j, r := range resp.GetResults() {
+				if r.GetDuplicate() {
+					return *batch, fmt.Errorf("event %s-%d-%d-%d stored as a duplicate", *key, c, i, j)
+				}
+			}
+			return *batch, nil
 		}
 	case "grpc-publish-stream":
 		for n := 0; n < *conns; n++ {
@@ -228,15 +262,15 @@ func main() {
 
 // startCallers starts the closed loop: concurrency callers, each issuing its next
 // call as soon as the previous one returns. One call must succeed first.
-func startCallers(op func(ctx context.Context, c, i int) error, concurrency int,
+func startCallers(op func(ctx context.Context, c, i int) (int, error), concurrency int,
 	w *window, done *atomic.Bool, wg *sync.WaitGroup) []*caller {
 	ctx := context.Background()
-	call := func(c, i int) error {
+	call := func(c, i int) (int, error) {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		return op(cctx, c, i)
 	}
-	if err := call(0, -1); err != nil {
+	if _, err := call(0, -1); err != nil {
 		fail(fmt.Errorf("first call: %w", err))
 	}
 	callers := make([]*caller, concurrency)
@@ -248,7 +282,7 @@ func startCallers(op func(ctx context.Context, c, i int) error, concurrency int,
 			defer wg.Done()
 			for i := 0; !done.Load(); i++ {
 				t0 := time.Now().UnixNano()
-				err := call(c, i)
+				n, err := call(c, i)
 				t1 := time.Now().UnixNano()
 				start, stop := w.start.Load(), w.stop.Load()
 				if start == 0 || t0 < start || (stop != 0 && t1 >= stop) {
@@ -265,7 +299,7 @@ func startCallers(op func(ctx context.Context, c, i int) error, concurrency int,
 					time.Sleep(10 * time.Millisecond)
 					continue
 				}
-				cl.counts[int((t1-start)/int64(time.Second))]++
+				cl.counts[int((t1-start)/int64(time.Second))] += n
 				cl.latencies = append(cl.latencies, float64(t1-t0)/1e9)
 			}
 		}(c)

@@ -168,6 +168,96 @@ func (x *PublishResponse) GetDuplicate() bool {
 	return false
 }
 
+type PublishBatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 1..1000 events, each as in Publish; their payloads at most 8 MiB in all.
+	Events        []*PublishRequest `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PublishBatchRequest) Reset() {
+	*x = PublishBatchRequest{}
+	mi := &file_meridian_v1_events_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PublishBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PublishBatchRequest) ProtoMessage() {}
+
+func (x *PublishBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_events_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PublishBatchRequest.ProtoReflect.Descriptor instead.
+func (*PublishBatchRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_events_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PublishBatchRequest) GetEvents() []*PublishRequest {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+type PublishBatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per event, in request order.
+	Results       []*PublishResponse `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PublishBatchResponse) Reset() {
+	*x = PublishBatchResponse{}
+	mi := &file_meridian_v1_events_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PublishBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PublishBatchResponse) ProtoMessage() {}
+
+func (x *PublishBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_events_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PublishBatchResponse.ProtoReflect.Descriptor instead.
+func (*PublishBatchResponse) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_events_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PublishBatchResponse) GetResults() []*PublishResponse {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
 type StartPosition struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Position:
@@ -182,7 +272,7 @@ type StartPosition struct {
 
 func (x *StartPosition) Reset() {
 	*x = StartPosition{}
-	mi := &file_meridian_v1_events_proto_msgTypes[2]
+	mi := &file_meridian_v1_events_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -194,7 +284,7 @@ func (x *StartPosition) String() string {
 func (*StartPosition) ProtoMessage() {}
 
 func (x *StartPosition) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_events_proto_msgTypes[2]
+	mi := &file_meridian_v1_events_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -207,7 +297,7 @@ func (x *StartPosition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartPosition.ProtoReflect.Descriptor instead.
 func (*StartPosition) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_events_proto_rawDescGZIP(), []int{2}
+	return file_meridian_v1_events_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *StartPosition) GetPosition() isStartPosition_Position {
@@ -283,7 +373,7 @@ type SubscribeRequest struct {
 
 func (x *SubscribeRequest) Reset() {
 	*x = SubscribeRequest{}
-	mi := &file_meridian_v1_events_proto_msgTypes[3]
+	mi := &file_meridian_v1_events_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -295,7 +385,7 @@ func (x *SubscribeRequest) String() string {
 func (*SubscribeRequest) ProtoMessage() {}
 
 func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_events_proto_msgTypes[3]
+	mi := &file_meridian_v1_events_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -308,7 +398,7 @@ func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
 func (*SubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_events_proto_rawDescGZIP(), []int{3}
+	return file_meridian_v1_events_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SubscribeRequest) GetKind() isSubscribeRequest_Kind {
@@ -394,7 +484,7 @@ type SubscribeOpen struct {
 
 func (x *SubscribeOpen) Reset() {
 	*x = SubscribeOpen{}
-	mi := &file_meridian_v1_events_proto_msgTypes[4]
+	mi := &file_meridian_v1_events_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -406,7 +496,7 @@ func (x *SubscribeOpen) String() string {
 func (*SubscribeOpen) ProtoMessage() {}
 
 func (x *SubscribeOpen) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_events_proto_msgTypes[4]
+	mi := &file_meridian_v1_events_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -419,7 +509,7 @@ func (x *SubscribeOpen) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeOpen.ProtoReflect.Descriptor instead.
 func (*SubscribeOpen) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_events_proto_rawDescGZIP(), []int{4}
+	return file_meridian_v1_events_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SubscribeOpen) GetSource() isSubscribeOpen_Source {
@@ -507,7 +597,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_meridian_v1_events_proto_msgTypes[5]
+	mi := &file_meridian_v1_events_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -519,7 +609,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_events_proto_msgTypes[5]
+	mi := &file_meridian_v1_events_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -532,7 +622,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_events_proto_rawDescGZIP(), []int{5}
+	return file_meridian_v1_events_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Ack) GetDeliveryId() uint64 {
@@ -553,7 +643,7 @@ type Nack struct {
 
 func (x *Nack) Reset() {
 	*x = Nack{}
-	mi := &file_meridian_v1_events_proto_msgTypes[6]
+	mi := &file_meridian_v1_events_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -565,7 +655,7 @@ func (x *Nack) String() string {
 func (*Nack) ProtoMessage() {}
 
 func (x *Nack) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_events_proto_msgTypes[6]
+	mi := &file_meridian_v1_events_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -578,7 +668,7 @@ func (x *Nack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Nack.ProtoReflect.Descriptor instead.
 func (*Nack) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_events_proto_rawDescGZIP(), []int{6}
+	return file_meridian_v1_events_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Nack) GetDeliveryId() uint64 {
@@ -612,7 +702,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_meridian_v1_events_proto_msgTypes[7]
+	mi := &file_meridian_v1_events_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -624,7 +714,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_events_proto_msgTypes[7]
+	mi := &file_meridian_v1_events_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -637,7 +727,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_events_proto_rawDescGZIP(), []int{7}
+	return file_meridian_v1_events_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Event) GetTopic() string {
@@ -711,7 +801,7 @@ type Delivery struct {
 
 func (x *Delivery) Reset() {
 	*x = Delivery{}
-	mi := &file_meridian_v1_events_proto_msgTypes[8]
+	mi := &file_meridian_v1_events_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -723,7 +813,7 @@ func (x *Delivery) String() string {
 func (*Delivery) ProtoMessage() {}
 
 func (x *Delivery) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_events_proto_msgTypes[8]
+	mi := &file_meridian_v1_events_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -736,7 +826,7 @@ func (x *Delivery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delivery.ProtoReflect.Descriptor instead.
 func (*Delivery) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_events_proto_rawDescGZIP(), []int{8}
+	return file_meridian_v1_events_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Delivery) GetDeliveryId() uint64 {
@@ -782,7 +872,7 @@ type ReplayRequest struct {
 
 func (x *ReplayRequest) Reset() {
 	*x = ReplayRequest{}
-	mi := &file_meridian_v1_events_proto_msgTypes[9]
+	mi := &file_meridian_v1_events_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -794,7 +884,7 @@ func (x *ReplayRequest) String() string {
 func (*ReplayRequest) ProtoMessage() {}
 
 func (x *ReplayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_events_proto_msgTypes[9]
+	mi := &file_meridian_v1_events_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -807,7 +897,7 @@ func (x *ReplayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplayRequest.ProtoReflect.Descriptor instead.
 func (*ReplayRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_events_proto_rawDescGZIP(), []int{9}
+	return file_meridian_v1_events_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ReplayRequest) GetGroup() string {
@@ -873,7 +963,7 @@ type ReplayResponse struct {
 
 func (x *ReplayResponse) Reset() {
 	*x = ReplayResponse{}
-	mi := &file_meridian_v1_events_proto_msgTypes[10]
+	mi := &file_meridian_v1_events_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -885,7 +975,7 @@ func (x *ReplayResponse) String() string {
 func (*ReplayResponse) ProtoMessage() {}
 
 func (x *ReplayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_events_proto_msgTypes[10]
+	mi := &file_meridian_v1_events_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -898,7 +988,7 @@ func (x *ReplayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplayResponse.ProtoReflect.Descriptor instead.
 func (*ReplayResponse) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_events_proto_rawDescGZIP(), []int{10}
+	return file_meridian_v1_events_proto_rawDescGZIP(), []int{12}
 }
 
 type InvalidateRequest struct {
@@ -913,7 +1003,7 @@ type InvalidateRequest struct {
 
 func (x *InvalidateRequest) Reset() {
 	*x = InvalidateRequest{}
-	mi := &file_meridian_v1_events_proto_msgTypes[11]
+	mi := &file_meridian_v1_events_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -925,7 +1015,7 @@ func (x *InvalidateRequest) String() string {
 func (*InvalidateRequest) ProtoMessage() {}
 
 func (x *InvalidateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_events_proto_msgTypes[11]
+	mi := &file_meridian_v1_events_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -938,7 +1028,7 @@ func (x *InvalidateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvalidateRequest.ProtoReflect.Descriptor instead.
 func (*InvalidateRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_events_proto_rawDescGZIP(), []int{11}
+	return file_meridian_v1_events_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *InvalidateRequest) GetNamespace() string {
@@ -964,7 +1054,7 @@ type InvalidateResponse struct {
 
 func (x *InvalidateResponse) Reset() {
 	*x = InvalidateResponse{}
-	mi := &file_meridian_v1_events_proto_msgTypes[12]
+	mi := &file_meridian_v1_events_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -976,7 +1066,7 @@ func (x *InvalidateResponse) String() string {
 func (*InvalidateResponse) ProtoMessage() {}
 
 func (x *InvalidateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_events_proto_msgTypes[12]
+	mi := &file_meridian_v1_events_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -989,7 +1079,7 @@ func (x *InvalidateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvalidateResponse.ProtoReflect.Descriptor instead.
 func (*InvalidateResponse) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_events_proto_rawDescGZIP(), []int{12}
+	return file_meridian_v1_events_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *InvalidateResponse) GetSequence() uint64 {
@@ -1021,7 +1111,7 @@ type RegisterPushRequest struct {
 
 func (x *RegisterPushRequest) Reset() {
 	*x = RegisterPushRequest{}
-	mi := &file_meridian_v1_events_proto_msgTypes[13]
+	mi := &file_meridian_v1_events_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1033,7 +1123,7 @@ func (x *RegisterPushRequest) String() string {
 func (*RegisterPushRequest) ProtoMessage() {}
 
 func (x *RegisterPushRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_events_proto_msgTypes[13]
+	mi := &file_meridian_v1_events_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1046,7 +1136,7 @@ func (x *RegisterPushRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterPushRequest.ProtoReflect.Descriptor instead.
 func (*RegisterPushRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_events_proto_rawDescGZIP(), []int{13}
+	return file_meridian_v1_events_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RegisterPushRequest) GetGroup() string {
@@ -1140,7 +1230,7 @@ type RegisterPushResponse struct {
 
 func (x *RegisterPushResponse) Reset() {
 	*x = RegisterPushResponse{}
-	mi := &file_meridian_v1_events_proto_msgTypes[14]
+	mi := &file_meridian_v1_events_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1152,7 +1242,7 @@ func (x *RegisterPushResponse) String() string {
 func (*RegisterPushResponse) ProtoMessage() {}
 
 func (x *RegisterPushResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_events_proto_msgTypes[14]
+	mi := &file_meridian_v1_events_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1165,7 +1255,7 @@ func (x *RegisterPushResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterPushResponse.ProtoReflect.Descriptor instead.
 func (*RegisterPushResponse) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_events_proto_rawDescGZIP(), []int{14}
+	return file_meridian_v1_events_proto_rawDescGZIP(), []int{16}
 }
 
 type UnregisterPushRequest struct {
@@ -1182,7 +1272,7 @@ type UnregisterPushRequest struct {
 
 func (x *UnregisterPushRequest) Reset() {
 	*x = UnregisterPushRequest{}
-	mi := &file_meridian_v1_events_proto_msgTypes[15]
+	mi := &file_meridian_v1_events_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1194,7 +1284,7 @@ func (x *UnregisterPushRequest) String() string {
 func (*UnregisterPushRequest) ProtoMessage() {}
 
 func (x *UnregisterPushRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_events_proto_msgTypes[15]
+	mi := &file_meridian_v1_events_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1207,7 +1297,7 @@ func (x *UnregisterPushRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnregisterPushRequest.ProtoReflect.Descriptor instead.
 func (*UnregisterPushRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_events_proto_rawDescGZIP(), []int{15}
+	return file_meridian_v1_events_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *UnregisterPushRequest) GetGroup() string {
@@ -1266,7 +1356,7 @@ type UnregisterPushResponse struct {
 
 func (x *UnregisterPushResponse) Reset() {
 	*x = UnregisterPushResponse{}
-	mi := &file_meridian_v1_events_proto_msgTypes[16]
+	mi := &file_meridian_v1_events_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1278,7 +1368,7 @@ func (x *UnregisterPushResponse) String() string {
 func (*UnregisterPushResponse) ProtoMessage() {}
 
 func (x *UnregisterPushResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_events_proto_msgTypes[16]
+	mi := &file_meridian_v1_events_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1291,7 +1381,7 @@ func (x *UnregisterPushResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnregisterPushResponse.ProtoReflect.Descriptor instead.
 func (*UnregisterPushResponse) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_events_proto_rawDescGZIP(), []int{16}
+	return file_meridian_v1_events_proto_rawDescGZIP(), []int{18}
 }
 
 var File_meridian_v1_events_proto protoreflect.FileDescriptor
@@ -1311,7 +1401,11 @@ const file_meridian_v1_events_proto_rawDesc = "" +
 	"\x0fPublishResponse\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12\x16\n" +
 	"\x06region\x18\x02 \x01(\tR\x06region\x12\x1c\n" +
-	"\tduplicate\x18\x03 \x01(\bR\tduplicate\"\x7f\n" +
+	"\tduplicate\x18\x03 \x01(\bR\tduplicate\"J\n" +
+	"\x13PublishBatchRequest\x123\n" +
+	"\x06events\x18\x01 \x03(\v2\x1b.meridian.v1.PublishRequestR\x06events\"N\n" +
+	"\x14PublishBatchResponse\x126\n" +
+	"\aresults\x18\x01 \x03(\v2\x1c.meridian.v1.PublishResponseR\aresults\"\x7f\n" +
 	"\rStartPosition\x12\x12\n" +
 	"\x03new\x18\x01 \x01(\bH\x00R\x03new\x12\x1c\n" +
 	"\bsequence\x18\x02 \x01(\x04H\x00R\bsequence\x120\n" +
@@ -1385,10 +1479,11 @@ const file_meridian_v1_events_proto_rawDesc = "" +
 	"\ftopic_filter\x18\x02 \x01(\tH\x00R\vtopicFilter\x12\x1c\n" +
 	"\bkeyspace\x18\x03 \x01(\tH\x00R\bkeyspaceB\b\n" +
 	"\x06source\"\x18\n" +
-	"\x16UnregisterPushResponse2\xad\x04\n" +
+	"\x16UnregisterPushResponse2\x82\x05\n" +
 	"\fEventService\x12D\n" +
 	"\aPublish\x12\x1b.meridian.v1.PublishRequest\x1a\x1c.meridian.v1.PublishResponse\x12N\n" +
-	"\rPublishStream\x12\x1b.meridian.v1.PublishRequest\x1a\x1c.meridian.v1.PublishResponse(\x010\x01\x12E\n" +
+	"\rPublishStream\x12\x1b.meridian.v1.PublishRequest\x1a\x1c.meridian.v1.PublishResponse(\x010\x01\x12S\n" +
+	"\fPublishBatch\x12 .meridian.v1.PublishBatchRequest\x1a!.meridian.v1.PublishBatchResponse\x12E\n" +
 	"\tSubscribe\x12\x1d.meridian.v1.SubscribeRequest\x1a\x15.meridian.v1.Delivery(\x010\x01\x12A\n" +
 	"\x06Replay\x12\x1a.meridian.v1.ReplayRequest\x1a\x1b.meridian.v1.ReplayResponse\x12M\n" +
 	"\n" +
@@ -1408,64 +1503,70 @@ func file_meridian_v1_events_proto_rawDescGZIP() []byte {
 	return file_meridian_v1_events_proto_rawDescData
 }
 
-var file_meridian_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_meridian_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_meridian_v1_events_proto_goTypes = []any{
 	(*PublishRequest)(nil),         // 0: meridian.v1.PublishRequest
 	(*PublishResponse)(nil),        // 1: meridian.v1.PublishResponse
-	(*StartPosition)(nil),          // 2: meridian.v1.StartPosition
-	(*SubscribeRequest)(nil),       // 3: meridian.v1.SubscribeRequest
-	(*SubscribeOpen)(nil),          // 4: meridian.v1.SubscribeOpen
-	(*Ack)(nil),                    // 5: meridian.v1.Ack
-	(*Nack)(nil),                   // 6: meridian.v1.Nack
-	(*Event)(nil),                  // 7: meridian.v1.Event
-	(*Delivery)(nil),               // 8: meridian.v1.Delivery
-	(*ReplayRequest)(nil),          // 9: meridian.v1.ReplayRequest
-	(*ReplayResponse)(nil),         // 10: meridian.v1.ReplayResponse
-	(*InvalidateRequest)(nil),      // 11: meridian.v1.InvalidateRequest
-	(*InvalidateResponse)(nil),     // 12: meridian.v1.InvalidateResponse
-	(*RegisterPushRequest)(nil),    // 13: meridian.v1.RegisterPushRequest
-	(*RegisterPushResponse)(nil),   // 14: meridian.v1.RegisterPushResponse
-	(*UnregisterPushRequest)(nil),  // 15: meridian.v1.UnregisterPushRequest
-	(*UnregisterPushResponse)(nil), // 16: meridian.v1.UnregisterPushResponse
-	nil,                            // 17: meridian.v1.PublishRequest.HeadersEntry
-	nil,                            // 18: meridian.v1.Event.HeadersEntry
-	(*timestamppb.Timestamp)(nil),  // 19: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),    // 20: google.protobuf.Duration
+	(*PublishBatchRequest)(nil),    // 2: meridian.v1.PublishBatchRequest
+	(*PublishBatchResponse)(nil),   // 3: meridian.v1.PublishBatchResponse
+	(*StartPosition)(nil),          // 4: meridian.v1.StartPosition
+	(*SubscribeRequest)(nil),       // 5: meridian.v1.SubscribeRequest
+	(*SubscribeOpen)(nil),          // 6: meridian.v1.SubscribeOpen
+	(*Ack)(nil),                    // 7: meridian.v1.Ack
+	(*Nack)(nil),                   // 8: meridian.v1.Nack
+	(*Event)(nil),                  // 9: meridian.v1.Event
+	(*Delivery)(nil),               // 10: meridian.v1.Delivery
+	(*ReplayRequest)(nil),          // 11: meridian.v1.ReplayRequest
+	(*ReplayResponse)(nil),         // 12: meridian.v1.ReplayResponse
+	(*InvalidateRequest)(nil),      // 13: meridian.v1.InvalidateRequest
+	(*InvalidateResponse)(nil),     // 14: meridian.v1.InvalidateResponse
+	(*RegisterPushRequest)(nil),    // 15: meridian.v1.RegisterPushRequest
+	(*RegisterPushResponse)(nil),   // 16: meridian.v1.RegisterPushResponse
+	(*UnregisterPushRequest)(nil),  // 17: meridian.v1.UnregisterPushRequest
+	(*UnregisterPushResponse)(nil), // 18: meridian.v1.UnregisterPushResponse
+	nil,                            // 19: meridian.v1.PublishRequest.HeadersEntry
+	nil,                            // 20: meridian.v1.Event.HeadersEntry
+	(*timestamppb.Timestamp)(nil),  // 21: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 22: google.protobuf.Duration
 }
 var file_meridian_v1_events_proto_depIdxs = []int32{
-	17, // 0: meridian.v1.PublishRequest.headers:type_name -> meridian.v1.PublishRequest.HeadersEntry
-	19, // 1: meridian.v1.StartPosition.time:type_name -> google.protobuf.Timestamp
-	4,  // 2: meridian.v1.SubscribeRequest.open:type_name -> meridian.v1.SubscribeOpen
-	5,  // 3: meridian.v1.SubscribeRequest.ack:type_name -> meridian.v1.Ack
-	6,  // 4: meridian.v1.SubscribeRequest.nack:type_name -> meridian.v1.Nack
-	2,  // 5: meridian.v1.SubscribeOpen.start:type_name -> meridian.v1.StartPosition
-	20, // 6: meridian.v1.SubscribeOpen.ack_wait:type_name -> google.protobuf.Duration
-	20, // 7: meridian.v1.Nack.delay:type_name -> google.protobuf.Duration
-	18, // 8: meridian.v1.Event.headers:type_name -> meridian.v1.Event.HeadersEntry
-	19, // 9: meridian.v1.Event.published_at:type_name -> google.protobuf.Timestamp
-	7,  // 10: meridian.v1.Delivery.event:type_name -> meridian.v1.Event
-	2,  // 11: meridian.v1.ReplayRequest.start:type_name -> meridian.v1.StartPosition
-	2,  // 12: meridian.v1.RegisterPushRequest.start:type_name -> meridian.v1.StartPosition
-	20, // 13: meridian.v1.RegisterPushRequest.ack_wait:type_name -> google.protobuf.Duration
-	0,  // 14: meridian.v1.EventService.Publish:input_type -> meridian.v1.PublishRequest
-	0,  // 15: meridian.v1.EventService.PublishStream:input_type -> meridian.v1.PublishRequest
-	3,  // 16: meridian.v1.EventService.Subscribe:input_type -> meridian.v1.SubscribeRequest
-	9,  // 17: meridian.v1.EventService.Replay:input_type -> meridian.v1.ReplayRequest
-	11, // 18: meridian.v1.EventService.Invalidate:input_type -> meridian.v1.InvalidateRequest
-	13, // 19: meridian.v1.EventService.RegisterPush:input_type -> meridian.v1.RegisterPushRequest
-	15, // 20: meridian.v1.EventService.UnregisterPush:input_type -> meridian.v1.UnregisterPushRequest
-	1,  // 21: meridian.v1.EventService.Publish:output_type -> meridian.v1.PublishResponse
-	1,  // 22: meridian.v1.EventService.PublishStream:output_type -> meridian.v1.PublishResponse
-	8,  // 23: meridian.v1.EventService.Subscribe:output_type -> meridian.v1.Delivery
-	10, // 24: meridian.v1.EventService.Replay:output_type -> meridian.v1.ReplayResponse
-	12, // 25: meridian.v1.EventService.Invalidate:output_type -> meridian.v1.InvalidateResponse
-	14, // 26: meridian.v1.EventService.RegisterPush:output_type -> meridian.v1.RegisterPushResponse
-	16, // 27: meridian.v1.EventService.UnregisterPush:output_type -> meridian.v1.UnregisterPushResponse
-	21, // [21:28] is the sub-list for method output_type
-	14, // [14:21] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	19, // 0: meridian.v1.PublishRequest.headers:type_name -> meridian.v1.PublishRequest.HeadersEntry
+	0,  // 1: meridian.v1.PublishBatchRequest.events:type_name -> meridian.v1.PublishRequest
+	1,  // 2: meridian.v1.PublishBatchResponse.results:type_name -> meridian.v1.PublishResponse
+	21, // 3: meridian.v1.StartPosition.time:type_name -> google.protobuf.Timestamp
+	6,  // 4: meridian.v1.SubscribeRequest.open:type_name -> meridian.v1.SubscribeOpen
+	7,  // 5: meridian.v1.SubscribeRequest.ack:type_name -> meridian.v1.Ack
+	8,  // 6: meridian.v1.SubscribeRequest.nack:type_name -> meridian.v1.Nack
+	4,  // 7: meridian.v1.SubscribeOpen.start:type_name -> meridian.v1.StartPosition
+	22, // 8: meridian.v1.SubscribeOpen.ack_wait:type_name -> google.protobuf.Duration
+	22, // 9: meridian.v1.Nack.delay:type_name -> google.protobuf.Duration
+	20, // 10: meridian.v1.Event.headers:type_name -> meridian.v1.Event.HeadersEntry
+	21, // 11: meridian.v1.Event.published_at:type_name -> google.protobuf.Timestamp
+	9,  // 12: meridian.v1.Delivery.event:type_name -> meridian.v1.Event
+	4,  // 13: meridian.v1.ReplayRequest.start:type_name -> meridian.v1.StartPosition
+	4,  // 14: meridian.v1.RegisterPushRequest.start:type_name -> meridian.v1.StartPosition
+	22, // 15: meridian.v1.RegisterPushRequest.ack_wait:type_name -> google.protobuf.Duration
+	0,  // 16: meridian.v1.EventService.Publish:input_type -> meridian.v1.PublishRequest
+	0,  // 17: meridian.v1.EventService.PublishStream:input_type -> meridian.v1.PublishRequest
+	2,  // 18: meridian.v1.EventService.PublishBatch:input_type -> meridian.v1.PublishBatchRequest
+	5,  // 19: meridian.v1.EventService.Subscribe:input_type -> meridian.v1.SubscribeRequest
+	11, // 20: meridian.v1.EventService.Replay:input_type -> meridian.v1.ReplayRequest
+	13, // 21: meridian.v1.EventService.Invalidate:input_type -> meridian.v1.InvalidateRequest
+	15, // 22: meridian.v1.EventService.RegisterPush:input_type -> meridian.v1.RegisterPushRequest
+	17, // 23: meridian.v1.EventService.UnregisterPush:input_type -> meridian.v1.UnregisterPushRequest
+	1,  // 24: meridian.v1.EventService.Publish:output_type -> meridian.v1.PublishResponse
+	1,  // 25: meridian.v1.EventService.PublishStream:output_type -> meridian.v1.PublishResponse
+	3,  // 26: meridian.v1.EventService.PublishBatch:output_type -> meridian.v1.PublishBatchResponse
+	10, // 27: meridian.v1.EventService.Subscribe:output_type -> meridian.v1.Delivery
+	12, // 28: meridian.v1.EventService.Replay:output_type -> meridian.v1.ReplayResponse
+	14, // 29: meridian.v1.EventService.Invalidate:output_type -> meridian.v1.InvalidateResponse
+	16, // 30: meridian.v1.EventService.RegisterPush:output_type -> meridian.v1.RegisterPushResponse
+	18, // 31: meridian.v1.EventService.UnregisterPush:output_type -> meridian.v1.UnregisterPushResponse
+	24, // [24:32] is the sub-list for method output_type
+	16, // [16:24] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_meridian_v1_events_proto_init() }
@@ -1473,29 +1574,29 @@ func file_meridian_v1_events_proto_init() {
 	if File_meridian_v1_events_proto != nil {
 		return
 	}
-	file_meridian_v1_events_proto_msgTypes[2].OneofWrappers = []any{
+	file_meridian_v1_events_proto_msgTypes[4].OneofWrappers = []any{
 		(*StartPosition_New)(nil),
 		(*StartPosition_Sequence)(nil),
 		(*StartPosition_Time)(nil),
 	}
-	file_meridian_v1_events_proto_msgTypes[3].OneofWrappers = []any{
+	file_meridian_v1_events_proto_msgTypes[5].OneofWrappers = []any{
 		(*SubscribeRequest_Open)(nil),
 		(*SubscribeRequest_Ack)(nil),
 		(*SubscribeRequest_Nack)(nil),
 	}
-	file_meridian_v1_events_proto_msgTypes[4].OneofWrappers = []any{
+	file_meridian_v1_events_proto_msgTypes[6].OneofWrappers = []any{
 		(*SubscribeOpen_TopicFilter)(nil),
 		(*SubscribeOpen_Keyspace)(nil),
 	}
-	file_meridian_v1_events_proto_msgTypes[9].OneofWrappers = []any{
+	file_meridian_v1_events_proto_msgTypes[11].OneofWrappers = []any{
 		(*ReplayRequest_TopicFilter)(nil),
 		(*ReplayRequest_Keyspace)(nil),
 	}
-	file_meridian_v1_events_proto_msgTypes[13].OneofWrappers = []any{
+	file_meridian_v1_events_proto_msgTypes[15].OneofWrappers = []any{
 		(*RegisterPushRequest_TopicFilter)(nil),
 		(*RegisterPushRequest_Keyspace)(nil),
 	}
-	file_meridian_v1_events_proto_msgTypes[15].OneofWrappers = []any{
+	file_meridian_v1_events_proto_msgTypes[17].OneofWrappers = []any{
 		(*UnregisterPushRequest_TopicFilter)(nil),
 		(*UnregisterPushRequest_Keyspace)(nil),
 	}
@@ -1505,7 +1606,7 @@ func file_meridian_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meridian_v1_events_proto_rawDesc), len(file_meridian_v1_events_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

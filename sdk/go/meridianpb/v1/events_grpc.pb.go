@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	EventService_Publish_FullMethodName        = "/meridian.v1.EventService/Publish"
 	EventService_PublishStream_FullMethodName  = "/meridian.v1.EventService/PublishStream"
+	EventService_PublishBatch_FullMethodName   = "/meridian.v1.EventService/PublishBatch"
 	EventService_Subscribe_FullMethodName      = "/meridian.v1.EventService/Subscribe"
 	EventService_Replay_FullMethodName         = "/meridian.v1.EventService/Replay"
 	EventService_Invalidate_FullMethodName     = "/meridian.v1.EventService/Invalidate"
@@ -52,7 +53,7 @@ const (
 //   - Invalidate fans cache invalidations out to every region (topic
 //     `_invalidate.<namespace>`); subscribers get them within the replication lag.
 //
-// Over HTTP: POST /v1/events/publish|replay|invalidate. Errors carry the stable
+// Over HTTP: POST /v1/events/publish|publish-batch|replay|invalidate. Errors carry the stable
 // codes (INVALID_ARGUMENT names the field and rule).
 type EventServiceClient interface {
 	Publish(ctx context.Context, in *PublishRequest, opts ...grpc.CallOption) (*PublishResponse, error)
@@ -67,6 +68,16 @@ type EventServiceClient interface {
 	// them again with the same `event_id` (JetStream drops the duplicates).
 	// gRPC only.
 	PublishStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PublishRequest, PublishResponse], error)
+	// PublishBatch publishes up to 1000 events (8 MiB of payloads in all) in one
+	// call, for throughput where a stream is awkward (and over HTTP). Every event
+	// is validated first: one bad event fails the call with INVALID_ARGUMENT
+	// naming `events[i].<field>`, and nothing is published. Then all are sent to
+	// JetStream at once, in order (order per key holds as for Publish), and the
+	// response has one result per event, in request order. If one is not stored
+	// the call fails with that error; events before and after it may have been
+	// stored: send the whole batch again (the same `event_id`s), and those come
+	// back `duplicate`.
+	PublishBatch(ctx context.Context, in *PublishBatchRequest, opts ...grpc.CallOption) (*PublishBatchResponse, error)
 	// The first message must be `open`; then `ack`s and `nack`s for deliveries.
 	Subscribe(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SubscribeRequest, Delivery], error)
 	// Replay moves a group's position back (or forward) to a sequence or a time.
@@ -111,6 +122,16 @@ func (c *eventServiceClient) PublishStream(ctx context.Context, opts ...grpc.Cal
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type EventService_PublishStreamClient = grpc.BidiStreamingClient[PublishRequest, PublishResponse]
+
+func (c *eventServiceClient) PublishBatch(ctx context.Context, in *PublishBatchRequest, opts ...grpc.CallOption) (*PublishBatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PublishBatchResponse)
+	err := c.cc.Invoke(ctx, EventService_PublishBatch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
 
 func (c *eventServiceClient) Subscribe(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SubscribeRequest, Delivery], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -189,7 +210,7 @@ func (c *eventServiceClient) UnregisterPush(ctx context.Context, in *UnregisterP
 //   - Invalidate fans cache invalidations out to every region (topic
 //     `_invalidate.<namespace>`); subscribers get them within the replication lag.
 //
-// Over HTTP: POST /v1/events/publish|replay|invalidate. Errors carry the stable
+// Over HTTP: POST /v1/events/publish|publish-batch|replay|invalidate. Errors carry the stable
 // codes (INVALID_ARGUMENT names the field and rule).
 type EventServiceServer interface {
 	Publish(context.Context, *PublishRequest) (*PublishResponse, error)
@@ -204,6 +225,16 @@ type EventServiceServer interface {
 	// them again with the same `event_id` (JetStream drops the duplicates).
 	// gRPC only.
 	PublishStream(grpc.BidiStreamingServer[PublishRequest, PublishResponse]) error
+	// PublishBatch publishes up to 1000 events (8 MiB of payloads in all) in one
+	// call, for throughput where a stream is awkward (and over HTTP). Every event
+	// is validated first: one bad event fails the call with INVALID_ARGUMENT
+	// naming `events[i].<field>`, and nothing is published. Then all are sent to
+	// JetStream at once, in order (order per key holds as for Publish), and the
+	// response has one result per event, in request order. If one is not stored
+	// the call fails with that error; events before and after it may have been
+	// stored: send the whole batch again (the same `event_id`s), and those come
+	// back `duplicate`.
+	PublishBatch(context.Context, *PublishBatchRequest) (*PublishBatchResponse, error)
 	// The first message must be `open`; then `ack`s and `nack`s for deliveries.
 	Subscribe(grpc.BidiStreamingServer[SubscribeRequest, Delivery]) error
 	// Replay moves a group's position back (or forward) to a sequence or a time.
@@ -231,6 +262,9 @@ func (UnimplementedEventServiceServer) Publish(context.Context, *PublishRequest)
 }
 func (UnimplementedEventServiceServer) PublishStream(grpc.BidiStreamingServer[PublishRequest, PublishResponse]) error {
 	return status.Error(codes.Unimplemented, "method PublishStream not implemented")
+}
+func (UnimplementedEventServiceServer) PublishBatch(context.Context, *PublishBatchRequest) (*PublishBatchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PublishBatch not implemented")
 }
 func (UnimplementedEventServiceServer) Subscribe(grpc.BidiStreamingServer[SubscribeRequest, Delivery]) error {
 	return status.Error(codes.Unimplemented, "method Subscribe not implemented")
@@ -292,6 +326,24 @@ func _EventService_PublishStream_Handler(srv interface{}, stream grpc.ServerStre
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type EventService_PublishStreamServer = grpc.BidiStreamingServer[PublishRequest, PublishResponse]
+
+func _EventService_PublishBatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PublishBatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EventServiceServer).PublishBatch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EventService_PublishBatch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EventServiceServer).PublishBatch(ctx, req.(*PublishBatchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
 
 func _EventService_Subscribe_Handler(srv interface{}, stream grpc.ServerStream) error {
 	return srv.(EventServiceServer).Subscribe(&grpc.GenericServerStream[SubscribeRequest, Delivery]{ServerStream: stream})
@@ -382,6 +434,10 @@ var EventService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Publish",
 			Handler:    _EventService_Publish_Handler,
+		},
+		{
+			MethodName: "PublishBatch",
+			Handler:    _EventService_PublishBatch_Handler,
 		},
 		{
 			MethodName: "Replay",

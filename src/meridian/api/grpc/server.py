@@ -185,6 +185,13 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             self.api, "EventService", "Publish", self.events.publish, request, context
         )
 
+    async def PublishBatch(
+        self, request: events_pb2.PublishBatchRequest, context: Ctx
+    ) -> events_pb2.PublishBatchResponse:
+        return await _unary(
+            self.api, "EventService", "PublishBatch", self.events.publish_batch, request, context
+        )
+
     async def PublishStream(
         self, request_iterator: AsyncIterator[events_pb2.PublishRequest], context: Ctx
     ) -> AsyncIterator[events_pb2.PublishResponse]:

@@ -8,7 +8,7 @@ base64, 64-bit integers as strings).
 - ``POST /v1/state/get|put|create|delete|scan|increment|setadd|setremove``
   → StateService.*, the request message as JSON in the body
 - ``POST /v1/idempotency/begin|complete|abort`` → IdempotencyService.*
-- ``POST /v1/events/publish|replay|invalidate|push/register|push/unregister``
+- ``POST /v1/events/publish|publish-batch|replay|invalidate|push/register|push/unregister``
   → EventService.* (Subscribe is a gRPC bidirectional stream; HTTP services
   register a push endpoint instead)
 - ``POST /v1/registry/register|heartbeat|deregister|list`` → RegistryService.*
@@ -156,12 +156,17 @@ class HttpTransport:
         events = services.events
         event_routes: dict[str, tuple[Handler, type[Message]]] = {
             "Publish": (events.publish, events_pb2.PublishRequest),
+            "PublishBatch": (events.publish_batch, events_pb2.PublishBatchRequest),
             "Replay": (events.replay, events_pb2.ReplayRequest),
             "Invalidate": (events.invalidate, events_pb2.InvalidateRequest),
             "RegisterPush": (services.push.register, events_pb2.RegisterPushRequest),
             "UnregisterPush": (services.push.unregister, events_pb2.UnregisterPushRequest),
         }
-        path = {"RegisterPush": "push/register", "UnregisterPush": "push/unregister"}
+        path = {
+            "PublishBatch": "publish-batch",
+            "RegisterPush": "push/register",
+            "UnregisterPush": "push/unregister",
+        }
         for method, (handler, request_type) in event_routes.items():
             app.router.add_post(
                 f"/v1/events/{path.get(method, method.lower())}",

@@ -47,7 +47,7 @@ class EventServiceStub:
     - Invalidate fans cache invalidations out to every region (topic
     `_invalidate.<namespace>`); subscribers get them within the replication lag.
 
-    Over HTTP: POST /v1/events/publish|replay|invalidate. Errors carry the stable
+    Over HTTP: POST /v1/events/publish|publish-batch|replay|invalidate. Errors carry the stable
     codes (INVALID_ARGUMENT names the field and rule).
     """
 
@@ -66,6 +66,11 @@ class EventServiceStub:
                 '/meridian.v1.EventService/PublishStream',
                 request_serializer=meridian_dot_v1_dot_events__pb2.PublishRequest.SerializeToString,
                 response_deserializer=meridian_dot_v1_dot_events__pb2.PublishResponse.FromString,
+                _registered_method=True)
+        self.PublishBatch = channel.unary_unary(
+                '/meridian.v1.EventService/PublishBatch',
+                request_serializer=meridian_dot_v1_dot_events__pb2.PublishBatchRequest.SerializeToString,
+                response_deserializer=meridian_dot_v1_dot_events__pb2.PublishBatchResponse.FromString,
                 _registered_method=True)
         self.Subscribe = channel.stream_stream(
                 '/meridian.v1.EventService/Subscribe',
@@ -115,7 +120,7 @@ class EventServiceServicer:
     - Invalidate fans cache invalidations out to every region (topic
     `_invalidate.<namespace>`); subscribers get them within the replication lag.
 
-    Over HTTP: POST /v1/events/publish|replay|invalidate. Errors carry the stable
+    Over HTTP: POST /v1/events/publish|publish-batch|replay|invalidate. Errors carry the stable
     codes (INVALID_ARGUMENT names the field and rule).
     """
 
@@ -136,6 +141,21 @@ class EventServiceServicer:
         requests after a failed store may have been in flight and stored: send
         them again with the same `event_id` (JetStream drops the duplicates).
         gRPC only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishBatch(self, request, context):
+        """PublishBatch publishes up to 1000 events (8 MiB of payloads in all) in one
+        call, for throughput where a stream is awkward (and over HTTP). Every event
+        is validated first: one bad event fails the call with INVALID_ARGUMENT
+        naming `events[i].<field>`, and nothing is published. Then all are sent to
+        JetStream at once, in order (order per key holds as for Publish), and the
+        response has one result per event, in request order. If one is not stored
+        the call fails with that error; events before and after it may have been
+        stored: send the whole batch again (the same `event_id`s), and those come
+        back `duplicate`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -191,6 +211,11 @@ def add_EventServiceServicer_to_server(servicer, server):
                     request_deserializer=meridian_dot_v1_dot_events__pb2.PublishRequest.FromString,
                     response_serializer=meridian_dot_v1_dot_events__pb2.PublishResponse.SerializeToString,
             ),
+            'PublishBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishBatch,
+                    request_deserializer=meridian_dot_v1_dot_events__pb2.PublishBatchRequest.FromString,
+                    response_serializer=meridian_dot_v1_dot_events__pb2.PublishBatchResponse.SerializeToString,
+            ),
             'Subscribe': grpc.stream_stream_rpc_method_handler(
                     servicer.Subscribe,
                     request_deserializer=meridian_dot_v1_dot_events__pb2.SubscribeRequest.FromString,
@@ -245,7 +270,7 @@ class EventService:
     - Invalidate fans cache invalidations out to every region (topic
     `_invalidate.<namespace>`); subscribers get them within the replication lag.
 
-    Over HTTP: POST /v1/events/publish|replay|invalidate. Errors carry the stable
+    Over HTTP: POST /v1/events/publish|publish-batch|replay|invalidate. Errors carry the stable
     codes (INVALID_ARGUMENT names the field and rule).
     """
 
@@ -293,6 +318,33 @@ class EventService:
             '/meridian.v1.EventService/PublishStream',
             meridian_dot_v1_dot_events__pb2.PublishRequest.SerializeToString,
             meridian_dot_v1_dot_events__pb2.PublishResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.EventService/PublishBatch',
+            meridian_dot_v1_dot_events__pb2.PublishBatchRequest.SerializeToString,
+            meridian_dot_v1_dot_events__pb2.PublishBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
