@@ -257,6 +257,54 @@ func TestEventsPublishedInOneRegionReachAGroupInAnother(t *testing.T) {
 	}
 }
 
+func TestEventsPublishBatchStoresInOrderAndRecognisesARetry(t *testing.T) {
+	c := usEast(t)
+	topic := uniqueName(t, "batch")
+	batch := make([]meridian.OutgoingEvent, 40)
+	for i := range batch {
+		batch[i] = meridian.OutgoingEvent{Topic: topic, Key: fmt.Sprintf("k-%d", i%3),
+			Payload: []byte(fmt.Sprint(i)), EventID: fmt.Sprintf("%s-%d", topic, i)}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	got, err := c.Events().PublishBatch(ctx, batch)
+	check(t, "PublishBatch", err)
+	if len(got) != len(batch) {
+		t.Fatalf("%d results for %d events", len(got), len(batch))
+	}
+	for i, r := range got {
+		if r.Duplicate || r.Region != "us-east" || (i > 0 && r.Sequence != got[0].Sequence+uint64(i)) {
+			t.Fatalf("result %d: %+v (first %+v)", i, r, got[0])
+		}
+	}
+	// The caller's retry of the whole batch stores nothing new.
+	again, err := c.Events().PublishBatch(ctx, batch)
+	check(t, "PublishBatch again", err)
+	for i, r := range again {
+		if !r.Duplicate || r.Sequence != got[i].Sequence {
+			t.Fatalf("retry %d: %+v, want duplicate of %+v", i, r, got[i])
+		}
+	}
+	// A group reading the topic gets each event once, in order per key.
+	cs := consume(t, c, uniqueName(t, "g"), meridian.Topic(topic), nil, meridian.StartSequence(1))
+	ds := cs.waitFor(t, "every event of the batch delivered", time.Minute,
+		func(ds []meridian.Delivery) bool { return len(ds) >= len(batch) })
+	last := map[string]int{}
+	for _, d := range ds {
+		var n int
+		if _, err := fmt.Sscan(string(d.Event.Payload), &n); err != nil {
+			t.Fatalf("payload %q: %v", d.Event.Payload, err)
+		}
+		if prev, ok := last[d.Event.Key]; ok && n <= prev {
+			t.Fatalf("key %s: event %d after %d; deliveries: %s", d.Event.Key, n, prev, describe(ds))
+		}
+		last[d.Event.Key] = n
+	}
+	if len(ds) != len(batch) {
+		t.Fatalf("%d deliveries of %d events: %s", len(ds), len(batch), describe(ds))
+	}
+}
+
 func TestEventsHandlerErrorIsRedelivered(t *testing.T) {
 	c := usEast(t)
 	topic := uniqueName(t, "go-retry")
@@ -503,6 +551,17 @@ func TestEventsInvalidArgumentsNameTheField(t *testing.T) {
 		}},
 		{"ack wait", "ack_wait", func() error {
 			_, err := ev.Open(ctx, "g", meridian.Topic("x"), meridian.AckWait(time.Millisecond))
+			return err
+		}},
+		{"bad event in a batch", "events[1].key", func() error {
+			_, err := ev.PublishBatch(ctx, []meridian.OutgoingEvent{
+				{Topic: "ok", Key: "k", EventID: uniqueName(t, "e")},
+				{Topic: "ok", Key: "", EventID: uniqueName(t, "e")},
+			})
+			return err
+		}},
+		{"empty batch", "events", func() error {
+			_, err := ev.PublishBatch(ctx, nil)
 			return err
 		}},
 		{"empty namespace", "namespace", func() error {

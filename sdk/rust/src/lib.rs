@@ -86,7 +86,9 @@ pub mod pb {
 
 pub use client::{Client, ClientBuilder, DEFAULT_TIMEOUT, MAX_MESSAGE_BYTES, TracedChannel};
 pub use error::{CURRENT_REVISION_METADATA, ERROR_CODE_METADATA, ERROR_FIELD_METADATA, Error};
-pub use events::{Acker, Delivery, Event, EventsClient, Published, Source, Start, Subscription};
+pub use events::{
+    Acker, Delivery, Event, EventsClient, OutgoingEvent, Published, Source, Start, Subscription,
+};
 pub use idempotency::{Begun, IdempotencyClient, OnceError, OnceResult, Outcome, StoredResponse};
 pub use invocation::{Invoke, InvokeResponse};
 pub use registry::{

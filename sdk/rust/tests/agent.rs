@@ -19,8 +19,8 @@ use futures_util::{StreamExt, TryStreamExt};
 use meridian::canonical::PayloadKind;
 use meridian::{
     Client, Consistency, Delivery, Error, Instance, InstanceHealth, InstanceStatus, InvokeResponse,
-    OnceError, Outcome, Protocol, Published, ReadLevel, ServingStatus, Source, Start,
-    StoredResponse, Subscription, WatchKind,
+    OnceError, Outcome, OutgoingEvent, Protocol, Published, ReadLevel, ServingStatus, Source,
+    Start, StoredResponse, Subscription, WatchKind,
 };
 use opentelemetry::trace::{
     FutureExt as _, SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
@@ -1126,6 +1126,53 @@ async fn after_max_deliveries_the_event_is_dead_lettered_and_not_delivered_again
     );
     nothing_more(&mut sub, Duration::from_millis(1500)).await;
     ok(sub.close().await, "close");
+}
+
+#[tokio::test]
+async fn a_published_batch_is_stored_in_order_and_its_retry_is_all_duplicates() {
+    let events = us_east().await.events();
+    let topic = fresh("batch");
+    let batch: Vec<OutgoingEvent> = (0..30)
+        .map(|i| OutgoingEvent {
+            topic: topic.clone(),
+            key: format!("k-{}", i % 3),
+            payload: i.to_string().into_bytes(),
+            event_id: format!("{topic}-{i}"),
+            headers: vec![("x-batch".into(), "1".into())],
+        })
+        .collect();
+    let got = ok(events.publish_batch(batch.clone()).await, "publish_batch");
+    assert_eq!(got.len(), batch.len());
+    for (i, p) in got.iter().enumerate() {
+        assert!(!p.duplicate && p.region == "us-east", "{i}: {p:?}");
+        assert_eq!(p.sequence, got[0].sequence + i as u64, "{i}");
+    }
+    let again = ok(events.publish_batch(batch).await, "publish_batch again");
+    for (p, first) in again.iter().zip(&got) {
+        assert!(
+            p.duplicate && p.sequence == first.sequence,
+            "{p:?} vs {first:?}"
+        );
+    }
+    // One bad event: the whole batch is refused, naming it.
+    let bad = vec![
+        OutgoingEvent {
+            topic: topic.clone(),
+            key: "k".into(),
+            event_id: unique("fine"),
+            ..Default::default()
+        },
+        OutgoingEvent {
+            topic: "Bad Topic".into(),
+            key: "k".into(),
+            event_id: unique("bad"),
+            ..Default::default()
+        },
+    ];
+    match events.publish_batch(bad).await {
+        Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "events[1].topic"),
+        other => panic!("a bad event in a batch: {other:?}"),
+    }
 }
 
 #[tokio::test]

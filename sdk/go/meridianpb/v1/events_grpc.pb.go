@@ -53,8 +53,8 @@ const (
 //   - Invalidate fans cache invalidations out to every region (topic
 //     `_invalidate.<namespace>`); subscribers get them within the replication lag.
 //
-// Over HTTP: POST /v1/events/publish|publish-batch|replay|invalidate. Errors carry the stable
-// codes (INVALID_ARGUMENT names the field and rule).
+// Over HTTP: POST /v1/events/publish|publish-batch|replay|invalidate. Errors
+// carry the stable codes (INVALID_ARGUMENT names the field and rule).
 type EventServiceClient interface {
 	Publish(ctx context.Context, in *PublishRequest, opts ...grpc.CallOption) (*PublishResponse, error)
 	// PublishStream publishes many events on one call, for throughput: each
@@ -210,8 +210,8 @@ func (c *eventServiceClient) UnregisterPush(ctx context.Context, in *UnregisterP
 //   - Invalidate fans cache invalidations out to every region (topic
 //     `_invalidate.<namespace>`); subscribers get them within the replication lag.
 //
-// Over HTTP: POST /v1/events/publish|publish-batch|replay|invalidate. Errors carry the stable
-// codes (INVALID_ARGUMENT names the field and rule).
+// Over HTTP: POST /v1/events/publish|publish-batch|replay|invalidate. Errors
+// carry the stable codes (INVALID_ARGUMENT names the field and rule).
 type EventServiceServer interface {
 	Publish(context.Context, *PublishRequest) (*PublishResponse, error)
 	// PublishStream publishes many events on one call, for throughput: each

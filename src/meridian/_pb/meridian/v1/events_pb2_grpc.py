@@ -47,8 +47,8 @@ class EventServiceStub:
     - Invalidate fans cache invalidations out to every region (topic
     `_invalidate.<namespace>`); subscribers get them within the replication lag.
 
-    Over HTTP: POST /v1/events/publish|publish-batch|replay|invalidate. Errors carry the stable
-    codes (INVALID_ARGUMENT names the field and rule).
+    Over HTTP: POST /v1/events/publish|publish-batch|replay|invalidate. Errors
+    carry the stable codes (INVALID_ARGUMENT names the field and rule).
     """
 
     def __init__(self, channel):
@@ -120,8 +120,8 @@ class EventServiceServicer:
     - Invalidate fans cache invalidations out to every region (topic
     `_invalidate.<namespace>`); subscribers get them within the replication lag.
 
-    Over HTTP: POST /v1/events/publish|publish-batch|replay|invalidate. Errors carry the stable
-    codes (INVALID_ARGUMENT names the field and rule).
+    Over HTTP: POST /v1/events/publish|publish-batch|replay|invalidate. Errors
+    carry the stable codes (INVALID_ARGUMENT names the field and rule).
     """
 
     def Publish(self, request, context):
@@ -270,8 +270,8 @@ class EventService:
     - Invalidate fans cache invalidations out to every region (topic
     `_invalidate.<namespace>`); subscribers get them within the replication lag.
 
-    Over HTTP: POST /v1/events/publish|publish-batch|replay|invalidate. Errors carry the stable
-    codes (INVALID_ARGUMENT names the field and rule).
+    Over HTTP: POST /v1/events/publish|publish-batch|replay|invalidate. Errors
+    carry the stable codes (INVALID_ARGUMENT names the field and rule).
     """
 
     @staticmethod
