@@ -114,7 +114,7 @@ async def through_agent(
         if loadgen is None:
             raise native.NativeUnavailable("PublishBatch is driven by the native load generator")
         callers = max(1, concurrency // batch)
-        return await native.closed_loop(
+        res = await native.closed_loop(
             loadgen,
             f"publishes/s in {region}, agent gRPC PublishBatch of {batch}, {callers} calls "
             "at once (native client)",
@@ -132,6 +132,8 @@ async def through_agent(
             procs=loadgen_procs,
             batch=batch,
         )
+        res.concurrency = callers * batch  # events in flight, as for the other paths
+        return res
     if stream:
         if loadgen is None:
             raise native.NativeUnavailable("PublishStream is driven by the native load generator")

@@ -218,6 +218,8 @@ async def figure2(
         rate = Summary.of(res.slice_rates).median
         row = _rate_row(res, per_round, base, "≥ 5,000/s", rate >= 5000)
         calls = after[1] - before[1]
+        if path == "batch":
+            row.note += f" (latencies are of whole calls of {s.publish_batch} events)"
         if path == "unary" and calls > 0:
             row.note += (
                 "; mean time inside the agent's handler "
@@ -225,9 +227,9 @@ async def figure2(
             )
         rows.append(row)
     if loadgen is None:
-        rows[-1].note += (
-            "; PublishStream and PublishBatch not measured (need the native load generator)"
-        )
+        rows[
+            -1
+        ].note += "; PublishStream and PublishBatch not measured (need the native load generator)"
     return rows
 
 
