@@ -46,6 +46,7 @@ from meridian.client_types import (
     OnceResult,
     OutgoingEvent,
     Page,
+    PutItem,
     ReadConsistency,
     ReadResult,
     Sibling,
@@ -55,6 +56,7 @@ from meridian.client_types import (
     _entry,
     _set_source,
     _start,
+    error_from_item,
     error_from_rpc,
 )
 from meridian.core.canonical import PayloadKind, fingerprint
@@ -78,6 +80,7 @@ __all__ = [
     "OnceResult",
     "OutgoingEvent",
     "Page",
+    "PutItem",
     "ReadConsistency",
     "ReadResult",
     "Sibling",
@@ -123,6 +126,46 @@ class MeridianClient:
         return ReadResult(
             _entry(resp.entry), _SERVED[resp.served], resp.staleness_bound.ToNanoseconds() / 1e9
         )
+
+    async def get_many(
+        self, keyspace: str, keys: list[str], *, consistency: ReadConsistency = Strong()
+    ) -> list[ReadResult | MeridianError]:
+        """Read up to 1000 keys in one call; per key a ReadResult, or its error
+        (NotFoundError for a missing key). A bad request raises for the whole call."""
+        resp = await self._call(
+            self._state.GetMany,
+            state_pb2.GetManyRequest(
+                keyspace=keyspace, keys=keys, consistency=_consistency(consistency)
+            ),
+        )
+        out: list[ReadResult | MeridianError] = []
+        for r in resp.results:
+            if r.HasField("error"):
+                out.append(error_from_item(r.error))
+            else:
+                g = r.response
+                out.append(
+                    ReadResult(
+                        _entry(g.entry), _SERVED[g.served], g.staleness_bound.ToNanoseconds() / 1e9
+                    )
+                )
+        return out
+
+    async def put_many(self, puts: list[PutItem]) -> list[int | MeridianError]:
+        """Up to 1000 independent writes in one call (not a transaction): per write
+        its new revision, or its error (ConflictError, ...). A bad write raises
+        InvalidArgumentError for the whole call, and nothing is written."""
+        requests = []
+        for p in puts:
+            request = state_pb2.PutRequest(keyspace=p.keyspace, key=p.key, value=p.value)
+            if p.if_revision is not None:
+                request.if_revision = p.if_revision
+            requests.append(request)
+        resp = await self._call(self._state.PutMany, state_pb2.PutManyRequest(puts=requests))
+        return [
+            error_from_item(r.error) if r.HasField("error") else int(r.written.revision)
+            for r in resp.results
+        ]
 
     async def put(
         self,

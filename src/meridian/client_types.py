@@ -54,6 +54,16 @@ ReadConsistency = Strong | Bounded | Eventual
 
 
 @dataclass(frozen=True)
+class PutItem:
+    """One write of :meth:`MeridianClient.put_many`, with the arguments of ``put``."""
+
+    keyspace: str
+    key: str
+    value: bytes
+    if_revision: int | None = None
+
+
+@dataclass(frozen=True)
 class OutgoingEvent:
     """One event of :meth:`MeridianClient.publish_batch`."""
 
@@ -189,6 +199,27 @@ def _entry(e: state_pb2.Entry) -> Entry:
     )
 
 
+_SIMPLE: dict[str, type[MeridianError]] = {
+    ErrorCode.NOT_FOUND: NotFoundError,
+    ErrorCode.QUORUM_UNAVAILABLE: QuorumUnavailableError,
+    ErrorCode.CLOCK_SKEW: ClockSkewError,
+    ErrorCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    ErrorCode.FENCED: FencedError,
+    ErrorCode.IDEMPOTENCY_IN_PROGRESS: IdempotencyInProgressError,
+    ErrorCode.IDEMPOTENCY_MISMATCH: IdempotencyMismatchError,
+    ErrorCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+}
+
+
+def error_from_item(e: state_pb2.ItemError) -> MeridianError:
+    """The typed error of one item of a GetMany or PutMany."""
+    if e.code == ErrorCode.CONFLICT:
+        return ConflictError(e.message, current_revision=e.current_revision)
+    if e.code in _SIMPLE:
+        return _SIMPLE[e.code](e.message)
+    return UnavailableError(f"{e.code}: {e.message}")
+
+
 def error_from_rpc(exc: grpc.aio.AioRpcError) -> MeridianError:
     """Rebuild the typed Meridian error from a failed call's trailers."""
     trailers = {k: v for k, v in (exc.trailing_metadata() or ()) if isinstance(v, str)}
@@ -202,18 +233,8 @@ def error_from_rpc(exc: grpc.aio.AioRpcError) -> MeridianError:
         field = trailers.get("meridian-error-field", "request")
         rule = message.split(": ", 1)[1] if message.startswith(f"{field}: ") else message
         return InvalidArgumentError(FieldViolation(field, rule))
-    simple: dict[str, type[MeridianError]] = {
-        ErrorCode.NOT_FOUND: NotFoundError,
-        ErrorCode.QUORUM_UNAVAILABLE: QuorumUnavailableError,
-        ErrorCode.CLOCK_SKEW: ClockSkewError,
-        ErrorCode.DEADLINE_EXCEEDED: DeadlineExceededError,
-        ErrorCode.FENCED: FencedError,
-        ErrorCode.IDEMPOTENCY_IN_PROGRESS: IdempotencyInProgressError,
-        ErrorCode.IDEMPOTENCY_MISMATCH: IdempotencyMismatchError,
-        ErrorCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
-    }
-    if code in simple:
-        return simple[code](message)
+    if code in _SIMPLE:
+        return _SIMPLE[code](message)
     if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceededError(message or "deadline exceeded")
     return UnavailableError(f"{exc.code().name}: {message}")

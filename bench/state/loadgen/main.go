@@ -66,7 +66,7 @@ func cpuSeconds() float64 {
 }
 
 func main() {
-	mode := flag.String("mode", "grpc-get", "grpc-get, grpc-put, grpc-publish, grpc-publish-batch, grpc-publish-stream or http-get")
+	mode := flag.String("mode", "grpc-get", "grpc-get, grpc-get-many, grpc-put, grpc-put-many, grpc-publish, grpc-publish-batch, grpc-publish-stream or http-get")
 	target := flag.String("target", "", "host:port of the agent's gRPC or HTTP port")
 	keyspace := flag.String("keyspace", "bench", "keyspace")
 	key := flag.String("key", "read-key", "key read (gets), or prefix of keys written (puts) "+
@@ -75,7 +75,7 @@ func main() {
 	topic := flag.String("topic", "bench.load", "topic of publishes")
 	concurrency := flag.Int("concurrency", 32, "callers")
 	conns := flag.Int("connections", 2, "gRPC connections shared round-robin by the callers (HTTP: one per caller)")
-	batch := flag.Int("batch", 64, "events per PublishBatch call (grpc-publish-batch)")
+	batch := flag.Int("batch", 64, "events per PublishBatch call, keys per GetMany or PutMany call")
 	flag.Parse()
 
 	var op func(ctx context.Context, c, i int) (int, error)
@@ -108,6 +108,63 @@ func main() {
 				_, err := stubs[c%len(stubs)].Put(ctx, &pb.PutRequest{
 					Keyspace: *keyspace, Key: fmt.Sprintf("%s-%d-%d", *key, c, i), Value: val})
 				return 1, err
+			}
+		}
+	case "grpc-get-many", "grpc-put-many":
+		// StateService GetMany (EVENTUAL, -batch distinct keys <key>-0, -1, ...) or
+		// PutMany (-batch new keys per call); a call counts as -batch reads or writes.
+		stubs := make([]pb.StateServiceClient, *conns)
+		for n := range stubs {
+			cc, err := grpc.NewClient(*target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				fail(err)
+			}
+			closers = append(closers, cc)
+			stubs[n] = pb.NewStateServiceClient(cc)
+		}
+		if *mode == "grpc-get-many" {
+			keys := make([]string, *batch)
+			for j := range keys {
+				keys[j] = fmt.Sprintf("%s-%d", *key, j)
+			}
+			req := &pb.GetManyRequest{Keyspace: *keyspace, Keys: keys,
+				Consistency: &pb.Consistency{Level: pb.Consistency_LEVEL_EVENTUAL}}
+			op = func(ctx context.Context, c, _ int) (int, error) {
+				resp, err := stubs[c%len(stubs)].GetMany(ctx, req)
+				if err != nil {
+					return *batch, err
+				}
+				if len(resp.GetResults()) != *batch {
+					return *batch, fmt.Errorf("%d results for %d keys", len(resp.GetResults()), *batch)
+				}
+				for j, r := range resp.GetResults() {
+					if r.GetError() != nil {
+						return *batch, fmt.Errorf("key %s: %s", keys[j], r.GetError().GetMessage())
+					}
+					if r.GetResponse().GetServed() != pb.Consistency_LEVEL_EVENTUAL {
+						return *batch, fmt.Errorf("the agent served %v, not EVENTUAL", r.GetResponse().GetServed())
+					}
+				}
+				return *batch, nil
+			}
+		} else {
+			val := []byte(*value)
+			op = func(ctx context.Context, c, i int) (int, error) {
+				req := &pb.PutManyRequest{Puts: make([]*pb.PutRequest, *batch)}
+				for j := range req.Puts {
+					req.Puts[j] = &pb.PutRequest{Keyspace: *keyspace,
+						Key: fmt.Sprintf("%s-%d-%d-%d", *key, c, i, j), Value: val}
+				}
+				resp, err := stubs[c%len(stubs)].PutMany(ctx, req)
+				if err != nil {
+					return *batch, err
+				}
+				for _, r := range resp.GetResults() {
+					if r.GetError() != nil {
+						return *batch, fmt.Errorf("%s: %s", r.GetError().GetCode(), r.GetError().GetMessage())
+					}
+				}
+				return *batch, nil
 			}
 		}
 	case "http-get":

@@ -18,6 +18,7 @@ stale it may be.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import time
@@ -32,8 +33,10 @@ from meridian.core import replicated as rep
 from meridian.core.crdt import LwwRegister, MultiValue, ORSet, PNCounter
 from meridian.core.errors import (
     ClockSkewError,
+    ConflictError,
     FieldViolation,
     InvalidArgumentError,
+    MeridianError,
     NotFoundError,
     UnavailableError,
 )
@@ -56,6 +59,9 @@ DEFAULT_SCAN_LIMIT = 100
 MAX_SCAN_LIMIT = 1000
 MAX_SET_ELEMENTS = 1000
 MAX_DELTA = 2**53 - 1
+#: Items of one GetMany or PutMany, and the bytes of a PutMany's values.
+MAX_BATCH_ITEMS = 1000
+MAX_BATCH_VALUE_BYTES = 8 << 20
 
 _LEVELS = {
     Level.LEVEL_STRONG: ReadLevel.STRONG,
@@ -102,6 +108,27 @@ def _merged(e: ReplicatedEntry) -> state_pb2.Entry:
             newest = siblings[-1]
             out.value, out.hlc, out.region = newest.value, newest.hlc.to_int(), newest.region
     return out
+
+
+def _batch_violations(field: str, n: int, value_bytes: int) -> list[FieldViolation]:
+    if n == 0:
+        return [FieldViolation(field, "must hold at least one item")]
+    out = []
+    if n > MAX_BATCH_ITEMS:
+        out.append(FieldViolation(field, f"must hold at most {MAX_BATCH_ITEMS} items, got {n}"))
+    if value_bytes > MAX_BATCH_VALUE_BYTES:
+        out.append(
+            FieldViolation(
+                field,
+                f"values must be at most {MAX_BATCH_VALUE_BYTES} bytes in all, got {value_bytes}",
+            )
+        )
+    return out
+
+
+def _item_error(exc: MeridianError) -> state_pb2.ItemError:
+    current = exc.current_revision if isinstance(exc, ConflictError) else 0
+    return state_pb2.ItemError(code=exc.code.value, message=exc.message, current_revision=current)
 
 
 def consistency_from_proto(
@@ -173,7 +200,7 @@ class StateApi:
         check(violations)
         return replica
 
-    def _count(self, keyspace: str, want: ReadLevel, served: ReadLevel) -> None:
+    def _count(self, keyspace: str, want: ReadLevel, served: ReadLevel, n: int = 1) -> None:
         key = (keyspace, want, served)
         counter = self._served.get(key)
         if counter is None:  # the metric child, looked up once per combination
@@ -181,32 +208,89 @@ class StateApi:
                 self.region, keyspace, want.value, served.value
             )
             self._served[key] = counter
-        counter.inc()
+        counter.inc(n)
 
     # -- reads -----------------------------------------------------------------
 
     async def get(self, request: state_pb2.GetRequest) -> state_pb2.GetResponse:
         replica = self._checked(request.keyspace, request.key)
-        present = request.HasField("consistency")
+        served, staleness = self._serving(
+            replica, request.keyspace, request.consistency, request.HasField("consistency")
+        )
+        return await self._read(replica, request.key, served, staleness)
+
+    async def get_many(self, request: state_pb2.GetManyRequest) -> state_pb2.GetManyResponse:
+        """GetMany: every key checked first, the consistency decided once, then each
+        key read as Get reads it; a key's NOT_FOUND (or other error) is its own."""
+        keys = list(request.keys)
+        check(_batch_violations("keys", len(keys), 0))
+        replica = self._replica(request.keyspace)
+        limit = replica.keyspace.key_max_bytes
+        check(
+            [
+                FieldViolation(f"keys[{i}]", v.rule)
+                for i, key in enumerate(keys)
+                for v in key_violations(key, limit)
+            ]
+        )
+        served, staleness = self._serving(
+            replica,
+            request.keyspace,
+            request.consistency,
+            request.HasField("consistency"),
+            n=len(keys),
+        )
+
+        async def one(key: str) -> state_pb2.GetManyResult:
+            try:
+                return state_pb2.GetManyResult(
+                    response=await self._read(replica, key, served, staleness)
+                )
+            except MeridianError as exc:
+                return state_pb2.GetManyResult(error=_item_error(exc))
+
+        if served is ReadLevel.STRONG:  # each through the leader: all at once
+            results = await asyncio.gather(*(one(key) for key in keys))
+        else:  # from the view: nothing to wait for
+            results = [await one(key) for key in keys]
+        return state_pb2.GetManyResponse(results=results)
+
+    def _serving(
+        self,
+        replica: Replica,
+        keyspace: str,
+        consistency: state_pb2.Consistency,
+        present: bool,
+        *,
+        n: int = 1,
+    ) -> tuple[ReadLevel, float]:
+        """What a read of ``replica`` is served at, and how stale it may be; counted ``n`` times."""
         if isinstance(replica, ReplicatedReplica):
-            want = consistency_from_proto(request.consistency, present, ReadLevel.EVENTUAL)
+            want = consistency_from_proto(consistency, present, ReadLevel.EVENTUAL)
             staleness = self._replicated_staleness(replica, want)
-            self._count(request.keyspace, want.level, want.level)
-            entry = replica.view.get(request.key)
-            if entry is None or not rep.exists(entry.state):
-                raise NotFoundError(f"{request.keyspace}/{request.key} does not exist")
-            return state_pb2.GetResponse(
-                entry=_merged(entry), served=_WIRE[want.level], staleness_bound=_duration(staleness)
-            )
-        want = consistency_from_proto(request.consistency, present, ReadLevel.STRONG)
+            self._count(keyspace, want.level, want.level, n)
+            return want.level, staleness
+        want = consistency_from_proto(consistency, present, ReadLevel.STRONG)
         served, staleness = self._global_serving(replica, want)
-        self._count(request.keyspace, want.level, served)
+        self._count(keyspace, want.level, served, n)
+        return served, staleness
+
+    async def _read(
+        self, replica: Replica, key: str, served: ReadLevel, staleness: float
+    ) -> state_pb2.GetResponse:
+        if isinstance(replica, ReplicatedReplica):
+            entry = replica.view.get(key)
+            if entry is None or not rep.exists(entry.state):
+                raise NotFoundError(f"{replica.keyspace.name}/{key} does not exist")
+            return state_pb2.GetResponse(
+                entry=_merged(entry), served=_WIRE[served], staleness_bound=_duration(staleness)
+            )
         if served is ReadLevel.STRONG:
-            found = await replica.store.get_strong(request.key)
+            found = await replica.store.get_strong(key)
         else:
-            found = replica.view.get(request.key)
+            found = replica.view.get(key)
         if found is None:
-            raise NotFoundError(f"{request.keyspace}/{request.key} does not exist")
+            raise NotFoundError(f"{replica.keyspace.name}/{key} does not exist")
         return state_pb2.GetResponse(
             entry=_stored(found), served=_WIRE[served], staleness_bound=_duration(staleness)
         )
@@ -330,8 +414,39 @@ class StateApi:
     # -- writes ----------------------------------------------------------------
 
     async def put(self, request: state_pb2.PutRequest) -> state_pb2.WriteResponse:
-        replica = self._writable(request.keyspace, request.key, request.value)
-        policy = replica.keyspace.conflict
+        replica = self._put_checked(request)
+        self._clock_ok()
+        return await self._put(replica, request)
+
+    async def put_many(self, request: state_pb2.PutManyRequest) -> state_pb2.PutManyResponse:
+        """PutMany: every Put checked first (nothing written if one is bad), the
+        clock once, then all written at once, each with its own result."""
+        puts = list(request.puts)
+        check(_batch_violations("puts", len(puts), sum(len(p.value) for p in puts)))
+        replicas: list[Replica] = []
+        violations: list[FieldViolation] = []
+        for i, put in enumerate(puts):
+            try:
+                replicas.append(self._put_checked(put))
+            except InvalidArgumentError as exc:
+                violations += [
+                    FieldViolation(f"puts[{i}].{v.field}", v.rule) for v in exc.violations
+                ]
+        check(violations)
+        self._clock_ok()
+
+        async def one(replica: Replica, put: state_pb2.PutRequest) -> state_pb2.PutManyResult:
+            try:
+                return state_pb2.PutManyResult(written=await self._put(replica, put))
+            except MeridianError as exc:
+                return state_pb2.PutManyResult(error=_item_error(exc))
+
+        results = await asyncio.gather(*(one(r, p) for r, p in zip(replicas, puts, strict=True)))
+        return state_pb2.PutManyResponse(results=results)
+
+    def _put_checked(self, request: state_pb2.PutRequest) -> Replica:
+        """Everything about a Put that can be checked without writing."""
+        replica = self._checked(request.keyspace, request.key, request.value)
         if isinstance(replica, ReplicatedReplica):
             if request.HasField("if_revision"):
                 raise InvalidArgumentError(
@@ -340,16 +455,23 @@ class StateApi:
                         "compare-and-set needs a global keyspace; replicated ones merge writes",
                     )
                 )
+        elif request.supersedes:
+            raise InvalidArgumentError(
+                FieldViolation("supersedes", "only multi_value keyspaces have siblings")
+            )
+        return replica
+
+    async def _put(
+        self, replica: Replica, request: state_pb2.PutRequest
+    ) -> state_pb2.WriteResponse:
+        if isinstance(replica, ReplicatedReplica):
+            policy = replica.keyspace.conflict
             supersedes = list(request.supersedes)
             value = request.value
             return await self._mutate(
                 replica,
                 request.key,
                 lambda state, hlc: rep.put(policy, state, value, hlc, self.region, supersedes),
-            )
-        if request.supersedes:
-            raise InvalidArgumentError(
-                FieldViolation("supersedes", "only multi_value keyspaces have siblings")
             )
         if_revision = request.if_revision if request.HasField("if_revision") else None
         revision, hlc = await replica.store.put(request.key, request.value, if_revision)

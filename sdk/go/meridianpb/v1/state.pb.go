@@ -120,7 +120,7 @@ func (x WatchEvent_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEvent_Kind.Descriptor instead.
 func (WatchEvent_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{14, 0}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{21, 0}
 }
 
 // Consistency of a read.
@@ -468,6 +468,256 @@ func (x *GetResponse) GetStalenessBound() *durationpb.Duration {
 	return nil
 }
 
+type GetManyRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Keyspace string                 `protobuf:"bytes,1,opt,name=keyspace,proto3" json:"keyspace,omitempty"`
+	// 1..1000 keys.
+	Keys          []string     `protobuf:"bytes,2,rep,name=keys,proto3" json:"keys,omitempty"`
+	Consistency   *Consistency `protobuf:"bytes,3,opt,name=consistency,proto3" json:"consistency,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetManyRequest) Reset() {
+	*x = GetManyRequest{}
+	mi := &file_meridian_v1_state_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetManyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetManyRequest) ProtoMessage() {}
+
+func (x *GetManyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_state_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetManyRequest.ProtoReflect.Descriptor instead.
+func (*GetManyRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *GetManyRequest) GetKeyspace() string {
+	if x != nil {
+		return x.Keyspace
+	}
+	return ""
+}
+
+func (x *GetManyRequest) GetKeys() []string {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *GetManyRequest) GetConsistency() *Consistency {
+	if x != nil {
+		return x.Consistency
+	}
+	return nil
+}
+
+type GetManyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per key, in request order.
+	Results       []*GetManyResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetManyResponse) Reset() {
+	*x = GetManyResponse{}
+	mi := &file_meridian_v1_state_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetManyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetManyResponse) ProtoMessage() {}
+
+func (x *GetManyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_state_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetManyResponse.ProtoReflect.Descriptor instead.
+func (*GetManyResponse) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *GetManyResponse) GetResults() []*GetManyResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+type GetManyResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Result:
+	//
+	//	*GetManyResult_Response
+	//	*GetManyResult_Error
+	Result        isGetManyResult_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetManyResult) Reset() {
+	*x = GetManyResult{}
+	mi := &file_meridian_v1_state_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetManyResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetManyResult) ProtoMessage() {}
+
+func (x *GetManyResult) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_state_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetManyResult.ProtoReflect.Descriptor instead.
+func (*GetManyResult) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *GetManyResult) GetResult() isGetManyResult_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *GetManyResult) GetResponse() *GetResponse {
+	if x != nil {
+		if x, ok := x.Result.(*GetManyResult_Response); ok {
+			return x.Response
+		}
+	}
+	return nil
+}
+
+func (x *GetManyResult) GetError() *ItemError {
+	if x != nil {
+		if x, ok := x.Result.(*GetManyResult_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isGetManyResult_Result interface {
+	isGetManyResult_Result()
+}
+
+type GetManyResult_Response struct {
+	Response *GetResponse `protobuf:"bytes,1,opt,name=response,proto3,oneof"`
+}
+
+type GetManyResult_Error struct {
+	Error *ItemError `protobuf:"bytes,2,opt,name=error,proto3,oneof"`
+}
+
+func (*GetManyResult_Response) isGetManyResult_Result() {}
+
+func (*GetManyResult_Error) isGetManyResult_Result() {}
+
+// The error of one item of a batch call; the codes are those of whole calls.
+type ItemError struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Code    string                 `protobuf:"bytes,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// CONFLICT: the key's revision now (0: absent).
+	CurrentRevision uint64 `protobuf:"varint,3,opt,name=current_revision,json=currentRevision,proto3" json:"current_revision,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ItemError) Reset() {
+	*x = ItemError{}
+	mi := &file_meridian_v1_state_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ItemError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ItemError) ProtoMessage() {}
+
+func (x *ItemError) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_state_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ItemError.ProtoReflect.Descriptor instead.
+func (*ItemError) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ItemError) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *ItemError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *ItemError) GetCurrentRevision() uint64 {
+	if x != nil {
+		return x.CurrentRevision
+	}
+	return 0
+}
+
 type PutRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Keyspace string                 `protobuf:"bytes,1,opt,name=keyspace,proto3" json:"keyspace,omitempty"`
@@ -484,7 +734,7 @@ type PutRequest struct {
 
 func (x *PutRequest) Reset() {
 	*x = PutRequest{}
-	mi := &file_meridian_v1_state_proto_msgTypes[5]
+	mi := &file_meridian_v1_state_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -496,7 +746,7 @@ func (x *PutRequest) String() string {
 func (*PutRequest) ProtoMessage() {}
 
 func (x *PutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[5]
+	mi := &file_meridian_v1_state_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -509,7 +759,7 @@ func (x *PutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutRequest.ProtoReflect.Descriptor instead.
 func (*PutRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{5}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PutRequest) GetKeyspace() string {
@@ -547,6 +797,178 @@ func (x *PutRequest) GetSupersedes() []uint64 {
 	return nil
 }
 
+type PutManyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 1..1000 Puts, each with its own keyspace; their values at most 8 MiB in all.
+	Puts          []*PutRequest `protobuf:"bytes,1,rep,name=puts,proto3" json:"puts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutManyRequest) Reset() {
+	*x = PutManyRequest{}
+	mi := &file_meridian_v1_state_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutManyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutManyRequest) ProtoMessage() {}
+
+func (x *PutManyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_state_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutManyRequest.ProtoReflect.Descriptor instead.
+func (*PutManyRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *PutManyRequest) GetPuts() []*PutRequest {
+	if x != nil {
+		return x.Puts
+	}
+	return nil
+}
+
+type PutManyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per Put, in request order.
+	Results       []*PutManyResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutManyResponse) Reset() {
+	*x = PutManyResponse{}
+	mi := &file_meridian_v1_state_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutManyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutManyResponse) ProtoMessage() {}
+
+func (x *PutManyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_state_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutManyResponse.ProtoReflect.Descriptor instead.
+func (*PutManyResponse) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *PutManyResponse) GetResults() []*PutManyResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+type PutManyResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Result:
+	//
+	//	*PutManyResult_Written
+	//	*PutManyResult_Error
+	Result        isPutManyResult_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutManyResult) Reset() {
+	*x = PutManyResult{}
+	mi := &file_meridian_v1_state_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutManyResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutManyResult) ProtoMessage() {}
+
+func (x *PutManyResult) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_state_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutManyResult.ProtoReflect.Descriptor instead.
+func (*PutManyResult) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *PutManyResult) GetResult() isPutManyResult_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *PutManyResult) GetWritten() *WriteResponse {
+	if x != nil {
+		if x, ok := x.Result.(*PutManyResult_Written); ok {
+			return x.Written
+		}
+	}
+	return nil
+}
+
+func (x *PutManyResult) GetError() *ItemError {
+	if x != nil {
+		if x, ok := x.Result.(*PutManyResult_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isPutManyResult_Result interface {
+	isPutManyResult_Result()
+}
+
+type PutManyResult_Written struct {
+	Written *WriteResponse `protobuf:"bytes,1,opt,name=written,proto3,oneof"`
+}
+
+type PutManyResult_Error struct {
+	Error *ItemError `protobuf:"bytes,2,opt,name=error,proto3,oneof"`
+}
+
+func (*PutManyResult_Written) isPutManyResult_Result() {}
+
+func (*PutManyResult_Error) isPutManyResult_Result() {}
+
 type CreateRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Keyspace      string                 `protobuf:"bytes,1,opt,name=keyspace,proto3" json:"keyspace,omitempty"`
@@ -558,7 +980,7 @@ type CreateRequest struct {
 
 func (x *CreateRequest) Reset() {
 	*x = CreateRequest{}
-	mi := &file_meridian_v1_state_proto_msgTypes[6]
+	mi := &file_meridian_v1_state_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -570,7 +992,7 @@ func (x *CreateRequest) String() string {
 func (*CreateRequest) ProtoMessage() {}
 
 func (x *CreateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[6]
+	mi := &file_meridian_v1_state_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -583,7 +1005,7 @@ func (x *CreateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRequest.ProtoReflect.Descriptor instead.
 func (*CreateRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{6}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CreateRequest) GetKeyspace() string {
@@ -618,7 +1040,7 @@ type DeleteRequest struct {
 
 func (x *DeleteRequest) Reset() {
 	*x = DeleteRequest{}
-	mi := &file_meridian_v1_state_proto_msgTypes[7]
+	mi := &file_meridian_v1_state_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -630,7 +1052,7 @@ func (x *DeleteRequest) String() string {
 func (*DeleteRequest) ProtoMessage() {}
 
 func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[7]
+	mi := &file_meridian_v1_state_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -643,7 +1065,7 @@ func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{7}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DeleteRequest) GetKeyspace() string {
@@ -677,7 +1099,7 @@ type WriteResponse struct {
 
 func (x *WriteResponse) Reset() {
 	*x = WriteResponse{}
-	mi := &file_meridian_v1_state_proto_msgTypes[8]
+	mi := &file_meridian_v1_state_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -689,7 +1111,7 @@ func (x *WriteResponse) String() string {
 func (*WriteResponse) ProtoMessage() {}
 
 func (x *WriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[8]
+	mi := &file_meridian_v1_state_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -702,7 +1124,7 @@ func (x *WriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteResponse.ProtoReflect.Descriptor instead.
 func (*WriteResponse) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{8}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WriteResponse) GetRevision() uint64 {
@@ -730,7 +1152,7 @@ type IncrementRequest struct {
 
 func (x *IncrementRequest) Reset() {
 	*x = IncrementRequest{}
-	mi := &file_meridian_v1_state_proto_msgTypes[9]
+	mi := &file_meridian_v1_state_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -742,7 +1164,7 @@ func (x *IncrementRequest) String() string {
 func (*IncrementRequest) ProtoMessage() {}
 
 func (x *IncrementRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[9]
+	mi := &file_meridian_v1_state_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -755,7 +1177,7 @@ func (x *IncrementRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IncrementRequest.ProtoReflect.Descriptor instead.
 func (*IncrementRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{9}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *IncrementRequest) GetKeyspace() string {
@@ -790,7 +1212,7 @@ type SetRequest struct {
 
 func (x *SetRequest) Reset() {
 	*x = SetRequest{}
-	mi := &file_meridian_v1_state_proto_msgTypes[10]
+	mi := &file_meridian_v1_state_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -802,7 +1224,7 @@ func (x *SetRequest) String() string {
 func (*SetRequest) ProtoMessage() {}
 
 func (x *SetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[10]
+	mi := &file_meridian_v1_state_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -815,7 +1237,7 @@ func (x *SetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRequest.ProtoReflect.Descriptor instead.
 func (*SetRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{10}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SetRequest) GetKeyspace() string {
@@ -855,7 +1277,7 @@ type ScanRequest struct {
 
 func (x *ScanRequest) Reset() {
 	*x = ScanRequest{}
-	mi := &file_meridian_v1_state_proto_msgTypes[11]
+	mi := &file_meridian_v1_state_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -867,7 +1289,7 @@ func (x *ScanRequest) String() string {
 func (*ScanRequest) ProtoMessage() {}
 
 func (x *ScanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[11]
+	mi := &file_meridian_v1_state_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -880,7 +1302,7 @@ func (x *ScanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanRequest.ProtoReflect.Descriptor instead.
 func (*ScanRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{11}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ScanRequest) GetKeyspace() string {
@@ -931,7 +1353,7 @@ type ScanResponse struct {
 
 func (x *ScanResponse) Reset() {
 	*x = ScanResponse{}
-	mi := &file_meridian_v1_state_proto_msgTypes[12]
+	mi := &file_meridian_v1_state_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -943,7 +1365,7 @@ func (x *ScanResponse) String() string {
 func (*ScanResponse) ProtoMessage() {}
 
 func (x *ScanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[12]
+	mi := &file_meridian_v1_state_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -956,7 +1378,7 @@ func (x *ScanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanResponse.ProtoReflect.Descriptor instead.
 func (*ScanResponse) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{12}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ScanResponse) GetEntries() []*Entry {
@@ -998,7 +1420,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_meridian_v1_state_proto_msgTypes[13]
+	mi := &file_meridian_v1_state_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1010,7 +1432,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[13]
+	mi := &file_meridian_v1_state_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1023,7 +1445,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{13}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WatchRequest) GetKeyspace() string {
@@ -1057,7 +1479,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_meridian_v1_state_proto_msgTypes[14]
+	mi := &file_meridian_v1_state_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1069,7 +1491,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[14]
+	mi := &file_meridian_v1_state_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1082,7 +1504,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{14}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WatchEvent) GetKind() WatchEvent_Kind {
@@ -1133,7 +1555,21 @@ const file_meridian_v1_state_proto_rawDesc = "" +
 	"\vGetResponse\x12(\n" +
 	"\x05entry\x18\x01 \x01(\v2\x12.meridian.v1.EntryR\x05entry\x126\n" +
 	"\x06served\x18\x02 \x01(\x0e2\x1e.meridian.v1.Consistency.LevelR\x06served\x12B\n" +
-	"\x0fstaleness_bound\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x0estalenessBound\"\xa6\x01\n" +
+	"\x0fstaleness_bound\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x0estalenessBound\"|\n" +
+	"\x0eGetManyRequest\x12\x1a\n" +
+	"\bkeyspace\x18\x01 \x01(\tR\bkeyspace\x12\x12\n" +
+	"\x04keys\x18\x02 \x03(\tR\x04keys\x12:\n" +
+	"\vconsistency\x18\x03 \x01(\v2\x18.meridian.v1.ConsistencyR\vconsistency\"G\n" +
+	"\x0fGetManyResponse\x124\n" +
+	"\aresults\x18\x01 \x03(\v2\x1a.meridian.v1.GetManyResultR\aresults\"\x81\x01\n" +
+	"\rGetManyResult\x126\n" +
+	"\bresponse\x18\x01 \x01(\v2\x18.meridian.v1.GetResponseH\x00R\bresponse\x12.\n" +
+	"\x05error\x18\x02 \x01(\v2\x16.meridian.v1.ItemErrorH\x00R\x05errorB\b\n" +
+	"\x06result\"d\n" +
+	"\tItemError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\tR\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12)\n" +
+	"\x10current_revision\x18\x03 \x01(\x04R\x0fcurrentRevision\"\xa6\x01\n" +
 	"\n" +
 	"PutRequest\x12\x1a\n" +
 	"\bkeyspace\x18\x01 \x01(\tR\bkeyspace\x12\x10\n" +
@@ -1144,7 +1580,15 @@ const file_meridian_v1_state_proto_rawDesc = "" +
 	"\n" +
 	"supersedes\x18\x05 \x03(\x04R\n" +
 	"supersedesB\x0e\n" +
-	"\f_if_revision\"S\n" +
+	"\f_if_revision\"=\n" +
+	"\x0ePutManyRequest\x12+\n" +
+	"\x04puts\x18\x01 \x03(\v2\x17.meridian.v1.PutRequestR\x04puts\"G\n" +
+	"\x0fPutManyResponse\x124\n" +
+	"\aresults\x18\x01 \x03(\v2\x1a.meridian.v1.PutManyResultR\aresults\"\x81\x01\n" +
+	"\rPutManyResult\x126\n" +
+	"\awritten\x18\x01 \x01(\v2\x1a.meridian.v1.WriteResponseH\x00R\awritten\x12.\n" +
+	"\x05error\x18\x02 \x01(\v2\x16.meridian.v1.ItemErrorH\x00R\x05errorB\b\n" +
+	"\x06result\"S\n" +
 	"\rCreateRequest\x12\x1a\n" +
 	"\bkeyspace\x18\x01 \x01(\tR\bkeyspace\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x14\n" +
@@ -1191,10 +1635,12 @@ const file_meridian_v1_state_proto_rawDesc = "" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bKIND_PUT\x10\x01\x12\x0f\n" +
-	"\vKIND_DELETE\x10\x022\xcd\x04\n" +
+	"\vKIND_DELETE\x10\x022\xd9\x05\n" +
 	"\fStateService\x128\n" +
-	"\x03Get\x12\x17.meridian.v1.GetRequest\x1a\x18.meridian.v1.GetResponse\x12:\n" +
-	"\x03Put\x12\x17.meridian.v1.PutRequest\x1a\x1a.meridian.v1.WriteResponse\x12@\n" +
+	"\x03Get\x12\x17.meridian.v1.GetRequest\x1a\x18.meridian.v1.GetResponse\x12D\n" +
+	"\aGetMany\x12\x1b.meridian.v1.GetManyRequest\x1a\x1c.meridian.v1.GetManyResponse\x12:\n" +
+	"\x03Put\x12\x17.meridian.v1.PutRequest\x1a\x1a.meridian.v1.WriteResponse\x12D\n" +
+	"\aPutMany\x12\x1b.meridian.v1.PutManyRequest\x1a\x1c.meridian.v1.PutManyResponse\x12@\n" +
 	"\x06Create\x12\x1a.meridian.v1.CreateRequest\x1a\x1a.meridian.v1.WriteResponse\x12@\n" +
 	"\x06Delete\x12\x1a.meridian.v1.DeleteRequest\x1a\x1a.meridian.v1.WriteResponse\x12;\n" +
 	"\x04Scan\x12\x18.meridian.v1.ScanRequest\x1a\x19.meridian.v1.ScanResponse\x12F\n" +
@@ -1216,7 +1662,7 @@ func file_meridian_v1_state_proto_rawDescGZIP() []byte {
 }
 
 var file_meridian_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_meridian_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_meridian_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_meridian_v1_state_proto_goTypes = []any{
 	(Consistency_Level)(0),      // 0: meridian.v1.Consistency.Level
 	(WatchEvent_Kind)(0),        // 1: meridian.v1.WatchEvent.Kind
@@ -1225,55 +1671,74 @@ var file_meridian_v1_state_proto_goTypes = []any{
 	(*Sibling)(nil),             // 4: meridian.v1.Sibling
 	(*GetRequest)(nil),          // 5: meridian.v1.GetRequest
 	(*GetResponse)(nil),         // 6: meridian.v1.GetResponse
-	(*PutRequest)(nil),          // 7: meridian.v1.PutRequest
-	(*CreateRequest)(nil),       // 8: meridian.v1.CreateRequest
-	(*DeleteRequest)(nil),       // 9: meridian.v1.DeleteRequest
-	(*WriteResponse)(nil),       // 10: meridian.v1.WriteResponse
-	(*IncrementRequest)(nil),    // 11: meridian.v1.IncrementRequest
-	(*SetRequest)(nil),          // 12: meridian.v1.SetRequest
-	(*ScanRequest)(nil),         // 13: meridian.v1.ScanRequest
-	(*ScanResponse)(nil),        // 14: meridian.v1.ScanResponse
-	(*WatchRequest)(nil),        // 15: meridian.v1.WatchRequest
-	(*WatchEvent)(nil),          // 16: meridian.v1.WatchEvent
-	(*durationpb.Duration)(nil), // 17: google.protobuf.Duration
+	(*GetManyRequest)(nil),      // 7: meridian.v1.GetManyRequest
+	(*GetManyResponse)(nil),     // 8: meridian.v1.GetManyResponse
+	(*GetManyResult)(nil),       // 9: meridian.v1.GetManyResult
+	(*ItemError)(nil),           // 10: meridian.v1.ItemError
+	(*PutRequest)(nil),          // 11: meridian.v1.PutRequest
+	(*PutManyRequest)(nil),      // 12: meridian.v1.PutManyRequest
+	(*PutManyResponse)(nil),     // 13: meridian.v1.PutManyResponse
+	(*PutManyResult)(nil),       // 14: meridian.v1.PutManyResult
+	(*CreateRequest)(nil),       // 15: meridian.v1.CreateRequest
+	(*DeleteRequest)(nil),       // 16: meridian.v1.DeleteRequest
+	(*WriteResponse)(nil),       // 17: meridian.v1.WriteResponse
+	(*IncrementRequest)(nil),    // 18: meridian.v1.IncrementRequest
+	(*SetRequest)(nil),          // 19: meridian.v1.SetRequest
+	(*ScanRequest)(nil),         // 20: meridian.v1.ScanRequest
+	(*ScanResponse)(nil),        // 21: meridian.v1.ScanResponse
+	(*WatchRequest)(nil),        // 22: meridian.v1.WatchRequest
+	(*WatchEvent)(nil),          // 23: meridian.v1.WatchEvent
+	(*durationpb.Duration)(nil), // 24: google.protobuf.Duration
 }
 var file_meridian_v1_state_proto_depIdxs = []int32{
 	0,  // 0: meridian.v1.Consistency.level:type_name -> meridian.v1.Consistency.Level
-	17, // 1: meridian.v1.Consistency.max_staleness:type_name -> google.protobuf.Duration
+	24, // 1: meridian.v1.Consistency.max_staleness:type_name -> google.protobuf.Duration
 	4,  // 2: meridian.v1.Entry.siblings:type_name -> meridian.v1.Sibling
 	2,  // 3: meridian.v1.GetRequest.consistency:type_name -> meridian.v1.Consistency
 	3,  // 4: meridian.v1.GetResponse.entry:type_name -> meridian.v1.Entry
 	0,  // 5: meridian.v1.GetResponse.served:type_name -> meridian.v1.Consistency.Level
-	17, // 6: meridian.v1.GetResponse.staleness_bound:type_name -> google.protobuf.Duration
-	2,  // 7: meridian.v1.ScanRequest.consistency:type_name -> meridian.v1.Consistency
-	3,  // 8: meridian.v1.ScanResponse.entries:type_name -> meridian.v1.Entry
-	0,  // 9: meridian.v1.ScanResponse.served:type_name -> meridian.v1.Consistency.Level
-	17, // 10: meridian.v1.ScanResponse.staleness_bound:type_name -> google.protobuf.Duration
-	1,  // 11: meridian.v1.WatchEvent.kind:type_name -> meridian.v1.WatchEvent.Kind
-	3,  // 12: meridian.v1.WatchEvent.entry:type_name -> meridian.v1.Entry
-	5,  // 13: meridian.v1.StateService.Get:input_type -> meridian.v1.GetRequest
-	7,  // 14: meridian.v1.StateService.Put:input_type -> meridian.v1.PutRequest
-	8,  // 15: meridian.v1.StateService.Create:input_type -> meridian.v1.CreateRequest
-	9,  // 16: meridian.v1.StateService.Delete:input_type -> meridian.v1.DeleteRequest
-	13, // 17: meridian.v1.StateService.Scan:input_type -> meridian.v1.ScanRequest
-	11, // 18: meridian.v1.StateService.Increment:input_type -> meridian.v1.IncrementRequest
-	12, // 19: meridian.v1.StateService.SetAdd:input_type -> meridian.v1.SetRequest
-	12, // 20: meridian.v1.StateService.SetRemove:input_type -> meridian.v1.SetRequest
-	15, // 21: meridian.v1.StateService.Watch:input_type -> meridian.v1.WatchRequest
-	6,  // 22: meridian.v1.StateService.Get:output_type -> meridian.v1.GetResponse
-	10, // 23: meridian.v1.StateService.Put:output_type -> meridian.v1.WriteResponse
-	10, // 24: meridian.v1.StateService.Create:output_type -> meridian.v1.WriteResponse
-	10, // 25: meridian.v1.StateService.Delete:output_type -> meridian.v1.WriteResponse
-	14, // 26: meridian.v1.StateService.Scan:output_type -> meridian.v1.ScanResponse
-	10, // 27: meridian.v1.StateService.Increment:output_type -> meridian.v1.WriteResponse
-	10, // 28: meridian.v1.StateService.SetAdd:output_type -> meridian.v1.WriteResponse
-	10, // 29: meridian.v1.StateService.SetRemove:output_type -> meridian.v1.WriteResponse
-	16, // 30: meridian.v1.StateService.Watch:output_type -> meridian.v1.WatchEvent
-	22, // [22:31] is the sub-list for method output_type
-	13, // [13:22] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	24, // 6: meridian.v1.GetResponse.staleness_bound:type_name -> google.protobuf.Duration
+	2,  // 7: meridian.v1.GetManyRequest.consistency:type_name -> meridian.v1.Consistency
+	9,  // 8: meridian.v1.GetManyResponse.results:type_name -> meridian.v1.GetManyResult
+	6,  // 9: meridian.v1.GetManyResult.response:type_name -> meridian.v1.GetResponse
+	10, // 10: meridian.v1.GetManyResult.error:type_name -> meridian.v1.ItemError
+	11, // 11: meridian.v1.PutManyRequest.puts:type_name -> meridian.v1.PutRequest
+	14, // 12: meridian.v1.PutManyResponse.results:type_name -> meridian.v1.PutManyResult
+	17, // 13: meridian.v1.PutManyResult.written:type_name -> meridian.v1.WriteResponse
+	10, // 14: meridian.v1.PutManyResult.error:type_name -> meridian.v1.ItemError
+	2,  // 15: meridian.v1.ScanRequest.consistency:type_name -> meridian.v1.Consistency
+	3,  // 16: meridian.v1.ScanResponse.entries:type_name -> meridian.v1.Entry
+	0,  // 17: meridian.v1.ScanResponse.served:type_name -> meridian.v1.Consistency.Level
+	24, // 18: meridian.v1.ScanResponse.staleness_bound:type_name -> google.protobuf.Duration
+	1,  // 19: meridian.v1.WatchEvent.kind:type_name -> meridian.v1.WatchEvent.Kind
+	3,  // 20: meridian.v1.WatchEvent.entry:type_name -> meridian.v1.Entry
+	5,  // 21: meridian.v1.StateService.Get:input_type -> meridian.v1.GetRequest
+	7,  // 22: meridian.v1.StateService.GetMany:input_type -> meridian.v1.GetManyRequest
+	11, // 23: meridian.v1.StateService.Put:input_type -> meridian.v1.PutRequest
+	12, // 24: meridian.v1.StateService.PutMany:input_type -> meridian.v1.PutManyRequest
+	15, // 25: meridian.v1.StateService.Create:input_type -> meridian.v1.CreateRequest
+	16, // 26: meridian.v1.StateService.Delete:input_type -> meridian.v1.DeleteRequest
+	20, // 27: meridian.v1.StateService.Scan:input_type -> meridian.v1.ScanRequest
+	18, // 28: meridian.v1.StateService.Increment:input_type -> meridian.v1.IncrementRequest
+	19, // 29: meridian.v1.StateService.SetAdd:input_type -> meridian.v1.SetRequest
+	19, // 30: meridian.v1.StateService.SetRemove:input_type -> meridian.v1.SetRequest
+	22, // 31: meridian.v1.StateService.Watch:input_type -> meridian.v1.WatchRequest
+	6,  // 32: meridian.v1.StateService.Get:output_type -> meridian.v1.GetResponse
+	8,  // 33: meridian.v1.StateService.GetMany:output_type -> meridian.v1.GetManyResponse
+	17, // 34: meridian.v1.StateService.Put:output_type -> meridian.v1.WriteResponse
+	13, // 35: meridian.v1.StateService.PutMany:output_type -> meridian.v1.PutManyResponse
+	17, // 36: meridian.v1.StateService.Create:output_type -> meridian.v1.WriteResponse
+	17, // 37: meridian.v1.StateService.Delete:output_type -> meridian.v1.WriteResponse
+	21, // 38: meridian.v1.StateService.Scan:output_type -> meridian.v1.ScanResponse
+	17, // 39: meridian.v1.StateService.Increment:output_type -> meridian.v1.WriteResponse
+	17, // 40: meridian.v1.StateService.SetAdd:output_type -> meridian.v1.WriteResponse
+	17, // 41: meridian.v1.StateService.SetRemove:output_type -> meridian.v1.WriteResponse
+	23, // 42: meridian.v1.StateService.Watch:output_type -> meridian.v1.WatchEvent
+	32, // [32:43] is the sub-list for method output_type
+	21, // [21:32] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_meridian_v1_state_proto_init() }
@@ -1281,16 +1746,24 @@ func file_meridian_v1_state_proto_init() {
 	if File_meridian_v1_state_proto != nil {
 		return
 	}
-	file_meridian_v1_state_proto_msgTypes[5].OneofWrappers = []any{}
-	file_meridian_v1_state_proto_msgTypes[7].OneofWrappers = []any{}
-	file_meridian_v1_state_proto_msgTypes[13].OneofWrappers = []any{}
+	file_meridian_v1_state_proto_msgTypes[7].OneofWrappers = []any{
+		(*GetManyResult_Response)(nil),
+		(*GetManyResult_Error)(nil),
+	}
+	file_meridian_v1_state_proto_msgTypes[9].OneofWrappers = []any{}
+	file_meridian_v1_state_proto_msgTypes[12].OneofWrappers = []any{
+		(*PutManyResult_Written)(nil),
+		(*PutManyResult_Error)(nil),
+	}
+	file_meridian_v1_state_proto_msgTypes[14].OneofWrappers = []any{}
+	file_meridian_v1_state_proto_msgTypes[20].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meridian_v1_state_proto_rawDesc), len(file_meridian_v1_state_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   15,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

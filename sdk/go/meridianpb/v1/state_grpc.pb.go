@@ -20,7 +20,9 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	StateService_Get_FullMethodName       = "/meridian.v1.StateService/Get"
+	StateService_GetMany_FullMethodName   = "/meridian.v1.StateService/GetMany"
 	StateService_Put_FullMethodName       = "/meridian.v1.StateService/Put"
+	StateService_PutMany_FullMethodName   = "/meridian.v1.StateService/PutMany"
 	StateService_Create_FullMethodName    = "/meridian.v1.StateService/Create"
 	StateService_Delete_FullMethodName    = "/meridian.v1.StateService/Delete"
 	StateService_Scan_FullMethodName      = "/meridian.v1.StateService/Scan"
@@ -44,6 +46,8 @@ const (
 //     conflict policy (lww, counter, set, multi_value) to the same bytes in every
 //     region. Reads are BOUNDED or EVENTUAL (STRONG is INVALID_ARGUMENT).
 //
+// Over HTTP: POST /v1/state/<method in lower case> (getmany, putmany, ...).
+//
 // Errors carry a stable code (gRPC trailer `meridian-error-code`, HTTP body
 // `error.code`): INVALID_ARGUMENT (names the field and rule), NOT_FOUND,
 // CONFLICT (trailer `meridian-current-revision` / body `error.currentRevision`),
@@ -52,9 +56,22 @@ type StateServiceClient interface {
 	// Get returns the key's value, revision and HLC timestamp at the requested
 	// consistency. A non-strong read also says how stale it may be.
 	Get(ctx context.Context, in *GetRequest, opts ...grpc.CallOption) (*GetResponse, error)
+	// GetMany reads up to 1000 keys of one keyspace at one consistency in one
+	// call, for throughput: each key is read as Get would read it, and has its
+	// own result, in request order (a missing key is its own NOT_FOUND). A bad
+	// request (keyspace, consistency, a key) fails the whole call with
+	// INVALID_ARGUMENT naming the field (`keys[i]`).
+	GetMany(ctx context.Context, in *GetManyRequest, opts ...grpc.CallOption) (*GetManyResponse, error)
 	// Put writes the key. With `if_revision` it writes only if the key's current
 	// revision is exactly that one (compare-and-set), else CONFLICT.
 	Put(ctx context.Context, in *PutRequest, opts ...grpc.CallOption) (*WriteResponse, error)
+	// PutMany makes up to 1000 independent Puts (8 MiB of values in all) in one
+	// call, for throughput; not a transaction. Every Put is checked first: a bad
+	// one fails the call with INVALID_ARGUMENT naming `puts[i].<field>`, and
+	// nothing is written. Then all are written at once; each has its own result
+	// in request order, a write or its error (CONFLICT with the current
+	// revision, QUORUM_UNAVAILABLE, ...).
+	PutMany(ctx context.Context, in *PutManyRequest, opts ...grpc.CallOption) (*PutManyResponse, error)
 	// Create writes the key only if it does not exist (or was deleted), else CONFLICT.
 	Create(ctx context.Context, in *CreateRequest, opts ...grpc.CallOption) (*WriteResponse, error)
 	// Delete removes the key; with `if_revision`, only at that revision.
@@ -94,10 +111,30 @@ func (c *stateServiceClient) Get(ctx context.Context, in *GetRequest, opts ...gr
 	return out, nil
 }
 
+func (c *stateServiceClient) GetMany(ctx context.Context, in *GetManyRequest, opts ...grpc.CallOption) (*GetManyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetManyResponse)
+	err := c.cc.Invoke(ctx, StateService_GetMany_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *stateServiceClient) Put(ctx context.Context, in *PutRequest, opts ...grpc.CallOption) (*WriteResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(WriteResponse)
 	err := c.cc.Invoke(ctx, StateService_Put_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *stateServiceClient) PutMany(ctx context.Context, in *PutManyRequest, opts ...grpc.CallOption) (*PutManyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PutManyResponse)
+	err := c.cc.Invoke(ctx, StateService_PutMany_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -197,6 +234,8 @@ type StateService_WatchClient = grpc.ServerStreamingClient[WatchEvent]
 //     conflict policy (lww, counter, set, multi_value) to the same bytes in every
 //     region. Reads are BOUNDED or EVENTUAL (STRONG is INVALID_ARGUMENT).
 //
+// Over HTTP: POST /v1/state/<method in lower case> (getmany, putmany, ...).
+//
 // Errors carry a stable code (gRPC trailer `meridian-error-code`, HTTP body
 // `error.code`): INVALID_ARGUMENT (names the field and rule), NOT_FOUND,
 // CONFLICT (trailer `meridian-current-revision` / body `error.currentRevision`),
@@ -205,9 +244,22 @@ type StateServiceServer interface {
 	// Get returns the key's value, revision and HLC timestamp at the requested
 	// consistency. A non-strong read also says how stale it may be.
 	Get(context.Context, *GetRequest) (*GetResponse, error)
+	// GetMany reads up to 1000 keys of one keyspace at one consistency in one
+	// call, for throughput: each key is read as Get would read it, and has its
+	// own result, in request order (a missing key is its own NOT_FOUND). A bad
+	// request (keyspace, consistency, a key) fails the whole call with
+	// INVALID_ARGUMENT naming the field (`keys[i]`).
+	GetMany(context.Context, *GetManyRequest) (*GetManyResponse, error)
 	// Put writes the key. With `if_revision` it writes only if the key's current
 	// revision is exactly that one (compare-and-set), else CONFLICT.
 	Put(context.Context, *PutRequest) (*WriteResponse, error)
+	// PutMany makes up to 1000 independent Puts (8 MiB of values in all) in one
+	// call, for throughput; not a transaction. Every Put is checked first: a bad
+	// one fails the call with INVALID_ARGUMENT naming `puts[i].<field>`, and
+	// nothing is written. Then all are written at once; each has its own result
+	// in request order, a write or its error (CONFLICT with the current
+	// revision, QUORUM_UNAVAILABLE, ...).
+	PutMany(context.Context, *PutManyRequest) (*PutManyResponse, error)
 	// Create writes the key only if it does not exist (or was deleted), else CONFLICT.
 	Create(context.Context, *CreateRequest) (*WriteResponse, error)
 	// Delete removes the key; with `if_revision`, only at that revision.
@@ -240,8 +292,14 @@ type UnimplementedStateServiceServer struct{}
 func (UnimplementedStateServiceServer) Get(context.Context, *GetRequest) (*GetResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Get not implemented")
 }
+func (UnimplementedStateServiceServer) GetMany(context.Context, *GetManyRequest) (*GetManyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetMany not implemented")
+}
 func (UnimplementedStateServiceServer) Put(context.Context, *PutRequest) (*WriteResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Put not implemented")
+}
+func (UnimplementedStateServiceServer) PutMany(context.Context, *PutManyRequest) (*PutManyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PutMany not implemented")
 }
 func (UnimplementedStateServiceServer) Create(context.Context, *CreateRequest) (*WriteResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Create not implemented")
@@ -303,6 +361,24 @@ func _StateService_Get_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _StateService_GetMany_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetManyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StateServiceServer).GetMany(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: StateService_GetMany_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StateServiceServer).GetMany(ctx, req.(*GetManyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _StateService_Put_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(PutRequest)
 	if err := dec(in); err != nil {
@@ -317,6 +393,24 @@ func _StateService_Put_Handler(srv interface{}, ctx context.Context, dec func(in
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(StateServiceServer).Put(ctx, req.(*PutRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _StateService_PutMany_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PutManyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StateServiceServer).PutMany(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: StateService_PutMany_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StateServiceServer).PutMany(ctx, req.(*PutManyRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -452,8 +546,16 @@ var StateService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _StateService_Get_Handler,
 		},
 		{
+			MethodName: "GetMany",
+			Handler:    _StateService_GetMany_Handler,
+		},
+		{
 			MethodName: "Put",
 			Handler:    _StateService_Put_Handler,
+		},
+		{
+			MethodName: "PutMany",
+			Handler:    _StateService_PutMany_Handler,
 		},
 		{
 			MethodName: "Create",

@@ -95,6 +95,20 @@ class StateServicer(state_pb2_grpc.StateServiceServicer):
     async def Get(self, request: state_pb2.GetRequest, context: Ctx) -> state_pb2.GetResponse:
         return await _unary(self.api, "StateService", "Get", self.state.get, request, context)
 
+    async def GetMany(
+        self, request: state_pb2.GetManyRequest, context: Ctx
+    ) -> state_pb2.GetManyResponse:
+        return await _unary(
+            self.api, "StateService", "GetMany", self.state.get_many, request, context
+        )
+
+    async def PutMany(
+        self, request: state_pb2.PutManyRequest, context: Ctx
+    ) -> state_pb2.PutManyResponse:
+        return await _unary(
+            self.api, "StateService", "PutMany", self.state.put_many, request, context
+        )
+
     async def Put(self, request: state_pb2.PutRequest, context: Ctx) -> state_pb2.WriteResponse:
         return await _unary(self.api, "StateService", "Put", self.state.put, request, context)
 

@@ -129,7 +129,9 @@ class HttpTransport:
         state = self.state = services.state
         state_routes: dict[str, tuple[Handler, type[Message]]] = {
             "Get": (state.get, state_pb2.GetRequest),
+            "GetMany": (state.get_many, state_pb2.GetManyRequest),
             "Put": (state.put, state_pb2.PutRequest),
+            "PutMany": (state.put_many, state_pb2.PutManyRequest),
             "Create": (state.create, state_pb2.CreateRequest),
             "Delete": (state.delete, state_pb2.DeleteRequest),
             "Scan": (state.scan, state_pb2.ScanRequest),

@@ -37,6 +37,8 @@ class StateServiceStub:
     conflict policy (lww, counter, set, multi_value) to the same bytes in every
     region. Reads are BOUNDED or EVENTUAL (STRONG is INVALID_ARGUMENT).
 
+    Over HTTP: POST /v1/state/<method in lower case> (getmany, putmany, ...).
+
     Errors carry a stable code (gRPC trailer `meridian-error-code`, HTTP body
     `error.code`): INVALID_ARGUMENT (names the field and rule), NOT_FOUND,
     CONFLICT (trailer `meridian-current-revision` / body `error.currentRevision`),
@@ -54,10 +56,20 @@ class StateServiceStub:
                 request_serializer=meridian_dot_v1_dot_state__pb2.GetRequest.SerializeToString,
                 response_deserializer=meridian_dot_v1_dot_state__pb2.GetResponse.FromString,
                 _registered_method=True)
+        self.GetMany = channel.unary_unary(
+                '/meridian.v1.StateService/GetMany',
+                request_serializer=meridian_dot_v1_dot_state__pb2.GetManyRequest.SerializeToString,
+                response_deserializer=meridian_dot_v1_dot_state__pb2.GetManyResponse.FromString,
+                _registered_method=True)
         self.Put = channel.unary_unary(
                 '/meridian.v1.StateService/Put',
                 request_serializer=meridian_dot_v1_dot_state__pb2.PutRequest.SerializeToString,
                 response_deserializer=meridian_dot_v1_dot_state__pb2.WriteResponse.FromString,
+                _registered_method=True)
+        self.PutMany = channel.unary_unary(
+                '/meridian.v1.StateService/PutMany',
+                request_serializer=meridian_dot_v1_dot_state__pb2.PutManyRequest.SerializeToString,
+                response_deserializer=meridian_dot_v1_dot_state__pb2.PutManyResponse.FromString,
                 _registered_method=True)
         self.Create = channel.unary_unary(
                 '/meridian.v1.StateService/Create',
@@ -107,6 +119,8 @@ class StateServiceServicer:
     conflict policy (lww, counter, set, multi_value) to the same bytes in every
     region. Reads are BOUNDED or EVENTUAL (STRONG is INVALID_ARGUMENT).
 
+    Over HTTP: POST /v1/state/<method in lower case> (getmany, putmany, ...).
+
     Errors carry a stable code (gRPC trailer `meridian-error-code`, HTTP body
     `error.code`): INVALID_ARGUMENT (names the field and rule), NOT_FOUND,
     CONFLICT (trailer `meridian-current-revision` / body `error.currentRevision`),
@@ -121,9 +135,32 @@ class StateServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMany(self, request, context):
+        """GetMany reads up to 1000 keys of one keyspace at one consistency in one
+        call, for throughput: each key is read as Get would read it, and has its
+        own result, in request order (a missing key is its own NOT_FOUND). A bad
+        request (keyspace, consistency, a key) fails the whole call with
+        INVALID_ARGUMENT naming the field (`keys[i]`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Put(self, request, context):
         """Put writes the key. With `if_revision` it writes only if the key's current
         revision is exactly that one (compare-and-set), else CONFLICT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutMany(self, request, context):
+        """PutMany makes up to 1000 independent Puts (8 MiB of values in all) in one
+        call, for throughput; not a transaction. Every Put is checked first: a bad
+        one fails the call with INVALID_ARGUMENT naming `puts[i].<field>`, and
+        nothing is written. Then all are written at once; each has its own result
+        in request order, a write or its error (CONFLICT with the current
+        revision, QUORUM_UNAVAILABLE, ...).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -191,10 +228,20 @@ def add_StateServiceServicer_to_server(servicer, server):
                     request_deserializer=meridian_dot_v1_dot_state__pb2.GetRequest.FromString,
                     response_serializer=meridian_dot_v1_dot_state__pb2.GetResponse.SerializeToString,
             ),
+            'GetMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMany,
+                    request_deserializer=meridian_dot_v1_dot_state__pb2.GetManyRequest.FromString,
+                    response_serializer=meridian_dot_v1_dot_state__pb2.GetManyResponse.SerializeToString,
+            ),
             'Put': grpc.unary_unary_rpc_method_handler(
                     servicer.Put,
                     request_deserializer=meridian_dot_v1_dot_state__pb2.PutRequest.FromString,
                     response_serializer=meridian_dot_v1_dot_state__pb2.WriteResponse.SerializeToString,
+            ),
+            'PutMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutMany,
+                    request_deserializer=meridian_dot_v1_dot_state__pb2.PutManyRequest.FromString,
+                    response_serializer=meridian_dot_v1_dot_state__pb2.PutManyResponse.SerializeToString,
             ),
             'Create': grpc.unary_unary_rpc_method_handler(
                     servicer.Create,
@@ -250,6 +297,8 @@ class StateService:
     conflict policy (lww, counter, set, multi_value) to the same bytes in every
     region. Reads are BOUNDED or EVENTUAL (STRONG is INVALID_ARGUMENT).
 
+    Over HTTP: POST /v1/state/<method in lower case> (getmany, putmany, ...).
+
     Errors carry a stable code (gRPC trailer `meridian-error-code`, HTTP body
     `error.code`): INVALID_ARGUMENT (names the field and rule), NOT_FOUND,
     CONFLICT (trailer `meridian-current-revision` / body `error.currentRevision`),
@@ -284,6 +333,33 @@ class StateService:
             _registered_method=True)
 
     @staticmethod
+    def GetMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.StateService/GetMany',
+            meridian_dot_v1_dot_state__pb2.GetManyRequest.SerializeToString,
+            meridian_dot_v1_dot_state__pb2.GetManyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Put(request,
             target,
             options=(),
@@ -300,6 +376,33 @@ class StateService:
             '/meridian.v1.StateService/Put',
             meridian_dot_v1_dot_state__pb2.PutRequest.SerializeToString,
             meridian_dot_v1_dot_state__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.StateService/PutMany',
+            meridian_dot_v1_dot_state__pb2.PutManyRequest.SerializeToString,
+            meridian_dot_v1_dot_state__pb2.PutManyResponse.FromString,
             options,
             channel_credentials,
             insecure,
