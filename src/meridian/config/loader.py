@@ -1,7 +1,10 @@
 """Loading and validating the configuration file (see :mod:`meridian.config`).
 
 Every rule is checked and every violation collected before anything is raised,
-so one :class:`ConfigError` lists all problems, each with its field path.
+so one :class:`ConfigError` lists all problems, each with its field path. This
+module reads the topology (sandbox, regions, WAN, agent, telemetry) and the
+keyspaces; the service tables are :mod:`meridian.config.services`, the walker
+:mod:`meridian.config.reader`.
 """
 
 from __future__ import annotations
@@ -17,15 +20,11 @@ from meridian.config.model import (
     DEFAULT_LINKS,
     DEFAULT_REGIONS,
     EXPORTERS,
-    GATEWAY_PORT_OFFSET,
     GLOBAL_CLUSTER,
     PORT_OFFSETS,
     REGION_NAME,
     REGION_PORT_STRIDE,
     AgentConfig,
-    GatewayConfig,
-    IdempotencyConfig,
-    InvocationConfig,
     MeridianConfig,
     NatsPorts,
     RegionConfig,
@@ -36,6 +35,13 @@ from meridian.config.model import (
     default_config_text,
     proxy_ports,
 )
+from meridian.config.reader import Reader
+from meridian.config.services import (
+    gateway_section,
+    idempotency_section,
+    invocation_section,
+    resilience_section,
+)
 from meridian.core.errors import ConfigError, FieldViolation
 from meridian.core.keyspace import (
     DEFAULT_KEY_MAX_BYTES,
@@ -45,67 +51,6 @@ from meridian.core.keyspace import (
     Keyspace,
     Locality,
 )
-from meridian.core.resilience.overrides import PolicySet
-
-
-class _Reader:
-    """Walks the raw TOML tables, collecting violations instead of stopping at the first."""
-
-    def __init__(self) -> None:
-        self.violations: list[FieldViolation] = []
-
-    def bad(self, path: str, rule: str) -> None:
-        self.violations.append(FieldViolation(path, rule))
-
-    def table(self, raw: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
-        value = raw.get(key, {})
-        if not isinstance(value, Mapping):
-            self.bad(path, f"must be a table, got {type(value).__name__}")
-            return {}
-        return value
-
-    def known(self, raw: Mapping[str, Any], allowed: set[str], path: str) -> None:
-        for key in raw:
-            if key not in allowed:
-                where = f"{path}.{key}" if path else key
-                choices = ", ".join(sorted(allowed))
-                self.bad(where, f"unknown setting; allowed here: {choices}")
-
-    def number(
-        self,
-        raw: Mapping[str, Any],
-        key: str,
-        path: str,
-        default: float,
-        *,
-        low: float,
-        high: float,
-    ) -> float:
-        value = raw.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.bad(path, f"must be a number, got {value!r}")
-            return default
-        if not low <= value <= high:
-            self.bad(path, f"must be between {low:g} and {high:g}, got {value!r}")
-            return default
-        return float(value)
-
-    def port(self, raw: Mapping[str, Any], key: str, path: str, default: int) -> int:
-        value = raw.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.bad(path, f"must be an integer port, got {value!r}")
-            return default
-        if not 1 <= value <= 65535:
-            self.bad(path, f"port must be between 1 and 65535, got {value}")
-            return default
-        return value
-
-    def string(self, raw: Mapping[str, Any], key: str, path: str, default: str) -> str:
-        value = raw.get(key, default)
-        if not isinstance(value, str):
-            self.bad(path, f"must be a string, got {value!r}")
-            return default
-        return value
 
 
 def load_config(
@@ -156,7 +101,7 @@ def parse_config(
     """Validate an already-parsed TOML document. See :func:`load_config`."""
     env = os.environ if env is None else env
     base_dir = base_dir or Path.cwd()
-    rd = _Reader()
+    rd = Reader()
     rd.known(
         raw,
         {
@@ -181,10 +126,10 @@ def parse_config(
     agent = _agent(rd, rd.table(raw, "agent", "agent"))
     telemetry = _telemetry(rd, rd.table(raw, "telemetry", "telemetry"))
     keyspaces = _keyspaces(rd, raw.get("keyspace", []))
-    idempotency = _idempotency(rd, rd.table(raw, "idempotency", "idempotency"))
-    invocation = _invocation(rd, rd.table(raw, "invocation", "invocation"))
-    gateway = _gateway(rd, rd.table(raw, "gateway", "gateway"), sandbox.base_port)
-    resilience = _resilience(rd, rd.table(raw, "resilience", "resilience"))
+    idempotency = idempotency_section(rd, rd.table(raw, "idempotency", "idempotency"))
+    invocation = invocation_section(rd, rd.table(raw, "invocation", "invocation"))
+    gateway = gateway_section(rd, rd.table(raw, "gateway", "gateway"), sandbox.base_port)
+    resilience = resilience_section(rd, rd.table(raw, "resilience", "resilience"))
     _check_port_clashes(rd, regions, wan)
     if any(r.grpc_port == gateway.port or r.http_port == gateway.port for r in regions):
         rd.bad("gateway.port", f"port {gateway.port} is also an agent's; pick another")
@@ -206,160 +151,12 @@ def parse_config(
     )
 
 
-IDEMPOTENCY_STORAGE = ("global", "regional")
-
-
-def _invocation(rd: _Reader, raw: Mapping[str, Any]) -> InvocationConfig:
-    keys = {
-        "announce_interval_s",
-        "stale_after_s",
-        "default_ttl_s",
-        "max_ttl_s",
-        "health_timeout_s",
-        "max_body_bytes",
-    }
-    rd.known(raw, keys, "invocation")
-    d = InvocationConfig()
-    announce = rd.number(
-        raw,
-        "announce_interval_s",
-        "invocation.announce_interval_s",
-        d.announce_interval_s,
-        low=0.05,
-        high=60,
-    )
-    stale = rd.number(
-        raw, "stale_after_s", "invocation.stale_after_s", d.stale_after_s, low=0.1, high=600
-    )
-    if stale < 2 * announce:
-        rd.bad("invocation.stale_after_s", "must be at least twice invocation.announce_interval_s")
-    default_ttl = rd.number(
-        raw, "default_ttl_s", "invocation.default_ttl_s", d.default_ttl_s, low=1, high=3600
-    )
-    max_ttl = rd.number(raw, "max_ttl_s", "invocation.max_ttl_s", d.max_ttl_s, low=1, high=86_400)
-    if default_ttl > max_ttl:
-        rd.bad("invocation.default_ttl_s", "must be at most invocation.max_ttl_s")
-    return InvocationConfig(
-        announce_interval_s=float(announce),
-        stale_after_s=float(stale),
-        default_ttl_s=float(default_ttl),
-        max_ttl_s=float(max_ttl),
-        health_timeout_s=float(
-            rd.number(
-                raw,
-                "health_timeout_s",
-                "invocation.health_timeout_s",
-                d.health_timeout_s,
-                low=0.01,
-                high=60,
-            )
-        ),
-        max_body_bytes=int(
-            rd.number(
-                raw,
-                "max_body_bytes",
-                "invocation.max_body_bytes",
-                d.max_body_bytes,
-                low=1024,
-                high=64 << 20,
-            )
-        ),
-    )
-
-
-def _gateway(rd: _Reader, raw: Mapping[str, Any], base_port: int) -> GatewayConfig:
-    keys = {
-        "host",
-        "port",
-        "health_interval_s",
-        "health_timeout_s",
-        "unhealthy_after",
-        "region_header",
-    }
-    rd.known(raw, keys, "gateway")
-    d = GatewayConfig()
-    header = rd.string(raw, "region_header", "gateway.region_header", d.region_header)
-    if not header or not all(c.isalnum() or c == "-" for c in header):
-        rd.bad("gateway.region_header", "must be a header name: letters, digits and '-'")
-        header = d.region_header
-    return GatewayConfig(
-        host=rd.string(raw, "host", "gateway.host", d.host),
-        port=rd.port(raw, "port", "gateway.port", base_port + GATEWAY_PORT_OFFSET),
-        health_interval_s=float(
-            rd.number(
-                raw,
-                "health_interval_s",
-                "gateway.health_interval_s",
-                d.health_interval_s,
-                low=0.05,
-                high=60,
-            )
-        ),
-        health_timeout_s=float(
-            rd.number(
-                raw,
-                "health_timeout_s",
-                "gateway.health_timeout_s",
-                d.health_timeout_s,
-                low=0.01,
-                high=60,
-            )
-        ),
-        unhealthy_after=int(
-            rd.number(
-                raw,
-                "unhealthy_after",
-                "gateway.unhealthy_after",
-                d.unhealthy_after,
-                low=1,
-                high=100,
-            )
-        ),
-        region_header=header,
-    )
-
-
-def _resilience(rd: _Reader, raw: Mapping[str, Any]) -> PolicySet:
-    try:
-        return PolicySet.from_mapping(raw)
-    except ConfigError as exc:
-        rd.violations.extend(exc.violations)
-        return PolicySet()
-
-
-def _idempotency(rd: _Reader, raw: Mapping[str, Any]) -> IdempotencyConfig:
-    rd.known(raw, {"storage", "retention_s", "default_lease_s", "max_lease_s"}, "idempotency")
-    storage = rd.string(raw, "storage", "idempotency.storage", "global")
-    if storage not in IDEMPOTENCY_STORAGE:
-        rd.bad("idempotency.storage", f"must be global or regional; got {storage!r}")
-        storage = "global"
-    retention = rd.number(
-        raw, "retention_s", "idempotency.retention_s", 86_400.0, low=1, high=30 * 86_400
-    )
-    default_lease = rd.number(
-        raw, "default_lease_s", "idempotency.default_lease_s", 30.0, low=0.1, high=86_400
-    )
-    max_lease = rd.number(
-        raw, "max_lease_s", "idempotency.max_lease_s", 300.0, low=0.1, high=86_400
-    )
-    if default_lease > max_lease:
-        rd.bad("idempotency.default_lease_s", "must be at most idempotency.max_lease_s")
-    if max_lease > retention:
-        rd.bad("idempotency.max_lease_s", "must be at most idempotency.retention_s")
-    return IdempotencyConfig(
-        storage=storage,
-        retention_s=float(retention),
-        default_lease_s=float(default_lease),
-        max_lease_s=float(max_lease),
-    )
-
-
 #: Localities this version serves.
 SERVED_LOCALITIES = (Locality.GLOBAL, Locality.REPLICATED)
 MAX_VALUE_BYTES = 8 << 20
 
 
-def _keyspaces(rd: _Reader, raw: Any) -> list[Keyspace]:
+def _keyspaces(rd: Reader, raw: Any) -> list[Keyspace]:
     if not isinstance(raw, list):
         rd.bad("keyspace", "must be an array of [[keyspace]] tables")
         return []
@@ -420,7 +217,7 @@ def _keyspaces(rd: _Reader, raw: Any) -> list[Keyspace]:
 
 
 def _sandbox(
-    rd: _Reader, raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path
+    rd: Reader, raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path
 ) -> SandboxConfig:
     rd.known(raw, {"workdir", "base_port", "nats_server", "ready_timeout_s"}, "sandbox")
     workdir = Path(rd.string(raw, "workdir", "sandbox.workdir", ".meridian/sandbox"))
@@ -461,7 +258,7 @@ def _sandbox(
     )
 
 
-def _regions(rd: _Reader, raw: Any, base_port: int) -> list[RegionConfig]:
+def _regions(rd: Reader, raw: Any, base_port: int) -> list[RegionConfig]:
     if raw is None:
         raw = [{"name": n} for n in DEFAULT_REGIONS]
     if not isinstance(raw, list) or not raw:
@@ -541,7 +338,7 @@ def _regions(rd: _Reader, raw: Any, base_port: int) -> list[RegionConfig]:
     return regions
 
 
-def _wan(rd: _Reader, raw: Mapping[str, Any], names: list[str], base_port: int) -> WanConfig:
+def _wan(rd: Reader, raw: Mapping[str, Any], names: list[str], base_port: int) -> WanConfig:
     rd.known(raw, {"control_port", "proxy_base_port", "jitter_ms", "link"}, "wan")
     control = rd.port(raw, "control_port", "wan.control_port", base_port + 990)
     proxy_base = rd.port(raw, "proxy_base_port", "wan.proxy_base_port", base_port + 900)
@@ -599,7 +396,7 @@ def _wan(rd: _Reader, raw: Mapping[str, Any], names: list[str], base_port: int) 
     return WanConfig(control_port=control, proxy_base_port=proxy_base, links=ordered)
 
 
-def _agent(rd: _Reader, raw: Mapping[str, Any]) -> AgentConfig:
+def _agent(rd: Reader, raw: Mapping[str, Any]) -> AgentConfig:
     keys = {"status_interval_s", "peer_timeout_s", "quorum_timeout_s", "shutdown_grace_s"}
     rd.known(raw, keys | {"log_level", "regional_replicas"}, "agent")
     regional = rd.number(raw, "regional_replicas", "agent.regional_replicas", 1, low=1, high=5)
@@ -627,7 +424,7 @@ def _agent(rd: _Reader, raw: Mapping[str, Any]) -> AgentConfig:
     )
 
 
-def _telemetry(rd: _Reader, raw: Mapping[str, Any]) -> TelemetryConfig:
+def _telemetry(rd: Reader, raw: Mapping[str, Any]) -> TelemetryConfig:
     rd.known(raw, {"exporter", "otlp_endpoint"}, "telemetry")
     exporter = rd.string(raw, "exporter", "telemetry.exporter", "none")
     if exporter not in EXPORTERS:
@@ -637,7 +434,7 @@ def _telemetry(rd: _Reader, raw: Mapping[str, Any]) -> TelemetryConfig:
     return TelemetryConfig(exporter=exporter, otlp_endpoint=endpoint)
 
 
-def _check_port_clashes(rd: _Reader, regions: list[RegionConfig], wan: WanConfig) -> None:
+def _check_port_clashes(rd: Reader, regions: list[RegionConfig], wan: WanConfig) -> None:
     owners: dict[int, str] = {}
 
     def claim(port: int, label: str) -> None:

@@ -1,0 +1,68 @@
+"""Walking the raw TOML tables while collecting every violation (see :mod:`meridian.config`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from meridian.core.errors import FieldViolation
+
+
+class Reader:
+    """Walks the raw TOML tables, collecting violations instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.violations: list[FieldViolation] = []
+
+    def bad(self, path: str, rule: str) -> None:
+        self.violations.append(FieldViolation(path, rule))
+
+    def table(self, raw: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
+        value = raw.get(key, {})
+        if not isinstance(value, Mapping):
+            self.bad(path, f"must be a table, got {type(value).__name__}")
+            return {}
+        return value
+
+    def known(self, raw: Mapping[str, Any], allowed: set[str], path: str) -> None:
+        for key in raw:
+            if key not in allowed:
+                where = f"{path}.{key}" if path else key
+                choices = ", ".join(sorted(allowed))
+                self.bad(where, f"unknown setting; allowed here: {choices}")
+
+    def number(
+        self,
+        raw: Mapping[str, Any],
+        key: str,
+        path: str,
+        default: float,
+        *,
+        low: float,
+        high: float,
+    ) -> float:
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.bad(path, f"must be a number, got {value!r}")
+            return default
+        if not low <= value <= high:
+            self.bad(path, f"must be between {low:g} and {high:g}, got {value!r}")
+            return default
+        return float(value)
+
+    def port(self, raw: Mapping[str, Any], key: str, path: str, default: int) -> int:
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.bad(path, f"must be an integer port, got {value!r}")
+            return default
+        if not 1 <= value <= 65535:
+            self.bad(path, f"port must be between 1 and 65535, got {value}")
+            return default
+        return value
+
+    def string(self, raw: Mapping[str, Any], key: str, path: str, default: str) -> str:
+        value = raw.get(key, default)
+        if not isinstance(value, str):
+            self.bad(path, f"must be a string, got {value!r}")
+            return default
+        return value
