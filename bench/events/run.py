@@ -12,9 +12,9 @@ from pathlib import Path
 from bench.common import until
 from bench.events import idem, lag, publish
 from bench.state import latency, load, native
+from bench.state.agent import agent_pid, handler_time, watched
 from bench.state.profile import Profiler
 from bench.state.report import Report, Row
-from bench.state.run import agent_pid, handler_time, watched
 from bench.state.sandbox import BenchSandbox
 from bench.state.stats import CpuUsage, Summary
 from meridian.client import MeridianClient

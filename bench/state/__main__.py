@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 from bench.common import RESULTS, drive, stamp
+from bench.state.agent import Settings
 from bench.state.profile import Profiler
-from bench.state.run import Settings, measure
+from bench.state.run import measure
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
