@@ -227,6 +227,48 @@ func TestCompareAndSet(t *testing.T) {
 	}
 }
 
+func TestPutManyAndGetManyHavePerItemResults(t *testing.T) {
+	st := usEast(t).State()
+	ctx := context.Background()
+	base := newKey(t)
+	first, err := st.Put(ctx, globalKS, base+"-cas", []byte("1"))
+	check(t, "Put", err)
+	_, err = st.Put(ctx, globalKS, base+"-cas", []byte("2"), meridian.IfRevision(first.Revision))
+	check(t, "Put at the current revision", err)
+	stale := first.Revision
+	puts := []meridian.PutItem{
+		{Keyspace: globalKS, Key: base + "-a", Value: []byte("a")},
+		{Keyspace: globalKS, Key: base + "-cas", Value: []byte("lost"), IfRevision: &stale},
+		{Keyspace: globalKS, Key: base + "-b", Value: []byte("b")},
+	}
+	ws, err := st.PutMany(ctx, puts)
+	check(t, "PutMany", err)
+	if len(ws) != 3 || ws[0].Err != nil || ws[2].Err != nil || ws[0].Revision == 0 {
+		t.Fatalf("PutMany = %+v", ws)
+	}
+	var merr *meridian.Error
+	if !errors.Is(ws[1].Err, meridian.ErrConflict) || !errors.As(ws[1].Err, &merr) || merr.CurrentRevision <= stale {
+		t.Fatalf("the lost CAS in a batch: %v, want ErrConflict with a newer revision", ws[1].Err)
+	}
+	rs, err := st.GetMany(ctx, globalKS, []string{base + "-a", base + "-missing", base + "-b"}, meridian.Strong())
+	check(t, "GetMany", err)
+	if len(rs) != 3 || rs[0].Err != nil || string(rs[0].Value) != "a" || rs[0].Revision != ws[0].Revision ||
+		string(rs[2].Value) != "b" || !errors.Is(rs[1].Err, meridian.ErrNotFound) {
+		t.Fatalf("GetMany = %+v", rs)
+	}
+	// One bad Put refuses the batch, naming it, and writes nothing.
+	_, err = st.PutMany(ctx, []meridian.PutItem{
+		{Keyspace: globalKS, Key: base + "-c", Value: []byte("c")},
+		{Keyspace: "no-such-keyspace", Key: "k", Value: []byte("x")},
+	})
+	if !errors.Is(err, meridian.ErrInvalidArgument) || !errors.As(err, &merr) || merr.Field != "puts[1].keyspace" {
+		t.Fatalf("a bad Put in a batch: %v, want ErrInvalidArgument on puts[1].keyspace", err)
+	}
+	if _, err := st.Get(ctx, globalKS, base+"-c"); !errors.Is(err, meridian.ErrNotFound) {
+		t.Fatalf("Get after the refused batch: %v, want ErrNotFound", err)
+	}
+}
+
 func TestCreateOnExistingKeyConflicts(t *testing.T) {
 	st := usEast(t).State()
 	ctx := context.Background()

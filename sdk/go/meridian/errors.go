@@ -9,6 +9,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	meridianv1 "github.com/meridian-rt/meridian/sdk/go/meridianpb/v1"
 )
 
 // Code is a stable Meridian error code. The agent sends it with every error
@@ -195,6 +197,11 @@ func fromRPC(err error, trailer metadata.MD) *Error {
 		}
 	}
 	return e
+}
+
+// fromItem is the typed error of one item of a GetMany or PutMany.
+func fromItem(e *meridianv1.ItemError) *Error {
+	return &Error{Code: Code(e.GetCode()), Message: e.GetMessage(), CurrentRevision: e.GetCurrentRevision()}
 }
 
 // violations parses the agent's INVALID_ARGUMENT message,

@@ -186,6 +186,84 @@ func (s *State) Get(ctx context.Context, keyspace, key string, opts ...ReadOptio
 	}, nil
 }
 
+// ManyRead is one key's outcome in GetMany: its ReadResult, or its own error
+// (ErrNotFound for a missing key).
+type ManyRead struct {
+	ReadResult
+	Err error
+}
+
+// GetMany reads up to 1000 keys of one keyspace at one consistency in one
+// call, for throughput; the results are in the order of keys, each as Get
+// would have read it. A missing key is that key's ErrNotFound. A bad request
+// (keyspace, consistency, a key) fails the whole call with
+// ErrInvalidArgument naming the field ("keys[i]").
+func (s *State) GetMany(ctx context.Context, keyspace string, keys []string, opts ...ReadOption) ([]ManyRead, error) {
+	var o readOptions
+	for _, opt := range opts {
+		opt.applyRead(&o)
+	}
+	req := &meridianv1.GetManyRequest{Keyspace: keyspace, Keys: keys}
+	if o.consistency != nil {
+		req.Consistency = o.consistency.proto()
+	}
+	resp, err := unary(ctx, s.rpc.GetMany, req)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]ManyRead, len(resp.GetResults()))
+	for i, r := range resp.GetResults() {
+		if e := r.GetError(); e != nil {
+			out[i].Err = fromItem(e)
+			continue
+		}
+		g := r.GetResponse()
+		out[i].ReadResult = ReadResult{Entry: entryFrom(g.GetEntry()), Served: Level(g.GetServed()),
+			StalenessBound: g.GetStalenessBound().AsDuration()}
+	}
+	return out, nil
+}
+
+// PutItem is one write of PutMany, with the arguments of Put.
+type PutItem struct {
+	Keyspace string
+	Key      string
+	Value    []byte
+	// IfRevision, when set, makes the write a compare-and-set (global keyspaces).
+	IfRevision *uint64
+}
+
+// ManyWrite is one write's outcome in PutMany: its WriteResult, or its own
+// error (ErrConflict with the current revision, ErrQuorumUnavailable, ...).
+type ManyWrite struct {
+	WriteResult
+	Err error
+}
+
+// PutMany makes up to 1000 independent Puts (8 MiB of values in all) in one
+// call, for throughput; not a transaction. Every Put is checked first: a bad
+// one fails the call with ErrInvalidArgument naming "puts[i].<field>", and
+// nothing is written. Then each is written, with its own result, in order.
+func (s *State) PutMany(ctx context.Context, puts []PutItem) ([]ManyWrite, error) {
+	req := &meridianv1.PutManyRequest{Puts: make([]*meridianv1.PutRequest, len(puts))}
+	for i, p := range puts {
+		req.Puts[i] = &meridianv1.PutRequest{Keyspace: p.Keyspace, Key: p.Key, Value: p.Value, IfRevision: p.IfRevision}
+	}
+	resp, err := unary(ctx, s.rpc.PutMany, req)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]ManyWrite, len(resp.GetResults()))
+	for i, r := range resp.GetResults() {
+		if e := r.GetError(); e != nil {
+			out[i].Err = fromItem(e)
+			continue
+		}
+		out[i].WriteResult = writeFrom(r.GetWritten())
+	}
+	return out, nil
+}
+
 // WriteOption configures Put and Delete.
 type WriteOption func(*writeOptions)
 

@@ -187,6 +187,42 @@ impl Error {
         )
     }
 
+    /// The error of one item of a `get_many` or `put_many`.
+    pub(crate) fn from_item(e: crate::pb::ItemError) -> Self {
+        Self::from_code(&e.code, e.message, e.current_revision)
+    }
+
+    /// The error a stable code stands for (INVALID_ARGUMENT without its field).
+    fn from_code(code: &str, message: String, current_revision: u64) -> Self {
+        match code {
+            "INVALID_ARGUMENT" => Error::InvalidArgument {
+                field: "request".into(),
+                rule: message,
+            },
+            "NOT_FOUND" => Error::NotFound { message },
+            "CONFLICT" => Error::Conflict {
+                current_revision,
+                message,
+            },
+            "CLOCK_SKEW" => Error::ClockSkew { message },
+            "QUORUM_UNAVAILABLE" => Error::QuorumUnavailable { message },
+            "UNAVAILABLE" => Error::Unavailable { message },
+            "DEADLINE_EXCEEDED" => Error::DeadlineExceeded { message },
+            "INTERNAL" => Error::Internal { message },
+            "FENCED" => Error::Fenced { message },
+            "IDEMPOTENCY_IN_PROGRESS" => Error::IdempotencyInProgress {
+                message,
+                lease_expires_at: None,
+            },
+            "IDEMPOTENCY_MISMATCH" => Error::IdempotencyMismatch { message },
+            "RESOURCE_EXHAUSTED" => Error::ResourceExhausted { message },
+            code => Error::Other {
+                code: code.to_owned(),
+                message,
+            },
+        }
+    }
+
     pub(crate) fn deadline(message: impl Into<String>) -> Self {
         Error::DeadlineExceeded {
             message: message.into(),
@@ -214,29 +250,13 @@ impl From<tonic::Status> for Error {
                     .to_owned();
                 Error::InvalidArgument { field, rule }
             }
-            Some("NOT_FOUND") => Error::NotFound { message },
-            Some("CONFLICT") => Error::Conflict {
-                current_revision: text(md, CURRENT_REVISION_METADATA)
+            Some(code) if !code.is_empty() => Error::from_code(
+                code,
+                message,
+                text(md, CURRENT_REVISION_METADATA)
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0),
-                message,
-            },
-            Some("CLOCK_SKEW") => Error::ClockSkew { message },
-            Some("QUORUM_UNAVAILABLE") => Error::QuorumUnavailable { message },
-            Some("UNAVAILABLE") => Error::Unavailable { message },
-            Some("DEADLINE_EXCEEDED") => Error::DeadlineExceeded { message },
-            Some("INTERNAL") => Error::Internal { message },
-            Some("FENCED") => Error::Fenced { message },
-            Some("IDEMPOTENCY_IN_PROGRESS") => Error::IdempotencyInProgress {
-                message,
-                lease_expires_at: None,
-            },
-            Some("IDEMPOTENCY_MISMATCH") => Error::IdempotencyMismatch { message },
-            Some("RESOURCE_EXHAUSTED") => Error::ResourceExhausted { message },
-            Some(code) if !code.is_empty() => Error::Other {
-                code: code.to_owned(),
-                message,
-            },
+            ),
             _ => match status.code() {
                 tonic::Code::DeadlineExceeded => Error::DeadlineExceeded { message },
                 // tonic reports its own enforcement of `grpc-timeout` as CANCELLED.

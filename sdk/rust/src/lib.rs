@@ -94,7 +94,7 @@ pub use invocation::{Invoke, InvokeResponse};
 pub use registry::{
     Instance, InstanceHealth, InstanceStatus, Lease, Protocol, Registration, RegistryClient,
 };
-pub use state::{StateClient, WatchStream};
+pub use state::{PutItem, StateClient, WatchStream};
 pub use types::{
     Consistency, Entry, Health, Page, ReadLevel, ReadResult, ServingStatus, Sibling, WatchEvent,
     WatchKind, WriteResult,

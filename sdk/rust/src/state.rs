@@ -80,6 +80,57 @@ impl StateClient {
         }
     }
 
+    /// Reads up to 1000 keys of `keyspace` at `consistency` in one call, for
+    /// throughput. Resolves to one result per key, in order: its
+    /// [`ReadResult`], or its own error ([`Error::NotFound`] for a missing
+    /// key). A bad request (keyspace, consistency, a key) fails the whole call
+    /// with [`Error::InvalidArgument`] naming the field (`keys[i]`).
+    pub fn get_many<I, S>(
+        &self,
+        keyspace: impl Into<String>,
+        keys: I,
+        consistency: Consistency,
+    ) -> GetMany
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        GetMany {
+            client: self.clone(),
+            options: self.options(),
+            request: pb::GetManyRequest {
+                keyspace: keyspace.into(),
+                keys: keys.into_iter().map(Into::into).collect(),
+                consistency: Some(consistency.to_proto()),
+            },
+        }
+    }
+
+    /// Makes up to 1000 independent Puts (8 MiB of values in all) in one call,
+    /// for throughput; not a transaction. Every Put is checked first: a bad
+    /// one fails the call with [`Error::InvalidArgument`] naming
+    /// `puts[i].<field>`, and nothing is written. Resolves to one result per
+    /// Put, in order: its [`WriteResult`], or its own error
+    /// ([`Error::Conflict`] with the current revision, ...).
+    pub fn put_many(&self, puts: impl IntoIterator<Item = PutItem>) -> PutMany {
+        PutMany {
+            client: self.clone(),
+            options: self.options(),
+            request: pb::PutManyRequest {
+                puts: puts
+                    .into_iter()
+                    .map(|p| pb::PutRequest {
+                        keyspace: p.keyspace,
+                        key: p.key,
+                        value: p.value,
+                        if_revision: p.if_revision,
+                        supersedes: Vec::new(),
+                    })
+                    .collect(),
+            },
+        }
+    }
+
     /// Writes `key`; resolves to the new revision and HLC. With
     /// [`Put::if_revision`] it is a compare-and-set.
     pub fn put(
@@ -313,6 +364,70 @@ unary_call!(Get, get, ReadResult, |response| {
         staleness_bound: duration_from_proto(response.staleness_bound),
     })
 });
+
+call! {
+    /// A batch of reads; see [`StateClient::get_many`].
+    GetMany(pb::GetManyRequest)
+}
+unary_call!(
+    GetMany,
+    get_many,
+    Vec<Result<ReadResult, Error>>,
+    |response| {
+        Ok(response
+            .results
+            .into_iter()
+            .map(|r| match r.result {
+                Some(pb::get_many_result::Result::Response(g)) => Ok(ReadResult {
+                    entry: Entry::from_proto(g.entry.unwrap_or_default()),
+                    served: read_level(g.served),
+                    staleness_bound: duration_from_proto(g.staleness_bound),
+                }),
+                Some(pb::get_many_result::Result::Error(e)) => Err(Error::from_item(e)),
+                None => Err(Error::Internal {
+                    message: "GetMany answered an item without a result".into(),
+                }),
+            })
+            .collect())
+    }
+);
+
+call! {
+    /// A batch of writes; see [`StateClient::put_many`].
+    PutMany(pb::PutManyRequest)
+}
+unary_call!(
+    PutMany,
+    put_many,
+    Vec<Result<WriteResult, Error>>,
+    |response| {
+        Ok(response
+            .results
+            .into_iter()
+            .map(|r| match r.result {
+                Some(pb::put_many_result::Result::Written(w)) => Ok(w.into()),
+                Some(pb::put_many_result::Result::Error(e)) => Err(Error::from_item(e)),
+                None => Err(Error::Internal {
+                    message: "PutMany answered an item without a result".into(),
+                }),
+            })
+            .collect())
+    }
+);
+
+/// One write of [`StateClient::put_many`], with the arguments of
+/// [`StateClient::put`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PutItem {
+    /// The keyspace.
+    pub keyspace: String,
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: Vec<u8>,
+    /// A compare-and-set at this revision (`global` keyspaces).
+    pub if_revision: Option<u64>,
+}
 
 call! {
     /// A write; see [`StateClient::put`].

@@ -19,8 +19,8 @@ use futures_util::{StreamExt, TryStreamExt};
 use meridian::canonical::PayloadKind;
 use meridian::{
     Client, Consistency, Delivery, Error, Instance, InstanceHealth, InstanceStatus, InvokeResponse,
-    OnceError, Outcome, OutgoingEvent, Protocol, Published, ReadLevel, ServingStatus, Source,
-    Start, StoredResponse, Subscription, WatchKind,
+    OnceError, Outcome, OutgoingEvent, Protocol, Published, PutItem, ReadLevel, ServingStatus,
+    Source, Start, StoredResponse, Subscription, WatchKind,
 };
 use opentelemetry::trace::{
     FutureExt as _, SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
@@ -204,6 +204,88 @@ async fn put_then_get_at_each_consistency() {
     .unwrap();
     assert_eq!(read.entry.value, b"c1");
     assert_eq!(read.entry.hlc, w.hlc);
+}
+
+#[tokio::test]
+async fn put_many_and_get_many_have_per_item_results() {
+    let state = us_east().await.state();
+    let base = unique("many");
+    let first = ok(
+        state
+            .put(GLOBAL, format!("{base}-cas"), b"1".to_vec())
+            .await,
+        "put",
+    );
+    let newer = ok(
+        state
+            .put(GLOBAL, format!("{base}-cas"), b"2".to_vec())
+            .if_revision(first.revision)
+            .await,
+        "cas",
+    );
+    let item = |suffix: &str, value: &[u8], if_revision: Option<u64>| PutItem {
+        keyspace: GLOBAL.into(),
+        key: format!("{base}-{suffix}"),
+        value: value.to_vec(),
+        if_revision,
+    };
+    let written = ok(
+        state
+            .put_many([
+                item("a", b"a", None),
+                item("cas", b"lost", Some(first.revision)),
+                item("b", b"b", None),
+            ])
+            .await,
+        "put_many",
+    );
+    assert_eq!(written.len(), 3);
+    let a = written[0].as_ref().expect("a written").revision;
+    assert!(written[2].is_ok(), "{:?}", written[2]);
+    match &written[1] {
+        Err(Error::Conflict {
+            current_revision, ..
+        }) => assert_eq!(*current_revision, newer.revision),
+        other => panic!("the lost CAS in a batch: {other:?}"),
+    }
+    let keys = ["a", "missing", "b"].map(|k| format!("{base}-{k}"));
+    let read = ok(
+        state.get_many(GLOBAL, keys, Consistency::Strong).await,
+        "get_many",
+    );
+    assert_eq!(read.len(), 3);
+    let got = read[0].as_ref().expect("a read");
+    assert_eq!(
+        (got.entry.value.as_slice(), got.entry.revision),
+        (&b"a"[..], a)
+    );
+    assert!(
+        matches!(read[1], Err(Error::NotFound { .. })),
+        "{:?}",
+        read[1]
+    );
+    assert_eq!(read[2].as_ref().expect("b read").entry.value, b"b");
+    // One bad Put refuses the whole batch, naming it, and writes nothing.
+    match state
+        .put_many([
+            item("c", b"c", None),
+            PutItem {
+                keyspace: "no-such-keyspace".into(),
+                key: "k".into(),
+                ..Default::default()
+            },
+        ])
+        .await
+    {
+        Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "puts[1].keyspace"),
+        other => panic!("a bad Put in a batch: {other:?}"),
+    }
+    assert!(matches!(
+        state
+            .get(GLOBAL, format!("{base}-c"), Consistency::Strong)
+            .await,
+        Err(Error::NotFound { .. })
+    ));
 }
 
 #[tokio::test]
