@@ -83,15 +83,7 @@ func main() {
 	var publishers []pb.EventServiceClient // grpc-publish-stream: one stream per connection
 	switch *mode {
 	case "grpc-get", "grpc-put":
-		stubs := make([]pb.StateServiceClient, *conns)
-		for n := range stubs {
-			cc, err := grpc.NewClient(*target, grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				fail(err)
-			}
-			closers = append(closers, cc)
-			stubs[n] = pb.NewStateServiceClient(cc)
-		}
+		stubs := dial(*target, *conns, &closers, pb.NewStateServiceClient)
 		if *mode == "grpc-get" {
 			req := &pb.GetRequest{Keyspace: *keyspace, Key: *key,
 				Consistency: &pb.Consistency{Level: pb.Consistency_LEVEL_EVENTUAL}}
@@ -113,15 +105,7 @@ func main() {
 	case "grpc-get-many", "grpc-put-many":
 		// StateService GetMany (EVENTUAL, -batch distinct keys <key>-0, -1, ...) or
 		// PutMany (-batch new keys per call); a call counts as -batch reads or writes.
-		stubs := make([]pb.StateServiceClient, *conns)
-		for n := range stubs {
-			cc, err := grpc.NewClient(*target, grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				fail(err)
-			}
-			closers = append(closers, cc)
-			stubs[n] = pb.NewStateServiceClient(cc)
-		}
+		stubs := dial(*target, *conns, &closers, pb.NewStateServiceClient)
 		if *mode == "grpc-get-many" {
 			keys := make([]string, *batch)
 			for j := range keys {
@@ -202,15 +186,7 @@ func main() {
 	case "grpc-publish":
 		// Unary EventService.Publish; each caller publishes under an event key of its
 		// own (order is kept per key), every event id distinct.
-		stubs := make([]pb.EventServiceClient, *conns)
-		for n := range stubs {
-			cc, err := grpc.NewClient(*target, grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				fail(err)
-			}
-			closers = append(closers, cc)
-			stubs[n] = pb.NewEventServiceClient(cc)
-		}
+		stubs := dial(*target, *conns, &closers, pb.NewEventServiceClient)
 		payload := []byte(*value)
 		op = func(ctx context.Context, c, i int) (int, error) {
 			resp, err := stubs[c%len(stubs)].Publish(ctx, &pb.PublishRequest{
@@ -224,15 +200,7 @@ func main() {
 	case "grpc-publish-batch":
 		// EventService.PublishBatch: each caller sends -batch events per call under
 		// an event key of its own; a call counts as -batch publishes.
-		stubs := make([]pb.EventServiceClient, *conns)
-		for n := range stubs {
-			cc, err := grpc.NewClient(*target, grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				fail(err)
-			}
-			closers = append(closers, cc)
-			stubs[n] = pb.NewEventServiceClient(cc)
-		}
+		stubs := dial(*target, *conns, &closers, pb.NewEventServiceClient)
 		payload := []byte(*value)
 		op = func(ctx context.Context, c, i int) (int, error) {
 			req := &pb.PublishBatchRequest{Events: make([]*pb.PublishRequest, *batch)}
@@ -255,14 +223,7 @@ func main() {
 			return *batch, nil
 		}
 	case "grpc-publish-stream":
-		for n := 0; n < *conns; n++ {
-			cc, err := grpc.NewClient(*target, grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				fail(err)
-			}
-			closers = append(closers, cc)
-			publishers = append(publishers, pb.NewEventServiceClient(cc))
-		}
+		publishers = dial(*target, *conns, &closers, pb.NewEventServiceClient)
 	default:
 		fail(fmt.Errorf("unknown -mode %q", *mode))
 	}
@@ -442,6 +403,21 @@ func startStreams(stubs []pb.EventServiceClient, topic, prefix string, payload [
 		}()
 	}
 	return callers
+}
+
+// dial opens n gRPC connections to target, each closed at the end (closers),
+// and makes a stub on each.
+func dial[T any](target string, n int, closers *[]io.Closer, stub func(grpc.ClientConnInterface) T) []T {
+	out := make([]T, n)
+	for i := range out {
+		cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			fail(err)
+		}
+		*closers = append(*closers, cc)
+		out[i] = stub(cc)
+	}
+	return out
 }
 
 func fail(err error) {
