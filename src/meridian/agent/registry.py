@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -109,6 +109,9 @@ class RegistryComponent:
         self._suspects: dict[str, float] = {}
         self._session: aiohttp.ClientSession | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
+        #: Told when the last lease of an endpoint goes (the router closes its
+        #: connections there too).
+        self.on_endpoint_gone: Callable[[str], Awaitable[None]] | None = None
         self._announce_now = asyncio.Event()
         #: service -> (when, instances): the router's view, briefly cached.
         self._views: dict[str, tuple[float, list[InstanceView]]] = {}
@@ -310,10 +313,21 @@ class RegistryComponent:
     async def _withdraw(self, lease: _Lease) -> None:
         if lease.checker is not None:
             lease.checker.cancel()
+        endpoint = lease.reg.endpoint
+        if not any(other.reg.endpoint == endpoint for other in self._leases.values()):
+            channel = self._channels.pop(endpoint, None)
+            if channel is not None:
+                await channel.close()
+            if self.on_endpoint_gone is not None:
+                await self.on_endpoint_gone(endpoint)
         try:
             await self.streams.withdraw(lease.instance_id)
         except Exception as exc:
             log.info("cannot withdraw %s: %s", lease.instance_id, exc)
+
+    def health_channels(self) -> list[str]:
+        """The endpoints this agent holds a gRPC health-check channel to."""
+        return sorted(self._channels)
 
     async def _announce_loop(self) -> None:
         interval = self.config.announce_interval_s

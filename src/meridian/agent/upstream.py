@@ -46,6 +46,17 @@ class Upstream:
         for channel in self._channels.values():
             await channel.close()
 
+    async def forget(self, endpoint: str) -> None:
+        """No instance is at ``endpoint`` any more: close the gRPC channel there
+        (pooled HTTP connections to it close after their keep-alive)."""
+        channel = self._channels.pop(endpoint, None)
+        if channel is not None:
+            await channel.close()
+
+    def grpc_channels(self) -> list[str]:
+        """The endpoints this agent holds a gRPC channel to, for calls."""
+        return sorted(self._channels)
+
     async def call(
         self, call: Call, policy: ResiliencePolicy, deadline: float, view: InstanceView
     ) -> Reply:
