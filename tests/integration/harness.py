@@ -90,3 +90,23 @@ async def http_post(url: str, body: Any) -> tuple[int, Any]:
     kwargs: dict[str, Any] = {"data": body} if isinstance(body, bytes | str) else {"json": body}
     async with aiohttp.ClientSession() as session, session.post(url, **kwargs) as resp:
         return resp.status, await resp.json(content_type=None)
+
+
+@contextlib.asynccontextmanager
+async def ready_agent(config: MeridianConfig, *, state: bool = False) -> AsyncIterator[Agent]:
+    """:func:`running_agent`, once its event streams (or, with ``state``, every
+    keyspace) are ready."""
+    from tests.conftest import eventually
+
+    async with running_agent(config) as agent:
+        if state:
+            await eventually(
+                lambda: asyncio.sleep(0, all(r.ready for r in agent.state.replicas.values())),
+                bool,
+                what="keyspaces ready",
+            )
+        else:
+            await eventually(
+                lambda: asyncio.sleep(0, agent.events.ready), bool, what="event streams ready"
+            )
+        yield agent

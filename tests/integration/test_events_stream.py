@@ -13,7 +13,6 @@ JetStream cluster.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import itertools
 from collections.abc import AsyncIterator, Iterable
@@ -30,8 +29,7 @@ from meridian.config import MeridianConfig
 from meridian.core import events as ev
 from meridian.core.errors import InvalidArgumentError
 from meridian.testing.nats_server import NatsCluster
-from tests.conftest import eventually
-from tests.integration.harness import agent_config, http_post, running_agent
+from tests.integration.harness import agent_config, http_post, ready_agent
 
 _seq = itertools.count()
 NAME = "meridian_events_published_total"
@@ -54,10 +52,7 @@ def config(cluster: NatsCluster) -> MeridianConfig:
 
 @pytest.fixture
 async def agent(config: MeridianConfig) -> AsyncIterator[Agent]:
-    async with running_agent(config) as agent:
-        await eventually(
-            lambda: asyncio.sleep(0, agent.events.ready), bool, what="event streams ready"
-        )
+    async with ready_agent(config) as agent:
         yield agent
 
 

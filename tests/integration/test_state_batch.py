@@ -5,7 +5,6 @@ item (or a batch too large) refused whole, with nothing written."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import itertools
 from collections.abc import AsyncIterator
@@ -20,7 +19,7 @@ from meridian.config import MeridianConfig
 from meridian.core.errors import ConflictError, InvalidArgumentError, NotFoundError
 from meridian.testing.nats_server import NatsCluster
 from tests.conftest import eventually
-from tests.integration.harness import agent_config, http_post, running_agent
+from tests.integration.harness import agent_config, http_post, ready_agent
 
 KEYSPACES = [
     {"name": "accounts"},
@@ -42,12 +41,7 @@ def cluster() -> Any:
 @pytest.fixture
 async def agent(cluster: NatsCluster) -> AsyncIterator[tuple[Agent, MeridianConfig]]:
     config = agent_config(cluster, peers=("eu-west", "ap-south"), keyspaces=KEYSPACES)
-    async with running_agent(config) as agent:
-        await eventually(
-            lambda: asyncio.sleep(0, all(r.ready for r in agent.state.replicas.values())),
-            bool,
-            what="keyspaces ready",
-        )
+    async with ready_agent(config, state=True) as agent:
         yield agent, config
 
 
