@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from meridian.client import Bounded, Entry, Eventual, MeridianClient
-from meridian.core.errors import NotFoundError, UnavailableError
+from meridian.client import Bounded, Entry, Eventual, MeridianClient, PutItem
+from meridian.core.errors import MeridianError, NotFoundError, UnavailableError
 from meridian.sandbox.wan_control import WanClient
 from tests.conftest import eventually
 from tests.e2e.conftest import REGIONS, SandboxHandle, ready_clients
@@ -69,6 +69,39 @@ async def test_a_write_in_one_region_reaches_the_others(
     assert results["ap-south"] is not None
     assert results["ap-south"].value == b"cart-1"
     assert results["ap-south"].region == "us-east"
+
+
+async def test_a_put_many_across_localities_reaches_every_region(
+    clients: dict[str, MeridianClient],
+) -> None:
+    key = f"many.{time.monotonic_ns()}"
+    written = await clients["eu-west"].put_many(
+        [
+            PutItem("carts", key, b"cart"),
+            PutItem("notes", key, b"note"),
+            PutItem("accounts", key, b"42"),
+        ]
+    )
+    assert all(isinstance(w, int) for w in written), written
+    # A multi-get in another region: each key as that region's view has it.
+    got = await eventually(
+        lambda: clients["ap-south"].get_many("carts", [key, f"{key}.none"], consistency=Eventual()),
+        lambda rs: not isinstance(rs[0], NotFoundError),
+        what="the batch's replicated write in ap-south",
+    )
+    first = got[0]
+    assert not isinstance(first, MeridianError), first
+    assert (first.entry.value, first.entry.region, first.served) == (b"cart", "eu-west", "eventual")
+    assert isinstance(got[1], NotFoundError)
+    (note,) = await eventually(
+        lambda: clients["us-east"].get_many("notes", [key], consistency=Eventual()),
+        lambda rs: not isinstance(rs[0], NotFoundError),
+        what="the batch's multi_value write in us-east",
+    )
+    assert not isinstance(note, MeridianError) and note.entry.value == b"note"
+    (acct,) = await clients["ap-south"].get_many("accounts", [key])
+    assert not isinstance(acct, MeridianError)
+    assert (acct.entry.value, acct.served) == (b"42", "strong")
 
 
 async def test_partitioned_region_keeps_writing_and_everything_converges_after_heal(
