@@ -27,6 +27,7 @@ from meridian.backbone.events import EVENT_ID_HEADER, PUBLISHED_HEADER, TOPIC_KE
 from meridian.client import MeridianClient, OutgoingEvent, error_from_rpc
 from meridian.config import MeridianConfig
 from meridian.core import events as ev
+from meridian.core.batch import MAX_BYTES, MAX_ITEMS
 from meridian.core.errors import InvalidArgumentError
 from meridian.testing.nats_server import NatsCluster
 from tests.integration.harness import agent_config, http_post, ready_agent
@@ -283,8 +284,8 @@ async def test_one_bad_event_fails_the_batch_and_nothing_is_published(
     ("n", "payload", "rule"),
     [
         (0, b"", "at least one event"),
-        (ev.MAX_BATCH_EVENTS + 1, b"x", f"at most {ev.MAX_BATCH_EVENTS} events"),
-        (9, b"x" * (1 << 20), f"at most {ev.MAX_BATCH_PAYLOAD_BYTES} bytes in all"),
+        (MAX_ITEMS + 1, b"x", f"at most {MAX_ITEMS} events"),
+        (9, b"x" * (1 << 20), f"at most {MAX_BYTES} bytes in all"),
     ],
 )
 async def test_a_batch_too_small_or_too_large_is_refused_whole(

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from meridian.agent.app import Agent
-from meridian.api.state import MAX_BATCH_ITEMS, MAX_BATCH_VALUE_BYTES
 from meridian.client import Eventual, MeridianClient, PutItem, ReadResult, Strong
 from meridian.config import MeridianConfig
+from meridian.core.batch import MAX_BYTES, MAX_ITEMS
 from meridian.core.errors import ConflictError, InvalidArgumentError, NotFoundError
 from meridian.testing.nats_server import NatsCluster
 from tests.conftest import eventually
@@ -120,8 +120,8 @@ async def test_one_bad_put_refuses_the_batch_and_writes_nothing(
     ("n", "value", "rule"),
     [
         (0, b"", "at least one item"),
-        (MAX_BATCH_ITEMS + 1, b"x", f"at most {MAX_BATCH_ITEMS} items"),
-        (9, b"x" * (1 << 20), f"at most {MAX_BATCH_VALUE_BYTES} bytes in all"),
+        (MAX_ITEMS + 1, b"x", f"at most {MAX_ITEMS} items"),
+        (9, b"x" * (1 << 20), f"at most {MAX_BYTES} bytes in all"),
     ],
 )
 async def test_a_put_many_too_small_or_too_large_is_refused_whole(
@@ -141,7 +141,7 @@ async def test_a_put_many_too_small_or_too_large_is_refused_whole(
     ("keyspace", "keys", "field"),
     [
         ("accounts", [], "keys"),
-        ("accounts", ["k"] * (MAX_BATCH_ITEMS + 1), "keys"),
+        ("accounts", ["k"] * (MAX_ITEMS + 1), "keys"),
         ("small", ["ok", "k" * 17], "keys[1]"),
         ("nope", ["k"], "keyspace"),
     ],

@@ -35,6 +35,7 @@ from meridian.backbone.events import (
 from meridian.backbone.kv import HLC_HEADER, KV_OPERATION, REGION_HEADER
 from meridian.core import events as ev
 from meridian.core import replicated as rep
+from meridian.core.batch import MAX_ITEMS, batch_violations, indexed
 from meridian.core.errors import FieldViolation, InvalidArgumentError
 from meridian.core.hlc import Clock, HlcTimestamp
 from meridian.core.keyspace import RESERVED_KEY_PREFIX, Keyspace, Locality
@@ -162,17 +163,21 @@ class EventsApi:
     async def publish_batch(self, request: pb.PublishBatchRequest) -> pb.PublishBatchResponse:
         """PublishBatch: every event validated first (nothing published if one is
         bad), then all sent to JetStream at once; results in request order."""
-        violations = ev.batch_violations([len(e.payload) for e in request.events])
-        if len(request.events) > ev.MAX_BATCH_EVENTS:
+        violations = batch_violations(
+            "events",
+            len(request.events),
+            sum(len(e.payload) for e in request.events),
+            item="event",
+            data="payloads",
+        )
+        if len(request.events) > MAX_ITEMS:
             _check(violations)  # not worth checking each of too many
         headers: list[dict[str, str]] = []
         for i, event in enumerate(request.events):
             try:
                 headers.append(self._validated_headers(event))
             except InvalidArgumentError as exc:
-                violations += [
-                    FieldViolation(f"events[{i}].{v.field}", v.rule) for v in exc.violations
-                ]
+                violations += indexed("events", i, exc.violations)
         _check(violations)
         self.component.require_ready()
         traceparent = current_traceparent()

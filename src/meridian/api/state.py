@@ -30,6 +30,7 @@ from google.protobuf.duration_pb2 import Duration
 from meridian._pb.meridian.v1 import state_pb2
 from meridian.agent.state import GlobalReplica, ReplicatedReplica
 from meridian.core import replicated as rep
+from meridian.core.batch import batch_violations, indexed
 from meridian.core.crdt import LwwRegister, MultiValue, ORSet, PNCounter
 from meridian.core.errors import (
     ClockSkewError,
@@ -59,9 +60,6 @@ DEFAULT_SCAN_LIMIT = 100
 MAX_SCAN_LIMIT = 1000
 MAX_SET_ELEMENTS = 1000
 MAX_DELTA = 2**53 - 1
-#: Items of one GetMany or PutMany, and the bytes of a PutMany's values.
-MAX_BATCH_ITEMS = 1000
-MAX_BATCH_VALUE_BYTES = 8 << 20
 
 _LEVELS = {
     Level.LEVEL_STRONG: ReadLevel.STRONG,
@@ -107,22 +105,6 @@ def _merged(e: ReplicatedEntry) -> state_pb2.Entry:
         if siblings:
             newest = siblings[-1]
             out.value, out.hlc, out.region = newest.value, newest.hlc.to_int(), newest.region
-    return out
-
-
-def _batch_violations(field: str, n: int, value_bytes: int) -> list[FieldViolation]:
-    if n == 0:
-        return [FieldViolation(field, "must hold at least one item")]
-    out = []
-    if n > MAX_BATCH_ITEMS:
-        out.append(FieldViolation(field, f"must hold at most {MAX_BATCH_ITEMS} items, got {n}"))
-    if value_bytes > MAX_BATCH_VALUE_BYTES:
-        out.append(
-            FieldViolation(
-                field,
-                f"values must be at most {MAX_BATCH_VALUE_BYTES} bytes in all, got {value_bytes}",
-            )
-        )
     return out
 
 
@@ -215,7 +197,7 @@ class StateApi:
     async def get(self, request: state_pb2.GetRequest) -> state_pb2.GetResponse:
         replica = self._checked(request.keyspace, request.key)
         served, staleness = self._serving(
-            replica, request.keyspace, request.consistency, request.HasField("consistency")
+            replica, request.consistency, request.HasField("consistency")
         )
         return await self._read(replica, request.key, served, staleness)
 
@@ -223,7 +205,7 @@ class StateApi:
         """GetMany: every key checked first, the consistency decided once, then each
         key read as Get reads it; a key's NOT_FOUND (or other error) is its own."""
         keys = list(request.keys)
-        check(_batch_violations("keys", len(keys), 0))
+        check(batch_violations("keys", len(keys), 0, item="item", data="values"))
         replica = self._replica(request.keyspace)
         limit = replica.keyspace.key_max_bytes
         check(
@@ -234,11 +216,7 @@ class StateApi:
             ]
         )
         served, staleness = self._serving(
-            replica,
-            request.keyspace,
-            request.consistency,
-            request.HasField("consistency"),
-            n=len(keys),
+            replica, request.consistency, request.HasField("consistency"), n=len(keys)
         )
 
         async def one(key: str) -> state_pb2.GetManyResult:
@@ -258,13 +236,13 @@ class StateApi:
     def _serving(
         self,
         replica: Replica,
-        keyspace: str,
         consistency: state_pb2.Consistency,
         present: bool,
         *,
         n: int = 1,
     ) -> tuple[ReadLevel, float]:
         """What a read of ``replica`` is served at, and how stale it may be; counted ``n`` times."""
+        keyspace = replica.keyspace.name
         if isinstance(replica, ReplicatedReplica):
             want = consistency_from_proto(consistency, present, ReadLevel.EVENTUAL)
             staleness = self._replicated_staleness(replica, want)
@@ -422,16 +400,18 @@ class StateApi:
         """PutMany: every Put checked first (nothing written if one is bad), the
         clock once, then all written at once, each with its own result."""
         puts = list(request.puts)
-        check(_batch_violations("puts", len(puts), sum(len(p.value) for p in puts)))
+        check(
+            batch_violations(
+                "puts", len(puts), sum(len(p.value) for p in puts), item="item", data="values"
+            )
+        )
         replicas: list[Replica] = []
         violations: list[FieldViolation] = []
         for i, put in enumerate(puts):
             try:
                 replicas.append(self._put_checked(put))
             except InvalidArgumentError as exc:
-                violations += [
-                    FieldViolation(f"puts[{i}].{v.field}", v.rule) for v in exc.violations
-                ]
+                violations += indexed("puts", i, exc.violations)
         check(violations)
         self._clock_ok()
 

@@ -35,8 +35,6 @@ MAX_PAYLOAD_BYTES = 1 << 20
 MAX_HEADERS = 32
 MAX_HEADER_BYTES = 8 * 1024
 MAX_INVALIDATE_KEYS = 1000
-MAX_BATCH_EVENTS = 1000
-MAX_BATCH_PAYLOAD_BYTES = 8 << 20
 DEFAULT_MAX_IN_FLIGHT = 64
 MAX_IN_FLIGHT = 1024
 DEFAULT_MAX_DELIVERIES = 5
@@ -236,25 +234,3 @@ class Start:
     @property
     def is_new(self) -> bool:
         return not self.sequence and not self.time_ms
-
-
-def batch_violations(payload_sizes: list[int]) -> list[FieldViolation]:
-    """The rules of a PublishBatch as a whole (each event is checked as a Publish)."""
-    if not payload_sizes:
-        return [FieldViolation("events", "must hold at least one event")]
-    out = []
-    if len(payload_sizes) > MAX_BATCH_EVENTS:
-        out.append(
-            FieldViolation(
-                "events", f"must hold at most {MAX_BATCH_EVENTS} events, got {len(payload_sizes)}"
-            )
-        )
-    total = sum(payload_sizes)
-    if total > MAX_BATCH_PAYLOAD_BYTES:
-        out.append(
-            FieldViolation(
-                "events",
-                f"payloads must be at most {MAX_BATCH_PAYLOAD_BYTES} bytes in all, got {total}",
-            )
-        )
-    return out
