@@ -123,9 +123,7 @@ class MeridianClient:
             self._state.Get,
             state_pb2.GetRequest(keyspace=keyspace, key=key, consistency=_consistency(consistency)),
         )
-        return ReadResult(
-            _entry(resp.entry), _SERVED[resp.served], resp.staleness_bound.ToNanoseconds() / 1e9
-        )
+        return _read_result(resp)
 
     async def get_many(
         self, keyspace: str, keys: list[str], *, consistency: ReadConsistency = Strong()
@@ -138,29 +136,16 @@ class MeridianClient:
                 keyspace=keyspace, keys=keys, consistency=_consistency(consistency)
             ),
         )
-        out: list[ReadResult | MeridianError] = []
-        for r in resp.results:
-            if r.HasField("error"):
-                out.append(error_from_item(r.error))
-            else:
-                g = r.response
-                out.append(
-                    ReadResult(
-                        _entry(g.entry), _SERVED[g.served], g.staleness_bound.ToNanoseconds() / 1e9
-                    )
-                )
-        return out
+        return [
+            error_from_item(r.error) if r.HasField("error") else _read_result(r.response)
+            for r in resp.results
+        ]
 
     async def put_many(self, puts: list[PutItem]) -> list[int | MeridianError]:
         """Up to 1000 independent writes in one call (not a transaction): per write
         its new revision, or its error (ConflictError, ...). A bad write raises
         InvalidArgumentError for the whole call, and nothing is written."""
-        requests = []
-        for p in puts:
-            request = state_pb2.PutRequest(keyspace=p.keyspace, key=p.key, value=p.value)
-            if p.if_revision is not None:
-                request.if_revision = p.if_revision
-            requests.append(request)
+        requests = [_put_request(p.keyspace, p.key, p.value, p.if_revision, None) for p in puts]
         resp = await self._call(self._state.PutMany, state_pb2.PutManyRequest(puts=requests))
         return [
             error_from_item(r.error) if r.HasField("error") else int(r.written.revision)
@@ -178,11 +163,7 @@ class MeridianClient:
     ) -> int:
         """Write ``key``; returns the new revision. ConflictError if ``if_revision`` is stale.
         ``supersedes`` names the multi-value siblings (by hlc) this write resolves."""
-        request = state_pb2.PutRequest(
-            keyspace=keyspace, key=key, value=value, supersedes=supersedes or []
-        )
-        if if_revision is not None:
-            request.if_revision = if_revision
+        request = _put_request(keyspace, key, value, if_revision, supersedes)
         return int((await self._call(self._state.Put, request)).revision)
 
     async def create(self, keyspace: str, key: str, value: bytes) -> int:
@@ -391,9 +372,7 @@ class MeridianClient:
         """Publish an event; returns (sequence in this region's stream, duplicate)."""
         resp = await self._call(
             self._events.Publish,
-            events_pb2.PublishRequest(
-                topic=topic, key=key, payload=payload, event_id=event_id, headers=headers or {}
-            ),
+            _publish_request(OutgoingEvent(topic, key, payload, event_id, headers)),
         )
         return int(resp.sequence), bool(resp.duplicate)
 
@@ -403,18 +382,7 @@ class MeridianClient:
         On an error some may be stored: send the same batch again."""
         resp = await self._call(
             self._events.PublishBatch,
-            events_pb2.PublishBatchRequest(
-                events=[
-                    events_pb2.PublishRequest(
-                        topic=e.topic,
-                        key=e.key,
-                        payload=e.payload,
-                        event_id=e.event_id,
-                        headers=e.headers or {},
-                    )
-                    for e in events
-                ]
-            ),
+            events_pb2.PublishBatchRequest(events=[_publish_request(e) for e in events]),
         )
         return [(int(r.sequence), bool(r.duplicate)) for r in resp.results]
 
@@ -583,3 +551,26 @@ class MeridianClient:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _read_result(resp: state_pb2.GetResponse) -> ReadResult:
+    return ReadResult(
+        _entry(resp.entry), _SERVED[resp.served], resp.staleness_bound.ToNanoseconds() / 1e9
+    )
+
+
+def _put_request(
+    keyspace: str, key: str, value: bytes, if_revision: int | None, supersedes: list[int] | None
+) -> state_pb2.PutRequest:
+    request = state_pb2.PutRequest(
+        keyspace=keyspace, key=key, value=value, supersedes=supersedes or []
+    )
+    if if_revision is not None:
+        request.if_revision = if_revision
+    return request
+
+
+def _publish_request(e: OutgoingEvent) -> events_pb2.PublishRequest:
+    return events_pb2.PublishRequest(
+        topic=e.topic, key=e.key, payload=e.payload, event_id=e.event_id, headers=e.headers or {}
+    )

@@ -211,13 +211,19 @@ _SIMPLE: dict[str, type[MeridianError]] = {
 }
 
 
+def _typed(code: str, message: str, current_revision: int) -> MeridianError | None:
+    """The error a stable code stands for (None: INVALID_ARGUMENT or unknown)."""
+    if code == ErrorCode.CONFLICT:
+        return ConflictError(message, current_revision=current_revision)
+    simple = _SIMPLE.get(code)
+    return simple(message) if simple is not None else None
+
+
 def error_from_item(e: state_pb2.ItemError) -> MeridianError:
     """The typed error of one item of a GetMany or PutMany."""
-    if e.code == ErrorCode.CONFLICT:
-        return ConflictError(e.message, current_revision=e.current_revision)
-    if e.code in _SIMPLE:
-        return _SIMPLE[e.code](e.message)
-    return UnavailableError(f"{e.code}: {e.message}")
+    return _typed(e.code, e.message, e.current_revision) or UnavailableError(
+        f"{e.code}: {e.message}"
+    )
 
 
 def error_from_rpc(exc: grpc.aio.AioRpcError) -> MeridianError:
@@ -225,16 +231,14 @@ def error_from_rpc(exc: grpc.aio.AioRpcError) -> MeridianError:
     trailers = {k: v for k, v in (exc.trailing_metadata() or ()) if isinstance(v, str)}
     code = trailers.get("meridian-error-code", "")
     message = exc.details() or ""
-    if code == ErrorCode.CONFLICT:
-        return ConflictError(
-            message, current_revision=int(trailers.get("meridian-current-revision", "0") or 0)
-        )
     if code == ErrorCode.INVALID_ARGUMENT:
         field = trailers.get("meridian-error-field", "request")
         rule = message.split(": ", 1)[1] if message.startswith(f"{field}: ") else message
         return InvalidArgumentError(FieldViolation(field, rule))
-    if code in _SIMPLE:
-        return _SIMPLE[code](message)
+    current = int(trailers.get("meridian-current-revision", "0") or 0)
+    typed = _typed(code, message, current)
+    if typed is not None:
+        return typed
     if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceededError(message or "deadline exceeded")
     return UnavailableError(f"{exc.code().name}: {message}")

@@ -160,7 +160,11 @@ func (e *Events) Publish(ctx context.Context, topic, key string, payload []byte,
 	if err != nil {
 		return PublishResult{}, err
 	}
-	return PublishResult{Sequence: resp.GetSequence(), Region: resp.GetRegion(), Duplicate: resp.GetDuplicate()}, nil
+	return publishedFrom(resp), nil
+}
+
+func publishedFrom(r *meridianv1.PublishResponse) PublishResult {
+	return PublishResult{Sequence: r.GetSequence(), Region: r.GetRegion(), Duplicate: r.GetDuplicate()}
 }
 
 // OutgoingEvent is one event of PublishBatch, with the arguments of Publish.
@@ -190,7 +194,7 @@ func (e *Events) PublishBatch(ctx context.Context, events []OutgoingEvent) ([]Pu
 	}
 	out := make([]PublishResult, len(resp.GetResults()))
 	for i, r := range resp.GetResults() {
-		out[i] = PublishResult{Sequence: r.GetSequence(), Region: r.GetRegion(), Duplicate: r.GetDuplicate()}
+		out[i] = publishedFrom(r)
 	}
 	return out, nil
 }

@@ -167,23 +167,32 @@ func unary[Req, Resp any](ctx context.Context, call func(context.Context, Req, .
 
 // Get reads key. It fails with ErrNotFound if the key does not exist.
 func (s *State) Get(ctx context.Context, keyspace, key string, opts ...ReadOption) (ReadResult, error) {
-	var o readOptions
-	for _, opt := range opts {
-		opt.applyRead(&o)
-	}
-	req := &meridianv1.GetRequest{Keyspace: keyspace, Key: key}
-	if o.consistency != nil {
-		req.Consistency = o.consistency.proto()
-	}
+	req := &meridianv1.GetRequest{Keyspace: keyspace, Key: key, Consistency: readConsistency(opts)}
 	resp, err := unary(ctx, s.rpc.Get, req)
 	if err != nil {
 		return ReadResult{}, err
 	}
+	return readResultFrom(resp), nil
+}
+
+// readConsistency is the consistency the read options ask for (nil: the agent's default).
+func readConsistency(opts []ReadOption) *meridianv1.Consistency {
+	var o readOptions
+	for _, opt := range opts {
+		opt.applyRead(&o)
+	}
+	if o.consistency == nil {
+		return nil
+	}
+	return o.consistency.proto()
+}
+
+func readResultFrom(r *meridianv1.GetResponse) ReadResult {
 	return ReadResult{
-		Entry:          entryFrom(resp.GetEntry()),
-		Served:         Level(resp.GetServed()),
-		StalenessBound: resp.GetStalenessBound().AsDuration(),
-	}, nil
+		Entry:          entryFrom(r.GetEntry()),
+		Served:         Level(r.GetServed()),
+		StalenessBound: r.GetStalenessBound().AsDuration(),
+	}
 }
 
 // ManyRead is one key's outcome in GetMany: its ReadResult, or its own error
@@ -199,14 +208,7 @@ type ManyRead struct {
 // (keyspace, consistency, a key) fails the whole call with
 // ErrInvalidArgument naming the field ("keys[i]").
 func (s *State) GetMany(ctx context.Context, keyspace string, keys []string, opts ...ReadOption) ([]ManyRead, error) {
-	var o readOptions
-	for _, opt := range opts {
-		opt.applyRead(&o)
-	}
-	req := &meridianv1.GetManyRequest{Keyspace: keyspace, Keys: keys}
-	if o.consistency != nil {
-		req.Consistency = o.consistency.proto()
-	}
+	req := &meridianv1.GetManyRequest{Keyspace: keyspace, Keys: keys, Consistency: readConsistency(opts)}
 	resp, err := unary(ctx, s.rpc.GetMany, req)
 	if err != nil {
 		return nil, err
@@ -217,9 +219,7 @@ func (s *State) GetMany(ctx context.Context, keyspace string, keys []string, opt
 			out[i].Err = fromItem(e)
 			continue
 		}
-		g := r.GetResponse()
-		out[i].ReadResult = ReadResult{Entry: entryFrom(g.GetEntry()), Served: Level(g.GetServed()),
-			StalenessBound: g.GetStalenessBound().AsDuration()}
+		out[i].ReadResult = readResultFrom(r.GetResponse())
 	}
 	return out, nil
 }

@@ -428,26 +428,24 @@ impl Publish {
         self
     }
 }
-unary_call!(Publish, publish, Published, |response| Published {
-    sequence: response.sequence,
-    region: response.region,
-    duplicate: response.duplicate,
-});
+unary_call!(Publish, publish, Published, |response| response.into());
+
+impl From<pb::PublishResponse> for Published {
+    fn from(response: pb::PublishResponse) -> Self {
+        Published {
+            sequence: response.sequence,
+            region: response.region,
+            duplicate: response.duplicate,
+        }
+    }
+}
 
 call! {
     /// A batch of publishes; see [`EventsClient::publish_batch`].
     PublishBatch { request: pb::PublishBatchRequest }
 }
 unary_call!(PublishBatch, publish_batch, Vec<Published>, |response| {
-    response
-        .results
-        .into_iter()
-        .map(|r| Published {
-            sequence: r.sequence,
-            region: r.region,
-            duplicate: r.duplicate,
-        })
-        .collect()
+    response.results.into_iter().map(Published::from).collect()
 });
 
 call! {

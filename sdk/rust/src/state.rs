@@ -354,7 +354,10 @@ call! {
     /// A read; see [`StateClient::get`].
     Get(pb::GetRequest)
 }
-unary_call!(Get, get, ReadResult, |response| {
+unary_call!(Get, get, ReadResult, |response| read_result(response));
+
+/// A Get's answer (also one item of a GetMany's).
+fn read_result(response: pb::GetResponse) -> Result<ReadResult, Error> {
     let entry = response.entry.ok_or_else(|| Error::Internal {
         message: "Get answered without an entry".into(),
     })?;
@@ -363,7 +366,7 @@ unary_call!(Get, get, ReadResult, |response| {
         served: read_level(response.served),
         staleness_bound: duration_from_proto(response.staleness_bound),
     })
-});
+}
 
 call! {
     /// A batch of reads; see [`StateClient::get_many`].
@@ -378,11 +381,7 @@ unary_call!(
             .results
             .into_iter()
             .map(|r| match r.result {
-                Some(pb::get_many_result::Result::Response(g)) => Ok(ReadResult {
-                    entry: Entry::from_proto(g.entry.unwrap_or_default()),
-                    served: read_level(g.served),
-                    staleness_bound: duration_from_proto(g.staleness_bound),
-                }),
+                Some(pb::get_many_result::Result::Response(g)) => read_result(g),
                 Some(pb::get_many_result::Result::Error(e)) => Err(Error::from_item(e)),
                 None => Err(Error::Internal {
                     message: "GetMany answered an item without a result".into(),
