@@ -1,7 +1,8 @@
-"""The agent's connections to a gRPC instance go with its last lease: a real
-in-process agent on a real JetStream cluster, a real gRPC instance (the
-standard health service), a health-checked registration, a call through the
-transparent proxy, then Deregister."""
+"""The agent's one gRPC channel to an instance (health checks and calls share
+it) goes with the instance's last lease: a real in-process agent on a real
+JetStream cluster, a real gRPC instance (the standard health service), a
+health-checked registration, a call through the transparent proxy, then
+Deregister."""
 
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ async def test_channels_to_an_instance_close_when_its_last_lease_goes(
         iid = await eventually(register, lambda r: r is not None, what="registered")
         assert iid == "pinger-1"
         await eventually(
-            lambda: asyncio.sleep(0, instance in agent.registry.health_channels()),
+            lambda: asyncio.sleep(0, instance in agent.registry.upstream.grpc_channels()),
             bool,
             what="a health check over gRPC",
         )
@@ -88,7 +89,9 @@ async def test_channels_to_an_instance_close_when_its_last_lease_goes(
 
             answer = await eventually(call, lambda r: r is not None, what="a proxied call")
         assert answer == b"pong:x"
-        assert instance in agent.invoker.upstream.grpc_channels()
+        # Health checks and calls share one channel per endpoint.
+        assert agent.invoker.upstream is agent.registry.upstream
+        assert agent.invoker.upstream.grpc_channels() == [instance]
         await client.deregister(iid)
-        assert instance not in agent.registry.health_channels()
+        assert instance not in agent.registry.upstream.grpc_channels()
         assert instance not in agent.invoker.upstream.grpc_channels()

@@ -211,8 +211,6 @@ class Agent:
             metrics=self.metrics,
             peer_rtts=self._peer_rtts,
         )
-        # Connections to an endpoint no lease uses any more are closed, not kept.
-        self.registry.on_endpoint_gone = self.invoker.upstream.forget
         self.services = Services(
             state=self.state_api,
             idempotency=IdempotencyApi(self.idempotency, skew=self.skew),

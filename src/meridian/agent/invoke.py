@@ -36,7 +36,6 @@ from typing import Any
 from meridian.agent.calls import AttemptFailed, Call, NoRoute, Reply
 from meridian.agent.forward import PeerForwarder
 from meridian.agent.registry import RegistryComponent
-from meridian.agent.upstream import Upstream
 from meridian.backbone.connection import BackboneConnection
 from meridian.config.model import InvocationConfig
 from meridian.core.errors import (
@@ -101,7 +100,7 @@ class Invoker:
         self._outstanding: Counter[str] = Counter()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._gauged: set[str] = set()
-        self.upstream = Upstream(region, config)
+        self.upstream = registry.upstream  # owned (started, closed) by the registry
         self.forwarder = PeerForwarder(
             conn,
             region=region,
@@ -113,14 +112,13 @@ class Invoker:
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.upstream.start()
+        """Nothing to start: the registry starts the connections to instances."""
 
     async def run(self) -> None:
         await self.forwarder.run()
 
     async def stop(self, grace_s: float) -> None:
         await self.forwarder.stop(grace_s)
-        await self.upstream.close()
 
     # -- the call -------------------------------------------------------------
 

@@ -10,6 +10,9 @@ replica of every region's instances (DESIGN §5).
   ``invocation.announce_interval_s`` anyway, which keeps it fresh elsewhere.
 - The router also reports instances it could not reach (connection refused):
   such an instance counts as unhealthy until its next successful check.
+- The component owns :attr:`RegistryComponent.upstream`, the agent's one set
+  of connections to its instances: gRPC health checks and the router's calls
+  share its channels, and an endpoint's channel closes with its last lease.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -29,6 +32,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from meridian._pb.meridian.v1 import invocation_pb2 as pb
+from meridian.agent.upstream import Upstream
 from meridian.backbone.connection import BackboneConnection, reraise_if_cancelling
 from meridian.backbone.registry import RegistryStreams
 from meridian.config.model import InvocationConfig
@@ -108,10 +112,8 @@ class RegistryComponent:
         self._leases: dict[str, _Lease] = {}
         self._suspects: dict[str, float] = {}
         self._session: aiohttp.ClientSession | None = None
-        self._channels: dict[str, grpc.aio.Channel] = {}
-        #: Told when the last lease of an endpoint goes (the router closes its
-        #: connections there too).
-        self.on_endpoint_gone: Callable[[str], Awaitable[None]] | None = None
+        #: Connections to this region's instances, for health checks and calls.
+        self.upstream = Upstream(region, config)
         self._announce_now = asyncio.Event()
         #: service -> (when, instances): the router's view, briefly cached.
         self._views: dict[str, tuple[float, list[InstanceView]]] = {}
@@ -120,6 +122,7 @@ class RegistryComponent:
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.upstream.start()
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.config.health_timeout_s),
             connector=aiohttp.TCPConnector(limit=0, force_close=True),
@@ -147,8 +150,7 @@ class RegistryComponent:
                 lease.checker.cancel()
         if self._session is not None:
             await self._session.close()
-        for channel in self._channels.values():
-            await channel.close()
+        await self.upstream.close()
 
     # -- the API --------------------------------------------------------------
 
@@ -315,19 +317,11 @@ class RegistryComponent:
             lease.checker.cancel()
         endpoint = lease.reg.endpoint
         if not any(other.reg.endpoint == endpoint for other in self._leases.values()):
-            channel = self._channels.pop(endpoint, None)
-            if channel is not None:
-                await channel.close()
-            if self.on_endpoint_gone is not None:
-                await self.on_endpoint_gone(endpoint)
+            await self.upstream.forget(endpoint)
         try:
             await self.streams.withdraw(lease.instance_id)
         except Exception as exc:
             log.info("cannot withdraw %s: %s", lease.instance_id, exc)
-
-    def health_channels(self) -> list[str]:
-        """The endpoints this agent holds a gRPC health-check channel to."""
-        return sorted(self._channels)
 
     async def _announce_loop(self) -> None:
         interval = self.config.announce_interval_s
@@ -402,10 +396,7 @@ class RegistryComponent:
             return False, f"GET {reg.health_path} answered {resp.status}"
 
     async def _check_grpc(self, reg: Registration) -> tuple[bool, str]:
-        channel = self._channels.get(reg.endpoint)
-        if channel is None:
-            channel = self._channels[reg.endpoint] = grpc.aio.insecure_channel(reg.endpoint)
-        stub = health_pb2_grpc.HealthStub(channel)
+        stub = health_pb2_grpc.HealthStub(self.upstream.channel(reg.endpoint))
         resp = await stub.Check(
             health_pb2.HealthCheckRequest(service=reg.grpc_health_service),
             timeout=self.config.health_timeout_s,

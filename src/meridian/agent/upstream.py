@@ -54,7 +54,7 @@ class Upstream:
             await channel.close()
 
     def grpc_channels(self) -> list[str]:
-        """The endpoints this agent holds a gRPC channel to, for calls."""
+        """The endpoints this agent holds a gRPC channel to."""
         return sorted(self._channels)
 
     async def call(
@@ -139,7 +139,8 @@ class Upstream:
                 instance_id=view.instance_id,
             ) from None
 
-    def _channel(self, endpoint: str) -> grpc.aio.Channel:
+    def channel(self, endpoint: str) -> grpc.aio.Channel:
+        """The one gRPC channel to ``endpoint`` (health checks and calls share it)."""
         channel = self._channels.get(endpoint)
         if channel is None:
             channel = self._channels[endpoint] = grpc.aio.insecure_channel(endpoint)
@@ -152,7 +153,7 @@ class Upstream:
         until = attempt_deadline(policy.retry, now, deadline) or deadline
         if until <= now:
             raise DeadlineExceededError(f"calling {call.service!r}: the deadline passed")
-        method = self._channel(view.endpoint).unary_unary(call.route)
+        method = self.channel(view.endpoint).unary_unary(call.route)
         rpc = method(call.body, metadata=list(call.headers), timeout=until - now)
         try:
             body = await rpc
