@@ -26,11 +26,11 @@ from meridian.chaos import analysis, report
 from meridian.chaos.checkers import Verdict
 from meridian.chaos.history import History
 from meridian.chaos.lazyfs import LazyMounts
-from meridian.chaos.nemesis import Nemesis, SandboxControl
+from meridian.chaos.nemesis import Nemesis, PowerLoss, SandboxControl
 from meridian.chaos.scenarios import Scenario
 from meridian.chaos.workloads.base import KeyspaceSpec, RunContext
 from meridian.client import MeridianClient
-from meridian.config import GLOBAL_CLUSTER, load_config
+from meridian.config import load_config
 from meridian.sandbox.supervisor import Sandbox
 
 log = logging.getLogger(__name__)
@@ -119,12 +119,12 @@ async def run(
     sandbox = Sandbox(config, str(config_path))
     steps = scenario.schedule(config, duration)
     mounts = LazyMounts(sandbox.workdir / "logs")
-    if any(s.fault.kind == "power-loss" for s in steps):
-        # Power loss needs the global servers' stores on a file system that can
-        # lose what was not fsynced.
-        for spec in sandbox.servers:
-            if spec.cluster == GLOBAL_CLUSTER:
-                await asyncio.to_thread(mounts.mount, f"nats:{spec.name}", spec.store_dir)
+    # A server that loses power needs its store on a file system that can lose
+    # what was not fsynced.
+    powered = {p for s in steps if isinstance(s.fault, PowerLoss) for p in s.fault.processes}
+    for spec in sandbox.servers:
+        if f"nats:{spec.name}" in powered:
+            await asyncio.to_thread(mounts.mount, f"nats:{spec.name}", spec.store_dir)
     ctl = SandboxControl(sandbox, sync_interval=opts.sync_interval, lazy_mounts=mounts.mounts)
     say(f"bringing up the sandbox (base port {opts.base_port}) in {config.sandbox.workdir}")
     try:
