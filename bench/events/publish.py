@@ -110,18 +110,29 @@ async def through_agent(
     ``PublishBatch`` calls of ``batch`` events each, ``concurrency`` // ``batch``
     calls at once (native load generator only)."""
     run = uuid.uuid4().hex[:8]
-    if batch:
-        if loadgen is None:
-            raise native.NativeUnavailable("PublishBatch is driven by the native load generator")
-        callers = max(1, concurrency // batch)
+    if (batch or stream) and loadgen is None:
+        what = "PublishBatch" if batch else "PublishStream"
+        raise native.NativeUnavailable(f"{what} is driven by the native load generator")
+    if loadgen is not None:
+        if batch:
+            callers = max(1, concurrency // batch)
+            path, mode, prefix = f"PublishBatch of {batch}, {callers} calls at once", "batch", "b"
+        elif stream:
+            callers, path, mode, prefix = (
+                concurrency,
+                f"PublishStream x{connections}",
+                "stream",
+                "s",
+            )
+        else:
+            callers, path, mode, prefix = concurrency, "Publish", "", "a"
         res = await native.closed_loop(
             loadgen,
-            f"publishes/s in {region}, agent gRPC PublishBatch of {batch}, {callers} calls "
-            "at once (native client)",
-            mode="grpc-publish-batch",
+            f"publishes/s in {region}, agent gRPC {path} (native client)",
+            mode="grpc-publish" + (f"-{mode}" if mode else ""),
             target=sb.region(region).grpc_address,
             keyspace="",
-            key=f"b{run}",
+            key=f"{prefix}{run}",
             topic=TOPIC,
             value=PAYLOAD,
             concurrency=callers,
@@ -132,44 +143,8 @@ async def through_agent(
             procs=loadgen_procs,
             batch=batch,
         )
-        res.concurrency = callers * batch  # events in flight, as for the other paths
+        res.concurrency = callers * max(batch, 1)  # events in flight, whatever the path
         return res
-    if stream:
-        if loadgen is None:
-            raise native.NativeUnavailable("PublishStream is driven by the native load generator")
-        return await native.closed_loop(
-            loadgen,
-            f"publishes/s in {region}, agent gRPC PublishStream x{connections} (native client)",
-            mode="grpc-publish-stream",
-            target=sb.region(region).grpc_address,
-            keyspace="",
-            key=f"s{run}",
-            topic=TOPIC,
-            value=PAYLOAD,
-            concurrency=concurrency,
-            connections=connections,
-            warmup_s=warmup_s,
-            duration_s=duration_s,
-            pids=pids,
-            procs=loadgen_procs,
-        )
-    if loadgen is not None:
-        return await native.closed_loop(
-            loadgen,
-            f"publishes/s in {region}, agent gRPC Publish (native client)",
-            mode="grpc-publish",
-            target=sb.region(region).grpc_address,
-            keyspace="",
-            key=f"a{run}",
-            topic=TOPIC,
-            value=PAYLOAD,
-            concurrency=concurrency,
-            connections=connections,
-            warmup_s=warmup_s,
-            duration_s=duration_s,
-            pids=pids,
-            procs=loadgen_procs,
-        )
     async with MeridianClient(sb.region(region).grpc_address) as client:
 
         def make(c: int) -> Op:
