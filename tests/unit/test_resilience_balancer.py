@@ -7,7 +7,13 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meridian.core.resilience.balancer import Candidate, RegionView, pick_instance, region_order
+from meridian.core.resilience.balancer import (
+    Candidate,
+    RegionView,
+    local_first,
+    pick_instance,
+    region_order,
+)
 from meridian.core.resilience.policy import BalancerPolicy
 
 
@@ -138,3 +144,7 @@ def test_region_order_lists_each_usable_region_once(
     measured = [name for name in order if name in {r.region for r in remote}]
     rtt = {r.region: r.rtt_s for r in remote}
     assert [rtt[n] for n in measured] == sorted(rtt[n] for n in measured)
+    # The router's shortcut: the local region leads exactly when local_first says so.
+    here = next((r for r in regions if r.region == "r0"), None)
+    leads = here is not None and local_first(here, BalancerPolicy(min_local_healthy_share=share))
+    assert leads == (order[:1] == ["r0"])

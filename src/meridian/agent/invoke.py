@@ -30,7 +30,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from meridian.agent.calls import AttemptFailed, Call, NoRoute, Reply
@@ -45,10 +45,21 @@ from meridian.core.errors import (
     UnavailableError,
 )
 from meridian.core.registry import InstanceView
-from meridian.core.resilience.balancer import Candidate, RegionView, pick_instance, region_order
-from meridian.core.resilience.breaker import BreakerRegistry, BreakerState, Transition
+from meridian.core.resilience.balancer import (
+    Candidate,
+    RegionView,
+    local_first,
+    pick_instance,
+    region_order,
+)
+from meridian.core.resilience.breaker import (
+    BreakerRegistry,
+    BreakerState,
+    CircuitBreaker,
+    Transition,
+)
 from meridian.core.resilience.budget import RetryBudget
-from meridian.core.resilience.bulkhead import BulkheadRegistry
+from meridian.core.resilience.bulkhead import Bulkhead, BulkheadRegistry
 from meridian.core.resilience.outlier import CallOutcome, OutlierDetector, OutlierEvent
 from meridian.core.resilience.overrides import PolicySet
 from meridian.core.resilience.policy import ResiliencePolicy
@@ -64,6 +75,77 @@ MAX_REROUTES = 8
 log = logging.getLogger(__name__)
 
 _BREAKER_GAUGE = {BreakerState.CLOSED: 0, BreakerState.OPEN: 1, BreakerState.HALF_OPEN: 2}
+
+
+class _Pool:
+    """The instances of one service and protocol, as of one registry view:
+    every region's, this region's, and per region (healthy, total)."""
+
+    __slots__ = ("counts", "every", "local", "views")
+
+    def __init__(self, views: list[InstanceView], protocol: str, region: str) -> None:
+        self.views = views
+        self.every = [v for v in views if v.protocol == protocol]
+        self.local = [v for v in self.every if v.region == region]
+        counts: dict[str, tuple[int, int]] = {}
+        for v in self.every:
+            healthy, total = counts.get(v.region, (0, 0))
+            counts[v.region] = (healthy + v.healthy, total + 1)
+        self.counts = counts
+
+
+class _Target:
+    """One service as this router calls it: the per-service resilience state
+    (bulkhead, retry budget, outlier ejection, a breaker per region) and metric
+    children, made on its first call. The policy set does not change under a
+    running agent, so the service's policy is resolved once, here."""
+
+    def __init__(self, invoker: Invoker, service: str) -> None:
+        self.service = service
+        policy = invoker.policies.resolve(service)
+        self.bulkhead: Bulkhead = invoker.bulkheads.get(service)
+        self.budget = RetryBudget(policy.budget)
+        self.outlier = OutlierDetector(policy.outlier, on_event=invoker._outlier_reporter(service))
+        self._breakers = invoker.breakers
+        self._breaker: dict[str, CircuitBreaker] = {}
+        self._pools: dict[str, _Pool] = {}
+        self._views: list[InstanceView] | None = None
+        m, child = invoker.metrics, invoker._child
+        self.first_attempts = child(m.invocation_attempts, service, "first")
+        self.retries = child(m.invocation_attempts, service, "retry")
+        self.seconds = child(m.invocation_seconds, service)
+        self._results: dict[tuple[str, str], Any] = {}
+        self._invocations = m.invocations
+        self._child = child
+        child(m.bulkhead_in_flight, service).set_function(lambda: self.bulkhead.in_flight)
+
+    def breaker(self, region: str) -> CircuitBreaker:
+        breaker = self._breaker.get(region)
+        if breaker is None:
+            breaker = self._breaker[region] = self._breakers.get(self.service, region)
+        return breaker
+
+    def pool(self, views: list[InstanceView], protocol: str, region: str, now: float) -> _Pool:
+        """The pool for ``protocol`` from the registry's current ``views`` (the
+        registry hands out the same list until something changes); when they
+        changed, outlier ejection tracks this region's instances anew."""
+        if views is not self._views:
+            self._views = views
+            self._pools.clear()
+            self.outlier.set_instances([v.instance_id for v in views if v.region == region], now)
+        pool = self._pools.get(protocol)
+        if pool is None:
+            pool = self._pools[protocol] = _Pool(views, protocol, region)
+        return pool
+
+    def count(self, served_by: str, outcome: str) -> Any:
+        key = (served_by, outcome)
+        counter = self._results.get(key)
+        if counter is None:
+            counter = self._results[key] = self._child(
+                self._invocations, self.service, served_by, outcome
+            )
+        return counter
 
 
 class Invoker:
@@ -95,11 +177,9 @@ class Invoker:
             lambda service: policies.resolve(service).breaker, on_transition=self._on_transition
         )
         self.bulkheads = BulkheadRegistry(lambda service: policies.resolve(service).bulkhead)
-        self._budgets: dict[str, RetryBudget] = {}
-        self._outliers: dict[str, OutlierDetector] = {}
+        self._targets: dict[str, _Target] = {}
         self._outstanding: Counter[str] = Counter()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        self._gauged: set[str] = set()
         self.upstream = registry.upstream  # owned (started, closed) by the registry
         self.forwarder = PeerForwarder(
             conn,
@@ -125,31 +205,31 @@ class Invoker:
     def policy(self, call: Call) -> ResiliencePolicy:
         return self.policies.resolve(call.service, call.route)
 
+    def _target(self, service: str) -> _Target:
+        target = self._targets.get(service)
+        if target is None:
+            target = self._targets[service] = _Target(self, service)
+        return target
+
     async def invoke(
         self, call: Call, deadline: float, policy: ResiliencePolicy | None = None
     ) -> Reply:
         """Route ``call`` until ``deadline`` (monotonic); see the module docstring.
         ``policy``: the call's policy if the caller resolved it already."""
         policy = policy or self.policy(call)
-        bulkhead = self.bulkheads.get(call.service)
-        lease = bulkhead.try_acquire()
+        target = self._target(call.service)
+        lease = target.bulkhead.try_acquire()
         if lease is None:
             self.metrics.bulkhead_rejected.labels(self.region, call.service).inc()
-            self.metrics.invocations.labels(self.region, call.service, "", "rejected").inc()
+            target.count("", "rejected").inc()
             raise ResourceExhaustedError(
-                f"bulkhead of service {call.service!r} is full: {bulkhead.limit} calls in "
-                "flight; the call was not sent"
-            )
-        if call.service not in self._gauged:
-            # Read when scraped, not set on every call (a Gauge.set takes a lock).
-            self._gauged.add(call.service)
-            self._child(self.metrics.bulkhead_in_flight, call.service).set_function(
-                lambda service=call.service: self.bulkheads.get(service).in_flight
+                f"bulkhead of service {call.service!r} is full: {target.bulkhead.limit} calls "
+                "in flight; the call was not sent"
             )
         start = time.perf_counter()
         outcome, served_by = "ok", ""
         try:
-            reply = await self._with_retries(call, policy, deadline)
+            reply = await self._with_retries(call, target, policy, deadline)
             served_by = reply.region
             outcome = "http_5xx" if reply.outcome() is not CallOutcome.SUCCESS else "ok"
             return reply
@@ -170,13 +250,13 @@ class Invoker:
             )
         finally:
             lease.release()
-            self._child(self.metrics.invocations, call.service, served_by, outcome).inc()
-            self._child(self.metrics.invocation_seconds, call.service).observe(
-                time.perf_counter() - start
-            )
+            target.count(served_by, outcome).inc()
+            target.seconds.observe(time.perf_counter() - start)
 
-    async def _with_retries(self, call: Call, policy: ResiliencePolicy, deadline: float) -> Reply:
-        budget = self._budget(call.service, policy)
+    async def _with_retries(
+        self, call: Call, target: _Target, policy: ResiliencePolicy, deadline: float
+    ) -> Reply:
+        budget = target.budget
         budget.deposit(time.monotonic())
         if call.protocol == "grpc":
             retryable = grpc_request_retryable(has_idempotency_key=call.has_idempotency_key)
@@ -189,12 +269,12 @@ class Invoker:
         attempts = reroutes = 0
         while True:
             attempts += 1
-            kind = "first" if attempts == 1 else "retry"
-            self._child(self.metrics.invocation_attempts, call.service, kind).inc()
+            (target.first_attempts if attempts == 1 else target.retries).inc()
             try:
                 reply = await self._attempt(
-                    call, policy, deadline, avoid_instances, avoid_regions, local_only=False
-                )
+                    call, target, policy, deadline, avoid_instances, avoid_regions,
+                    local_only=False,
+                )  # fmt: skip
             except AttemptFailed as failed:
                 if failed.instance_id:
                     avoid_instances.add(failed.instance_id)
@@ -250,26 +330,14 @@ class Invoker:
             child = self._children[key] = metric.labels(self.region, *labels)
         return child
 
-    def _budget(self, service: str, policy: ResiliencePolicy) -> RetryBudget:
-        budget = self._budgets.get(service)
-        if budget is None or budget.policy != policy.budget:
-            budget = self._budgets[service] = RetryBudget(policy.budget)
-        return budget
+    def _outlier_reporter(self, service: str) -> Callable[[OutlierEvent], None]:
+        def report(event: OutlierEvent) -> None:
+            log.info("outlier %s: %s %s (%s)", service, event.instance, event.kind, event.reason)
+            self.metrics.outlier_events.labels(
+                self.region, service, event.instance, event.kind.value
+            ).inc()
 
-    def _outlier(self, service: str, policy: ResiliencePolicy) -> OutlierDetector:
-        detector = self._outliers.get(service)
-        if detector is None or detector.policy != policy.outlier:
-
-            def report(event: OutlierEvent) -> None:
-                log.info(
-                    "outlier %s: %s %s (%s)", service, event.instance, event.kind, event.reason
-                )
-                self.metrics.outlier_events.labels(
-                    self.region, service, event.instance, event.kind.value
-                ).inc()
-
-            detector = self._outliers[service] = OutlierDetector(policy.outlier, on_event=report)
-        return detector
+        return report
 
     def _on_transition(self, service: str, region: str, t: Transition) -> None:
         log.info("breaker %s/%s: %s -> %s (%s)", service, region, t.source, t.target, t.reason)
@@ -279,9 +347,42 @@ class Invoker:
             self.region, service, region, t.source.value, t.target.value
         ).inc()
 
+    def _regions(
+        self,
+        pool: _Pool,
+        policy: ResiliencePolicy,
+        ejected: frozenset[str],
+        avoid_instances: set[str],
+        avoid_regions: set[str],
+    ) -> Iterator[str]:
+        """The regions to try, best first (``core.resilience.balancer``). The
+        common case, a usable local region, is decided from the pool's counts
+        alone; the other regions are ordered only if the walk gets that far."""
+        counts = pool.counts
+        if ejected or avoid_instances:
+            counts = {}
+            for v in pool.every:
+                usable = v.healthy and v.instance_id not in avoid_instances
+                if v.region == self.region:
+                    usable = usable and v.instance_id not in ejected
+                healthy, total = counts.get(v.region, (0, 0))
+                counts[v.region] = (healthy + usable, total + 1)
+        here = counts.get(self.region)
+        led = here is not None and local_first(RegionView(self.region, *here), policy.balancer)
+        if led:
+            yield self.region
+        if len(counts) == 1 and led:
+            return
+        rtts = self.peer_rtts() if len(counts) > 1 or here is None else {}
+        views = [RegionView(r, u, t, rtts.get(r)) for r, (u, t) in counts.items()]
+        for r in region_order(self.region, views, policy.balancer):
+            if r not in avoid_regions and not (led and r == self.region):
+                yield r
+
     async def _attempt(
         self,
         call: Call,
+        target: _Target,
         policy: ResiliencePolicy,
         deadline: float,
         avoid_instances: set[str],
@@ -290,41 +391,25 @@ class Invoker:
         local_only: bool,
     ) -> Reply:
         now = time.monotonic()
-        every = [v for v in self.registry.instances(call.service) if v.protocol == call.protocol]
-        detector = self._outlier(call.service, policy)
-        detector.set_instances([v.instance_id for v in every if v.region == self.region], now)
-        ejected = detector.ejected(now)
-        local = [
-            v for v in every if v.region == self.region and v.instance_id not in avoid_instances
-        ]
+        pool = target.pool(self.registry.instances(call.service), call.protocol, self.region, now)
+        ejected = target.outlier.ejected(now)
+        local = pool.local
+        if avoid_instances:
+            local = [v for v in local if v.instance_id not in avoid_instances]
         if local_only:
-            order = [self.region]
+            order: Iterator[str] = iter((self.region,))
         else:
-            counts: dict[str, list[int]] = {}
-            for v in every:
-                usable = v.healthy and v.instance_id not in avoid_instances
-                if v.region == self.region:
-                    usable = usable and v.instance_id not in ejected
-                c = counts.setdefault(v.region, [0, 0])
-                c[0] += usable
-                c[1] += 1
-            rtts = self.peer_rtts() if len(counts) > 1 or self.region not in counts else {}
-            views = [RegionView(r, u, t, rtts.get(r)) for r, (u, t) in counts.items()]
-            order = [
-                r
-                for r in region_order(self.region, views, policy.balancer)
-                if r not in avoid_regions
-            ]
+            order = self._regions(pool, policy, ejected, avoid_instances, avoid_regions)
         refused: list[str] = []
         for region in order:
-            breaker = self.breakers.get(call.service, region)
+            breaker = target.breaker(region)
             permit = breaker.allow(now)
             if permit is None:
                 refused.append(region)
                 continue
             try:
                 if region == self.region:
-                    reply = await self._call_local(call, policy, deadline, local, ejected, detector)
+                    reply = await self._call_local(call, target, policy, deadline, local, ejected)
                 else:
                     reply = await self.forwarder.forward(region, call, policy, deadline)
             except AttemptFailed:
@@ -351,14 +436,15 @@ class Invoker:
     async def _call_local(
         self,
         call: Call,
+        target: _Target,
         policy: ResiliencePolicy,
         deadline: float,
         local: list[InstanceView],
         ejected: frozenset[str],
-        detector: OutlierDetector,
     ) -> Reply:
+        outstanding = self._outstanding
         candidates = [
-            Candidate(v.instance_id, v.healthy, self._outstanding[v.instance_id]) for v in local
+            Candidate(v.instance_id, v.healthy, outstanding[v.instance_id]) for v in local
         ]
         chosen = pick_instance(candidates, ejected=ejected, rand=self.rand)
         if chosen is None:
@@ -367,9 +453,10 @@ class Invoker:
                 not_sent=True,
                 region=self.region,
             )
-        view = next(v for v in local if v.instance_id == chosen.instance)
+        view = local[candidates.index(chosen)]
         iid = view.instance_id
-        self._outstanding[iid] += 1
+        outstanding[iid] += 1
+        detector = target.outlier
         try:
             reply = await self.upstream.call(call, policy, deadline, view)
         except AttemptFailed as failed:
@@ -378,9 +465,9 @@ class Invoker:
                 self.registry.report_unreachable(iid)
             raise
         finally:
-            self._outstanding[iid] -= 1
-            if self._outstanding[iid] <= 0:
-                del self._outstanding[iid]
+            outstanding[iid] -= 1
+            if outstanding[iid] <= 0:
+                del outstanding[iid]
         detector.record(iid, reply.outcome(), time.monotonic())
         reply.region, reply.instance_id = self.region, iid
         return reply
@@ -388,8 +475,8 @@ class Invoker:
     async def _serve_locally(self, call: Call, deadline: float) -> Reply:
         """A call forwarded by another region's agent: one of our own instances,
         re-routed among them if one refuses; never forwarded again."""
-        bulkhead = self.bulkheads.get(call.service)
-        lease = bulkhead.try_acquire()
+        target = self._target(call.service)
+        lease = target.bulkhead.try_acquire()
         if lease is None:
             self.metrics.bulkhead_rejected.labels(self.region, call.service).inc()
             raise ResourceExhaustedError(
@@ -401,7 +488,7 @@ class Invoker:
             for _ in range(MAX_REROUTES):
                 try:
                     return await self._attempt(
-                        call, policy, deadline, avoid, set(), local_only=True
+                        call, target, policy, deadline, avoid, set(), local_only=True
                     )
                 except AttemptFailed as failed:
                     if not failed.not_sent or not failed.instance_id:

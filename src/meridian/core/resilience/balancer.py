@@ -87,6 +87,16 @@ def pick_instance(
     return best[min(index, len(best) - 1)]
 
 
+def local_first(here: RegionView, policy: BalancerPolicy) -> bool:
+    """Whether the local region ``here`` leads the order: it has a usable
+    instance and at least ``min_local_healthy_share`` of its instances are
+    usable. The router's common case, decided without looking at other regions."""
+    if here.usable <= 0:
+        return False
+    share = here.usable / here.total if here.total > 0 else 1.0
+    return share >= policy.min_local_healthy_share
+
+
 def region_order(local: str, regions: Iterable[RegionView], policy: BalancerPolicy) -> list[str]:
     """The regions to try, best first; see the module docstring for the rules."""
     views = {r.region: r for r in regions}
@@ -94,8 +104,7 @@ def region_order(local: str, regions: Iterable[RegionView], policy: BalancerPoli
     last_resort: list[str] = []
     here = views.get(local)
     if here is not None and here.usable > 0:
-        share = here.usable / here.total if here.total > 0 else 1.0
-        (order if share >= policy.min_local_healthy_share else last_resort).append(local)
+        (order if local_first(here, policy) else last_resort).append(local)
     remote = [r for r in views.values() if r.region != local and r.usable > 0]
     rank = {name: i for i, name in enumerate(policy.region_priority)}
 
