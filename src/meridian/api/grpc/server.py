@@ -149,7 +149,7 @@ class StateServicer(state_pb2_grpc.StateServiceServicer):
     ) -> AsyncIterator[state_pb2.WatchEvent]:
         carrier = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         try:
-            async with self.api.serving("StateService", "Watch", "grpc", carrier) as tp:
+            with self.api.serving("StateService", "Watch", "grpc", carrier) as tp:
                 # A stream's first message may be far off: send the trace context now.
                 await context.send_initial_metadata((("traceparent", tp),))
                 async for event in await self.state.watch(request):
@@ -211,7 +211,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
     ) -> AsyncIterator[events_pb2.PublishResponse]:
         carrier = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         try:
-            async with self.api.serving("EventService", "PublishStream", "grpc", carrier) as tp:
+            with self.api.serving("EventService", "PublishStream", "grpc", carrier) as tp:
                 await context.send_initial_metadata((("traceparent", tp),))
                 async for response in self.events.publish_stream(request_iterator):
                     yield response
@@ -252,7 +252,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
     ) -> AsyncIterator[events_pb2.Delivery]:
         carrier = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         try:
-            async with self.api.serving("EventService", "Subscribe", "grpc", carrier) as tp:
+            with self.api.serving("EventService", "Subscribe", "grpc", carrier) as tp:
                 deliveries = await self.events.subscribe(request_iterator)
                 await context.send_initial_metadata((("traceparent", tp),))
                 async for delivery in deliveries:
@@ -353,7 +353,7 @@ class InvocationProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
         carrier = dict(incoming)
         inv = self.invocation
         try:
-            async with self.api.serving("InvocationService", "Proxy", "grpc", carrier) as tp:
+            with self.api.serving("InvocationService", "Proxy", "grpc", carrier) as tp:
                 metadata = [
                     (k, v)
                     for k, v in incoming

@@ -270,9 +270,7 @@ class HttpTransport:
         method = raw_path[len(prefix) :].lstrip("/") if raw_path.startswith(prefix) else ""
         inv = self.invocation
         try:
-            async with self.api.serving(
-                "InvocationService", "Invoke", "http", request.headers
-            ) as tp:
+            with self.api.serving("InvocationService", "Invoke", "http", request.headers) as tp:
                 body = await request.read()
                 headers = [
                     (k, v)
@@ -315,7 +313,7 @@ class HttpTransport:
                     FieldViolation("from_revision", "must be a non-negative integer revision")
                 )
         try:
-            async with self.api.serving("StateService", "Watch", "http", request.headers) as tp:
+            with self.api.serving("StateService", "Watch", "http", request.headers) as tp:
                 if error is not None:
                     raise error
                 events = await self.state.watch(watch)
