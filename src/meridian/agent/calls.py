@@ -6,7 +6,6 @@ and the peer-agent forwarder (:mod:`.forward`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from meridian.core.resilience.outlier import CallOutcome, classify_grpc, classify_http
@@ -73,8 +72,3 @@ class AttemptFailed(Exception):
 
 class NoRoute(Exception):
     """No region has a usable instance whose breaker grants a call."""
-
-
-def clean_headers(headers: Mapping[str, str] | list[tuple[str, str]]) -> list[tuple[str, str]]:
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    return [(k, v) for k, v in items if k.lower() not in HOP_BY_HOP]

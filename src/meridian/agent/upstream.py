@@ -1,4 +1,5 @@
-"""Calls to this region's instances: HTTP with aiohttp, gRPC with grpc.aio, as raw bytes.
+"""Calls to this region's instances: HTTP over :mod:`.instance_http`, gRPC with grpc.aio,
+as raw bytes.
 
 An attempt that could not connect raises :class:`~.calls.AttemptFailed` with
 ``not_sent`` set: the router may then try another instance, even for a
@@ -9,10 +10,10 @@ from __future__ import annotations
 
 import time
 
-import aiohttp
 import grpc
 
-from meridian.agent.calls import AttemptFailed, Call, Reply, clean_headers
+from meridian.agent.calls import AttemptFailed, Call, Reply
+from meridian.agent.instance_http import ConnectFailed, InstanceBroken, InstanceConnections
 from meridian.config.model import InvocationConfig
 from meridian.core.errors import DeadlineExceededError
 from meridian.core.registry import InstanceView
@@ -27,28 +28,21 @@ class Upstream:
     def __init__(self, region: str, config: InvocationConfig) -> None:
         self.region = region
         self.config = config
-        self._session: aiohttp.ClientSession | None = None
+        self._instances = InstanceConnections(keepalive_s=30.0)
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
-            # A proxy for many callers must not keep one caller's cookies for the
-            # next (and a dummy jar costs nothing per request).
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-        )
+        """Nothing to open: connections are made on first use."""
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        self._instances.close()
         for channel in self._channels.values():
             await channel.close()
 
     async def forget(self, endpoint: str) -> None:
-        """No instance is at ``endpoint`` any more: close the gRPC channel there
-        (pooled HTTP connections to it close after their keep-alive)."""
+        """No instance is at ``endpoint`` any more: close the gRPC channel and
+        the idle HTTP connections there."""
+        self._instances.forget(endpoint)
         channel = self._channels.pop(endpoint, None)
         if channel is not None:
             await channel.close()
@@ -67,53 +61,26 @@ class Upstream:
     async def _http(
         self, call: Call, policy: ResiliencePolicy, deadline: float, view: InstanceView
     ) -> Reply:
-        assert self._session is not None
         now = time.monotonic()
         until = attempt_deadline(policy.retry, now, deadline) or deadline
-        url = f"http://{view.endpoint}/{call.route}"
-        if call.query:
-            url += f"?{call.query}"
+        if until <= now:
+            raise DeadlineExceededError(f"calling {call.service!r}: the deadline passed")
+        target = f"/{call.route}?{call.query}" if call.query else f"/{call.route}"
         headers = list(call.headers)
         headers.extend(outgoing_headers(deadline, now, grpc=False).items())
-        headers.append(("Host", view.endpoint))
-        limit = self.config.max_body_bytes
         try:
-            # aiohttp's own timeout (one timer), not asyncio.timeout around it (two).
-            async with self._session.request(
+            resp = await self._instances.request(
+                view.endpoint,
                 call.verb,
-                url,
-                data=call.body or None,
-                headers=headers,
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=until - now),
-            ) as resp:
-                # Read to the end (a partly read body would cost the pooled
-                # connection), but no further than the limit.
-                declared = resp.content_length
-                if declared is not None and declared <= limit:
-                    body = await resp.read()
-                else:
-                    buf = bytearray()
-                    async for chunk in resp.content.iter_any():
-                        buf += chunk
-                        if len(buf) > limit:
-                            break
-                    body = bytes(buf)
-                if len(body) > limit:
-                    raise AttemptFailed(
-                        f"instance {view.instance_id} answered more than {limit} bytes",
-                        not_sent=False,
-                        region=self.region,
-                        instance_id=view.instance_id,
-                    )
-                return Reply(
-                    body=body,
-                    headers=clean_headers(list(resp.headers.items())),
-                    status=resp.status,
-                )
-        except aiohttp.ClientConnectorError as exc:
+                target,
+                headers,
+                call.body,
+                timeout_s=until - now,
+                max_body=self.config.max_body_bytes,
+            )
+        except ConnectFailed as exc:
             raise AttemptFailed(
-                f"instance {view.instance_id} refused the connection ({exc.os_error})",
+                f"instance {view.instance_id} refused the connection ({exc})",
                 not_sent=True,
                 region=self.region,
                 instance_id=view.instance_id,
@@ -131,13 +98,14 @@ class Upstream:
                 region=self.region,
                 instance_id=view.instance_id,
             ) from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except InstanceBroken as exc:
             raise AttemptFailed(
                 f"instance {view.instance_id} failed: {exc}",
                 not_sent=False,
                 region=self.region,
                 instance_id=view.instance_id,
             ) from None
+        return Reply(body=resp.body, headers=resp.headers, status=resp.status)
 
     def channel(self, endpoint: str) -> grpc.aio.Channel:
         """The one gRPC channel to ``endpoint`` (health checks and calls share it)."""
