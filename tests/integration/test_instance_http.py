@@ -288,6 +288,24 @@ async def test_a_hostile_or_broken_instance_fails_the_call_cleanly(
     assert pool.idle(endpoint) == 0
 
 
+async def test_an_instance_answering_twice_to_one_request_loses_the_connection(
+    scripted: Any,
+) -> None:
+    endpoint = await scripted(
+        respond(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\naHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb"
+        )
+    )
+    pool = InstanceConnections()
+    resp = await pool.request(endpoint, "GET", "/", [], b"", timeout_s=5, max_body=LIMIT)
+    assert resp.body == b"a"
+    await asyncio.sleep(0.1)
+    assert pool.idle(endpoint) == 0, "the connection that got a second answer is not reused"
+    resp = await pool.request(endpoint, "GET", "/", [], b"", timeout_s=5, max_body=LIMIT)
+    assert resp.body == b"a"
+    pool.close()
+
+
 async def test_an_idle_connection_the_instance_closed_is_not_reused(scripted: Any) -> None:
     """An instance that closes keep-alive connections once idle: the pool drops the
     connection when the close arrives, and the next call opens a new one."""

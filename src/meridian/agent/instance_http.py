@@ -128,6 +128,11 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks -----------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._waiter is None:
+            # A second response after the one asked for (in the same read): the
+            # connection is out of step, so it must not go back to the pool.
+            self._failure = InstanceBroken(f"instance at {self.endpoint} sent an extra response")
+            raise self._failure
         self._reset()
 
     def on_header(self, name: bytes, value: bytes) -> None:
