@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2_grpc as std_health_grpc
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from meridian._pb.meridian.v1 import health_pb2, health_pb2_grpc, status_pb2, status_pb2_grpc
+from meridian.agent.app import Agent
 from meridian.testing.nats_server import NatsCluster
 from tests.conftest import eventually
 from tests.integration.harness import agent_config, http_get, running_agent
@@ -147,6 +148,26 @@ async def test_unreachable_peer_region_degrades_health_and_says_why(nats_server:
         assert status == 200
         assert body["status"] == "SERVING_STATUS_DEGRADED"
         assert any(r.startswith("peer eu-west:") for r in body["reasons"])
+
+
+async def test_a_cancelled_agent_still_stops_every_component(nats_server: Any) -> None:
+    """Cancelling agent.run() (as a supervisor or an embedding program may) releases
+    what the components hold: the API ports, and the registry's HTTP session."""
+    config = agent_config(nats_server)
+    region = config.region("us-east")
+    agent = Agent(config, "us-east")
+    task = asyncio.create_task(agent.run())
+    await asyncio.wait_for(agent.ready.wait(), 30)
+    status, body, _ = await http_get(f"{region.http_url}/v1/health")
+    assert body["region"] == "us-east", (status, body)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    host, port = region.http_url.removeprefix("http://").rsplit(":", 1)
+    with pytest.raises(OSError):
+        await asyncio.open_connection(host, int(port))
+    session = agent.registry._session
+    assert session is not None and session.closed
 
 
 async def test_agent_waits_for_nats_then_recovers_after_server_restart() -> None:

@@ -258,28 +258,29 @@ class Agent:
         try:
             async with asyncio.TaskGroup() as tg:
                 background = [tg.create_task(self.conn.connect_forever(), name="nats-connect")]
+                # However the agent ends (asked to stop, cancelled, a component
+                # failing), every component it started is stopped: a skipped stop
+                # leaves ports bound and sessions and channels open.
                 try:
                     for component in self.components:
                         await component.start()
                         started.append(component)
                         background.append(tg.create_task(component.run(), name=component.name))
-                except BaseException:
+                    rc = self.region_config
+                    log.info(
+                        "agent ready",
+                        extra={
+                            "agent_id": self.agent_id,
+                            "grpc": rc.grpc_address,
+                            "http": rc.http_url,
+                            "nats": list(rc.agent_nats_urls),
+                        },
+                    )
+                    self.ready.set()
+                    await self._stop.wait()
+                    log.info("agent stopping")
+                finally:
                     await self._shutdown(started, background)
-                    raise
-                rc = self.region_config
-                log.info(
-                    "agent ready",
-                    extra={
-                        "agent_id": self.agent_id,
-                        "grpc": rc.grpc_address,
-                        "http": rc.http_url,
-                        "nats": list(rc.agent_nats_urls),
-                    },
-                )
-                self.ready.set()
-                await self._stop.wait()
-                log.info("agent stopping")
-                await self._shutdown(started, background)
         finally:
             if install_signal_handlers:
                 for sig in (signal.SIGTERM, signal.SIGINT):
@@ -292,12 +293,18 @@ class Agent:
         self, started: list[Component], background: list[asyncio.Task[None]]
     ) -> None:
         grace = self.config.agent.shutdown_grace_s
-        try:
-            async with asyncio.timeout(grace + 1):
-                for component in reversed(started):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace + 1
+        for component in reversed(started):
+            # Each component gets its stop even after an earlier one overran the
+            # grace period (then briefly), so none is left running.
+            try:
+                async with asyncio.timeout_at(max(deadline, loop.time() + 0.5)):
                     await component.stop(grace)
-        except TimeoutError:
-            log.warning("components did not stop within %.1fs", grace)
+            except TimeoutError:
+                log.warning("component %s did not stop within %.1fs", component.name, grace)
+            except Exception:
+                log.exception("component %s failed to stop", component.name)
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
