@@ -81,10 +81,9 @@ class _Pool:
     """The instances of one service and protocol, as of one registry view:
     every region's, this region's, and per region (healthy, total)."""
 
-    __slots__ = ("counts", "every", "local", "views")
+    __slots__ = ("counts", "every", "local")
 
     def __init__(self, views: list[InstanceView], protocol: str, region: str) -> None:
-        self.views = views
         self.every = [v for v in views if v.protocol == protocol]
         self.local = [v for v in self.every if v.region == region]
         counts: dict[str, tuple[int, int]] = {}
@@ -95,19 +94,18 @@ class _Pool:
 
 
 class _Target:
-    """One service as this router calls it: the per-service resilience state
-    (bulkhead, retry budget, outlier ejection, a breaker per region) and metric
-    children, made on its first call. The policy set does not change under a
-    running agent, so the service's policy is resolved once, here."""
+    """One service as this router calls it, made on its first call: its retry
+    budget, outlier ejection and metric children (the policy set does not change
+    under a running agent, so the service's policy is resolved once, here), and
+    its bulkhead and breakers from the agent's registries."""
 
     def __init__(self, invoker: Invoker, service: str) -> None:
         self.service = service
         policy = invoker.policies.resolve(service)
-        self.bulkhead: Bulkhead = invoker.bulkheads.get(service)
+        self._bulkheads = invoker.bulkheads
         self.budget = RetryBudget(policy.budget)
         self.outlier = OutlierDetector(policy.outlier, on_event=invoker._outlier_reporter(service))
         self._breakers = invoker.breakers
-        self._breaker: dict[str, CircuitBreaker] = {}
         self._pools: dict[str, _Pool] = {}
         self._views: list[InstanceView] | None = None
         m, child = invoker.metrics, invoker._child
@@ -119,11 +117,12 @@ class _Target:
         self._child = child
         child(m.bulkhead_in_flight, service).set_function(lambda: self.bulkhead.in_flight)
 
+    @property
+    def bulkhead(self) -> Bulkhead:
+        return self._bulkheads.get(self.service)
+
     def breaker(self, region: str) -> CircuitBreaker:
-        breaker = self._breaker.get(region)
-        if breaker is None:
-            breaker = self._breaker[region] = self._breakers.get(self.service, region)
-        return breaker
+        return self._breakers.get(self.service, region)
 
     def pool(self, views: list[InstanceView], protocol: str, region: str, now: float) -> _Pool:
         """The pool for ``protocol`` from the registry's current ``views`` (the
@@ -218,12 +217,13 @@ class Invoker:
         ``policy``: the call's policy if the caller resolved it already."""
         policy = policy or self.policy(call)
         target = self._target(call.service)
-        lease = target.bulkhead.try_acquire()
+        bulkhead = target.bulkhead
+        lease = bulkhead.try_acquire()
         if lease is None:
             self.metrics.bulkhead_rejected.labels(self.region, call.service).inc()
             target.count("", "rejected").inc()
             raise ResourceExhaustedError(
-                f"bulkhead of service {call.service!r} is full: {target.bulkhead.limit} calls "
+                f"bulkhead of service {call.service!r} is full: {bulkhead.limit} calls "
                 "in flight; the call was not sent"
             )
         start = time.perf_counter()

@@ -295,7 +295,8 @@ class BreakerRegistry:
     def get(self, service: str, region: str) -> CircuitBreaker:
         policy = self._policy_for(service)
         breaker = self._breakers.get((service, region))
-        if breaker is None or breaker.policy != policy:
+        # ``is`` first: a policy set hands out the same object while it is unchanged.
+        if breaker is None or (breaker.policy is not policy and breaker.policy != policy):
             callback = None
             if self._on_transition is not None:
                 report = self._on_transition

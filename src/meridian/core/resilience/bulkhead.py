@@ -105,7 +105,8 @@ class BulkheadRegistry:
     def get(self, target: str) -> Bulkhead:
         policy = self._policy_for(target)
         bulkhead = self._bulkheads.get(target)
-        if bulkhead is None or bulkhead.policy != policy:
+        # ``is`` first: a policy set hands out the same object while it is unchanged.
+        if bulkhead is None or (bulkhead.policy is not policy and bulkhead.policy != policy):
             bulkhead = self._bulkheads[target] = Bulkhead(policy)
         return bulkhead
 
