@@ -286,7 +286,7 @@ class InstanceConnections:
                     lambda: _Connection(self, endpoint), host.strip("[]"), int(port)
                 )
         except TimeoutError:
-            raise
+            raise  # an OSError too, but the caller's deadline, not a refusal
         except (OSError, ValueError) as exc:
             raise ConnectFailed(str(exc) or type(exc).__name__) from None
         return conn

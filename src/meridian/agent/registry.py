@@ -122,7 +122,6 @@ class RegistryComponent:
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.upstream.start()
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.config.health_timeout_s),
             connector=aiohttp.TCPConnector(limit=0, force_close=True),

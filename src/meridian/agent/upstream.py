@@ -31,9 +31,6 @@ class Upstream:
         self._instances = InstanceConnections(keepalive_s=30.0)
         self._channels: dict[str, grpc.aio.Channel] = {}
 
-    async def start(self) -> None:
-        """Nothing to open: connections are made on first use."""
-
     async def close(self) -> None:
         self._instances.close()
         for channel in self._channels.values():
@@ -54,17 +51,18 @@ class Upstream:
     async def call(
         self, call: Call, policy: ResiliencePolicy, deadline: float, view: InstanceView
     ) -> Reply:
-        if call.protocol == "grpc":
-            return await self._grpc(call, policy, deadline, view)
-        return await self._http(call, policy, deadline, view)
-
-    async def _http(
-        self, call: Call, policy: ResiliencePolicy, deadline: float, view: InstanceView
-    ) -> Reply:
+        """One attempt, until the call's ``deadline`` or the per-try timeout."""
         now = time.monotonic()
         until = attempt_deadline(policy.retry, now, deadline) or deadline
         if until <= now:
             raise DeadlineExceededError(f"calling {call.service!r}: the deadline passed")
+        if call.protocol == "grpc":
+            return await self._grpc(call, deadline, view, now, until)
+        return await self._http(call, deadline, view, now, until)
+
+    async def _http(
+        self, call: Call, deadline: float, view: InstanceView, now: float, until: float
+    ) -> Reply:
         target = f"/{call.route}?{call.query}" if call.query else f"/{call.route}"
         headers = list(call.headers)
         headers.extend(outgoing_headers(deadline, now, grpc=False).items())
@@ -115,12 +113,8 @@ class Upstream:
         return channel
 
     async def _grpc(
-        self, call: Call, policy: ResiliencePolicy, deadline: float, view: InstanceView
+        self, call: Call, deadline: float, view: InstanceView, now: float, until: float
     ) -> Reply:
-        now = time.monotonic()
-        until = attempt_deadline(policy.retry, now, deadline) or deadline
-        if until <= now:
-            raise DeadlineExceededError(f"calling {call.service!r}: the deadline passed")
         method = self.channel(view.endpoint).unary_unary(call.route)
         rpc = method(call.body, metadata=list(call.headers), timeout=until - now)
         try:
