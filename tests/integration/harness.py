@@ -105,6 +105,13 @@ async def ready_agent(config: MeridianConfig, *, state: bool = False) -> AsyncIt
                 bool,
                 what="keyspaces ready",
             )
+            # A stream can be ready before global has a reachable leader; the first
+            # writes would then get QUORUM_UNAVAILABLE while it is elected.
+            await eventually(
+                lambda: asyncio.sleep(0, agent.monitor.latest.global_.quorum_reachable),
+                bool,
+                what="a global write committed by a quorum",
+            )
         else:
             await eventually(
                 lambda: asyncio.sleep(0, agent.events.ready), bool, what="event streams ready"
