@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -348,6 +349,57 @@ async def test_without_a_quorum_writes_and_strong_reads_fail_fast_with_quorum_un
         return True
 
     await eventually(write, bool, timeout_s=90, interval_s=0.5, what="writes accepted again")
+
+
+async def test_without_a_quorum_no_bounded_read_outlives_its_bound(
+    cluster: NatsCluster, agent: tuple[Agent, MeridianConfig], client: MeridianClient
+) -> None:
+    """The server left behind still answers for the stream (a member that lost its
+    leader answers STREAM.INFO itself, an old leader keeps leading for a while);
+    that is no proof of freshness. After the quorum is gone, every BOUNDED answer
+    reports a bound covering at least the time since, and once that exceeds the
+    bound asked for, reads go STRONG and fail."""
+    key = unique("bounded")
+    await client.put("accounts", key, b"before")
+    bound = 1.0
+    await eventually(
+        lambda: client.get("accounts", key, consistency=Bounded(bound)),
+        lambda r: r.served == "bounded",
+        what="a bounded read served locally while the quorum is there",
+    )
+    served: list[str] = []
+    try:
+        for region in ("eu-west", "ap-south"):
+            await asyncio.to_thread(cluster.stop_server, region)
+        lost_at = time.monotonic()  # nothing can commit after this
+        while time.monotonic() < lost_at + 15:
+            asked_at = time.monotonic()
+            try:
+                got = await client.get("accounts", key, consistency=Bounded(bound))
+            except QuorumUnavailableError:
+                served.append("quorum-unavailable")
+                continue
+            served.append(got.served)
+            assert got.served == "bounded", got
+            assert got.entry.value == b"before"
+            assert got.staleness_bound_s <= bound
+            assert got.staleness_bound_s >= asked_at - lost_at, (got, asked_at - lost_at)
+            await asyncio.sleep(0.05)
+    finally:
+        for region in ("eu-west", "ap-south"):
+            await asyncio.to_thread(cluster.start_server, region)
+        await asyncio.to_thread(cluster.wait_ready)
+    # Most of those 15 s were past the bound: STRONG, which has no quorum.
+    assert served.count("quorum-unavailable") >= 5, served
+
+    async def fresh_again() -> bool:
+        try:
+            got = await client.get("accounts", key, consistency=Bounded(bound))
+        except QuorumUnavailableError:
+            return False
+        return got.served == "bounded"
+
+    await eventually(fresh_again, bool, timeout_s=90, interval_s=0.5, what="bounded again")
 
 
 async def test_watch_streams_changes_under_a_prefix_and_replays_from_a_revision(

@@ -75,12 +75,13 @@ class KeyspaceReplica(Generic[E]):
             )
 
     async def wait_applied(self, seq: int, timeout_s: float) -> None:
-        """Return once the view has applied stream sequence ``seq``; UNAVAILABLE if
-        it has not within ``timeout_s`` (say, its change feed is restarting after
-        the stream's leader moved)."""
+        """Return once the view holds the effect of every message up to stream
+        sequence ``seq`` (complete, not only applied: see :mod:`meridian.core.view`);
+        UNAVAILABLE if it does not within ``timeout_s`` (say, its change feed is
+        restarting after the stream's leader moved)."""
         try:
             async with asyncio.timeout(timeout_s), self._changed:
-                await self._changed.wait_for(lambda: self.view.applied_seq >= seq)
+                await self._changed.wait_for(lambda: self.view.complete_seq >= seq)
         except TimeoutError:
             raise UnavailableError(
                 f"keyspace {self.keyspace.name!r}: this region's change feed did not reach "

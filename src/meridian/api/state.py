@@ -13,7 +13,9 @@ nothing. Each call is routed by the keyspace's locality.
 ``replicated`` reads come from the merged view: EVENTUAL (the default) or
 BOUNDED, which fails with UNAVAILABLE when the view can't prove the bound
 (say, a region cut off). The response always says what was served and how
-stale it may be.
+stale it may be: a true upper bound, proven as :mod:`meridian.core.view`
+describes (for an EVENTUAL read that nothing has proven yet, the largest
+Duration).
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ DEFAULT_SCAN_LIMIT = 100
 MAX_SCAN_LIMIT = 1000
 MAX_SET_ELEMENTS = 1000
 MAX_DELTA = 2**53 - 1
+#: The largest protobuf Duration (10,000 years): the staleness bound of an
+#: EVENTUAL read whose freshness nothing has proven yet.
+UNBOUNDED_S = 315_576_000_000
 
 _LEVELS = {
     Level.LEVEL_STRONG: ReadLevel.STRONG,
@@ -299,10 +304,9 @@ class StateApi:
                 f"cannot serve {replica.keyspace.name} within {want.max_staleness_s:g}s of "
                 f"staleness from {self.region}: {why}"
             )
-        if staleness is None:
-            local = replica.view.staleness(time.monotonic())
-            staleness = local if local is not None else 0.0
-        return staleness
+        # EVENTUAL with no proof from some region: no bound is known, and zero
+        # would be a lie; the largest Duration says "unbounded" to every SDK.
+        return UNBOUNDED_S if staleness is None else staleness
 
     async def scan(self, request: state_pb2.ScanRequest) -> state_pb2.ScanResponse:
         replica = self._replica(request.keyspace)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
+
+from meridian.core.errors import MeridianError
 
 log = logging.getLogger(__name__)
 
@@ -73,3 +75,36 @@ async def until_stalled(
         if last > progress[0] and progress[0] == previous:
             return
         previous = progress[0]
+
+
+async def every(
+    interval_s: float,
+    probe: Callable[[], Awaitable[object]],
+    *,
+    in_flight: int,
+    what: str,
+) -> None:
+    """Start ``probe()`` every ``interval_s`` without waiting for the previous one
+    (at most ``in_flight`` under way: while they hang, the next waits for a
+    slot). A probe that fails with a Meridian, NATS or timeout error is logged
+    and dropped. Runs until cancelled.
+
+    Freshness proofs use it: a proof is as old as its round trip plus the gap
+    to the next one, so pipelining keeps the gap at one interval instead of a
+    round trip plus an interval.
+    """
+    slots = asyncio.Semaphore(in_flight)
+
+    async def one() -> None:
+        try:
+            await probe()
+        except (MeridianError, TimeoutError, nats.errors.Error) as exc:
+            log.debug("%s: %s", what, exc)
+        finally:
+            slots.release()
+
+    async with asyncio.TaskGroup() as tg:
+        while True:
+            await slots.acquire()
+            tg.create_task(one())
+            await asyncio.sleep(interval_s)

@@ -14,6 +14,14 @@ stream has a leader backed by a quorum at that moment, and then reads the key
 through the leader. The residual window is a leader deposed between those two
 steps, which are milliseconds apart.
 
+Bounded reads are served from the agent's view of the change feed, and its
+freshness is proven by quorum commits only (:mod:`meridian.core.view`): a read
+barrier every freshness interval, plus the acks of this agent's own writes and
+barriers. Barriers are pipelined (one starts every interval, whatever the
+previous one is doing, at most :data:`MAX_BARRIERS_IN_FLIGHT` at once), so a
+proof is at most one barrier round trip plus one interval old. The cost is one
+quorum write per keyspace per interval per agent.
+
 Failures are translated here, once: a lost CAS becomes ``ConflictError`` (with
 the current revision), and no quorum within ``timeout_s`` becomes
 ``QuorumUnavailableError``.
@@ -34,16 +42,14 @@ from nats.js import api
 
 from meridian.backbone.connection import (
     BackboneConnection,
-    reraise_if_cancelling,
     translate_nats_errors,
 )
-from meridian.backbone.feed import ordered_feed
+from meridian.backbone.feed import every, ordered_feed
 from meridian.config import GLOBAL_CLUSTER
 from meridian.core.errors import (
     ConflictError,
     InvalidArgumentError,
     QuorumUnavailableError,
-    UnavailableError,
 )
 from meridian.core.hlc import HlcTimestamp
 from meridian.core.keyspace import RESERVED_KEY_PREFIX, Keyspace
@@ -63,6 +69,8 @@ STREAM_NOT_FOUND = 10059
 NO_MESSAGE_FOUND = 10037
 #: Reserved key for read barriers (user keys may not start with RESERVED_KEY_PREFIX).
 BARRIER_KEY = f"{RESERVED_KEY_PREFIX}.barrier"
+#: Freshness barriers under way at once (they pile up only while the quorum is out of reach).
+MAX_BARRIERS_IN_FLIGHT = 8
 
 
 def _is_delete(headers: dict[str, str] | None) -> bool:
@@ -93,6 +101,8 @@ class GlobalKeyspaceStore:
         self.stream = f"KV_{keyspace.bucket}"
         self._prefix = f"$KV.{keyspace.bucket}."
         self._ready = False
+        #: The view being followed: quorum acks (own writes, barriers) prove its freshness.
+        self._view: KeyspaceView[StoredEntry] | None = None
 
     def subject(self, key: str) -> str:
         return self._prefix + key
@@ -156,6 +166,7 @@ class GlobalKeyspaceStore:
         if if_revision is not None:
             headers[EXPECTED_LAST_SUBJECT_SEQ] = str(if_revision)
         js = self.conn.jetstream(self.timeout_s)
+        asked_at = time.monotonic()
         try:
             ack = await self._quorum_call(
                 f"write {self.keyspace.name}/{key}",
@@ -183,6 +194,7 @@ class GlobalKeyspaceStore:
                     current_revision=current,
                 ) from exc
             raise
+        self._proven(asked_at, int(ack.seq))
         return int(ack.seq), hlc
 
     async def _revision_after_conflict(self, key: str, expected: int | None) -> int:
@@ -226,13 +238,21 @@ class GlobalKeyspaceStore:
 
     async def barrier(self) -> int:
         """Commit a no-op through the quorum; returns its stream sequence. Every write
-        acknowledged before this call has a lower sequence."""
+        acknowledged before this call has a lower sequence (a proof of freshness
+        for the followed view, too)."""
         js = self.conn.jetstream(self.timeout_s)
+        asked_at = time.monotonic()
         ack = await self._quorum_call(
             "commit the read barrier",
             js.publish(self.subject(BARRIER_KEY), b"", timeout=self.timeout_s),
         )
+        self._proven(asked_at, int(ack.seq))
         return int(ack.seq)
+
+    def _proven(self, asked_at: float, seq: int) -> None:
+        """A quorum committed ``seq`` for a write invoked at ``asked_at``."""
+        if self._view is not None:
+            self._view.prove(asked_at, seq)
 
     async def get_strong(self, key: str) -> StoredEntry | None:
         """Linearizable read: a quorum barrier, then the key through the leader."""
@@ -269,12 +289,6 @@ class GlobalKeyspaceStore:
             hlc = 0
         return StoredEntry(key, data, seq, hlc, headers.get(REGION_HEADER, ""))
 
-    async def last_seq(self) -> int:
-        """The stream's last sequence, as its leader reports it."""
-        js = self.conn.jetstream(self.timeout_s)
-        info = await self._quorum_call("read the high-water mark", js.stream_info(self.stream))
-        return int(info.state.last_seq)
-
     # -- change feed ------------------------------------------------------
 
     async def follow(
@@ -283,9 +297,11 @@ class GlobalKeyspaceStore:
         freshness_interval_s: float,
         on_applied: Callable[[int], Awaitable[None]],
     ) -> None:
-        """Keep ``view`` current from the change feed and prove its freshness; after each
-        applied write, await ``on_applied(hlc_wall_ms)``. Runs until cancelled."""
+        """Keep ``view`` current from the change feed and prove its freshness with a
+        barrier every ``freshness_interval_s``; after each applied message, await
+        ``on_applied(hlc_wall_ms)``. Runs until cancelled."""
         js = self.conn.jetstream(self.timeout_s)
+        self._view = view
         async with (
             ordered_feed(
                 js,
@@ -296,7 +312,14 @@ class GlobalKeyspaceStore:
             asyncio.TaskGroup() as tg,
         ):
             tg.create_task(self._apply(queue, view, on_applied))
-            tg.create_task(self._marks(view, freshness_interval_s))
+            tg.create_task(
+                every(
+                    freshness_interval_s,
+                    self.barrier,
+                    in_flight=MAX_BARRIERS_IN_FLIGHT,
+                    what=f"freshness barrier of {self.stream}",
+                )
+            )
 
     async def _apply(
         self,
@@ -308,24 +331,16 @@ class GlobalKeyspaceStore:
             msg = await queue.get()
             key = self.key_of(msg.subject)
             seq = msg.metadata.sequence.stream
+            pending = msg.metadata.num_pending
             if key.startswith(RESERVED_KEY_PREFIX):
-                view.apply(seq, key, None)  # a barrier: advances the view, stores nothing
+                # A barrier: advances the view, stores nothing.
+                view.apply(seq, key, None, pending=pending)
                 await on_applied(0)
                 continue
             headers = dict(msg.headers or {})
             entry = None if _is_delete(headers) else self._entry(key, msg.data, seq, headers)
-            view.apply(seq, key, entry)
+            view.apply(seq, key, entry, pending=pending)
             await on_applied(HlcTimestamp.from_int(entry.hlc).wall_ms if entry and entry.hlc else 0)
-
-    async def _marks(self, view: KeyspaceView[StoredEntry], interval_s: float) -> None:
-        while True:
-            asked_at = time.monotonic()
-            try:
-                view.high_water_mark(asked_at, await self.last_seq())
-            except (QuorumUnavailableError, UnavailableError) as exc:
-                log.debug("high-water mark of %s: %s", self.stream, exc)
-            reraise_if_cancelling()
-            await asyncio.sleep(interval_s)
 
     async def watch(
         self, prefix: str, from_revision: int | None
