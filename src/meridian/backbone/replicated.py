@@ -14,6 +14,26 @@ Each message holds the whole CRDT state of one key as its region knew it
 Writes within a region are serialized per key by compare-and-set on the
 region's own stream (``Nats-Expected-Last-Subject-Sequence``), so several agents
 in one region never lose each other's updates.
+
+Freshness (:mod:`meridian.core.view`) is proven per writing region ``s``, on
+``MR_<ks>_<s>`` itself, never on the aggregate: JetStream's sourcing reports a
+source as caught up from the aggregating server's own, possibly stale, idea of
+the source (the chaos harness saw the "proof" arrive 3 s before the writes,
+and reads served 17 s stale). The agent reads ``MR_<ks>_<s>`` directly with an
+ordered consumer (its own region's too), so it knows exactly which of ``s``'s
+messages have been merged, and every freshness interval it asks that stream's
+leader for its last sequence, pipelined (:func:`~meridian.backbone.feed.every`).
+Its own writes' acks are proofs for its own region at no cost. A proof of a
+peer region is one WAN round trip old when it arrives; the view is proven
+fresh for ``s`` once it has merged every message of ``s`` up to the proven
+sequence.
+
+The leader's word is sound here where it is not for ``global``: a regional
+stream with one replica has no election (its one server holds every
+acknowledged write), and an answer from a replicated stream that names no
+leader (a member that lost its leader answers for itself) is not taken. What
+remains is a regional leader deposed inside its own region without knowing
+it yet, which needs a partition inside a region.
 """
 
 from __future__ import annotations
@@ -22,6 +42,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from functools import partial
 
 import nats.errors
 import nats.js.errors
@@ -33,13 +54,13 @@ from meridian.backbone.connection import (
     reraise_if_cancelling,
     translate_nats_errors,
 )
-from meridian.backbone.feed import ordered_feed, until_stalled
+from meridian.backbone.feed import every, ordered_feed, until_stalled
 from meridian.backbone.kv import HLC_HEADER, REGION_HEADER, WRONG_LAST_SEQUENCE
 from meridian.core.errors import ClockSkewError, InvalidArgumentError, UnavailableError
 from meridian.core.hlc import HlcTimestamp, HybridLogicalClock
 from meridian.core.keyspace import Keyspace
 from meridian.core.replicated import ReplicatedEntry, State, decode, merge, merged_entry
-from meridian.core.view import KeyspaceView
+from meridian.core.view import Freshness, KeyspaceView
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +69,8 @@ NO_MESSAGE_FOUND = 10037
 CAS_ATTEMPTS = 20
 #: How often a direct peer feed is checked for a stall.
 PEER_CHECK_S = 3.0
+#: Freshness probes of one region's stream under way at once.
+MAX_PROBES_IN_FLIGHT = 8
 
 
 def own_stream(keyspace: str, region: str) -> str:
@@ -84,8 +107,8 @@ class ReplicatedKeyspaceStore:
         self.own = own_stream(keyspace.name, region)
         self.aggregate = aggregate_stream(keyspace.name, region)
         self._subject_prefix = f"mr.{keyspace.name}."
-        #: When each source region was last seen fully copied (monotonic seconds).
-        self.source_synced_at: dict[str, float] = {}
+        #: The view being followed: this region's write acks prove its freshness.
+        self._view: KeyspaceView[ReplicatedEntry] | None = None
 
     def subject(self, region: str, key: str) -> str:
         return f"{self._subject_prefix}{region}.{key}"
@@ -148,6 +171,7 @@ class ReplicatedKeyspaceStore:
         js = self.conn.jetstream(self.timeout_s)
         subject = self.subject(self.region, key)
         for _ in range(CAS_ATTEMPTS):
+            asked_at = time.monotonic()
             last_seq, mine = await self._last_own(subject)
             base = merge(current, mine) if mine is not None else current
             new = operation(base)
@@ -170,6 +194,8 @@ class ReplicatedKeyspaceStore:
                 raise UnavailableError(
                     f"cannot write {self.keyspace.name}/{key} in {self.region}: {exc.description}"
                 ) from exc
+            if self._view is not None:
+                self._source(self._view, self.region).prove(asked_at, int(ack.seq))
             return int(ack.seq), new
         raise UnavailableError(
             f"cannot write {self.keyspace.name}/{key}: {CAS_ATTEMPTS} concurrent writers in a row"
@@ -206,8 +232,10 @@ class ReplicatedKeyspaceStore:
         freshness_interval_s: float,
         on_applied: Callable[[int], Awaitable[None]],
     ) -> None:
-        """Merge every region's messages into ``view``; runs until cancelled."""
+        """Merge every region's messages into ``view`` and prove, per writing region,
+        how fresh it is; runs until cancelled."""
         js = self.conn.jetstream(self.timeout_s)
+        self._view = view
         async with (
             ordered_feed(
                 js,
@@ -218,10 +246,33 @@ class ReplicatedKeyspaceStore:
             asyncio.TaskGroup() as tg,
         ):
             tg.create_task(self._apply(queue, view, on_applied))
-            tg.create_task(self._marks(view, freshness_interval_s))
             for region in self.regions:
-                if region != self.region:
-                    tg.create_task(self._follow_peer(region, view, on_applied))
+                source = self._source(view, region)
+                tg.create_task(self._follow_source(region, view, source, on_applied))
+                tg.create_task(
+                    every(
+                        freshness_interval_s,
+                        partial(self._probe, region, source),
+                        in_flight=MAX_PROBES_IN_FLIGHT,
+                        what=f"freshness of {own_stream(self.keyspace.name, region)}",
+                    )
+                )
+
+    @staticmethod
+    def _source(view: KeyspaceView[ReplicatedEntry], region: str) -> Freshness:
+        return view.sources.setdefault(region, Freshness())
+
+    async def _probe(self, region: str, source: Freshness) -> None:
+        """Prove ``region``'s writes: its stream's last sequence, from its leader."""
+        js = self.conn.jetstream(self.timeout_s)
+        stream = own_stream(self.keyspace.name, region)
+        asked_at = time.monotonic()
+        with translate_nats_errors(f"cannot reach {stream}"):
+            async with asyncio.timeout(self.timeout_s + 0.5):
+                info = await js.stream_info(stream)
+        if self.replicas > 1 and not (info.cluster and info.cluster.leader):
+            raise UnavailableError(f"{stream} has no leader: its answer proves nothing")
+        source.prove(asked_at, int(info.state.last_seq))
 
     async def _apply(
         self,
@@ -229,12 +280,14 @@ class ReplicatedKeyspaceStore:
         view: KeyspaceView[ReplicatedEntry],
         on_applied: Callable[[int], Awaitable[None]],
         *,
-        direct: bool = False,
+        source: Freshness | None = None,
         progress: list[int] | None = None,
     ) -> None:
         """Merge queued messages into ``view``. Aggregate messages advance the view's
-        sequence; ``direct`` ones (read straight from a peer's stream) only merge.
+        sequence; messages read straight from a region's own stream (``source``
+        given) only merge, and make that region's proof complete up to them.
         ``progress[0]`` is kept at the last stream sequence taken from the queue."""
+        direct = source is not None
         while True:
             msg = await queue.get()
             seq = msg.metadata.sequence.stream
@@ -245,7 +298,9 @@ class ReplicatedKeyspaceStore:
                 incoming, hlc = self._decode(msg)
             except InvalidArgumentError as exc:
                 log.error("skipping malformed message on %s: %s", msg.subject, exc)
-                if not direct:
+                if source is not None and msg.metadata.num_pending == 0:
+                    source.completed(seq)
+                elif not direct:
                     view.apply(seq, key, view.get(key))
                 continue
             if writer != self.region:
@@ -266,21 +321,26 @@ class ReplicatedKeyspaceStore:
                     old.region,
                 ):
                     view.merge_local(key, entry)
+                if source is not None and msg.metadata.num_pending == 0:
+                    source.completed(seq)
             else:
                 view.apply(seq, key, merged_entry(old, key, incoming, seq, hlc.to_int(), writer))
             await on_applied(hlc.wall_ms if writer != self.region else 0)
 
-    async def _follow_peer(
+    async def _follow_source(
         self,
         region: str,
         view: KeyspaceView[ReplicatedEntry],
+        source: Freshness,
         on_applied: Callable[[int], Awaitable[None]],
     ) -> None:
-        """Also read ``region``'s own stream directly, across the gateway.
+        """Also read ``region``'s own stream directly (across the gateway, for a peer).
 
-        JetStream sourcing into the aggregate can stall after a partition heals
-        (nats-server issues #6206, #8346); merging is idempotent, so reading the
-        peer directly as well costs only bandwidth and bounds that stall. The
+        This is what proves freshness per region (see the module docstring).
+        It also bounds a known stall: JetStream sourcing into the aggregate can
+        stall after a partition heals (nats-server issues #6206, #8346);
+        merging is idempotent, so reading directly as well costs only
+        bandwidth. The
         direct consumer can stall too (seen after heals): every
         ``PEER_CHECK_S`` the peer stream's last sequence is compared with what
         this feed has taken, and a feed that is behind and made no progress
@@ -302,7 +362,7 @@ class ReplicatedKeyspaceStore:
                 ):
                     progress = [0]
                     applying = tg.create_task(
-                        self._apply(queue, view, on_applied, direct=True, progress=progress)
+                        self._apply(queue, view, on_applied, source=source, progress=progress)
                     )
                     await until_stalled(js, stream, progress, PEER_CHECK_S)
                     log.info("direct feed from %s stalled; recreating it", region)
@@ -311,24 +371,6 @@ class ReplicatedKeyspaceStore:
                 log.debug("direct feed from %s not available yet: %s", region, exc)
             reraise_if_cancelling()
             await asyncio.sleep(2.0)
-
-    async def _marks(self, view: KeyspaceView[ReplicatedEntry], interval_s: float) -> None:
-        """Prove freshness: the aggregate's last sequence, and each source's lag."""
-        js = self.conn.jetstream(self.timeout_s)
-        while True:
-            asked_at = time.monotonic()
-            try:
-                info = await js.stream_info(self.aggregate)
-                view.high_water_mark(asked_at, int(info.state.last_seq))
-                for source in info.sources or []:
-                    region = (source.name or "").removeprefix(f"MR_{self.keyspace.name}_")
-                    active_s = (source.active or 0) / 1e9
-                    if source.lag == 0 and active_s < 5:
-                        self.source_synced_at[region] = asked_at - active_s
-            except (TimeoutError, nats.errors.Error) as exc:
-                log.debug("freshness of %s: %s", self.aggregate, exc)
-            reraise_if_cancelling()
-            await asyncio.sleep(interval_s)
 
     async def watch(self, prefix: str, from_revision: int | None) -> AsyncIterator[ReplicatedEntry]:
         """Merged entries under ``prefix`` as this region applies changes: from
@@ -367,18 +409,17 @@ class ReplicatedKeyspaceStore:
     def staleness(
         self, view: KeyspaceView[ReplicatedEntry], now: float
     ) -> tuple[float | None, str]:
-        """How stale the view may be: its own lag plus the oldest source confirmation."""
-        local = view.staleness(now)
-        if local is None:
-            return None, "the merged view has not synced yet"
-        worst, why = local, ""
+        """How stale the view may be: the oldest proof among the writing regions
+        (None, with the reason, while a region has none)."""
+        worst, why = 0.0, ""
         for region in self.regions:
-            synced = self.source_synced_at.get(region)
-            if synced is None:
-                return None, f"writes from {region} have not been confirmed copied yet"
-            if now - synced > worst:
-                worst, why = (
-                    now - synced,
-                    f"writes from {region} last confirmed {now - synced:.1f}s ago",
+            source = view.sources.get(region)
+            age = source.staleness(now) if source is not None else None
+            if age is None:
+                return (
+                    None,
+                    f"writes from {region} have not been confirmed since this agent started",
                 )
+            if age >= worst:
+                worst, why = age, f"writes from {region} last confirmed {age:.2f}s ago"
         return worst, why
