@@ -10,6 +10,8 @@ sandbox is ready again).
 Faults:
 
 - :class:`Partition`: a region's WAN links black-holed, both ways or one way;
+- :class:`PartitionByLeader`: the same for the region that holds (or one that
+  does not hold) a ``global`` stream's leader, chosen as the fault starts;
 - :class:`LatencySpike`: a link's latency raised, then restored to the
   configured value;
 - :class:`KillRegion`: SIGKILL of every process of a region, restarted by
@@ -44,12 +46,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from meridian.backbone.server import fetch_json
+from meridian.backbone.topology import server_name
 from meridian.chaos import lazyfs
 from meridian.chaos.history import EventType, History
+from meridian.config import GLOBAL_CLUSTER
 from meridian.sandbox.processes import ProcessRecord, spawn, stop
 from meridian.sandbox.supervisor import Sandbox
 from meridian.sandbox.wan_control import WanClient
 
+#: How long PartitionByLeader waits for the stream to have a leader.
+LEADER_WAIT_S = 20.0
 #: The process number of the nemesis's own events in the history.
 NEMESIS_PROCESS = -1
 
@@ -137,6 +143,77 @@ class Partition:
     async def stop(self, ctl: SandboxControl) -> None:
         async with ctl.wan() as wan:
             await wan.heal(self.region)
+
+
+def stream_leaders(ctl: SandboxControl, stream: str | None = None) -> dict[str, int]:
+    """Region -> how many ``global`` streams (or only ``stream``) its server leads,
+    from every reachable ``global`` server's monitoring endpoint."""
+    regions = {server_name(r.name, GLOBAL_CLUSTER): r.name for r in ctl.config.regions}
+    leaders: dict[str, str] = {}  # stream -> leader's server name
+    for r in ctl.config.regions:
+        url = f"http://127.0.0.1:{r.global_.monitor}/jsz?accounts=true&streams=true"
+        try:
+            jsz = fetch_json(url, 2.0)
+        except (OSError, ValueError):
+            continue  # a server that is down leads nothing
+        for account in jsz.get("account_details") or []:
+            for detail in account.get("stream_detail") or []:
+                cluster = detail.get("cluster") or {}
+                name = detail.get("name", "")
+                wanted = stream is None or name == stream
+                if wanted and cluster.get("name") == GLOBAL_CLUSTER and cluster.get("leader"):
+                    leaders[name] = cluster["leader"]
+    counts = {r.name: 0 for r in ctl.config.regions}
+    for server in leaders.values():
+        if server in regions:
+            counts[regions[server]] += 1
+    return counts
+
+
+@dataclass
+class PartitionByLeader:
+    """A partition of the region whose ``global`` server leads the most streams
+    (``stream``: leads that stream), or with ``leader`` False of one that leads
+    the fewest (the last such in configuration order, usually the farthest).
+    The region is chosen when the fault starts; a stream with no leader
+    anywhere is an error."""
+
+    stream: str | None = None
+    leader: bool = True
+    direction: str = "both"
+    kind: str = "partition"
+    region: str = ""
+
+    @property
+    def name(self) -> str:
+        role = "leader" if self.leader else "follower"
+        of = self.stream or "most global streams"
+        return f"partition {self.region or '?'} ({role} of {of}) {self.direction}"
+
+    async def start(self, ctl: SandboxControl) -> None:
+        # Right after a heal the stream may still be electing: wait for a leader.
+        deadline = time.monotonic() + LEADER_WAIT_S
+        counts = await asyncio.to_thread(stream_leaders, ctl, self.stream)
+        while not any(counts.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            counts = await asyncio.to_thread(stream_leaders, ctl, self.stream)
+        if not any(counts.values()):
+            raise RuntimeError(
+                f"no global server reported a leader of {self.stream or 'any stream'} "
+                f"within {LEADER_WAIT_S:g}s"
+            )
+        order = list(counts)
+        if self.leader:
+            self.region = max(order, key=lambda r: (counts[r], -order.index(r)))
+        else:
+            self.region = min(order, key=lambda r: (counts[r], -order.index(r)))
+        async with ctl.wan() as wan:
+            await wan.partition(self.region, direction=self.direction)
+
+    async def stop(self, ctl: SandboxControl) -> None:
+        if self.region:
+            async with ctl.wan() as wan:
+                await wan.heal(self.region)
 
 
 @dataclass
@@ -369,6 +446,8 @@ class Nemesis:
                 self._event("fail", rec, "start", error=rec.error)
                 continue
             rec.started = self.history.now()
+            # A fault may choose its target as it starts (PartitionByLeader).
+            rec.name, rec.region = step.fault.name, step.fault.region
             self._event("ok", rec, "start")
             self._active.append((step.fault, rec))
             await self._sleep(step.hold_s)

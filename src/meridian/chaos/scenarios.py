@@ -17,17 +17,21 @@ from meridian.chaos.nemesis import (
     KillRegion,
     LatencySpike,
     Partition,
+    PartitionByLeader,
     Pause,
     PowerLoss,
     Step,
 )
+from meridian.chaos.workloads import bounded
 from meridian.chaos.workloads.bank import BankWorkload
 from meridian.chaos.workloads.base import Workload
+from meridian.chaos.workloads.bounded import BoundedWorkload
 from meridian.chaos.workloads.events import EventsWorkload
 from meridian.chaos.workloads.idempotency import IdempotencyWorkload
 from meridian.chaos.workloads.register import RegisterWorkload
 from meridian.chaos.workloads.replicated import ReplicatedWorkload
 from meridian.config import MeridianConfig
+from meridian.core.keyspace import Keyspace
 
 Schedule = Callable[[MeridianConfig, float], list[Step]]
 
@@ -70,13 +74,19 @@ WORKLOADS: dict[str, Callable[[], Workload]] = {
     "replicated": ReplicatedWorkload,
     "idempotency": IdempotencyWorkload,
     "events": EventsWorkload,
+    "bounded": BoundedWorkload,
 }
+
+#: The stream of the bounded workload's global keyspace (whose leader the smoke
+#: scenario cuts off).
+BOUNDED_STREAM = f"KV_{Keyspace(bounded.GLOBAL).bucket}"
 
 #: Every fault the nemesis knows, by name, against the region furthest from the others.
 FAULTS: dict[str, Callable[[], Fault]] = {
     "partition": lambda: Partition("ap-south", "both"),
     "partition-inbound": lambda: Partition("ap-south", "inbound"),
     "partition-outbound": lambda: Partition("ap-south", "outbound"),
+    "partition-leader": lambda: PartitionByLeader(),
     "latency": lambda: LatencySpike("us-east", "eu-west", 400.0, jitter_ms=50.0),
     "kill-region": lambda: KillRegion("eu-west"),
     "kill-global-server": lambda: KillProcess("nats:global-us-east", "us-east"),
@@ -133,6 +143,19 @@ SMOKE: dict[str, Scenario] = {
                 FAULTS["partition"](), FAULTS["kill-region"]()
             )(config, duration),
             40.0,
+        ),
+        Scenario(
+            "bounded-partitions",
+            "One sequential writer and BOUNDED readers in every region, on a global and a "
+            "replicated keyspace, while a region that holds no leader of the global one is "
+            "cut off for 12 s, then the region that holds its leader: is any answer older "
+            "than the bound it reports?",
+            lambda: [BoundedWorkload()],
+            lambda _config, _duration: [
+                Step(5.0, PartitionByLeader(BOUNDED_STREAM, leader=False), hold_s=12.0),
+                Step(24.0, PartitionByLeader(BOUNDED_STREAM, leader=True), hold_s=12.0),
+            ],
+            45.0,
         ),
     )
 }
