@@ -226,6 +226,20 @@ def test_two_copies_in_flight_as_new_are_caught() -> None:
     assert v.errors[0]["problem"] == "a second copy delivered as new"
 
 
+def test_a_copy_never_acked_then_again_as_new_after_its_stream_broke_is_excused() -> None:
+    # The ack of the first copy failed as the group's region was killed; the
+    # server lost the delivery count with it, so the copy after the restart
+    # says attempt 1 again (seen in the smoke suite's kill of eu-west).
+    h = H().publish("us-east-p0", 1, "us-east")
+    h.deliver("eu-west", "us-east-p0", 1, "us-east", session=1, end="fail")
+    h.session(1, "info")
+    h.deliver("eu-west", "us-east-p0", 1, "us-east", session=2)
+    h.session(2, "ok")
+    v = EventsOnceChecker().check(h.history())
+    assert v.valid is True, v.errors
+    assert v.details["excused_redeliveries"] == 1
+
+
 def test_no_delivery_or_no_drain_is_unknown() -> None:
     h = H().publish("us-east-p0", 1, "us-east")
     assert checks(h.history()) == {
