@@ -320,6 +320,21 @@ async def test_cache_lag_is_exported(
     )
 
 
+async def test_the_proven_staleness_bound_is_exported(
+    agent: tuple[Agent, MeridianConfig], client: MeridianClient
+) -> None:
+    await client.put("accounts", unique("g"), b"x")
+
+    def exported() -> float:
+        text = agent[0].metrics.render().decode()
+        prefix = 'meridian_state_staleness_bound_seconds{keyspace="accounts",region="us-east"} '
+        line = next(ln for ln in text.splitlines() if ln.startswith(prefix))
+        return float(line.removeprefix(prefix))
+
+    # Proven by a barrier at most a few intervals ago on a healthy cluster.
+    await eventually(lambda: asyncio.sleep(0, exported()), lambda v: v < 1.0, what="a bound")
+
+
 async def test_without_a_quorum_writes_and_strong_reads_fail_fast_with_quorum_unavailable(
     cluster: NatsCluster, agent: tuple[Agent, MeridianConfig], client: MeridianClient
 ) -> None:
@@ -385,6 +400,9 @@ async def test_without_a_quorum_no_bounded_read_outlives_its_bound(
             assert got.staleness_bound_s <= bound
             assert got.staleness_bound_s >= asked_at - lost_at, (got, asked_at - lost_at)
             await asyncio.sleep(0.05)
+        # Scan proves freshness the same way: past the bound it is STRONG, and fails.
+        with pytest.raises(QuorumUnavailableError):
+            await client.scan_page("accounts", key, consistency=Bounded(bound))
     finally:
         for region in ("eu-west", "ap-south"):
             await asyncio.to_thread(cluster.start_server, region)

@@ -106,6 +106,7 @@ def test_default_agent_telemetry_and_sandbox_settings() -> None:
     config = load_config(None, env={})
     assert config.agent.log_level == "info"
     assert config.agent.status_interval_s == 1.0
+    assert config.agent.freshness_interval_s == 0.1
     assert config.telemetry.exporter == "none"
     assert config.sandbox.nats_server is None
     assert config.sandbox.workdir.is_absolute()
@@ -152,6 +153,7 @@ peer_timeout_s = 2
 quorum_timeout_s = 3.5
 shutdown_grace_s = 0
 log_level = "DEBUG"
+freshness_interval_s = 0.05
 
 [telemetry]
 exporter = "otlp"
@@ -198,6 +200,7 @@ monitor_url = "http://10.0.0.1:8222"
     assert config.agent.quorum_timeout_s == 3.5
     assert config.agent.shutdown_grace_s == 0.0
     assert config.agent.log_level == "debug"
+    assert config.agent.freshness_interval_s == 0.05
     assert config.telemetry.exporter == "otlp"
     assert config.telemetry.otlp_endpoint == "http://collector:4317"
     assert config.sandbox.ready_timeout_s == 30
@@ -620,8 +623,8 @@ def test_unknown_agent_key_lists_allowed_keys(tmp_path: Path) -> None:
         err,
         "agent.status_interval",
         "unknown setting",
-        "allowed here: log_level, peer_timeout_s, quorum_timeout_s, regional_replicas, "
-        "shutdown_grace_s, status_interval_s",
+        "allowed here: freshness_interval_s, log_level, peer_timeout_s, quorum_timeout_s, "
+        "regional_replicas, shutdown_grace_s, status_interval_s",
     )
     assert len(err.violations) == 1
 
@@ -727,6 +730,8 @@ def test_invalid_log_level(tmp_path: Path, value: str, rule: str) -> None:
         ("peer_timeout_s", "601", "must be between 0.05 and 600, got 601"),
         ("quorum_timeout_s", '"2s"', "must be a number, got '2s'"),
         ("shutdown_grace_s", "-1", "must be between 0 and 600, got -1"),
+        ("freshness_interval_s", "0.001", "must be between 0.01 and 10, got 0.001"),
+        ("freshness_interval_s", "true", "must be a number"),
     ],
 )
 def test_invalid_agent_timing(tmp_path: Path, key: str, value: str, rule: str) -> None:
@@ -914,7 +919,14 @@ JUNK = st.recursive(
     max_leaves=12,
 )
 AGENT_KEYS = st.sampled_from(
-    ["status_interval_s", "peer_timeout_s", "quorum_timeout_s", "shutdown_grace_s", "log_level"]
+    [
+        "status_interval_s",
+        "peer_timeout_s",
+        "quorum_timeout_s",
+        "shutdown_grace_s",
+        "log_level",
+        "freshness_interval_s",
+    ]
 )
 
 

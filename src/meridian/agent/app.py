@@ -152,6 +152,7 @@ class Agent:
             global_replicas=min(3, len(config.regions)),
             regional_replicas=config.agent.regional_replicas,
             timeout_s=config.agent.quorum_timeout_s,
+            freshness_interval_s=config.agent.freshness_interval_s,
             hlc=self.hlc,
             metrics=self.metrics,
         )

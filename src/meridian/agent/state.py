@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
@@ -32,7 +33,6 @@ from meridian.observability.metrics import AgentMetrics
 
 log = logging.getLogger(__name__)
 
-FRESHNESS_INTERVAL_S = 0.1
 RETRY_S = 1.0
 
 E = TypeVar("E", StoredEntry, ReplicatedEntry)
@@ -57,15 +57,30 @@ class KeyspaceReplica(Generic[E]):
     """A keyspace's store, its local view, and a way to wait for the view to catch up."""
 
     def __init__(
-        self, keyspace: Keyspace, store: _Store, metrics: AgentMetrics, region: str
+        self,
+        keyspace: Keyspace,
+        store: _Store,
+        metrics: AgentMetrics,
+        region: str,
+        freshness_interval_s: float,
     ) -> None:
         self.keyspace = keyspace
+        self._freshness_interval_s = freshness_interval_s
         self._store = store
         self.view: KeyspaceView[E] = KeyspaceView()
         self.ready = False
         self._changed = asyncio.Condition()
         self._metrics = metrics
         self._region = region
+        metrics.state_staleness.labels(region, keyspace.name).set_function(self._exported_bound)
+
+    def staleness(self, now: float) -> float | None:
+        """How stale the view may be at ``now``, as proven; None when nothing is."""
+        return self.view.staleness(now)
+
+    def _exported_bound(self) -> float:
+        bound = self.staleness(time.monotonic())
+        return math.inf if bound is None else bound
 
     def require_ready(self) -> None:
         if not self.ready:
@@ -106,7 +121,7 @@ class KeyspaceReplica(Generic[E]):
                 self.view = KeyspaceView()
                 self.ready = True
                 log.info("keyspace ready", extra={"keyspace": self.keyspace.name})
-                await self._store.follow(self.view, FRESHNESS_INTERVAL_S, self.on_applied)
+                await self._store.follow(self.view, self._freshness_interval_s, self.on_applied)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a feed must never kill the agent
@@ -121,15 +136,31 @@ class KeyspaceReplica(Generic[E]):
 
 
 class GlobalReplica(KeyspaceReplica[StoredEntry]):
-    def __init__(self, store: GlobalKeyspaceStore, metrics: AgentMetrics, region: str) -> None:
-        super().__init__(store.keyspace, store, metrics, region)
+    def __init__(
+        self,
+        store: GlobalKeyspaceStore,
+        metrics: AgentMetrics,
+        region: str,
+        freshness_interval_s: float,
+    ) -> None:
+        super().__init__(store.keyspace, store, metrics, region, freshness_interval_s)
         self.store = store
 
 
 class ReplicatedReplica(KeyspaceReplica[ReplicatedEntry]):
-    def __init__(self, store: ReplicatedKeyspaceStore, metrics: AgentMetrics, region: str) -> None:
-        super().__init__(store.keyspace, store, metrics, region)
+    def __init__(
+        self,
+        store: ReplicatedKeyspaceStore,
+        metrics: AgentMetrics,
+        region: str,
+        freshness_interval_s: float,
+    ) -> None:
         self.store = store
+        super().__init__(store.keyspace, store, metrics, region, freshness_interval_s)
+
+    def staleness(self, now: float) -> float | None:
+        """The oldest proof among the writing regions (see ReplicatedKeyspaceStore)."""
+        return self.store.staleness(self.view, now)[0]
 
 
 class StateComponent:
@@ -149,6 +180,7 @@ class StateComponent:
         timeout_s: float,
         hlc: HybridLogicalClock,
         metrics: AgentMetrics,
+        freshness_interval_s: float,
     ) -> None:
         self.replicas: dict[str, GlobalReplica | ReplicatedReplica] = {}
         for ks in keyspaces:
@@ -166,6 +198,7 @@ class StateComponent:
                     ),
                     metrics,
                     region,
+                    freshness_interval_s,
                 )
             else:
                 self.replicas[ks.name] = GlobalReplica(
@@ -179,6 +212,7 @@ class StateComponent:
                     ),
                     metrics,
                     region,
+                    freshness_interval_s,
                 )
 
     async def start(self) -> None:

@@ -398,6 +398,7 @@ def _wan(rd: Reader, raw: Mapping[str, Any], names: list[str], base_port: int) -
 
 def _agent(rd: Reader, raw: Mapping[str, Any]) -> AgentConfig:
     keys = {"status_interval_s", "peer_timeout_s", "quorum_timeout_s", "shutdown_grace_s"}
+    keys |= {"freshness_interval_s"}
     rd.known(raw, keys | {"log_level", "regional_replicas"}, "agent")
     regional = rd.number(raw, "regional_replicas", "agent.regional_replicas", 1, low=1, high=5)
     if regional not in (1, 3, 5):
@@ -421,6 +422,9 @@ def _agent(rd: Reader, raw: Mapping[str, Any]) -> AgentConfig:
         ),
         log_level=level,
         regional_replicas=int(regional),
+        freshness_interval_s=rd.number(
+            raw, "freshness_interval_s", "agent.freshness_interval_s", 0.1, low=0.01, high=10
+        ),
     )
 
 

@@ -129,6 +129,9 @@ class AgentConfig:
     log_level: str
     #: Replicas of each region's own streams (replicated keyspaces); 3 in a real cluster.
     regional_replicas: int = 1
+    #: How often freshness is proven for BOUNDED reads: a quorum barrier per global
+    #: keyspace, a last-sequence probe per replicated keyspace and writing region.
+    freshness_interval_s: float = 0.1
 
 
 @dataclass(frozen=True)

@@ -77,9 +77,19 @@ class AgentMetrics:
         )
         self.cache_lag = Histogram(
             "meridian_cache_invalidation_lag_seconds",
-            "From a write's HLC time to its arrival in this agent's cache (the change feed).",
+            "From a write's HLC time to its arrival in this agent's cache (the change feed); "
+            "an observation across clocks, off by their offset, never a bound.",
             ["region", "keyspace"],
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.state_staleness = Gauge(
+            "meridian_state_staleness_bound_seconds",
+            "How stale this agent's view of a keyspace may be now, as proven by quorum "
+            "commits (global) or by every writing region's own stream (replicated); "
+            "BOUNDED reads with a larger max_staleness are served from it. +Inf while "
+            "nothing is proven.",
+            ["region", "keyspace"],
             registry=r,
         )
         self.state_served = Counter(
