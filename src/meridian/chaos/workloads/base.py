@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 from collections.abc import Awaitable, Callable
@@ -12,7 +13,7 @@ from typing import Any, Protocol
 
 from meridian.chaos.checkers import Checker
 from meridian.chaos.history import EventType, History
-from meridian.client import MeridianClient
+from meridian.client import MeridianClient, Strong
 from meridian.config import MeridianConfig
 from meridian.core.errors import (
     ClockSkewError,
@@ -141,3 +142,11 @@ async def record(
 
 async def pace(ctx: RunContext, mean_s: float) -> None:
     await asyncio.sleep(ctx.rng.uniform(0, 2 * mean_s))
+
+
+async def strong_reads_ready(ctx: RunContext, keyspace: str) -> None:
+    """Return once every region reads ``keyspace`` strongly (a probe key that is
+    absent); raises while one cannot (setup is retried)."""
+    for client in ctx.clients.values():
+        with contextlib.suppress(NotFoundError):
+            await client.get(keyspace, f"{ctx.run_id}-probe", consistency=Strong())

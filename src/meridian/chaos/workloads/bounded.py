@@ -18,16 +18,20 @@ no answer older than the bound it reports, none above the bound asked for.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 from functools import partial
 from typing import Any
 
 from meridian.chaos.checkers import Checker
 from meridian.chaos.checkers.staleness import READ, WRITE, BoundedStalenessChecker
-from meridian.chaos.workloads.base import KeyspaceSpec, RunContext, pace, record
-from meridian.client import Bounded, MeridianClient, Strong
-from meridian.core.errors import NotFoundError
+from meridian.chaos.workloads.base import (
+    KeyspaceSpec,
+    RunContext,
+    pace,
+    record,
+    strong_reads_ready,
+)
+from meridian.client import Bounded, MeridianClient
 
 GLOBAL = "chaos_bounded"
 REPLICATED = "chaos_bounded_rep"
@@ -54,10 +58,7 @@ class BoundedWorkload:
         return f"{ctx.run_id}-{keyspace}"
 
     async def setup(self, ctx: RunContext) -> None:
-        # Readiness only: every region reads the global keyspace strongly.
-        for client in ctx.clients.values():
-            with contextlib.suppress(NotFoundError):
-                await client.get(GLOBAL, f"{ctx.run_id}-probe", consistency=Strong())
+        await strong_reads_ready(ctx, GLOBAL)
 
     async def run(self, ctx: RunContext, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as tg:

@@ -19,7 +19,6 @@ timeout is info, never fail.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 from functools import partial
 
@@ -27,7 +26,13 @@ from meridian.chaos.checkers import Checker
 from meridian.chaos.checkers.linearizable import LinearizableChecker
 from meridian.chaos.checkers.refusals import RefusedWritesInvisibleChecker
 from meridian.chaos.history import EventType
-from meridian.chaos.workloads.base import KeyspaceSpec, RunContext, pace, record
+from meridian.chaos.workloads.base import (
+    KeyspaceSpec,
+    RunContext,
+    pace,
+    record,
+    strong_reads_ready,
+)
 from meridian.client import MeridianClient, Strong
 from meridian.core.errors import NotFoundError
 
@@ -48,10 +53,7 @@ class RegisterWorkload:
         return [f"{ctx.run_id}-reg{i}" for i in range(self.n_keys)]
 
     async def setup(self, ctx: RunContext) -> None:
-        # Readiness only: every region can read strongly (the keys start absent).
-        for client in ctx.clients.values():
-            with contextlib.suppress(NotFoundError):
-                await client.get(KEYSPACE, f"{ctx.run_id}-probe", consistency=Strong())
+        await strong_reads_ready(ctx, KEYSPACE)
 
     async def run(self, ctx: RunContext, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as tg:
