@@ -1,0 +1,1 @@
+"""Freshness benchmarks: the price of proving BOUNDED reads fresh."""

@@ -1,0 +1,3 @@
+from bench.freshness.run import main
+
+raise SystemExit(main())
