@@ -34,8 +34,8 @@ def _append(h: History, *events: tuple[str, int, str, str, str | None, object]) 
 
 @pytest.fixture(scope="module")
 def partitioned(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
-    """One sandbox for the register and the replicated workloads, ap-south cut off
-    until the end, then healed: (report, run directory)."""
+    """One sandbox for the register and the replicated workloads, the region holding
+    the register's leader cut off until the end, then healed: (report, run directory)."""
     out = tmp_path_factory.mktemp("register-replicated-partition")
     return run_smoke("register-replicated-partition", out), out
 
@@ -50,12 +50,14 @@ def test_register_linearizable_across_a_partition(
     porcupine = lin["details"]["porcupine"]
     assert porcupine["operations"] > 50, porcupine
     assert (out / lin["details"]["visualization"]).stat().st_size > 0
-    # The partition had an effect a user would see: ap-south could not write.
+    # The partition had an effect a user would see: the leader's region could not write.
     started, stop = fault_window(report)
+    fault = report["faults"][0]
+    assert "(leader of" in fault["name"], fault
     cut_off = [
         op
         for op in history.ops()
-        if op.region == "ap-south"
+        if op.region == fault["region"]
         and op.f in ("write", "cas")
         and started <= op.start
         and op.end is not None
@@ -78,6 +80,26 @@ def test_register_linearizable_across_a_partition(
         ("ok", 10_000, "us-east", "read", last.key, values[0]),
     )
     assert LinearizableChecker().check(stale).valid is False
+    # So must a CONFLICT that no committed write caused: after the run, a cas from
+    # the key's final value, refused, then a read that still sees that value. The
+    # same ops with a failure that claims nothing stay linearizable.
+    reads = [
+        op for op in history.ops() if op.f == "read" and op.key == last.key and op.type == "ok"
+    ]
+    final = max(reads, key=lambda op: op.end or 0).value
+    cas_read = (
+        ("invoke", 10_001, "us-east", "cas", last.key, [final, 999_999]),
+        ("fail", 10_001, "us-east", "cas", last.key, [final, 999_999]),
+        ("invoke", 10_002, "us-east", "read", last.key, None),
+        ("ok", 10_002, "us-east", "read", last.key, final),
+    )
+    plain = _append(history, *cas_read)
+    assert LinearizableChecker().check(plain).valid is True
+    i = len(plain.events) - 3
+    events = list(plain.events)
+    events[i] = dataclasses.replace(events[i], error="ConflictError: CONFLICT: current 8")
+    refused = History(events, t0_ns=0, wall_t0_ns=history.wall_t0_ns)
+    assert LinearizableChecker().check(refused).valid is False
 
 
 def test_bank_conserves_money_when_a_region_is_killed(tmp_path: Path) -> None:
@@ -110,9 +132,10 @@ def test_replicated_converges_after_a_partition_heals(
     assert hlc["valid"] is True, hlc
     started, stop = fault_window(report)
     history = History.load(out / "history.json")
-    # ap-south kept accepting writes while cut off.
+    # The cut-off region kept accepting writes.
+    cut_off = report["faults"][0]["region"]
     assert any(
-        op.region == "ap-south" and op.f == "rput" and op.type == "ok" and started < op.start < stop
+        op.region == cut_off and op.f == "rput" and op.type == "ok" and started < op.start < stop
         for op in history.ops()
     )
     # One replica made to diverge in the real final snapshot must be caught.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -48,6 +49,47 @@ def test_stale_read_is_not_linearizable() -> None:
     v = LinearizableChecker().check(h)
     assert v.valid is False, v
     assert v.errors == [{"key": "k", "result": "Illegal"}]
+
+
+def _conflict(h: History, index: int) -> History:
+    """``h`` with event ``index`` (a failed cas) answered CONFLICT by the agent."""
+    events = list(h.events)
+    events[index] = dataclasses.replace(
+        events[index], error="ConflictError: CONFLICT: k: expected revision 1, current 3"
+    )
+    return History(events, t0_ns=0, wall_t0_ns=0)
+
+
+@needs_go
+def test_a_conflict_that_no_write_caused_is_not_linearizable() -> None:
+    # The register held 1 before, during and after the cas from 1: CONFLICT lied.
+    h = build(
+        ("invoke", 0, "write", "k", 1, 0),
+        ("ok", 0, "write", "k", 1, 10),
+        ("invoke", 1, "cas", "k", [1, 2], 20),
+        ("fail", 1, "cas", "k", [1, 2], 30),
+        ("invoke", 2, "read", "k", None, 40),
+        ("ok", 2, "read", "k", 1, 50),
+    )
+    assert LinearizableChecker().check(h).valid is True  # a plain failure says nothing
+    v = LinearizableChecker().check(_conflict(h, 3))
+    assert v.valid is False, v
+
+
+@needs_go
+def test_a_conflict_with_a_concurrent_write_is_linearizable() -> None:
+    h = build(
+        ("invoke", 0, "write", "k", 1, 0),
+        ("ok", 0, "write", "k", 1, 10),
+        ("invoke", 1, "cas", "k", [1, 2], 20),
+        ("invoke", 2, "write", "k", 3, 21),
+        ("ok", 2, "write", "k", 3, 25),
+        ("fail", 1, "cas", "k", [1, 2], 30),
+        ("invoke", 3, "read", "k", None, 40),
+        ("ok", 3, "read", "k", 3, 50),
+    )
+    v = LinearizableChecker().check(_conflict(h, 5))
+    assert v.valid is True, v
 
 
 @needs_go

@@ -16,6 +16,9 @@
 //     key was absent.
 //   - write: value is the integer written.
 //   - cas: value is [from, to].
+//   - refused: value is [from, to], a cas answered CONFLICT: its ok means the
+//     register held something other than from at some instant during the
+//     call (CONFLICT promises that a committed write beat the caller).
 //
 // An invoke is completed by the next event of the same process. A fail means
 // the operation certainly did not take effect, so it is dropped. An info (a
@@ -60,7 +63,7 @@ type history struct {
 const absent int64 = math.MinInt64
 
 type input struct {
-	Op    string // "read", "write" or "cas"
+	Op    string // "read", "write", "cas" or "refused"
 	Key   string
 	Value int64 // write: the value; cas: to
 	From  int64 // cas: the expected value
@@ -118,6 +121,8 @@ var model = porcupine.Model{
 			// An acknowledged CAS needs its expected value; an
 			// indeterminate one may simply not have happened.
 			return o.Indeterminate, s
+		case "refused":
+			return s != i.From, s
 		}
 		return false, s
 	},
@@ -137,6 +142,8 @@ var model = porcupine.Model{
 			return fmt.Sprintf("read(%s) -> %s", i.Key, fmtValue(o.Value))
 		case "write":
 			return fmt.Sprintf("write(%s, %d)%s", i.Key, i.Value, suffix)
+		case "refused":
+			return fmt.Sprintf("cas(%s, %s -> %d) CONFLICT", i.Key, fmtValue(i.From), i.Value)
 		default:
 			return fmt.Sprintf("cas(%s, %s -> %d)%s", i.Key, fmtValue(i.From), i.Value, suffix)
 		}
@@ -176,7 +183,7 @@ func operations(h history) ([]porcupine.Operation, int, error) {
 				return fmt.Errorf("event %d: write needs an integer value", inv.Index)
 			}
 			in.Value = v
-		case "cas":
+		case "cas", "refused":
 			var pair []json.RawMessage
 			if err := json.Unmarshal(inv.Value, &pair); err != nil || len(pair) != 2 {
 				return fmt.Errorf("event %d: cas needs [from, to]", inv.Index)
@@ -190,8 +197,8 @@ func operations(h history) ([]porcupine.Operation, int, error) {
 		}
 		op := porcupine.Operation{ClientId: inv.Process, Input: in, Call: inv.Time, Metadata: meta{inv.Region, inv.Index}}
 		if done == nil || done.Type == "info" {
-			if inv.F == "read" {
-				return nil
+			if inv.F == "read" || inv.F == "refused" {
+				return nil // says nothing
 			}
 			indeterminate++
 			op.Output = output{Indeterminate: true}
@@ -212,7 +219,7 @@ func operations(h history) ([]porcupine.Operation, int, error) {
 		return nil
 	}
 	for _, e := range h.Events {
-		if e.F != "read" && e.F != "write" && e.F != "cas" {
+		if e.F != "read" && e.F != "write" && e.F != "cas" && e.F != "refused" {
 			continue
 		}
 		switch e.Type {

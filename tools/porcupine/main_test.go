@@ -57,3 +57,24 @@ func TestIndeterminateCasMayHaveHappened(t *testing.T) {
 		t.Fatalf("want Ok with one indeterminate op, got %+v", v)
 	}
 }
+
+func TestConflictWithNoWriteBetweenIsIllegal(t *testing.T) {
+	// The value stayed 1 throughout, yet the cas from 1 was answered CONFLICT.
+	v := check(t, write1+`{"index":2,"type":"invoke","process":1,"f":"refused","key":"k","value":[1,2],"time":20},
+{"index":3,"type":"ok","process":1,"f":"refused","key":"k","value":[1,2],"time":30},
+{"index":4,"type":"invoke","process":2,"f":"read","key":"k","value":null,"time":40},
+{"index":5,"type":"ok","process":2,"f":"read","key":"k","value":1,"time":50}`)
+	if v.Valid || v.Result != "Illegal" {
+		t.Fatalf("want Illegal, got %+v", v)
+	}
+}
+
+func TestConflictWithAConcurrentWriteIsLinearizable(t *testing.T) {
+	v := check(t, write1+`{"index":2,"type":"invoke","process":1,"f":"refused","key":"k","value":[1,2],"time":20},
+{"index":3,"type":"invoke","process":2,"f":"write","key":"k","value":3,"time":21},
+{"index":4,"type":"ok","process":2,"f":"write","key":"k","value":3,"time":25},
+{"index":5,"type":"ok","process":1,"f":"refused","key":"k","value":[1,2],"time":30}`)
+	if !v.Valid || v.Result != "Ok" {
+		t.Fatalf("want Ok, got %+v", v)
+	}
+}

@@ -23,13 +23,15 @@ proof is at most one barrier round trip plus one interval old. The cost is one
 quorum write per keyspace per interval per agent.
 
 Failures are translated here, once: a lost CAS becomes ``ConflictError`` (with
-the current revision), and no quorum within ``timeout_s`` becomes
-``QuorumUnavailableError``.
+the current revision of the committed write that won), a CAS refused while no
+committed write beat it becomes ``UnavailableError`` (not applied; retry), and
+no quorum within ``timeout_s`` becomes ``QuorumUnavailableError``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -50,6 +52,7 @@ from meridian.core.errors import (
     ConflictError,
     InvalidArgumentError,
     QuorumUnavailableError,
+    UnavailableError,
 )
 from meridian.core.hlc import HlcTimestamp
 from meridian.core.keyspace import RESERVED_KEY_PREFIX, Keyspace
@@ -174,7 +177,7 @@ class GlobalKeyspaceStore:
             )
         except nats.js.errors.APIError as exc:
             if exc.err_code in WRONG_LAST_SEQUENCE:
-                current = await self._revision_after_conflict(key, if_revision)
+                winner = await self._committed_winner(key, if_revision or 0)
                 applied = await self._our_write_after(key, if_revision or 0, headers)
                 if applied:
                     # The refusal was wrong: this very write is the first after the
@@ -188,29 +191,46 @@ class GlobalKeyspaceStore:
                         applied,
                     )
                     return applied, hlc
+                if winner is None:
+                    # No committed write beat this one: the leader refused it for a
+                    # write in flight that has not committed (an old leader cut off
+                    # from its quorum does that). CONFLICT would claim a winner.
+                    raise UnavailableError(
+                        f"{self.keyspace.name}/{key}: the write was not applied: the "
+                        f"leader refused it for a concurrent write, and no write past "
+                        f"revision {if_revision or 0} was committed within "
+                        f"{self.timeout_s:g}s; retry"
+                    ) from exc
                 raise ConflictError(
                     f"{self.keyspace.name}/{key}: expected revision {if_revision}, "
-                    f"current revision is {current}",
-                    current_revision=current,
+                    f"current revision is {winner}",
+                    current_revision=winner,
                 ) from exc
             raise
         self._proven(asked_at, int(ack.seq))
         return int(ack.seq), hlc
 
-    async def _revision_after_conflict(self, key: str, expected: int | None) -> int:
-        """The revision that beat ``expected``.
+    async def _committed_winner(self, key: str, expected: int) -> int | None:
+        """The revision (0 if deleted) of a committed write of ``key`` past
+        ``expected``, or None if none shows within the write timeout.
 
         The leader may refuse a compare-and-set because a competing write is
-        still in flight (error 10164), so right after the refusal the key can
-        still read as ``expected``. Read again until the winner shows, for at
-        most the write timeout; then report what is there.
+        still in flight (error 10164); that write may commit soon, or never (a
+        leader cut off from its quorum keeps refusing against proposals it
+        cannot commit, and shows them in its reads). So each look is a STRONG
+        read, a quorum barrier and then the key through the leader, which sees
+        only what a quorum committed; a look the quorum does not answer sees
+        nothing.
         """
         deadline = time.monotonic() + self.timeout_s
-        last = await self._last(key)
-        while (last[0] if last else 0) == (expected or 0) and time.monotonic() < deadline:
+        while True:
+            with contextlib.suppress(QuorumUnavailableError):
+                last = await self._last_committed(key)
+                if (last[0] if last else 0) != expected:
+                    return 0 if last is None or last[1] is None else last[0]
+            if time.monotonic() >= deadline:
+                return None
             await asyncio.sleep(0.01)
-            last = await self._last(key)
-        return 0 if last is None or last[1] is None else last[0]
 
     async def _our_write_after(self, key: str, expected: int, headers: dict[str, str]) -> int:
         """The sequence of this write if it is the key's first message after
@@ -256,9 +276,14 @@ class GlobalKeyspaceStore:
 
     async def get_strong(self, key: str) -> StoredEntry | None:
         """Linearizable read: a quorum barrier, then the key through the leader."""
-        await self.barrier()
-        last = await self._last(key)
+        last = await self._last_committed(key)
         return None if last is None else last[1]
+
+    async def _last_committed(self, key: str) -> tuple[int, StoredEntry | None] | None:
+        """The key's last committed message, read as :meth:`get_strong` reads:
+        (sequence, entry or None if it is a delete marker), None if absent."""
+        await self.barrier()
+        return await self._last(key)
 
     async def _last(self, key: str) -> tuple[int, StoredEntry | None] | None:
         """The key's last message through the stream leader: (seq, entry or None if deleted)."""

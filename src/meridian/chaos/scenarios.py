@@ -22,7 +22,7 @@ from meridian.chaos.nemesis import (
     PowerLoss,
     Step,
 )
-from meridian.chaos.workloads import bounded
+from meridian.chaos.workloads import bounded, register
 from meridian.chaos.workloads.bank import BankWorkload
 from meridian.chaos.workloads.base import Workload
 from meridian.chaos.workloads.bounded import BoundedWorkload
@@ -80,6 +80,9 @@ WORKLOADS: dict[str, Callable[[], Workload]] = {
 #: The stream of the bounded workload's global keyspace (whose leader the smoke
 #: scenario cuts off).
 BOUNDED_STREAM = f"KV_{Keyspace(bounded.GLOBAL).bucket}"
+#: The stream of the register workload's keyspace (whose leader's region the
+#: register smoke scenario cuts off).
+REGISTER_STREAM = f"KV_{Keyspace(register.KEYSPACE).bucket}"
 
 #: Every fault the nemesis knows, by name, against the region furthest from the others.
 FAULTS: dict[str, Callable[[], Fault]] = {
@@ -119,11 +122,12 @@ SMOKE: dict[str, Scenario] = {
     for s in (
         Scenario(
             "register-replicated-partition",
-            "A CAS register on global and replicated writes in every region while ap-south "
-            "is cut off until the end, then heal: linearizable? converged, HLCs sound, "
-            "ap-south still writable?",
+            "A CAS register on global and replicated writes in every region while the "
+            "region holding the register's leader is cut off until the end, then heal: "
+            "linearizable, with every CONFLICT caused by a committed write? converged, HLCs "
+            "sound, the cut-off region still writable?",
             lambda: [RegisterWorkload(), ReplicatedWorkload()],
-            fault_until_end(FAULTS["partition"]),
+            fault_until_end(lambda: PartitionByLeader(REGISTER_STREAM)),
             30.0,
         ),
         _single(

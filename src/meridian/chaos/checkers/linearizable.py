@@ -5,13 +5,19 @@ around ``github.com/anishathalye/porcupine``); this module builds it on first
 use into ``.meridian/bin/`` (gitignored), writes the register operations of a
 history to a file, runs the command and reads its verdict. ``read``,
 ``write`` and ``cas`` ops take part (see the command's doc for their values);
-``info`` ops are indeterminate and ``fail`` ops did not happen.
+``info`` ops are indeterminate and ``fail`` ops did not happen, except a
+``cas`` refused with CONFLICT: CONFLICT promises that a committed write beat
+the caller, so it goes to the command as a ``refused`` op, which is only
+linearizable if the register held something other than the expected value at
+some instant during the call (Porcupine's convention of dropping failed
+operations would hide a false CONFLICT).
 
 ``MERIDIAN_PORCUPINE`` names a prebuilt binary instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -24,6 +30,8 @@ from meridian.chaos.history import Event, History
 REPO = Path(__file__).resolve().parents[4]
 TOOL_DIR = REPO / "tools" / "porcupine"
 REGISTER_FS = frozenset({"read", "write", "cas"})
+#: How a completion's error text starts when the agent answered CONFLICT.
+CONFLICT_PREFIX = "ConflictError"
 
 
 class PorcupineUnavailableError(RuntimeError):
@@ -76,11 +84,13 @@ class LinearizableChecker:
         self.prefix = prefix
 
     def check(self, history: History) -> Verdict:
-        events = [
-            e
-            for e in history.events
-            if e.f in REGISTER_FS and (e.key or "").startswith(self.prefix)
-        ]
+        events = refused_as_observations(
+            [
+                e
+                for e in history.events
+                if e.f in REGISTER_FS and (e.key or "").startswith(self.prefix)
+            ]
+        )
         if not any(e.type == "ok" for e in events):
             return Verdict(self.name, None, "no completed register operation to check")
         if self.workdir is None:
@@ -130,3 +140,20 @@ class LinearizableChecker:
             errors=[{"key": k, "result": "Illegal"} for k in bad],
             details=details,
         )
+
+
+def refused_as_observations(events: list[Event]) -> list[Event]:
+    """Each ``cas`` that failed with CONFLICT as an ok ``refused`` op (invoke and
+    completion both), in place; every other event unchanged."""
+    out = list(events)
+    open_at: dict[int, int] = {}  # process -> index in out of its open invoke
+    for i, e in enumerate(out):
+        if e.type == "invoke":
+            open_at[e.process] = i
+            continue
+        j = open_at.pop(e.process, None)
+        conflict = (e.error or "").startswith(CONFLICT_PREFIX)
+        if j is not None and e.f == "cas" and e.type == "fail" and conflict:
+            out[j] = dataclasses.replace(out[j], f="refused")
+            out[i] = dataclasses.replace(e, type="ok", f="refused", value=out[j].value)
+    return out

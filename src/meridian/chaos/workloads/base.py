@@ -78,9 +78,11 @@ class Refused(Exception):
 
 #: Error texts that prove a write was never applied. The agent's error codes do not
 #: say so (QUORUM_UNAVAILABLE covers both "no leader answered" and "no answer in
-#: time"), so the text is matched: "no JetStream leader is reachable" is NATS's
+#: time"), so the text is matched: "the write was not applied" is a CAS the leader
+#: refused with no committed winner, "no JetStream leader is reachable" is NATS's
 #: no-responders (nobody received the write), the others mean no agent was reached.
 CERTAIN_FAILURES = (
+    "the write was not applied",
     "no JetStream leader is reachable",
     "failed to connect",
     "Connection refused",
