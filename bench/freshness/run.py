@@ -21,6 +21,12 @@ Figure 2, the bound a ``replicated`` keyspace proves: from each region, EVENTUAL
 Gets report the bound the agent can prove; p50 and p95, against the one-way
 latency from the farthest writing region + 100 ms.
 
+Figure 4, under write load: while writers in us-east keep ``writers`` STRONG
+Puts in flight on other keys of the ``global`` keyspace, BOUNDED(1 s) Gets
+from each region, this tree's agent against the baseline's: the share served
+BOUNDED (a proof settles only once the change feed has caught up, so a feed
+that never catches up would turn every read STRONG) and the p50.
+
 Figure 3, background cost with no client load: the ``global`` keyspace's stream
 grows by barriers only, so its sequence gives the quorum writes per second per
 agent (goal ≤ one per freshness interval); and each agent's CPU while idle,
@@ -63,7 +69,8 @@ BOUND_S = 1.0
 
 @dataclass(frozen=True)
 class Settings:
-    figures: frozenset[str] = frozenset({"1", "2", "3"})
+    figures: frozenset[str] = frozenset({"1", "2", "3", "4"})
+    writers: int = 16
     regions: tuple[str, ...] = ("us-east", "eu-west", "ap-south")
     rounds: int = 6
     round_s: float = 2.0
@@ -268,6 +275,52 @@ def _figure2_rows(sb: BenchSandbox, region: str, samples: dict[str, list[float]]
     return rows
 
 
+async def figure4(sb: BenchSandbox, s: Settings, src: Path) -> list[Row]:
+    rows: list[Row] = []
+    stop = asyncio.Event()
+    written = 0
+
+    async def writer(client: MeridianClient, n: int) -> None:
+        nonlocal written
+        i = 0
+        while not stop.is_set():
+            with contextlib.suppress(MeridianError):
+                await client.put(sb.keyspace.name, f"load-{n}-{i % 100}", b"w" * 100)
+                written += 1
+            i += 1
+
+    async with (
+        MeridianClient(sb.region("us-east").grpc_address) as load,
+        asyncio.TaskGroup() as tg,
+    ):
+        for n in range(s.writers):
+            tg.create_task(writer(load, n))
+        try:
+            for region in s.regions:
+                async with extra_agents(sb, src, region) as extra:
+                    agents = {name: agent.grpc_address for name, agent in extra.items()}
+                    p50s: dict[str, list[float]] = {name: [] for name in agents}
+                    levels: dict[str, list[str]] = {name: [] for name in agents}
+                    start_written, t0 = written, time.monotonic()
+                    for i in range(s.rounds):
+                        order = list(agents) if i % 2 == 0 else list(agents)[::-1]
+                        for name in order:
+                            lat, served, _ = await _reads(
+                                agents[name], sb.keyspace.name, s.round_s, Bounded(BOUND_S)
+                            )
+                            if lat:
+                                p50s[name].append(statistics.median(lat) * 1000)
+                            levels[name] += served
+                    rate = (written - start_written) / (time.monotonic() - t0)
+                    for row in _figure1_rows(region, sb.keyspace.name, p50s, levels):
+                        row.figure = "4"
+                        row.name += f", {rate:.0f} writes/s"
+                        rows.append(row)
+        finally:
+            stop.set()
+    return rows
+
+
 async def figure3(sb: BenchSandbox, s: Settings, src: Path) -> list[Row]:
     stream = f"KV_{sb.keyspace.bucket}"
     region = s.regions[0]
@@ -348,7 +401,8 @@ async def prepare(sb: BenchSandbox) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench.freshness", description=__doc__.split("\n\n")[0])
     p.add_argument("--base-port", type=int, default=15000)
-    p.add_argument("--figures", default="1,2,3", help="comma-separated: 1, 2, 3")
+    p.add_argument("--figures", default="1,2,3,4", help="comma-separated: 1, 2, 3, 4")
+    p.add_argument("--writers", type=int, default=Settings.writers, help="figure 4 Puts in flight")
     p.add_argument("--rounds", type=int, default=Settings.rounds)
     p.add_argument("--baseline-rev", default=BASELINE_REV, help=f"git revision ({BASELINE_REV})")
     p.add_argument("--quick", action="store_true", help="2 rounds of 1 s; one region")
@@ -364,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         idle_s=4.0 if args.quick else Settings.idle_s,
         regions=("ap-south",) if args.quick else Settings.regions,
         baseline_rev=args.baseline_rev,
+        writers=args.writers,
     )
     src = baseline_src(s.baseline_rev)
 
@@ -376,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
         if "3" in s.figures:
             print("figure 3: background cost while idle ...", flush=True)
             report.rows += await figure3(sb, s, src)
+        if "4" in s.figures:
+            print("figure 4: BOUNDED reads under write load ...", flush=True)
+            report.rows += await figure4(sb, s, src)
 
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     return drive(
