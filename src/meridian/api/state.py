@@ -281,7 +281,7 @@ class StateApi:
     def _global_serving(self, replica: GlobalReplica, want: Consistency) -> tuple[ReadLevel, float]:
         if want.level is ReadLevel.STRONG:
             return ReadLevel.STRONG, 0.0
-        staleness = replica.view.staleness(time.monotonic())
+        staleness = replica.staleness(time.monotonic())
         if staleness is None:
             return ReadLevel.STRONG, 0.0
         if want.level is ReadLevel.BOUNDED and staleness > want.max_staleness_s:

@@ -287,45 +287,52 @@ class ReplicatedKeyspaceStore:
         sequence; messages read straight from a region's own stream (``source``
         given) only merge, and make that region's proof complete up to them.
         ``progress[0]`` is kept at the last stream sequence taken from the queue."""
-        direct = source is not None
         while True:
             msg = await queue.get()
             seq = msg.metadata.sequence.stream
             if progress is not None:
                 progress[0] = seq
-            writer, key = self._split(msg.subject)
+            wall_ms = self._merge(msg, seq, view, direct=source is not None)
+            if source is not None and msg.metadata.num_pending == 0:
+                source.completed(seq)  # every message of that region up to seq is in
+            if wall_ms is not None:
+                await on_applied(wall_ms)
+
+    def _merge(
+        self, msg: Msg, seq: int, view: KeyspaceView[ReplicatedEntry], *, direct: bool
+    ) -> int | None:
+        """Merge one message into ``view``: the writer's HLC wall milliseconds for
+        the lag metric (0 for this region's own writes), None if it was malformed
+        and skipped (an aggregate message still advances the view's sequence)."""
+        writer, key = self._split(msg.subject)
+        try:
+            incoming, hlc = self._decode(msg)
+        except InvalidArgumentError as exc:
+            log.error("skipping malformed message on %s: %s", msg.subject, exc)
+            if not direct:
+                view.apply(seq, key, view.get(key))
+            return None
+        if writer != self.region:
             try:
-                incoming, hlc = self._decode(msg)
-            except InvalidArgumentError as exc:
-                log.error("skipping malformed message on %s: %s", msg.subject, exc)
-                if source is not None and msg.metadata.num_pending == 0:
-                    source.completed(seq)
-                elif not direct:
-                    view.apply(seq, key, view.get(key))
-                continue
-            if writer != self.region:
-                try:
-                    self.hlc.update(hlc)  # later local writes order after what we've seen
-                except ClockSkewError as exc:
-                    # Rejected and counted; the write still merges, or regions would diverge.
-                    log.warning("%s", exc.message)
-                    self.on_skewed()
-            old = view.get(key)
-            if direct:
-                entry = merged_entry(
-                    old, key, incoming, old.revision if old else 0, hlc.to_int(), writer
-                )
-                if old is None or (entry.state, entry.hlc, entry.region) != (
-                    old.state,
-                    old.hlc,
-                    old.region,
-                ):
-                    view.merge_local(key, entry)
-                if source is not None and msg.metadata.num_pending == 0:
-                    source.completed(seq)
-            else:
-                view.apply(seq, key, merged_entry(old, key, incoming, seq, hlc.to_int(), writer))
-            await on_applied(hlc.wall_ms if writer != self.region else 0)
+                self.hlc.update(hlc)  # later local writes order after what we've seen
+            except ClockSkewError as exc:
+                # Rejected and counted; the write still merges, or regions would diverge.
+                log.warning("%s", exc.message)
+                self.on_skewed()
+        old = view.get(key)
+        if direct:
+            entry = merged_entry(
+                old, key, incoming, old.revision if old else 0, hlc.to_int(), writer
+            )
+            if old is None or (entry.state, entry.hlc, entry.region) != (
+                old.state,
+                old.hlc,
+                old.region,
+            ):
+                view.merge_local(key, entry)
+        else:
+            view.apply(seq, key, merged_entry(old, key, incoming, seq, hlc.to_int(), writer))
+        return hlc.wall_ms if writer != self.region else 0
 
     async def _follow_source(
         self,
