@@ -24,7 +24,7 @@ import nats
 from bench.state import latency
 from bench.state.sandbox import BenchSandbox
 from meridian.client import MeridianClient
-from meridian.core.idempotency import StoredResponse
+from meridian.idempotency.model import StoredResponse
 
 #: The idempotency bucket of ``global`` storage and its stream.
 BUCKET = "mg__idempotency"

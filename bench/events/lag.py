@@ -29,9 +29,9 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from bench.state.sandbox import BenchSandbox
-from meridian.backbone.events import EVENT_ID_HEADER
 from meridian.client import MeridianClient
-from meridian.core import events as ev
+from meridian.events import model as ev
+from meridian.events.streams import EVENT_ID_HEADER
 
 AGENT, RAW = "agent", "raw"
 PATHS = (AGENT, RAW)

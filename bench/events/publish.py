@@ -34,9 +34,9 @@ from nats.js import JetStreamContext
 from bench.state import load, native
 from bench.state.sandbox import BenchSandbox
 from bench.state.stats import Target
-from meridian.backbone.events import EVENT_ID_HEADER, MSG_ID, PUBLISHED_HEADER, TOPIC_KEY_HEADER
 from meridian.client import MeridianClient
-from meridian.core import events as ev
+from meridian.events import model as ev
+from meridian.events.streams import EVENT_ID_HEADER, MSG_ID, PUBLISHED_HEADER, TOPIC_KEY_HEADER
 
 TOPIC = "bench.load"
 PAYLOAD = b"p" * 100

@@ -2,7 +2,7 @@
 
 Freshness is proven by quorum commits (read barriers, own writes) for
 ``global`` keyspaces and by each writing region's own stream for
-``replicated`` ones (:mod:`meridian.core.view`). The *baseline* is the agent
+``replicated`` ones (:mod:`meridian.state.model.view`). The *baseline* is the agent
 of ``--baseline-rev`` (by default the last commit before that change, which
 took a server's report of its last sequence as proof), started from a copy of
 that revision's ``src/``. It runs as a second agent of a region, on the same

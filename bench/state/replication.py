@@ -34,8 +34,8 @@ from nats.js import api
 
 from bench.state.sandbox import BenchSandbox
 from bench.state.stats import CpuMeter, CpuUsage, Target
-from meridian.backbone.replicated import aggregate_stream, own_stream
 from meridian.client import MeridianClient
+from meridian.state.replicated_store import aggregate_stream, own_stream
 
 #: The paths a write is timed on at each reader, by short name.
 WATCH, AGGREGATE, PEER, CORE = "watch", "aggregate", "peer", "core"

@@ -8,12 +8,13 @@
         await m.put("accounts", "alice", b"90", if_revision=entry.revision)
 
 Errors come back as the same typed Meridian errors the agent raised, rebuilt
-from the stable code in the ``meridian-error-code`` trailer:
+from the call's ``google.rpc`` details (``ErrorInfo`` with the stable code,
+``BadRequest`` with the field violations):
 :class:`~meridian.core.errors.ConflictError` (with ``current_revision``),
 :class:`~meridian.core.errors.NotFoundError`,
 :class:`~meridian.core.errors.QuorumUnavailableError`,
-:class:`~meridian.core.errors.InvalidArgumentError`, and so on. Cancelling a
-call cancels the RPC.
+:class:`~meridian.core.errors.InvalidArgumentError` (every violation), and so
+on. Cancelling a call cancels the RPC.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ from meridian.core.errors import (
     IdempotencyMismatchError,
     MeridianError,
 )
-from meridian.core.idempotency import StoredResponse
+from meridian.idempotency import StoredResponse
 from meridian.subscription import Subscription
 
 T = TypeVar("T")

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import any_pb2
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import DecodeError, Message
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from meridian._pb.meridian.v1 import (
     events_pb2,
@@ -23,6 +27,7 @@ from meridian.core.errors import (
     FieldViolation,
     IdempotencyInProgressError,
     IdempotencyMismatchError,
+    InternalError,
     InvalidArgumentError,
     MeridianError,
     NotFoundError,
@@ -30,7 +35,7 @@ from meridian.core.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from meridian.core.idempotency import StoredResponse
+from meridian.idempotency import StoredResponse
 
 
 @dataclass(frozen=True)
@@ -199,6 +204,12 @@ def _entry(e: state_pb2.Entry) -> Entry:
     )
 
 
+#: ``ErrorInfo.domain`` of the agent's errors: a reason from another domain is
+#: not a Meridian code.
+ERROR_DOMAIN = "meridian.dev"
+#: ``ErrorInfo.metadata`` key of a ``CONFLICT``: the key's revision now.
+CURRENT_REVISION_KEY = "currentRevision"
+
 _SIMPLE: dict[str, type[MeridianError]] = {
     ErrorCode.NOT_FOUND: NotFoundError,
     ErrorCode.QUORUM_UNAVAILABLE: QuorumUnavailableError,
@@ -208,6 +219,8 @@ _SIMPLE: dict[str, type[MeridianError]] = {
     ErrorCode.IDEMPOTENCY_IN_PROGRESS: IdempotencyInProgressError,
     ErrorCode.IDEMPOTENCY_MISMATCH: IdempotencyMismatchError,
     ErrorCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    ErrorCode.UNAVAILABLE: UnavailableError,
+    ErrorCode.INTERNAL: InternalError,
 }
 
 
@@ -226,19 +239,69 @@ def error_from_item(e: state_pb2.ItemError) -> MeridianError:
     )
 
 
+_D = TypeVar("_D", bound=Message)
+
+
+def _unpack(detail: any_pb2.Any, into: _D) -> _D | None:
+    """``detail`` decoded into ``into``, or None if it does not decode."""
+    try:
+        return into if detail.Unpack(into) else None
+    except DecodeError:
+        return None
+
+
+def _rich_details(
+    exc: grpc.aio.AioRpcError,
+) -> tuple[error_details_pb2.ErrorInfo | None, error_details_pb2.BadRequest | None]:
+    """The ``ErrorInfo`` and ``BadRequest`` of a failed call's ``google.rpc.Status``.
+
+    Missing, unreadable or inconsistent details (bytes that are not a Status,
+    a Status whose code is not the call's, a detail that does not decode)
+    count as absent: the caller falls back to the gRPC code.
+    """
+    try:
+        status = rpc_status.from_call(exc)
+    except (ValueError, TypeError, DecodeError):
+        return None, None
+    info: error_details_pb2.ErrorInfo | None = None
+    bad_request: error_details_pb2.BadRequest | None = None
+    for detail in status.details if status is not None else ():
+        if info is None and detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = _unpack(detail, error_details_pb2.ErrorInfo())
+        elif bad_request is None and detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = _unpack(detail, error_details_pb2.BadRequest())
+    if info is not None and info.domain != ERROR_DOMAIN:
+        info = None
+    return info, bad_request
+
+
 def error_from_rpc(exc: grpc.aio.AioRpcError) -> MeridianError:
-    """Rebuild the typed Meridian error from a failed call's trailers."""
-    trailers = {k: v for k, v in (exc.trailing_metadata() or ()) if isinstance(v, str)}
-    code = trailers.get("meridian-error-code", "")
+    """Rebuild the typed Meridian error from a failed call's ``google.rpc``
+    details: ``ErrorInfo.reason`` is the stable code, its ``metadata`` the
+    structured fields, ``BadRequest`` the field violations.
+
+    A call without a Meridian reason (none sent, an unknown one, unreadable
+    details) maps by its gRPC code: ``DEADLINE_EXCEEDED`` to
+    :class:`DeadlineExceededError`, anything else to :class:`UnavailableError`
+    naming the code. This never raises.
+    """
     message = exc.details() or ""
+    info, bad_request = _rich_details(exc)
+    code = info.reason if info is not None else ""
     if code == ErrorCode.INVALID_ARGUMENT:
-        field = trailers.get("meridian-error-field", "request")
-        rule = message.split(": ", 1)[1] if message.startswith(f"{field}: ") else message
-        return InvalidArgumentError(FieldViolation(field, rule))
-    current = int(trailers.get("meridian-current-revision", "0") or 0)
-    typed = _typed(code, message, current)
-    if typed is not None:
-        return typed
+        violations = [
+            FieldViolation(v.field or "request", v.description)
+            for v in (bad_request.field_violations if bad_request is not None else ())
+        ]
+        return InvalidArgumentError(violations or FieldViolation("request", message))
+    if info is not None:
+        try:
+            current = int(info.metadata.get(CURRENT_REVISION_KEY, "0"))
+        except ValueError:
+            current = 0
+        typed = _typed(code, message, max(current, 0))
+        if typed is not None:
+            return typed
     if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceededError(message or "deadline exceeded")
     return UnavailableError(f"{exc.code().name}: {message}")

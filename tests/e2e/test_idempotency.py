@@ -16,7 +16,7 @@ from meridian.core.errors import (
     IdempotencyMismatchError,
     MeridianError,
 )
-from meridian.core.idempotency import StoredResponse
+from meridian.idempotency.model import StoredResponse
 from tests.conftest import eventually
 from tests.e2e.conftest import REGIONS, SandboxHandle, ready_clients
 

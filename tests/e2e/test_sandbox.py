@@ -7,6 +7,7 @@ processes, driven by the `meridian` CLI and the WAN emulator's Python client.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import statistics
@@ -88,6 +89,43 @@ def test_up_reports_every_region_and_where_agents_listen(sandbox: SandboxHandle)
     text = sandbox.cli("sandbox", "status").stdout
     for region in REGIONS:
         assert f"region {region}: healthy" in text
+
+
+def agent_log(sandbox: SandboxHandle, region: str) -> list[dict[str, Any]]:
+    path = sandbox.config.sandbox.workdir / "logs" / f"agent-{region}.log"
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue  # not a log record (a traceback's lines, say)
+    return out
+
+
+async def test_each_agent_says_ready_only_once_every_component_serves(
+    sandbox: SandboxHandle,
+) -> None:
+    keyspaces = {ks.name for ks in sandbox.config.keyspaces}
+    for region in REGIONS:
+
+        async def records(r: str = region) -> list[dict[str, Any]]:
+            return await asyncio.to_thread(agent_log, sandbox, r)
+
+        def said_ready(recs: list[dict[str, Any]]) -> bool:
+            return any(rec.get("message") == "agent ready" for rec in recs)
+
+        recs = await eventually(records, said_ready, what=f"{region}'s agent says it is ready")
+        first = [rec.get("message") for rec in recs].index("agent ready")
+        before = recs[:first]
+        said = {rec.get("message") for rec in before}
+        for component in (
+            "event streams ready",
+            "registry streams ready",
+            "idempotency store ready",
+        ):
+            assert component in said, (region, component)
+        followed = {rec.get("keyspace") for rec in before if rec.get("message") == "keyspace ready"}
+        assert keyspaces <= followed, (region, followed)
 
 
 async def test_global_streams_put_one_replica_in_each_region(sandbox: SandboxHandle) -> None:

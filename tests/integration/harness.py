@@ -63,10 +63,16 @@ def agent_config(
 async def running_agent(
     config: MeridianConfig, exporter: InMemorySpanExporter | None = None, region: str = "us-east"
 ) -> AsyncIterator[Agent]:
+    """The agent, once its transports answer (it may not serve yet: no NATS, say)."""
     agent = Agent(config, region, span_exporter=exporter)
     task = asyncio.create_task(agent.run())
     try:
-        await asyncio.wait_for(agent.ready.wait(), 30)
+        listening = asyncio.create_task(agent.listening.wait())
+        await asyncio.wait({listening, task}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        listening.cancel()
+        if task.done():
+            task.result()  # what ended it
+        assert agent.listening.is_set(), "the agent's transports did not answer within 30s"
         yield agent
     finally:
         agent.request_stop()
@@ -94,17 +100,17 @@ async def http_post(url: str, body: Any) -> tuple[int, Any]:
 
 @contextlib.asynccontextmanager
 async def ready_agent(config: MeridianConfig, *, state: bool = False) -> AsyncIterator[Agent]:
-    """:func:`running_agent`, once its event streams (or, with ``state``, every
-    keyspace) are ready."""
+    """:func:`running_agent`, once its event streams and push deliveries (or, with
+    ``state``, every keyspace) serve, as the components report it.
+
+    Not ``agent.ready``: a test cluster has the one cluster the test needs, so
+    components placed elsewhere (say, idempotency in `global` on a regional
+    cluster) never serve there. The timeouts are hang guards."""
     from tests.conftest import eventually
 
     async with running_agent(config) as agent:
         if state:
-            await eventually(
-                lambda: asyncio.sleep(0, all(r.ready for r in agent.state.replicas.values())),
-                bool,
-                what="keyspaces ready",
-            )
+            await asyncio.wait_for(agent.state.wait_serving(), 120)
             # A stream can be ready before global has a reachable leader; the first
             # writes would then get QUORUM_UNAVAILABLE while it is elected.
             await eventually(
@@ -113,7 +119,7 @@ async def ready_agent(config: MeridianConfig, *, state: bool = False) -> AsyncIt
                 what="a global write committed by a quorum",
             )
         else:
-            await eventually(
-                lambda: asyncio.sleep(0, agent.events.ready), bool, what="event streams ready"
+            await asyncio.wait_for(
+                asyncio.gather(agent.events.wait_serving(), agent.push.wait_serving()), 120
             )
         yield agent

@@ -157,7 +157,7 @@ async def test_a_cancelled_agent_still_stops_every_component(nats_server: Any) -
     region = config.region("us-east")
     agent = Agent(config, "us-east")
     task = asyncio.create_task(agent.run())
-    await asyncio.wait_for(agent.ready.wait(), 30)
+    await asyncio.wait_for(agent.listening.wait(), 30)
     status, body, _ = await http_get(f"{region.http_url}/v1/health")
     assert body["region"] == "us-east", (status, body)
     task.cancel()
@@ -231,3 +231,20 @@ async def test_lost_quorum_gives_a_reason_and_comes_back(nats_server: Any) -> No
             for region in ("eu-west", "ap-south"):
                 await asyncio.to_thread(nats_server.start_server, region)
         await eventually(latest, lambda o: o.global_.quorum_reachable, what="quorum back")
+
+
+async def test_an_agent_whose_components_cannot_serve_answers_but_is_not_ready(
+    nats_server: Any,
+) -> None:
+    """The test cluster is `global` alone: the regional event and registry streams
+    can't be placed, so the agent answers Health but never reports ready."""
+    config = agent_config(nats_server)
+    async with running_agent(config) as agent:
+        await asyncio.wait_for(agent.state.wait_serving(), 120)
+        await asyncio.wait_for(agent.idempotency.wait_serving(), 120)
+        status, body, _ = await http_get(f"{config.region('us-east').http_url}/v1/health")
+        assert body["region"] == "us-east", (status, body)
+        await asyncio.sleep(2)  # several retries of the regional streams
+        assert agent.listening.is_set()
+        assert not agent.events.ready and not agent.registry.ready
+        assert not agent.ready.is_set()

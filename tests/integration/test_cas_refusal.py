@@ -19,10 +19,10 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from meridian.backbone.connection import BackboneConnection
-from meridian.backbone.kv import GlobalKeyspaceStore
 from meridian.core.errors import ConflictError, MeridianError, UnavailableError
 from meridian.core.hlc import HybridLogicalClock, SystemClock
 from meridian.core.keyspace import Keyspace
+from meridian.state.global_store import GlobalKeyspaceStore
 from meridian.testing.nats_server import NatsCluster
 
 pytestmark = pytest.mark.timeout(180)

@@ -59,7 +59,10 @@ async def agents(
     tasks = [asyncio.create_task(a.run()) for a in running.values()]
     try:
         for a in running.values():
-            await asyncio.wait_for(a.ready.wait(), 30)
+            # The cluster is `global` only: regional event streams never serve
+            # here, so wait for the transports and the keyspace, not agent.ready.
+            await asyncio.wait_for(a.listening.wait(), 30)
+            await asyncio.wait_for(a.state.wait_serving(), 120)
         yield running
     finally:
         for a in running.values():

@@ -17,14 +17,14 @@ import pytest
 from aiohttp import web
 
 from meridian.agent.app import Agent
-from meridian.backbone.events import EVENT_ID_HEADER, PUBLISHED_HEADER, TOPIC_KEY_HEADER
 from meridian.client import MeridianClient
 from meridian.config import MeridianConfig
 from meridian.core.errors import InvalidArgumentError
+from meridian.events.streams import EVENT_ID_HEADER, PUBLISHED_HEADER, TOPIC_KEY_HEADER
 from meridian.subscription import Delivery, Subscription
 from meridian.testing.nats_server import NatsCluster, free_port
 from tests.conftest import eventually
-from tests.integration.harness import agent_config, http_post, running_agent
+from tests.integration.harness import agent_config, http_post, ready_agent
 
 _seq = itertools.count()
 
@@ -49,14 +49,8 @@ def config(cluster: NatsCluster) -> MeridianConfig:
 
 @pytest.fixture
 async def agent(config: MeridianConfig) -> AsyncIterator[Agent]:
-    async with running_agent(config) as agent:
-        await eventually(
-            lambda: asyncio.sleep(
-                0, agent.events.ready and agent.push.ready and agent.state.replicas["carts"].ready
-            ),
-            bool,
-            what="event streams ready",
-        )
+    async with ready_agent(config) as agent:
+        assert agent.events.ready and agent.push.ready and agent.state.replicas["carts"].ready
         yield agent
 
 
@@ -438,10 +432,8 @@ async def test_push_registrations_survive_an_agent_restart(config: MeridianConfi
 
     @contextlib.asynccontextmanager
     async def agent_and_client() -> AsyncIterator[MeridianClient]:
-        async with running_agent(config) as agent:
-            await eventually(
-                lambda: asyncio.sleep(0, agent.events.ready and agent.push.ready), bool
-            )
+        async with ready_agent(config) as agent:
+            assert agent.events.ready and agent.push.ready
             async with MeridianClient(config.region("us-east").grpc_address) as client:
                 yield client
 

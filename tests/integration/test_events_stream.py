@@ -23,12 +23,12 @@ import pytest
 
 from meridian._pb.meridian.v1 import events_pb2, events_pb2_grpc
 from meridian.agent.app import Agent
-from meridian.backbone.events import EVENT_ID_HEADER, PUBLISHED_HEADER, TOPIC_KEY_HEADER
 from meridian.client import MeridianClient, OutgoingEvent, error_from_rpc
 from meridian.config import MeridianConfig
-from meridian.core import events as ev
 from meridian.core.batch import MAX_BYTES, MAX_ITEMS
 from meridian.core.errors import InvalidArgumentError
+from meridian.events import model as ev
+from meridian.events.streams import EVENT_ID_HEADER, PUBLISHED_HEADER, TOPIC_KEY_HEADER
 from meridian.testing.nats_server import NatsCluster
 from tests.integration.harness import agent_config, http_post, ready_agent
 

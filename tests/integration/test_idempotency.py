@@ -23,7 +23,7 @@ from meridian.core.errors import (
     IdempotencyMismatchError,
     InvalidArgumentError,
 )
-from meridian.core.idempotency import StoredResponse
+from meridian.idempotency.model import StoredResponse
 from meridian.testing.nats_server import NatsCluster
 from tests.conftest import eventually
 from tests.integration.harness import agent_config, http_post, running_agent
@@ -55,9 +55,7 @@ def config(cluster: NatsCluster) -> MeridianConfig:
 
 
 async def _ready(agent: Agent) -> Agent:
-    await eventually(
-        lambda: asyncio.sleep(0, agent.idempotency.ready), bool, what="idempotency store ready"
-    )
+    await asyncio.wait_for(agent.idempotency.wait_serving(), 120)  # a hang guard
     return agent
 
 

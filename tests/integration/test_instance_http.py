@@ -1,4 +1,4 @@
-"""The agent's HTTP/1.1 client to instances (meridian.agent.instance_http), on real
+"""The agent's HTTP/1.1 client to instances (meridian.invocation.upstreams.instance_http), on real
 sockets: a real aiohttp server for the ordinary exchanges, and scripted raw TCP
 servers for what an instance may send that aiohttp never would (chunked and
 close-delimited bodies, interim responses, garbage, floods, early closes)."""
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from meridian.agent.instance_http import (
+from meridian.invocation.upstreams.instance_http import (
     ConnectFailed,
     InstanceBroken,
     InstanceConnections,

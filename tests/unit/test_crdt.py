@@ -12,7 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meridian.core.crdt import (
+from meridian.core.errors import InvalidArgumentError
+from meridian.core.hlc import HlcTimestamp
+from meridian.state.model.crdt import (
     MAX_COUNT,
     Dot,
     LwwRegister,
@@ -22,8 +24,6 @@ from meridian.core.crdt import (
     Tag,
     merge,
 )
-from meridian.core.errors import InvalidArgumentError
-from meridian.core.hlc import HlcTimestamp
 
 REGIONS = ("ap-south", "eu-west", "us-east")
 regions = st.sampled_from(REGIONS)

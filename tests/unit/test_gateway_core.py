@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from meridian.core.errors import InvalidArgumentError
-from meridian.core.gateway import (
+from meridian.gateway.model import (
     HINT_MAX_CHARS,
     NOT_CHECKED,
     HealthBoard,

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meridian._pb.meridian.v1 import state_pb2
-from meridian.api.http.server import _fast_get_request, _json, _json_text
+from meridian.transport.http.server import _fast_get_request, _json, _json_text
 
 LEVEL_NAMES = list(state_pb2.Consistency.Level.keys())
 

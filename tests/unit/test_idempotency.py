@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meridian.core.errors import InvalidArgumentError
-from meridian.core.idempotency import (
+from meridian.idempotency.model import (
     IdempotencyRecord,
     RecordState,
     StoredResponse,

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meridian.api.invocation import grpc_call, http_call
 from meridian.core.errors import InvalidArgumentError
-from meridian.core.registry import InstanceView, RegistryReplica, validate_registration
+from meridian.invocation.model import InstanceView, RegistryReplica, validate_registration
+from meridian.invocation.service import grpc_call, http_call
 
 GOOD: dict[str, Any] = {
     "service": "orders",

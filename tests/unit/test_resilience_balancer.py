@@ -7,14 +7,14 @@ import random
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from meridian.core.resilience.balancer import (
+from meridian.invocation.resilience.balancer import (
     Candidate,
     RegionView,
     local_first,
     pick_instance,
     region_order,
 )
-from meridian.core.resilience.policy import BalancerPolicy
+from meridian.invocation.resilience.policy import BalancerPolicy
 
 
 def _first() -> float:

@@ -13,7 +13,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from meridian.core.resilience.breaker import (
+from meridian.invocation.resilience.breaker import (
     ALLOWED_TRANSITIONS,
     BreakerRegistry,
     BreakerState,
@@ -22,7 +22,7 @@ from meridian.core.resilience.breaker import (
     Transition,
     TransitionReason,
 )
-from meridian.core.resilience.policy import BreakerPolicy, WindowKind
+from meridian.invocation.resilience.policy import BreakerPolicy, WindowKind
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 

@@ -8,8 +8,8 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meridian.core.resilience.budget import RetryBudget
-from meridian.core.resilience.policy import RetryBudgetPolicy
+from meridian.invocation.resilience.budget import RetryBudget
+from meridian.invocation.resilience.policy import RetryBudgetPolicy
 
 
 def test_a_quiet_service_can_still_retry_from_the_reserve() -> None:

@@ -6,8 +6,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from meridian.core.resilience.bulkhead import Bulkhead, BulkheadLease, BulkheadRegistry
-from meridian.core.resilience.policy import BulkheadPolicy
+from meridian.invocation.resilience.bulkhead import Bulkhead, BulkheadLease, BulkheadRegistry
+from meridian.invocation.resilience.policy import BulkheadPolicy
 
 
 def test_full_bulkhead_refuses_at_once_and_frees_on_release() -> None:

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meridian.core.errors import DeadlineExceededError, InvalidArgumentError
-from meridian.core.resilience.deadline import (
+from meridian.invocation.resilience.deadline import (
     GRPC_TIMEOUT_HEADER,
     GRPC_UNITS_NS,
     HTTP_TIMEOUT_HEADER,
@@ -18,7 +18,7 @@ from meridian.core.resilience.deadline import (
     parse_timeout_ms,
     resolve_deadline,
 )
-from meridian.core.resilience.policy import TimeoutPolicy
+from meridian.invocation.resilience.policy import TimeoutPolicy
 
 UNIT_NS = dict(GRPC_UNITS_NS)
 

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from meridian.core.resilience.outlier import (
+from meridian.invocation.resilience.outlier import (
     CallOutcome,
     EventKind,
     OutlierDetector,
@@ -16,7 +16,7 @@ from meridian.core.resilience.outlier import (
     classify_http,
     ejection_duration,
 )
-from meridian.core.resilience.policy import OutlierPolicy
+from meridian.invocation.resilience.policy import OutlierPolicy
 
 OK, SERVER, GATEWAY = CallOutcome.SUCCESS, CallOutcome.SERVER_ERROR, CallOutcome.GATEWAY_ERROR
 INSTANCES = ["a", "b", "c", "d"]

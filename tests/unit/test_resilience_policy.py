@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-import meridian.core.resilience as resilience
+import meridian.invocation.resilience as resilience
 from meridian.core.errors import ConfigError, InvalidArgumentError
-from meridian.core.resilience.overrides import PolicySet
-from meridian.core.resilience.policy import (
+from meridian.invocation.resilience.overrides import PolicySet
+from meridian.invocation.resilience.policy import (
     BreakerPolicy,
     FallbackPolicy,
     OutlierPolicy,

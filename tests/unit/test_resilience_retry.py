@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meridian.core.resilience.budget import RetryBudget
-from meridian.core.resilience.policy import RetryBudgetPolicy, RetryPolicy
-from meridian.core.resilience.retry import (
+from meridian.invocation.resilience.budget import RetryBudget
+from meridian.invocation.resilience.policy import RetryBudgetPolicy, RetryPolicy
+from meridian.invocation.resilience.retry import (
     GrpcIdempotency,
     RetryVerdict,
     attempt_deadline,

@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-from meridian.api.service import observation_to_proto
 from meridian.core.status import (
     AgentObservation,
     GlobalObservation,
@@ -18,6 +17,7 @@ from meridian.core.status import (
     ReplicaObservation,
     judge_health,
 )
+from meridian.transport.api import observation_to_proto
 
 STARTED = datetime(2025, 3, 1, 12, 0, 0, 250_000, tzinfo=UTC)
 OBSERVED = datetime(2025, 3, 1, 12, 5, 30, 125_000, tzinfo=UTC)

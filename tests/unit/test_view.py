@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meridian.core.view import MAX_PENDING_PROOFS, Freshness, KeyspaceView, StoredEntry
+from meridian.state.model.view import MAX_PENDING_PROOFS, Freshness, KeyspaceView, StoredEntry
 
 
 def entry(key: str, seq: int) -> StoredEntry:

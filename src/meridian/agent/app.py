@@ -1,17 +1,22 @@
 """The agent's composition root.
 
 One :class:`Agent` serves one region. It owns a NATS connection to that
-region's cluster and a list of :class:`Component` s that share it. Today the
-components are the status monitor and the two transports; state, events and
-routing plug in as further components without changing this file's shape.
+region's cluster and the components that share it, each an async context
+manager that serves while entered (:mod:`meridian.backbone.lifecycle`).
 
-Lifecycle (trio's ``task_status.started()`` discipline):
+Lifecycle:
 
-1. every component's ``start()`` returns only once it is bound and serving;
-2. all ``run()`` bodies live in one ``asyncio.TaskGroup``;
+1. the status monitor and the two transports are entered first: once bound,
+   the agent answers Health and Status (``Agent.listening``), saying why it
+   is not serving yet if NATS or JetStream is not there;
+2. the data components (state, idempotency, events, push, registry, router)
+   are entered together; each entry returns once it serves (keyspaces
+   followed, streams ensured, forwarded calls taken). Only then does the
+   agent report ready (``Agent.ready``, then the "agent ready" log line);
 3. on SIGTERM/SIGINT (or :meth:`Agent.request_stop`) shutdown runs in order
-   under ``agent.shutdown_grace_s``: mark NOT_SERVING, stop intake (transports),
-   cancel background work, drain NATS, close.
+   under ``agent.shutdown_grace_s``: mark NOT_SERVING and stop intake (the
+   transports), leave the data components in reverse order, then the
+   monitor, drain NATS, close.
 """
 
 from __future__ import annotations
@@ -21,84 +26,96 @@ import contextlib
 import logging
 import signal
 import uuid
-from typing import Protocol
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Self
 
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 
 import meridian
-from meridian.agent.events import EventsComponent
-from meridian.agent.idempotency import IdempotencyComponent
-from meridian.agent.invoke import Invoker
 from meridian.agent.monitor import StatusMonitor
-from meridian.agent.registry import RegistryComponent
-from meridian.agent.state import StateComponent
-from meridian.api.events import EventsApi
-from meridian.api.grpc.server import GrpcTransport
-from meridian.api.http.server import HttpTransport
-from meridian.api.idempotency import IdempotencyApi
-from meridian.api.invocation import InvocationApi, RegistryApi
-from meridian.api.push import PushDeliveries
-from meridian.api.service import AgentApi, Services
-from meridian.api.state import StateApi
 from meridian.backbone.connection import BackboneConnection
+from meridian.backbone.lifecycle import Background, Component, enter_together
 from meridian.config import MeridianConfig
 from meridian.core.hlc import Clock, HybridLogicalClock, SkewMonitor, SystemClock
+from meridian.events.component import EventsComponent
+from meridian.events.push import PushDeliveries
+from meridian.events.service import EventsApi
+from meridian.idempotency.service import IdempotencyApi
+from meridian.idempotency.store import IdempotencyComponent
+from meridian.invocation.registry import RegistryComponent
+from meridian.invocation.router import Invoker
+from meridian.invocation.service import InvocationApi, RegistryApi
 from meridian.observability.metrics import AgentMetrics
 from meridian.observability.tracing import build_tracer_provider
+from meridian.state.replicas import StateComponent
+from meridian.state.service import StateApi
+from meridian.transport.api import AgentApi, Services
+from meridian.transport.grpc.server import GrpcTransport
+from meridian.transport.http.server import HttpTransport
 
 log = logging.getLogger(__name__)
 
 
-class Component(Protocol):
-    """A part of the agent with a lifecycle."""
-
-    name: str
-
-    async def start(self) -> None:
-        """Return once bound and serving."""
-
-    async def run(self) -> None:
-        """Background work until cancelled; may return at once if there is none."""
-
-    async def stop(self, grace_s: float) -> None:
-        """Stop taking new work, finish what is in flight within ``grace_s``."""
-
-
 class _Transports:
+    """Both transports: entered once bound; :meth:`stop_intake` ends intake early."""
+
     name = "transports"
 
-    def __init__(self, grpc: GrpcTransport, http: HttpTransport) -> None:
+    def __init__(self, grpc: GrpcTransport, http: HttpTransport, grace_s: float) -> None:
         self.grpc = grpc
         self.http = http
+        self.grace_s = grace_s
+        self._open = False
 
-    async def start(self) -> None:
-        await self.grpc.start()
-        await self.http.start()
-        await self.grpc.set_serving(True)
+    async def __aenter__(self) -> Self:
+        try:
+            await self.grpc.start()
+            self._open = True
+            await self.http.start()
+            await self.grpc.set_serving(True)
+        except BaseException:
+            await self.stop_intake()
+            raise
+        return self
 
-    async def run(self) -> None:
-        return None
-
-    async def stop(self, grace_s: float) -> None:
+    async def stop_intake(self) -> None:
+        """Mark NOT_SERVING and stop both transports, in-flight calls given the grace."""
+        if not self._open:
+            return
+        self._open = False
         await self.grpc.set_serving(False)
-        await asyncio.gather(self.grpc.stop(grace_s), self.http.stop())
+        try:
+            # A stream that never ends (a watch, say) must not hold the agent up.
+            async with asyncio.timeout(self.grace_s + 1):
+                await asyncio.gather(self.grpc.stop(self.grace_s), self.http.stop())
+        except TimeoutError:
+            log.warning("transports did not stop within %.1fs", self.grace_s)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop_intake()
 
 
-class _Monitor:
+class _Monitor(Background):
+    """The status monitor: serves once it has made its first observation."""
+
     name = "status-monitor"
 
     def __init__(self, monitor: StatusMonitor) -> None:
+        super().__init__()
         self.monitor = monitor
 
-    async def start(self) -> None:
-        return None
-
     async def run(self) -> None:
-        await self.monitor.run()
-
-    async def stop(self, grace_s: float) -> None:
-        return None
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.monitor.run(), name="status-monitor")
+            await self.monitor.wait_round()
+            self.serving()
 
 
 class Agent:
@@ -211,6 +228,7 @@ class Agent:
             config=config.invocation,
             metrics=self.metrics,
             peer_rtts=self._peer_rtts,
+            shutdown_grace_s=config.agent.shutdown_grace_s,
         )
         self.services = Services(
             state=self.state_api,
@@ -221,22 +239,26 @@ class Agent:
             invocation=InvocationApi(self.invoker, config.invocation),
         )
         rc = self.region_config
-        # Order matters: components start in this order and stop in reverse, so
-        # the transports (intake) stop first and the state feeds last.
+        self.status_monitor = _Monitor(self.monitor)
+        self.transports = _Transports(
+            GrpcTransport(self.api, self.services, rc.listen_host, rc.grpc_port),
+            HttpTransport(self.api, self.services, rc.listen_host, rc.http_port),
+            config.agent.shutdown_grace_s,
+        )
+        # Entered together; left in reverse order, so the router stops taking
+        # forwarded calls before the state feeds stop.
         self.components: list[Component] = [
-            _Monitor(self.monitor),
             self.state,
             self.idempotency,
             self.events,
             self.push,
             self.registry,
             self.invoker,
-            _Transports(
-                GrpcTransport(self.api, self.services, rc.listen_host, rc.grpc_port),
-                HttpTransport(self.api, self.services, rc.listen_host, rc.http_port),
-            ),
         ]
         self._stop = asyncio.Event()
+        #: Set once the transports answer (Health says why the agent isn't serving yet).
+        self.listening = asyncio.Event()
+        #: Set once every component serves.
         self.ready = asyncio.Event()
 
     def _peer_rtts(self) -> dict[str, float | None]:
@@ -255,60 +277,58 @@ class Agent:
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop)
-        started: list[Component] = []
+        connect = asyncio.create_task(self.conn.connect_forever(), name="nats-connect")
         try:
-            async with asyncio.TaskGroup() as tg:
-                background = [tg.create_task(self.conn.connect_forever(), name="nats-connect")]
-                # However the agent ends (asked to stop, cancelled, a component
-                # failing), every component it started is stopped: a skipped stop
-                # leaves ports bound and sessions and channels open.
-                try:
-                    for component in self.components:
-                        await component.start()
-                        started.append(component)
-                        background.append(tg.create_task(component.run(), name=component.name))
-                    rc = self.region_config
-                    log.info(
-                        "agent ready",
-                        extra={
-                            "agent_id": self.agent_id,
-                            "grpc": rc.grpc_address,
-                            "http": rc.http_url,
-                            "nats": list(rc.agent_nats_urls),
-                        },
-                    )
-                    self.ready.set()
-                    await self._stop.wait()
+            # However the agent ends (asked to stop, cancelled, a component
+            # failing), every component it entered is left: a skipped exit
+            # leaves ports bound and sessions and channels open.
+            async with AsyncExitStack() as stack:
+                await stack.enter_async_context(self.status_monitor)
+                await stack.enter_async_context(self.transports)
+                self.listening.set()
+                if await self._serve_until_stopped(stack):
                     log.info("agent stopping")
-                finally:
-                    await self._shutdown(started, background)
+                await self.transports.stop_intake()
         finally:
             if install_signal_handlers:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
+            connect.cancel()
+            await asyncio.gather(connect, return_exceptions=True)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.agent.shutdown_grace_s):
+                    await self.conn.drain()
             await self.conn.aclose()
             self.tracer_provider.shutdown()
             log.info("agent stopped")
 
-    async def _shutdown(
-        self, started: list[Component], background: list[asyncio.Task[None]]
-    ) -> None:
-        grace = self.config.agent.shutdown_grace_s
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace + 1
-        for component in reversed(started):
-            # Each component gets its stop even after an earlier one overran the
-            # grace period (then briefly), so none is left running.
-            try:
-                async with asyncio.timeout_at(max(deadline, loop.time() + 0.5)):
-                    await component.stop(grace)
-            except TimeoutError:
-                log.warning("component %s did not stop within %.1fs", component.name, grace)
-            except Exception:
-                log.exception("component %s failed to stop", component.name)
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace):
-                await self.conn.drain()
+    async def _serve_until_stopped(self, stack: AsyncExitStack) -> bool:
+        """Enter the components, report ready, and wait for a stop request.
+        False when stopped before every component served."""
+        stop = asyncio.create_task(self._stop.wait(), name="stop-requested")
+        entering = asyncio.create_task(
+            enter_together(stack, self.components), name="enter-components"
+        )
+        try:
+            await asyncio.wait({stop, entering}, return_when=asyncio.FIRST_COMPLETED)
+            if not entering.done():
+                log.info("agent stopping before it was ready")
+                return False
+            entering.result()
+            rc = self.region_config
+            log.info(
+                "agent ready",
+                extra={
+                    "agent_id": self.agent_id,
+                    "grpc": rc.grpc_address,
+                    "http": rc.http_url,
+                    "nats": list(rc.agent_nats_urls),
+                },
+            )
+            self.ready.set()
+            await stop
+            return True
+        finally:
+            for task in (stop, entering):
+                task.cancel()
+            await asyncio.gather(stop, entering, return_exceptions=True)

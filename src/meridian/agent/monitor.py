@@ -15,10 +15,9 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import aiohttp
-import nats.errors
 from opentelemetry import trace
 
-from meridian.backbone.connection import BackboneConnection, reraise_if_cancelling
+from meridian.backbone.connection import NATS_FAILURES, BackboneConnection, reraise_if_cancelling
 from meridian.backbone.probes import GlobalProbe, PeerPinger, describe_nats_error
 from meridian.core.hlc import Clock, SkewMonitor
 from meridian.core.status import (
@@ -173,7 +172,7 @@ class StatusMonitor:
             await self.conn.jetstream(2.0).account_info()
         except asyncio.CancelledError:
             raise
-        except (nats.errors.Error, OSError, TimeoutError) as exc:
+        except NATS_FAILURES as exc:
             reason = f"JetStream account info failed: {describe_nats_error(exc)}"
             if meta_reason:
                 reason += f"; {meta_reason}"

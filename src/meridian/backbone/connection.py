@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -19,11 +19,26 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
 
 from meridian.core.errors import DeadlineExceededError, MeridianError, UnavailableError
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "NATS_FAILURES",
+    "BackboneConnection",
+    "Msg",
+    "PubAck",
+    "ensure_until_done",
+    "translate_nats_errors",
+]
+
+#: What a call to NATS can fail with when the server or the path to it is not
+#: well: callers that only report the failure catch these, not nats-py's tree.
+NATS_FAILURES: tuple[type[BaseException], ...] = (nats.errors.Error, OSError, TimeoutError)
 
 
 def reraise_if_cancelling() -> None:
@@ -36,6 +51,32 @@ def reraise_if_cancelling() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+async def ensure_until_done(
+    conn: BackboneConnection,
+    ensure: Callable[[], Awaitable[object]],
+    what: str,
+    *,
+    retry_s: float = 1.0,
+) -> None:
+    """Wait for NATS, then call ``ensure`` until it succeeds.
+
+    Components whose streams or buckets must exist before they serve (events,
+    the registry, idempotency, keyspaces) retry until JetStream can make them;
+    until then their calls fail UNAVAILABLE. Each failure is logged once per try.
+    """
+    while True:
+        try:
+            await conn.wait_connected()
+            await ensure()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # JetStream not there yet: tried again
+            reraise_if_cancelling()
+            log.warning("%s not ready (%s); retrying in %.1fs", what, exc, retry_s)
+            await asyncio.sleep(retry_s)
 
 
 @contextlib.contextmanager

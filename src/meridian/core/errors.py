@@ -2,21 +2,26 @@
 
 Every error Meridian raises on purpose derives from :class:`MeridianError` and
 carries a stable string ``code``. The transports map that code to a gRPC status
-and an HTTP status in one table (``meridian.api.errors``); the SDKs rebuild the
-typed error from the same code.
+and an HTTP status in one table (``meridian.transport.errors``, written out for
+the SDKs as ``testdata/errors.json``) and send it as ``google.rpc.ErrorInfo``
+details; the SDKs rebuild the typed error from those details.
 
 ::
 
-    MeridianError
-    ├── InvalidArgumentError        INVALID_ARGUMENT   a bad request; names the field and the rule
-    │   └── ConfigError             INVALID_ARGUMENT   a bad configuration file or environment
+    MeridianError                   INTERNAL
+    ├── InvalidArgumentError        INVALID_ARGUMENT         a bad request; names the field and the rule
+    │   └── ConfigError             INVALID_ARGUMENT         a bad configuration file or environment
     ├── NotFoundError               NOT_FOUND
-    ├── ConflictError               CONFLICT
+    ├── ConflictError               CONFLICT                 a conditional write lost; carries current_revision
     ├── ClockSkewError              CLOCK_SKEW
     ├── QuorumUnavailableError      QUORUM_UNAVAILABLE
-    ├── UnavailableError            UNAVAILABLE        a dependency (NATS, a peer) can't be reached
+    ├── UnavailableError            UNAVAILABLE              a dependency (NATS, a peer) can't be reached
     ├── DeadlineExceededError       DEADLINE_EXCEEDED
-    └── InternalError               INTERNAL           a bug: logged with its traceback
+    ├── InternalError               INTERNAL                 a bug: logged with its traceback
+    ├── FencedError                 FENCED                   a fencing token that lost its idempotency key
+    ├── IdempotencyInProgressError  IDEMPOTENCY_IN_PROGRESS  another caller runs the command now
+    ├── IdempotencyMismatchError    IDEMPOTENCY_MISMATCH     the key was used for another request
+    └── ResourceExhaustedError      RESOURCE_EXHAUSTED       a concurrency limit (a bulkhead) is full
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 each client to the nearest healthy region and moves it within seconds of a
 region failure. It stands in for GeoDNS/anycast.
 
-- :mod:`meridian.core.gateway`: the decisions (health, order), pure;
+- :mod:`meridian.gateway.model`: the decisions (health, order), pure;
 - :mod:`meridian.gateway.server`: the reverse proxy and its own endpoints;
 - :mod:`meridian.gateway.health`: the health checks of every region's agent;
 - :mod:`meridian.gateway.metrics`: its Prometheus series;

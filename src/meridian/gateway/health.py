@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping
 
 import aiohttp
 
-from meridian.core.gateway import HealthBoard, Transition
 from meridian.gateway.metrics import GatewayMetrics
+from meridian.gateway.model import HealthBoard, Transition
 
 log = logging.getLogger(__name__)
 

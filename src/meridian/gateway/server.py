@@ -6,7 +6,7 @@ hop-by-hop ones) and body; the answer is streamed back as it arrives, so
 Server-Sent Events (``/v1/state/watch``) pass through, and gains a
 ``Meridian-Gateway-Region`` header naming the region that served it.
 
-Which region: :meth:`HealthBoard.choose` (see :mod:`meridian.core.gateway`) over
+Which region: :meth:`HealthBoard.choose` (see :mod:`meridian.gateway.model`) over
 the regions in rotation, given the request's hint header (``Meridian-Region``
 by default). If a region cannot be connected to (the request never reached
 it), it is taken out of rotation at once and the next region is tried; any
@@ -38,7 +38,6 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from yarl import URL
 
-from meridian.api.errors import error_body
 from meridian.config import MeridianConfig
 from meridian.config.model import GatewayConfig
 from meridian.core.errors import (
@@ -47,9 +46,10 @@ from meridian.core.errors import (
     MeridianError,
     UnavailableError,
 )
-from meridian.core.gateway import HealthBoard, Latency, Transition, parse_hint
 from meridian.gateway.health import Clock, HealthChecker, describe
 from meridian.gateway.metrics import NO_REGION, GatewayMetrics
+from meridian.gateway.model import HealthBoard, Latency, Transition, parse_hint
+from meridian.transport.errors import error_body
 
 log = logging.getLogger(__name__)
 

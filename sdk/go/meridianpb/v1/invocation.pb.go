@@ -986,421 +986,6 @@ func (x *InvokeResponse) GetAttempts() uint32 {
 	return 0
 }
 
-type ForwardedCall struct {
-	state        protoimpl.MessageState `protogen:"open.v1"`
-	OriginRegion string                 `protobuf:"bytes,1,opt,name=origin_region,json=originRegion,proto3" json:"origin_region,omitempty"`
-	// Remaining deadline when sent, in milliseconds (0: none).
-	TimeoutMs uint64 `protobuf:"varint,2,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
-	// Types that are valid to be assigned to Call:
-	//
-	//	*ForwardedCall_Http
-	//	*ForwardedCall_Grpc
-	Call          isForwardedCall_Call `protobuf_oneof:"call"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ForwardedCall) Reset() {
-	*x = ForwardedCall{}
-	mi := &file_meridian_v1_invocation_proto_msgTypes[14]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ForwardedCall) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ForwardedCall) ProtoMessage() {}
-
-func (x *ForwardedCall) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_invocation_proto_msgTypes[14]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ForwardedCall.ProtoReflect.Descriptor instead.
-func (*ForwardedCall) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_invocation_proto_rawDescGZIP(), []int{14}
-}
-
-func (x *ForwardedCall) GetOriginRegion() string {
-	if x != nil {
-		return x.OriginRegion
-	}
-	return ""
-}
-
-func (x *ForwardedCall) GetTimeoutMs() uint64 {
-	if x != nil {
-		return x.TimeoutMs
-	}
-	return 0
-}
-
-func (x *ForwardedCall) GetCall() isForwardedCall_Call {
-	if x != nil {
-		return x.Call
-	}
-	return nil
-}
-
-func (x *ForwardedCall) GetHttp() *InvokeRequest {
-	if x != nil {
-		if x, ok := x.Call.(*ForwardedCall_Http); ok {
-			return x.Http
-		}
-	}
-	return nil
-}
-
-func (x *ForwardedCall) GetGrpc() *GrpcCall {
-	if x != nil {
-		if x, ok := x.Call.(*ForwardedCall_Grpc); ok {
-			return x.Grpc
-		}
-	}
-	return nil
-}
-
-type isForwardedCall_Call interface {
-	isForwardedCall_Call()
-}
-
-type ForwardedCall_Http struct {
-	Http *InvokeRequest `protobuf:"bytes,3,opt,name=http,proto3,oneof"`
-}
-
-type ForwardedCall_Grpc struct {
-	Grpc *GrpcCall `protobuf:"bytes,4,opt,name=grpc,proto3,oneof"`
-}
-
-func (*ForwardedCall_Http) isForwardedCall_Call() {}
-
-func (*ForwardedCall_Grpc) isForwardedCall_Call() {}
-
-type GrpcCall struct {
-	state   protoimpl.MessageState `protogen:"open.v1"`
-	Service string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
-	// /package.Service/Method
-	FullMethod    string    `protobuf:"bytes,2,opt,name=full_method,json=fullMethod,proto3" json:"full_method,omitempty"`
-	Metadata      []*Header `protobuf:"bytes,3,rep,name=metadata,proto3" json:"metadata,omitempty"`
-	Request       []byte    `protobuf:"bytes,4,opt,name=request,proto3" json:"request,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *GrpcCall) Reset() {
-	*x = GrpcCall{}
-	mi := &file_meridian_v1_invocation_proto_msgTypes[15]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *GrpcCall) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*GrpcCall) ProtoMessage() {}
-
-func (x *GrpcCall) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_invocation_proto_msgTypes[15]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use GrpcCall.ProtoReflect.Descriptor instead.
-func (*GrpcCall) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_invocation_proto_rawDescGZIP(), []int{15}
-}
-
-func (x *GrpcCall) GetService() string {
-	if x != nil {
-		return x.Service
-	}
-	return ""
-}
-
-func (x *GrpcCall) GetFullMethod() string {
-	if x != nil {
-		return x.FullMethod
-	}
-	return ""
-}
-
-func (x *GrpcCall) GetMetadata() []*Header {
-	if x != nil {
-		return x.Metadata
-	}
-	return nil
-}
-
-func (x *GrpcCall) GetRequest() []byte {
-	if x != nil {
-		return x.Request
-	}
-	return nil
-}
-
-type ForwardedResult struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// Types that are valid to be assigned to Result:
-	//
-	//	*ForwardedResult_Http
-	//	*ForwardedResult_Grpc
-	//	*ForwardedResult_Error
-	Result        isForwardedResult_Result `protobuf_oneof:"result"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ForwardedResult) Reset() {
-	*x = ForwardedResult{}
-	mi := &file_meridian_v1_invocation_proto_msgTypes[16]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ForwardedResult) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ForwardedResult) ProtoMessage() {}
-
-func (x *ForwardedResult) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_invocation_proto_msgTypes[16]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ForwardedResult.ProtoReflect.Descriptor instead.
-func (*ForwardedResult) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_invocation_proto_rawDescGZIP(), []int{16}
-}
-
-func (x *ForwardedResult) GetResult() isForwardedResult_Result {
-	if x != nil {
-		return x.Result
-	}
-	return nil
-}
-
-func (x *ForwardedResult) GetHttp() *InvokeResponse {
-	if x != nil {
-		if x, ok := x.Result.(*ForwardedResult_Http); ok {
-			return x.Http
-		}
-	}
-	return nil
-}
-
-func (x *ForwardedResult) GetGrpc() *GrpcResult {
-	if x != nil {
-		if x, ok := x.Result.(*ForwardedResult_Grpc); ok {
-			return x.Grpc
-		}
-	}
-	return nil
-}
-
-func (x *ForwardedResult) GetError() *ForwardError {
-	if x != nil {
-		if x, ok := x.Result.(*ForwardedResult_Error); ok {
-			return x.Error
-		}
-	}
-	return nil
-}
-
-type isForwardedResult_Result interface {
-	isForwardedResult_Result()
-}
-
-type ForwardedResult_Http struct {
-	Http *InvokeResponse `protobuf:"bytes,1,opt,name=http,proto3,oneof"`
-}
-
-type ForwardedResult_Grpc struct {
-	Grpc *GrpcResult `protobuf:"bytes,2,opt,name=grpc,proto3,oneof"`
-}
-
-type ForwardedResult_Error struct {
-	// The call failed at the remote agent: no instance, bulkhead, deadline...
-	// The stable code and message of the Meridian error.
-	Error *ForwardError `protobuf:"bytes,3,opt,name=error,proto3,oneof"`
-}
-
-func (*ForwardedResult_Http) isForwardedResult_Result() {}
-
-func (*ForwardedResult_Grpc) isForwardedResult_Result() {}
-
-func (*ForwardedResult_Error) isForwardedResult_Result() {}
-
-type GrpcResult struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// The gRPC status code name, "OK" on success.
-	Code          string    `protobuf:"bytes,1,opt,name=code,proto3" json:"code,omitempty"`
-	Details       string    `protobuf:"bytes,2,opt,name=details,proto3" json:"details,omitempty"`
-	Response      []byte    `protobuf:"bytes,3,opt,name=response,proto3" json:"response,omitempty"`
-	Metadata      []*Header `protobuf:"bytes,4,rep,name=metadata,proto3" json:"metadata,omitempty"`
-	Region        string    `protobuf:"bytes,5,opt,name=region,proto3" json:"region,omitempty"`
-	InstanceId    string    `protobuf:"bytes,6,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *GrpcResult) Reset() {
-	*x = GrpcResult{}
-	mi := &file_meridian_v1_invocation_proto_msgTypes[17]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *GrpcResult) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*GrpcResult) ProtoMessage() {}
-
-func (x *GrpcResult) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_invocation_proto_msgTypes[17]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use GrpcResult.ProtoReflect.Descriptor instead.
-func (*GrpcResult) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_invocation_proto_rawDescGZIP(), []int{17}
-}
-
-func (x *GrpcResult) GetCode() string {
-	if x != nil {
-		return x.Code
-	}
-	return ""
-}
-
-func (x *GrpcResult) GetDetails() string {
-	if x != nil {
-		return x.Details
-	}
-	return ""
-}
-
-func (x *GrpcResult) GetResponse() []byte {
-	if x != nil {
-		return x.Response
-	}
-	return nil
-}
-
-func (x *GrpcResult) GetMetadata() []*Header {
-	if x != nil {
-		return x.Metadata
-	}
-	return nil
-}
-
-func (x *GrpcResult) GetRegion() string {
-	if x != nil {
-		return x.Region
-	}
-	return ""
-}
-
-func (x *GrpcResult) GetInstanceId() string {
-	if x != nil {
-		return x.InstanceId
-	}
-	return ""
-}
-
-type ForwardError struct {
-	state   protoimpl.MessageState `protogen:"open.v1"`
-	Code    string                 `protobuf:"bytes,1,opt,name=code,proto3" json:"code,omitempty"`
-	Message string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
-	// True when the remote agent knows the call never reached an instance, so
-	// trying elsewhere cannot run it twice.
-	NotSent       bool `protobuf:"varint,3,opt,name=not_sent,json=notSent,proto3" json:"not_sent,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ForwardError) Reset() {
-	*x = ForwardError{}
-	mi := &file_meridian_v1_invocation_proto_msgTypes[18]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ForwardError) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ForwardError) ProtoMessage() {}
-
-func (x *ForwardError) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_invocation_proto_msgTypes[18]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ForwardError.ProtoReflect.Descriptor instead.
-func (*ForwardError) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_invocation_proto_rawDescGZIP(), []int{18}
-}
-
-func (x *ForwardError) GetCode() string {
-	if x != nil {
-		return x.Code
-	}
-	return ""
-}
-
-func (x *ForwardError) GetMessage() string {
-	if x != nil {
-		return x.Message
-	}
-	return ""
-}
-
-func (x *ForwardError) GetNotSent() bool {
-	if x != nil {
-		return x.NotSent
-	}
-	return false
-}
-
 var File_meridian_v1_invocation_proto protoreflect.FileDescriptor
 
 const file_meridian_v1_invocation_proto_rawDesc = "" +
@@ -1470,38 +1055,7 @@ const file_meridian_v1_invocation_proto_rawDesc = "" +
 	"\x06region\x18\x04 \x01(\tR\x06region\x12\x1f\n" +
 	"\vinstance_id\x18\x05 \x01(\tR\n" +
 	"instanceId\x12\x1a\n" +
-	"\battempts\x18\x06 \x01(\rR\battempts\"\xba\x01\n" +
-	"\rForwardedCall\x12#\n" +
-	"\rorigin_region\x18\x01 \x01(\tR\foriginRegion\x12\x1d\n" +
-	"\n" +
-	"timeout_ms\x18\x02 \x01(\x04R\ttimeoutMs\x120\n" +
-	"\x04http\x18\x03 \x01(\v2\x1a.meridian.v1.InvokeRequestH\x00R\x04http\x12+\n" +
-	"\x04grpc\x18\x04 \x01(\v2\x15.meridian.v1.GrpcCallH\x00R\x04grpcB\x06\n" +
-	"\x04call\"\x90\x01\n" +
-	"\bGrpcCall\x12\x18\n" +
-	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1f\n" +
-	"\vfull_method\x18\x02 \x01(\tR\n" +
-	"fullMethod\x12/\n" +
-	"\bmetadata\x18\x03 \x03(\v2\x13.meridian.v1.HeaderR\bmetadata\x12\x18\n" +
-	"\arequest\x18\x04 \x01(\fR\arequest\"\xb0\x01\n" +
-	"\x0fForwardedResult\x121\n" +
-	"\x04http\x18\x01 \x01(\v2\x1b.meridian.v1.InvokeResponseH\x00R\x04http\x12-\n" +
-	"\x04grpc\x18\x02 \x01(\v2\x17.meridian.v1.GrpcResultH\x00R\x04grpc\x121\n" +
-	"\x05error\x18\x03 \x01(\v2\x19.meridian.v1.ForwardErrorH\x00R\x05errorB\b\n" +
-	"\x06result\"\xc0\x01\n" +
-	"\n" +
-	"GrpcResult\x12\x12\n" +
-	"\x04code\x18\x01 \x01(\tR\x04code\x12\x18\n" +
-	"\adetails\x18\x02 \x01(\tR\adetails\x12\x1a\n" +
-	"\bresponse\x18\x03 \x01(\fR\bresponse\x12/\n" +
-	"\bmetadata\x18\x04 \x03(\v2\x13.meridian.v1.HeaderR\bmetadata\x12\x16\n" +
-	"\x06region\x18\x05 \x01(\tR\x06region\x12\x1f\n" +
-	"\vinstance_id\x18\x06 \x01(\tR\n" +
-	"instanceId\"W\n" +
-	"\fForwardError\x12\x12\n" +
-	"\x04code\x18\x01 \x01(\tR\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\x12\x19\n" +
-	"\bnot_sent\x18\x03 \x01(\bR\anotSent*J\n" +
+	"\battempts\x18\x06 \x01(\rR\battempts*J\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rPROTOCOL_HTTP\x10\x01\x12\x11\n" +
@@ -1533,7 +1087,7 @@ func file_meridian_v1_invocation_proto_rawDescGZIP() []byte {
 }
 
 var file_meridian_v1_invocation_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_meridian_v1_invocation_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_meridian_v1_invocation_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_meridian_v1_invocation_proto_goTypes = []any{
 	(Protocol)(0),                 // 0: meridian.v1.Protocol
 	(InstanceHealth)(0),           // 1: meridian.v1.InstanceHealth
@@ -1551,55 +1105,43 @@ var file_meridian_v1_invocation_proto_goTypes = []any{
 	(*Header)(nil),                // 13: meridian.v1.Header
 	(*InvokeRequest)(nil),         // 14: meridian.v1.InvokeRequest
 	(*InvokeResponse)(nil),        // 15: meridian.v1.InvokeResponse
-	(*ForwardedCall)(nil),         // 16: meridian.v1.ForwardedCall
-	(*GrpcCall)(nil),              // 17: meridian.v1.GrpcCall
-	(*ForwardedResult)(nil),       // 18: meridian.v1.ForwardedResult
-	(*GrpcResult)(nil),            // 19: meridian.v1.GrpcResult
-	(*ForwardError)(nil),          // 20: meridian.v1.ForwardError
-	nil,                           // 21: meridian.v1.Instance.MetadataEntry
-	(*durationpb.Duration)(nil),   // 22: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
+	nil,                           // 16: meridian.v1.Instance.MetadataEntry
+	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
 }
 var file_meridian_v1_invocation_proto_depIdxs = []int32{
-	22, // 0: meridian.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
+	17, // 0: meridian.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
 	0,  // 1: meridian.v1.Instance.protocol:type_name -> meridian.v1.Protocol
-	21, // 2: meridian.v1.Instance.metadata:type_name -> meridian.v1.Instance.MetadataEntry
+	16, // 2: meridian.v1.Instance.metadata:type_name -> meridian.v1.Instance.MetadataEntry
 	2,  // 3: meridian.v1.Instance.health_check:type_name -> meridian.v1.HealthCheck
 	3,  // 4: meridian.v1.InstanceStatus.instance:type_name -> meridian.v1.Instance
 	1,  // 5: meridian.v1.InstanceStatus.health:type_name -> meridian.v1.InstanceHealth
-	23, // 6: meridian.v1.InstanceStatus.lease_expires_at:type_name -> google.protobuf.Timestamp
-	23, // 7: meridian.v1.InstanceStatus.checked_at:type_name -> google.protobuf.Timestamp
-	23, // 8: meridian.v1.InstanceStatus.announced_at:type_name -> google.protobuf.Timestamp
+	18, // 6: meridian.v1.InstanceStatus.lease_expires_at:type_name -> google.protobuf.Timestamp
+	18, // 7: meridian.v1.InstanceStatus.checked_at:type_name -> google.protobuf.Timestamp
+	18, // 8: meridian.v1.InstanceStatus.announced_at:type_name -> google.protobuf.Timestamp
 	3,  // 9: meridian.v1.RegisterRequest.instance:type_name -> meridian.v1.Instance
-	22, // 10: meridian.v1.RegisterRequest.ttl:type_name -> google.protobuf.Duration
-	23, // 11: meridian.v1.RegisterResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
-	22, // 12: meridian.v1.RegisterResponse.ttl:type_name -> google.protobuf.Duration
-	23, // 13: meridian.v1.HeartbeatResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
+	17, // 10: meridian.v1.RegisterRequest.ttl:type_name -> google.protobuf.Duration
+	18, // 11: meridian.v1.RegisterResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
+	17, // 12: meridian.v1.RegisterResponse.ttl:type_name -> google.protobuf.Duration
+	18, // 13: meridian.v1.HeartbeatResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
 	4,  // 14: meridian.v1.ListInstancesResponse.instances:type_name -> meridian.v1.InstanceStatus
 	13, // 15: meridian.v1.InvokeRequest.headers:type_name -> meridian.v1.Header
 	13, // 16: meridian.v1.InvokeResponse.headers:type_name -> meridian.v1.Header
-	14, // 17: meridian.v1.ForwardedCall.http:type_name -> meridian.v1.InvokeRequest
-	17, // 18: meridian.v1.ForwardedCall.grpc:type_name -> meridian.v1.GrpcCall
-	13, // 19: meridian.v1.GrpcCall.metadata:type_name -> meridian.v1.Header
-	15, // 20: meridian.v1.ForwardedResult.http:type_name -> meridian.v1.InvokeResponse
-	19, // 21: meridian.v1.ForwardedResult.grpc:type_name -> meridian.v1.GrpcResult
-	20, // 22: meridian.v1.ForwardedResult.error:type_name -> meridian.v1.ForwardError
-	13, // 23: meridian.v1.GrpcResult.metadata:type_name -> meridian.v1.Header
-	5,  // 24: meridian.v1.RegistryService.Register:input_type -> meridian.v1.RegisterRequest
-	7,  // 25: meridian.v1.RegistryService.Heartbeat:input_type -> meridian.v1.HeartbeatRequest
-	9,  // 26: meridian.v1.RegistryService.Deregister:input_type -> meridian.v1.DeregisterRequest
-	11, // 27: meridian.v1.RegistryService.ListInstances:input_type -> meridian.v1.ListInstancesRequest
-	14, // 28: meridian.v1.InvocationService.Invoke:input_type -> meridian.v1.InvokeRequest
-	6,  // 29: meridian.v1.RegistryService.Register:output_type -> meridian.v1.RegisterResponse
-	8,  // 30: meridian.v1.RegistryService.Heartbeat:output_type -> meridian.v1.HeartbeatResponse
-	10, // 31: meridian.v1.RegistryService.Deregister:output_type -> meridian.v1.DeregisterResponse
-	12, // 32: meridian.v1.RegistryService.ListInstances:output_type -> meridian.v1.ListInstancesResponse
-	15, // 33: meridian.v1.InvocationService.Invoke:output_type -> meridian.v1.InvokeResponse
-	29, // [29:34] is the sub-list for method output_type
-	24, // [24:29] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	5,  // 17: meridian.v1.RegistryService.Register:input_type -> meridian.v1.RegisterRequest
+	7,  // 18: meridian.v1.RegistryService.Heartbeat:input_type -> meridian.v1.HeartbeatRequest
+	9,  // 19: meridian.v1.RegistryService.Deregister:input_type -> meridian.v1.DeregisterRequest
+	11, // 20: meridian.v1.RegistryService.ListInstances:input_type -> meridian.v1.ListInstancesRequest
+	14, // 21: meridian.v1.InvocationService.Invoke:input_type -> meridian.v1.InvokeRequest
+	6,  // 22: meridian.v1.RegistryService.Register:output_type -> meridian.v1.RegisterResponse
+	8,  // 23: meridian.v1.RegistryService.Heartbeat:output_type -> meridian.v1.HeartbeatResponse
+	10, // 24: meridian.v1.RegistryService.Deregister:output_type -> meridian.v1.DeregisterResponse
+	12, // 25: meridian.v1.RegistryService.ListInstances:output_type -> meridian.v1.ListInstancesResponse
+	15, // 26: meridian.v1.InvocationService.Invoke:output_type -> meridian.v1.InvokeResponse
+	22, // [22:27] is the sub-list for method output_type
+	17, // [17:22] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_meridian_v1_invocation_proto_init() }
@@ -1607,22 +1149,13 @@ func file_meridian_v1_invocation_proto_init() {
 	if File_meridian_v1_invocation_proto != nil {
 		return
 	}
-	file_meridian_v1_invocation_proto_msgTypes[14].OneofWrappers = []any{
-		(*ForwardedCall_Http)(nil),
-		(*ForwardedCall_Grpc)(nil),
-	}
-	file_meridian_v1_invocation_proto_msgTypes[16].OneofWrappers = []any{
-		(*ForwardedResult_Http)(nil),
-		(*ForwardedResult_Grpc)(nil),
-		(*ForwardedResult_Error)(nil),
-	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meridian_v1_invocation_proto_rawDesc), len(file_meridian_v1_invocation_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   20,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

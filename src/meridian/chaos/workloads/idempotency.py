@@ -55,7 +55,7 @@ from meridian.core.errors import (
     InvalidArgumentError,
     MeridianError,
 )
-from meridian.core.idempotency import StoredResponse
+from meridian.idempotency.model import StoredResponse
 
 KEYSPACE = "chaos_effects"
 SCOPE = "chaos"

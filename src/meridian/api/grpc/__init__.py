@@ -1,1 +1,0 @@
-"""The gRPC transport: thin servicers over :class:`meridian.api.service.AgentApi`."""

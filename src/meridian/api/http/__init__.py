@@ -1,1 +1,0 @@
-"""The HTTP/JSON transport: thin aiohttp handlers over :class:`meridian.api.service.AgentApi`."""

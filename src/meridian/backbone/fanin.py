@@ -1,0 +1,121 @@
+"""A region's own stream and its aggregate: the fan-in that events, the service
+registry and replicated keyspaces share.
+
+Each region writes only to its *own* stream (placed in its cluster); its
+*aggregate* stream sources every region's own stream, so each region reads all
+regions' messages locally and keeps reading through a partition. This module
+holds what the three have in common: the stream configurations, creating
+streams idempotently, bounded calls, and restarting sources that never started
+(:class:`~meridian.backbone.sources.SourceRepair`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import nats.js.errors
+from nats.js import api
+from nats.js.client import JetStreamContext
+
+from meridian.backbone.connection import (
+    BackboneConnection,
+    reraise_if_cancelling,
+    translate_nats_errors,
+)
+from meridian.backbone.sources import SourceRepair
+
+T = TypeVar("T")
+
+STREAM_NAME_IN_USE = 10058
+
+
+class RegionFanIn:
+    """``own`` (this region's stream) and ``aggregate`` (every region's, sourced)."""
+
+    def __init__(
+        self,
+        conn: BackboneConnection,
+        *,
+        region: str,
+        regions: Sequence[str],
+        replicas: int,
+        timeout_s: float,
+        own_stream: Callable[[str], str],
+        aggregate: str,
+        aggregate_description: str,
+        **aggregate_settings: Any,
+    ) -> None:
+        self.conn = conn
+        self.region = region
+        self.regions = list(regions)
+        self.replicas = replicas
+        self.timeout_s = timeout_s
+        self.own_stream = own_stream
+        self.own = own_stream(region)
+        self.aggregate = aggregate
+        self._aggregate_description = aggregate_description
+        self._aggregate_settings = aggregate_settings
+        self.repair = SourceRepair(
+            self._js,
+            aggregate=aggregate,
+            regions=self.regions,
+            own_stream=own_stream,
+            config_for=self.aggregate_config,
+            timeout_s=timeout_s,
+        )
+
+    def _js(self) -> JetStreamContext:
+        return self.conn.jetstream(self.timeout_s)
+
+    async def _call(self, what: str, aw: Awaitable[T]) -> T:
+        """``aw`` within the timeout, its nats-py errors made Meridian errors."""
+        with translate_nats_errors(f"cannot {what} in {self.region}"):
+            async with asyncio.timeout(self.timeout_s):
+                result = await aw
+        reraise_if_cancelling()
+        return result
+
+    def regional_stream(
+        self, name: str, description: str, subjects: Iterable[str] | None = None, **settings: Any
+    ) -> api.StreamConfig:
+        """A file stream of this region's cluster, at its replica count."""
+        return api.StreamConfig(
+            name=name,
+            description=description,
+            subjects=list(subjects) if subjects is not None else None,
+            storage=api.StorageType.FILE,
+            num_replicas=self.replicas,
+            placement=api.Placement(cluster=self.region),
+            **settings,
+        )
+
+    def aggregate_config(self, regions: Sequence[str] | None = None) -> api.StreamConfig:
+        """The aggregate, sourcing ``regions``' own streams (all of them by default)."""
+        return self.regional_stream(
+            self.aggregate,
+            self._aggregate_description,
+            sources=[
+                api.StreamSource(name=self.own_stream(r))
+                for r in (self.regions if regions is None else regions)
+            ],
+            **self._aggregate_settings,
+        )
+
+    async def ensure_streams(self, configs: Iterable[api.StreamConfig]) -> None:
+        """Create each stream unless it exists (idempotent; needs the meta leader).
+        A stream made by an earlier version without direct gets gains them."""
+        js = self._js()
+        for config in configs:
+            try:
+                await self._call(f"create stream {config.name}", js.add_stream(config))
+            except nats.js.errors.BadRequestError as exc:
+                if exc.err_code != STREAM_NAME_IN_USE:
+                    raise
+                if config.allow_direct:
+                    info = await self._call(
+                        f"read stream {config.name}", js.stream_info(config.name or "")
+                    )
+                    if not info.config.allow_direct:
+                        await self._call(f"update stream {config.name}", js.update_stream(config))

@@ -1,0 +1,273 @@
+"""The Registry and Invocation APIs, once, for both transports: proto in, proto out.
+
+Every field is validated before anything is registered or sent; a bad request
+gets INVALID_ARGUMENT naming the field and the rule. The HTTP passthrough
+(``/v1/invoke/{service}/{method...}``) and the gRPC transparent proxy build a
+:class:`~meridian.invocation.router.Call` with :func:`http_call` / :func:`grpc_call`
+and reach the same :class:`~meridian.invocation.router.Invoker`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable
+from datetime import datetime
+from urllib.parse import unquote
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from meridian._pb.meridian.v1 import invocation_pb2 as pb
+from meridian.config.model import InvocationConfig
+from meridian.core.errors import FieldViolation, InvalidArgumentError
+from meridian.invocation.calls import Call, Reply
+from meridian.invocation.model import INSTANCE_ID, SERVICE_NAME, validate_registration
+from meridian.invocation.registry import PROTOCOL_NAMES, RegistryComponent
+from meridian.invocation.resilience.deadline import resolve_deadline
+from meridian.invocation.resilience.policy import TimeoutPolicy
+from meridian.invocation.router import Invoker
+from meridian.observability.tracing import current_traceparent
+
+HTTP_VERBS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+#: The path after the service: URL path characters, no "..", at most 2 KiB.
+METHOD_PATH = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@%/-]{0,2048}$")
+GRPC_METHOD = re.compile(r"^/[A-Za-z_][A-Za-z0-9_.]{0,254}/[A-Za-z_][A-Za-z0-9_]{0,127}$")
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 64 * 1024
+MAX_QUERY = 8 * 1024
+IDEMPOTENCY_KEY_HEADER = "idempotency-key"
+#: Headers a caller may not set on the call the agent makes.
+RESERVED_HEADERS = frozenset({"meridian-service", "grpc-timeout", "meridian-timeout-ms"})
+
+
+def _ts(dt: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(dt)
+    return ts
+
+
+def _service_violation(service: str, name: str = "service") -> list[FieldViolation]:
+    if SERVICE_NAME.match(service):
+        return []
+    return [
+        FieldViolation(name, "must be 1-63 characters of a-z, 0-9 and '-', starting with a letter")
+    ]
+
+
+def _header_violations(
+    headers: Iterable[tuple[str, str]], name: str, *, parsed: bool = False
+) -> list[FieldViolation]:
+    v: list[FieldViolation] = []
+    total = count = 0
+    for k, val in headers:
+        count += 1
+        total += len(k) + len(val)
+        if parsed:
+            continue
+        if not HEADER_NAME.match(k):
+            v.append(FieldViolation(name, f"header name {k[:40]!r} is not an HTTP token"))
+            break
+        if "\r" in val or "\n" in val or "\0" in val:
+            v.append(FieldViolation(name, f"header {k!r} has a CR, LF or NUL in its value"))
+            break
+    if count > MAX_HEADERS:
+        v.append(FieldViolation(name, f"must have at most {MAX_HEADERS} headers"))
+    if total > MAX_HEADER_BYTES:
+        v.append(FieldViolation(name, f"must total at most {MAX_HEADER_BYTES} bytes"))
+    return v
+
+
+def _has_key(headers: Iterable[tuple[str, str]]) -> bool:
+    return any(k.lower() == IDEMPOTENCY_KEY_HEADER and v for k, v in headers)
+
+
+def http_call(
+    *,
+    service: str,
+    method: str,
+    verb: str,
+    query: str,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    max_body: int,
+    parsed_headers: bool = False,
+) -> Call:
+    """A validated HTTP call, or InvalidArgumentError naming each bad field.
+
+    ``parsed_headers``: the headers come from an HTTP request the server has
+    already parsed (names are tokens, values have no CR or LF), so only their
+    number and size are checked."""
+    v = _service_violation(service)
+    if not METHOD_PATH.match(method) or any(
+        unquote(segment) in (".", "..") for segment in method.split("/")
+    ):
+        v.append(
+            FieldViolation(
+                "method", "must be a URL path of at most 2 KiB without '.' or '..' segments"
+            )
+        )
+    verb = verb.upper() or "POST"
+    if verb not in HTTP_VERBS:
+        v.append(FieldViolation("http_verb", f"must be one of {', '.join(sorted(HTTP_VERBS))}"))
+    if len(query) > MAX_QUERY or any(c in query for c in "\r\n\0 #"):
+        v.append(
+            FieldViolation("query", f"must be at most {MAX_QUERY} bytes with no space, CR, LF, #")
+        )
+    v += _header_violations(headers, "headers", parsed=parsed_headers)
+    if len(body) > max_body:
+        v.append(FieldViolation("body", f"must be at most {max_body} bytes"))
+    if v:
+        raise InvalidArgumentError(v)
+    kept = tuple((k, val) for k, val in headers if k.lower() not in RESERVED_HEADERS)
+    return Call(
+        service=service,
+        route=method.lstrip("/"),
+        protocol="http",
+        body=body,
+        headers=kept,
+        verb=verb,
+        query=query,
+        has_idempotency_key=_has_key(headers),
+    )
+
+
+def grpc_call(
+    *, service: str, full_method: str, metadata: list[tuple[str, str]], body: bytes, max_body: int
+) -> Call:
+    v = _service_violation(service, "meridian-service")
+    if not GRPC_METHOD.match(full_method):
+        v.append(FieldViolation("method", "must be /package.Service/Method"))
+    if len(body) > max_body:
+        v.append(FieldViolation("request", f"must be at most {max_body} bytes"))
+    if v:
+        raise InvalidArgumentError(v)
+    return Call(
+        service=service,
+        route=full_method,
+        protocol="grpc",
+        body=body,
+        headers=tuple(metadata),
+        verb="",
+        has_idempotency_key=_has_key(metadata),
+    )
+
+
+def reply_headers(reply: Reply) -> list[tuple[str, str]]:
+    """The instance's headers plus who served the call."""
+    return [
+        *reply.headers,
+        ("Meridian-Region", reply.region),
+        ("Meridian-Instance", reply.instance_id),
+        ("Meridian-Attempts", str(reply.attempts)),
+    ]
+
+
+class RegistryApi:
+    def __init__(self, registry: RegistryComponent, config: InvocationConfig) -> None:
+        self.registry = registry
+        self.config = config
+
+    async def register(self, request: pb.RegisterRequest) -> pb.RegisterResponse:
+        inst = request.instance
+        if not request.HasField("instance"):
+            raise InvalidArgumentError(FieldViolation("instance", "is required"))
+        reg = validate_registration(
+            service=inst.service,
+            endpoint=inst.endpoint,
+            protocol=PROTOCOL_NAMES.get(inst.protocol, ""),
+            instance_id=inst.instance_id,
+            version=inst.version,
+            metadata=dict(inst.metadata),
+            health_path=inst.health_check.http_path,
+            grpc_health_service=inst.health_check.grpc_service,
+            check_interval_s=inst.health_check.interval.ToNanoseconds() / 1e9,
+            ttl_s=request.ttl.ToNanoseconds() / 1e9,
+            default_ttl_s=self.config.default_ttl_s,
+            max_ttl_s=self.config.max_ttl_s,
+        )
+        instance_id, expires, ttl = await self.registry.register(reg)
+        resp = pb.RegisterResponse(instance_id=instance_id, lease_expires_at=_ts(expires))
+        resp.ttl.FromNanoseconds(int(ttl * 1e9))
+        return resp
+
+    def _instance_id(self, instance_id: str) -> None:
+        if not INSTANCE_ID.match(instance_id):
+            raise InvalidArgumentError(
+                FieldViolation(
+                    "instance_id", "must be 1-128 characters of A-Z, a-z, 0-9, '_' and '-'"
+                )
+            )
+
+    async def heartbeat(self, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
+        self._instance_id(request.instance_id)
+        return pb.HeartbeatResponse(
+            lease_expires_at=_ts(self.registry.heartbeat(request.instance_id))
+        )
+
+    async def deregister(self, request: pb.DeregisterRequest) -> pb.DeregisterResponse:
+        self._instance_id(request.instance_id)
+        await self.registry.deregister(request.instance_id)
+        return pb.DeregisterResponse()
+
+    async def list_instances(self, request: pb.ListInstancesRequest) -> pb.ListInstancesResponse:
+        v = _service_violation(request.service) if request.service else []
+        if len(request.region) > 64:
+            v.append(FieldViolation("region", "must be at most 64 characters"))
+        if v:
+            raise InvalidArgumentError(v)
+        return pb.ListInstancesResponse(
+            instances=self.registry.statuses(request.service, request.region)
+        )
+
+
+class InvocationApi:
+    def __init__(self, invoker: Invoker, config: InvocationConfig) -> None:
+        self.invoker = invoker
+        self.config = config
+
+    @staticmethod
+    def _deadline(policy: TimeoutPolicy, timeout_ms: str | None, timeout_s: float | None) -> float:
+        """The call's absolute deadline: the caller's (header or gRPC deadline),
+        the route's default when none, capped by the route's maximum."""
+        now = time.monotonic()
+        if timeout_s is not None:
+            return now + min(max(timeout_s, 0.0), policy.max_s)
+        return resolve_deadline(now, policy, timeout_ms=timeout_ms)
+
+    async def call(
+        self, call: Call, *, timeout_ms: str | None = None, timeout_s: float | None = None
+    ) -> Reply:
+        """Invoke ``call`` with the caller's timeout; the route's policy is
+        resolved once, for the deadline and the call."""
+        policy = self.invoker.policy(call)
+        deadline = self._deadline(policy.timeout, timeout_ms, timeout_s)
+        return await self.invoker.invoke(call, deadline, policy)
+
+    async def invoke(
+        self, request: pb.InvokeRequest, *, timeout_s: float | None = None
+    ) -> pb.InvokeResponse:
+        """InvocationService.Invoke (gRPC, or POST /v1/invocation/invoke)."""
+        headers = [(h.name, h.value) for h in request.headers if h.name.lower() != "traceparent"]
+        traceparent = current_traceparent()  # the agent's server span, a child of the caller's
+        if traceparent:
+            headers.append(("traceparent", traceparent))
+        call = http_call(
+            service=request.service,
+            method=request.method,
+            verb=request.http_verb,
+            query=request.query,
+            headers=headers,
+            body=request.body,
+            max_body=self.config.max_body_bytes,
+        )
+        timeout_ms = next((v for k, v in headers if k.lower() == "meridian-timeout-ms"), None)
+        reply = await self.call(call, timeout_ms=timeout_ms, timeout_s=timeout_s)
+        return pb.InvokeResponse(
+            status=reply.status,
+            headers=[pb.Header(name=k, value=v) for k, v in reply.headers],
+            body=reply.body,
+            region=reply.region,
+            instance_id=reply.instance_id,
+            attempts=reply.attempts,
+        )

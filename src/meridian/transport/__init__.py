@@ -1,0 +1,1 @@
+"""The agent's two transports, gRPC and HTTP/JSON, over one API (``api``)."""

@@ -1,0 +1,1 @@
+"""The gRPC transport: thin servicers over :class:`meridian.transport.api.AgentApi`."""

@@ -1,0 +1,1 @@
+"""The HTTP/JSON transport: thin aiohttp handlers over :class:`meridian.transport.api.AgentApi`."""
