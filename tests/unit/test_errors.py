@@ -6,8 +6,9 @@ from typing import Any, cast
 
 import grpc
 import pytest
+from google.protobuf import json_format
+from google.rpc import error_details_pb2, status_pb2
 
-from meridian.api.errors import ERROR_TABLE, error_body, mapping_for
 from meridian.core.errors import (
     ClockSkewError,
     ConfigError,
@@ -20,6 +21,13 @@ from meridian.core.errors import (
     NotFoundError,
     QuorumUnavailableError,
     UnavailableError,
+)
+from meridian.transport.errors import (
+    ERROR_DOMAIN,
+    ERROR_TABLE,
+    error_body,
+    grpc_status,
+    mapping_for,
 )
 
 DOCUMENTED = {
@@ -82,9 +90,21 @@ def test_each_error_class_carries_its_stable_code(error: MeridianError, code: st
     assert body_of(error)["code"] == code
 
 
-def test_error_body_of_plain_error_has_code_and_message_only() -> None:
+def test_error_body_of_plain_error_has_code_message_status_and_error_info() -> None:
     assert error_body(NotFoundError("no key 'a' in 'users'")) == {
-        "error": {"code": "NOT_FOUND", "message": "no key 'a' in 'users'"}
+        "error": {
+            "code": "NOT_FOUND",
+            "message": "no key 'a' in 'users'",
+            "status": "NOT_FOUND",
+            "details": [
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": "NOT_FOUND",
+                    "domain": "meridian.dev",
+                    "metadata": {},
+                }
+            ],
+        }
     }
 
 
@@ -99,10 +119,26 @@ def test_error_body_lists_every_violation_with_field_and_rule() -> None:
     assert body == {
         "code": "INVALID_ARGUMENT",
         "message": "key: must not be empty; ttl_s: must be between 1 and 86400",
+        "status": "INVALID_ARGUMENT",
         "field": "key",
         "violations": [
             {"field": "key", "rule": "must not be empty"},
             {"field": "ttl_s", "rule": "must be between 1 and 86400"},
+        ],
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "INVALID_ARGUMENT",
+                "domain": "meridian.dev",
+                "metadata": {},
+            },
+            {
+                "@type": "type.googleapis.com/google.rpc.BadRequest",
+                "fieldViolations": [
+                    {"field": "key", "description": "must not be empty"},
+                    {"field": "ttl_s", "description": "must be between 1 and 86400"},
+                ],
+            },
         ],
     }
 
@@ -151,3 +187,124 @@ def test_config_error_is_an_invalid_argument_with_the_same_body_shape() -> None:
     assert body["violations"] == [
         {"field": "agent.log_level", "rule": "must be debug, info, warning or error"}
     ]
+
+
+# The details: google.rpc.Status over gRPC, the same details as JSON over HTTP.
+
+EVERY_ERROR: list[MeridianError] = [
+    InvalidArgumentError(
+        [FieldViolation("key", "must not be empty"), FieldViolation("value", "must be bytes")]
+    ),
+    NotFoundError("no such key"),
+    ConflictError("accounts/a moved", current_revision=7),
+    ConflictError("accounts/a is gone"),
+    ClockSkewError("clock 900ms ahead"),
+    QuorumUnavailableError("no quorum"),
+    UnavailableError("NATS down"),
+    DeadlineExceededError("2s passed"),
+    MeridianError("boom"),
+]
+
+
+def sent_status(error: MeridianError) -> status_pb2.Status:
+    """The google.rpc.Status in the grpc-status-details-bin trailer."""
+    trailers = dict(grpc_status(error).trailing_metadata)
+    raw = trailers["grpc-status-details-bin"]
+    assert isinstance(raw, bytes)
+    return status_pb2.Status.FromString(raw)
+
+
+@pytest.mark.parametrize("error", EVERY_ERROR, ids=lambda e: e.message)
+def test_grpc_status_carries_error_info_with_the_stable_code(error: MeridianError) -> None:
+    status = grpc_status(error)
+    assert status.code == ERROR_TABLE[error.code].grpc
+    assert status.message == error.message
+    rich = sent_status(error)
+    assert rich.code == status.code.value[0] and rich.message == error.message
+    info = error_details_pb2.ErrorInfo()
+    assert rich.details[0].Unpack(info)
+    assert info.reason == error.code.value
+    assert info.domain == ERROR_DOMAIN == "meridian.dev"
+
+
+def test_a_conflict_puts_the_current_revision_in_error_info_metadata() -> None:
+    info = error_details_pb2.ErrorInfo()
+    assert sent_status(ConflictError("moved", current_revision=7)).details[0].Unpack(info)
+    assert dict(info.metadata) == {"currentRevision": "7"}
+    assert sent_status(ConflictError("gone")).details[0].Unpack(info)
+    assert dict(info.metadata) == {"currentRevision": "0"}
+
+
+def test_an_invalid_argument_lists_every_violation_in_bad_request() -> None:
+    error = InvalidArgumentError(
+        [FieldViolation("key", "must not be empty"), FieldViolation("ttl_s", "too long")]
+    )
+    details = sent_status(error).details
+    assert len(details) == 2
+    bad = error_details_pb2.BadRequest()
+    assert details[1].Unpack(bad)
+    assert [(v.field, v.description) for v in bad.field_violations] == [
+        ("key", "must not be empty"),
+        ("ttl_s", "too long"),
+    ]
+
+
+def test_only_an_invalid_argument_has_bad_request() -> None:
+    for error in EVERY_ERROR:
+        types = [d.type_url.rsplit(".", 1)[-1] for d in sent_status(error).details]
+        want = (
+            ["ErrorInfo", "BadRequest"]
+            if isinstance(error, InvalidArgumentError)
+            else ["ErrorInfo"]
+        )
+        assert types == want, error
+
+
+def test_the_older_trailers_are_still_sent() -> None:
+    trailers = dict(grpc_status(ConflictError("moved", current_revision=7)).trailing_metadata)
+    assert trailers["meridian-error-code"] == "CONFLICT"
+    assert trailers["meridian-current-revision"] == "7"
+    trailers = dict(
+        grpc_status(InvalidArgumentError(FieldViolation("key", "empty"))).trailing_metadata
+    )
+    assert trailers["meridian-error-field"] == "key"
+
+
+@pytest.mark.parametrize("error", EVERY_ERROR, ids=lambda e: e.message)
+def test_the_http_body_has_the_grpc_details_in_proto_json(error: MeridianError) -> None:
+    body = body_of(error)
+    assert body["code"] == error.code.value
+    assert body["status"] == ERROR_TABLE[error.code].grpc.name
+    parsed = json_format.ParseDict({"details": body["details"]}, status_pb2.Status())
+    assert list(parsed.details) == list(sent_status(error).details)
+
+
+def test_the_http_body_keeps_the_older_conflict_field() -> None:
+    body = body_of(ConflictError("moved", current_revision=7))
+    assert body["currentRevision"] == "7"
+    assert body["details"][0]["metadata"] == {"currentRevision": "7"}
+
+
+def test_a_long_error_is_cut_to_fit_grpc_trailers_but_not_http() -> None:
+    # gRPC clients refuse trailers past 8 KiB; the message and the details are both
+    # trailers, so a thousand violations must not end the call with RESOURCE_EXHAUSTED.
+    many = InvalidArgumentError(
+        [FieldViolation(f"keys[{i}]", "must not be empty") for i in range(1000)]
+    )
+    status = grpc_status(many)
+    size = sum(len(k) + len(v) for k, v in status.trailing_metadata)
+    assert size < 6 * 1024
+    bad = error_details_pb2.BadRequest()
+    assert sent_status(many).details[1].Unpack(bad)
+    kept = len(bad.field_violations)
+    assert 10 < kept < 1000
+    assert [v.field for v in bad.field_violations] == [f"keys[{i}]" for i in range(kept)]
+    assert status.message.endswith(f"; and {1000 - kept} more")
+    assert sent_status(many).message == status.message
+    assert len(body_of(many)["violations"]) == 1000
+
+
+def test_a_long_message_is_cut_for_grpc() -> None:
+    status = grpc_status(UnavailableError("x" * 10_000))
+    assert len(status.message) < 2100 and status.message.endswith("[cut]")
+    assert body_of(UnavailableError("x" * 10_000))["message"] == "x" * 10_000

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -14,11 +15,13 @@ import (
 )
 
 // Code is a stable Meridian error code. The agent sends it with every error
-// (gRPC trailer meridian-error-code), and it never changes meaning, so match
-// on it, through errors.Is with the Err* values, rather than on messages.
+// (the reason of the status's google.rpc.ErrorInfo detail), and it never
+// changes meaning, so match on it, through errors.Is with the Err* values,
+// rather than on messages.
 type Code string
 
-// The codes of the agent's error table (src/meridian/api/errors.py).
+// The codes of the agent's error table (src/meridian/transport/errors.py,
+// written out as testdata/errors.json).
 const (
 	CodeInvalidArgument       Code = "INVALID_ARGUMENT"
 	CodeNotFound              Code = "NOT_FOUND"
@@ -95,7 +98,8 @@ type FieldViolation struct {
 	Rule  string
 }
 
-// Error is a failed call, rebuilt from the stable code the agent sent.
+// Error is a failed call, rebuilt from the google.rpc details the agent sent
+// with its status (never from the message text).
 type Error struct {
 	// Code is the stable code; it decides which Err* sentinel matches.
 	Code Code
@@ -106,7 +110,8 @@ type Error struct {
 	CurrentRevision uint64
 	// Field and Rule are set for CodeInvalidArgument: the first field that
 	// broke a rule (e.g. "key", "keyspace", "consistency.max_staleness") and
-	// the rule. Violations lists every one.
+	// the rule. Violations lists every one (the BadRequest detail's field
+	// violations; "request" and the message when the agent sent none).
 	Field      string
 	Rule       string
 	Violations []FieldViolation
@@ -145,82 +150,120 @@ func (e *Error) Is(target error) bool {
 }
 
 // GRPCStatus is the gRPC status the call ended with, so status.Code(err)
-// and status.FromError(err) keep working.
+// and status.FromError(err) keep working. For the error of one item of a
+// GetMany or PutMany, it is the status the agent's error table gives its
+// code.
 func (e *Error) GRPCStatus() *status.Status { return e.status }
 
-// Trailer keys of the agent's error metadata (src/meridian/api/errors.py).
-const (
-	errorCodeKey       = "meridian-error-code"
-	currentRevisionKey = "meridian-current-revision"
-	errorFieldKey      = "meridian-error-field"
-	traceparentKey     = "traceparent"
-)
+// errorDomain is the google.rpc.ErrorInfo domain of the agent's errors; a
+// reason from another domain is not a Meridian code.
+const errorDomain = "meridian.dev"
 
-// fromRPC rebuilds the typed error of a failed call from its status and its
-// trailing metadata. err must be non-nil.
+// currentRevisionKey is the ErrorInfo metadata key of a conflict's current
+// revision (decimal).
+const currentRevisionKey = "currentRevision"
+
+// traceparentKey is the trailer with the W3C traceparent of the agent's span.
+const traceparentKey = "traceparent"
+
+// codeRow is one row of the agent's error table.
+type codeRow struct {
+	grpc codes.Code
+	http int
+	// retryable: the same call may succeed if sent again after a backoff.
+	retryable bool
+}
+
+// codeTable is the agent's error table (src/meridian/transport/errors.py),
+// as testdata/errors.json writes it out; errors_table_test.go keeps the two
+// in step. fromItem uses it to give a batch item's error its gRPC status;
+// the HTTP status and retryability are not used by this gRPC client, which
+// leaves retries to its caller, but are kept so the table reads the same in
+// every language.
+var codeTable = map[Code]codeRow{
+	CodeInvalidArgument:       {codes.InvalidArgument, 400, false},
+	CodeNotFound:              {codes.NotFound, 404, false},
+	CodeConflict:              {codes.Aborted, 409, false},
+	CodeClockSkew:             {codes.FailedPrecondition, 503, true},
+	CodeQuorumUnavailable:     {codes.Unavailable, 503, true},
+	CodeUnavailable:           {codes.Unavailable, 503, true},
+	CodeDeadlineExceeded:      {codes.DeadlineExceeded, 504, false},
+	CodeInternal:              {codes.Internal, 500, false},
+	CodeFenced:                {codes.FailedPrecondition, 409, false},
+	CodeIdempotencyInProgress: {codes.Aborted, 409, true},
+	CodeIdempotencyMismatch:   {codes.FailedPrecondition, 422, false},
+	CodeResourceExhausted:     {codes.ResourceExhausted, 503, true},
+}
+
+// fromRPC rebuilds the typed error of a failed call from its status's
+// google.rpc details: ErrorInfo.reason is the stable code, its metadata the
+// structured fields (the current revision of a conflict), BadRequest the
+// field violations of an invalid argument. A status without a Meridian
+// reason (no details, unreadable ones, another domain's) maps by its gRPC
+// code. trailer gives the traceparent. err must be non-nil.
 func fromRPC(err error, trailer metadata.MD) *Error {
 	st, _ := status.FromError(err)
 	e := &Error{Message: st.Message(), status: st, TraceParent: first(trailer, traceparentKey)}
-	code := Code(first(trailer, errorCodeKey))
+	var info *errdetails.ErrorInfo
+	var badRequest *errdetails.BadRequest
+	for _, d := range st.Details() {
+		// A detail that does not decode is an error value here: skip it.
+		switch d := d.(type) {
+		case *errdetails.ErrorInfo:
+			if info == nil && d.GetDomain() == errorDomain && d.GetReason() != "" {
+				info = d
+			}
+		case *errdetails.BadRequest:
+			if badRequest == nil {
+				badRequest = d
+			}
+		}
+	}
 	switch {
-	case code != "":
-		e.Code = code
+	case info != nil:
+		// A reason this SDK does not know (a newer agent's) is kept as
+		// the Code: it matches no sentinel.
+		e.Code = Code(info.GetReason())
 	case st.Code() == codes.DeadlineExceeded:
 		e.Code = CodeDeadlineExceeded
 	case st.Code() == codes.Canceled:
 		e.Code = CodeCanceled
 	default:
-		// No Meridian code: the call failed before reaching the agent's
+		// No Meridian reason: the call failed before reaching the agent's
 		// service layer (connection refused, TLS, message too large, an
-		// older agent without the method). Same rule as the Python client.
+		// older agent without the method) or passed something that
+		// rewrote the status. Same rule as the Python client.
 		e.Code = CodeUnavailable
 		e.Message = st.Code().String() + ": " + st.Message()
 	}
 	switch e.Code {
 	case CodeConflict:
-		e.CurrentRevision, _ = strconv.ParseUint(first(trailer, currentRevisionKey), 10, 64)
+		e.CurrentRevision, _ = strconv.ParseUint(info.GetMetadata()[currentRevisionKey], 10, 64)
 	case CodeInvalidArgument:
-		e.Field = first(trailer, errorFieldKey)
-		e.Violations = violations(e.Message)
-		if e.Field == "" && len(e.Violations) > 0 {
-			e.Field = e.Violations[0].Field
-		}
-		if e.Field == "" {
-			e.Field = "request"
-		}
-		e.Rule = e.Message
-		for _, v := range e.Violations {
-			if v.Field == e.Field {
-				e.Rule = v.Rule
-				break
+		for _, v := range badRequest.GetFieldViolations() {
+			field := v.GetField()
+			if field == "" {
+				field = "request"
 			}
+			e.Violations = append(e.Violations, FieldViolation{Field: field, Rule: v.GetDescription()})
 		}
+		if len(e.Violations) == 0 {
+			e.Violations = []FieldViolation{{Field: "request", Rule: e.Message}}
+		}
+		e.Field, e.Rule = e.Violations[0].Field, e.Violations[0].Rule
 	}
 	return e
 }
 
-// fromItem is the typed error of one item of a GetMany or PutMany.
+// fromItem is the typed error of one item of a GetMany or PutMany. Its
+// GRPCStatus is the status the table gives its code.
 func fromItem(e *meridianv1.ItemError) *Error {
-	return &Error{Code: Code(e.GetCode()), Message: e.GetMessage(), CurrentRevision: e.GetCurrentRevision()}
-}
-
-// violations parses the agent's INVALID_ARGUMENT message,
-// "field: rule; field: rule", which is all the gRPC transport carries of
-// the violations besides the first field.
-func violations(message string) []FieldViolation {
-	var out []FieldViolation
-	for _, part := range strings.Split(message, "; ") {
-		field, rule, ok := strings.Cut(part, ": ")
-		if !ok || field == "" || strings.ContainsAny(field, " \t") {
-			if len(out) == 0 {
-				return nil
-			}
-			// A rule that itself contained "; ": glue it back on.
-			out[len(out)-1].Rule += "; " + part
-			continue
-		}
-		out = append(out, FieldViolation{Field: field, Rule: rule})
+	out := &Error{Code: Code(e.GetCode()), Message: e.GetMessage(), CurrentRevision: e.GetCurrentRevision()}
+	grpcCode := codes.Unknown
+	if row, ok := codeTable[out.Code]; ok {
+		grpcCode = row.grpc
 	}
+	out.status = status.New(grpcCode, out.Message)
 	return out
 }
 

@@ -45,11 +45,10 @@ type fakeAgent struct {
 	invokeDeadline time.Time
 }
 
-// meridianError is an error as the agent sends it: a gRPC status plus the
-// stable code in the trailer.
-func meridianError(ctx context.Context, grpcCode codes.Code, code Code, msg string) error {
-	_ = grpc.SetTrailer(ctx, metadata.Pairs(errorCodeKey, string(code)))
-	return status.Error(grpcCode, msg)
+// meridianError is an error as the agent sends it: a gRPC status with the
+// stable code as its ErrorInfo detail.
+func meridianError(_ context.Context, grpcCode codes.Code, code Code, msg string) error {
+	return agentStatus(grpcCode, code, msg, nil).Err()
 }
 
 func (f *fakeAgent) Check(context.Context, *meridianv1.HealthCheckRequest) (*meridianv1.HealthCheckResponse, error) {

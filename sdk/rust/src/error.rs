@@ -1,10 +1,13 @@
 //! Typed errors, rebuilt from the stable codes the agent sends.
 //!
 //! The agent maps each error it raises to a gRPC status and a stable string
-//! code (`src/meridian/api/errors.py`), carried in trailing metadata:
-//! `meridian-error-code`, plus `meridian-current-revision` for a conflict and
-//! `meridian-error-field` for an invalid argument. [`Error`] rebuilds the
-//! typed error from those, so callers match on variants, not strings:
+//! code in one table (`src/meridian/transport/errors.py`, written out as
+//! `testdata/errors.json`), and sends them as `google.rpc.Status` details: an
+//! `ErrorInfo` whose `reason` is the code (domain `meridian.dev`) and whose
+//! `metadata` holds the structured fields (`currentRevision` for a conflict),
+//! plus a `BadRequest` naming the fields of an invalid argument. [`Error`]
+//! rebuilds the typed error from those details with `tonic-types`, never from
+//! the message text, so callers match on variants, not strings:
 //!
 //! ```text
 //! Error
@@ -28,14 +31,23 @@
 use std::error::Error as _;
 use std::time::SystemTime;
 
-use tonic::metadata::MetadataMap;
+use tonic_types::StatusExt;
 
-/// Trailer with the stable error code.
+/// Trailer with the stable error code. The agent still sends it for clients
+/// older than the `google.rpc` details; this SDK reads the details.
 pub const ERROR_CODE_METADATA: &str = "meridian-error-code";
-/// Trailer with a conflicting key's current revision.
+/// Trailer with a conflicting key's current revision (sent for older
+/// clients; this SDK reads the `ErrorInfo` metadata).
 pub const CURRENT_REVISION_METADATA: &str = "meridian-current-revision";
-/// Trailer naming the offending field of an invalid argument.
+/// Trailer naming the offending field of an invalid argument (sent for
+/// older clients; this SDK reads the `BadRequest` detail).
 pub const ERROR_FIELD_METADATA: &str = "meridian-error-field";
+
+/// `ErrorInfo.domain` of the agent's errors: a reason from another domain is
+/// not a Meridian code.
+const ERROR_DOMAIN: &str = "meridian.dev";
+/// `ErrorInfo.metadata` key of a conflict's current revision (decimal).
+const CURRENT_REVISION_KEY: &str = "currentRevision";
 
 /// Every error a Meridian call returns.
 ///
@@ -173,9 +185,11 @@ impl Error {
     }
 
     /// Whether the same call may succeed if retried later (after a backoff):
-    /// quorum loss, unavailability, clock skew and an idempotency key in
-    /// progress elsewhere and a full bulkhead are transient; a deadline is retryable only for
-    /// calls that are safe to repeat.
+    /// quorum loss, unavailability, clock skew, an idempotency key in
+    /// progress elsewhere and a full bulkhead are transient; a deadline is
+    /// retryable only for calls that are safe to repeat. This is the
+    /// `retryable` column of the agent's table (`testdata/errors.json`,
+    /// checked by `tests/errors_table.rs`).
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
@@ -231,33 +245,49 @@ impl Error {
 }
 
 impl From<tonic::Status> for Error {
-    /// Rebuilds the typed error from the status and its trailers. A status
-    /// without a Meridian code maps by its gRPC code: `DEADLINE_EXCEEDED`
-    /// (and tonic's own client-side timeout) to [`Error::DeadlineExceeded`],
-    /// `UNAVAILABLE` to [`Error::Unavailable`], anything else to [`Error::Rpc`].
+    /// Rebuilds the typed error from the status's `google.rpc` details: the
+    /// `ErrorInfo` reason is the code, its metadata the current revision of
+    /// a conflict, the first `BadRequest` violation the field and rule of an
+    /// invalid argument. A status without a Meridian reason (no details,
+    /// details that do not decode, another domain's `ErrorInfo`) maps by its
+    /// gRPC code: `DEADLINE_EXCEEDED` (and tonic's own client-side timeout)
+    /// to [`Error::DeadlineExceeded`], `UNAVAILABLE` to [`Error::Unavailable`],
+    /// anything else to [`Error::Rpc`]. A reason this SDK does not know is
+    /// [`Error::Other`].
     fn from(status: tonic::Status) -> Self {
-        let md = status.metadata();
         let message = status.message().to_owned();
-        match text(md, ERROR_CODE_METADATA) {
-            Some("INVALID_ARGUMENT") => {
-                let field = text(md, ERROR_FIELD_METADATA)
-                    .unwrap_or("request")
-                    .to_owned();
-                // The agent's message is "field: rule[; field2: rule2]".
-                let rule = message
-                    .strip_prefix(&format!("{field}: "))
-                    .unwrap_or(&message)
-                    .to_owned();
-                Error::InvalidArgument { field, rule }
+        let info = status
+            .get_details_error_info()
+            .filter(|info| info.domain == ERROR_DOMAIN && !info.reason.is_empty());
+        match info {
+            Some(info) if info.reason == "INVALID_ARGUMENT" => {
+                let first = status
+                    .get_details_bad_request()
+                    .and_then(|bad| bad.field_violations.into_iter().next());
+                match first {
+                    Some(v) if !v.field.is_empty() => Error::InvalidArgument {
+                        field: v.field,
+                        rule: v.description,
+                    },
+                    Some(v) => Error::InvalidArgument {
+                        field: "request".into(),
+                        rule: v.description,
+                    },
+                    None => Error::InvalidArgument {
+                        field: "request".into(),
+                        rule: message,
+                    },
+                }
             }
-            Some(code) if !code.is_empty() => Error::from_code(
-                code,
-                message,
-                text(md, CURRENT_REVISION_METADATA)
+            Some(info) => {
+                let current_revision = info
+                    .metadata
+                    .get(CURRENT_REVISION_KEY)
                     .and_then(|v| v.parse().ok())
-                    .unwrap_or(0),
-            ),
-            _ => match status.code() {
+                    .unwrap_or(0);
+                Error::from_code(&info.reason, message, current_revision)
+            }
+            None => match status.code() {
                 tonic::Code::DeadlineExceeded => Error::DeadlineExceeded { message },
                 // tonic reports its own enforcement of `grpc-timeout` as CANCELLED.
                 tonic::Code::Cancelled if is_client_timeout(&status) => {
@@ -268,10 +298,6 @@ impl From<tonic::Status> for Error {
             },
         }
     }
-}
-
-fn text<'a>(md: &'a MetadataMap, key: &str) -> Option<&'a str> {
-    md.get(key).and_then(|v| v.to_str().ok())
 }
 
 fn is_client_timeout(status: &tonic::Status) -> bool {
@@ -287,29 +313,42 @@ fn is_client_timeout(status: &tonic::Status) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use tonic::metadata::MetadataMap;
+    use tonic_types::{ErrorDetails, FieldViolation};
+
     use super::*;
 
-    fn status(
+    /// A status as the agent sends it: its reason in an `ErrorInfo`.
+    fn agent(code: tonic::Code, message: &str, reason: &str) -> tonic::Status {
+        agent_with(code, message, reason, &[])
+    }
+
+    fn agent_with(
         code: tonic::Code,
         message: &str,
-        trailers: &[(&'static str, &str)],
+        reason: &str,
+        metadata: &[(&str, &str)],
     ) -> tonic::Status {
-        let mut md = MetadataMap::new();
-        for (k, v) in trailers {
-            md.insert(*k, v.parse().unwrap());
-        }
-        tonic::Status::with_metadata(code, message, md)
+        let metadata: HashMap<String, String> = metadata
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        tonic::Status::with_error_details(
+            code,
+            message,
+            ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata),
+        )
     }
 
     #[test]
     fn a_conflict_carries_the_current_revision() {
-        let err = Error::from(status(
+        let err = Error::from(agent_with(
             tonic::Code::Aborted,
             "accounts/a is at revision 7",
-            &[
-                (ERROR_CODE_METADATA, "CONFLICT"),
-                (CURRENT_REVISION_METADATA, "7"),
-            ],
+            "CONFLICT",
+            &[(CURRENT_REVISION_KEY, "7")],
         ));
         assert!(
             matches!(
@@ -325,14 +364,51 @@ mod tests {
     }
 
     #[test]
-    fn an_invalid_argument_names_the_field_and_the_rule() {
-        let err = Error::from(status(
+    fn the_revision_is_never_read_from_the_message() {
+        let err = Error::from(agent(
+            tonic::Code::Aborted,
+            "accounts/a is at revision 7",
+            "CONFLICT",
+        ));
+        assert!(matches!(
+            err,
+            Error::Conflict {
+                current_revision: 0,
+                ..
+            }
+        ));
+        for bad in ["", "seven", "-3", "99999999999999999999999"] {
+            let err = Error::from(agent_with(
+                tonic::Code::Aborted,
+                "x",
+                "CONFLICT",
+                &[(CURRENT_REVISION_KEY, bad)],
+            ));
+            assert!(
+                matches!(
+                    err,
+                    Error::Conflict {
+                        current_revision: 0,
+                        ..
+                    }
+                ),
+                "{bad}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_invalid_argument_names_the_field_and_the_rule_from_bad_request() {
+        let mut details =
+            ErrorDetails::with_error_info("INVALID_ARGUMENT", ERROR_DOMAIN, HashMap::new());
+        details.set_bad_request(vec![
+            FieldViolation::new("key", "must not be empty"),
+            FieldViolation::new("value", "must be bytes"),
+        ]);
+        let err = Error::from(tonic::Status::with_error_details(
             tonic::Code::InvalidArgument,
-            "key: must not be empty",
-            &[
-                (ERROR_CODE_METADATA, "INVALID_ARGUMENT"),
-                (ERROR_FIELD_METADATA, "key"),
-            ],
+            "whatever the message says",
+            details,
         ));
         match err {
             Error::InvalidArgument { field, rule } => {
@@ -344,19 +420,35 @@ mod tests {
     }
 
     #[test]
+    fn an_invalid_argument_without_bad_request_names_the_request() {
+        let err = Error::from(agent(
+            tonic::Code::InvalidArgument,
+            "key: odd",
+            "INVALID_ARGUMENT",
+        ));
+        match err {
+            Error::InvalidArgument { field, rule } => {
+                assert_eq!(field, "request");
+                assert_eq!(rule, "key: odd");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn the_stable_code_wins_over_the_grpc_code() {
-        let err = Error::from(status(
+        let err = Error::from(agent(
             tonic::Code::Unavailable,
             "no quorum",
-            &[(ERROR_CODE_METADATA, "QUORUM_UNAVAILABLE")],
+            "QUORUM_UNAVAILABLE",
         ));
         assert!(matches!(err, Error::QuorumUnavailable { .. }));
         assert!(err.is_transient());
     }
 
     #[test]
-    fn a_status_without_a_code_maps_by_grpc_code() {
-        let plain = |code| Error::from(status(code, "x", &[]));
+    fn a_status_without_details_maps_by_grpc_code() {
+        let plain = |code| Error::from(tonic::Status::new(code, "x"));
         assert!(matches!(
             plain(tonic::Code::DeadlineExceeded),
             Error::DeadlineExceeded { .. }
@@ -366,14 +458,64 @@ mod tests {
             Error::Unavailable { .. }
         ));
         assert!(matches!(plain(tonic::Code::Unimplemented), Error::Rpc(_)));
+        assert!(matches!(plain(tonic::Code::Aborted), Error::Rpc(_)));
+    }
+
+    #[test]
+    fn the_older_trailers_are_not_read() {
+        let mut md = MetadataMap::new();
+        md.insert(ERROR_CODE_METADATA, "CONFLICT".parse().unwrap());
+        md.insert(CURRENT_REVISION_METADATA, "7".parse().unwrap());
+        let err = Error::from(tonic::Status::with_metadata(tonic::Code::Aborted, "x", md));
+        assert!(matches!(err, Error::Rpc(_)), "{err:?}");
+    }
+
+    #[test]
+    fn garbage_details_map_by_grpc_code() {
+        for garbage in [
+            &b"\xff\xfe\xfd"[..],
+            b"not a protobuf at all",
+            b"\x0a\x05ab",
+            // A Status whose only detail is an ErrorInfo that does not decode.
+            b"\x08\x05\x1a\x2d\x0a\x28type.googleapis.com/google.rpc.ErrorInfo\x12\x01\xff",
+        ] {
+            let status = tonic::Status::with_details(
+                tonic::Code::NotFound,
+                "gone",
+                tonic::codegen::Bytes::copy_from_slice(garbage),
+            );
+            let err = Error::from(status);
+            match &err {
+                Error::Rpc(status) => assert_eq!(status.code(), tonic::Code::NotFound),
+                other => panic!("{garbage:?}: {other:?}"),
+            }
+            let late = Error::from(tonic::Status::with_details(
+                tonic::Code::DeadlineExceeded,
+                "late",
+                tonic::codegen::Bytes::copy_from_slice(garbage),
+            ));
+            assert!(matches!(late, Error::DeadlineExceeded { .. }), "{late:?}");
+        }
+    }
+
+    #[test]
+    fn an_error_info_of_another_domain_or_without_a_reason_is_ignored() {
+        let foreign = tonic::Status::with_error_details(
+            tonic::Code::Unavailable,
+            "x",
+            ErrorDetails::with_error_info("NOT_FOUND", "example.com", HashMap::new()),
+        );
+        assert!(matches!(Error::from(foreign), Error::Unavailable { .. }));
+        let empty = agent(tonic::Code::NotFound, "x", "");
+        assert!(matches!(Error::from(empty), Error::Rpc(_)));
     }
 
     #[test]
     fn a_code_from_a_newer_agent_is_kept() {
-        let err = Error::from(status(
+        let err = Error::from(agent(
             tonic::Code::FailedPrecondition,
             "something new",
-            &[(ERROR_CODE_METADATA, "SOMETHING_NEW")],
+            "SOMETHING_NEW",
         ));
         assert_eq!(err.code(), Some("SOMETHING_NEW"));
         assert!(matches!(err, Error::Other { .. }));
@@ -382,7 +524,7 @@ mod tests {
     #[test]
     fn the_idempotency_codes_are_typed() {
         let typed = |code: &'static str, grpc| {
-            let err = Error::from(status(grpc, "why", &[(ERROR_CODE_METADATA, code)]));
+            let err = Error::from(agent(grpc, "why", code));
             assert_eq!(err.code(), Some(code), "{err:?}");
             err
         };
@@ -406,10 +548,10 @@ mod tests {
 
     #[test]
     fn a_full_bulkhead_is_resource_exhausted_and_transient() {
-        let err = Error::from(status(
+        let err = Error::from(agent(
             tonic::Code::ResourceExhausted,
             "bulkhead of orders is full (64 in flight)",
-            &[(ERROR_CODE_METADATA, "RESOURCE_EXHAUSTED")],
+            "RESOURCE_EXHAUSTED",
         ));
         assert!(matches!(err, Error::ResourceExhausted { .. }), "{err:?}");
         assert_eq!(err.code(), Some("RESOURCE_EXHAUSTED"));
