@@ -201,10 +201,10 @@ def _keyspaces(rd: Reader, raw: Any) -> list[Keyspace]:
         except ValueError:
             rd.bad(f"{path}.conflict", "must be lww, counter, set or multi_value")
             continue
-        key_max = rd.number(
+        key_max = rd.integer(
             entry, "key_max_bytes", f"{path}.key_max_bytes", DEFAULT_KEY_MAX_BYTES, low=1, high=4096
         )
-        value_max = rd.number(
+        value_max = rd.integer(
             entry,
             "value_max_bytes",
             f"{path}.value_max_bytes",
@@ -212,7 +212,7 @@ def _keyspaces(rd: Reader, raw: Any) -> list[Keyspace]:
             low=0,
             high=MAX_VALUE_BYTES,
         )
-        out.append(Keyspace(name, locality, conflict, int(key_max), int(value_max)))
+        out.append(Keyspace(name, locality, conflict, key_max, value_max))
     return out
 
 
@@ -400,9 +400,9 @@ def _agent(rd: Reader, raw: Mapping[str, Any]) -> AgentConfig:
     keys = {"status_interval_s", "peer_timeout_s", "quorum_timeout_s", "shutdown_grace_s"}
     keys |= {"freshness_interval_s"}
     rd.known(raw, keys | {"log_level", "regional_replicas"}, "agent")
-    regional = rd.number(raw, "regional_replicas", "agent.regional_replicas", 1, low=1, high=5)
+    regional = rd.integer(raw, "regional_replicas", "agent.regional_replicas", 1, low=1, high=5)
     if regional not in (1, 3, 5):
-        rd.bad("agent.regional_replicas", "must be 1, 3 or 5 (a Raft group size)")
+        rd.bad("agent.regional_replicas", f"must be 1, 3 or 5 (a Raft group size), got {regional}")
     level = rd.string(raw, "log_level", "agent.log_level", "info").lower()
     if level not in {"debug", "info", "warning", "error"}:
         rd.bad("agent.log_level", f"must be debug, info, warning or error; got {level!r}")
@@ -421,7 +421,7 @@ def _agent(rd: Reader, raw: Mapping[str, Any]) -> AgentConfig:
             raw, "shutdown_grace_s", "agent.shutdown_grace_s", 5.0, low=0, high=600
         ),
         log_level=level,
-        regional_replicas=int(regional),
+        regional_replicas=regional,
         freshness_interval_s=rd.number(
             raw, "freshness_interval_s", "agent.freshness_interval_s", 0.1, low=0.01, high=10
         ),

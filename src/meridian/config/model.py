@@ -11,7 +11,7 @@ from pathlib import Path
 
 from meridian.core.errors import ConfigError, FieldViolation
 from meridian.core.keyspace import Keyspace
-from meridian.core.resilience.overrides import PolicySet
+from meridian.invocation.resilience.overrides import PolicySet
 
 REGION_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
 GLOBAL_CLUSTER = "global"
@@ -197,7 +197,7 @@ class MeridianConfig:
     idempotency: IdempotencyConfig = IdempotencyConfig()
     invocation: InvocationConfig = InvocationConfig()
     gateway: GatewayConfig = GatewayConfig()
-    #: The parsed [resilience] table (core.resilience.overrides.PolicySet).
+    #: The parsed [resilience] table (invocation.resilience.overrides.PolicySet).
     resilience: PolicySet = field(default_factory=PolicySet)
     source: str = "<defaults>"
 

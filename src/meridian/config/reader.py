@@ -50,6 +50,26 @@ class Reader:
             return default
         return float(value)
 
+    def integer(
+        self,
+        raw: Mapping[str, Any],
+        key: str,
+        path: str,
+        default: int,
+        *,
+        low: int,
+        high: int,
+    ) -> int:
+        """A whole number in ``low..high``: ``2.0``, ``"2"`` and ``true`` are refused, not truncated."""
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.bad(path, f"must be an integer, got {value!r}")
+            return default
+        if not low <= value <= high:
+            self.bad(path, f"must be an integer between {low} and {high}, got {value}")
+            return default
+        return value
+
     def port(self, raw: Mapping[str, Any], key: str, path: str, default: int) -> int:
         value = raw.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int):
