@@ -57,9 +57,10 @@ def python_api() -> list[str]:
 
 
 def rust_api() -> list[str]:
-    """Every ``pub`` item of sdk/rust/src, file by file, as its declaration line."""
+    """Every ``pub`` item of sdk/rust/src and its subfolders, file by file, as its
+    declaration line."""
     out: list[str] = []
-    for path in sorted(RUST_SRC.glob("*.rs")):
+    for path in sorted(RUST_SRC.rglob("*.rs")):
         in_tests = False
         for line in path.read_text().splitlines():
             if re.match(r"^\s*#\[cfg\(test\)\]", line):
@@ -68,7 +69,7 @@ def rust_api() -> list[str]:
                 continue
             m = RUST_ITEM.match(line) or RUST_FIELD.match(line)
             if m:
-                out.append(f"{path.name}: {' '.join(m.group(0).split())}")
+                out.append(f"{path.relative_to(RUST_SRC)}: {' '.join(m.group(0).split())}")
     return out
 
 

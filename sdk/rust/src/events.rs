@@ -55,20 +55,23 @@
 //! Every call carries the caller's trace context; the agent records it on a
 //! published event as its `traceparent` header.
 
+mod calls;
+mod subscription;
+mod wire;
+
 use std::collections::BTreeMap;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use futures_core::Stream;
 use tokio::sync::mpsc;
 
-use crate::client::{BoxFuture, CallOptions, DEFAULT_TIMEOUT, TracedChannel, unary};
+use self::subscription::{ack, drain, nack, settle};
+use crate::client::{CallOptions, TracedChannel};
 use crate::error::Error;
 use crate::pb;
 use crate::pb::event_service_client::EventServiceClient;
-use crate::trace;
 use crate::types::duration_to_proto;
 
 /// Event API calls on one agent; from [`Client::events`](crate::Client::events).
@@ -101,20 +104,6 @@ pub enum Start {
     Sequence(u64),
     /// From the first event stored at or after this time.
     Time(SystemTime),
-}
-
-impl Start {
-    fn to_proto(self) -> pb::StartPosition {
-        use pb::start_position::Position;
-        let position = match self {
-            Start::New => Position::New(true),
-            Start::Sequence(sequence) => Position::Sequence(sequence),
-            Start::Time(time) => Position::Time(prost_types::Timestamp::from(time)),
-        };
-        pb::StartPosition {
-            position: Some(position),
-        }
-    }
 }
 
 /// One event of [`EventsClient::publish_batch`].
@@ -168,21 +157,6 @@ pub struct Event {
     pub published_at: Option<SystemTime>,
 }
 
-impl Event {
-    fn from_proto(e: pb::Event) -> Self {
-        Event {
-            topic: e.topic,
-            key: e.key,
-            payload: e.payload,
-            event_id: e.event_id,
-            headers: e.headers.into_iter().collect(),
-            origin_region: e.origin_region,
-            origin_sequence: e.origin_sequence,
-            published_at: e.published_at.and_then(|t| SystemTime::try_from(t).ok()),
-        }
-    }
-}
-
 /// One delivery of an event to a subscriber. Ack or nack it with the
 /// [`Subscription`] (or an [`Acker`]) it came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -197,17 +171,6 @@ pub struct Delivery {
     pub sequence: u64,
     /// The event.
     pub event: Event,
-}
-
-impl Delivery {
-    fn from_proto(d: pb::Delivery) -> Self {
-        Delivery {
-            id: d.delivery_id,
-            attempt: d.attempt,
-            sequence: d.sequence,
-            event: Event::from_proto(d.event.unwrap_or_default()),
-        }
-    }
 }
 
 impl EventsClient {
@@ -262,16 +225,7 @@ impl EventsClient {
             client: self.clone(),
             options: self.options(),
             request: pb::PublishBatchRequest {
-                events: events
-                    .into_iter()
-                    .map(|e| pb::PublishRequest {
-                        topic: e.topic,
-                        key: e.key,
-                        payload: e.payload,
-                        event_id: e.event_id,
-                        headers: e.headers.into_iter().collect(),
-                    })
-                    .collect(),
+                events: events.into_iter().map(OutgoingEvent::into_proto).collect(),
             },
         }
     }
@@ -287,10 +241,7 @@ impl EventsClient {
     /// client's timeout (or [`Subscribe::timeout`]); the subscription itself
     /// has no deadline.
     pub fn subscribe(&self, group: impl Into<String>, source: Source) -> Subscribe {
-        let source = match source {
-            Source::Topic(filter) => pb::subscribe_open::Source::TopicFilter(filter),
-            Source::Keyspace(name) => pb::subscribe_open::Source::Keyspace(name),
-        };
+        let source = source.into_subscribe_proto();
         Subscribe {
             client: self.clone(),
             options: self.options(),
@@ -310,10 +261,7 @@ impl EventsClient {
     /// is cleared), or skipped with [`Start::New`]. Deliveries in flight to
     /// current subscribers are redelivered.
     pub fn replay(&self, group: impl Into<String>, source: Source, start: Start) -> Replay {
-        let source = match source {
-            Source::Topic(filter) => pb::replay_request::Source::TopicFilter(filter),
-            Source::Keyspace(name) => pb::replay_request::Source::Keyspace(name),
-        };
+        let source = source.into_replay_proto();
         Replay {
             client: self.clone(),
             options: self.options(),
@@ -381,28 +329,6 @@ macro_rules! call {
     };
 }
 
-/// Declares how a unary call is sent and what its answer becomes.
-macro_rules! unary_call {
-    ($name:ident, $method:ident, $output:ty, |$response:ident| $convert:expr) => {
-        impl IntoFuture for $name {
-            type Output = Result<$output, Error>;
-            type IntoFuture = BoxFuture<Self::Output>;
-
-            fn into_future(self) -> Self::IntoFuture {
-                let mut inner = self.client.inner;
-                Box::pin(async move {
-                    let $response = unary(self.options, self.request, move |r| async move {
-                        inner.$method(r).await
-                    })
-                    .await?
-                    .into_inner();
-                    Ok($convert)
-                })
-            }
-        }
-    };
-}
-
 call! {
     /// A publish; see [`EventsClient::publish`].
     Publish { request: pb::PublishRequest }
@@ -428,38 +354,22 @@ impl Publish {
         self
     }
 }
-unary_call!(Publish, publish, Published, |response| response.into());
-
-impl From<pb::PublishResponse> for Published {
-    fn from(response: pb::PublishResponse) -> Self {
-        Published {
-            sequence: response.sequence,
-            region: response.region,
-            duplicate: response.duplicate,
-        }
-    }
-}
 
 call! {
     /// A batch of publishes; see [`EventsClient::publish_batch`].
     PublishBatch { request: pb::PublishBatchRequest }
 }
-unary_call!(PublishBatch, publish_batch, Vec<Published>, |response| {
-    response.results.into_iter().map(Published::from).collect()
-});
 
 call! {
     /// A replay; see [`EventsClient::replay`].
     Replay { request: pb::ReplayRequest }
 }
-unary_call!(Replay, replay, (), |_response| ());
 
 call! {
     /// A cache invalidation; see [`EventsClient::invalidate`]. Resolves to the
     /// invalidation event's sequence in this region's stream.
     Invalidate { request: pb::InvalidateRequest }
 }
-unary_call!(Invalidate, invalidate, u64, |response| response.sequence);
 
 call! {
     /// Opening a subscription; see [`EventsClient::subscribe`]. Await it for a
@@ -506,55 +416,6 @@ impl Subscribe {
     }
 }
 
-impl IntoFuture for Subscribe {
-    type Output = Result<Subscription, Error>;
-    type IntoFuture = BoxFuture<Self::Output>;
-
-    fn into_future(self) -> Self::IntoFuture {
-        let mut inner = self.client.inner;
-        let close_timeout = self.options.timeout.unwrap_or(DEFAULT_TIMEOUT);
-        Box::pin(async move {
-            let (sender, receiver) = mpsc::unbounded_channel::<Option<pb::SubscribeRequest>>();
-            let open = pb::SubscribeRequest {
-                kind: Some(pb::subscribe_request::Kind::Open(self.open)),
-            };
-            // Cannot fail: the receiver is alive.
-            let _ = sender.send(Some(open));
-            // The request stream ends on `None` (sent by `close`) or when the
-            // subscription is dropped (an `Acker` holds a weak sender only).
-            let requests = futures_util::stream::unfold(receiver, |mut receiver| async move {
-                match receiver.recv().await {
-                    Some(Some(request)) => Some((request, receiver)),
-                    _ => None,
-                }
-            });
-            let mut request = tonic::Request::new(requests);
-            trace::inject(&self.options.context, request.metadata_mut());
-            // The agent answers with its headers once the group is ready, or
-            // with an error (a bad open) at once.
-            let opening = inner.subscribe(request);
-            let response = match self.options.timeout {
-                None => opening.await,
-                Some(t) => tokio::time::timeout(t, opening).await.map_err(|_| {
-                    Error::deadline(format!("the subscription did not open within {t:?}"))
-                })?,
-            }?;
-            let traceparent = response
-                .metadata()
-                .get(trace::TRACEPARENT)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            Ok(Subscription {
-                sender,
-                inner: response.into_inner(),
-                traceparent,
-                close_timeout,
-                done: false,
-            })
-        })
-    }
-}
-
 type Requests = mpsc::UnboundedSender<Option<pb::SubscribeRequest>>;
 
 /// Acks and nacks deliveries of one [`Subscription`]; from
@@ -597,32 +458,6 @@ impl Acker {
     }
 }
 
-fn ack(id: u64) -> pb::subscribe_request::Kind {
-    pb::subscribe_request::Kind::Ack(pb::Ack { delivery_id: id })
-}
-
-fn nack(id: u64, delay: Option<Duration>) -> pb::subscribe_request::Kind {
-    pb::subscribe_request::Kind::Nack(pb::Nack {
-        delivery_id: id,
-        delay: delay.map(duration_to_proto),
-    })
-}
-
-/// Queues an ack or nack on the subscription's request stream.
-fn settle(
-    sender: Option<&Requests>,
-    id: u64,
-    kind: pb::subscribe_request::Kind,
-) -> Result<(), Error> {
-    sender
-        .and_then(|s| s.send(Some(pb::SubscribeRequest { kind: Some(kind) })).ok())
-        .ok_or_else(|| Error::Unavailable {
-            message: format!(
-                "the subscription has ended; delivery {id} was not settled and will be redelivered"
-            ),
-        })
-}
-
 /// One subscriber of a consumer group: a [`Stream`] of [`Delivery`]s, acked
 /// or nacked on the same gRPC stream.
 ///
@@ -640,15 +475,6 @@ pub struct Subscription {
     traceparent: Option<String>,
     close_timeout: Duration,
     done: bool,
-}
-
-impl std::fmt::Debug for Subscription {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscription")
-            .field("traceparent", &self.traceparent)
-            .field("done", &self.done)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Subscription {
@@ -734,104 +560,9 @@ impl Subscription {
         if self.done {
             return Ok(());
         }
-        let drain = async {
-            loop {
-                match self.inner.message().await {
-                    Ok(Some(_unhandled)) => {}
-                    Ok(None) => return Ok(()),
-                    Err(status) => return Err(Error::from(status)),
-                }
-            }
-        };
-        let timeout = self.close_timeout;
-        match tokio::time::timeout(timeout, drain).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::deadline(format!(
-                "the agent did not end the subscription within {timeout:?}"
-            ))),
-        }
-    }
-}
-
-impl Stream for Subscription {
-    type Item = Result<Delivery, Error>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if this.done {
-            return Poll::Ready(None);
-        }
-        match Pin::new(&mut this.inner).poll_next(cx) {
-            Poll::Ready(Some(Ok(delivery))) => {
-                Poll::Ready(Some(Ok(Delivery::from_proto(delivery))))
-            }
-            Poll::Ready(Some(Err(status))) => {
-                this.done = true;
-                Poll::Ready(Some(Err(status.into())))
-            }
-            Poll::Ready(None) => {
-                this.done = true;
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        drain(&mut self.inner, self.close_timeout).await
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn start_positions_become_the_proto_oneof() {
-        use pb::start_position::Position;
-        assert_eq!(Start::New.to_proto().position, Some(Position::New(true)));
-        assert_eq!(
-            Start::Sequence(7).to_proto().position,
-            Some(Position::Sequence(7))
-        );
-        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_500);
-        assert_eq!(
-            Start::Time(at).to_proto().position,
-            Some(Position::Time(prost_types::Timestamp {
-                seconds: 1,
-                nanos: 500_000_000
-            }))
-        );
-    }
-
-    #[test]
-    fn a_delivery_is_built_from_its_proto() {
-        let d = Delivery::from_proto(pb::Delivery {
-            delivery_id: 3,
-            attempt: 2,
-            sequence: 41,
-            event: Some(pb::Event {
-                topic: "orders.placed".into(),
-                key: "o-1".into(),
-                payload: b"{}".to_vec(),
-                event_id: "e-1".into(),
-                headers: [("traceparent".to_owned(), "00-x".to_owned())].into(),
-                origin_region: "eu-west".into(),
-                origin_sequence: 9,
-                published_at: Some(prost_types::Timestamp {
-                    seconds: 2,
-                    nanos: 0,
-                }),
-            }),
-        });
-        assert_eq!((d.id, d.attempt, d.sequence), (3, 2, 41));
-        assert_eq!(d.event.topic, "orders.placed");
-        assert_eq!(d.event.headers["traceparent"], "00-x");
-        assert_eq!(
-            (d.event.origin_region.as_str(), d.event.origin_sequence),
-            ("eu-west", 9)
-        );
-        assert_eq!(
-            d.event.published_at,
-            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(2))
-        );
-        let bare = Delivery::from_proto(pb::Delivery::default());
-        assert_eq!(bare.event.published_at, None);
-    }
-}
+mod tests;

@@ -41,25 +41,24 @@
 //! ```
 //!
 //! Request fingerprints are computed here with
-//! [`canonical::fingerprint`] (RFC 8785
+//! [`canonical::fingerprint`](crate::canonical::fingerprint) (RFC 8785
 //! canonical JSON by default, raw bytes with `.binary()`), so only the 64-hex
 //! digest travels to the agent.
 
+mod calls;
+mod once;
+mod wire;
+
 use std::collections::BTreeMap;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::marker::PhantomData;
-use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
-use futures_util::FutureExt as _;
-
-use crate::canonical::{self, PayloadKind};
-use crate::client::{BoxFuture, CallOptions, TracedChannel, unary};
+use crate::canonical::PayloadKind;
+use crate::client::{CallOptions, TracedChannel};
 use crate::error::Error;
 use crate::pb;
 use crate::pb::idempotency_service_client::IdempotencyServiceClient;
-use crate::types::duration_to_proto;
 
 /// Idempotency API calls on one agent; from
 /// [`Client::idempotency`](crate::Client::idempotency). Cheap to clone.
@@ -95,26 +94,6 @@ impl StoredResponse {
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.insert(name.into(), value.into());
         self
-    }
-
-    fn from_proto(r: pb::StoredResponse) -> Self {
-        StoredResponse {
-            status: r.status,
-            body: r.body,
-            headers: r.headers.into_iter().collect(),
-        }
-    }
-
-    fn to_proto(&self) -> pb::StoredResponse {
-        pb::StoredResponse {
-            status: self.status,
-            body: self.body.clone(),
-            headers: self
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        }
     }
 }
 
@@ -156,38 +135,6 @@ pub struct Begun {
     pub took_over: bool,
     /// [`Outcome::Completed`]: when the record will be forgotten.
     pub expires_at: Option<SystemTime>,
-}
-
-impl Begun {
-    fn from_proto(r: pb::BeginResponse) -> Result<Self, Error> {
-        use pb::begin_response::Outcome as O;
-        let outcome = match O::try_from(r.outcome) {
-            Ok(O::New) => Outcome::New,
-            Ok(O::InProgress) => Outcome::InProgress,
-            Ok(O::Completed) => Outcome::Completed,
-            Ok(O::Mismatch) => Outcome::Mismatch,
-            Ok(O::Unspecified) | Err(_) => {
-                return Err(Error::Internal {
-                    message: format!("Begin answered with an unknown outcome ({})", r.outcome),
-                });
-            }
-        };
-        let response = r.response.map(StoredResponse::from_proto);
-        if outcome == Outcome::Completed && response.is_none() {
-            return Err(Error::Internal {
-                message: "Begin answered COMPLETED without the stored response".into(),
-            });
-        }
-        Ok(Begun {
-            outcome,
-            fingerprint: r.fingerprint,
-            fencing_token: r.fencing_token,
-            lease_expires_at: r.lease_expires_at.and_then(system_time),
-            response,
-            took_over: r.took_over,
-            expires_at: r.expires_at.and_then(system_time),
-        })
-    }
 }
 
 /// The answer to [`IdempotencyClient::once`].
@@ -431,46 +378,6 @@ impl Begin {
         self.lease = Some(lease);
         self
     }
-
-    async fn send(self) -> Result<Begun, Error> {
-        let fingerprint = canonical::fingerprint(&self.payload, self.kind).map_err(|e| {
-            let message = e.to_string();
-            Error::InvalidArgument {
-                field: "payload".into(),
-                rule: message
-                    .strip_prefix("payload: ")
-                    .unwrap_or(&message)
-                    .to_owned(),
-            }
-        })?;
-        let request = pb::BeginRequest {
-            scope: self.scope,
-            key: self.key,
-            fingerprint,
-            payload: Vec::new(),
-            payload_kind: match self.kind {
-                PayloadKind::Json => pb::PayloadKind::Json,
-                PayloadKind::Binary => pb::PayloadKind::Binary,
-            }
-            .into(),
-            lease: self.lease.map(duration_to_proto),
-        };
-        let mut inner = self.client.inner;
-        let response = unary(self.options, request, move |r| async move {
-            inner.begin(r).await
-        })
-        .await?;
-        Begun::from_proto(response.into_inner())
-    }
-}
-
-impl IntoFuture for Begin {
-    type Output = Result<Begun, Error>;
-    type IntoFuture = BoxFuture<Self::Output>;
-
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.send())
-    }
 }
 
 /// A complete; see [`IdempotencyClient::complete`].
@@ -484,28 +391,6 @@ pub struct Complete {
 
 call_options!(Complete, options);
 
-impl IntoFuture for Complete {
-    type Output = Result<SystemTime, Error>;
-    type IntoFuture = BoxFuture<Self::Output>;
-
-    fn into_future(self) -> Self::IntoFuture {
-        let mut inner = self.client.inner;
-        Box::pin(async move {
-            let response = unary(self.options, self.request, move |r| async move {
-                inner.complete(r).await
-            })
-            .await?
-            .into_inner();
-            response
-                .expires_at
-                .and_then(system_time)
-                .ok_or_else(|| Error::Internal {
-                    message: "Complete answered without a valid expires_at".into(),
-                })
-        })
-    }
-}
-
 /// An abort; see [`IdempotencyClient::abort`].
 #[derive(Debug)]
 #[must_use = "a call does nothing until it is awaited"]
@@ -516,22 +401,6 @@ pub struct Abort {
 }
 
 call_options!(Abort, options);
-
-impl IntoFuture for Abort {
-    type Output = Result<(), Error>;
-    type IntoFuture = BoxFuture<Self::Output>;
-
-    fn into_future(self) -> Self::IntoFuture {
-        let mut inner = self.client.inner;
-        Box::pin(async move {
-            unary(self.options, self.request, move |r| async move {
-                inner.abort(r).await
-            })
-            .await?;
-            Ok(())
-        })
-    }
-}
 
 /// A command run once; see [`IdempotencyClient::once`]. The timeout and
 /// trace context apply to each call to the agent, not to the command.
@@ -572,132 +441,5 @@ impl<F> Once<'_, F> {
     }
 }
 
-impl<'a, F, Fut, E> IntoFuture for Once<'a, F>
-where
-    F: FnOnce(u64) -> Fut + Send + 'a,
-    Fut: Future<Output = Result<StoredResponse, E>> + Send + 'a,
-    E: Send + 'a,
-{
-    type Output = Result<OnceResult, OnceError<E>>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
-
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move {
-            let client = self.begin.client.clone();
-            let options = self.begin.options.clone();
-            let (scope, key) = (self.begin.scope.clone(), self.begin.key.clone());
-            let begun = self.begin.send().await?;
-            let token = match begun.outcome {
-                Outcome::Completed => {
-                    let response = begun.response.ok_or_else(|| Error::Internal {
-                        message: "Begin answered COMPLETED without the stored response".into(),
-                    })?;
-                    return Ok(OnceResult {
-                        response,
-                        replayed: true,
-                    });
-                }
-                Outcome::InProgress => {
-                    let wait = begun
-                        .lease_expires_at
-                        .and_then(|t| t.duration_since(SystemTime::now()).ok())
-                        .unwrap_or_default();
-                    return Err(Error::IdempotencyInProgress {
-                        message: format!(
-                            "idempotency key {key:?} is being run by another caller; retry \
-                             after its lease (which runs out in {wait:?})"
-                        ),
-                        lease_expires_at: begun.lease_expires_at,
-                    }
-                    .into());
-                }
-                Outcome::Mismatch => {
-                    return Err(Error::IdempotencyMismatch {
-                        message: format!(
-                            "idempotency key {key:?} was used with a different request \
-                             (fingerprint {})",
-                            begun.fingerprint
-                        ),
-                    }
-                    .into());
-                }
-                Outcome::New => begun.fencing_token,
-            };
-            let abort = |client: &IdempotencyClient| {
-                let mut call = client.abort(scope.clone(), key.clone(), token);
-                call.options = options.clone();
-                call
-            };
-            match AssertUnwindSafe((self.command)(token)).catch_unwind().await {
-                Ok(Ok(response)) => {
-                    let mut call = client.complete(scope, key, token, response.clone());
-                    call.options = options;
-                    call.await?;
-                    Ok(OnceResult {
-                        response,
-                        replayed: false,
-                    })
-                }
-                Ok(Err(e)) => {
-                    // If the abort fails too, the lease runs out on its own.
-                    let _ = abort(&client).await;
-                    Err(OnceError::Command(e))
-                }
-                Err(panic) => {
-                    let _ = abort(&client).await;
-                    std::panic::resume_unwind(panic)
-                }
-            }
-        })
-    }
-}
-
-fn system_time(t: prost_types::Timestamp) -> Option<SystemTime> {
-    SystemTime::try_from(t).ok()
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_stored_response_round_trips_through_its_proto() {
-        let response = StoredResponse::new(201, b"{}".to_vec())
-            .header("content-type", "application/json")
-            .header("x-b", "2");
-        assert_eq!(
-            StoredResponse::from_proto(response.to_proto()),
-            response,
-            "headers, status and body survive"
-        );
-    }
-
-    #[test]
-    fn an_unknown_outcome_is_an_internal_error() {
-        let err = Begun::from_proto(pb::BeginResponse {
-            outcome: 99,
-            ..Default::default()
-        })
-        .unwrap_err();
-        assert!(matches!(err, Error::Internal { .. }), "{err:?}");
-    }
-
-    #[test]
-    fn once_error_exposes_the_meridian_error() {
-        let busy: OnceError<std::io::Error> = Error::IdempotencyInProgress {
-            message: "busy".into(),
-            lease_expires_at: None,
-        }
-        .into();
-        assert!(busy.is_in_progress());
-        assert_eq!(
-            busy.meridian().and_then(Error::code),
-            Some("IDEMPOTENCY_IN_PROGRESS")
-        );
-        let failed: OnceError<Error> = OnceError::Command(Error::NotFound {
-            message: "x".into(),
-        });
-        assert!(!failed.is_in_progress());
-        assert_eq!(failed.into_inner().code(), Some("NOT_FOUND"));
-    }
-}
+mod tests;

@@ -32,19 +32,22 @@
 //! # Ok(()) }
 //! ```
 
+mod calls;
+mod renewal;
+mod wire;
+
 use std::collections::BTreeMap;
-use std::future::IntoFuture;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::client::{BoxFuture, CallOptions, TracedChannel, unary};
+use self::calls::{deregister_call, heartbeat_call, register_call};
+use crate::client::{CallOptions, TracedChannel};
 use crate::error::Error;
 use crate::pb;
 use crate::pb::registry_service_client::RegistryServiceClient;
-use crate::types::{duration_from_proto, duration_to_proto};
 
 /// How the agent talks to an instance.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -55,22 +58,6 @@ pub enum Protocol {
     /// gRPC: reached through the agent's gRPC port as a transparent proxy
     /// (metadata `meridian-service: <service>`).
     Grpc,
-}
-
-impl Protocol {
-    fn to_proto(self) -> pb::Protocol {
-        match self {
-            Protocol::Http => pb::Protocol::Http,
-            Protocol::Grpc => pb::Protocol::Grpc,
-        }
-    }
-
-    fn from_proto(p: i32) -> Self {
-        match pb::Protocol::try_from(p) {
-            Ok(pb::Protocol::Grpc) => Protocol::Grpc,
-            _ => Protocol::Http,
-        }
-    }
 }
 
 /// One instance of a service, as registered (and as listed).
@@ -157,43 +144,6 @@ impl Instance {
         self.health_interval = Some(interval);
         self
     }
-
-    fn to_proto(&self) -> pb::Instance {
-        pb::Instance {
-            instance_id: self.instance_id.clone(),
-            service: self.service.clone(),
-            version: self.version.clone(),
-            region: self.region.clone(),
-            endpoint: self.endpoint.clone(),
-            protocol: self.protocol.to_proto().into(),
-            metadata: self
-                .metadata
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            health_check: Some(pb::HealthCheck {
-                http_path: self.health_path.clone(),
-                grpc_service: self.health_grpc_service.clone(),
-                interval: self.health_interval.map(duration_to_proto),
-            }),
-        }
-    }
-
-    fn from_proto(i: pb::Instance) -> Self {
-        let check = i.health_check.unwrap_or_default();
-        Instance {
-            instance_id: i.instance_id,
-            service: i.service,
-            version: i.version,
-            region: i.region,
-            endpoint: i.endpoint,
-            protocol: Protocol::from_proto(i.protocol),
-            metadata: i.metadata.into_iter().collect(),
-            health_path: check.http_path,
-            health_grpc_service: check.grpc_service,
-            health_interval: check.interval.map(|d| duration_from_proto(Some(d))),
-        }
-    }
 }
 
 /// An instance's health, as its agent's checks found it.
@@ -205,16 +155,6 @@ pub enum InstanceHealth {
     Healthy,
     /// The last check failed (see [`InstanceStatus::health_detail`]).
     Unhealthy,
-}
-
-impl InstanceHealth {
-    fn from_proto(h: i32) -> Self {
-        match pb::InstanceHealth::try_from(h) {
-            Ok(pb::InstanceHealth::Healthy) => InstanceHealth::Healthy,
-            Ok(pb::InstanceHealth::Unhealthy) => InstanceHealth::Unhealthy,
-            _ => InstanceHealth::Unknown,
-        }
-    }
 }
 
 /// One instance as the registry knows it.
@@ -233,23 +173,6 @@ pub struct InstanceStatus {
     pub checked_at: Option<SystemTime>,
     /// When its agent last announced it to the other regions.
     pub announced_at: Option<SystemTime>,
-}
-
-impl InstanceStatus {
-    fn from_proto(s: pb::InstanceStatus) -> Self {
-        InstanceStatus {
-            instance: Instance::from_proto(s.instance.unwrap_or_default()),
-            health: InstanceHealth::from_proto(s.health),
-            health_detail: s.health_detail,
-            lease_expires_at: time(s.lease_expires_at),
-            checked_at: time(s.checked_at),
-            announced_at: time(s.announced_at),
-        }
-    }
-}
-
-fn time(t: Option<prost_types::Timestamp>) -> Option<SystemTime> {
-    t.and_then(|t| SystemTime::try_from(t).ok())
 }
 
 /// A lease the agent granted.
@@ -340,63 +263,6 @@ impl RegistryClient {
     }
 }
 
-async fn register_call(
-    mut inner: RegistryServiceClient<TracedChannel>,
-    options: CallOptions,
-    instance: &Instance,
-    ttl: Duration,
-) -> Result<Lease, Error> {
-    let request = pb::RegisterRequest {
-        instance: Some(instance.to_proto()),
-        ttl: Some(duration_to_proto(ttl)),
-    };
-    let response = unary(
-        options,
-        request,
-        move |r| async move { inner.register(r).await },
-    )
-    .await?
-    .into_inner();
-    Ok(Lease {
-        instance_id: response.instance_id,
-        lease_expires_at: time(response.lease_expires_at),
-        // An agent that did not say keeps the requested length.
-        ttl: Some(duration_from_proto(response.ttl))
-            .filter(|t| !t.is_zero())
-            .unwrap_or(ttl),
-    })
-}
-
-async fn heartbeat_call(
-    mut inner: RegistryServiceClient<TracedChannel>,
-    options: CallOptions,
-    instance_id: &str,
-) -> Result<Option<SystemTime>, Error> {
-    let request = pb::HeartbeatRequest {
-        instance_id: instance_id.to_owned(),
-    };
-    let response = unary(options, request, move |r| async move {
-        inner.heartbeat(r).await
-    })
-    .await?;
-    Ok(time(response.into_inner().lease_expires_at))
-}
-
-async fn deregister_call(
-    mut inner: RegistryServiceClient<TracedChannel>,
-    options: CallOptions,
-    instance_id: &str,
-) -> Result<(), Error> {
-    let request = pb::DeregisterRequest {
-        instance_id: instance_id.to_owned(),
-    };
-    unary(options, request, move |r| async move {
-        inner.deregister(r).await
-    })
-    .await?;
-    Ok(())
-}
-
 /// A registration being made; see [`RegistryClient::register`]. Await it for
 /// a [`Registration`].
 #[derive(Debug)]
@@ -424,126 +290,11 @@ impl Register {
     }
 }
 
-impl IntoFuture for Register {
-    type Output = Result<Registration, Error>;
-    type IntoFuture = BoxFuture<Self::Output>;
-
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move {
-            let inner = self.client.inner.clone();
-            let lease = register_call(
-                inner.clone(),
-                self.options.clone(),
-                &self.instance,
-                self.ttl,
-            )
-            .await?;
-            // Renewals and re-registrations keep the id the agent granted.
-            let instance = Instance {
-                instance_id: lease.instance_id.clone(),
-                ..self.instance
-            };
-            let (stop, stopped) = watch::channel(false);
-            let shared = Arc::new(Shared {
-                lease_expires_at: Mutex::new(lease.lease_expires_at),
-                last_error: Mutex::new(None),
-            });
-            let task = tokio::spawn(keep_alive(KeepAlive {
-                inner: inner.clone(),
-                timeout: self.options.timeout,
-                instance,
-                ttl: self.ttl,
-                granted: lease.ttl,
-                shared: Arc::clone(&shared),
-                stopped,
-            }));
-            Ok(Registration {
-                inner,
-                timeout: self.options.timeout,
-                instance_id: lease.instance_id,
-                ttl: lease.ttl,
-                shared,
-                stop,
-                task: Some(task),
-            })
-        })
-    }
-}
-
 /// What the renewal task and its [`Registration`] share.
 #[derive(Debug)]
 struct Shared {
     lease_expires_at: Mutex<Option<SystemTime>>,
     last_error: Mutex<Option<Arc<Error>>>,
-}
-
-struct KeepAlive {
-    inner: RegistryServiceClient<TracedChannel>,
-    timeout: Option<Duration>,
-    instance: Instance,
-    /// The length asked for, used again when re-registering.
-    ttl: Duration,
-    /// The length granted, which sets the renewal period.
-    granted: Duration,
-    shared: Arc<Shared>,
-    stopped: watch::Receiver<bool>,
-}
-
-/// The renewal period for a lease of `ttl`: a third of it, so two renewals
-/// in a row can fail before the lease runs out.
-pub(crate) fn renewal_period(ttl: Duration) -> Duration {
-    (ttl / 3).max(Duration::from_millis(100))
-}
-
-/// The wait before trying again after a failed renewal: a tenth of the
-/// lease, so a passing failure costs little of it.
-pub(crate) fn retry_period(ttl: Duration) -> Duration {
-    (ttl / 10).max(Duration::from_millis(100))
-}
-
-/// Renews the lease every third of its length (a tenth after a failure)
-/// until told to stop. A renewal answered NOT_FOUND (the lease ran out: the
-/// process was paused, the agent restarted) registers the instance again
-/// under the same id. Other errors are recorded and retried.
-async fn keep_alive(mut k: KeepAlive) {
-    let mut ttl = k.granted;
-    let mut wait = renewal_period(ttl);
-    loop {
-        tokio::select! {
-            // A dropped Registration (Err) stops the task too.
-            _ = k.stopped.wait_for(|stop| *stop) => return,
-            () = tokio::time::sleep(wait) => {}
-        }
-        // A renewal must not hang past the next one.
-        let period = renewal_period(ttl);
-        let options = CallOptions {
-            timeout: Some(k.timeout.map_or(period, |t| t.min(period))),
-            context: opentelemetry::Context::new(),
-        };
-        let renewed =
-            match heartbeat_call(k.inner.clone(), options.clone(), &k.instance.instance_id).await {
-                Err(Error::NotFound { .. }) => {
-                    register_call(k.inner.clone(), options, &k.instance, k.ttl)
-                        .await
-                        .map(|lease| {
-                            ttl = lease.ttl;
-                            lease.lease_expires_at
-                        })
-                }
-                other => other,
-            };
-        match renewed {
-            Ok(expires) => {
-                *lock(&k.shared.lease_expires_at) = expires;
-                *lock(&k.shared.last_error) = None;
-                wait = renewal_period(ttl);
-            }
-            Err(e) => {
-                *lock(&k.shared.last_error) = Some(Arc::new(e));
-                wait = retry_period(ttl);
-            }
-        }
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -667,93 +418,5 @@ impl ListInstances {
     }
 }
 
-impl IntoFuture for ListInstances {
-    type Output = Result<Vec<InstanceStatus>, Error>;
-    type IntoFuture = BoxFuture<Self::Output>;
-
-    fn into_future(self) -> Self::IntoFuture {
-        let mut inner = self.client.inner;
-        Box::pin(async move {
-            let response = unary(self.options, self.request, move |r| async move {
-                inner.list_instances(r).await
-            })
-            .await?
-            .into_inner();
-            Ok(response
-                .instances
-                .into_iter()
-                .map(InstanceStatus::from_proto)
-                .collect())
-        })
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_instance_round_trips_through_its_proto() {
-        let instance = Instance::http("inventory", "127.0.0.1:8080")
-            .version("1.2.3")
-            .metadata("zone", "a")
-            .health_path("/healthz")
-            .health_interval(Duration::from_millis(500));
-        let proto = instance.to_proto();
-        assert_eq!(proto.protocol, i32::from(pb::Protocol::Http));
-        assert_eq!(proto.health_check.as_ref().unwrap().http_path, "/healthz");
-        assert_eq!(Instance::from_proto(proto), instance);
-        let grpc = Instance::grpc("pricing", "127.0.0.1:9090");
-        assert_eq!(
-            Instance::from_proto(grpc.to_proto()).protocol,
-            Protocol::Grpc
-        );
-    }
-
-    #[test]
-    fn a_status_is_built_from_its_proto() {
-        let status = InstanceStatus::from_proto(pb::InstanceStatus {
-            instance: Some(pb::Instance {
-                instance_id: "inventory-us-east-1".into(),
-                region: "us-east".into(),
-                ..pb::Instance::default()
-            }),
-            health: pb::InstanceHealth::Unhealthy.into(),
-            health_detail: "GET /healthz: 503".into(),
-            lease_expires_at: Some(prost_types::Timestamp {
-                seconds: 3,
-                nanos: 0,
-            }),
-            ..pb::InstanceStatus::default()
-        });
-        assert_eq!(status.instance.region, "us-east");
-        assert_eq!(status.health, InstanceHealth::Unhealthy);
-        assert_eq!(
-            status.lease_expires_at,
-            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(3))
-        );
-        assert_eq!(status.checked_at, None);
-        let bare = InstanceStatus::from_proto(pb::InstanceStatus::default());
-        assert_eq!(bare.health, InstanceHealth::Unknown);
-    }
-
-    #[test]
-    fn leases_are_renewed_three_times_per_ttl_and_retried_sooner() {
-        assert_eq!(
-            retry_period(Duration::from_secs(9)),
-            Duration::from_millis(900)
-        );
-        assert_eq!(
-            retry_period(Duration::from_millis(500)),
-            Duration::from_millis(100)
-        );
-        assert_eq!(
-            renewal_period(Duration::from_secs(9)),
-            Duration::from_secs(3)
-        );
-        assert_eq!(
-            renewal_period(Duration::from_millis(30)),
-            Duration::from_millis(100)
-        );
-    }
-}
+mod tests;

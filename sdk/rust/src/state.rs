@@ -23,21 +23,20 @@
 //! call's `timeout` says otherwise. Dropping a call's future cancels the RPC;
 //! a write cancelled or timed out may or may not have been applied.
 
-use std::future::{Future, IntoFuture};
+mod calls;
+mod watch;
+
 use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_core::Stream;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
-use crate::client::{BoxFuture, CallOptions, TracedChannel, unary};
+use crate::client::{CallOptions, TracedChannel};
 use crate::error::Error;
 use crate::pb;
 use crate::pb::state_service_client::StateServiceClient;
-use crate::types::{
-    Consistency, Entry, Page, ReadResult, WatchEvent, WriteResult, duration_from_proto, read_level,
-};
+use crate::types::{Consistency, Entry};
 
 /// State API calls on one agent; from [`Client::state`](crate::Client::state).
 /// Cheap to clone.
@@ -58,7 +57,7 @@ impl StateClient {
 
     /// Reads `key` at `consistency`.
     ///
-    /// Resolves to a [`ReadResult`]: the entry (value, revision, HLC, region),
+    /// Resolves to a [`ReadResult`](crate::ReadResult): the entry (value, revision, HLC, region),
     /// the consistency served and how stale it may be. Errors:
     /// [`Error::NotFound`] if the key does not exist, [`Error::InvalidArgument`]
     /// for a bad key or keyspace (or a strong read of a `replicated` keyspace),
@@ -82,7 +81,7 @@ impl StateClient {
 
     /// Reads up to 1000 keys of `keyspace` at `consistency` in one call, for
     /// throughput. Resolves to one result per key, in order: its
-    /// [`ReadResult`], or its own error ([`Error::NotFound`] for a missing
+    /// [`ReadResult`](crate::ReadResult), or its own error ([`Error::NotFound`] for a missing
     /// key). A bad request (keyspace, consistency, a key) fails the whole call
     /// with [`Error::InvalidArgument`] naming the field (`keys[i]`).
     pub fn get_many<I, S>(
@@ -110,7 +109,7 @@ impl StateClient {
     /// for throughput; not a transaction. Every Put is checked first: a bad
     /// one fails the call with [`Error::InvalidArgument`] naming
     /// `puts[i].<field>`, and nothing is written. Resolves to one result per
-    /// Put, in order: its [`WriteResult`], or its own error
+    /// Put, in order: its [`WriteResult`](crate::WriteResult), or its own error
     /// ([`Error::Conflict`] with the current revision, ...).
     pub fn put_many(&self, puts: impl IntoIterator<Item = PutItem>) -> PutMany {
         PutMany {
@@ -185,7 +184,7 @@ impl StateClient {
     }
 
     /// Lists the keys under `prefix` (`""` for all) in key order. Await it for
-    /// one [`Page`], or call [`Scan::stream`] for every entry. Reads are
+    /// one [`Page`](crate::Page), or call [`Scan::stream`] for every entry. Reads are
     /// [`Consistency::Eventual`] unless [`Scan::consistency`] says otherwise.
     pub fn scan(&self, keyspace: impl Into<String>, prefix: impl Into<String>) -> Scan {
         Scan {
@@ -328,91 +327,20 @@ macro_rules! call {
     };
 }
 
-/// Declares how a unary call is sent and what its answer becomes.
-macro_rules! unary_call {
-    ($name:ident, $method:ident, $output:ty, |$response:ident| $convert:expr) => {
-        impl IntoFuture for $name {
-            type Output = Result<$output, Error>;
-            type IntoFuture = BoxFuture<Self::Output>;
-
-            fn into_future(self) -> Self::IntoFuture {
-                let mut inner = self.client.inner;
-                Box::pin(async move {
-                    let $response = unary(self.options, self.request, move |r| async move {
-                        inner.$method(r).await
-                    })
-                    .await?
-                    .into_inner();
-                    $convert
-                })
-            }
-        }
-    };
-}
-
 call! {
     /// A read; see [`StateClient::get`].
     Get(pb::GetRequest)
-}
-unary_call!(Get, get, ReadResult, |response| read_result(response));
-
-/// A Get's answer (also one item of a GetMany's).
-fn read_result(response: pb::GetResponse) -> Result<ReadResult, Error> {
-    let entry = response.entry.ok_or_else(|| Error::Internal {
-        message: "Get answered without an entry".into(),
-    })?;
-    Ok(ReadResult {
-        entry: Entry::from_proto(entry),
-        served: read_level(response.served),
-        staleness_bound: duration_from_proto(response.staleness_bound),
-    })
 }
 
 call! {
     /// A batch of reads; see [`StateClient::get_many`].
     GetMany(pb::GetManyRequest)
 }
-unary_call!(
-    GetMany,
-    get_many,
-    Vec<Result<ReadResult, Error>>,
-    |response| {
-        Ok(response
-            .results
-            .into_iter()
-            .map(|r| match r.result {
-                Some(pb::get_many_result::Result::Response(g)) => read_result(g),
-                Some(pb::get_many_result::Result::Error(e)) => Err(Error::from_item(e)),
-                None => Err(Error::Internal {
-                    message: "GetMany answered an item without a result".into(),
-                }),
-            })
-            .collect())
-    }
-);
 
 call! {
     /// A batch of writes; see [`StateClient::put_many`].
     PutMany(pb::PutManyRequest)
 }
-unary_call!(
-    PutMany,
-    put_many,
-    Vec<Result<WriteResult, Error>>,
-    |response| {
-        Ok(response
-            .results
-            .into_iter()
-            .map(|r| match r.result {
-                Some(pb::put_many_result::Result::Written(w)) => Ok(w.into()),
-                Some(pb::put_many_result::Result::Error(e)) => Err(Error::from_item(e)),
-                None => Err(Error::Internal {
-                    message: "PutMany answered an item without a result".into(),
-                }),
-            })
-            .collect())
-    }
-);
 
 /// One write of [`StateClient::put_many`], with the arguments of
 /// [`StateClient::put`].
@@ -447,13 +375,11 @@ impl Put {
         self
     }
 }
-unary_call!(Put, put, WriteResult, |response| Ok(response.into()));
 
 call! {
     /// A write of an absent key; see [`StateClient::create`].
     Create(pb::CreateRequest)
 }
-unary_call!(Create, create, WriteResult, |response| Ok(response.into()));
 
 call! {
     /// A delete; see [`StateClient::delete`].
@@ -467,29 +393,21 @@ impl Delete {
         self
     }
 }
-unary_call!(Delete, delete, WriteResult, |response| Ok(response.into()));
 
 call! {
     /// A counter increment; see [`StateClient::increment`].
     Increment(pb::IncrementRequest)
 }
-unary_call!(Increment, increment, WriteResult, |response| Ok(
-    response.into()
-));
 
 call! {
     /// An OR-set add; see [`StateClient::set_add`].
     SetAdd(pb::SetRequest)
 }
-unary_call!(SetAdd, set_add, WriteResult, |response| Ok(response.into()));
 
 call! {
     /// An OR-set remove; see [`StateClient::set_remove`].
     SetRemove(pb::SetRequest)
 }
-unary_call!(SetRemove, set_remove, WriteResult, |response| Ok(
-    response.into()
-));
 
 call! {
     /// A scan; see [`StateClient::scan`]. Await it for one page.
@@ -503,7 +421,7 @@ impl Scan {
         self
     }
 
-    /// Continue after a previous page: its [`Page::next_page_token`].
+    /// Continue after a previous page: its [`Page::next_page_token`](crate::Page::next_page_token).
     pub fn page_token(mut self, token: impl Into<String>) -> Self {
         self.request.page_token = token.into();
         self
@@ -558,16 +476,6 @@ impl Scan {
         })
     }
 }
-unary_call!(Scan, scan, Page, |response| Ok(Page {
-    entries: response
-        .entries
-        .into_iter()
-        .map(Entry::from_proto)
-        .collect(),
-    next_page_token: Some(response.next_page_token).filter(|t| !t.is_empty()),
-    served: read_level(response.served),
-    staleness_bound: duration_from_proto(response.staleness_bound),
-}));
 
 call! {
     /// A watch; see [`StateClient::watch`]. Await it for a [`WatchStream`].
@@ -584,42 +492,7 @@ impl Watch {
     }
 }
 
-impl IntoFuture for Watch {
-    type Output = Result<WatchStream, Error>;
-    type IntoFuture = BoxFuture<Self::Output>;
-
-    fn into_future(self) -> Self::IntoFuture {
-        let mut inner = self.client.inner;
-        let deadline = self.options.timeout.map(|t| (t, Instant::now() + t));
-        // Without a deadline of its own, a watch still has to open (get the
-        // agent's response headers) within the client's default timeout.
-        let open_timeout = self.client.timeout.filter(|_| deadline.is_none());
-        Box::pin(async move {
-            let open = unary(self.options, self.request, move |r| async move {
-                inner.watch(r).await
-            });
-            let response = match open_timeout {
-                None => open.await?,
-                Some(t) => tokio::time::timeout(t, open).await.map_err(|_| {
-                    Error::deadline(format!("the watch did not open within {t:?}"))
-                })??,
-            };
-            let traceparent = response
-                .metadata()
-                .get(crate::trace::TRACEPARENT)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            Ok(WatchStream {
-                inner: response.into_inner(),
-                traceparent,
-                deadline: deadline.map(|(t, at)| (t, Box::pin(tokio::time::sleep_until(at)))),
-                done: false,
-            })
-        })
-    }
-}
-
-/// The changes a watch sees, as a [`Stream`] of [`WatchEvent`]s.
+/// The changes a watch sees, as a [`Stream`] of [`WatchEvent`](crate::WatchEvent)s.
 ///
 /// The stream ends after the first error (the agent went away, the deadline
 /// passed: [`Error::Unavailable`], [`Error::DeadlineExceeded`], ...). Dropping
@@ -636,46 +509,5 @@ impl WatchStream {
     /// one: a child of the caller's trace, for correlating logs.
     pub fn traceparent(&self) -> Option<&str> {
         self.traceparent.as_deref()
-    }
-}
-
-impl std::fmt::Debug for WatchStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WatchStream")
-            .field("deadline", &self.deadline.as_ref().map(|(t, _)| t))
-            .field("done", &self.done)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Stream for WatchStream {
-    type Item = Result<WatchEvent, Error>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if this.done {
-            return Poll::Ready(None);
-        }
-        match Pin::new(&mut this.inner).poll_next(cx) {
-            Poll::Ready(Some(Ok(event))) => Poll::Ready(Some(Ok(WatchEvent::from_proto(event)))),
-            Poll::Ready(Some(Err(status))) => {
-                this.done = true;
-                Poll::Ready(Some(Err(status.into())))
-            }
-            Poll::Ready(None) => {
-                this.done = true;
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                if let Some((timeout, sleep)) = this.deadline.as_mut()
-                    && sleep.as_mut().poll(cx).is_ready()
-                {
-                    this.done = true;
-                    let message = format!("watch deadline of {timeout:?} passed");
-                    return Poll::Ready(Some(Err(Error::deadline(message))));
-                }
-                Poll::Pending
-            }
-        }
     }
 }
