@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from meridian.config import MeridianConfig, parse_config
@@ -206,3 +207,18 @@ async def metrics(client: aiohttp.ClientSession) -> str:
 async def region_status(client: aiohttp.ClientSession) -> dict[str, dict[str, Any]]:
     async with client.get(f"{GW}/gateway/status") as resp:
         return {r["region"]: r for r in (await resp.json())["regions"]}
+
+
+@pytest.fixture
+async def agents() -> AsyncIterator[dict[str, StandInAgent]]:
+    """Stand-in agents of the three regions (import this fixture into a test module)."""
+    async with stand_ins() as a:
+        yield a
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(
+        auto_decompress=False, timeout=aiohttp.ClientTimeout(total=30)
+    ) as session:
+        yield session

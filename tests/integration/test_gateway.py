@@ -3,10 +3,7 @@
 The gateway runs in-process; the stand-ins are in :mod:`tests.integration.gateway_harness`.
 """
 
-from collections.abc import AsyncIterator
-
 import aiohttp
-import pytest
 
 from tests.conftest import eventually
 from tests.integration.gateway_harness import (
@@ -18,23 +15,10 @@ from tests.integration.gateway_harness import (
     metrics,
     region_status,
     served_by,
-    stand_ins,
 )
 
-
-@pytest.fixture
-async def agents() -> AsyncIterator[dict[str, StandInAgent]]:
-    async with stand_ins() as a:
-        yield a
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(
-        auto_decompress=False, timeout=aiohttp.ClientTimeout(total=30)
-    ) as session:
-        yield session
-
+# The stand-in agents and the client session are fixtures of the harness.
+pytest_plugins = ["tests.integration.gateway_harness"]
 
 # -- routing -------------------------------------------------------------------------
 

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -33,23 +32,10 @@ from tests.integration.gateway_harness import (
     gateway,
     metrics,
     served_by,
-    stand_ins,
 )
 
-
-@pytest.fixture
-async def agents() -> AsyncIterator[dict[str, StandInAgent]]:
-    async with stand_ins() as a:
-        yield a
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(
-        auto_decompress=False, timeout=aiohttp.ClientTimeout(total=30)
-    ) as session:
-        yield session
-
+# The stand-in agents and the client session are fixtures of the harness.
+pytest_plugins = ["tests.integration.gateway_harness"]
 
 # -- what passes through ---------------------------------------------------------------
 
