@@ -7,6 +7,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import pytest
+
+# Harness modules that test modules also load as plugins (pytest_plugins):
+# rewritten on first import, so their asserts explain themselves.
+pytest.register_assert_rewrite("tests.integration.gateway_harness")
+
 T = TypeVar("T")
 
 
