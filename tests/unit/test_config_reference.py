@@ -360,7 +360,7 @@ def test_every_level_of_resilience_names_all_it_allows() -> None:
     route = violations({"resilience": {"service": {"orders": {"route": {"/a": {PROBE_KEY: 0}}}}}})
     assert route == {
         f'resilience.service.orders.route."/a".{PROBE_KEY}': [
-            "unknown setting; allowed here: fallback, retry, timeout"
+            "unknown section; allowed here: fallback, retry, timeout"
         ]
     }
 

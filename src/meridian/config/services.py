@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,16 +14,9 @@ from meridian.config.model import (
 )
 from meridian.config.reader import Reader
 from meridian.core.errors import ConfigError
-from meridian.invocation.resilience import ResiliencePolicy
-from meridian.invocation.resilience.overrides import ROUTE_SECTIONS, PolicySet
+from meridian.invocation.resilience.overrides import PolicySet
 
 IDEMPOTENCY_STORAGE = ("global", "regional")
-
-#: Each section of a resilience policy (``retry``, ``breaker``, ...) and its keys.
-_POLICY_SECTIONS = {
-    f.name: frozenset(typing.get_type_hints(type(getattr(ResiliencePolicy(), f.name))))
-    for f in dataclasses.fields(ResiliencePolicy)
-}
 
 
 def invocation_section(rd: Reader, raw: Mapping[str, Any]) -> InvocationConfig:
@@ -130,62 +121,11 @@ def gateway_section(rd: Reader, raw: Mapping[str, Any], base_port: int) -> Gatew
 
 
 def resilience_section(rd: Reader, raw: Mapping[str, Any]) -> PolicySet:
-    # Key names are checked here, like every other table's, so that an unknown
-    # one is reported as "allowed here: ..." with the whole list (`service` and
-    # `route` included); PolicySet.from_mapping then checks the values.
-    known = _known_policy_keys(rd, raw, "resilience", {"service"})
-    services = known.get("service")
-    if isinstance(services, Mapping):
-        known["service"] = {
-            name: _known_service_keys(rd, svc, f"resilience.service.{name}")
-            if isinstance(svc, Mapping)
-            else svc
-            for name, svc in services.items()
-        }
     try:
-        return PolicySet.from_mapping(known)
+        return PolicySet.from_mapping(raw)
     except ConfigError as exc:
         rd.violations.extend(exc.violations)
         return PolicySet()
-
-
-def _known_service_keys(rd: Reader, raw: Mapping[str, Any], path: str) -> dict[str, Any]:
-    known = _known_policy_keys(rd, raw, path, {"route"})
-    routes = known.get("route")
-    if isinstance(routes, Mapping):
-        known["route"] = {
-            route: _known_policy_keys(rd, r, f'{path}.route."{route}"', set(), ROUTE_SECTIONS)
-            if isinstance(r, Mapping)
-            else r
-            for route, r in routes.items()
-        }
-    return known
-
-
-def _known_policy_keys(
-    rd: Reader,
-    raw: Mapping[str, Any],
-    path: str,
-    extra: set[str],
-    sections: frozenset[str] | None = None,
-) -> dict[str, Any]:
-    """``raw`` without the keys it may not hold, each reported with the ones it may.
-
-    ``sections`` limits the policy sections allowed here (a route's); a known
-    section outside it is left in for ``PolicySet.from_mapping``, which says it
-    can't be set here.
-    """
-    allowed = set(_POLICY_SECTIONS if sections is None else sections) | extra
-    rd.known({k: v for k, v in raw.items() if k not in _POLICY_SECTIONS}, allowed, path)
-    known: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key in allowed and key in _POLICY_SECTIONS and isinstance(value, Mapping):
-            keys = _POLICY_SECTIONS[key]
-            rd.known(value, set(keys), f"{path}.{key}")
-            known[key] = {k: v for k, v in value.items() if k in keys}
-        elif key in allowed or key in _POLICY_SECTIONS:
-            known[key] = value
-    return known
 
 
 def idempotency_section(rd: Reader, raw: Mapping[str, Any]) -> IdempotencyConfig:

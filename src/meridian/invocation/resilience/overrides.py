@@ -85,7 +85,7 @@ class PolicySet:
         v: list[FieldViolation] = []
         top = dict(raw)
         services_raw = top.pop("service", {})
-        default = _merge(ResiliencePolicy(), top, "resilience", v, allowed=None)
+        default = _merge(ResiliencePolicy(), top, "resilience", v, allowed=None, also={"service"})
         services: dict[str, ServicePolicies] = {}
         if not isinstance(services_raw, Mapping):
             v.append(FieldViolation("resilience.service", "must be a table of services"))
@@ -97,7 +97,7 @@ class PolicySet:
                 continue
             sdict = dict(sraw)
             routes_raw = sdict.pop("route", {})
-            spolicy = _merge(default, sdict, spath, v, allowed=None)
+            spolicy = _merge(default, sdict, spath, v, allowed=None, also={"route"})
             exact: dict[str, ResiliencePolicy] = {}
             prefixes: list[tuple[str, ResiliencePolicy]] = []
             if not isinstance(routes_raw, Mapping):
@@ -127,16 +127,20 @@ def _merge(
     v: list[FieldViolation],
     *,
     allowed: frozenset[str] | None,
+    also: set[str] | frozenset[str] = frozenset(),
 ) -> ResiliencePolicy:
-    """``base`` with the sections in ``raw`` overridden; problems appended to ``v``."""
+    """``base`` with the sections in ``raw`` overridden; problems appended to ``v``.
+
+    ``allowed`` limits the sections settable here (a route's); ``also`` names the
+    other keys this level takes (``service``, ``route``), for the error message.
+    """
     changes: dict[str, Any] = {}
     sections = {f.name for f in dataclasses.fields(ResiliencePolicy)}
     for name, section_raw in raw.items():
         spath = f"{path}.{name}"
         if name not in sections:
-            v.append(
-                FieldViolation(spath, f"unknown section; known: {', '.join(sorted(sections))}")
-            )
+            here = ", ".join(sorted(set(sections if allowed is None else allowed) | also))
+            v.append(FieldViolation(spath, f"unknown section; allowed here: {here}"))
             continue
         if allowed is not None and name not in allowed:
             v.append(
@@ -160,8 +164,8 @@ def _merge_section(base: Any, raw: Mapping[str, Any], path: str, v: list[FieldVi
     before = len(v)
     for key, value in raw.items():
         if key not in hints:
-            known = ", ".join(sorted(hints))
-            v.append(FieldViolation(f"{path}.{key}", f"unknown setting; known: {known}"))
+            here = ", ".join(sorted(hints))
+            v.append(FieldViolation(f"{path}.{key}", f"unknown setting; allowed here: {here}"))
             continue
         try:
             values[key] = _coerce(hints[key], value)
