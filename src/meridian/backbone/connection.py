@@ -177,7 +177,7 @@ class BackboneConnection:
                     disconnected_cb=on_disconnect,
                     reconnected_cb=on_reconnect,
                 )
-        except (TimeoutError, OSError, nats.errors.Error) as exc:
+        except NATS_FAILURES as exc:
             self.last_error = f"cannot connect to NATS at {', '.join(self.urls)}: {exc!r}"
             raise UnavailableError(self.last_error) from exc
         self.last_error = ""

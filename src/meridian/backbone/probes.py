@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import api
 
-from meridian.backbone.connection import BackboneConnection
+from meridian.backbone.connection import NATS_FAILURES, BackboneConnection
 from meridian.config import GLOBAL_CLUSTER
 from meridian.core.hlc import Clock, SkewMonitor
 from meridian.core.status import GlobalObservation, PeerObservation, ReplicaObservation
@@ -92,7 +92,7 @@ class GlobalProbe:
             )
         except asyncio.CancelledError:
             raise
-        except (nats.errors.Error, OSError, TimeoutError) as exc:
+        except NATS_FAILURES as exc:
             if isinstance(exc, nats.errors.NoRespondersError):
                 self._stream_ready = False  # the stream may be gone; recreate next round
             return GlobalObservation(
@@ -123,7 +123,7 @@ class GlobalProbe:
                 )
         except asyncio.CancelledError:
             raise
-        except (nats.errors.Error, OSError, TimeoutError) as exc:
+        except NATS_FAILURES as exc:
             log.debug("probe stream info failed: %s", describe_nats_error(exc))
         return GlobalObservation(
             quorum_reachable=True,
@@ -139,7 +139,7 @@ class GlobalProbe:
             info = await js.stream_info(PROBE_STREAM)
         except asyncio.CancelledError:
             raise
-        except (nats.errors.Error, OSError, TimeoutError):
+        except NATS_FAILURES:
             return ""
         return (info.cluster.leader or "") if info.cluster else ""
 

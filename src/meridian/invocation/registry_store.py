@@ -24,12 +24,11 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-import nats.errors
-import nats.js.errors
 from nats.js import api
 
 from meridian._pb.meridian.v1 import invocation_pb2
 from meridian.backbone.connection import (
+    NATS_FAILURES,
     BackboneConnection,
     reraise_if_cancelling,
 )
@@ -133,7 +132,7 @@ class RegistryStreams(RegionFanIn):
         while True:
             try:
                 await self._follow_once(on_entry)
-            except (nats.errors.Error, TimeoutError, OSError) as exc:
+            except NATS_FAILURES as exc:
                 reraise_if_cancelling()
                 log.info("registry feed in %s restarts: %s", self.region, exc)
             await asyncio.sleep(1.0)
