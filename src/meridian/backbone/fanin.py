@@ -12,6 +12,7 @@ streams idempotently, bounded calls, and restarting sources that never started
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -57,13 +58,17 @@ class RegionFanIn:
         self.aggregate = aggregate
         self._aggregate_description = aggregate_description
         self._aggregate_settings = aggregate_settings
-        self.repair = SourceRepair(
+
+    @functools.cached_property
+    def repair(self) -> SourceRepair:
+        """Restarts the aggregate's sources that never started; run it where needed."""
+        return SourceRepair(
             self._js,
-            aggregate=aggregate,
+            aggregate=self.aggregate,
             regions=self.regions,
-            own_stream=own_stream,
+            own_stream=self.own_stream,
             config_for=self.aggregate_config,
-            timeout_s=timeout_s,
+            timeout_s=self.timeout_s,
         )
 
     def _js(self) -> JetStreamContext:

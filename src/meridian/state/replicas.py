@@ -8,8 +8,8 @@ change feed into a :class:`~meridian.state.model.view.KeyspaceView`:
   holds the merged CRDT state of each key and serves every read.
 
 A feed that fails (NATS reconnects, leader changes) restarts with a short
-backoff. Start-up never blocks on it: until a keyspace is ready, its calls fail
-with UNAVAILABLE.
+backoff. Until a keyspace is ready its calls fail with UNAVAILABLE; the
+component serves (and the agent reports ready) once every keyspace is.
 """
 
 from __future__ import annotations
@@ -73,8 +73,7 @@ class KeyspaceReplica(Generic[E]):
         self._freshness_interval_s = freshness_interval_s
         self._store = store
         self.view: KeyspaceView[E] = KeyspaceView()
-        self.ready = False
-        self._became_ready = asyncio.Event()
+        self._ready = asyncio.Event()
         self._changed = asyncio.Condition()
         self._metrics = metrics
         self._region = region
@@ -87,6 +86,14 @@ class KeyspaceReplica(Generic[E]):
     def _exported_bound(self) -> float:
         bound = self.staleness(time.monotonic())
         return math.inf if bound is None else bound
+
+    @property
+    def ready(self) -> bool:
+        """Whether its streams exist and its change feed has been followed once."""
+        return self._ready.is_set()
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
 
     def require_ready(self) -> None:
         if not self.ready:
@@ -125,8 +132,7 @@ class KeyspaceReplica(Generic[E]):
                 self._store.conn, self._store.ensure, f"keyspace {self.keyspace.name}"
             )
             self.view = KeyspaceView()
-            self.ready = True
-            self._became_ready.set()
+            self._ready.set()
             log.info("keyspace ready", extra={"keyspace": self.keyspace.name})
             try:
                 await self._store.follow(self.view, self._freshness_interval_s, self.on_applied)
@@ -230,5 +236,5 @@ class StateComponent(Background):
             for replica in self.replicas.values():
                 tg.create_task(replica.keep_following(), name=f"keyspace-{replica.keyspace.name}")
             for replica in self.replicas.values():
-                await replica._became_ready.wait()
+                await replica.wait_ready()
             self.serving()
