@@ -315,3 +315,28 @@ where
     };
     result.map_err(Error::from)
 }
+
+/// Declares how a unary call is sent and what its answer becomes: `$convert`
+/// turns the response into the call's `Result`. One definition for every module.
+macro_rules! unary_call {
+    ($name:ident, $method:ident, $output:ty, |$response:ident| $convert:expr) => {
+        impl ::std::future::IntoFuture for $name {
+            type Output = Result<$output, $crate::error::Error>;
+            type IntoFuture = $crate::client::BoxFuture<Self::Output>;
+
+            fn into_future(self) -> Self::IntoFuture {
+                let mut inner = self.client.inner;
+                Box::pin(async move {
+                    let $response =
+                        $crate::client::unary(self.options, self.request, move |r| async move {
+                            inner.$method(r).await
+                        })
+                        .await?
+                        .into_inner();
+                    $convert
+                })
+            }
+        }
+    };
+}
+pub(crate) use unary_call;

@@ -1,34 +1,10 @@
 //! Sending the unary calls, and what their answers become.
 
-use std::future::IntoFuture;
-
 use super::{Create, Delete, Get, GetMany, Increment, Put, PutMany, Scan, SetAdd, SetRemove};
-use crate::client::{BoxFuture, unary};
+use crate::client::unary_call;
 use crate::error::Error;
 use crate::pb;
 use crate::types::{Entry, Page, ReadResult, WriteResult, duration_from_proto, read_level};
-
-/// Declares how a unary call is sent and what its answer becomes.
-macro_rules! unary_call {
-    ($name:ident, $method:ident, $output:ty, |$response:ident| $convert:expr) => {
-        impl IntoFuture for $name {
-            type Output = Result<$output, Error>;
-            type IntoFuture = BoxFuture<Self::Output>;
-
-            fn into_future(self) -> Self::IntoFuture {
-                let mut inner = self.client.inner;
-                Box::pin(async move {
-                    let $response = unary(self.options, self.request, move |r| async move {
-                        inner.$method(r).await
-                    })
-                    .await?
-                    .into_inner();
-                    $convert
-                })
-            }
-        }
-    };
-}
 
 unary_call!(Get, get, ReadResult, |response| read_result(response));
 
