@@ -41,3 +41,16 @@ def test_the_rust_sdk_compiles_the_public_package_only() -> None:
     build = (ROOT / "sdk/rust/build.rs").read_text()
     assert 'include.join("meridian/v1")' in build
     assert "internal" not in build
+
+
+def test_the_vendored_google_api_protos_are_the_locked_packages_own() -> None:
+    """proto/google/api is a copy, for the Go and Rust generators, of the
+    google.api.http annotation protos the locked googleapis-common-protos ships
+    (and Python imports at run time): byte for byte the same."""
+    from google.api import annotations_pb2
+
+    installed = Path(annotations_pb2.__file__).parent
+    vendored = sorted((ROOT / "proto" / "google" / "api").glob("*.proto"))
+    assert [p.name for p in vendored] == ["annotations.proto", "http.proto"]
+    for proto in vendored:
+        assert proto.read_bytes() == (installed / proto.name).read_bytes(), proto.name

@@ -7,6 +7,7 @@
 package meridianv1
 
 import (
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -1388,7 +1389,7 @@ var File_meridian_v1_events_proto protoreflect.FileDescriptor
 
 const file_meridian_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"\x18meridian/v1/events.proto\x12\vmeridian.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xed\x01\n" +
+	"\x18meridian/v1/events.proto\x12\vmeridian.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xed\x01\n" +
 	"\x0ePublishRequest\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x18\n" +
@@ -1479,17 +1480,17 @@ const file_meridian_v1_events_proto_rawDesc = "" +
 	"\ftopic_filter\x18\x02 \x01(\tH\x00R\vtopicFilter\x12\x1c\n" +
 	"\bkeyspace\x18\x03 \x01(\tH\x00R\bkeyspaceB\b\n" +
 	"\x06source\"\x18\n" +
-	"\x16UnregisterPushResponse2\x82\x05\n" +
-	"\fEventService\x12D\n" +
-	"\aPublish\x12\x1b.meridian.v1.PublishRequest\x1a\x1c.meridian.v1.PublishResponse\x12N\n" +
-	"\rPublishStream\x12\x1b.meridian.v1.PublishRequest\x1a\x1c.meridian.v1.PublishResponse(\x010\x01\x12S\n" +
-	"\fPublishBatch\x12 .meridian.v1.PublishBatchRequest\x1a!.meridian.v1.PublishBatchResponse\x12E\n" +
-	"\tSubscribe\x12\x1d.meridian.v1.SubscribeRequest\x1a\x15.meridian.v1.Delivery(\x010\x01\x12A\n" +
-	"\x06Replay\x12\x1a.meridian.v1.ReplayRequest\x1a\x1b.meridian.v1.ReplayResponse\x12M\n" +
+	"\x16UnregisterPushResponse2\x94\a\n" +
+	"\fEventService\x12c\n" +
+	"\aPublish\x12\x1b.meridian.v1.PublishRequest\x1a\x1c.meridian.v1.PublishResponse\"\x1d\x82\xd3\xe4\x93\x02\x17:\x01*\"\x12/v1/events/publish\x12N\n" +
+	"\rPublishStream\x12\x1b.meridian.v1.PublishRequest\x1a\x1c.meridian.v1.PublishResponse(\x010\x01\x12x\n" +
+	"\fPublishBatch\x12 .meridian.v1.PublishBatchRequest\x1a!.meridian.v1.PublishBatchResponse\"#\x82\xd3\xe4\x93\x02\x1d:\x01*\"\x18/v1/events/publish-batch\x12E\n" +
+	"\tSubscribe\x12\x1d.meridian.v1.SubscribeRequest\x1a\x15.meridian.v1.Delivery(\x010\x01\x12_\n" +
+	"\x06Replay\x12\x1a.meridian.v1.ReplayRequest\x1a\x1b.meridian.v1.ReplayResponse\"\x1c\x82\xd3\xe4\x93\x02\x16:\x01*\"\x11/v1/events/replay\x12o\n" +
 	"\n" +
-	"Invalidate\x12\x1e.meridian.v1.InvalidateRequest\x1a\x1f.meridian.v1.InvalidateResponse\x12S\n" +
-	"\fRegisterPush\x12 .meridian.v1.RegisterPushRequest\x1a!.meridian.v1.RegisterPushResponse\x12Y\n" +
-	"\x0eUnregisterPush\x12\".meridian.v1.UnregisterPushRequest\x1a#.meridian.v1.UnregisterPushResponseBAZ?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1b\x06proto3"
+	"Invalidate\x12\x1e.meridian.v1.InvalidateRequest\x1a\x1f.meridian.v1.InvalidateResponse\" \x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/v1/events/invalidate\x12\x97\x01\n" +
+	"\fRegisterPush\x12 .meridian.v1.RegisterPushRequest\x1a!.meridian.v1.RegisterPushResponse\"B\x82\xd3\xe4\x93\x02<:\x01*Z\x1d:\x01*\"\x18/v1/events/push/register\"\x18/v1/events/register-push\x12\xa1\x01\n" +
+	"\x0eUnregisterPush\x12\".meridian.v1.UnregisterPushRequest\x1a#.meridian.v1.UnregisterPushResponse\"F\x82\xd3\xe4\x93\x02@:\x01*Z\x1f:\x01*\"\x1a/v1/events/push/unregister\"\x1a/v1/events/unregister-pushBAZ?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1b\x06proto3"
 
 var (
 	file_meridian_v1_events_proto_rawDescOnce sync.Once

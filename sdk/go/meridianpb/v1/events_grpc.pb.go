@@ -53,7 +53,8 @@ const (
 //   - Invalidate fans cache invalidations out to every region (topic
 //     `_invalidate.<namespace>`); subscribers get them within the replication lag.
 //
-// Over HTTP: POST /v1/events/publish|publish-batch|replay|invalidate. Errors
+// Over HTTP: each RPC's google.api.http path below (the client streams are
+// gRPC only). Errors
 // carry the stable codes (INVALID_ARGUMENT names the field and rule).
 type EventServiceClient interface {
 	Publish(ctx context.Context, in *PublishRequest, opts ...grpc.CallOption) (*PublishResponse, error)
@@ -210,7 +211,8 @@ func (c *eventServiceClient) UnregisterPush(ctx context.Context, in *UnregisterP
 //   - Invalidate fans cache invalidations out to every region (topic
 //     `_invalidate.<namespace>`); subscribers get them within the replication lag.
 //
-// Over HTTP: POST /v1/events/publish|publish-batch|replay|invalidate. Errors
+// Over HTTP: each RPC's google.api.http path below (the client streams are
+// gRPC only). Errors
 // carry the stable codes (INVALID_ARGUMENT names the field and rule).
 type EventServiceServer interface {
 	Publish(context.Context, *PublishRequest) (*PublishResponse, error)

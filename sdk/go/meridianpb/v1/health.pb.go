@@ -7,6 +7,7 @@
 package meridianv1
 
 import (
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -175,7 +176,7 @@ var File_meridian_v1_health_proto protoreflect.FileDescriptor
 
 const file_meridian_v1_health_proto_rawDesc = "" +
 	"\n" +
-	"\x18meridian/v1/health.proto\x12\vmeridian.v1\"\x14\n" +
+	"\x18meridian/v1/health.proto\x12\vmeridian.v1\x1a\x1cgoogle/api/annotations.proto\"\x14\n" +
 	"\x12HealthCheckRequest\"\x9a\x02\n" +
 	"\x13HealthCheckResponse\x12F\n" +
 	"\x06status\x18\x01 \x01(\x0e2..meridian.v1.HealthCheckResponse.ServingStatusR\x06status\x12\x16\n" +
@@ -185,9 +186,10 @@ const file_meridian_v1_health_proto_rawDesc = "" +
 	"\x1aSERVING_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16SERVING_STATUS_SERVING\x10\x01\x12\x1b\n" +
 	"\x17SERVING_STATUS_DEGRADED\x10\x02\x12\x1e\n" +
-	"\x1aSERVING_STATUS_NOT_SERVING\x10\x032[\n" +
-	"\rHealthService\x12J\n" +
-	"\x05Check\x12\x1f.meridian.v1.HealthCheckRequest\x1a .meridian.v1.HealthCheckResponseBAZ?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1b\x06proto3"
+	"\x1aSERVING_STATUS_NOT_SERVING\x10\x032o\n" +
+	"\rHealthService\x12^\n" +
+	"\x05Check\x12\x1f.meridian.v1.HealthCheckRequest\x1a .meridian.v1.HealthCheckResponse\"\x12\x82\xd3\xe4\x93\x02\f\x12\n" +
+	"/v1/healthBAZ?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1b\x06proto3"
 
 var (
 	file_meridian_v1_health_proto_rawDescOnce sync.Once

@@ -7,6 +7,7 @@
 package meridianv1
 
 import (
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -603,7 +604,7 @@ var File_meridian_v1_idempotency_proto protoreflect.FileDescriptor
 
 const file_meridian_v1_idempotency_proto_rawDesc = "" +
 	"\n" +
-	"\x1dmeridian/v1/idempotency.proto\x12\vmeridian.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe0\x01\n" +
+	"\x1dmeridian/v1/idempotency.proto\x12\vmeridian.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe0\x01\n" +
 	"\fBeginRequest\x12\x14\n" +
 	"\x05scope\x18\x01 \x01(\tR\x05scope\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12 \n" +
@@ -649,11 +650,11 @@ const file_meridian_v1_idempotency_proto_rawDesc = "" +
 	"\vPayloadKind\x12\x1c\n" +
 	"\x18PAYLOAD_KIND_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11PAYLOAD_KIND_JSON\x10\x01\x12\x17\n" +
-	"\x13PAYLOAD_KIND_BINARY\x10\x022\xdd\x01\n" +
-	"\x12IdempotencyService\x12>\n" +
-	"\x05Begin\x12\x19.meridian.v1.BeginRequest\x1a\x1a.meridian.v1.BeginResponse\x12G\n" +
-	"\bComplete\x12\x1c.meridian.v1.CompleteRequest\x1a\x1d.meridian.v1.CompleteResponse\x12>\n" +
-	"\x05Abort\x12\x19.meridian.v1.AbortRequest\x1a\x1a.meridian.v1.AbortResponseBAZ?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1b\x06proto3"
+	"\x13PAYLOAD_KIND_BINARY\x10\x022\xc6\x02\n" +
+	"\x12IdempotencyService\x12`\n" +
+	"\x05Begin\x12\x19.meridian.v1.BeginRequest\x1a\x1a.meridian.v1.BeginResponse\" \x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/v1/idempotency/begin\x12l\n" +
+	"\bComplete\x12\x1c.meridian.v1.CompleteRequest\x1a\x1d.meridian.v1.CompleteResponse\"#\x82\xd3\xe4\x93\x02\x1d:\x01*\"\x18/v1/idempotency/complete\x12`\n" +
+	"\x05Abort\x12\x19.meridian.v1.AbortRequest\x1a\x1a.meridian.v1.AbortResponse\" \x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/v1/idempotency/abortBAZ?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1b\x06proto3"
 
 var (
 	file_meridian_v1_idempotency_proto_rawDescOnce sync.Once

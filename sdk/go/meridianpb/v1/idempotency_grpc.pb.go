@@ -47,7 +47,7 @@ const (
 // longer holds the key), QUORUM_UNAVAILABLE, UNAVAILABLE. The SDKs' "run once"
 // helpers turn IN_PROGRESS into IDEMPOTENCY_IN_PROGRESS (gRPC ABORTED, HTTP
 // 409) and MISMATCH into IDEMPOTENCY_MISMATCH (gRPC FAILED_PRECONDITION, HTTP
-// 422). Over HTTP: POST /v1/idempotency/begin|complete|abort.
+// 422). Over HTTP: each RPC's google.api.http path below.
 type IdempotencyServiceClient interface {
 	// Begin claims the key, or says why not.
 	Begin(ctx context.Context, in *BeginRequest, opts ...grpc.CallOption) (*BeginResponse, error)
@@ -120,7 +120,7 @@ func (c *idempotencyServiceClient) Abort(ctx context.Context, in *AbortRequest, 
 // longer holds the key), QUORUM_UNAVAILABLE, UNAVAILABLE. The SDKs' "run once"
 // helpers turn IN_PROGRESS into IDEMPOTENCY_IN_PROGRESS (gRPC ABORTED, HTTP
 // 409) and MISMATCH into IDEMPOTENCY_MISMATCH (gRPC FAILED_PRECONDITION, HTTP
-// 422). Over HTTP: POST /v1/idempotency/begin|complete|abort.
+// 422). Over HTTP: each RPC's google.api.http path below.
 type IdempotencyServiceServer interface {
 	// Begin claims the key, or says why not.
 	Begin(context.Context, *BeginRequest) (*BeginResponse, error)

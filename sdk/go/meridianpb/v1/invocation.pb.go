@@ -7,6 +7,7 @@
 package meridianv1
 
 import (
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -990,7 +991,7 @@ var File_meridian_v1_invocation_proto protoreflect.FileDescriptor
 
 const file_meridian_v1_invocation_proto_rawDesc = "" +
 	"\n" +
-	"\x1cmeridian/v1/invocation.proto\x12\vmeridian.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x84\x01\n" +
+	"\x1cmeridian/v1/invocation.proto\x12\vmeridian.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x84\x01\n" +
 	"\vHealthCheck\x12\x1b\n" +
 	"\thttp_path\x18\x01 \x01(\tR\bhttpPath\x12!\n" +
 	"\fgrpc_service\x18\x02 \x01(\tR\vgrpcService\x125\n" +
@@ -1064,15 +1065,15 @@ const file_meridian_v1_invocation_proto_rawDesc = "" +
 	"\x1bINSTANCE_HEALTH_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17INSTANCE_HEALTH_UNKNOWN\x10\x01\x12\x1b\n" +
 	"\x17INSTANCE_HEALTH_HEALTHY\x10\x02\x12\x1d\n" +
-	"\x19INSTANCE_HEALTH_UNHEALTHY\x10\x032\xcd\x02\n" +
-	"\x0fRegistryService\x12G\n" +
-	"\bRegister\x12\x1c.meridian.v1.RegisterRequest\x1a\x1d.meridian.v1.RegisterResponse\x12J\n" +
-	"\tHeartbeat\x12\x1d.meridian.v1.HeartbeatRequest\x1a\x1e.meridian.v1.HeartbeatResponse\x12M\n" +
+	"\x19INSTANCE_HEALTH_UNHEALTHY\x10\x032\xf7\x03\n" +
+	"\x0fRegistryService\x12i\n" +
+	"\bRegister\x12\x1c.meridian.v1.RegisterRequest\x1a\x1d.meridian.v1.RegisterResponse\" \x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/v1/registry/register\x12m\n" +
+	"\tHeartbeat\x12\x1d.meridian.v1.HeartbeatRequest\x1a\x1e.meridian.v1.HeartbeatResponse\"!\x82\xd3\xe4\x93\x02\x1b:\x01*\"\x16/v1/registry/heartbeat\x12q\n" +
 	"\n" +
-	"Deregister\x12\x1e.meridian.v1.DeregisterRequest\x1a\x1f.meridian.v1.DeregisterResponse\x12V\n" +
-	"\rListInstances\x12!.meridian.v1.ListInstancesRequest\x1a\".meridian.v1.ListInstancesResponse2V\n" +
-	"\x11InvocationService\x12A\n" +
-	"\x06Invoke\x12\x1a.meridian.v1.InvokeRequest\x1a\x1b.meridian.v1.InvokeResponseBAZ?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1b\x06proto3"
+	"Deregister\x12\x1e.meridian.v1.DeregisterRequest\x1a\x1f.meridian.v1.DeregisterResponse\"\"\x82\xd3\xe4\x93\x02\x1c:\x01*\"\x17/v1/registry/deregister\x12\x96\x01\n" +
+	"\rListInstances\x12!.meridian.v1.ListInstancesRequest\x1a\".meridian.v1.ListInstancesResponse\">\x82\xd3\xe4\x93\x028:\x01*Z\x16:\x01*\"\x11/v1/registry/list\"\x1b/v1/registry/list-instances2x\n" +
+	"\x11InvocationService\x12c\n" +
+	"\x06Invoke\x12\x1a.meridian.v1.InvokeRequest\x1a\x1b.meridian.v1.InvokeResponse\" \x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/v1/invocation/invokeBAZ?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1b\x06proto3"
 
 var (
 	file_meridian_v1_invocation_proto_rawDescOnce sync.Once

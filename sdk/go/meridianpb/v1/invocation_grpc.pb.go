@@ -39,7 +39,7 @@ const (
 // grpc.health.v1.Health/Check) and announces them, with their health, into a
 // registry that JetStream replicates to every region.
 //
-// Over HTTP: POST /v1/registry/register|heartbeat|deregister|list.
+// Over HTTP: each RPC's google.api.http path below.
 type RegistryServiceClient interface {
 	Register(ctx context.Context, in *RegisterRequest, opts ...grpc.CallOption) (*RegisterResponse, error)
 	// Heartbeat renews the lease. NOT_FOUND when the lease has already run out
@@ -113,7 +113,7 @@ func (c *registryServiceClient) ListInstances(ctx context.Context, in *ListInsta
 // grpc.health.v1.Health/Check) and announces them, with their health, into a
 // registry that JetStream replicates to every region.
 //
-// Over HTTP: POST /v1/registry/register|heartbeat|deregister|list.
+// Over HTTP: each RPC's google.api.http path below.
 type RegistryServiceServer interface {
 	Register(context.Context, *RegisterRequest) (*RegisterResponse, error)
 	// Heartbeat renews the lease. NOT_FOUND when the lease has already run out

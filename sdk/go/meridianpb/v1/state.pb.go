@@ -7,6 +7,7 @@
 package meridianv1
 
 import (
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -1525,7 +1526,7 @@ var File_meridian_v1_state_proto protoreflect.FileDescriptor
 
 const file_meridian_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x17meridian/v1/state.proto\x12\vmeridian.v1\x1a\x1egoogle/protobuf/duration.proto\"\xdc\x01\n" +
+	"\x17meridian/v1/state.proto\x12\vmeridian.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\"\xdc\x01\n" +
 	"\vConsistency\x124\n" +
 	"\x05level\x18\x01 \x01(\x0e2\x1e.meridian.v1.Consistency.LevelR\x05level\x12>\n" +
 	"\rmax_staleness\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\fmaxStaleness\"W\n" +
@@ -1635,19 +1636,19 @@ const file_meridian_v1_state_proto_rawDesc = "" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bKIND_PUT\x10\x01\x12\x0f\n" +
-	"\vKIND_DELETE\x10\x022\xd9\x05\n" +
-	"\fStateService\x128\n" +
-	"\x03Get\x12\x17.meridian.v1.GetRequest\x1a\x18.meridian.v1.GetResponse\x12D\n" +
-	"\aGetMany\x12\x1b.meridian.v1.GetManyRequest\x1a\x1c.meridian.v1.GetManyResponse\x12:\n" +
-	"\x03Put\x12\x17.meridian.v1.PutRequest\x1a\x1a.meridian.v1.WriteResponse\x12D\n" +
-	"\aPutMany\x12\x1b.meridian.v1.PutManyRequest\x1a\x1c.meridian.v1.PutManyResponse\x12@\n" +
-	"\x06Create\x12\x1a.meridian.v1.CreateRequest\x1a\x1a.meridian.v1.WriteResponse\x12@\n" +
-	"\x06Delete\x12\x1a.meridian.v1.DeleteRequest\x1a\x1a.meridian.v1.WriteResponse\x12;\n" +
-	"\x04Scan\x12\x18.meridian.v1.ScanRequest\x1a\x19.meridian.v1.ScanResponse\x12F\n" +
-	"\tIncrement\x12\x1d.meridian.v1.IncrementRequest\x1a\x1a.meridian.v1.WriteResponse\x12=\n" +
-	"\x06SetAdd\x12\x17.meridian.v1.SetRequest\x1a\x1a.meridian.v1.WriteResponse\x12@\n" +
-	"\tSetRemove\x12\x17.meridian.v1.SetRequest\x1a\x1a.meridian.v1.WriteResponse\x12=\n" +
-	"\x05Watch\x12\x19.meridian.v1.WatchRequest\x1a\x17.meridian.v1.WatchEvent0\x01BAZ?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1b\x06proto3"
+	"\vKIND_DELETE\x10\x022\xf9\b\n" +
+	"\fStateService\x12R\n" +
+	"\x03Get\x12\x17.meridian.v1.GetRequest\x1a\x18.meridian.v1.GetResponse\"\x18\x82\xd3\xe4\x93\x02\x12:\x01*\"\r/v1/state/get\x12{\n" +
+	"\aGetMany\x12\x1b.meridian.v1.GetManyRequest\x1a\x1c.meridian.v1.GetManyResponse\"5\x82\xd3\xe4\x93\x02/:\x01*Z\x16:\x01*\"\x11/v1/state/getmany\"\x12/v1/state/get-many\x12T\n" +
+	"\x03Put\x12\x17.meridian.v1.PutRequest\x1a\x1a.meridian.v1.WriteResponse\"\x18\x82\xd3\xe4\x93\x02\x12:\x01*\"\r/v1/state/put\x12{\n" +
+	"\aPutMany\x12\x1b.meridian.v1.PutManyRequest\x1a\x1c.meridian.v1.PutManyResponse\"5\x82\xd3\xe4\x93\x02/:\x01*Z\x16:\x01*\"\x11/v1/state/putmany\"\x12/v1/state/put-many\x12]\n" +
+	"\x06Create\x12\x1a.meridian.v1.CreateRequest\x1a\x1a.meridian.v1.WriteResponse\"\x1b\x82\xd3\xe4\x93\x02\x15:\x01*\"\x10/v1/state/create\x12]\n" +
+	"\x06Delete\x12\x1a.meridian.v1.DeleteRequest\x1a\x1a.meridian.v1.WriteResponse\"\x1b\x82\xd3\xe4\x93\x02\x15:\x01*\"\x10/v1/state/delete\x12V\n" +
+	"\x04Scan\x12\x18.meridian.v1.ScanRequest\x1a\x19.meridian.v1.ScanResponse\"\x19\x82\xd3\xe4\x93\x02\x13:\x01*\"\x0e/v1/state/scan\x12f\n" +
+	"\tIncrement\x12\x1d.meridian.v1.IncrementRequest\x1a\x1a.meridian.v1.WriteResponse\"\x1e\x82\xd3\xe4\x93\x02\x18:\x01*\"\x13/v1/state/increment\x12r\n" +
+	"\x06SetAdd\x12\x17.meridian.v1.SetRequest\x1a\x1a.meridian.v1.WriteResponse\"3\x82\xd3\xe4\x93\x02-:\x01*Z\x15:\x01*\"\x10/v1/state/setadd\"\x11/v1/state/set-add\x12{\n" +
+	"\tSetRemove\x12\x17.meridian.v1.SetRequest\x1a\x1a.meridian.v1.WriteResponse\"9\x82\xd3\xe4\x93\x023:\x01*Z\x18:\x01*\"\x13/v1/state/setremove\"\x14/v1/state/set-remove\x12V\n" +
+	"\x05Watch\x12\x19.meridian.v1.WatchRequest\x1a\x17.meridian.v1.WatchEvent\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/state/watch0\x01BAZ?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1b\x06proto3"
 
 var (
 	file_meridian_v1_state_proto_rawDescOnce sync.Once

@@ -7,6 +7,7 @@
 package meridianv1
 
 import (
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
@@ -651,7 +652,7 @@ var File_meridian_v1_status_proto protoreflect.FileDescriptor
 
 const file_meridian_v1_status_proto_rawDesc = "" +
 	"\n" +
-	"\x18meridian/v1/status.proto\x12\vmeridian.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n" +
+	"\x18meridian/v1/status.proto\x12\vmeridian.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n" +
 	"\x10GetStatusRequest\"E\n" +
 	"\x11GetStatusResponse\x120\n" +
 	"\x06status\x18\x01 \x01(\v2\x18.meridian.v1.AgentStatusR\x06status\"\xc2\x03\n" +
@@ -707,9 +708,10 @@ const file_meridian_v1_status_proto_rawDesc = "" +
 	"\x06rtt_ms\x18\x03 \x01(\x01R\x05rttMs\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x127\n" +
 	"\tlast_seen\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12&\n" +
-	"\x0fclock_offset_ms\x18\x06 \x01(\x01R\rclockOffsetMs2[\n" +
-	"\rStatusService\x12J\n" +
-	"\tGetStatus\x12\x1d.meridian.v1.GetStatusRequest\x1a\x1e.meridian.v1.GetStatusResponseBAZ?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1b\x06proto3"
+	"\x0fclock_offset_ms\x18\x06 \x01(\x01R\rclockOffsetMs2o\n" +
+	"\rStatusService\x12^\n" +
+	"\tGetStatus\x12\x1d.meridian.v1.GetStatusRequest\x1a\x1e.meridian.v1.GetStatusResponse\"\x12\x82\xd3\xe4\x93\x02\f\x12\n" +
+	"/v1/statusBAZ?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1b\x06proto3"
 
 var (
 	file_meridian_v1_status_proto_rawDescOnce sync.Once

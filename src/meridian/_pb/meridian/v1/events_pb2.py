@@ -23,11 +23,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18meridian/v1/events.proto\x12\x0bmeridian.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x01\n\x0ePublishRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12\x39\n\x07headers\x18\x05 \x03(\x0b\x32(.meridian.v1.PublishRequest.HeadersEntry\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"F\n\x0fPublishResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x11\n\tduplicate\x18\x03 \x01(\x08\"B\n\x13PublishBatchRequest\x12+\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1b.meridian.v1.PublishRequest\"E\n\x14PublishBatchResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.meridian.v1.PublishResponse\"j\n\rStartPosition\x12\r\n\x03new\x18\x01 \x01(\x08H\x00\x12\x12\n\x08sequence\x18\x02 \x01(\x04H\x00\x12*\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x42\n\n\x08position\"\x8a\x01\n\x10SubscribeRequest\x12*\n\x04open\x18\x01 \x01(\x0b\x32\x1a.meridian.v1.SubscribeOpenH\x00\x12\x1f\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x10.meridian.v1.AckH\x00\x12!\n\x04nack\x18\x03 \x01(\x0b\x32\x11.meridian.v1.NackH\x00\x42\x06\n\x04kind\"\xdb\x01\n\rSubscribeOpen\x12\x16\n\x0ctopic_filter\x18\x01 \x01(\tH\x00\x12\x12\n\x08keyspace\x18\x02 \x01(\tH\x00\x12\r\n\x05group\x18\x03 \x01(\t\x12)\n\x05start\x18\x04 \x01(\x0b\x32\x1a.meridian.v1.StartPosition\x12\x15\n\rmax_in_flight\x18\x05 \x01(\r\x12\x16\n\x0emax_deliveries\x18\x06 \x01(\r\x12+\n\x08\x61\x63k_wait\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationB\x08\n\x06source\"\x1a\n\x03\x41\x63k\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\x04\"E\n\x04Nack\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\x04\x12(\n\x05\x64\x65lay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x8a\x02\n\x05\x45vent\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12\x30\n\x07headers\x18\x05 \x03(\x0b\x32\x1f.meridian.v1.Event.HeadersEntry\x12\x15\n\rorigin_region\x18\x06 \x01(\t\x12\x17\n\x0forigin_sequence\x18\x07 \x01(\x04\x12\x30\n\x0cpublished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"e\n\x08\x44\x65livery\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\x04\x12!\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x12.meridian.v1.Event\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x10\n\x08sequence\x18\x04 \x01(\x04\"\x7f\n\rReplayRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x16\n\x0ctopic_filter\x18\x02 \x01(\tH\x00\x12\x12\n\x08keyspace\x18\x03 \x01(\tH\x00\x12)\n\x05start\x18\x04 \x01(\x0b\x32\x1a.meridian.v1.StartPositionB\x08\n\x06source\"\x10\n\x0eReplayResponse\"4\n\x11InvalidateRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x03(\t\"&\n\x12InvalidateResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"\xf3\x01\n\x13RegisterPushRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x16\n\x0ctopic_filter\x18\x02 \x01(\tH\x00\x12\x12\n\x08keyspace\x18\x03 \x01(\tH\x00\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12)\n\x05start\x18\x05 \x01(\x0b\x32\x1a.meridian.v1.StartPosition\x12\x15\n\rmax_in_flight\x18\x06 \x01(\r\x12\x16\n\x0emax_deliveries\x18\x07 \x01(\r\x12+\n\x08\x61\x63k_wait\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationB\x08\n\x06source\"\x16\n\x14RegisterPushResponse\"\\\n\x15UnregisterPushRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x16\n\x0ctopic_filter\x18\x02 \x01(\tH\x00\x12\x12\n\x08keyspace\x18\x03 \x01(\tH\x00\x42\x08\n\x06source\"\x18\n\x16UnregisterPushResponse2\x82\x05\n\x0c\x45ventService\x12\x44\n\x07Publish\x12\x1b.meridian.v1.PublishRequest\x1a\x1c.meridian.v1.PublishResponse\x12N\n\rPublishStream\x12\x1b.meridian.v1.PublishRequest\x1a\x1c.meridian.v1.PublishResponse(\x01\x30\x01\x12S\n\x0cPublishBatch\x12 .meridian.v1.PublishBatchRequest\x1a!.meridian.v1.PublishBatchResponse\x12\x45\n\tSubscribe\x12\x1d.meridian.v1.SubscribeRequest\x1a\x15.meridian.v1.Delivery(\x01\x30\x01\x12\x41\n\x06Replay\x12\x1a.meridian.v1.ReplayRequest\x1a\x1b.meridian.v1.ReplayResponse\x12M\n\nInvalidate\x12\x1e.meridian.v1.InvalidateRequest\x1a\x1f.meridian.v1.InvalidateResponse\x12S\n\x0cRegisterPush\x12 .meridian.v1.RegisterPushRequest\x1a!.meridian.v1.RegisterPushResponse\x12Y\n\x0eUnregisterPush\x12\".meridian.v1.UnregisterPushRequest\x1a#.meridian.v1.UnregisterPushResponseBAZ?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18meridian/v1/events.proto\x12\x0bmeridian.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x01\n\x0ePublishRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12\x39\n\x07headers\x18\x05 \x03(\x0b\x32(.meridian.v1.PublishRequest.HeadersEntry\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"F\n\x0fPublishResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x11\n\tduplicate\x18\x03 \x01(\x08\"B\n\x13PublishBatchRequest\x12+\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1b.meridian.v1.PublishRequest\"E\n\x14PublishBatchResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.meridian.v1.PublishResponse\"j\n\rStartPosition\x12\r\n\x03new\x18\x01 \x01(\x08H\x00\x12\x12\n\x08sequence\x18\x02 \x01(\x04H\x00\x12*\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x42\n\n\x08position\"\x8a\x01\n\x10SubscribeRequest\x12*\n\x04open\x18\x01 \x01(\x0b\x32\x1a.meridian.v1.SubscribeOpenH\x00\x12\x1f\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x10.meridian.v1.AckH\x00\x12!\n\x04nack\x18\x03 \x01(\x0b\x32\x11.meridian.v1.NackH\x00\x42\x06\n\x04kind\"\xdb\x01\n\rSubscribeOpen\x12\x16\n\x0ctopic_filter\x18\x01 \x01(\tH\x00\x12\x12\n\x08keyspace\x18\x02 \x01(\tH\x00\x12\r\n\x05group\x18\x03 \x01(\t\x12)\n\x05start\x18\x04 \x01(\x0b\x32\x1a.meridian.v1.StartPosition\x12\x15\n\rmax_in_flight\x18\x05 \x01(\r\x12\x16\n\x0emax_deliveries\x18\x06 \x01(\r\x12+\n\x08\x61\x63k_wait\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationB\x08\n\x06source\"\x1a\n\x03\x41\x63k\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\x04\"E\n\x04Nack\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\x04\x12(\n\x05\x64\x65lay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x8a\x02\n\x05\x45vent\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12\x30\n\x07headers\x18\x05 \x03(\x0b\x32\x1f.meridian.v1.Event.HeadersEntry\x12\x15\n\rorigin_region\x18\x06 \x01(\t\x12\x17\n\x0forigin_sequence\x18\x07 \x01(\x04\x12\x30\n\x0cpublished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"e\n\x08\x44\x65livery\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\x04\x12!\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x12.meridian.v1.Event\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x10\n\x08sequence\x18\x04 \x01(\x04\"\x7f\n\rReplayRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x16\n\x0ctopic_filter\x18\x02 \x01(\tH\x00\x12\x12\n\x08keyspace\x18\x03 \x01(\tH\x00\x12)\n\x05start\x18\x04 \x01(\x0b\x32\x1a.meridian.v1.StartPositionB\x08\n\x06source\"\x10\n\x0eReplayResponse\"4\n\x11InvalidateRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x03(\t\"&\n\x12InvalidateResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"\xf3\x01\n\x13RegisterPushRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x16\n\x0ctopic_filter\x18\x02 \x01(\tH\x00\x12\x12\n\x08keyspace\x18\x03 \x01(\tH\x00\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12)\n\x05start\x18\x05 \x01(\x0b\x32\x1a.meridian.v1.StartPosition\x12\x15\n\rmax_in_flight\x18\x06 \x01(\r\x12\x16\n\x0emax_deliveries\x18\x07 \x01(\r\x12+\n\x08\x61\x63k_wait\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationB\x08\n\x06source\"\x16\n\x14RegisterPushResponse\"\\\n\x15UnregisterPushRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x16\n\x0ctopic_filter\x18\x02 \x01(\tH\x00\x12\x12\n\x08keyspace\x18\x03 \x01(\tH\x00\x42\x08\n\x06source\"\x18\n\x16UnregisterPushResponse2\x94\x07\n\x0c\x45ventService\x12\x63\n\x07Publish\x12\x1b.meridian.v1.PublishRequest\x1a\x1c.meridian.v1.PublishResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x12/v1/events/publish:\x01*\x12N\n\rPublishStream\x12\x1b.meridian.v1.PublishRequest\x1a\x1c.meridian.v1.PublishResponse(\x01\x30\x01\x12x\n\x0cPublishBatch\x12 .meridian.v1.PublishBatchRequest\x1a!.meridian.v1.PublishBatchResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/events/publish-batch:\x01*\x12\x45\n\tSubscribe\x12\x1d.meridian.v1.SubscribeRequest\x1a\x15.meridian.v1.Delivery(\x01\x30\x01\x12_\n\x06Replay\x12\x1a.meridian.v1.ReplayRequest\x1a\x1b.meridian.v1.ReplayResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/events/replay:\x01*\x12o\n\nInvalidate\x12\x1e.meridian.v1.InvalidateRequest\x1a\x1f.meridian.v1.InvalidateResponse\" \x82\xd3\xe4\x93\x02\x1a\"\x15/v1/events/invalidate:\x01*\x12\x97\x01\n\x0cRegisterPush\x12 .meridian.v1.RegisterPushRequest\x1a!.meridian.v1.RegisterPushResponse\"B\x82\xd3\xe4\x93\x02<\"\x18/v1/events/register-push:\x01*Z\x1d\"\x18/v1/events/push/register:\x01*\x12\xa1\x01\n\x0eUnregisterPush\x12\".meridian.v1.UnregisterPushRequest\x1a#.meridian.v1.UnregisterPushResponse\"F\x82\xd3\xe4\x93\x02@\"\x1a/v1/events/unregister-push:\x01*Z\x1f\"\x1a/v1/events/push/unregister:\x01*BAZ?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,48 +40,60 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUBLISHREQUEST_HEADERSENTRY']._serialized_options = b'8\001'
   _globals['_EVENT_HEADERSENTRY']._loaded_options = None
   _globals['_EVENT_HEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_PUBLISHREQUEST']._serialized_start=107
-  _globals['_PUBLISHREQUEST']._serialized_end=293
-  _globals['_PUBLISHREQUEST_HEADERSENTRY']._serialized_start=247
-  _globals['_PUBLISHREQUEST_HEADERSENTRY']._serialized_end=293
-  _globals['_PUBLISHRESPONSE']._serialized_start=295
-  _globals['_PUBLISHRESPONSE']._serialized_end=365
-  _globals['_PUBLISHBATCHREQUEST']._serialized_start=367
-  _globals['_PUBLISHBATCHREQUEST']._serialized_end=433
-  _globals['_PUBLISHBATCHRESPONSE']._serialized_start=435
-  _globals['_PUBLISHBATCHRESPONSE']._serialized_end=504
-  _globals['_STARTPOSITION']._serialized_start=506
-  _globals['_STARTPOSITION']._serialized_end=612
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=615
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=753
-  _globals['_SUBSCRIBEOPEN']._serialized_start=756
-  _globals['_SUBSCRIBEOPEN']._serialized_end=975
-  _globals['_ACK']._serialized_start=977
-  _globals['_ACK']._serialized_end=1003
-  _globals['_NACK']._serialized_start=1005
-  _globals['_NACK']._serialized_end=1074
-  _globals['_EVENT']._serialized_start=1077
-  _globals['_EVENT']._serialized_end=1343
-  _globals['_EVENT_HEADERSENTRY']._serialized_start=247
-  _globals['_EVENT_HEADERSENTRY']._serialized_end=293
-  _globals['_DELIVERY']._serialized_start=1345
-  _globals['_DELIVERY']._serialized_end=1446
-  _globals['_REPLAYREQUEST']._serialized_start=1448
-  _globals['_REPLAYREQUEST']._serialized_end=1575
-  _globals['_REPLAYRESPONSE']._serialized_start=1577
-  _globals['_REPLAYRESPONSE']._serialized_end=1593
-  _globals['_INVALIDATEREQUEST']._serialized_start=1595
-  _globals['_INVALIDATEREQUEST']._serialized_end=1647
-  _globals['_INVALIDATERESPONSE']._serialized_start=1649
-  _globals['_INVALIDATERESPONSE']._serialized_end=1687
-  _globals['_REGISTERPUSHREQUEST']._serialized_start=1690
-  _globals['_REGISTERPUSHREQUEST']._serialized_end=1933
-  _globals['_REGISTERPUSHRESPONSE']._serialized_start=1935
-  _globals['_REGISTERPUSHRESPONSE']._serialized_end=1957
-  _globals['_UNREGISTERPUSHREQUEST']._serialized_start=1959
-  _globals['_UNREGISTERPUSHREQUEST']._serialized_end=2051
-  _globals['_UNREGISTERPUSHRESPONSE']._serialized_start=2053
-  _globals['_UNREGISTERPUSHRESPONSE']._serialized_end=2077
-  _globals['_EVENTSERVICE']._serialized_start=2080
-  _globals['_EVENTSERVICE']._serialized_end=2722
+  _globals['_EVENTSERVICE'].methods_by_name['Publish']._loaded_options = None
+  _globals['_EVENTSERVICE'].methods_by_name['Publish']._serialized_options = b'\202\323\344\223\002\027\"\022/v1/events/publish:\001*'
+  _globals['_EVENTSERVICE'].methods_by_name['PublishBatch']._loaded_options = None
+  _globals['_EVENTSERVICE'].methods_by_name['PublishBatch']._serialized_options = b'\202\323\344\223\002\035\"\030/v1/events/publish-batch:\001*'
+  _globals['_EVENTSERVICE'].methods_by_name['Replay']._loaded_options = None
+  _globals['_EVENTSERVICE'].methods_by_name['Replay']._serialized_options = b'\202\323\344\223\002\026\"\021/v1/events/replay:\001*'
+  _globals['_EVENTSERVICE'].methods_by_name['Invalidate']._loaded_options = None
+  _globals['_EVENTSERVICE'].methods_by_name['Invalidate']._serialized_options = b'\202\323\344\223\002\032\"\025/v1/events/invalidate:\001*'
+  _globals['_EVENTSERVICE'].methods_by_name['RegisterPush']._loaded_options = None
+  _globals['_EVENTSERVICE'].methods_by_name['RegisterPush']._serialized_options = b'\202\323\344\223\002<\"\030/v1/events/register-push:\001*Z\035\"\030/v1/events/push/register:\001*'
+  _globals['_EVENTSERVICE'].methods_by_name['UnregisterPush']._loaded_options = None
+  _globals['_EVENTSERVICE'].methods_by_name['UnregisterPush']._serialized_options = b'\202\323\344\223\002@\"\032/v1/events/unregister-push:\001*Z\037\"\032/v1/events/push/unregister:\001*'
+  _globals['_PUBLISHREQUEST']._serialized_start=137
+  _globals['_PUBLISHREQUEST']._serialized_end=323
+  _globals['_PUBLISHREQUEST_HEADERSENTRY']._serialized_start=277
+  _globals['_PUBLISHREQUEST_HEADERSENTRY']._serialized_end=323
+  _globals['_PUBLISHRESPONSE']._serialized_start=325
+  _globals['_PUBLISHRESPONSE']._serialized_end=395
+  _globals['_PUBLISHBATCHREQUEST']._serialized_start=397
+  _globals['_PUBLISHBATCHREQUEST']._serialized_end=463
+  _globals['_PUBLISHBATCHRESPONSE']._serialized_start=465
+  _globals['_PUBLISHBATCHRESPONSE']._serialized_end=534
+  _globals['_STARTPOSITION']._serialized_start=536
+  _globals['_STARTPOSITION']._serialized_end=642
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=645
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=783
+  _globals['_SUBSCRIBEOPEN']._serialized_start=786
+  _globals['_SUBSCRIBEOPEN']._serialized_end=1005
+  _globals['_ACK']._serialized_start=1007
+  _globals['_ACK']._serialized_end=1033
+  _globals['_NACK']._serialized_start=1035
+  _globals['_NACK']._serialized_end=1104
+  _globals['_EVENT']._serialized_start=1107
+  _globals['_EVENT']._serialized_end=1373
+  _globals['_EVENT_HEADERSENTRY']._serialized_start=277
+  _globals['_EVENT_HEADERSENTRY']._serialized_end=323
+  _globals['_DELIVERY']._serialized_start=1375
+  _globals['_DELIVERY']._serialized_end=1476
+  _globals['_REPLAYREQUEST']._serialized_start=1478
+  _globals['_REPLAYREQUEST']._serialized_end=1605
+  _globals['_REPLAYRESPONSE']._serialized_start=1607
+  _globals['_REPLAYRESPONSE']._serialized_end=1623
+  _globals['_INVALIDATEREQUEST']._serialized_start=1625
+  _globals['_INVALIDATEREQUEST']._serialized_end=1677
+  _globals['_INVALIDATERESPONSE']._serialized_start=1679
+  _globals['_INVALIDATERESPONSE']._serialized_end=1717
+  _globals['_REGISTERPUSHREQUEST']._serialized_start=1720
+  _globals['_REGISTERPUSHREQUEST']._serialized_end=1963
+  _globals['_REGISTERPUSHRESPONSE']._serialized_start=1965
+  _globals['_REGISTERPUSHRESPONSE']._serialized_end=1987
+  _globals['_UNREGISTERPUSHREQUEST']._serialized_start=1989
+  _globals['_UNREGISTERPUSHREQUEST']._serialized_end=2081
+  _globals['_UNREGISTERPUSHRESPONSE']._serialized_start=2083
+  _globals['_UNREGISTERPUSHRESPONSE']._serialized_end=2107
+  _globals['_EVENTSERVICE']._serialized_start=2110
+  _globals['_EVENTSERVICE']._serialized_end=3026
 # @@protoc_insertion_point(module_scope)

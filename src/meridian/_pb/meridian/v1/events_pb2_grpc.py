@@ -47,7 +47,8 @@ class EventServiceStub:
     - Invalidate fans cache invalidations out to every region (topic
     `_invalidate.<namespace>`); subscribers get them within the replication lag.
 
-    Over HTTP: POST /v1/events/publish|publish-batch|replay|invalidate. Errors
+    Over HTTP: each RPC's google.api.http path below (the client streams are
+    gRPC only). Errors
     carry the stable codes (INVALID_ARGUMENT names the field and rule).
     """
 
@@ -120,7 +121,8 @@ class EventServiceServicer:
     - Invalidate fans cache invalidations out to every region (topic
     `_invalidate.<namespace>`); subscribers get them within the replication lag.
 
-    Over HTTP: POST /v1/events/publish|publish-batch|replay|invalidate. Errors
+    Over HTTP: each RPC's google.api.http path below (the client streams are
+    gRPC only). Errors
     carry the stable codes (INVALID_ARGUMENT names the field and rule).
     """
 
@@ -270,7 +272,8 @@ class EventService:
     - Invalidate fans cache invalidations out to every region (topic
     `_invalidate.<namespace>`); subscribers get them within the replication lag.
 
-    Over HTTP: POST /v1/events/publish|publish-batch|replay|invalidate. Errors
+    Over HTTP: each RPC's google.api.http path below (the client streams are
+    gRPC only). Errors
     carry the stable codes (INVALID_ARGUMENT names the field and rule).
     """
 

@@ -23,9 +23,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18meridian/v1/health.proto\x12\x0bmeridian.v1\"\x14\n\x12HealthCheckRequest\"\x81\x02\n\x13HealthCheckResponse\x12>\n\x06status\x18\x01 \x01(\x0e\x32..meridian.v1.HealthCheckResponse.ServingStatus\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07reasons\x18\x03 \x03(\t\"\x88\x01\n\rServingStatus\x12\x1e\n\x1aSERVING_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16SERVING_STATUS_SERVING\x10\x01\x12\x1b\n\x17SERVING_STATUS_DEGRADED\x10\x02\x12\x1e\n\x1aSERVING_STATUS_NOT_SERVING\x10\x03\x32[\n\rHealthService\x12J\n\x05\x43heck\x12\x1f.meridian.v1.HealthCheckRequest\x1a .meridian.v1.HealthCheckResponseBAZ?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18meridian/v1/health.proto\x12\x0bmeridian.v1\x1a\x1cgoogle/api/annotations.proto\"\x14\n\x12HealthCheckRequest\"\x81\x02\n\x13HealthCheckResponse\x12>\n\x06status\x18\x01 \x01(\x0e\x32..meridian.v1.HealthCheckResponse.ServingStatus\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07reasons\x18\x03 \x03(\t\"\x88\x01\n\rServingStatus\x12\x1e\n\x1aSERVING_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16SERVING_STATUS_SERVING\x10\x01\x12\x1b\n\x17SERVING_STATUS_DEGRADED\x10\x02\x12\x1e\n\x1aSERVING_STATUS_NOT_SERVING\x10\x03\x32o\n\rHealthService\x12^\n\x05\x43heck\x12\x1f.meridian.v1.HealthCheckRequest\x1a .meridian.v1.HealthCheckResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/healthBAZ?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +34,14 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meridian.v1.health_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1'
-  _globals['_HEALTHCHECKREQUEST']._serialized_start=41
-  _globals['_HEALTHCHECKREQUEST']._serialized_end=61
-  _globals['_HEALTHCHECKRESPONSE']._serialized_start=64
-  _globals['_HEALTHCHECKRESPONSE']._serialized_end=321
-  _globals['_HEALTHCHECKRESPONSE_SERVINGSTATUS']._serialized_start=185
-  _globals['_HEALTHCHECKRESPONSE_SERVINGSTATUS']._serialized_end=321
-  _globals['_HEALTHSERVICE']._serialized_start=323
-  _globals['_HEALTHSERVICE']._serialized_end=414
+  _globals['_HEALTHSERVICE'].methods_by_name['Check']._loaded_options = None
+  _globals['_HEALTHSERVICE'].methods_by_name['Check']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/health'
+  _globals['_HEALTHCHECKREQUEST']._serialized_start=71
+  _globals['_HEALTHCHECKREQUEST']._serialized_end=91
+  _globals['_HEALTHCHECKRESPONSE']._serialized_start=94
+  _globals['_HEALTHCHECKRESPONSE']._serialized_end=351
+  _globals['_HEALTHCHECKRESPONSE_SERVINGSTATUS']._serialized_start=215
+  _globals['_HEALTHCHECKRESPONSE_SERVINGSTATUS']._serialized_end=351
+  _globals['_HEALTHSERVICE']._serialized_start=353
+  _globals['_HEALTHSERVICE']._serialized_end=464
 # @@protoc_insertion_point(module_scope)

@@ -23,11 +23,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmeridian/v1/idempotency.proto\x12\x0bmeridian.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaa\x01\n\x0c\x42\x65ginRequest\x12\r\n\x05scope\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12.\n\x0cpayload_kind\x18\x05 \x01(\x0e\x32\x18.meridian.v1.PayloadKind\x12(\n\x05lease\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x93\x03\n\rBeginResponse\x12\x33\n\x07outcome\x18\x01 \x01(\x0e\x32\".meridian.v1.BeginResponse.Outcome\x12\x15\n\rfencing_token\x18\x02 \x01(\x04\x12\x34\n\x10lease_expires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x08response\x18\x04 \x01(\x0b\x32\x1b.meridian.v1.StoredResponse\x12\x13\n\x0b\x66ingerprint\x18\x05 \x01(\t\x12\x11\n\ttook_over\x18\x06 \x01(\x08\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"y\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0f\n\x0bOUTCOME_NEW\x10\x01\x12\x17\n\x13OUTCOME_IN_PROGRESS\x10\x02\x12\x15\n\x11OUTCOME_COMPLETED\x10\x03\x12\x14\n\x10OUTCOME_MISMATCH\x10\x04\"\x99\x01\n\x0eStoredResponse\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12\x39\n\x07headers\x18\x03 \x03(\x0b\x32(.meridian.v1.StoredResponse.HeadersEntry\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"s\n\x0f\x43ompleteRequest\x12\r\n\x05scope\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12-\n\x08response\x18\x04 \x01(\x0b\x32\x1b.meridian.v1.StoredResponse\"B\n\x10\x43ompleteResponse\x12.\n\nexpires_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"A\n\x0c\x41\x62ortRequest\x12\r\n\x05scope\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\"\x0f\n\rAbortResponse*[\n\x0bPayloadKind\x12\x1c\n\x18PAYLOAD_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11PAYLOAD_KIND_JSON\x10\x01\x12\x17\n\x13PAYLOAD_KIND_BINARY\x10\x02\x32\xdd\x01\n\x12IdempotencyService\x12>\n\x05\x42\x65gin\x12\x19.meridian.v1.BeginRequest\x1a\x1a.meridian.v1.BeginResponse\x12G\n\x08\x43omplete\x12\x1c.meridian.v1.CompleteRequest\x1a\x1d.meridian.v1.CompleteResponse\x12>\n\x05\x41\x62ort\x12\x19.meridian.v1.AbortRequest\x1a\x1a.meridian.v1.AbortResponseBAZ?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmeridian/v1/idempotency.proto\x12\x0bmeridian.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaa\x01\n\x0c\x42\x65ginRequest\x12\r\n\x05scope\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12.\n\x0cpayload_kind\x18\x05 \x01(\x0e\x32\x18.meridian.v1.PayloadKind\x12(\n\x05lease\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x93\x03\n\rBeginResponse\x12\x33\n\x07outcome\x18\x01 \x01(\x0e\x32\".meridian.v1.BeginResponse.Outcome\x12\x15\n\rfencing_token\x18\x02 \x01(\x04\x12\x34\n\x10lease_expires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x08response\x18\x04 \x01(\x0b\x32\x1b.meridian.v1.StoredResponse\x12\x13\n\x0b\x66ingerprint\x18\x05 \x01(\t\x12\x11\n\ttook_over\x18\x06 \x01(\x08\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"y\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0f\n\x0bOUTCOME_NEW\x10\x01\x12\x17\n\x13OUTCOME_IN_PROGRESS\x10\x02\x12\x15\n\x11OUTCOME_COMPLETED\x10\x03\x12\x14\n\x10OUTCOME_MISMATCH\x10\x04\"\x99\x01\n\x0eStoredResponse\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12\x39\n\x07headers\x18\x03 \x03(\x0b\x32(.meridian.v1.StoredResponse.HeadersEntry\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"s\n\x0f\x43ompleteRequest\x12\r\n\x05scope\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12-\n\x08response\x18\x04 \x01(\x0b\x32\x1b.meridian.v1.StoredResponse\"B\n\x10\x43ompleteResponse\x12.\n\nexpires_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"A\n\x0c\x41\x62ortRequest\x12\r\n\x05scope\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\"\x0f\n\rAbortResponse*[\n\x0bPayloadKind\x12\x1c\n\x18PAYLOAD_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11PAYLOAD_KIND_JSON\x10\x01\x12\x17\n\x13PAYLOAD_KIND_BINARY\x10\x02\x32\xc6\x02\n\x12IdempotencyService\x12`\n\x05\x42\x65gin\x12\x19.meridian.v1.BeginRequest\x1a\x1a.meridian.v1.BeginResponse\" \x82\xd3\xe4\x93\x02\x1a\"\x15/v1/idempotency/begin:\x01*\x12l\n\x08\x43omplete\x12\x1c.meridian.v1.CompleteRequest\x1a\x1d.meridian.v1.CompleteResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/idempotency/complete:\x01*\x12`\n\x05\x41\x62ort\x12\x19.meridian.v1.AbortRequest\x1a\x1a.meridian.v1.AbortResponse\" \x82\xd3\xe4\x93\x02\x1a\"\x15/v1/idempotency/abort:\x01*BAZ?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,26 +38,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'Z?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1'
   _globals['_STOREDRESPONSE_HEADERSENTRY']._loaded_options = None
   _globals['_STOREDRESPONSE_HEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_PAYLOADKIND']._serialized_start=1115
-  _globals['_PAYLOADKIND']._serialized_end=1206
-  _globals['_BEGINREQUEST']._serialized_start=112
-  _globals['_BEGINREQUEST']._serialized_end=282
-  _globals['_BEGINRESPONSE']._serialized_start=285
-  _globals['_BEGINRESPONSE']._serialized_end=688
-  _globals['_BEGINRESPONSE_OUTCOME']._serialized_start=567
-  _globals['_BEGINRESPONSE_OUTCOME']._serialized_end=688
-  _globals['_STOREDRESPONSE']._serialized_start=691
-  _globals['_STOREDRESPONSE']._serialized_end=844
-  _globals['_STOREDRESPONSE_HEADERSENTRY']._serialized_start=798
-  _globals['_STOREDRESPONSE_HEADERSENTRY']._serialized_end=844
-  _globals['_COMPLETEREQUEST']._serialized_start=846
-  _globals['_COMPLETEREQUEST']._serialized_end=961
-  _globals['_COMPLETERESPONSE']._serialized_start=963
-  _globals['_COMPLETERESPONSE']._serialized_end=1029
-  _globals['_ABORTREQUEST']._serialized_start=1031
-  _globals['_ABORTREQUEST']._serialized_end=1096
-  _globals['_ABORTRESPONSE']._serialized_start=1098
-  _globals['_ABORTRESPONSE']._serialized_end=1113
-  _globals['_IDEMPOTENCYSERVICE']._serialized_start=1209
-  _globals['_IDEMPOTENCYSERVICE']._serialized_end=1430
+  _globals['_IDEMPOTENCYSERVICE'].methods_by_name['Begin']._loaded_options = None
+  _globals['_IDEMPOTENCYSERVICE'].methods_by_name['Begin']._serialized_options = b'\202\323\344\223\002\032\"\025/v1/idempotency/begin:\001*'
+  _globals['_IDEMPOTENCYSERVICE'].methods_by_name['Complete']._loaded_options = None
+  _globals['_IDEMPOTENCYSERVICE'].methods_by_name['Complete']._serialized_options = b'\202\323\344\223\002\035\"\030/v1/idempotency/complete:\001*'
+  _globals['_IDEMPOTENCYSERVICE'].methods_by_name['Abort']._loaded_options = None
+  _globals['_IDEMPOTENCYSERVICE'].methods_by_name['Abort']._serialized_options = b'\202\323\344\223\002\032\"\025/v1/idempotency/abort:\001*'
+  _globals['_PAYLOADKIND']._serialized_start=1145
+  _globals['_PAYLOADKIND']._serialized_end=1236
+  _globals['_BEGINREQUEST']._serialized_start=142
+  _globals['_BEGINREQUEST']._serialized_end=312
+  _globals['_BEGINRESPONSE']._serialized_start=315
+  _globals['_BEGINRESPONSE']._serialized_end=718
+  _globals['_BEGINRESPONSE_OUTCOME']._serialized_start=597
+  _globals['_BEGINRESPONSE_OUTCOME']._serialized_end=718
+  _globals['_STOREDRESPONSE']._serialized_start=721
+  _globals['_STOREDRESPONSE']._serialized_end=874
+  _globals['_STOREDRESPONSE_HEADERSENTRY']._serialized_start=828
+  _globals['_STOREDRESPONSE_HEADERSENTRY']._serialized_end=874
+  _globals['_COMPLETEREQUEST']._serialized_start=876
+  _globals['_COMPLETEREQUEST']._serialized_end=991
+  _globals['_COMPLETERESPONSE']._serialized_start=993
+  _globals['_COMPLETERESPONSE']._serialized_end=1059
+  _globals['_ABORTREQUEST']._serialized_start=1061
+  _globals['_ABORTREQUEST']._serialized_end=1126
+  _globals['_ABORTRESPONSE']._serialized_start=1128
+  _globals['_ABORTRESPONSE']._serialized_end=1143
+  _globals['_IDEMPOTENCYSERVICE']._serialized_start=1239
+  _globals['_IDEMPOTENCYSERVICE']._serialized_end=1565
 # @@protoc_insertion_point(module_scope)

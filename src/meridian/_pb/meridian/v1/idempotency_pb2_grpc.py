@@ -46,7 +46,7 @@ class IdempotencyServiceStub:
     longer holds the key), QUORUM_UNAVAILABLE, UNAVAILABLE. The SDKs' "run once"
     helpers turn IN_PROGRESS into IDEMPOTENCY_IN_PROGRESS (gRPC ABORTED, HTTP
     409) and MISMATCH into IDEMPOTENCY_MISMATCH (gRPC FAILED_PRECONDITION, HTTP
-    422). Over HTTP: POST /v1/idempotency/begin|complete|abort.
+    422). Over HTTP: each RPC's google.api.http path below.
     """
 
     def __init__(self, channel):
@@ -92,7 +92,7 @@ class IdempotencyServiceServicer:
     longer holds the key), QUORUM_UNAVAILABLE, UNAVAILABLE. The SDKs' "run once"
     helpers turn IN_PROGRESS into IDEMPOTENCY_IN_PROGRESS (gRPC ABORTED, HTTP
     409) and MISMATCH into IDEMPOTENCY_MISMATCH (gRPC FAILED_PRECONDITION, HTTP
-    422). Over HTTP: POST /v1/idempotency/begin|complete|abort.
+    422). Over HTTP: each RPC's google.api.http path below.
     """
 
     def Begin(self, request, context):
@@ -164,7 +164,7 @@ class IdempotencyService:
     longer holds the key), QUORUM_UNAVAILABLE, UNAVAILABLE. The SDKs' "run once"
     helpers turn IN_PROGRESS into IDEMPOTENCY_IN_PROGRESS (gRPC ABORTED, HTTP
     409) and MISMATCH into IDEMPOTENCY_MISMATCH (gRPC FAILED_PRECONDITION, HTTP
-    422). Over HTTP: POST /v1/idempotency/begin|complete|abort.
+    422). Over HTTP: each RPC's google.api.http path below.
     """
 
     @staticmethod

@@ -23,11 +23,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmeridian/v1/invocation.proto\x12\x0bmeridian.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"c\n\x0bHealthCheck\x12\x11\n\thttp_path\x18\x01 \x01(\t\x12\x14\n\x0cgrpc_service\x18\x02 \x01(\t\x12+\n\x08interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xa4\x02\n\x08Instance\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x05 \x01(\t\x12\'\n\x08protocol\x18\x06 \x01(\x0e\x32\x15.meridian.v1.Protocol\x12\x35\n\x08metadata\x18\x07 \x03(\x0b\x32#.meridian.v1.Instance.MetadataEntry\x12.\n\x0chealth_check\x18\x08 \x01(\x0b\x32\x18.meridian.v1.HealthCheck\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x95\x02\n\x0eInstanceStatus\x12\'\n\x08instance\x18\x01 \x01(\x0b\x32\x15.meridian.v1.Instance\x12+\n\x06health\x18\x02 \x01(\x0e\x32\x1b.meridian.v1.InstanceHealth\x12\x15\n\rhealth_detail\x18\x03 \x01(\t\x12\x34\n\x10lease_expires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nchecked_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x61nnounced_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"b\n\x0fRegisterRequest\x12\'\n\x08instance\x18\x01 \x01(\x0b\x32\x15.meridian.v1.Instance\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x85\x01\n\x10RegisterResponse\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x34\n\x10lease_expires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\'\n\x10HeartbeatRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"I\n\x11HeartbeatResponse\x12\x34\n\x10lease_expires_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"(\n\x11\x44\x65registerRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"\x14\n\x12\x44\x65registerResponse\"7\n\x14ListInstancesRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\"G\n\x15ListInstancesResponse\x12.\n\tinstances\x18\x01 \x03(\x0b\x32\x1b.meridian.v1.InstanceStatus\"%\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\x86\x01\n\rInvokeRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x11\n\thttp_verb\x18\x03 \x01(\t\x12\r\n\x05query\x18\x04 \x01(\t\x12$\n\x07headers\x18\x05 \x03(\x0b\x32\x13.meridian.v1.Header\x12\x0c\n\x04\x62ody\x18\x06 \x01(\x0c\"\x8b\x01\n\x0eInvokeResponse\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12$\n\x07headers\x18\x02 \x03(\x0b\x32\x13.meridian.v1.Header\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\r*J\n\x08Protocol\x12\x18\n\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x11\n\rPROTOCOL_HTTP\x10\x01\x12\x11\n\rPROTOCOL_GRPC\x10\x02*\x8a\x01\n\x0eInstanceHealth\x12\x1f\n\x1bINSTANCE_HEALTH_UNSPECIFIED\x10\x00\x12\x1b\n\x17INSTANCE_HEALTH_UNKNOWN\x10\x01\x12\x1b\n\x17INSTANCE_HEALTH_HEALTHY\x10\x02\x12\x1d\n\x19INSTANCE_HEALTH_UNHEALTHY\x10\x03\x32\xcd\x02\n\x0fRegistryService\x12G\n\x08Register\x12\x1c.meridian.v1.RegisterRequest\x1a\x1d.meridian.v1.RegisterResponse\x12J\n\tHeartbeat\x12\x1d.meridian.v1.HeartbeatRequest\x1a\x1e.meridian.v1.HeartbeatResponse\x12M\n\nDeregister\x12\x1e.meridian.v1.DeregisterRequest\x1a\x1f.meridian.v1.DeregisterResponse\x12V\n\rListInstances\x12!.meridian.v1.ListInstancesRequest\x1a\".meridian.v1.ListInstancesResponse2V\n\x11InvocationService\x12\x41\n\x06Invoke\x12\x1a.meridian.v1.InvokeRequest\x1a\x1b.meridian.v1.InvokeResponseBAZ?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmeridian/v1/invocation.proto\x12\x0bmeridian.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"c\n\x0bHealthCheck\x12\x11\n\thttp_path\x18\x01 \x01(\t\x12\x14\n\x0cgrpc_service\x18\x02 \x01(\t\x12+\n\x08interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xa4\x02\n\x08Instance\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x05 \x01(\t\x12\'\n\x08protocol\x18\x06 \x01(\x0e\x32\x15.meridian.v1.Protocol\x12\x35\n\x08metadata\x18\x07 \x03(\x0b\x32#.meridian.v1.Instance.MetadataEntry\x12.\n\x0chealth_check\x18\x08 \x01(\x0b\x32\x18.meridian.v1.HealthCheck\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x95\x02\n\x0eInstanceStatus\x12\'\n\x08instance\x18\x01 \x01(\x0b\x32\x15.meridian.v1.Instance\x12+\n\x06health\x18\x02 \x01(\x0e\x32\x1b.meridian.v1.InstanceHealth\x12\x15\n\rhealth_detail\x18\x03 \x01(\t\x12\x34\n\x10lease_expires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nchecked_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x61nnounced_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"b\n\x0fRegisterRequest\x12\'\n\x08instance\x18\x01 \x01(\x0b\x32\x15.meridian.v1.Instance\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x85\x01\n\x10RegisterResponse\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x34\n\x10lease_expires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\'\n\x10HeartbeatRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"I\n\x11HeartbeatResponse\x12\x34\n\x10lease_expires_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"(\n\x11\x44\x65registerRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"\x14\n\x12\x44\x65registerResponse\"7\n\x14ListInstancesRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\"G\n\x15ListInstancesResponse\x12.\n\tinstances\x18\x01 \x03(\x0b\x32\x1b.meridian.v1.InstanceStatus\"%\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\x86\x01\n\rInvokeRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x11\n\thttp_verb\x18\x03 \x01(\t\x12\r\n\x05query\x18\x04 \x01(\t\x12$\n\x07headers\x18\x05 \x03(\x0b\x32\x13.meridian.v1.Header\x12\x0c\n\x04\x62ody\x18\x06 \x01(\x0c\"\x8b\x01\n\x0eInvokeResponse\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12$\n\x07headers\x18\x02 \x03(\x0b\x32\x13.meridian.v1.Header\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\r*J\n\x08Protocol\x12\x18\n\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x11\n\rPROTOCOL_HTTP\x10\x01\x12\x11\n\rPROTOCOL_GRPC\x10\x02*\x8a\x01\n\x0eInstanceHealth\x12\x1f\n\x1bINSTANCE_HEALTH_UNSPECIFIED\x10\x00\x12\x1b\n\x17INSTANCE_HEALTH_UNKNOWN\x10\x01\x12\x1b\n\x17INSTANCE_HEALTH_HEALTHY\x10\x02\x12\x1d\n\x19INSTANCE_HEALTH_UNHEALTHY\x10\x03\x32\xf7\x03\n\x0fRegistryService\x12i\n\x08Register\x12\x1c.meridian.v1.RegisterRequest\x1a\x1d.meridian.v1.RegisterResponse\" \x82\xd3\xe4\x93\x02\x1a\"\x15/v1/registry/register:\x01*\x12m\n\tHeartbeat\x12\x1d.meridian.v1.HeartbeatRequest\x1a\x1e.meridian.v1.HeartbeatResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/registry/heartbeat:\x01*\x12q\n\nDeregister\x12\x1e.meridian.v1.DeregisterRequest\x1a\x1f.meridian.v1.DeregisterResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/registry/deregister:\x01*\x12\x96\x01\n\rListInstances\x12!.meridian.v1.ListInstancesRequest\x1a\".meridian.v1.ListInstancesResponse\">\x82\xd3\xe4\x93\x02\x38\"\x1b/v1/registry/list-instances:\x01*Z\x16\"\x11/v1/registry/list:\x01*2x\n\x11InvocationService\x12\x63\n\x06Invoke\x12\x1a.meridian.v1.InvokeRequest\x1a\x1b.meridian.v1.InvokeResponse\" \x82\xd3\xe4\x93\x02\x1a\"\x15/v1/invocation/invoke:\x01*BAZ?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,42 +38,52 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'Z?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1'
   _globals['_INSTANCE_METADATAENTRY']._loaded_options = None
   _globals['_INSTANCE_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_PROTOCOL']._serialized_start=1650
-  _globals['_PROTOCOL']._serialized_end=1724
-  _globals['_INSTANCEHEALTH']._serialized_start=1727
-  _globals['_INSTANCEHEALTH']._serialized_end=1865
-  _globals['_HEALTHCHECK']._serialized_start=110
-  _globals['_HEALTHCHECK']._serialized_end=209
-  _globals['_INSTANCE']._serialized_start=212
-  _globals['_INSTANCE']._serialized_end=504
-  _globals['_INSTANCE_METADATAENTRY']._serialized_start=457
-  _globals['_INSTANCE_METADATAENTRY']._serialized_end=504
-  _globals['_INSTANCESTATUS']._serialized_start=507
-  _globals['_INSTANCESTATUS']._serialized_end=784
-  _globals['_REGISTERREQUEST']._serialized_start=786
-  _globals['_REGISTERREQUEST']._serialized_end=884
-  _globals['_REGISTERRESPONSE']._serialized_start=887
-  _globals['_REGISTERRESPONSE']._serialized_end=1020
-  _globals['_HEARTBEATREQUEST']._serialized_start=1022
-  _globals['_HEARTBEATREQUEST']._serialized_end=1061
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1063
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1136
-  _globals['_DEREGISTERREQUEST']._serialized_start=1138
-  _globals['_DEREGISTERREQUEST']._serialized_end=1178
-  _globals['_DEREGISTERRESPONSE']._serialized_start=1180
-  _globals['_DEREGISTERRESPONSE']._serialized_end=1200
-  _globals['_LISTINSTANCESREQUEST']._serialized_start=1202
-  _globals['_LISTINSTANCESREQUEST']._serialized_end=1257
-  _globals['_LISTINSTANCESRESPONSE']._serialized_start=1259
-  _globals['_LISTINSTANCESRESPONSE']._serialized_end=1330
-  _globals['_HEADER']._serialized_start=1332
-  _globals['_HEADER']._serialized_end=1369
-  _globals['_INVOKEREQUEST']._serialized_start=1372
-  _globals['_INVOKEREQUEST']._serialized_end=1506
-  _globals['_INVOKERESPONSE']._serialized_start=1509
-  _globals['_INVOKERESPONSE']._serialized_end=1648
-  _globals['_REGISTRYSERVICE']._serialized_start=1868
-  _globals['_REGISTRYSERVICE']._serialized_end=2201
-  _globals['_INVOCATIONSERVICE']._serialized_start=2203
-  _globals['_INVOCATIONSERVICE']._serialized_end=2289
+  _globals['_REGISTRYSERVICE'].methods_by_name['Register']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['Register']._serialized_options = b'\202\323\344\223\002\032\"\025/v1/registry/register:\001*'
+  _globals['_REGISTRYSERVICE'].methods_by_name['Heartbeat']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['Heartbeat']._serialized_options = b'\202\323\344\223\002\033\"\026/v1/registry/heartbeat:\001*'
+  _globals['_REGISTRYSERVICE'].methods_by_name['Deregister']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['Deregister']._serialized_options = b'\202\323\344\223\002\034\"\027/v1/registry/deregister:\001*'
+  _globals['_REGISTRYSERVICE'].methods_by_name['ListInstances']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['ListInstances']._serialized_options = b'\202\323\344\223\0028\"\033/v1/registry/list-instances:\001*Z\026\"\021/v1/registry/list:\001*'
+  _globals['_INVOCATIONSERVICE'].methods_by_name['Invoke']._loaded_options = None
+  _globals['_INVOCATIONSERVICE'].methods_by_name['Invoke']._serialized_options = b'\202\323\344\223\002\032\"\025/v1/invocation/invoke:\001*'
+  _globals['_PROTOCOL']._serialized_start=1680
+  _globals['_PROTOCOL']._serialized_end=1754
+  _globals['_INSTANCEHEALTH']._serialized_start=1757
+  _globals['_INSTANCEHEALTH']._serialized_end=1895
+  _globals['_HEALTHCHECK']._serialized_start=140
+  _globals['_HEALTHCHECK']._serialized_end=239
+  _globals['_INSTANCE']._serialized_start=242
+  _globals['_INSTANCE']._serialized_end=534
+  _globals['_INSTANCE_METADATAENTRY']._serialized_start=487
+  _globals['_INSTANCE_METADATAENTRY']._serialized_end=534
+  _globals['_INSTANCESTATUS']._serialized_start=537
+  _globals['_INSTANCESTATUS']._serialized_end=814
+  _globals['_REGISTERREQUEST']._serialized_start=816
+  _globals['_REGISTERREQUEST']._serialized_end=914
+  _globals['_REGISTERRESPONSE']._serialized_start=917
+  _globals['_REGISTERRESPONSE']._serialized_end=1050
+  _globals['_HEARTBEATREQUEST']._serialized_start=1052
+  _globals['_HEARTBEATREQUEST']._serialized_end=1091
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1093
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1166
+  _globals['_DEREGISTERREQUEST']._serialized_start=1168
+  _globals['_DEREGISTERREQUEST']._serialized_end=1208
+  _globals['_DEREGISTERRESPONSE']._serialized_start=1210
+  _globals['_DEREGISTERRESPONSE']._serialized_end=1230
+  _globals['_LISTINSTANCESREQUEST']._serialized_start=1232
+  _globals['_LISTINSTANCESREQUEST']._serialized_end=1287
+  _globals['_LISTINSTANCESRESPONSE']._serialized_start=1289
+  _globals['_LISTINSTANCESRESPONSE']._serialized_end=1360
+  _globals['_HEADER']._serialized_start=1362
+  _globals['_HEADER']._serialized_end=1399
+  _globals['_INVOKEREQUEST']._serialized_start=1402
+  _globals['_INVOKEREQUEST']._serialized_end=1536
+  _globals['_INVOKERESPONSE']._serialized_start=1539
+  _globals['_INVOKERESPONSE']._serialized_end=1678
+  _globals['_REGISTRYSERVICE']._serialized_start=1898
+  _globals['_REGISTRYSERVICE']._serialized_end=2401
+  _globals['_INVOCATIONSERVICE']._serialized_start=2403
+  _globals['_INVOCATIONSERVICE']._serialized_end=2523
 # @@protoc_insertion_point(module_scope)

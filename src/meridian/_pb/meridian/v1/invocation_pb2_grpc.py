@@ -37,7 +37,7 @@ class RegistryServiceStub:
     grpc.health.v1.Health/Check) and announces them, with their health, into a
     registry that JetStream replicates to every region.
 
-    Over HTTP: POST /v1/registry/register|heartbeat|deregister|list.
+    Over HTTP: each RPC's google.api.http path below.
     """
 
     def __init__(self, channel):
@@ -79,7 +79,7 @@ class RegistryServiceServicer:
     grpc.health.v1.Health/Check) and announces them, with their health, into a
     registry that JetStream replicates to every region.
 
-    Over HTTP: POST /v1/registry/register|heartbeat|deregister|list.
+    Over HTTP: each RPC's google.api.http path below.
     """
 
     def Register(self, request, context):
@@ -152,7 +152,7 @@ class RegistryService:
     grpc.health.v1.Health/Check) and announces them, with their health, into a
     registry that JetStream replicates to every region.
 
-    Over HTTP: POST /v1/registry/register|heartbeat|deregister|list.
+    Over HTTP: each RPC's google.api.http path below.
     """
 
     @staticmethod

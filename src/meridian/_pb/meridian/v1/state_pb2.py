@@ -23,10 +23,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17meridian/v1/state.proto\x12\x0bmeridian.v1\x1a\x1egoogle/protobuf/duration.proto\"\xc7\x01\n\x0b\x43onsistency\x12-\n\x05level\x18\x01 \x01(\x0e\x32\x1e.meridian.v1.Consistency.Level\x12\x30\n\rmax_staleness\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"W\n\x05Level\x12\x15\n\x11LEVEL_UNSPECIFIED\x10\x00\x12\x10\n\x0cLEVEL_STRONG\x10\x01\x12\x11\n\rLEVEL_BOUNDED\x10\x02\x12\x12\n\x0eLEVEL_EVENTUAL\x10\x03\"\x9d\x01\n\x05\x45ntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x10\n\x08revision\x18\x03 \x01(\x04\x12\x0b\n\x03hlc\x18\x04 \x01(\x04\x12\x0e\n\x06region\x18\x05 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x06 \x01(\x03\x12\x10\n\x08\x65lements\x18\x07 \x03(\t\x12&\n\x08siblings\x18\x08 \x03(\x0b\x32\x14.meridian.v1.Sibling\"5\n\x07Sibling\x12\r\n\x05value\x18\x01 \x01(\x0c\x12\x0b\n\x03hlc\x18\x02 \x01(\x04\x12\x0e\n\x06region\x18\x03 \x01(\t\"Z\n\nGetRequest\x12\x10\n\x08keyspace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12-\n\x0b\x63onsistency\x18\x03 \x01(\x0b\x32\x18.meridian.v1.Consistency\"\x94\x01\n\x0bGetResponse\x12!\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x12.meridian.v1.Entry\x12.\n\x06served\x18\x02 \x01(\x0e\x32\x1e.meridian.v1.Consistency.Level\x12\x32\n\x0fstaleness_bound\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"_\n\x0eGetManyRequest\x12\x10\n\x08keyspace\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x03(\t\x12-\n\x0b\x63onsistency\x18\x03 \x01(\x0b\x32\x18.meridian.v1.Consistency\">\n\x0fGetManyResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.meridian.v1.GetManyResult\"p\n\rGetManyResult\x12,\n\x08response\x18\x01 \x01(\x0b\x32\x18.meridian.v1.GetResponseH\x00\x12\'\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x16.meridian.v1.ItemErrorH\x00\x42\x08\n\x06result\"D\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x18\n\x10\x63urrent_revision\x18\x03 \x01(\x04\"x\n\nPutRequest\x12\x10\n\x08keyspace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x18\n\x0bif_revision\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\nsupersedes\x18\x05 \x03(\x04\x42\x0e\n\x0c_if_revision\"7\n\x0ePutManyRequest\x12%\n\x04puts\x18\x01 \x03(\x0b\x32\x17.meridian.v1.PutRequest\">\n\x0fPutManyResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.meridian.v1.PutManyResult\"q\n\rPutManyResult\x12-\n\x07written\x18\x01 \x01(\x0b\x32\x1a.meridian.v1.WriteResponseH\x00\x12\'\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x16.meridian.v1.ItemErrorH\x00\x42\x08\n\x06result\"=\n\rCreateRequest\x12\x10\n\x08keyspace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\"X\n\rDeleteRequest\x12\x10\n\x08keyspace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x18\n\x0bif_revision\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x0e\n\x0c_if_revision\".\n\rWriteResponse\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x0b\n\x03hlc\x18\x02 \x01(\x04\"@\n\x10IncrementRequest\x12\x10\n\x08keyspace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x03\"=\n\nSetRequest\x12\x10\n\x08keyspace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x10\n\x08\x65lements\x18\x03 \x03(\t\"\x81\x01\n\x0bScanRequest\x12\x10\n\x08keyspace\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\x12-\n\x0b\x63onsistency\x18\x05 \x01(\x0b\x32\x18.meridian.v1.Consistency\"\xb0\x01\n\x0cScanResponse\x12#\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x12.meridian.v1.Entry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12.\n\x06served\x18\x03 \x01(\x0e\x32\x1e.meridian.v1.Consistency.Level\x12\x32\n\x0fstaleness_bound\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"^\n\x0cWatchRequest\x12\x10\n\x08keyspace\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\x12\x1a\n\rfrom_revision\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x10\n\x0e_from_revision\"\x98\x01\n\nWatchEvent\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.meridian.v1.WatchEvent.Kind\x12!\n\x05\x65ntry\x18\x02 \x01(\x0b\x32\x12.meridian.v1.Entry\";\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08KIND_PUT\x10\x01\x12\x0f\n\x0bKIND_DELETE\x10\x02\x32\xd9\x05\n\x0cStateService\x12\x38\n\x03Get\x12\x17.meridian.v1.GetRequest\x1a\x18.meridian.v1.GetResponse\x12\x44\n\x07GetMany\x12\x1b.meridian.v1.GetManyRequest\x1a\x1c.meridian.v1.GetManyResponse\x12:\n\x03Put\x12\x17.meridian.v1.PutRequest\x1a\x1a.meridian.v1.WriteResponse\x12\x44\n\x07PutMany\x12\x1b.meridian.v1.PutManyRequest\x1a\x1c.meridian.v1.PutManyResponse\x12@\n\x06\x43reate\x12\x1a.meridian.v1.CreateRequest\x1a\x1a.meridian.v1.WriteResponse\x12@\n\x06\x44\x65lete\x12\x1a.meridian.v1.DeleteRequest\x1a\x1a.meridian.v1.WriteResponse\x12;\n\x04Scan\x12\x18.meridian.v1.ScanRequest\x1a\x19.meridian.v1.ScanResponse\x12\x46\n\tIncrement\x12\x1d.meridian.v1.IncrementRequest\x1a\x1a.meridian.v1.WriteResponse\x12=\n\x06SetAdd\x12\x17.meridian.v1.SetRequest\x1a\x1a.meridian.v1.WriteResponse\x12@\n\tSetRemove\x12\x17.meridian.v1.SetRequest\x1a\x1a.meridian.v1.WriteResponse\x12=\n\x05Watch\x12\x19.meridian.v1.WatchRequest\x1a\x17.meridian.v1.WatchEvent0\x01\x42\x41Z?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17meridian/v1/state.proto\x12\x0bmeridian.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\"\xc7\x01\n\x0b\x43onsistency\x12-\n\x05level\x18\x01 \x01(\x0e\x32\x1e.meridian.v1.Consistency.Level\x12\x30\n\rmax_staleness\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"W\n\x05Level\x12\x15\n\x11LEVEL_UNSPECIFIED\x10\x00\x12\x10\n\x0cLEVEL_STRONG\x10\x01\x12\x11\n\rLEVEL_BOUNDED\x10\x02\x12\x12\n\x0eLEVEL_EVENTUAL\x10\x03\"\x9d\x01\n\x05\x45ntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x10\n\x08revision\x18\x03 \x01(\x04\x12\x0b\n\x03hlc\x18\x04 \x01(\x04\x12\x0e\n\x06region\x18\x05 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x06 \x01(\x03\x12\x10\n\x08\x65lements\x18\x07 \x03(\t\x12&\n\x08siblings\x18\x08 \x03(\x0b\x32\x14.meridian.v1.Sibling\"5\n\x07Sibling\x12\r\n\x05value\x18\x01 \x01(\x0c\x12\x0b\n\x03hlc\x18\x02 \x01(\x04\x12\x0e\n\x06region\x18\x03 \x01(\t\"Z\n\nGetRequest\x12\x10\n\x08keyspace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12-\n\x0b\x63onsistency\x18\x03 \x01(\x0b\x32\x18.meridian.v1.Consistency\"\x94\x01\n\x0bGetResponse\x12!\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x12.meridian.v1.Entry\x12.\n\x06served\x18\x02 \x01(\x0e\x32\x1e.meridian.v1.Consistency.Level\x12\x32\n\x0fstaleness_bound\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"_\n\x0eGetManyRequest\x12\x10\n\x08keyspace\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x03(\t\x12-\n\x0b\x63onsistency\x18\x03 \x01(\x0b\x32\x18.meridian.v1.Consistency\">\n\x0fGetManyResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.meridian.v1.GetManyResult\"p\n\rGetManyResult\x12,\n\x08response\x18\x01 \x01(\x0b\x32\x18.meridian.v1.GetResponseH\x00\x12\'\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x16.meridian.v1.ItemErrorH\x00\x42\x08\n\x06result\"D\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x18\n\x10\x63urrent_revision\x18\x03 \x01(\x04\"x\n\nPutRequest\x12\x10\n\x08keyspace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x18\n\x0bif_revision\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\nsupersedes\x18\x05 \x03(\x04\x42\x0e\n\x0c_if_revision\"7\n\x0ePutManyRequest\x12%\n\x04puts\x18\x01 \x03(\x0b\x32\x17.meridian.v1.PutRequest\">\n\x0fPutManyResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.meridian.v1.PutManyResult\"q\n\rPutManyResult\x12-\n\x07written\x18\x01 \x01(\x0b\x32\x1a.meridian.v1.WriteResponseH\x00\x12\'\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x16.meridian.v1.ItemErrorH\x00\x42\x08\n\x06result\"=\n\rCreateRequest\x12\x10\n\x08keyspace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\"X\n\rDeleteRequest\x12\x10\n\x08keyspace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x18\n\x0bif_revision\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x0e\n\x0c_if_revision\".\n\rWriteResponse\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x0b\n\x03hlc\x18\x02 \x01(\x04\"@\n\x10IncrementRequest\x12\x10\n\x08keyspace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x03\"=\n\nSetRequest\x12\x10\n\x08keyspace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x10\n\x08\x65lements\x18\x03 \x03(\t\"\x81\x01\n\x0bScanRequest\x12\x10\n\x08keyspace\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\x12-\n\x0b\x63onsistency\x18\x05 \x01(\x0b\x32\x18.meridian.v1.Consistency\"\xb0\x01\n\x0cScanResponse\x12#\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x12.meridian.v1.Entry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12.\n\x06served\x18\x03 \x01(\x0e\x32\x1e.meridian.v1.Consistency.Level\x12\x32\n\x0fstaleness_bound\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"^\n\x0cWatchRequest\x12\x10\n\x08keyspace\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\x12\x1a\n\rfrom_revision\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x10\n\x0e_from_revision\"\x98\x01\n\nWatchEvent\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.meridian.v1.WatchEvent.Kind\x12!\n\x05\x65ntry\x18\x02 \x01(\x0b\x32\x12.meridian.v1.Entry\";\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08KIND_PUT\x10\x01\x12\x0f\n\x0bKIND_DELETE\x10\x02\x32\xf9\x08\n\x0cStateService\x12R\n\x03Get\x12\x17.meridian.v1.GetRequest\x1a\x18.meridian.v1.GetResponse\"\x18\x82\xd3\xe4\x93\x02\x12\"\r/v1/state/get:\x01*\x12{\n\x07GetMany\x12\x1b.meridian.v1.GetManyRequest\x1a\x1c.meridian.v1.GetManyResponse\"5\x82\xd3\xe4\x93\x02/\"\x12/v1/state/get-many:\x01*Z\x16\"\x11/v1/state/getmany:\x01*\x12T\n\x03Put\x12\x17.meridian.v1.PutRequest\x1a\x1a.meridian.v1.WriteResponse\"\x18\x82\xd3\xe4\x93\x02\x12\"\r/v1/state/put:\x01*\x12{\n\x07PutMany\x12\x1b.meridian.v1.PutManyRequest\x1a\x1c.meridian.v1.PutManyResponse\"5\x82\xd3\xe4\x93\x02/\"\x12/v1/state/put-many:\x01*Z\x16\"\x11/v1/state/putmany:\x01*\x12]\n\x06\x43reate\x12\x1a.meridian.v1.CreateRequest\x1a\x1a.meridian.v1.WriteResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/v1/state/create:\x01*\x12]\n\x06\x44\x65lete\x12\x1a.meridian.v1.DeleteRequest\x1a\x1a.meridian.v1.WriteResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/v1/state/delete:\x01*\x12V\n\x04Scan\x12\x18.meridian.v1.ScanRequest\x1a\x19.meridian.v1.ScanResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/v1/state/scan:\x01*\x12\x66\n\tIncrement\x12\x1d.meridian.v1.IncrementRequest\x1a\x1a.meridian.v1.WriteResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\"\x13/v1/state/increment:\x01*\x12r\n\x06SetAdd\x12\x17.meridian.v1.SetRequest\x1a\x1a.meridian.v1.WriteResponse\"3\x82\xd3\xe4\x93\x02-\"\x11/v1/state/set-add:\x01*Z\x15\"\x10/v1/state/setadd:\x01*\x12{\n\tSetRemove\x12\x17.meridian.v1.SetRequest\x1a\x1a.meridian.v1.WriteResponse\"9\x82\xd3\xe4\x93\x02\x33\"\x14/v1/state/set-remove:\x01*Z\x18\"\x13/v1/state/setremove:\x01*\x12V\n\x05Watch\x12\x19.meridian.v1.WatchRequest\x1a\x17.meridian.v1.WatchEvent\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/state/watch0\x01\x42\x41Z?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,54 +35,76 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meridian.v1.state_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1'
-  _globals['_CONSISTENCY']._serialized_start=73
-  _globals['_CONSISTENCY']._serialized_end=272
-  _globals['_CONSISTENCY_LEVEL']._serialized_start=185
-  _globals['_CONSISTENCY_LEVEL']._serialized_end=272
-  _globals['_ENTRY']._serialized_start=275
-  _globals['_ENTRY']._serialized_end=432
-  _globals['_SIBLING']._serialized_start=434
-  _globals['_SIBLING']._serialized_end=487
-  _globals['_GETREQUEST']._serialized_start=489
-  _globals['_GETREQUEST']._serialized_end=579
-  _globals['_GETRESPONSE']._serialized_start=582
-  _globals['_GETRESPONSE']._serialized_end=730
-  _globals['_GETMANYREQUEST']._serialized_start=732
-  _globals['_GETMANYREQUEST']._serialized_end=827
-  _globals['_GETMANYRESPONSE']._serialized_start=829
-  _globals['_GETMANYRESPONSE']._serialized_end=891
-  _globals['_GETMANYRESULT']._serialized_start=893
-  _globals['_GETMANYRESULT']._serialized_end=1005
-  _globals['_ITEMERROR']._serialized_start=1007
-  _globals['_ITEMERROR']._serialized_end=1075
-  _globals['_PUTREQUEST']._serialized_start=1077
-  _globals['_PUTREQUEST']._serialized_end=1197
-  _globals['_PUTMANYREQUEST']._serialized_start=1199
-  _globals['_PUTMANYREQUEST']._serialized_end=1254
-  _globals['_PUTMANYRESPONSE']._serialized_start=1256
-  _globals['_PUTMANYRESPONSE']._serialized_end=1318
-  _globals['_PUTMANYRESULT']._serialized_start=1320
-  _globals['_PUTMANYRESULT']._serialized_end=1433
-  _globals['_CREATEREQUEST']._serialized_start=1435
-  _globals['_CREATEREQUEST']._serialized_end=1496
-  _globals['_DELETEREQUEST']._serialized_start=1498
-  _globals['_DELETEREQUEST']._serialized_end=1586
-  _globals['_WRITERESPONSE']._serialized_start=1588
-  _globals['_WRITERESPONSE']._serialized_end=1634
-  _globals['_INCREMENTREQUEST']._serialized_start=1636
-  _globals['_INCREMENTREQUEST']._serialized_end=1700
-  _globals['_SETREQUEST']._serialized_start=1702
-  _globals['_SETREQUEST']._serialized_end=1763
-  _globals['_SCANREQUEST']._serialized_start=1766
-  _globals['_SCANREQUEST']._serialized_end=1895
-  _globals['_SCANRESPONSE']._serialized_start=1898
-  _globals['_SCANRESPONSE']._serialized_end=2074
-  _globals['_WATCHREQUEST']._serialized_start=2076
-  _globals['_WATCHREQUEST']._serialized_end=2170
-  _globals['_WATCHEVENT']._serialized_start=2173
-  _globals['_WATCHEVENT']._serialized_end=2325
-  _globals['_WATCHEVENT_KIND']._serialized_start=2266
-  _globals['_WATCHEVENT_KIND']._serialized_end=2325
-  _globals['_STATESERVICE']._serialized_start=2328
-  _globals['_STATESERVICE']._serialized_end=3057
+  _globals['_STATESERVICE'].methods_by_name['Get']._loaded_options = None
+  _globals['_STATESERVICE'].methods_by_name['Get']._serialized_options = b'\202\323\344\223\002\022\"\r/v1/state/get:\001*'
+  _globals['_STATESERVICE'].methods_by_name['GetMany']._loaded_options = None
+  _globals['_STATESERVICE'].methods_by_name['GetMany']._serialized_options = b'\202\323\344\223\002/\"\022/v1/state/get-many:\001*Z\026\"\021/v1/state/getmany:\001*'
+  _globals['_STATESERVICE'].methods_by_name['Put']._loaded_options = None
+  _globals['_STATESERVICE'].methods_by_name['Put']._serialized_options = b'\202\323\344\223\002\022\"\r/v1/state/put:\001*'
+  _globals['_STATESERVICE'].methods_by_name['PutMany']._loaded_options = None
+  _globals['_STATESERVICE'].methods_by_name['PutMany']._serialized_options = b'\202\323\344\223\002/\"\022/v1/state/put-many:\001*Z\026\"\021/v1/state/putmany:\001*'
+  _globals['_STATESERVICE'].methods_by_name['Create']._loaded_options = None
+  _globals['_STATESERVICE'].methods_by_name['Create']._serialized_options = b'\202\323\344\223\002\025\"\020/v1/state/create:\001*'
+  _globals['_STATESERVICE'].methods_by_name['Delete']._loaded_options = None
+  _globals['_STATESERVICE'].methods_by_name['Delete']._serialized_options = b'\202\323\344\223\002\025\"\020/v1/state/delete:\001*'
+  _globals['_STATESERVICE'].methods_by_name['Scan']._loaded_options = None
+  _globals['_STATESERVICE'].methods_by_name['Scan']._serialized_options = b'\202\323\344\223\002\023\"\016/v1/state/scan:\001*'
+  _globals['_STATESERVICE'].methods_by_name['Increment']._loaded_options = None
+  _globals['_STATESERVICE'].methods_by_name['Increment']._serialized_options = b'\202\323\344\223\002\030\"\023/v1/state/increment:\001*'
+  _globals['_STATESERVICE'].methods_by_name['SetAdd']._loaded_options = None
+  _globals['_STATESERVICE'].methods_by_name['SetAdd']._serialized_options = b'\202\323\344\223\002-\"\021/v1/state/set-add:\001*Z\025\"\020/v1/state/setadd:\001*'
+  _globals['_STATESERVICE'].methods_by_name['SetRemove']._loaded_options = None
+  _globals['_STATESERVICE'].methods_by_name['SetRemove']._serialized_options = b'\202\323\344\223\0023\"\024/v1/state/set-remove:\001*Z\030\"\023/v1/state/setremove:\001*'
+  _globals['_STATESERVICE'].methods_by_name['Watch']._loaded_options = None
+  _globals['_STATESERVICE'].methods_by_name['Watch']._serialized_options = b'\202\323\344\223\002\021\022\017/v1/state/watch'
+  _globals['_CONSISTENCY']._serialized_start=103
+  _globals['_CONSISTENCY']._serialized_end=302
+  _globals['_CONSISTENCY_LEVEL']._serialized_start=215
+  _globals['_CONSISTENCY_LEVEL']._serialized_end=302
+  _globals['_ENTRY']._serialized_start=305
+  _globals['_ENTRY']._serialized_end=462
+  _globals['_SIBLING']._serialized_start=464
+  _globals['_SIBLING']._serialized_end=517
+  _globals['_GETREQUEST']._serialized_start=519
+  _globals['_GETREQUEST']._serialized_end=609
+  _globals['_GETRESPONSE']._serialized_start=612
+  _globals['_GETRESPONSE']._serialized_end=760
+  _globals['_GETMANYREQUEST']._serialized_start=762
+  _globals['_GETMANYREQUEST']._serialized_end=857
+  _globals['_GETMANYRESPONSE']._serialized_start=859
+  _globals['_GETMANYRESPONSE']._serialized_end=921
+  _globals['_GETMANYRESULT']._serialized_start=923
+  _globals['_GETMANYRESULT']._serialized_end=1035
+  _globals['_ITEMERROR']._serialized_start=1037
+  _globals['_ITEMERROR']._serialized_end=1105
+  _globals['_PUTREQUEST']._serialized_start=1107
+  _globals['_PUTREQUEST']._serialized_end=1227
+  _globals['_PUTMANYREQUEST']._serialized_start=1229
+  _globals['_PUTMANYREQUEST']._serialized_end=1284
+  _globals['_PUTMANYRESPONSE']._serialized_start=1286
+  _globals['_PUTMANYRESPONSE']._serialized_end=1348
+  _globals['_PUTMANYRESULT']._serialized_start=1350
+  _globals['_PUTMANYRESULT']._serialized_end=1463
+  _globals['_CREATEREQUEST']._serialized_start=1465
+  _globals['_CREATEREQUEST']._serialized_end=1526
+  _globals['_DELETEREQUEST']._serialized_start=1528
+  _globals['_DELETEREQUEST']._serialized_end=1616
+  _globals['_WRITERESPONSE']._serialized_start=1618
+  _globals['_WRITERESPONSE']._serialized_end=1664
+  _globals['_INCREMENTREQUEST']._serialized_start=1666
+  _globals['_INCREMENTREQUEST']._serialized_end=1730
+  _globals['_SETREQUEST']._serialized_start=1732
+  _globals['_SETREQUEST']._serialized_end=1793
+  _globals['_SCANREQUEST']._serialized_start=1796
+  _globals['_SCANREQUEST']._serialized_end=1925
+  _globals['_SCANRESPONSE']._serialized_start=1928
+  _globals['_SCANRESPONSE']._serialized_end=2104
+  _globals['_WATCHREQUEST']._serialized_start=2106
+  _globals['_WATCHREQUEST']._serialized_end=2200
+  _globals['_WATCHEVENT']._serialized_start=2203
+  _globals['_WATCHEVENT']._serialized_end=2355
+  _globals['_WATCHEVENT_KIND']._serialized_start=2296
+  _globals['_WATCHEVENT_KIND']._serialized_end=2355
+  _globals['_STATESERVICE']._serialized_start=2358
+  _globals['_STATESERVICE']._serialized_end=3503
 # @@protoc_insertion_point(module_scope)

@@ -37,7 +37,8 @@ class StateServiceStub:
     conflict policy (lww, counter, set, multi_value) to the same bytes in every
     region. Reads are BOUNDED or EVENTUAL (STRONG is INVALID_ARGUMENT).
 
-    Over HTTP: POST /v1/state/<method in lower case> (getmany, putmany, ...).
+    Over HTTP: each RPC's google.api.http path below: POST
+    /v1/state/<method in kebab-case> (get-many, put-many, ...).
 
     Errors carry a stable code (gRPC trailer `meridian-error-code`, HTTP body
     `error.code`): INVALID_ARGUMENT (names the field and rule), NOT_FOUND,
@@ -119,7 +120,8 @@ class StateServiceServicer:
     conflict policy (lww, counter, set, multi_value) to the same bytes in every
     region. Reads are BOUNDED or EVENTUAL (STRONG is INVALID_ARGUMENT).
 
-    Over HTTP: POST /v1/state/<method in lower case> (getmany, putmany, ...).
+    Over HTTP: each RPC's google.api.http path below: POST
+    /v1/state/<method in kebab-case> (get-many, put-many, ...).
 
     Errors carry a stable code (gRPC trailer `meridian-error-code`, HTTP body
     `error.code`): INVALID_ARGUMENT (names the field and rule), NOT_FOUND,
@@ -297,7 +299,8 @@ class StateService:
     conflict policy (lww, counter, set, multi_value) to the same bytes in every
     region. Reads are BOUNDED or EVENTUAL (STRONG is INVALID_ARGUMENT).
 
-    Over HTTP: POST /v1/state/<method in lower case> (getmany, putmany, ...).
+    Over HTTP: each RPC's google.api.http path below: POST
+    /v1/state/<method in kebab-case> (get-many, put-many, ...).
 
     Errors carry a stable code (gRPC trailer `meridian-error-code`, HTTP body
     `error.code`): INVALID_ARGUMENT (names the field and rule), NOT_FOUND,

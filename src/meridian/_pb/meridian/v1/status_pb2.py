@@ -23,10 +23,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18meridian/v1/status.proto\x12\x0bmeridian.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n\x10GetStatusRequest\"=\n\x11GetStatusResponse\x12(\n\x06status\x18\x01 \x01(\x0b\x32\x18.meridian.v1.AgentStatus\"\xe6\x02\n\x0b\x41gentStatus\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12.\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bobserved_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x04nats\x18\x06 \x01(\x0b\x32\x17.meridian.v1.NatsStatus\x12/\n\tjetstream\x18\x07 \x01(\x0b\x32\x1c.meridian.v1.JetStreamStatus\x12)\n\x06global\x18\x08 \x01(\x0b\x32\x19.meridian.v1.GlobalStatus\x12,\n\x05peers\x18\t \x03(\x0b\x32\x1d.meridian.v1.PeerRegionStatus\x12\x12\n\nclock_skew\x18\n \x01(\t\"\x91\x01\n\nNatsStatus\x12\x11\n\tconnected\x18\x01 \x01(\x08\x12\x12\n\nserver_url\x18\x02 \x01(\t\x12\x13\n\x0bserver_name\x18\x03 \x01(\t\x12\x0f\n\x07\x63luster\x18\x04 \x01(\t\x12\x16\n\x0eserver_version\x18\x05 \x01(\t\x12\x0e\n\x06rtt_ms\x18\x06 \x01(\x01\x12\x0e\n\x06reason\x18\x07 \x01(\t\"\x80\x01\n\x0fJetStreamStatus\x12\x11\n\tavailable\x18\x01 \x01(\x08\x12\x13\n\x0bmeta_leader\x18\x02 \x01(\t\x12\x19\n\x11meta_cluster_size\x18\x03 \x01(\r\x12\x1a\n\x12meta_peers_current\x18\x04 \x01(\r\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\x8c\x01\n\x0cGlobalStatus\x12\x18\n\x10quorum_reachable\x18\x01 \x01(\x08\x12\x0e\n\x06leader\x18\x02 \x01(\t\x12,\n\x08replicas\x18\x03 \x03(\x0b\x32\x1a.meridian.v1.ReplicaStatus\x12\x14\n\x0cwrite_rtt_ms\x18\x04 \x01(\x01\x12\x0e\n\x06reason\x18\x05 \x01(\t\"a\n\rReplicaStatus\x12\x0e\n\x06server\x18\x01 \x01(\t\x12\x0f\n\x07\x63urrent\x18\x02 \x01(\x08\x12\x11\n\tactive_ms\x18\x03 \x01(\x01\x12\x0b\n\x03lag\x18\x04 \x01(\x04\x12\x0f\n\x07offline\x18\x05 \x01(\x08\"\x9d\x01\n\x10PeerRegionStatus\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x11\n\treachable\x18\x02 \x01(\x08\x12\x0e\n\x06rtt_ms\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12-\n\tlast_seen\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63lock_offset_ms\x18\x06 \x01(\x01\x32[\n\rStatusService\x12J\n\tGetStatus\x12\x1d.meridian.v1.GetStatusRequest\x1a\x1e.meridian.v1.GetStatusResponseBAZ?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18meridian/v1/status.proto\x12\x0bmeridian.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n\x10GetStatusRequest\"=\n\x11GetStatusResponse\x12(\n\x06status\x18\x01 \x01(\x0b\x32\x18.meridian.v1.AgentStatus\"\xe6\x02\n\x0b\x41gentStatus\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12.\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bobserved_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x04nats\x18\x06 \x01(\x0b\x32\x17.meridian.v1.NatsStatus\x12/\n\tjetstream\x18\x07 \x01(\x0b\x32\x1c.meridian.v1.JetStreamStatus\x12)\n\x06global\x18\x08 \x01(\x0b\x32\x19.meridian.v1.GlobalStatus\x12,\n\x05peers\x18\t \x03(\x0b\x32\x1d.meridian.v1.PeerRegionStatus\x12\x12\n\nclock_skew\x18\n \x01(\t\"\x91\x01\n\nNatsStatus\x12\x11\n\tconnected\x18\x01 \x01(\x08\x12\x12\n\nserver_url\x18\x02 \x01(\t\x12\x13\n\x0bserver_name\x18\x03 \x01(\t\x12\x0f\n\x07\x63luster\x18\x04 \x01(\t\x12\x16\n\x0eserver_version\x18\x05 \x01(\t\x12\x0e\n\x06rtt_ms\x18\x06 \x01(\x01\x12\x0e\n\x06reason\x18\x07 \x01(\t\"\x80\x01\n\x0fJetStreamStatus\x12\x11\n\tavailable\x18\x01 \x01(\x08\x12\x13\n\x0bmeta_leader\x18\x02 \x01(\t\x12\x19\n\x11meta_cluster_size\x18\x03 \x01(\r\x12\x1a\n\x12meta_peers_current\x18\x04 \x01(\r\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\x8c\x01\n\x0cGlobalStatus\x12\x18\n\x10quorum_reachable\x18\x01 \x01(\x08\x12\x0e\n\x06leader\x18\x02 \x01(\t\x12,\n\x08replicas\x18\x03 \x03(\x0b\x32\x1a.meridian.v1.ReplicaStatus\x12\x14\n\x0cwrite_rtt_ms\x18\x04 \x01(\x01\x12\x0e\n\x06reason\x18\x05 \x01(\t\"a\n\rReplicaStatus\x12\x0e\n\x06server\x18\x01 \x01(\t\x12\x0f\n\x07\x63urrent\x18\x02 \x01(\x08\x12\x11\n\tactive_ms\x18\x03 \x01(\x01\x12\x0b\n\x03lag\x18\x04 \x01(\x04\x12\x0f\n\x07offline\x18\x05 \x01(\x08\"\x9d\x01\n\x10PeerRegionStatus\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x11\n\treachable\x18\x02 \x01(\x08\x12\x0e\n\x06rtt_ms\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12-\n\tlast_seen\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63lock_offset_ms\x18\x06 \x01(\x01\x32o\n\rStatusService\x12^\n\tGetStatus\x12\x1d.meridian.v1.GetStatusRequest\x1a\x1e.meridian.v1.GetStatusResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/statusBAZ?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,22 +35,24 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meridian.v1.status_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1'
-  _globals['_GETSTATUSREQUEST']._serialized_start=74
-  _globals['_GETSTATUSREQUEST']._serialized_end=92
-  _globals['_GETSTATUSRESPONSE']._serialized_start=94
-  _globals['_GETSTATUSRESPONSE']._serialized_end=155
-  _globals['_AGENTSTATUS']._serialized_start=158
-  _globals['_AGENTSTATUS']._serialized_end=516
-  _globals['_NATSSTATUS']._serialized_start=519
-  _globals['_NATSSTATUS']._serialized_end=664
-  _globals['_JETSTREAMSTATUS']._serialized_start=667
-  _globals['_JETSTREAMSTATUS']._serialized_end=795
-  _globals['_GLOBALSTATUS']._serialized_start=798
-  _globals['_GLOBALSTATUS']._serialized_end=938
-  _globals['_REPLICASTATUS']._serialized_start=940
-  _globals['_REPLICASTATUS']._serialized_end=1037
-  _globals['_PEERREGIONSTATUS']._serialized_start=1040
-  _globals['_PEERREGIONSTATUS']._serialized_end=1197
-  _globals['_STATUSSERVICE']._serialized_start=1199
-  _globals['_STATUSSERVICE']._serialized_end=1290
+  _globals['_STATUSSERVICE'].methods_by_name['GetStatus']._loaded_options = None
+  _globals['_STATUSSERVICE'].methods_by_name['GetStatus']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/status'
+  _globals['_GETSTATUSREQUEST']._serialized_start=104
+  _globals['_GETSTATUSREQUEST']._serialized_end=122
+  _globals['_GETSTATUSRESPONSE']._serialized_start=124
+  _globals['_GETSTATUSRESPONSE']._serialized_end=185
+  _globals['_AGENTSTATUS']._serialized_start=188
+  _globals['_AGENTSTATUS']._serialized_end=546
+  _globals['_NATSSTATUS']._serialized_start=549
+  _globals['_NATSSTATUS']._serialized_end=694
+  _globals['_JETSTREAMSTATUS']._serialized_start=697
+  _globals['_JETSTREAMSTATUS']._serialized_end=825
+  _globals['_GLOBALSTATUS']._serialized_start=828
+  _globals['_GLOBALSTATUS']._serialized_end=968
+  _globals['_REPLICASTATUS']._serialized_start=970
+  _globals['_REPLICASTATUS']._serialized_end=1067
+  _globals['_PEERREGIONSTATUS']._serialized_start=1070
+  _globals['_PEERREGIONSTATUS']._serialized_end=1227
+  _globals['_STATUSSERVICE']._serialized_start=1229
+  _globals['_STATUSSERVICE']._serialized_end=1340
 # @@protoc_insertion_point(module_scope)
