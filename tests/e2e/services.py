@@ -120,7 +120,7 @@ class ServiceFleet:
         self, region: str, service: str, *, healthy: bool | None = True
     ) -> dict[str, str]:
         """instance id → health, as ``region``'s agent's registry replica says."""
-        url = f"{self.sandbox.config.region(region).http_url}/v1/registry/list"
+        url = f"{self.sandbox.config.region(region).http_url}/v1/registry/list-instances"
         async with aiohttp.ClientSession() as s, s.post(url, json={"service": service}) as resp:
             data = await resp.json()
         out = {st["instance"]["instanceId"]: st["health"] for st in data.get("instances", [])}

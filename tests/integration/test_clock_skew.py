@@ -122,5 +122,5 @@ async def test_the_skewed_agent_refuses_clock_writes_and_says_why(cluster: NatsC
 
         st = await status(status_pb2.GetStatusRequest())
         assert st.status.clock_skew
-        health = await skewed.api.check_health(health_pb2.HealthCheckRequest())
+        health = await skewed.api.check(health_pb2.HealthCheckRequest())
         assert any(r.startswith("clock:") for r in health.reasons)

@@ -161,21 +161,21 @@ async def test_http_get_many_and_put_many(agent: tuple[Agent, MeridianConfig]) -
         {"keyspace": "accounts", "key": f"{run}/{i}", "value": base64.b64encode(b"v").decode()}
         for i in range(3)
     ]
-    status, resp = await http_post(f"{base}/v1/state/putmany", {"puts": puts})
+    status, resp = await http_post(f"{base}/v1/state/put-many", {"puts": puts})
     assert status == 200, resp
     assert [set(r) for r in resp["results"]] == [{"written"}] * 3
     status, resp = await http_post(
-        f"{base}/v1/state/getmany",
+        f"{base}/v1/state/get-many",
         {"keyspace": "accounts", "keys": [f"{run}/0", f"{run}/x"]},
     )
     assert status == 200, resp
     assert base64.b64decode(resp["results"][0]["response"]["entry"]["value"]) == b"v"
     assert resp["results"][1]["error"]["code"] == "NOT_FOUND"
     for body in (b"{nope", b"[" * 100_000, b'{"puts": 5}', b'{"puts": [], "extra": 1}'):
-        status, resp = await http_post(f"{base}/v1/state/putmany", body)
+        status, resp = await http_post(f"{base}/v1/state/put-many", body)
         assert status == 400, resp
         assert resp["error"]["field"] == "body"
     status, resp = await http_post(
-        f"{base}/v1/state/putmany", {"puts": [{**puts[0], "keyspace": "nope"}]}
+        f"{base}/v1/state/put-many", {"puts": [{**puts[0], "keyspace": "nope"}]}
     )
     assert status == 400 and resp["error"]["field"] == "puts[0].keyspace", resp

@@ -40,6 +40,7 @@ from meridian.backbone.lifecycle import Background, Component, enter_together
 from meridian.config import MeridianConfig
 from meridian.core.hlc import Clock, HybridLogicalClock, SkewMonitor, SystemClock
 from meridian.events.component import EventsComponent
+from meridian.events.groups import ConsumerGroups
 from meridian.events.push import PushDeliveries
 from meridian.events.service import EventsApi
 from meridian.idempotency.service import IdempotencyApi
@@ -200,17 +201,15 @@ class Agent:
             metrics=self.metrics,
             strong_timeout_s=config.agent.quorum_timeout_s,
         )
-        events_api = EventsApi(
+        groups = ConsumerGroups(
             self.events,
             region=region,
             keyspaces={ks.name: ks for ks in config.keyspaces},
-            clock=self.clock,
             metrics=self.metrics,
             tracer=self.tracer,
         )
-        self.push = PushDeliveries(
-            events_api, region=region, replicas=config.agent.regional_replicas
-        )
+        self.push = PushDeliveries(groups, region=region, replicas=config.agent.regional_replicas)
+        events_api = EventsApi(groups, self.push, clock=self.clock)
         self.registry = RegistryComponent(
             self.conn,
             config.invocation,
@@ -234,7 +233,6 @@ class Agent:
             state=self.state_api,
             idempotency=IdempotencyApi(self.idempotency, skew=self.skew),
             events=events_api,
-            push=self.push,
             registry=RegistryApi(self.registry, config.invocation),
             invocation=InvocationApi(self.invoker, config.invocation),
         )

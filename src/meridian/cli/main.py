@@ -217,7 +217,7 @@ def services(ctx: _Ctx, via: str | None, service: str, region: str, as_json: boo
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
             session.post(
-                f"{agent.http_url}/v1/registry/list",
+                f"{agent.http_url}/v1/registry/list-instances",
                 json={"service": service, "region": region},
             ) as resp,
         ):

@@ -212,7 +212,7 @@ async def _healthy_instances(
 ) -> set[tuple[str, str]]:
     """(service, region) of every instance the agent's registry replica lists healthy."""
     try:
-        async with session.post(f"{agent_url}/v1/registry/list", json={}) as resp:
+        async with session.post(f"{agent_url}/v1/registry/list-instances", json={}) as resp:
             if resp.status != 200:
                 return set()
             data: dict[str, Any] = await resp.json(content_type=None)

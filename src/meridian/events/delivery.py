@@ -28,7 +28,7 @@ from meridian.events import model as ev
 from meridian.observability.tracing import extract_context
 
 if TYPE_CHECKING:
-    from meridian.events.service import EventsApi, EventSource
+    from meridian.events.groups import ConsumerGroups, EventSource
 
 FETCH_WAIT_S = 1.0
 
@@ -54,26 +54,26 @@ class GroupReader:
 
     def __init__(
         self,
-        api: EventsApi,
+        groups: ConsumerGroups,
         group: str,
         source: EventSource,
         psub: Any,
         max_in_flight: int,
         max_deliveries: int,
     ) -> None:
-        self.api = api
+        self.groups = groups
         self.group = group
         self.source = source
         self.psub = psub
         self.max_in_flight = max_in_flight
         self.max_deliveries = max_deliveries
         self.in_flight: dict[int, _InFlight] = {}
-        self.ids = api.in_flight_ids[source.spec.name]
+        self.ids = groups.in_flight_ids[source.spec.name]
         self.room = asyncio.Event()
         self.room.set()
 
     def _count(self, result: str) -> None:
-        self.api.metrics.events_delivered.labels(self.api.region, self.group, result).inc()
+        self.groups.metrics.events_delivered.labels(self.groups.region, self.group, result).inc()
 
     @property
     def free(self) -> int:
@@ -102,14 +102,16 @@ class GroupReader:
 
     async def _prepare(self, msg: Msg) -> pb.Delivery | None:
         attempt = int(msg.metadata.num_delivered or 1)
-        event = self.api.event_of(msg, self.source)
+        event = self.groups.event_of(msg, self.source)
         if event is None:
             await msg.ack()
             return None
         if ev.dead_letter(attempt, self.max_deliveries):
             await self._dead_letter(msg, f"not acked after {attempt - 1} deliveries")
             return None
-        if self.ids[event.event_id] or await self.api.streams.processed(self.group, event.event_id):
+        if self.ids[event.event_id] or await self.groups.streams.processed(
+            self.group, event.event_id
+        ):
             await msg.ack()
             self._count("duplicate")
             return None
@@ -121,9 +123,9 @@ class GroupReader:
             lag = max(0.0, time.time() - event.published_at.ToMilliseconds() / 1000)
             origin = event.origin_region
             if event.topic.startswith(ev.INVALIDATE_TOPIC + "."):
-                self.api.metrics.invalidation_lag.labels(self.api.region, origin).observe(lag)
+                self.groups.metrics.invalidation_lag.labels(self.groups.region, origin).observe(lag)
             else:
-                self.api.metrics.event_lag.labels(self.api.region, origin).observe(lag)
+                self.groups.metrics.event_lag.labels(self.groups.region, origin).observe(lag)
         self._trace_delivery(event)
         return pb.Delivery(
             delivery_id=delivery_id,
@@ -135,7 +137,7 @@ class GroupReader:
     def _trace_delivery(self, event: pb.Event) -> None:
         producer = trace.get_current_span(extract_context(dict(event.headers))).get_span_context()
         links = [Link(producer)] if producer.is_valid else []
-        with self.api.tracer.start_as_current_span(
+        with self.groups.tracer.start_as_current_span(
             "meridian.v1.EventService/Deliver",
             kind=SpanKind.CONSUMER,
             links=links,
@@ -150,7 +152,7 @@ class GroupReader:
         self.room.set()
 
     async def _dead_letter(self, msg: Msg, reason: str) -> None:
-        await self.api.streams.dead_letter(msg, self.group, reason)
+        await self.groups.streams.dead_letter(msg, self.group, reason)
         await msg.term()
         self._count("dead_lettered")
 
@@ -160,7 +162,7 @@ class GroupReader:
             return  # already settled, or not this subscriber's
         with translate_nats_errors(f"ack an event of group {self.group!r}"):
             try:
-                await self.api.streams.mark_processed(self.group, held.event_id)
+                await self.groups.streams.mark_processed(self.group, held.event_id)
             finally:
                 self._settled(held)
             await held.msg.ack()

@@ -28,7 +28,7 @@ from meridian.backbone.lifecycle import Background
 from meridian.core.errors import FieldViolation, InvalidArgumentError, UnavailableError
 from meridian.events import model as ev
 from meridian.events.delivery import GroupReader
-from meridian.events.service import EventsApi, GroupOptions
+from meridian.events.groups import ConsumerGroups, GroupOptions
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,9 @@ class PushDeliveries(Background):
 
     name = "push"
 
-    def __init__(self, events: EventsApi, *, region: str, replicas: int) -> None:
+    def __init__(self, groups: ConsumerGroups, *, region: str, replicas: int) -> None:
         super().__init__()
-        self.events = events
+        self.groups = groups
         self.region = region
         self.replicas = replicas
         self.bucket = f"mg__push_{region}"
@@ -70,7 +70,7 @@ class PushDeliveries(Background):
             await asyncio.Event().wait()  # pushers run in the task group until stop
 
     async def _kv(self) -> nats.js.kv.KeyValue:
-        js = self.events.streams.conn.jetstream(self.events.streams.timeout_s)
+        js = self.groups.streams.conn.jetstream(self.groups.streams.timeout_s)
         try:
             return await js.key_value(self.bucket)
         except nats.js.errors.BucketNotFoundError:
@@ -86,7 +86,7 @@ class PushDeliveries(Background):
             )
 
     async def _resume_registrations(self) -> None:
-        self.events.component.require_ready()
+        self.groups.component.require_ready()
         kv = await self._kv()
         try:
             keys = await kv.keys()
@@ -95,15 +95,15 @@ class PushDeliveries(Background):
         for key in keys:
             entry = await kv.get(key)
             request = pb.RegisterPushRequest.FromString(entry.value or b"")
-            self._start_pusher(key, request, self.events.group_options(request))
+            self._start_pusher(key, request, self.groups.group_options(request))
         log.info("push registrations resumed", extra={"count": len(keys)})
 
-    # -- the API ------------------------------------------------------------
+    # -- registrations (EventService.RegisterPush, UnregisterPush) ------------------------------------------------------------
 
-    async def register(self, request: pb.RegisterPushRequest) -> pb.RegisterPushResponse:
+    async def register(self, request: pb.RegisterPushRequest) -> None:
         violations = ev.endpoint_violations(request.endpoint)
         try:
-            opts = self.events.group_options(request)
+            opts = self.groups.group_options(request)
         except InvalidArgumentError as exc:
             raise InvalidArgumentError(list(exc.violations) + violations) from None
         if violations:
@@ -114,11 +114,10 @@ class PushDeliveries(Background):
         kv = await self._kv()
         await kv.put(key, request.SerializeToString())
         self._start_pusher(key, request, opts)
-        return pb.RegisterPushResponse()
 
-    async def unregister(self, request: pb.UnregisterPushRequest) -> pb.UnregisterPushResponse:
+    async def unregister(self, request: pb.UnregisterPushRequest) -> None:
         violations: list[FieldViolation] = []
-        source = self.events.source_of(
+        source = self.groups.source_of(
             request.group,
             request.WhichOneof("source"),
             request.topic_filter,
@@ -135,7 +134,6 @@ class PushDeliveries(Background):
         task = self.pushers.pop(key, None)
         if task is not None:
             task.cancel()
-        return pb.UnregisterPushResponse()
 
     # -- pushing ------------------------------------------------------------------
 
@@ -152,7 +150,7 @@ class PushDeliveries(Background):
         while True:
             reader: GroupReader | None = None
             try:
-                reader = await self.events.open_group(
+                reader = await self.groups.open(
                     request.group, opts.source, opts.start, opts.max_in_flight, opts.max_deliveries
                 )
                 async with asyncio.TaskGroup() as posts:

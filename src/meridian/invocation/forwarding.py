@@ -32,6 +32,7 @@ from meridian.backbone.connection import BackboneConnection
 from meridian.backbone.probes import describe_nats_error, ping_subject
 from meridian.core.errors import DeadlineExceededError, MeridianError, ResourceExhaustedError
 from meridian.invocation.calls import AttemptFailed, Call, NoRoute, Reply
+from meridian.invocation.resilience.deadline import resolve_deadline
 from meridian.invocation.resilience.policy import ResiliencePolicy
 from meridian.invocation.resilience.retry import attempt_deadline
 
@@ -266,8 +267,11 @@ class PeerForwarder:
                     query=r.query,
                 )
             policy = self.policy_for(call)
-            timeout = fc.timeout_ms / 1000 if fc.timeout_ms else policy.timeout.default_s
-            deadline = time.monotonic() + min(timeout, policy.timeout.max_s)
+            deadline = resolve_deadline(
+                time.monotonic(),
+                policy.timeout,
+                remaining_s=fc.timeout_ms / 1000 if fc.timeout_ms else None,
+            )
             reply = await self.serve_locally(call, deadline)
             if call.protocol == "grpc":
                 result.grpc.CopyFrom(

@@ -1,10 +1,16 @@
 """The Registry and Invocation APIs, once, for both transports: proto in, proto out.
 
 Every field is validated before anything is registered or sent; a bad request
-gets INVALID_ARGUMENT naming the field and the rule. The HTTP passthrough
-(``/v1/invoke/{service}/{method...}``) and the gRPC transparent proxy build a
-:class:`~meridian.invocation.router.Call` with :func:`http_call` / :func:`grpc_call`
-and reach the same :class:`~meridian.invocation.router.Invoker`.
+gets INVALID_ARGUMENT naming the field and the rule.
+
+Invocation has one entry, :meth:`InvocationApi.call`, used by the HTTP
+passthrough (``/v1/invoke/{service}/{method...}``), the gRPC transparent
+proxy and ``Invoke``; a call forwarded from another region gets its deadline
+the same way (:func:`~meridian.invocation.resilience.deadline.resolve_deadline`).
+:func:`http_call` and :func:`grpc_call` build the validated
+:class:`~meridian.invocation.calls.Call`: they drop the headers a caller may
+not pass on (hop-by-hop, Meridian's own, gRPC's own) and put the agent's
+``traceparent`` in place of the caller's.
 """
 
 from __future__ import annotations
@@ -19,12 +25,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from meridian._pb.meridian.v1 import invocation_pb2 as pb
 from meridian.config.model import InvocationConfig
+from meridian.core.calls import CALLER_TIMEOUT, CallerTimeout
 from meridian.core.errors import FieldViolation, InvalidArgumentError
-from meridian.invocation.calls import Call, Reply
+from meridian.invocation.calls import HOP_BY_HOP, Call, Reply
 from meridian.invocation.model import INSTANCE_ID, SERVICE_NAME, validate_registration
 from meridian.invocation.registry import PROTOCOL_NAMES, RegistryComponent
 from meridian.invocation.resilience.deadline import resolve_deadline
-from meridian.invocation.resilience.policy import TimeoutPolicy
 from meridian.invocation.router import Invoker
 from meridian.observability.tracing import current_traceparent
 
@@ -37,8 +43,26 @@ MAX_HEADERS = 100
 MAX_HEADER_BYTES = 64 * 1024
 MAX_QUERY = 8 * 1024
 IDEMPOTENCY_KEY_HEADER = "idempotency-key"
-#: Headers a caller may not set on the call the agent makes.
-RESERVED_HEADERS = frozenset({"meridian-service", "grpc-timeout", "meridian-timeout-ms"})
+#: The gRPC metadata that names the service the transparent proxy calls.
+SERVICE_METADATA = "meridian-service"
+#: Headers a caller may not set on the call the agent makes: ours, and the
+#: trace context (the agent sends its own span's).
+RESERVED_HEADERS = frozenset(
+    {SERVICE_METADATA, "grpc-timeout", "meridian-timeout-ms", "traceparent"}
+)
+#: Not passed on over HTTP: the connection's own headers, and the reserved ones.
+_HTTP_DROPPED = HOP_BY_HOP | RESERVED_HEADERS
+#: Not passed on over gRPC: the reserved ones and gRPC's own.
+_GRPC_DROPPED = RESERVED_HEADERS | {"user-agent", "content-type", "te"}
+
+
+def _with_traceparent(headers: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """``headers`` and the current span's ``traceparent`` (the agent's server span,
+    a child of the caller's), when there is one."""
+    traceparent = current_traceparent()
+    if traceparent:
+        headers.append(("traceparent", traceparent))
+    return tuple(headers)
 
 
 def _ts(dt: datetime) -> Timestamp:
@@ -119,7 +143,7 @@ def http_call(
         v.append(FieldViolation("body", f"must be at most {max_body} bytes"))
     if v:
         raise InvalidArgumentError(v)
-    kept = tuple((k, val) for k, val in headers if k.lower() not in RESERVED_HEADERS)
+    kept = _with_traceparent([(k, val) for k, val in headers if k.lower() not in _HTTP_DROPPED])
     return Call(
         service=service,
         route=method.lstrip("/"),
@@ -142,12 +166,13 @@ def grpc_call(
         v.append(FieldViolation("request", f"must be at most {max_body} bytes"))
     if v:
         raise InvalidArgumentError(v)
+    kept = [(k, val) for k, val in metadata if k not in _GRPC_DROPPED and not k.startswith(":")]
     return Call(
         service=service,
         route=full_method,
         protocol="grpc",
         body=body,
-        headers=tuple(metadata),
+        headers=_with_traceparent(kept),
         verb="",
         has_idempotency_key=_has_key(metadata),
     )
@@ -226,32 +251,25 @@ class InvocationApi:
         self.invoker = invoker
         self.config = config
 
-    @staticmethod
-    def _deadline(policy: TimeoutPolicy, timeout_ms: str | None, timeout_s: float | None) -> float:
-        """The call's absolute deadline: the caller's (header or gRPC deadline),
-        the route's default when none, capped by the route's maximum."""
-        now = time.monotonic()
-        if timeout_s is not None:
-            return now + min(max(timeout_s, 0.0), policy.max_s)
-        return resolve_deadline(now, policy, timeout_ms=timeout_ms)
-
-    async def call(
-        self, call: Call, *, timeout_ms: str | None = None, timeout_s: float | None = None
-    ) -> Reply:
-        """Invoke ``call`` with the caller's timeout; the route's policy is
-        resolved once, for the deadline and the call."""
+    async def call(self, call: Call, caller: CallerTimeout | None = None) -> Reply:
+        """Invoke ``call``: the one entry every invocation takes. ``caller`` is
+        the caller's timeout, by default the one the transport set for the call
+        being served. The route's policy is resolved once, for the deadline and
+        the call."""
+        timeout = CALLER_TIMEOUT.get() if caller is None else caller
         policy = self.invoker.policy(call)
-        deadline = self._deadline(policy.timeout, timeout_ms, timeout_s)
+        deadline = resolve_deadline(
+            time.monotonic(),
+            policy.timeout,
+            timeout_ms=timeout.timeout_ms,
+            remaining_s=timeout.remaining_s,
+        )
         return await self.invoker.invoke(call, deadline, policy)
 
-    async def invoke(
-        self, request: pb.InvokeRequest, *, timeout_s: float | None = None
-    ) -> pb.InvokeResponse:
-        """InvocationService.Invoke (gRPC, or POST /v1/invocation/invoke)."""
-        headers = [(h.name, h.value) for h in request.headers if h.name.lower() != "traceparent"]
-        traceparent = current_traceparent()  # the agent's server span, a child of the caller's
-        if traceparent:
-            headers.append(("traceparent", traceparent))
+    async def invoke(self, request: pb.InvokeRequest) -> pb.InvokeResponse:
+        """InvocationService.Invoke (gRPC, or POST /v1/invocation/invoke). A
+        ``Meridian-Timeout-Ms`` among the request's headers is the caller's timeout."""
+        headers = [(h.name, h.value) for h in request.headers]
         call = http_call(
             service=request.service,
             method=request.method,
@@ -261,8 +279,11 @@ class InvocationApi:
             body=request.body,
             max_body=self.config.max_body_bytes,
         )
+        caller = CALLER_TIMEOUT.get()
         timeout_ms = next((v for k, v in headers if k.lower() == "meridian-timeout-ms"), None)
-        reply = await self.call(call, timeout_ms=timeout_ms, timeout_s=timeout_s)
+        if timeout_ms is not None:
+            caller = CallerTimeout(remaining_s=caller.remaining_s, timeout_ms=timeout_ms)
+        reply = await self.call(call, caller)
         return pb.InvokeResponse(
             status=reply.status,
             headers=[pb.Header(name=k, value=v) for k, v in reply.headers],

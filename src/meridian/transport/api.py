@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import Token
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
@@ -26,13 +27,13 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from meridian._pb.meridian.v1 import health_pb2, status_pb2
+from meridian.core.calls import CALLER_TIMEOUT, NO_TIMEOUT, CallerTimeout
 from meridian.core.errors import ErrorCode, InternalError, MeridianError
 from meridian.core.status import AgentObservation, Health, judge_health
 from meridian.observability.metrics import AgentMetrics
 from meridian.observability.tracing import extract_context
 
 if TYPE_CHECKING:
-    from meridian.events.push import PushDeliveries
     from meridian.events.service import EventsApi
     from meridian.idempotency.service import IdempotencyApi
     from meridian.invocation.service import InvocationApi, RegistryApi
@@ -95,9 +96,20 @@ class Services:
     state: StateApi
     idempotency: IdempotencyApi
     events: EventsApi
-    push: PushDeliveries
     registry: RegistryApi
     invocation: InvocationApi
+
+    def implementations(self, api: AgentApi) -> dict[str, tuple[object, ...]]:
+        """Each contract service's implementations, for :func:`build_routes`."""
+        return {
+            "StatusService": (api,),
+            "HealthService": (api,),
+            "StateService": (self.state,),
+            "IdempotencyService": (self.idempotency,),
+            "EventService": (self.events,),
+            "RegistryService": (self.registry,),
+            "InvocationService": (self.invocation,),
+        }
 
 
 @dataclass(frozen=True)
@@ -132,9 +144,7 @@ class AgentApi:
     ) -> status_pb2.GetStatusResponse:
         return status_pb2.GetStatusResponse(status=observation_to_proto(self.source.latest))
 
-    async def check_health(
-        self, request: health_pb2.HealthCheckRequest
-    ) -> health_pb2.HealthCheckResponse:
+    async def check(self, request: health_pb2.HealthCheckRequest) -> health_pb2.HealthCheckResponse:
         health, reasons = judge_health(self.source.latest)
         return health_pb2.HealthCheckResponse(
             status=_HEALTH[health], region=self.region, reasons=list(reasons)
@@ -174,11 +184,16 @@ class AgentApi:
         return meta
 
     def serving(
-        self, service: str, method: str, transport: str, carrier: Mapping[str, str]
+        self,
+        service: str,
+        method: str,
+        transport: str,
+        carrier: Mapping[str, str],
+        timeout: CallerTimeout = NO_TIMEOUT,
     ) -> _Served:
         """One traced, measured API call (unary or streaming), as a context
         manager that gives the call's ``traceparent``; see :class:`_Served`."""
-        return _Served(self, service, method, transport, carrier)
+        return _Served(self, service, method, transport, carrier, timeout)
 
     async def call(
         self,
@@ -188,10 +203,11 @@ class AgentApi:
         carrier: Mapping[str, str],
         handler: Callable[[Req], Awaitable[Resp]],
         request: Req,
+        caller: CallerTimeout = NO_TIMEOUT,
     ) -> CallResult:
         """Run ``handler(request)`` as one :meth:`serving` call. Never raises a
         MeridianError: it comes back in the result for the transport to map."""
-        served = _Served(self, service, method, transport, carrier)
+        served = _Served(self, service, method, transport, carrier, caller)
         try:
             with served:
                 return CallResult(await handler(request), None, served.traceparent)
@@ -203,7 +219,8 @@ class _Served:
     """One traced, measured API call: ``with api.serving(...) as traceparent:``.
 
     The server span continues the caller's W3C trace context from ``carrier``
-    and is current inside the block. A MeridianError raised inside is recorded
+    and is current inside the block, as is the caller's ``timeout``
+    (:data:`~meridian.core.calls.CALLER_TIMEOUT`). A MeridianError raised inside is recorded
     (span status, the metric's code) and re-raised; any other exception is
     logged and re-raised as INTERNAL, so transports only ever map
     MeridianErrors. Cancellation passes through.
@@ -213,7 +230,17 @@ class _Served:
     and invocation paths. The span and its context are the SDK's own.
     """
 
-    __slots__ = ("_api", "_carrier", "_key", "_span", "_start", "_token", "traceparent")
+    __slots__ = (
+        "_api",
+        "_carrier",
+        "_key",
+        "_span",
+        "_start",
+        "_timeout",
+        "_timeout_token",
+        "_token",
+        "traceparent",
+    )
 
     def __init__(
         self,
@@ -222,10 +249,13 @@ class _Served:
         method: str,
         transport: str,
         carrier: Mapping[str, str],
+        timeout: CallerTimeout = NO_TIMEOUT,
     ) -> None:
         self._api = api
         self._key = (service, method, transport)
         self._carrier = carrier
+        self._timeout = timeout
+        self._timeout_token: Token[CallerTimeout] | None = None
         self.traceparent = ""
 
     def __enter__(self) -> str:
@@ -238,6 +268,8 @@ class _Served:
             attributes=meta.attributes,
         )
         self._token = otel_context.attach(trace.set_span_in_context(span))
+        if self._timeout is not NO_TIMEOUT:
+            self._timeout_token = CALLER_TIMEOUT.set(self._timeout)
         self.traceparent = _traceparent(span)
         return self.traceparent
 
@@ -260,6 +292,8 @@ class _Served:
                 span.set_status(Status(StatusCode.ERROR, str(exc)))
                 raise InternalError(f"internal error in {name}") from exc
         finally:
+            if self._timeout_token is not None:
+                CALLER_TIMEOUT.reset(self._timeout_token)
             otel_context.detach(self._token)
             span.end()
             self._api._series(*self._key, code).record(time.perf_counter() - self._start)

@@ -127,16 +127,21 @@ def resolve_deadline(
     *,
     grpc_timeout: str | None = None,
     timeout_ms: str | None = None,
+    remaining_s: float | None = None,
 ) -> float:
     """The absolute deadline (same clock as ``now``) for a request that arrived at ``now``.
 
-    Pass the raw header values as received (None when absent). The earlier of
-    the two wins; none means ``policy.default_s``; anything longer than
+    Pass the raw header values as received (None when absent), and
+    ``remaining_s`` when the time left is already known (a gRPC server's
+    deadline, a forwarded call's remaining time; below zero counts as zero).
+    The earliest wins; none means ``policy.default_s``; anything longer than
     ``policy.max_s`` is cut to it. Raises InvalidArgumentError for a malformed
-    value, checking both before using either.
+    value, checking both headers before using either.
+
+    Every deadline the agent gives a call it serves comes from here.
     """
     violations: list[FieldViolation] = []
-    timeouts: list[float] = []
+    timeouts: list[float] = [] if remaining_s is None else [max(remaining_s, 0.0)]
     if grpc_timeout is not None:
         try:
             timeouts.append(parse_grpc_timeout(grpc_timeout) / 1e9)

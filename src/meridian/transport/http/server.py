@@ -1,34 +1,33 @@
-"""HTTP/JSON routes over the same service layer as gRPC.
+"""HTTP/JSON over the same service layer as gRPC, built from the route table.
 
-Bodies are protojson (the proto3 JSON mapping: lowerCamelCase, bytes as
-base64, 64-bit integers as strings).
+Each RPC is served at the path of its ``google.api.http`` rule in
+``proto/meridian/v1`` (see docs/api.md for the list): ``POST`` with the request
+message as the body, or ``GET`` with its fields as query parameters. Bodies are
+protojson (the proto3 JSON mapping: lowerCamelCase, bytes as base64, 64-bit
+integers as strings). The paths from before the one URL style (``getmany``,
+``push/register``, ``registry/list``, ...) are the rules' ``additional_bindings``
+and still work.
 
-- ``GET /v1/status``  → StatusService.GetStatus
-- ``GET /v1/health``  → HealthService.Check (200 SERVING/DEGRADED, 503 NOT_SERVING)
-- ``POST /v1/state/get|put|create|delete|scan|increment|setadd|setremove``
-  → StateService.*, the request message as JSON in the body
-- ``POST /v1/idempotency/begin|complete|abort`` → IdempotencyService.*
-- ``POST /v1/events/publish|publish-batch|replay|invalidate|push/register|push/unregister``
-  → EventService.* (Subscribe is a gRPC bidirectional stream; HTTP services
-  register a push endpoint instead)
-- ``POST /v1/registry/register|heartbeat|deregister|list`` → RegistryService.*
-- ``POST /v1/invocation/invoke`` → InvocationService.Invoke (protojson)
-- ``<VERB> /v1/invoke/{service}/{method...}?{query}`` → the same invocation as a
+Beside the table:
+
+- ``GET /v1/health`` answers 503 when NOT_SERVING (200 for SERVING, DEGRADED);
+- ``GET /v1/state/watch`` (a server stream) is Server-Sent Events;
+- ``<VERB> /v1/invoke/{service}/{method...}?{query}`` is invocation as a
   passthrough: the method, headers, query and body go to the service; its
   status, headers and body come back, with ``Meridian-Region``,
   ``Meridian-Instance`` and ``Meridian-Attempts``. The deadline is the
-  ``Meridian-Timeout-Ms`` header (milliseconds).
-- ``GET /metrics``    → Prometheus exposition
+  ``Meridian-Timeout-Ms`` header (milliseconds);
+- ``GET /metrics`` is the Prometheus exposition.
 
 A body that is not JSON, not an object of the request's fields, or too large is
 rejected with INVALID_ARGUMENT naming ``body`` and the rule, before anything
-runs.
+runs; a bad query parameter is named the same way.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -36,20 +35,15 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from multidict import CIMultiDict
 
-from meridian._pb.meridian.v1 import (
-    events_pb2,
-    health_pb2,
-    idempotency_pb2,
-    invocation_pb2,
-    state_pb2,
-    status_pb2,
-)
+from meridian._pb.meridian.v1 import health_pb2, state_pb2
+from meridian.core.calls import NO_TIMEOUT, CallerTimeout
 from meridian.core.errors import FieldViolation, InvalidArgumentError, MeridianError
-from meridian.invocation.calls import HOP_BY_HOP
+from meridian.invocation.resilience.deadline import HTTP_TIMEOUT_HEADER
 from meridian.invocation.service import http_call, reply_headers
 from meridian.observability.metrics import CONTENT_TYPE
 from meridian.transport.api import AgentApi, Services
 from meridian.transport.errors import error_body, mapping_for
+from meridian.transport.routes import Route, RouteError, build_routes
 
 #: The largest value (8 MiB) base64-encoded, plus the envelope.
 MAX_BODY = 12 << 20
@@ -114,6 +108,18 @@ def _get_response_text(resp: state_pb2.GetResponse) -> str | None:
     return "{" + ", ".join(parts) + "}"
 
 
+def _health_status(resp: Message) -> int:
+    assert isinstance(resp, health_pb2.HealthCheckResponse)
+    not_serving = health_pb2.HealthCheckResponse.SERVING_STATUS_NOT_SERVING
+    return 503 if resp.status == not_serving else 200
+
+
+#: The HTTP status of a successful call, where it is not 200.
+_OK_STATUS: dict[tuple[str, str], Callable[[Message], int]] = {
+    ("HealthService", "Check"): _health_status,
+}
+
+
 class HttpTransport:
     """The agent's HTTP server. ``start()`` returns once the port is bound."""
 
@@ -121,82 +127,18 @@ class HttpTransport:
         self.api = api
         self.host = host
         self.port = port
+        self.routes = build_routes(services.implementations(api))
         app = web.Application(client_max_size=MAX_BODY)
-        app.router.add_get("/v1/status", self._status)
-        app.router.add_get("/v1/health", self._health)
+        for route in self.routes:
+            for binding in route.http:
+                if route.server_streaming:
+                    app.router.add_get(binding.path, self._event_stream(route))
+                elif binding.body:
+                    app.router.add_post(binding.path, self._json_route(route))
+                else:
+                    app.router.add_get(binding.path, self._query_route(route))
         app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/v1/state/watch", self._watch)
-        state = self.state = services.state
-        state_routes: dict[str, tuple[Handler, type[Message]]] = {
-            "Get": (state.get, state_pb2.GetRequest),
-            "GetMany": (state.get_many, state_pb2.GetManyRequest),
-            "Put": (state.put, state_pb2.PutRequest),
-            "PutMany": (state.put_many, state_pb2.PutManyRequest),
-            "Create": (state.create, state_pb2.CreateRequest),
-            "Delete": (state.delete, state_pb2.DeleteRequest),
-            "Scan": (state.scan, state_pb2.ScanRequest),
-            "Increment": (state.increment, state_pb2.IncrementRequest),
-            "SetAdd": (state.set_add, state_pb2.SetRequest),
-            "SetRemove": (state.set_remove, state_pb2.SetRequest),
-        }
-        for method, (handler, request_type) in state_routes.items():
-            app.router.add_post(
-                f"/v1/state/{method.lower()}",
-                self._json_route("StateService", method, handler, request_type),
-            )
-        idem = services.idempotency
-        idempotency_routes: dict[str, tuple[Handler, type[Message]]] = {
-            "Begin": (idem.begin, idempotency_pb2.BeginRequest),
-            "Complete": (idem.complete, idempotency_pb2.CompleteRequest),
-            "Abort": (idem.abort, idempotency_pb2.AbortRequest),
-        }
-        for method, (handler, request_type) in idempotency_routes.items():
-            app.router.add_post(
-                f"/v1/idempotency/{method.lower()}",
-                self._json_route("IdempotencyService", method, handler, request_type),
-            )
-        events = services.events
-        event_routes: dict[str, tuple[Handler, type[Message]]] = {
-            "Publish": (events.publish, events_pb2.PublishRequest),
-            "PublishBatch": (events.publish_batch, events_pb2.PublishBatchRequest),
-            "Replay": (events.replay, events_pb2.ReplayRequest),
-            "Invalidate": (events.invalidate, events_pb2.InvalidateRequest),
-            "RegisterPush": (services.push.register, events_pb2.RegisterPushRequest),
-            "UnregisterPush": (services.push.unregister, events_pb2.UnregisterPushRequest),
-        }
-        path = {
-            "PublishBatch": "publish-batch",
-            "RegisterPush": "push/register",
-            "UnregisterPush": "push/unregister",
-        }
-        for method, (handler, request_type) in event_routes.items():
-            app.router.add_post(
-                f"/v1/events/{path.get(method, method.lower())}",
-                self._json_route("EventService", method, handler, request_type),
-            )
-        reg = services.registry
-        registry_routes: dict[str, tuple[Handler, type[Message]]] = {
-            "Register": (reg.register, invocation_pb2.RegisterRequest),
-            "Heartbeat": (reg.heartbeat, invocation_pb2.HeartbeatRequest),
-            "Deregister": (reg.deregister, invocation_pb2.DeregisterRequest),
-            "ListInstances": (reg.list_instances, invocation_pb2.ListInstancesRequest),
-        }
-        for method, (handler, request_type) in registry_routes.items():
-            name = "list" if method == "ListInstances" else method.lower()
-            app.router.add_post(
-                f"/v1/registry/{name}",
-                self._json_route("RegistryService", method, handler, request_type),
-            )
         self.invocation = services.invocation
-        app.router.add_post(
-            "/v1/invocation/invoke",
-            self._json_route(
-                "InvocationService",
-                "Invoke",
-                services.invocation.invoke,
-                invocation_pb2.InvokeRequest,
-            ),
-        )
         app.router.add_route("*", "/v1/invoke/{service}", self._invoke)
         app.router.add_route("*", "/v1/invoke/{service}/{method:.*}", self._invoke)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -210,7 +152,9 @@ class HttpTransport:
         message: Message,
         ok_status: Callable[[Message], int] = lambda _: 200,
     ) -> web.Response:
-        result = await self.api.call(service, method, "http", request.headers, handler, message)
+        result = await self.api.call(
+            service, method, "http", request.headers, handler, message, _timeout(request)
+        )
         headers = {"traceparent": result.traceparent} if result.traceparent else {}
         if result.error is not None:
             return web.json_response(
@@ -221,46 +165,49 @@ class HttpTransport:
             text=_json_text(result.response), status=ok_status(result.response), headers=headers
         )
 
-    def _json_route(
-        self, service: str, method: str, handler: Handler, request_type: type[Message]
-    ) -> Callable[[web.Request], Awaitable[web.Response]]:
-        async def route(request: web.Request) -> web.Response:
+    def _json_route(self, route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
+        service, method, handler, request_type = (
+            route.service,
+            route.method,
+            route.handler,
+            route.request,
+        )
+        ok_status = _OK_STATUS.get((service, method), _ok)
+
+        async def serve(request: web.Request) -> web.Response:
             parsed = await _parse_body(request, request_type)
-            if isinstance(parsed, MeridianError):
-                # A bad body is still one traced, counted call of this method.
-                error = parsed
+            return await self._respond_parsed(request, route, handler, parsed, ok_status)
 
-                async def reject(_: Message) -> Message:
-                    raise error
+        return serve
 
-                return await self._respond(request, service, method, reject, request_type())
-            return await self._respond(request, service, method, handler, parsed)
+    def _query_route(self, route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
+        ok_status = _OK_STATUS.get((route.service, route.method), _ok)
 
-        return route
+        async def serve(request: web.Request) -> web.Response:
+            parsed = _parse_query(request.query, route.request)
+            return await self._respond_parsed(request, route, route.handler, parsed, ok_status)
 
-    async def _status(self, request: web.Request) -> web.Response:
-        return await self._respond(
-            request,
-            "StatusService",
-            "GetStatus",
-            self.api.get_status,
-            status_pb2.GetStatusRequest(),
-        )
+        return serve
 
-    async def _health(self, request: web.Request) -> web.Response:
-        def code(resp: Message) -> int:
-            assert isinstance(resp, health_pb2.HealthCheckResponse)
-            not_serving = health_pb2.HealthCheckResponse.SERVING_STATUS_NOT_SERVING
-            return 503 if resp.status == not_serving else 200
+    async def _respond_parsed(
+        self,
+        request: web.Request,
+        route: Route,
+        handler: Handler,
+        parsed: Message | MeridianError,
+        ok_status: Callable[[Message], int],
+    ) -> web.Response:
+        if isinstance(parsed, MeridianError):
+            # A bad request is still one traced, counted call of this method.
+            error = parsed
 
-        return await self._respond(
-            request,
-            "HealthService",
-            "Check",
-            self.api.check_health,
-            health_pb2.HealthCheckRequest(),
-            code,
-        )
+            async def reject(_: Message) -> Message:
+                raise error
+
+            return await self._respond(
+                request, route.service, route.method, reject, route.request(), ok_status
+            )
+        return await self._respond(request, route.service, route.method, handler, parsed, ok_status)
 
     async def _invoke(self, request: web.Request) -> web.Response:
         """The invocation passthrough; see the module docstring."""
@@ -270,70 +217,72 @@ class HttpTransport:
         method = raw_path[len(prefix) :].lstrip("/") if raw_path.startswith(prefix) else ""
         inv = self.invocation
         try:
-            with self.api.serving("InvocationService", "Invoke", "http", request.headers) as tp:
-                body = await request.read()
-                headers = [
-                    (k, v)
-                    for k, v in request.headers.items()
-                    if k.lower() not in HOP_BY_HOP and k.lower() != "traceparent"
-                ]
-                if tp:
-                    headers.append(("traceparent", tp))
+            with self.api.serving(
+                "InvocationService", "Invoke", "http", request.headers, _timeout(request)
+            ):
                 call = http_call(
                     service=service,
                     method=method,
                     verb=request.method,
                     query=request.query_string,
-                    headers=headers,
-                    body=body,
+                    headers=list(request.headers.items()),
+                    body=await request.read(),
                     max_body=inv.config.max_body_bytes,
                     parsed_headers=True,
                 )
-                reply = await inv.call(call, timeout_ms=request.headers.get("Meridian-Timeout-Ms"))
+                reply = await inv.call(call)
                 return web.Response(
                     status=reply.status, body=reply.body, headers=CIMultiDict(reply_headers(reply))
                 )
         except MeridianError as exc:
             return web.json_response(error_body(exc), status=mapping_for(exc).http)
 
-    async def _watch(self, request: web.Request) -> web.StreamResponse:
-        """StateService.Watch as Server-Sent Events: one ``data:`` line of protojson per
-        change, with the revision as the event id and the kind as the event name."""
-        query = request.query
-        watch = state_pb2.WatchRequest(
-            keyspace=query.get("keyspace", ""), prefix=query.get("prefix", "")
-        )
-        error: MeridianError | None = None
-        raw = query.get("from_revision") or request.headers.get("Last-Event-ID")
-        if raw is not None:
-            if raw.isdigit() and len(raw) <= 20 and int(raw) < 2**64:
-                watch.from_revision = int(raw) + (1 if "from_revision" not in query else 0)
-            else:
-                error = InvalidArgumentError(
-                    FieldViolation("from_revision", "must be a non-negative integer revision")
-                )
-        try:
-            with self.api.serving("StateService", "Watch", "http", request.headers) as tp:
-                if error is not None:
-                    raise error
-                events = await self.state.watch(watch)
-                response = web.StreamResponse(
-                    headers={
-                        "Content-Type": "text/event-stream",
-                        "Cache-Control": "no-cache",
-                        "traceparent": tp,
-                    }
-                )
-                await response.prepare(request)
-                async for event in events:
-                    kind = state_pb2.WatchEvent.Kind.Name(event.kind).removeprefix("KIND_")
-                    data = json_format.MessageToJson(event, indent=None)
-                    await response.write(
-                        f"id: {event.entry.revision}\nevent: {kind.lower()}\ndata: {data}\n\n".encode()
+    def _event_stream(self, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """A server stream as Server-Sent Events. The one the contract has is
+        StateService.Watch: one ``data:`` line of protojson per change, with the
+        revision as the event id and the kind as the event name; a client that
+        reconnects with ``Last-Event-ID`` resumes after that revision."""
+        if route.response is not state_pb2.WatchEvent:
+            raise RouteError(f"{route.grpc_path}: no Server-Sent Events mapping for its stream")
+        service, method, handler = route.service, route.method, route.handler
+
+        async def serve(request: web.Request) -> web.StreamResponse:
+            parsed = _parse_query(request.query, route.request)
+            resume = request.headers.get("Last-Event-ID")
+            if not isinstance(parsed, MeridianError) and resume is not None:
+                if "from_revision" in request.query:
+                    pass  # the query says where to start
+                elif resume.isdigit() and len(resume) <= 20 and int(resume) < 2**64 - 1:
+                    parsed.from_revision = int(resume) + 1  # type: ignore[attr-defined]
+                else:
+                    parsed = InvalidArgumentError(
+                        FieldViolation("Last-Event-ID", "must be a non-negative integer revision")
                     )
-                return response
-        except MeridianError as exc:
-            return web.json_response(error_body(exc), status=mapping_for(exc).http)
+            try:
+                with self.api.serving(service, method, "http", request.headers) as tp:
+                    if isinstance(parsed, MeridianError):
+                        raise parsed
+                    events = await handler(parsed)
+                    response = web.StreamResponse(
+                        headers={
+                            "Content-Type": "text/event-stream",
+                            "Cache-Control": "no-cache",
+                            "traceparent": tp,
+                        }
+                    )
+                    await response.prepare(request)
+                    async for event in events:
+                        kind = state_pb2.WatchEvent.Kind.Name(event.kind).removeprefix("KIND_")
+                        data = json_format.MessageToJson(event, indent=None)
+                        await response.write(
+                            f"id: {event.entry.revision}\nevent: {kind.lower()}\n"
+                            f"data: {data}\n\n".encode()
+                        )
+                    return response
+            except MeridianError as exc:
+                return web.json_response(error_body(exc), status=mapping_for(exc).http)
+
+        return serve
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.api.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
@@ -345,6 +294,40 @@ class HttpTransport:
 
     async def stop(self) -> None:
         await self.runner.cleanup()
+
+
+def _ok(_: Message) -> int:
+    return 200
+
+
+def _timeout(request: web.Request) -> CallerTimeout:
+    """The caller's ``Meridian-Timeout-Ms``, as sent; checked where it is used."""
+    raw = request.headers.get(HTTP_TIMEOUT_HEADER)
+    return NO_TIMEOUT if raw is None else CallerTimeout(timeout_ms=raw)
+
+
+def _parse_query(query: Mapping[str, str], request_type: type[Message]) -> Message | MeridianError:
+    """The request message from query parameters, each named like its field (or
+    its JSON name); parameters that name no field are ignored. A value that does
+    not fit its field is INVALID_ARGUMENT naming the parameter."""
+    message = request_type()
+    fields = request_type.DESCRIPTOR.fields_by_name
+    by_json = {f.json_name: f for f in request_type.DESCRIPTOR.fields}
+    violations = []
+    for name, value in query.items():
+        field = fields.get(name) or by_json.get(name)
+        if field is None:
+            continue
+        if field.message_type is not None or field.is_repeated:
+            violations.append(FieldViolation(name, "can't be a query parameter; use POST"))
+            continue
+        try:
+            json_format.ParseDict({field.json_name: value}, message)
+        except json_format.ParseError as exc:
+            violations.append(FieldViolation(name, f"is not a valid {field.name}: {exc}"[:300]))
+    if violations:
+        return InvalidArgumentError(violations)
+    return message
 
 
 async def _parse_body(request: web.Request, request_type: type[Message]) -> Message | MeridianError:
