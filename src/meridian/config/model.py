@@ -13,7 +13,7 @@ from meridian.core.errors import ConfigError, FieldViolation
 from meridian.core.keyspace import Keyspace
 from meridian.invocation.resilience.overrides import PolicySet
 
-REGION_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
+REGION_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]\Z")
 GLOBAL_CLUSTER = "global"
 EXPORTERS = ("none", "console", "otlp")
 

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from meridian.core.errors import FieldViolation, InvalidArgumentError
 
 #: Service names are DNS labels (so they fit URLs, subjects and metric labels).
-SERVICE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,61}[a-z0-9]$|^[a-z]$")
+SERVICE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,61}[a-z0-9]\Z|^[a-z]\Z")
 #: Instance ids become a NATS subject token: no dots, spaces or wildcards.
-INSTANCE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+INSTANCE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
 ENDPOINT = re.compile(
-    r"^(?P<host>[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):(?P<port>[0-9]{1,5})$"
+    r"^(?P<host>[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):(?P<port>[0-9]{1,5})\Z"
 )
-HTTP_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]{0,1023}$")
+HTTP_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]{0,1023}\Z")
 VERSION_MAX = 64
 METADATA_MAX_ENTRIES = 32
 METADATA_KEY_MAX = 64

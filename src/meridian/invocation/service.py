@@ -36,9 +36,9 @@ from meridian.observability.tracing import current_traceparent
 
 HTTP_VERBS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 #: The path after the service: URL path characters, no "..", at most 2 KiB.
-METHOD_PATH = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@%/-]{0,2048}$")
-GRPC_METHOD = re.compile(r"^/[A-Za-z_][A-Za-z0-9_.]{0,254}/[A-Za-z_][A-Za-z0-9_]{0,127}$")
-HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
+METHOD_PATH = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@%/-]{0,2048}\Z")
+GRPC_METHOD = re.compile(r"^/[A-Za-z_][A-Za-z0-9_.]{0,254}/[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}\Z")
 MAX_HEADERS = 100
 MAX_HEADER_BYTES = 64 * 1024
 MAX_QUERY = 8 * 1024

@@ -48,7 +48,7 @@ CONTRACT: tuple[ModuleType, ...] = (
 
 #: The one URL style: ``/v1/<resource>/<the RPC's name in kebab-case>``, or
 #: ``/v1/<resource>`` for a read of the agent itself (status, health).
-PATH_STYLE = re.compile(r"^/v1/[a-z]+(/[a-z]+(-[a-z]+)*)?$")
+PATH_STYLE = re.compile(r"^/v1/[a-z]+(/[a-z]+(-[a-z]+)*)?\Z")
 
 
 class RouteError(ValueError):
