@@ -1,0 +1,1 @@
+"""Workload identity: the built-in CA, SPIFFE identities and mTLS contexts."""
