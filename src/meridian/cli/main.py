@@ -10,6 +10,7 @@
     meridian [--config FILE] config check | config default
     meridian [--config FILE] services [--via REGION] [--service NAME] [--region REGION] [--json]
     meridian [--config FILE] gateway [--host H] [--port P]
+    meridian ca init | issue IDENTITY | renew | rotate [--finish] | status [--json]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from meridian.config import MeridianConfig, default_config_text, load_config
 from meridian.core.errors import MeridianError
 from meridian.demo.cli import demo
 from meridian.gateway.cli import gateway
+from meridian.security.cli import ca
 
 T = TypeVar("T")
 
@@ -411,6 +413,7 @@ def wan_serve(ctx: _Ctx) -> None:
 cli.add_command(chaos)
 cli.add_command(demo)
 cli.add_command(gateway)
+cli.add_command(ca)
 
 
 def main() -> None:
