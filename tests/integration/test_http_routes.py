@@ -157,3 +157,23 @@ async def test_invoke_over_json_takes_its_timeout_from_the_request_headers(
         {**call, "headers": [{"name": "Meridian-Timeout-Ms", "value": "200"}]},
     )
     assert status == 503 and body["error"]["code"] == "UNAVAILABLE", body
+
+
+async def test_an_endpoint_at_the_cloud_metadata_address_is_refused(
+    agent: tuple[Agent, str],
+) -> None:
+    """Registering an instance (or a push endpoint) at 169.254.169.254 would
+    route every caller of the service (or every event) to the metadata service."""
+    _, url = agent
+    for endpoint in ("169.254.169.254:80", "[::ffff:169.254.169.254]:80", "2852039166:80"):
+        status, body = await http_post(
+            f"{url}/v1/registry/register",
+            {"instance": {"service": "orders", "endpoint": endpoint, "protocol": "PROTOCOL_HTTP"}},
+        )
+        assert status == 400, (endpoint, body)
+        assert body["error"]["field"] == "instance.endpoint", body
+    status, body = await http_post(
+        f"{url}/v1/events/register-push",
+        {"group": "g", "topicFilter": "x.*", "endpoint": "http://169.254.169.254/latest/"},
+    )
+    assert status == 400 and body["error"]["field"] == "endpoint", body

@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from meridian.core.endpoints import host_violations
 from meridian.core.errors import FieldViolation
 
 TOPIC_TOKEN = re.compile(r"[a-z0-9_-]{1,64}")
@@ -221,7 +222,8 @@ def endpoint_violations(endpoint: str) -> list[FieldViolation]:
         or " " in endpoint
     ):
         return [FieldViolation("endpoint", rule)]
-    return []
+    # The agent POSTs events here: no metadata or link-local host.
+    return host_violations(parts.hostname, "endpoint")
 
 
 @dataclass(frozen=True)

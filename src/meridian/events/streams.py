@@ -51,6 +51,8 @@ DLQ_REASON_HEADER = "Meridian-Dead-Letter-Reason"
 DLQ_GROUP_HEADER = "Meridian-Dead-Letter-Group"
 DUPLICATE_WINDOW_S = 120.0
 CONSUMER_ATTEMPTS = 4
+#: How long dead_letters waits for a new consumer's group to answer.
+DLQ_READ_PATIENCE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -325,12 +327,21 @@ class EventStreams(RegionFanIn):
                 inactive_threshold=30.0,
             ),
         )
+        # A consumer just made may answer 503 until its group has a leader:
+        # wait for it a little, then say so as UNAVAILABLE.
+        patience = asyncio.get_running_loop().time() + DLQ_READ_PATIENCE_S
         try:
             while len(out) < limit:
                 try:
                     batch = await sub.fetch(min(100, limit - len(out)), timeout=0.5)
                 except (nats.errors.TimeoutError, TimeoutError):
                     break
+                except nats.js.errors.ServiceUnavailableError:
+                    if asyncio.get_running_loop().time() > patience:
+                        with translate_nats_errors(f"reading the dead letters of {group}"):
+                            raise
+                    await asyncio.sleep(0.1)
+                    continue
                 out.extend(batch)
         finally:
             await sub.unsubscribe()

@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from meridian.core.endpoints import host_violations
 from meridian.core.errors import FieldViolation, InvalidArgumentError
 
 #: Service names are DNS labels (so they fit URLs, subjects and metric labels).
@@ -87,6 +88,8 @@ def validate_registration(
     m = ENDPOINT.match(endpoint)
     if m is None or not 1 <= int(m.group("port")) <= 65535:
         v.append(FieldViolation("instance.endpoint", "must be host:port with a port in 1..65535"))
+    else:  # every caller of the service is routed here: no metadata or link-local host
+        v += host_violations(m.group("host"), "instance.endpoint")
     if protocol not in PROTOCOLS:
         v.append(FieldViolation("instance.protocol", "must be PROTOCOL_HTTP or PROTOCOL_GRPC"))
     if instance_id and not INSTANCE_ID.match(instance_id):
