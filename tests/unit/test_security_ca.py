@@ -166,3 +166,22 @@ def test_init_refuses_to_replace_a_ca_and_checks_its_arguments(
     assert info.value.violations[0].field == "algorithm"
     with pytest.raises(NotFoundError):
         CertificateAuthority(tmp_path / "none").issue(ORDERS)
+
+
+def test_a_root_signs_certificates_and_a_leaf_only_handshakes(ca: CertificateAuthority) -> None:
+    leaf = ca.issue(ORDERS)
+    (root_path,) = (ca.dir / "roots").glob("*.crt")
+    root = x509.load_pem_x509_certificate(root_path.read_bytes())
+    cert = x509.load_pem_x509_certificate(leaf.cert_path.read_bytes())
+    root_ku = root.extensions.get_extension_for_class(x509.KeyUsage).value
+    leaf_ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert (root_ku.key_cert_sign, root_ku.crl_sign, root_ku.digital_signature) == (
+        True,
+        True,
+        False,
+    )
+    assert (leaf_ku.key_cert_sign, leaf_ku.crl_sign, leaf_ku.digital_signature) == (
+        False,
+        False,
+        True,
+    )
