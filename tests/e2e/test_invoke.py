@@ -499,6 +499,9 @@ async def test_invoke_over_grpc_and_bad_input_over_http(
         # Nothing was registered by any of them.
         listed = await fleet.instances_seen("eu-west", "x", healthy=None)
         assert listed == {}
-        async with session.post(f"{base}/v1/registry/register", data=b"{not json") as resp:
+        json_type = {"Content-Type": "application/json"}
+        async with session.post(
+            f"{base}/v1/registry/register", data=b"{not json", headers=json_type
+        ) as resp:
             assert resp.status == 400
             assert (await resp.json())["error"]["field"] == "body"

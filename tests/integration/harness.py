@@ -93,7 +93,13 @@ async def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int
 
 
 async def http_post(url: str, body: Any) -> tuple[int, Any]:
-    kwargs: dict[str, Any] = {"data": body} if isinstance(body, bytes | str) else {"json": body}
+    """POST ``body``: an object as JSON, or bytes/str as they are (for malformed
+    bodies), declared ``application/json`` either way."""
+    kwargs: dict[str, Any] = (
+        {"data": body, "headers": {"Content-Type": "application/json"}}
+        if isinstance(body, bytes | str)
+        else {"json": body}
+    )
     async with aiohttp.ClientSession() as session, session.post(url, **kwargs) as resp:
         return resp.status, await resp.json(content_type=None)
 

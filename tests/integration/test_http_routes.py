@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -177,3 +178,43 @@ async def test_an_endpoint_at_the_cloud_metadata_address_is_refused(
         {"group": "g", "topicFilter": "x.*", "endpoint": "http://169.254.169.254/latest/"},
     )
     assert status == 400 and body["error"]["field"] == "endpoint", body
+
+
+async def test_what_only_a_browser_sends_is_refused_and_nothing_is_written(
+    agent: tuple[Agent, str],
+) -> None:
+    """A web page can POST a form or text/plain cross-site without a CORS
+    preflight, and browsers send Origin with every POST: both are refused."""
+    _, url = agent
+    key = f"csrf-{next(_seq)}"
+    body = json.dumps({"keyspace": "accounts", "key": key, "value": "MTAw"})
+    async with aiohttp.ClientSession() as session:
+        for headers, field in (
+            ({"Content-Type": "text/plain"}, "Content-Type"),
+            ({"Content-Type": "application/x-www-form-urlencoded"}, "Content-Type"),
+            ({"Content-Type": "multipart/form-data; boundary=x"}, "Content-Type"),
+            ({}, "Content-Type"),
+            (
+                {"Content-Type": "application/json", "Origin": "https://evil.example"},
+                "Origin",
+            ),
+            ({"Content-Type": "application/json", "Origin": "null"}, "Origin"),
+        ):
+            async with session.post(
+                f"{url}/v1/state/put", data=body.encode(), headers=headers
+            ) as resp:
+                answer = await resp.json()
+            assert resp.status == 400, (headers, answer)
+            assert answer["error"]["field"] == field, (headers, answer)
+        strong = {"keyspace": "accounts", "key": key, "consistency": {"level": "LEVEL_STRONG"}}
+        status, answer = await http_post(f"{url}/v1/state/get", strong)
+        assert status == 404, answer  # nothing was written
+        # What SDKs and curl send is served: JSON with a charset, and no body at all.
+        async with session.post(
+            f"{url}/v1/state/put",
+            data=body.encode(),
+            headers={"Content-Type": "application/json; charset=utf-8"},
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+        async with session.post(f"{url}/v1/registry/list-instances") as resp:
+            assert resp.status != 400, await resp.text()

@@ -330,8 +330,37 @@ def _parse_query(query: Mapping[str, str], request_type: type[Message]) -> Messa
     return message
 
 
+def _browser_violations(request: web.Request) -> list[FieldViolation]:
+    """Refuse what only a browser sends, so that a web page can't make a
+    developer's browser write to a loopback agent (cross-site request forgery,
+    DNS rebinding): a request with an ``Origin`` (browsers send one with every
+    POST; SDKs and curl don't), and a body that is not declared JSON (a form or
+    ``text/plain`` POST needs no CORS preflight; ``application/json`` does)."""
+    out = []
+    if "Origin" in request.headers:
+        out.append(
+            FieldViolation(
+                "Origin",
+                "must be absent: the agent's HTTP API serves services, not browsers",
+            )
+        )
+    has_body = bool(request.content_length) or request.headers.get("Transfer-Encoding")
+    declared = request.headers.get("Content-Type")
+    if has_body and (declared is None or request.content_type != "application/json"):
+        shown = "none" if declared is None else repr(declared[:60])
+        out.append(
+            FieldViolation(
+                "Content-Type", f"must be application/json for a request with a body; got {shown}"
+            )
+        )
+    return out
+
+
 async def _parse_body(request: web.Request, request_type: type[Message]) -> Message | MeridianError:
     """The request message from a protojson body, or the error naming what is wrong."""
+    browser = _browser_violations(request)
+    if browser:
+        return InvalidArgumentError(browser)
     if request.content_length is not None and request.content_length > MAX_BODY:
         return InvalidArgumentError(
             FieldViolation("body", f"is {request.content_length} bytes; at most {MAX_BODY}")
