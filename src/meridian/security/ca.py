@@ -372,10 +372,11 @@ class CertificateAuthority:
         _write(folder / "leaf.json", json.dumps(request).encode())
         return self._leaf(folder)
 
-    def _leaf(self, folder: Path) -> Leaf:
+    def _leaf(self, folder: Path, trusted: dict[str, x509.Certificate] | None = None) -> Leaf:
+        """The leaf in ``folder``; ``trusted``: the roots, when the caller has them."""
         cert = x509.load_pem_x509_certificate((folder / "cert.pem").read_bytes())
         (uri,) = uri_sans(cert)
-        trusted = self._trusted()
+        trusted = self._trusted() if trusted is None else trusted
         issuer = next((fp for fp, root in trusted.items() if issued_by(cert, root)), "unknown")
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         return Leaf(
@@ -394,7 +395,8 @@ class CertificateAuthority:
     def leaves(self) -> list[Leaf]:
         self._meta()
         folders = sorted((self.dir / "identities").glob("*/cert.pem"))
-        return [self._leaf(p.parent) for p in folders]
+        trusted = self._trusted()  # read once, not once per leaf
+        return [self._leaf(p.parent, trusted) for p in folders]
 
     def leaf(self, identity: Identity) -> Leaf:
         folder = self.dir / "identities" / identity.slug
@@ -463,7 +465,9 @@ def status_rows(ca: CertificateAuthority, now: float | None = None) -> list[dict
     """One row per root and identity: what, expiry, seconds left and state."""
     now = time.time() if now is None else now
     rows: list[dict[str, object]] = []
-    for root in ca.roots():
+    roots = ca.roots()
+    current = next((r.fingerprint for r in roots if r.current), "")
+    for root in roots:
         rows.append(
             {
                 "kind": "root",
@@ -482,6 +486,7 @@ def status_rows(ca: CertificateAuthority, now: float | None = None) -> list[dict
                 "left_s": round(leaf.validity.not_after - now),
                 "state": leaf.validity.state(now),
                 "issuer": leaf.issuer,
+                "on_current_root": leaf.issuer == current,
             }
         )
     return rows
@@ -490,19 +495,10 @@ def status_rows(ca: CertificateAuthority, now: float | None = None) -> list[dict
 def problems(rows: Iterable[dict[str, object]]) -> list[str]:
     """The warnings ``meridian ca status`` prints: anything expiring, expired or
     not yet valid, and identities on a root that is no longer current."""
-    rows = list(rows)
-    current = next(
-        (
-            str(r["name"]).split()[0]
-            for r in rows
-            if r["kind"] == "root" and "current" in str(r["name"])
-        ),
-        "",
-    )
     out = []
     for row in rows:
         if row["state"] in ("expiring", "expired", "not-yet-valid"):
             out.append(f"{row['kind']} {row['name']} is {row['state']} ({row['not_after']})")
-        if row["kind"] == "identity" and row.get("issuer") != current:
+        if row.get("on_current_root") is False:
             out.append(f"identity {row['name']} is still on an old root: renew it")
     return out

@@ -123,7 +123,8 @@ class ReloadingContext:
         self._current = server_context(files)
         self.reloads = 0
         self.failures = 0
-        self.outer = server_context(files)
+        #: The context the server holds: the first one built, choosing per handshake.
+        self.outer = self._current
         self.outer.sni_callback = self._choose
 
     def current(self) -> ssl.SSLContext:

@@ -108,6 +108,10 @@ def _get_response_text(resp: state_pb2.GetResponse) -> str | None:
     return "{" + ", ".join(parts) + "}"
 
 
+def _ok(_: Message) -> int:
+    return 200
+
+
 def _health_status(resp: Message) -> int:
     assert isinstance(resp, health_pb2.HealthCheckResponse)
     not_serving = health_pb2.HealthCheckResponse.SERVING_STATUS_NOT_SERVING
@@ -150,7 +154,7 @@ class HttpTransport:
         method: str,
         handler: Handler,
         message: Message,
-        ok_status: Callable[[Message], int] = lambda _: 200,
+        ok_status: Callable[[Message], int] = _ok,
     ) -> web.Response:
         result = await self.api.call(
             service, method, "http", request.headers, handler, message, _timeout(request)
@@ -166,37 +170,25 @@ class HttpTransport:
         )
 
     def _json_route(self, route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
-        service, method, handler, request_type = (
-            route.service,
-            route.method,
-            route.handler,
-            route.request,
-        )
-        ok_status = _OK_STATUS.get((service, method), _ok)
-
         async def serve(request: web.Request) -> web.Response:
-            parsed = await _parse_body(request, request_type)
-            return await self._respond_parsed(request, route, handler, parsed, ok_status)
+            return await self._respond_parsed(
+                request, route, await _parse_body(request, route.request)
+            )
 
         return serve
 
     def _query_route(self, route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
-        ok_status = _OK_STATUS.get((route.service, route.method), _ok)
-
         async def serve(request: web.Request) -> web.Response:
-            parsed = _parse_query(request.query, route.request)
-            return await self._respond_parsed(request, route, route.handler, parsed, ok_status)
+            return await self._respond_parsed(
+                request, route, _parse_query(request.query, route.request)
+            )
 
         return serve
 
     async def _respond_parsed(
-        self,
-        request: web.Request,
-        route: Route,
-        handler: Handler,
-        parsed: Message | MeridianError,
-        ok_status: Callable[[Message], int],
+        self, request: web.Request, route: Route, parsed: Message | MeridianError
     ) -> web.Response:
+        handler: Handler = route.handler
         if isinstance(parsed, MeridianError):
             # A bad request is still one traced, counted call of this method.
             error = parsed
@@ -204,9 +196,8 @@ class HttpTransport:
             async def reject(_: Message) -> Message:
                 raise error
 
-            return await self._respond(
-                request, route.service, route.method, reject, route.request(), ok_status
-            )
+            handler, parsed = reject, route.request()
+        ok_status = _OK_STATUS.get((route.service, route.method), _ok)
         return await self._respond(request, route.service, route.method, handler, parsed, ok_status)
 
     async def _invoke(self, request: web.Request) -> web.Response:
@@ -249,10 +240,11 @@ class HttpTransport:
         async def serve(request: web.Request) -> web.StreamResponse:
             parsed = _parse_query(request.query, route.request)
             resume = request.headers.get("Last-Event-ID")
-            if not isinstance(parsed, MeridianError) and resume is not None:
-                if "from_revision" in request.query:
-                    pass  # the query says where to start
-                elif resume.isdigit() and len(resume) <= 20 and int(resume) < 2**64 - 1:
+            # A from_revision in the query says where to start; else resume after the id.
+            resuming = resume is not None and "from_revision" not in request.query
+            if resuming and not isinstance(parsed, MeridianError):
+                assert resume is not None
+                if resume.isdigit() and len(resume) <= 20 and int(resume) < 2**64 - 1:
                     parsed.from_revision = int(resume) + 1  # type: ignore[attr-defined]
                 else:
                     parsed = InvalidArgumentError(
@@ -294,10 +286,6 @@ class HttpTransport:
 
     async def stop(self) -> None:
         await self.runner.cleanup()
-
-
-def _ok(_: Message) -> int:
-    return 200
 
 
 def _timeout(request: web.Request) -> CallerTimeout:
