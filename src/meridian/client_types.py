@@ -31,6 +31,7 @@ from meridian.core.errors import (
     InvalidArgumentError,
     MeridianError,
     NotFoundError,
+    PermissionDeniedError,
     QuorumUnavailableError,
     ResourceExhaustedError,
     UnavailableError,
@@ -219,6 +220,7 @@ _SIMPLE: dict[str, type[MeridianError]] = {
     ErrorCode.IDEMPOTENCY_IN_PROGRESS: IdempotencyInProgressError,
     ErrorCode.IDEMPOTENCY_MISMATCH: IdempotencyMismatchError,
     ErrorCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    ErrorCode.PERMISSION_DENIED: PermissionDeniedError,
     ErrorCode.UNAVAILABLE: UnavailableError,
     ErrorCode.INTERNAL: InternalError,
 }

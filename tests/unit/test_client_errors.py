@@ -29,6 +29,7 @@ from meridian.core.errors import (
     InvalidArgumentError,
     MeridianError,
     NotFoundError,
+    PermissionDeniedError,
     QuorumUnavailableError,
     ResourceExhaustedError,
     UnavailableError,
@@ -82,6 +83,7 @@ EVERY_ERROR: list[MeridianError] = [
     IdempotencyInProgressError("running elsewhere"),
     IdempotencyMismatchError("another request"),
     ResourceExhaustedError("bulkhead full"),
+    PermissionDeniedError("instance i-1 belongs to another identity"),
 ]
 
 

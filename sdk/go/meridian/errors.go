@@ -35,6 +35,7 @@ const (
 	CodeIdempotencyInProgress Code = "IDEMPOTENCY_IN_PROGRESS"
 	CodeIdempotencyMismatch   Code = "IDEMPOTENCY_MISMATCH"
 	CodeResourceExhausted     Code = "RESOURCE_EXHAUSTED"
+	CodePermissionDenied      Code = "PERMISSION_DENIED"
 	// CodeCanceled is never sent by the agent: the caller's context was
 	// canceled before the call finished.
 	CodeCanceled Code = "CANCELED"
@@ -83,6 +84,10 @@ var (
 	// full (e.g. the bulkhead of the service an Invoke targets); nothing was
 	// sent on. Back off and retry, or shed the load.
 	ErrResourceExhausted error = sentinel(CodeResourceExhausted)
+	// ErrPermissionDenied: the caller's identity (the SPIFFE ID of its
+	// client certificate) may not do this; nothing was done. Retrying with
+	// the same identity fails the same way.
+	ErrPermissionDenied error = sentinel(CodePermissionDenied)
 	// ErrCanceled: the caller's context was canceled. An *Error with this
 	// code also matches context.Canceled.
 	ErrCanceled error = sentinel(CodeCanceled)
@@ -193,6 +198,7 @@ var codeTable = map[Code]codeRow{
 	CodeIdempotencyInProgress: {codes.Aborted, 409, true},
 	CodeIdempotencyMismatch:   {codes.FailedPrecondition, 422, false},
 	CodeResourceExhausted:     {codes.ResourceExhausted, 503, true},
+	CodePermissionDenied:      {codes.PermissionDenied, 403, false},
 }
 
 // fromRPC rebuilds the typed error of a failed call from its status's

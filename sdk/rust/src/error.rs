@@ -23,6 +23,7 @@
 //! ├── IdempotencyInProgress IDEMPOTENCY_IN_PROGRESS another caller is running the command
 //! ├── IdempotencyMismatch   IDEMPOTENCY_MISMATCH    the key was used for another request
 //! ├── ResourceExhausted     RESOURCE_EXHAUSTED      a concurrency limit (bulkhead) is full
+//! ├── PermissionDenied      PERMISSION_DENIED       the caller's identity may not do this
 //! ├── Other                 a Meridian code this SDK version does not know yet
 //! ├── Rpc                   any other gRPC status, without a Meridian code
 //! └── Transport             the channel could not be set up
@@ -143,6 +144,15 @@ pub enum Error {
         /// Which limit, in words.
         message: String,
     },
+    /// The caller's identity (the SPIFFE ID of its client certificate) may
+    /// not do this: the agent's policy refused it. Not transient: the same
+    /// caller is refused again until the policy changes. gRPC
+    /// `PERMISSION_DENIED`, HTTP 403.
+    #[error("permission denied: {message}")]
+    PermissionDenied {
+        /// Who was refused what, in words.
+        message: String,
+    },
     /// A stable Meridian code this version of the SDK does not know (a newer
     /// agent's); match on `code` to handle it.
     #[error("{code}: {message}")]
@@ -179,6 +189,7 @@ impl Error {
             Error::IdempotencyInProgress { .. } => "IDEMPOTENCY_IN_PROGRESS",
             Error::IdempotencyMismatch { .. } => "IDEMPOTENCY_MISMATCH",
             Error::ResourceExhausted { .. } => "RESOURCE_EXHAUSTED",
+            Error::PermissionDenied { .. } => "PERMISSION_DENIED",
             Error::Other { code, .. } => code,
             Error::Rpc(_) | Error::Transport(_) => return None,
         })
@@ -230,6 +241,7 @@ impl Error {
             },
             "IDEMPOTENCY_MISMATCH" => Error::IdempotencyMismatch { message },
             "RESOURCE_EXHAUSTED" => Error::ResourceExhausted { message },
+            "PERMISSION_DENIED" => Error::PermissionDenied { message },
             code => Error::Other {
                 code: code.to_owned(),
                 message,
@@ -556,5 +568,21 @@ mod tests {
         assert!(matches!(err, Error::ResourceExhausted { .. }), "{err:?}");
         assert_eq!(err.code(), Some("RESOURCE_EXHAUSTED"));
         assert!(err.is_transient());
+    }
+
+    #[test]
+    fn a_refused_identity_is_permission_denied_and_final() {
+        let err = Error::from(agent(
+            tonic::Code::PermissionDenied,
+            "spiffe://td/service/orders may not write keyspace accounts",
+            "PERMISSION_DENIED",
+        ));
+        assert!(matches!(err, Error::PermissionDenied { .. }), "{err:?}");
+        assert_eq!(err.code(), Some("PERMISSION_DENIED"));
+        assert!(!err.is_transient());
+        assert_eq!(
+            err.to_string(),
+            "permission denied: spiffe://td/service/orders may not write keyspace accounts"
+        );
     }
 }

@@ -75,6 +75,7 @@ fn every_typed_variant() -> Vec<Error> {
         },
         Error::IdempotencyMismatch { message: message() },
         Error::ResourceExhausted { message: message() },
+        Error::PermissionDenied { message: message() },
     ]
 }
 

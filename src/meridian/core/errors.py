@@ -21,7 +21,8 @@ details; the SDKs rebuild the typed error from those details.
     ├── FencedError                 FENCED                   a fencing token that lost its idempotency key
     ├── IdempotencyInProgressError  IDEMPOTENCY_IN_PROGRESS  another caller runs the command now
     ├── IdempotencyMismatchError    IDEMPOTENCY_MISMATCH     the key was used for another request
-    └── ResourceExhaustedError      RESOURCE_EXHAUSTED       a concurrency limit (a bulkhead) is full
+    ├── ResourceExhaustedError      RESOURCE_EXHAUSTED       a concurrency limit (a bulkhead) is full
+    └── PermissionDeniedError       PERMISSION_DENIED        the caller's identity may not do this
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class ErrorCode(StrEnum):
     IDEMPOTENCY_IN_PROGRESS = "IDEMPOTENCY_IN_PROGRESS"
     IDEMPOTENCY_MISMATCH = "IDEMPOTENCY_MISMATCH"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
 
 
 class MeridianError(Exception):
@@ -161,3 +163,10 @@ class ResourceExhaustedError(MeridianError):
     """A concurrency limit (a bulkhead) is full; the call was refused before it started."""
 
     code = ErrorCode.RESOURCE_EXHAUSTED
+
+
+class PermissionDeniedError(MeridianError):
+    """The caller's identity (from its certificate) may not do this: another
+    identity's instance or idempotency key, say. Not retryable."""
+
+    code = ErrorCode.PERMISSION_DENIED

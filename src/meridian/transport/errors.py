@@ -65,6 +65,7 @@ ERROR_TABLE: dict[ErrorCode, StatusMapping] = {
     ErrorCode.IDEMPOTENCY_IN_PROGRESS: StatusMapping(grpc.StatusCode.ABORTED, 409, True),
     ErrorCode.IDEMPOTENCY_MISMATCH: StatusMapping(grpc.StatusCode.FAILED_PRECONDITION, 422, False),
     ErrorCode.RESOURCE_EXHAUSTED: StatusMapping(grpc.StatusCode.RESOURCE_EXHAUSTED, 503, True),
+    ErrorCode.PERMISSION_DENIED: StatusMapping(grpc.StatusCode.PERMISSION_DENIED, 403, False),
 }
 
 #: ``ErrorInfo.metadata`` key of a ``CONFLICT``: the key's revision now, in decimal.
