@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -67,6 +68,7 @@ from meridian.core.errors import (
     MeridianError,
 )
 from meridian.idempotency import StoredResponse
+from meridian.security.tls import TlsFiles, grpc_channel_credentials
 from meridian.subscription import Subscription
 
 T = TypeVar("T")
@@ -94,16 +96,26 @@ __all__ = [
 class MeridianClient:
     """A connection to one agent. Use as an async context manager."""
 
-    def __init__(self, target: str, *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, target: str, *, timeout_s: float = 10.0, tls: TlsFiles | Path | str | None = None
+    ) -> None:
+        """``tls``: mutual TLS with this identity (a :class:`TlsFiles`, or a folder
+        with cert.pem, key.pem and bundle.pem); the agent's certificate must chain
+        to the bundle and name the host of ``target``. None: plaintext, for an
+        agent in insecure mode."""
         self.target = target
         self.timeout_s = timeout_s
-        self._channel = grpc.aio.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", 10 << 20),
-                ("grpc.max_send_message_length", 10 << 20),
-            ],
-        )
+        options = [
+            ("grpc.max_receive_message_length", 10 << 20),
+            ("grpc.max_send_message_length", 10 << 20),
+        ]
+        if tls is None:
+            self._channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            files = tls if isinstance(tls, TlsFiles) else TlsFiles.in_folder(tls)
+            self._channel = grpc.aio.secure_channel(
+                target, grpc_channel_credentials(files), options=options
+            )
         self._state = state_pb2_grpc.StateServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._idem = idempotency_pb2_grpc.IdempotencyServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._events = events_pb2_grpc.EventServiceStub(self._channel)  # type: ignore[no-untyped-call]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from ssl import SSLContext
 from typing import Any
 
 import aiohttp
@@ -22,8 +24,14 @@ def agent_config(
     keyspaces: Sequence[dict[str, Any]] = (),
     quorum_timeout_s: float = 1.0,
     idempotency: dict[str, Any] | None = None,
+    ca_dir: Path | None = None,
 ) -> MeridianConfig:
-    """One agent in us-east on ``cluster``; ``peers`` are declared regions without agents."""
+    """One agent in us-east on ``cluster``; ``peers`` are declared regions without agents.
+
+    With ``ca_dir``, mutual TLS from the built-in CA there (call
+    :func:`meridian.security.pki.ensure_sandbox` to issue the certificates);
+    without, the agent runs in insecure mode, which these tests of the data
+    plane choose explicitly (tests/integration/test_mtls.py covers TLS)."""
     home = cluster.server("us-east")
     regions: list[dict[str, Any]] = [
         {
@@ -54,6 +62,9 @@ def agent_config(
             },
             "keyspace": list(keyspaces),
             "idempotency": idempotency or {},
+            "security": (
+                {"mode": "mtls", "ca_dir": str(ca_dir)} if ca_dir else {"mode": "insecure"}
+            ),
         },
         env={},
     )
@@ -87,19 +98,26 @@ async def running_agent(
         task.result()
 
 
-async def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any, Any]:
-    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as resp:
+async def http_get(
+    url: str, headers: dict[str, str] | None = None, ssl: SSLContext | None = None
+) -> tuple[int, Any, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url, headers=headers, ssl=ssl if ssl is not None else True) as resp,
+    ):
         return resp.status, await resp.json(content_type=None), resp.headers
 
 
-async def http_post(url: str, body: Any) -> tuple[int, Any]:
+async def http_post(url: str, body: Any, ssl: SSLContext | None = None) -> tuple[int, Any]:
     """POST ``body``: an object as JSON, or bytes/str as they are (for malformed
-    bodies), declared ``application/json`` either way."""
+    bodies), declared ``application/json`` either way; ``ssl``: the identity
+    to present to an agent with mutual TLS."""
     kwargs: dict[str, Any] = (
         {"data": body, "headers": {"Content-Type": "application/json"}}
         if isinstance(body, bytes | str)
         else {"json": body}
     )
+    kwargs["ssl"] = ssl if ssl is not None else True
     async with aiohttp.ClientSession() as session, session.post(url, **kwargs) as resp:
         return resp.status, await resp.json(content_type=None)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from meridian.client import MeridianClient
 from meridian.config import MeridianConfig, parse_config
 from meridian.core.errors import ClockSkewError, UnavailableError
 from meridian.core.hlc import SystemClock
+from meridian.security.pki import ensure_sandbox
 from meridian.testing.clock import OffsetClock
 from meridian.testing.nats_server import NatsCluster, free_port
 from tests.conftest import eventually
@@ -28,8 +30,9 @@ def cluster() -> Any:
         yield c
 
 
-def three_region_config(cluster: NatsCluster) -> MeridianConfig:
-    return parse_config(
+def three_region_config(cluster: NatsCluster, ca_dir: Path) -> MeridianConfig:
+    """Three agents with mutual TLS, their certificates from a CA in ``ca_dir``."""
+    config = parse_config(
         {
             "region": [
                 {
@@ -43,9 +46,12 @@ def three_region_config(cluster: NatsCluster) -> MeridianConfig:
             "wan": {"link": []},
             "agent": {"status_interval_s": 0.2, "peer_timeout_s": 0.5, "quorum_timeout_s": 2.0},
             "keyspace": [{"name": "accounts"}],
+            "security": {"ca_dir": str(ca_dir)},
         },
         env={},
     )
+    ensure_sandbox(config)
+    return config
 
 
 @contextlib.asynccontextmanager
@@ -70,8 +76,10 @@ async def agents(
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
 
 
-async def test_the_skewed_agent_refuses_clock_writes_and_says_why(cluster: NatsCluster) -> None:
-    config = three_region_config(cluster)
+async def test_the_skewed_agent_refuses_clock_writes_and_says_why(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    config = three_region_config(cluster, tmp_path / "ca")
     async with agents(config, skewed="ap-south", offset_ms=1_000) as running:
         skewed = running["ap-south"]
         obs = await eventually(
@@ -84,7 +92,9 @@ async def test_the_skewed_agent_refuses_clock_writes_and_says_why(cluster: NatsC
         offsets = {p.region: p.clock_offset_ms for p in obs.peers}
         assert all(-1_200 < o < -800 for o in offsets.values()), offsets
 
-        async with MeridianClient(config.region("ap-south").grpc_address) as ap:
+        async with MeridianClient(
+            config.region("ap-south").grpc_address, tls=config.client_tls_dir
+        ) as ap:
 
             async def skewed_put() -> Exception | None:
                 try:
@@ -106,7 +116,9 @@ async def test_the_skewed_agent_refuses_clock_writes_and_says_why(cluster: NatsC
         # The healthy majority keeps writing: each sees only one peer off.
         for region in ("us-east", "eu-west"):
             assert running[region].monitor.latest.clock_skew == ""
-            async with MeridianClient(config.region(region).grpc_address) as ok:
+            async with MeridianClient(
+                config.region(region).grpc_address, tls=config.client_tls_dir
+            ) as ok:
 
                 async def put(c: MeridianClient = ok, r: str = region) -> bool:
                     try:

@@ -148,7 +148,7 @@ monitor_url = "http://10.0.0.1:8222"
     assert alpha.global_.client == 20010  # not given: derived from base_port
     assert (alpha.grpc_port, alpha.http_port) == (30001, 30002)
     assert alpha.grpc_address == "127.0.0.1:30001"
-    assert alpha.http_url == "http://127.0.0.1:30002"
+    assert alpha.http_url == "https://127.0.0.1:30002"  # mutual TLS unless insecure
     assert (beta.grpc_port, beta.http_port) == (20120, 20121)
     assert alpha.agent_nats_urls == ("nats://127.0.0.1:30010",)
     assert (beta.global_.client, beta.global_.monitor) == (30110, 30113)

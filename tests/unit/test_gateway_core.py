@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from meridian.core.errors import InvalidArgumentError
+from meridian.core.paths import DEFAULT_ALLOW, allow_violations, refusal
 from meridian.gateway.model import (
     HINT_MAX_CHARS,
     NOT_CHECKED,
@@ -340,3 +341,61 @@ def test_with_no_region_up_every_region_that_ever_answered_is_offered() -> None:
     assert board.choose("eu-west", wan) == ["eu-west", "us-east"]  # ap-south never answered
     board.record_success("us-east", 4.0, 3.0)
     assert board.choose("eu-west", wan) == ["us-east"]  # one is up again: only it
+
+
+# -- the allow-list (meridian.core.paths) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "patterns",
+    [
+        "/v1/invoke/*",
+        ["v1/health"],
+        ["/v1/Invoke/*"],
+        ["/v1/invoke/*/x"],
+        ["/v1/../state/*"],
+        ["/v1/state?x=1"],
+        ["/v1/%73tate/*"],
+        ["/v1/health/"],
+        [3],
+        ["/" + "a" * 300],
+        ["/v1/health"] * 65,
+    ],
+)
+def test_a_bad_allow_list_is_refused_naming_the_entry(patterns: object) -> None:
+    violations = allow_violations(patterns, "gateway.allow")
+    assert violations
+    assert all(v.field.startswith("gateway.allow") for v in violations)
+
+
+def test_good_allow_lists_pass() -> None:
+    assert allow_violations(list(DEFAULT_ALLOW), "gateway.allow") == []
+    assert allow_violations(["/*", "/v1/state/*", "/metrics", "/v1/a_b-c"], "x") == []
+
+
+@pytest.mark.parametrize(
+    ("raw_path", "allowed"),
+    [
+        ("/v1/invoke/orders/orders", True),
+        ("/v1/invoke/", True),
+        ("/v1/invoke", False),
+        ("/v1/health", True),
+        ("/v1/health/x", False),
+        ("/v1/healthz", False),
+        ("/v1/state/put", False),
+        ("/v1/invoke/x/../../state/put", False),
+        ("/v1/invoke/x/%2E%2e/state", False),
+        ("/v1/invoke/x%2fy", True),
+        ("/v1/invoke/x/..%2f..%2fstate", False),
+        ("/v1/invoke/x/..%5C..%5Cstate", False),
+        ("/v1/invoke/x//y", False),
+        ("v1/health", False),
+    ],
+)
+def test_refusal_follows_the_default_list(raw_path: str, allowed: bool) -> None:
+    assert (refusal(raw_path, DEFAULT_ALLOW) is None) is allowed
+
+
+def test_everything_passes_slash_star_but_dot_segments() -> None:
+    assert refusal("/anything/at/all", ("/*",)) is None
+    assert refusal("/a/../b", ("/*",)) is not None

@@ -25,8 +25,10 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import uuid
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
@@ -38,6 +40,8 @@ from meridian.agent.monitor import StatusMonitor
 from meridian.backbone.connection import BackboneConnection
 from meridian.backbone.lifecycle import Background, Component, enter_together
 from meridian.config import MeridianConfig
+from meridian.config.model import LOOPBACK_HOSTS
+from meridian.core.errors import ConfigError, FieldViolation, MeridianError
 from meridian.core.hlc import Clock, HybridLogicalClock, SkewMonitor, SystemClock
 from meridian.events.component import EventsComponent
 from meridian.events.groups import ConsumerGroups
@@ -50,6 +54,14 @@ from meridian.invocation.router import Invoker
 from meridian.invocation.service import InvocationApi, RegistryApi
 from meridian.observability.metrics import AgentMetrics
 from meridian.observability.tracing import build_tracer_provider
+from meridian.security.model import Identity, Kind
+from meridian.security.tls import (
+    Callers,
+    GrpcServerCredentials,
+    ReloadingContext,
+    TlsFiles,
+    server_context,
+)
 from meridian.state.replicas import StateComponent
 from meridian.state.service import StateApi
 from meridian.transport.api import AgentApi, Services
@@ -101,6 +113,61 @@ class _Transports:
         tb: TracebackType | None,
     ) -> None:
         await self.stop_intake()
+
+
+@dataclass(frozen=True)
+class _AgentTls:
+    files: TlsFiles
+    callers: Callers
+
+
+#: Who may call an agent: services, people and tools, the gateway, other agents.
+CALLER_KINDS = frozenset({Kind.SERVICE, Kind.OPERATOR, Kind.GATEWAY, Kind.AGENT})
+
+
+def agent_tls(config: MeridianConfig, region: str) -> _AgentTls | None:
+    """The agent's certificate and who may call it; None in insecure mode
+    (logged as a warning, and refused beyond loopback). ConfigError naming
+    the field when the files are missing or name another identity."""
+    rc = config.region(region)
+    if not config.security.tls:
+        if rc.listen_host not in LOOPBACK_HOSTS:
+            raise ConfigError(
+                FieldViolation(
+                    "security.mode",
+                    f"insecure, but the agent would listen on {rc.listen_host}: "
+                    "a plaintext agent stays on loopback",
+                ),
+                config.source,
+            )
+        log.warning(
+            "security.mode is insecure: the agent's gRPC and HTTP listeners are "
+            "plaintext and anyone who reaches them can call every API",
+            extra={"region": region},
+        )
+        return None
+    field = f"region[{rc.index}].tls_dir"
+    files = TlsFiles.in_folder(config.agent_tls_dir(region))
+    want = Identity(config.security.trust_domain, Kind.AGENT, region)
+    try:
+        identity = files.identity()
+        server_context(files)
+    except (OSError, ssl.SSLError, ValueError, MeridianError) as exc:
+        raise ConfigError(
+            FieldViolation(
+                field,
+                f"cannot load the agent's certificate from {files.cert.parent} ({exc}); "
+                f"run `meridian sandbox up` or `meridian ca issue agent/{region}`, "
+                'or set security.mode = "insecure" for a loopback-only plaintext agent',
+            ),
+            config.source,
+        ) from exc
+    if identity != want:
+        raise ConfigError(
+            FieldViolation(field, f"the certificate names {identity}, not {want}"),
+            config.source,
+        )
+    return _AgentTls(files, Callers(config.security.trust_domain, CALLER_KINDS))
 
 
 class _Monitor(Background):
@@ -238,9 +305,25 @@ class Agent:
         )
         rc = self.region_config
         self.status_monitor = _Monitor(self.monitor)
+        tls = agent_tls(config, region)
+        callers = tls.callers if tls else None
         self.transports = _Transports(
-            GrpcTransport(self.api, self.services, rc.listen_host, rc.grpc_port),
-            HttpTransport(self.api, self.services, rc.listen_host, rc.http_port),
+            GrpcTransport(
+                self.api,
+                self.services,
+                rc.listen_host,
+                rc.grpc_port,
+                tls=GrpcServerCredentials(tls.files) if tls else None,
+                callers=callers,
+            ),
+            HttpTransport(
+                self.api,
+                self.services,
+                rc.listen_host,
+                rc.http_port,
+                tls=ReloadingContext(tls.files) if tls else None,
+                callers=callers,
+            ),
             config.agent.shutdown_grace_s,
         )
         # Entered together; left in reverse order, so the router stops taking

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import urllib.error
@@ -90,8 +91,9 @@ class JetStreamView:
         return bool(self.meta_leader)
 
 
-def fetch_json(url: str, timeout: float = 2.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
+def fetch_json(url: str, timeout: float = 2.0, context: ssl.SSLContext | None = None) -> Any:
+    """GET ``url`` as JSON; ``context`` for an https:// URL (an agent's, with mTLS)."""
+    with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
         return json.loads(resp.read())
 
 

@@ -11,7 +11,9 @@ to fix it. Nothing is started from a configuration that failed validation.
 The environment is an injectable mapping:
 
 - ``MERIDIAN_CONFIG``: the file to load when none is given;
-- ``MERIDIAN_NATS_SERVER``: the ``nats-server`` binary, overriding the file.
+- ``MERIDIAN_NATS_SERVER``: the ``nats-server`` binary, overriding the file;
+- ``MERIDIAN_INSECURE=1``: plaintext listeners (``--insecure``), overriding
+  ``[security] mode``.
 """
 
 from meridian.config.loader import (
@@ -35,6 +37,7 @@ from meridian.config.model import (
     NatsPorts,
     RegionConfig,
     SandboxConfig,
+    SecurityConfig,
     TelemetryConfig,
     WanConfig,
     WanLink,
@@ -59,6 +62,7 @@ __all__ = [
     "NatsPorts",
     "RegionConfig",
     "SandboxConfig",
+    "SecurityConfig",
     "TelemetryConfig",
     "WanConfig",
     "WanLink",

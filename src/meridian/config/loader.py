@@ -36,6 +36,7 @@ from meridian.config.model import (
     proxy_ports,
 )
 from meridian.config.reader import Reader
+from meridian.config.security import check_plaintext_listeners, folder, security_section
 from meridian.config.services import (
     gateway_section,
     idempotency_section,
@@ -115,12 +116,14 @@ def parse_config(
             "invocation",
             "resilience",
             "gateway",
+            "security",
         },
         "",
     )
 
     sandbox = _sandbox(rd, rd.table(raw, "sandbox", "sandbox"), env, base_dir)
-    regions = _regions(rd, raw.get("region"), sandbox.base_port)
+    security = security_section(rd, rd.table(raw, "security", "security"), env, base_dir)
+    regions = _regions(rd, raw.get("region"), sandbox.base_port, security.tls, base_dir)
     names = [r.name for r in regions]
     wan = _wan(rd, rd.table(raw, "wan", "wan"), names, sandbox.base_port)
     agent = _agent(rd, rd.table(raw, "agent", "agent"))
@@ -128,7 +131,8 @@ def parse_config(
     keyspaces = _keyspaces(rd, raw.get("keyspace", []))
     idempotency = idempotency_section(rd, rd.table(raw, "idempotency", "idempotency"))
     invocation = invocation_section(rd, rd.table(raw, "invocation", "invocation"))
-    gateway = gateway_section(rd, rd.table(raw, "gateway", "gateway"), sandbox.base_port)
+    gateway = gateway_section(rd, rd.table(raw, "gateway", "gateway"), sandbox.base_port, base_dir)
+    check_plaintext_listeners(rd, security, {"gateway.host": gateway.host})
     resilience = resilience_section(rd, rd.table(raw, "resilience", "resilience"))
     _check_port_clashes(rd, regions, wan)
     if any(r.grpc_port == gateway.port or r.http_port == gateway.port for r in regions):
@@ -146,6 +150,7 @@ def parse_config(
         idempotency=idempotency,
         invocation=invocation,
         gateway=gateway,
+        security=security,
         resilience=resilience,
         source=source,
     )
@@ -258,7 +263,7 @@ def _sandbox(
     )
 
 
-def _regions(rd: Reader, raw: Any, base_port: int) -> list[RegionConfig]:
+def _regions(rd: Reader, raw: Any, base_port: int, tls: bool, base_dir: Path) -> list[RegionConfig]:
     if raw is None:
         raw = [{"name": n} for n in DEFAULT_REGIONS]
     if not isinstance(raw, list) or not raw:
@@ -266,7 +271,7 @@ def _regions(rd: Reader, raw: Any, base_port: int) -> list[RegionConfig]:
         return []
     regions: list[RegionConfig] = []
     seen: dict[str, int] = {}
-    allowed = {"name", "grpc_port", "http_port", "ports", "nats_urls", "monitor_url"}
+    allowed = {"name", "grpc_port", "http_port", "ports", "nats_urls", "monitor_url", "tls_dir"}
     for i, entry in enumerate(raw):
         path = f"region[{i}]"
         if not isinstance(entry, Mapping):
@@ -333,6 +338,8 @@ def _regions(rd: Reader, raw: Any, base_port: int) -> list[RegionConfig]:
                 ),
                 nats_urls=tuple(urls),
                 monitor_url=monitor,
+                tls_dir=folder(rd, entry, "tls_dir", f"{path}.tls_dir", base_dir),
+                tls=tls,
             )
         )
     return regions

@@ -11,11 +11,19 @@ from pathlib import Path
 
 from meridian.core.errors import ConfigError, FieldViolation
 from meridian.core.keyspace import Keyspace
+from meridian.core.paths import DEFAULT_ALLOW
 from meridian.invocation.resilience.overrides import PolicySet
 
 REGION_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]\Z")
 GLOBAL_CLUSTER = "global"
 EXPORTERS = ("none", "console", "otlp")
+#: "mtls": every agent and gateway listener is mutual TLS (the default);
+#: "insecure": plaintext, loopback only, with a warning at every start.
+SECURITY_MODES = ("mtls", "insecure")
+DEFAULT_TRUST_DOMAIN = "meridian.local"
+#: The identity (a folder of the built-in CA) the CLI, the demo and tools call agents as.
+OPERATOR_SLUG = "operator-meridian"
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 DEFAULT_REGIONS = ("us-east", "eu-west", "ap-south")
 DEFAULT_LINKS = (
@@ -69,6 +77,11 @@ class RegionConfig:
     #: The NATS monitoring endpoint of the region's server, if the agent may read it.
     monitor_url: str | None = None
     listen_host: str = "127.0.0.1"
+    #: The agent's certificate, key and bundle (cert.pem, key.pem, bundle.pem);
+    #: None means the built-in CA's ``agent-<region>`` identity.
+    tls_dir: Path | None = None
+    #: Whether the agent's listeners are mutual TLS ([security] mode).
+    tls: bool = True
 
     @property
     def agent_nats_urls(self) -> tuple[str, ...]:
@@ -87,7 +100,8 @@ class RegionConfig:
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.listen_host}:{self.http_port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.listen_host}:{self.http_port}"
 
 
 @dataclass(frozen=True)
@@ -184,6 +198,31 @@ class GatewayConfig:
     unhealthy_after: int = 2
     #: The request header a client names its preferred region in.
     region_header: str = "Meridian-Region"
+    #: The gateway's certificate, key and bundle; None means the built-in CA's
+    #: ``gateway`` identity.
+    tls_dir: Path | None = None
+    #: The agent paths the gateway passes on (meridian.core.paths); anything
+    #: else is refused with PERMISSION_DENIED.
+    allow: tuple[str, ...] = DEFAULT_ALLOW
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """Identities and mutual TLS (docs/security.md)."""
+
+    mode: str = "mtls"
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    #: The built-in CA's directory; None means ``<sandbox.workdir>/ca``.
+    ca_dir: Path | None = None
+    #: The identity the CLI and tools present; None means the built-in CA's
+    #: ``operator-meridian`` identity.
+    client_tls_dir: Path | None = None
+    #: Lifetime of the leaves the sandbox issues.
+    leaf_lifetime_s: float = 86_400.0
+
+    @property
+    def tls(self) -> bool:
+        return self.mode == "mtls"
 
 
 @dataclass(frozen=True)
@@ -197,6 +236,7 @@ class MeridianConfig:
     idempotency: IdempotencyConfig = IdempotencyConfig()
     invocation: InvocationConfig = InvocationConfig()
     gateway: GatewayConfig = GatewayConfig()
+    security: SecurityConfig = SecurityConfig()
     #: The parsed [resilience] table (invocation.resilience.overrides.PolicySet).
     resilience: PolicySet = field(default_factory=PolicySet)
     source: str = "<defaults>"
@@ -215,6 +255,29 @@ class MeridianConfig:
             FieldViolation("region", f"unknown region {name!r}; configured regions are {known}"),
             self.source,
         )
+
+    @property
+    def ca_path(self) -> Path:
+        """The built-in CA's directory."""
+        return self.security.ca_dir or self.sandbox.workdir / "ca"
+
+    def identity_dir(self, slug: str) -> Path:
+        """The built-in CA's folder of one identity (``agent-us-east``, ``gateway``)."""
+        return self.ca_path / "identities" / slug
+
+    def agent_tls_dir(self, region: str) -> Path:
+        return self.region(region).tls_dir or self.identity_dir(f"agent-{region}")
+
+    @property
+    def gateway_tls_dir(self) -> Path:
+        return self.gateway.tls_dir or self.identity_dir("gateway")
+
+    @property
+    def client_tls_dir(self) -> Path | None:
+        """The folder the CLI and tools present to agents; None in insecure mode."""
+        if not self.security.tls:
+            return None
+        return self.security.client_tls_dir or self.identity_dir(OPERATOR_SLUG)
 
     def keyspace(self, name: str) -> Keyspace | None:
         for ks in self.keyspaces:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from meridian.config.model import (
@@ -13,7 +14,9 @@ from meridian.config.model import (
     InvocationConfig,
 )
 from meridian.config.reader import Reader
+from meridian.config.security import folder
 from meridian.core.errors import ConfigError
+from meridian.core.paths import allow_violations
 from meridian.invocation.resilience.overrides import PolicySet
 
 IDEMPOTENCY_STORAGE = ("global", "regional")
@@ -75,8 +78,12 @@ def invocation_section(rd: Reader, raw: Mapping[str, Any]) -> InvocationConfig:
     )
 
 
-def gateway_section(rd: Reader, raw: Mapping[str, Any], base_port: int) -> GatewayConfig:
+def gateway_section(
+    rd: Reader, raw: Mapping[str, Any], base_port: int, base_dir: Path
+) -> GatewayConfig:
     keys = {
+        "tls_dir",
+        "allow",
         "host",
         "port",
         "health_interval_s",
@@ -117,7 +124,17 @@ def gateway_section(rd: Reader, raw: Mapping[str, Any], base_port: int) -> Gatew
             raw, "unhealthy_after", "gateway.unhealthy_after", d.unhealthy_after, low=1, high=100
         ),
         region_header=header,
+        tls_dir=folder(rd, raw, "tls_dir", "gateway.tls_dir", base_dir),
+        allow=_allow(rd, raw, d.allow),
     )
+
+
+def _allow(rd: Reader, raw: Mapping[str, Any], default: tuple[str, ...]) -> tuple[str, ...]:
+    if "allow" not in raw:
+        return default
+    violations = allow_violations(raw["allow"], "gateway.allow")
+    rd.violations.extend(violations)
+    return default if violations else tuple(raw["allow"])
 
 
 def resilience_section(rd: Reader, raw: Mapping[str, Any]) -> PolicySet:

@@ -15,6 +15,7 @@ not pass on (hop-by-hop, Meridian's own, gRPC's own) and put the agent's
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Iterable
@@ -25,7 +26,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from meridian._pb.meridian.v1 import invocation_pb2 as pb
 from meridian.config.model import InvocationConfig
-from meridian.core.calls import CALLER_TIMEOUT, CallerTimeout
+from meridian.core.calls import CALLER, Caller
 from meridian.core.errors import FieldViolation, InvalidArgumentError
 from meridian.invocation.calls import HOP_BY_HOP, Call, Reply
 from meridian.invocation.model import INSTANCE_ID, SERVICE_NAME, validate_registration
@@ -251,12 +252,12 @@ class InvocationApi:
         self.invoker = invoker
         self.config = config
 
-    async def call(self, call: Call, caller: CallerTimeout | None = None) -> Reply:
+    async def call(self, call: Call, caller: Caller | None = None) -> Reply:
         """Invoke ``call``: the one entry every invocation takes. ``caller`` is
         the caller's timeout, by default the one the transport set for the call
         being served. The route's policy is resolved once, for the deadline and
         the call."""
-        timeout = CALLER_TIMEOUT.get() if caller is None else caller
+        timeout = CALLER.get() if caller is None else caller
         policy = self.invoker.policy(call)
         deadline = resolve_deadline(
             time.monotonic(),
@@ -279,10 +280,10 @@ class InvocationApi:
             body=request.body,
             max_body=self.config.max_body_bytes,
         )
-        caller = CALLER_TIMEOUT.get()
+        caller = CALLER.get()
         timeout_ms = next((v for k, v in headers if k.lower() == "meridian-timeout-ms"), None)
         if timeout_ms is not None:
-            caller = CallerTimeout(remaining_s=caller.remaining_s, timeout_ms=timeout_ms)
+            caller = dataclasses.replace(caller, timeout_ms=timeout_ms)
         reply = await self.call(call, caller)
         return pb.InvokeResponse(
             status=reply.status,

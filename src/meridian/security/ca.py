@@ -156,6 +156,15 @@ def _write(path: Path, data: bytes, *, private: bool = False) -> None:
         raise
 
 
+def _requested_lifetime(leaf: Leaf) -> int | None:
+    """The lifetime the leaf was issued with (its ``leaf.json``)."""
+    try:
+        request = json.loads((leaf.cert_path.parent / "leaf.json").read_text())
+        return int(request["lifetime_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
@@ -391,6 +400,40 @@ class CertificateAuthority:
             dns_names=tuple(san.get_values_for_type(x509.DNSName)),
             ip_addresses=tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress)),
         )
+
+    def ensure(
+        self,
+        identity: Identity,
+        *,
+        lifetime_s: int = DEFAULT_LEAF_LIFETIME_S,
+        dns_names: Sequence[str] = (),
+        ip_addresses: Sequence[str] = (),
+        now: float | None = None,
+    ) -> Leaf:
+        """The leaf of ``identity`` as asked: the one on disk if it has these SANs
+        and this lifetime, comes from the current root and is not yet due for
+        renewal; else a new one."""
+        now = time.time() if now is None else now
+        try:
+            leaf = self.leaf(identity)
+        except NotFoundError:
+            leaf = None
+        if (
+            leaf is None
+            or leaf.issuer != self._meta()["current"]
+            or leaf.validity.state(now) != "ok"
+            or _requested_lifetime(leaf) != lifetime_s
+            or set(leaf.dns_names) != set(dns_names)
+            or set(leaf.ip_addresses) != {str(ipaddress.ip_address(ip)) for ip in ip_addresses}
+        ):
+            leaf = self.issue(
+                identity,
+                lifetime_s=lifetime_s,
+                dns_names=dns_names,
+                ip_addresses=ip_addresses,
+                now=now,
+            )
+        return leaf
 
     def leaves(self) -> list[Leaf]:
         self._meta()

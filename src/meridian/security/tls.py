@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import grpc
 from cryptography import x509
 
-from meridian.core.errors import FieldViolation, InvalidArgumentError
-from meridian.security.model import SCHEME, Identity
+from meridian.core.errors import FieldViolation, InvalidArgumentError, PermissionDeniedError
+from meridian.security.model import SCHEME, Identity, Kind
 
 
 class PeerIdentityError(InvalidArgumentError):
@@ -108,24 +111,18 @@ def client_context(files: TlsFiles) -> ssl.SSLContext:
     return ctx
 
 
-class ReloadingContext:
-    """A server context whose certificate, key and bundle follow the files.
+class _FollowsFiles:
+    """A context rebuilt by ``build`` whenever the files change (inode or mtime);
+    a half-written set that fails to load keeps the previous one, so a
+    rotation never breaks new connections."""
 
-    The context given to the server stays the same object; its SNI callback
-    hands each new handshake the context built from the files as they are now
-    (rebuilt when their inode or mtime changes; a half-written set that fails
-    to load keeps the previous one, so a rotation never breaks new connections).
-    """
-
-    def __init__(self, files: TlsFiles) -> None:
+    def __init__(self, files: TlsFiles, build: Callable[[TlsFiles], ssl.SSLContext]) -> None:
         self.files = files
+        self._build = build
         self._stamp = files.stamp()
-        self._current = server_context(files)
+        self._current = build(files)
         self.reloads = 0
         self.failures = 0
-        #: The context the server holds: the first one built, choosing per handshake.
-        self.outer = self._current
-        self.outer.sni_callback = self._choose
 
     def current(self) -> ssl.SSLContext:
         try:
@@ -135,7 +132,7 @@ class ReloadingContext:
             return self._current
         if stamp != self._stamp:
             try:
-                self._current = server_context(self.files)
+                self._current = self._build(self.files)
             except (OSError, ssl.SSLError, ValueError):
                 self.failures += 1  # mid-rotation: keep serving with the previous files
             else:
@@ -143,5 +140,128 @@ class ReloadingContext:
                 self.reloads += 1
         return self._current
 
+
+class ReloadingContext(_FollowsFiles):
+    """A server context whose certificate, key and bundle follow the files.
+
+    The context given to the server stays the same object; its SNI callback
+    hands each new handshake the context built from the files as they are now.
+    """
+
+    def __init__(self, files: TlsFiles) -> None:
+        super().__init__(files, server_context)
+        #: The context the server holds: the first one built, choosing per handshake.
+        self.outer = self._current
+        self.outer.sni_callback = self._choose
+
     def _choose(self, sslobj: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
         sslobj.context = self.current()
+
+
+class ClientTls(_FollowsFiles):
+    """A client context that follows the files. Pass :meth:`current` per request
+    (aiohttp pools connections by context, so new ones use the new certificate)."""
+
+    def __init__(self, files: TlsFiles) -> None:
+        super().__init__(files, client_context)
+
+
+class GrpcServerCredentials:
+    """gRPC server credentials that follow the files, like :class:`ReloadingContext`.
+
+    ``grpc.dynamic_ssl_server_credentials`` asks :meth:`fetch` before each new
+    handshake; it returns a new certificate configuration when the files
+    changed (None keeps the current one), so a rotation needs no restart.
+    Client certificates are required and checked against the bundle.
+    """
+
+    def __init__(self, files: TlsFiles) -> None:
+        self.files = files
+        self._stamp = files.stamp()
+        self.reloads = 0
+        self.failures = 0
+        self.credentials = grpc.dynamic_ssl_server_credentials(
+            self._configuration(),
+            self.fetch,
+            require_client_authentication=True,
+        )
+
+    def _configuration(self) -> Any:
+        # Loaded through ssl first: a key that does not match its certificate fails
+        # here, by name, not at the first handshake.
+        server_context(self.files)
+        return grpc.ssl_server_certificate_configuration(
+            [(self.files.key.read_bytes(), self.files.cert.read_bytes())],
+            root_certificates=self.files.bundle.read_bytes(),
+        )
+
+    def fetch(self) -> Any:
+        try:
+            stamp = self.files.stamp()
+            if stamp == self._stamp:
+                return None
+            config = self._configuration()
+        except (OSError, ssl.SSLError, ValueError):
+            self.failures += 1  # mid-rotation: keep the previous files
+            return None
+        self._stamp = stamp
+        self.reloads += 1
+        return config
+
+
+def grpc_channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
+    """Client credentials for an agent's gRPC port: our certificate, and the
+    agent's checked against the bundle (and its address against its SANs)."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=files.bundle.read_bytes(),
+        private_key=files.key.read_bytes(),
+        certificate_chain=files.cert.read_bytes(),
+    )
+
+
+class Callers:
+    """Who is calling: the identity in a peer certificate, checked once per
+    certificate (a connection's calls share it) and remembered, bounded."""
+
+    MAX = 1024
+
+    def __init__(self, trust_domain: str, kinds: frozenset[Kind]) -> None:
+        self.trust_domain = trust_domain
+        self.kinds = kinds
+        self._seen: dict[bytes, Identity | PermissionDeniedError] = {}
+
+    def identify(self, cert: bytes | None) -> Identity:
+        """The identity of a client certificate (DER, or PEM as gRPC gives it),
+        or PermissionDeniedError naming why it may not call."""
+        if not cert:
+            raise PermissionDeniedError("the caller presented no client certificate")
+        found = self._seen.get(cert)
+        if found is None:
+            found = self._check(cert)
+            if len(self._seen) >= self.MAX:
+                self._seen.clear()
+            self._seen[cert] = found
+        if isinstance(found, PermissionDeniedError):
+            raise found
+        return found
+
+    def _check(self, cert: bytes) -> Identity | PermissionDeniedError:
+        try:
+            pem = cert.startswith(b"-----BEGIN")
+            identity = identity_of_pem(cert) if pem else identity_of_der(cert)
+        except (InvalidArgumentError, ValueError) as exc:
+            return PermissionDeniedError(f"the client certificate names no identity: {exc}")
+        if identity.trust_domain != self.trust_domain:
+            return PermissionDeniedError(f"{identity} is not in trust domain {self.trust_domain!r}")
+        if identity.kind not in self.kinds:
+            allowed = ", ".join(sorted(k.value for k in self.kinds))
+            return PermissionDeniedError(
+                f"{identity} is a {identity.kind.value}; only {allowed} identities may call"
+            )
+        return identity
+
+
+def grpc_peer_cert(auth_context: Mapping[str, Sequence[bytes]]) -> bytes | None:
+    """The client certificate (PEM) of a gRPC call, from its auth context."""
+    pems = auth_context.get("x509_pem_cert")
+    return pems[0] if pems else None

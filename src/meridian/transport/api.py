@@ -27,7 +27,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from meridian._pb.meridian.v1 import health_pb2, status_pb2
-from meridian.core.calls import CALLER_TIMEOUT, NO_TIMEOUT, CallerTimeout
+from meridian.core.calls import CALLER, NO_CALLER, Caller
 from meridian.core.errors import ErrorCode, InternalError, MeridianError
 from meridian.core.status import AgentObservation, Health, judge_health
 from meridian.observability.metrics import AgentMetrics
@@ -189,11 +189,11 @@ class AgentApi:
         method: str,
         transport: str,
         carrier: Mapping[str, str],
-        timeout: CallerTimeout = NO_TIMEOUT,
+        caller: Caller = NO_CALLER,
     ) -> _Served:
         """One traced, measured API call (unary or streaming), as a context
         manager that gives the call's ``traceparent``; see :class:`_Served`."""
-        return _Served(self, service, method, transport, carrier, timeout)
+        return _Served(self, service, method, transport, carrier, caller)
 
     async def call(
         self,
@@ -203,7 +203,7 @@ class AgentApi:
         carrier: Mapping[str, str],
         handler: Callable[[Req], Awaitable[Resp]],
         request: Req,
-        caller: CallerTimeout = NO_TIMEOUT,
+        caller: Caller = NO_CALLER,
     ) -> CallResult:
         """Run ``handler(request)`` as one :meth:`serving` call. Never raises a
         MeridianError: it comes back in the result for the transport to map."""
@@ -220,7 +220,7 @@ class _Served:
 
     The server span continues the caller's W3C trace context from ``carrier``
     and is current inside the block, as is the caller's ``timeout``
-    (:data:`~meridian.core.calls.CALLER_TIMEOUT`). A MeridianError raised inside is recorded
+    (:data:`~meridian.core.calls.CALLER`). A MeridianError raised inside is recorded
     (span status, the metric's code) and re-raised; any other exception is
     logged and re-raised as INTERNAL, so transports only ever map
     MeridianErrors. Cancellation passes through.
@@ -232,12 +232,12 @@ class _Served:
 
     __slots__ = (
         "_api",
+        "_caller",
+        "_caller_token",
         "_carrier",
         "_key",
         "_span",
         "_start",
-        "_timeout",
-        "_timeout_token",
         "_token",
         "traceparent",
     )
@@ -249,13 +249,13 @@ class _Served:
         method: str,
         transport: str,
         carrier: Mapping[str, str],
-        timeout: CallerTimeout = NO_TIMEOUT,
+        caller: Caller = NO_CALLER,
     ) -> None:
         self._api = api
         self._key = (service, method, transport)
         self._carrier = carrier
-        self._timeout = timeout
-        self._timeout_token: Token[CallerTimeout] | None = None
+        self._caller = caller
+        self._caller_token: Token[Caller] | None = None
         self.traceparent = ""
 
     def __enter__(self) -> str:
@@ -268,8 +268,10 @@ class _Served:
             attributes=meta.attributes,
         )
         self._token = otel_context.attach(trace.set_span_in_context(span))
-        if self._timeout is not NO_TIMEOUT:
-            self._timeout_token = CALLER_TIMEOUT.set(self._timeout)
+        if self._caller is not NO_CALLER:
+            self._caller_token = CALLER.set(self._caller)
+            if self._caller.identity:
+                span.set_attribute("enduser.id", self._caller.identity)
         self.traceparent = _traceparent(span)
         return self.traceparent
 
@@ -292,8 +294,8 @@ class _Served:
                 span.set_status(Status(StatusCode.ERROR, str(exc)))
                 raise InternalError(f"internal error in {name}") from exc
         finally:
-            if self._timeout_token is not None:
-                CALLER_TIMEOUT.reset(self._timeout_token)
+            if self._caller_token is not None:
+                CALLER.reset(self._caller_token)
             otel_context.detach(self._token)
             span.end()
             self._api._series(*self._key, code).record(time.perf_counter() - self._start)

@@ -11,9 +11,10 @@ import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2_grpc
 
-from meridian.core.calls import NO_TIMEOUT, CallerTimeout
+from meridian.core.calls import NO_CALLER, Caller
 from meridian.core.errors import MeridianError
 from meridian.invocation.service import SERVICE_METADATA, InvocationApi, grpc_call
+from meridian.security.tls import Callers, GrpcServerCredentials, grpc_peer_cert
 from meridian.transport.api import AgentApi, Services
 from meridian.transport.errors import grpc_status
 from meridian.transport.routes import Route, RouteError, build_routes
@@ -38,12 +39,17 @@ def _carrier(context: Ctx) -> dict[str, str]:
     return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
 
 
-def _timeout(context: Ctx) -> CallerTimeout:
+def _caller(context: Ctx, callers: Callers | None) -> Caller:
+    """The caller's deadline and the identity in its client certificate;
+    PermissionDeniedError when ``callers`` refuses that identity."""
     remaining = context.time_remaining()
-    return NO_TIMEOUT if remaining is None else CallerTimeout(remaining_s=remaining)
+    if callers is None:
+        return NO_CALLER if remaining is None else Caller(remaining_s=remaining)
+    identity = callers.identify(grpc_peer_cert(context.auth_context()))
+    return Caller(remaining_s=remaining, identity=identity.uri)
 
 
-def _method_handler(api: AgentApi, route: Route) -> grpc.RpcMethodHandler:
+def _method_handler(api: AgentApi, route: Route, callers: Callers | None) -> grpc.RpcMethodHandler:
     """The gRPC handler of one route: unary, a server stream, or a bidirectional
     stream (the contract has no client-stream-only RPC; the route table says so)."""
     service, method, handler = route.service, route.method, route.handler
@@ -52,8 +58,12 @@ def _method_handler(api: AgentApi, route: Route) -> grpc.RpcMethodHandler:
     if not route.client_streaming and not route.server_streaming:
 
         async def unary(request: Message, context: Ctx) -> Message:
+            try:
+                caller = _caller(context, callers)
+            except MeridianError as exc:
+                await _abort(context, exc)
             result = await api.call(
-                service, method, "grpc", _carrier(context), handler, request, _timeout(context)
+                service, method, "grpc", _carrier(context), handler, request, caller
             )
             # Trailing, not initial, metadata: sending initial metadata is a separate
             # write per call, and it showed up in profiles of the read path.
@@ -69,7 +79,8 @@ def _method_handler(api: AgentApi, route: Route) -> grpc.RpcMethodHandler:
 
     async def stream(request: Any, context: Ctx) -> AsyncIterator[Message]:
         try:
-            with api.serving(service, method, "grpc", _carrier(context), _timeout(context)) as tp:
+            caller = _caller(context, callers)
+            with api.serving(service, method, "grpc", _carrier(context), caller) as tp:
                 responses = await handler(request)
                 # A stream's first message may be far off: send the trace context now.
                 await context.send_initial_metadata((("traceparent", tp),))
@@ -85,11 +96,13 @@ def _method_handler(api: AgentApi, route: Route) -> grpc.RpcMethodHandler:
     raise RouteError(f"{route.grpc_path}: a client stream with one response is not served")
 
 
-def service_handlers(api: AgentApi, routes: Iterable[Route]) -> dict[str, dict[str, Any]]:
+def service_handlers(
+    api: AgentApi, routes: Iterable[Route], callers: Callers | None = None
+) -> dict[str, dict[str, Any]]:
     """The routes' gRPC handlers, by full service name and method name."""
     out: dict[str, dict[str, Any]] = {}
     for route in routes:
-        out.setdefault(route.full_service, {})[route.method] = _method_handler(api, route)
+        out.setdefault(route.full_service, {})[route.method] = _method_handler(api, route, callers)
     return out
 
 
@@ -98,9 +111,12 @@ class InvocationProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
     metadata naming the target service, is invoked through the router as raw
     bytes. Streaming methods are not proxied (UNIMPLEMENTED)."""
 
-    def __init__(self, api: AgentApi, invocation: InvocationApi) -> None:
+    def __init__(
+        self, api: AgentApi, invocation: InvocationApi, callers: Callers | None = None
+    ) -> None:
         self.api = api
         self.invocation = invocation
+        self.callers = callers
 
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
@@ -121,9 +137,8 @@ class InvocationProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
         incoming = [(k, v) for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)]
         inv = self.invocation
         try:
-            with self.api.serving(
-                "InvocationService", "Proxy", "grpc", dict(incoming), _timeout(context)
-            ):
+            caller = _caller(context, self.callers)
+            with self.api.serving("InvocationService", "Proxy", "grpc", dict(incoming), caller):
                 call = grpc_call(
                     service=service,
                     full_method=full_method,
@@ -161,9 +176,23 @@ class InvocationProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
 class GrpcTransport:
     """The agent's gRPC server. ``start()`` returns once the port is bound."""
 
-    def __init__(self, api: AgentApi, services: Services, host: str, port: int) -> None:
+    def __init__(
+        self,
+        api: AgentApi,
+        services: Services,
+        host: str,
+        port: int,
+        *,
+        tls: GrpcServerCredentials | None = None,
+        callers: Callers | None = None,
+    ) -> None:
+        """``tls`` and ``callers`` together: TLS with a client certificate
+        required, and every call refused unless ``callers`` accepts its
+        identity. Neither: plaintext (insecure mode)."""
         self.api = api
         self.services = services
+        self.tls = tls
+        self.callers = callers
         self.routes = build_routes(services.implementations(api))
         self.address = f"{host}:{port}"
         # The standard grpc.health.v1 service too, for orchestrators' probes.
@@ -178,12 +207,17 @@ class GrpcTransport:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ]
         )
-        for name, handlers in service_handlers(self.api, self.routes).items():
+        for name, handlers in service_handlers(self.api, self.routes, self.callers).items():
             server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
             server.add_registered_method_handlers(name, handlers)
         health_pb2_grpc.add_HealthServicer_to_server(self.std_health, server)
-        server.add_generic_rpc_handlers((InvocationProxy(self.api, self.services.invocation),))
-        bound = server.add_insecure_port(self.address)
+        server.add_generic_rpc_handlers(
+            (InvocationProxy(self.api, self.services.invocation, self.callers),)
+        )
+        if self.tls is not None:
+            bound = server.add_secure_port(self.address, self.tls.credentials)
+        else:
+            bound = server.add_insecure_port(self.address)
         if bound == 0:
             raise OSError(f"gRPC cannot bind {self.address}: address in use?")
         await server.start()

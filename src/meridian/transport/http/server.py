@@ -36,11 +36,12 @@ from google.protobuf.message import Message
 from multidict import CIMultiDict
 
 from meridian._pb.meridian.v1 import health_pb2, state_pb2
-from meridian.core.calls import NO_TIMEOUT, CallerTimeout
+from meridian.core.calls import NO_CALLER, Caller
 from meridian.core.errors import FieldViolation, InvalidArgumentError, MeridianError
 from meridian.invocation.resilience.deadline import HTTP_TIMEOUT_HEADER
 from meridian.invocation.service import http_call, reply_headers
 from meridian.observability.metrics import CONTENT_TYPE
+from meridian.security.tls import Callers, ReloadingContext
 from meridian.transport.api import AgentApi, Services
 from meridian.transport.errors import error_body, mapping_for
 from meridian.transport.routes import Route, RouteError, build_routes
@@ -127,12 +128,27 @@ _OK_STATUS: dict[tuple[str, str], Callable[[Message], int]] = {
 class HttpTransport:
     """The agent's HTTP server. ``start()`` returns once the port is bound."""
 
-    def __init__(self, api: AgentApi, services: Services, host: str, port: int) -> None:
+    def __init__(
+        self,
+        api: AgentApi,
+        services: Services,
+        host: str,
+        port: int,
+        *,
+        tls: ReloadingContext | None = None,
+        callers: Callers | None = None,
+    ) -> None:
+        """``tls`` and ``callers`` together: HTTPS with a client certificate
+        required, and every request refused unless ``callers`` accepts its
+        identity. Neither: plaintext (insecure mode)."""
         self.api = api
         self.host = host
         self.port = port
+        self.tls = tls
+        self.callers = callers
         self.routes = build_routes(services.implementations(api))
-        app = web.Application(client_max_size=MAX_BODY)
+        middlewares = [self._identify] if callers is not None else []
+        app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares)
         for route in self.routes:
             for binding in route.http:
                 if route.server_streaming:
@@ -157,7 +173,7 @@ class HttpTransport:
         ok_status: Callable[[Message], int] = _ok,
     ) -> web.Response:
         result = await self.api.call(
-            service, method, "http", request.headers, handler, message, _timeout(request)
+            service, method, "http", request.headers, handler, message, _caller(request)
         )
         headers = {"traceparent": result.traceparent} if result.traceparent else {}
         if result.error is not None:
@@ -209,7 +225,7 @@ class HttpTransport:
         inv = self.invocation
         try:
             with self.api.serving(
-                "InvocationService", "Invoke", "http", request.headers, _timeout(request)
+                "InvocationService", "Invoke", "http", request.headers, _caller(request)
             ):
                 call = http_call(
                     service=service,
@@ -251,7 +267,9 @@ class HttpTransport:
                         FieldViolation("Last-Event-ID", "must be a non-negative integer revision")
                     )
             try:
-                with self.api.serving(service, method, "http", request.headers) as tp:
+                with self.api.serving(
+                    service, method, "http", request.headers, _caller(request)
+                ) as tp:
                     if isinstance(parsed, MeridianError):
                         raise parsed
                     events = await handler(parsed)
@@ -279,19 +297,43 @@ class HttpTransport:
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.api.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
+    @web.middleware
+    async def _identify(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """The caller's identity from its client certificate; a certificate
+        that names no identity allowed to call is refused (PERMISSION_DENIED)."""
+        assert self.callers is not None
+        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        try:
+            request[_IDENTITY] = self.callers.identify(der).uri
+        except MeridianError as exc:
+            return web.json_response(error_body(exc), status=mapping_for(exc).http)
+        response: web.StreamResponse = await handler(request)
+        return response
+
     async def start(self) -> None:
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
+        ssl_context = self.tls.outer if self.tls is not None else None
+        site = web.TCPSite(
+            self.runner, self.host, self.port, reuse_address=True, ssl_context=ssl_context
+        )
         await site.start()
 
     async def stop(self) -> None:
         await self.runner.cleanup()
 
 
-def _timeout(request: web.Request) -> CallerTimeout:
-    """The caller's ``Meridian-Timeout-Ms``, as sent; checked where it is used."""
+_IDENTITY = web.RequestKey("identity", str)
+
+
+def _caller(request: web.Request) -> Caller:
+    """The caller's identity, and its ``Meridian-Timeout-Ms`` as sent (checked
+    where it is used)."""
     raw = request.headers.get(HTTP_TIMEOUT_HEADER)
-    return NO_TIMEOUT if raw is None else CallerTimeout(timeout_ms=raw)
+    identity = request.get(_IDENTITY, "")
+    if raw is None and not identity:
+        return NO_CALLER
+    return Caller(timeout_ms=raw, identity=identity)
 
 
 def _parse_query(query: Mapping[str, str], request_type: type[Message]) -> Message | MeridianError:
