@@ -36,6 +36,12 @@ base_port = 20100
 port = {GATEWAY_PORT}
 health_interval_s = 0.1
 health_timeout_s = 0.5
+# These tests are of proxying: every path passes (test_gateway_allow.py tests the list).
+allow = ["/*"]
+
+# The stand-in agents are plain HTTP servers.
+[security]
+mode = "insecure"
 
 [[wan.link]]
 a = "us-east"

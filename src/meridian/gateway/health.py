@@ -18,6 +18,7 @@ import aiohttp
 
 from meridian.gateway.metrics import GatewayMetrics
 from meridian.gateway.model import HealthBoard, Transition
+from meridian.security.tls import ClientTls
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,10 @@ class HealthChecker:
         timeout_s: float,
         clock: Clock,
         on_transition: OnTransition,
+        upstream_tls: ClientTls | None = None,
     ) -> None:
         self.session = session
+        self.upstream_tls = upstream_tls
         self.targets = dict(targets)
         self.board = board
         self.metrics = metrics
@@ -70,7 +73,10 @@ class HealthChecker:
         result = "ok"
         transition: Transition | None
         try:
-            async with self.session.get(url, timeout=self.timeout, allow_redirects=False) as resp:
+            tls = self.upstream_tls.current() if self.upstream_tls else True
+            async with self.session.get(
+                url, timeout=self.timeout, allow_redirects=False, ssl=tls
+            ) as resp:
                 await resp.read()
                 status = resp.status
             elapsed_ms = (self.clock() - started) * 1000

@@ -44,11 +44,14 @@ from meridian.core.errors import (
     FieldViolation,
     InvalidArgumentError,
     MeridianError,
+    PermissionDeniedError,
     UnavailableError,
 )
+from meridian.core.paths import refusal
 from meridian.gateway.health import Clock, HealthChecker, describe
 from meridian.gateway.metrics import NO_REGION, GatewayMetrics
 from meridian.gateway.model import HealthBoard, Latency, Transition, parse_hint
+from meridian.security.tls import ClientTls, TlsFiles
 from meridian.transport.errors import error_body
 
 log = logging.getLogger(__name__)
@@ -126,8 +129,11 @@ class Gateway:
         grace_s: float = SHUTDOWN_GRACE_S,
         answer_timeout_s: float = ANSWER_TIMEOUT_S,
         clock: Clock = time.monotonic,
+        upstream_tls: ClientTls | None = None,
     ) -> None:
         self.settings = settings
+        #: The gateway's own identity towards agents (mutual TLS); None: plaintext.
+        self.upstream_tls = upstream_tls
         self.targets = {region: url.rstrip("/") for region, url in targets.items()}
         self.latency_ms = latency_ms
         self.host = settings.host if host is None else host
@@ -154,12 +160,14 @@ class Gateway:
         cls, config: MeridianConfig, *, host: str | None = None, port: int | None = None
     ) -> Self:
         """A gateway in front of every region of ``config``."""
+        tls = ClientTls(TlsFiles.in_folder(config.gateway_tls_dir)) if config.security.tls else None
         return cls(
             config.gateway,
             {r.name: r.http_url for r in config.regions},
             config.latency,
             host=host,
             port=port,
+            upstream_tls=tls,
         )
 
     @property
@@ -187,6 +195,7 @@ class Gateway:
             timeout_s=self.settings.health_timeout_s,
             clock=self.clock,
             on_transition=self._transition,
+            upstream_tls=self.upstream_tls,
         )
         try:
             # The first answer should already know which regions are up.
@@ -278,6 +287,9 @@ class Gateway:
 
     async def _proxy(self, request: web.Request) -> web.StreamResponse:
         arrived = self.clock()
+        refused = refusal(request.raw_path.split("?", 1)[0], self.settings.allow)
+        if refused is not None:
+            return self._refuse(PermissionDeniedError(refused), 403, arrived)
         header = self.settings.region_header
         try:
             hint = parse_hint(request.headers.getall(header, []), header)
@@ -306,6 +318,7 @@ class Gateway:
                         allow_redirects=False,
                         skip_auto_headers=_NO_AUTO_HEADERS,
                         timeout=self._connect_timeout,
+                        ssl=self.upstream_tls.current() if self.upstream_tls else True,
                     )
             except aiohttp.ClientConnectorError as exc:
                 # Not connected: the request never reached the region, so trying the

@@ -1,0 +1,78 @@
+"""The gateway as a front door: only the paths in ``gateway.allow`` reach an
+agent (invocation and health by default); everything else, and any path an
+agent could read as another, is refused at the gateway with PERMISSION_DENIED."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+from yarl import URL
+
+from meridian.core.paths import DEFAULT_ALLOW
+from tests.integration.gateway_harness import GW, HINT, StandInAgent, gateway
+
+pytest_plugins = ["tests.integration.gateway_harness"]
+
+
+async def get(client: aiohttp.ClientSession, raw_path: str) -> tuple[int, dict[str, object]]:
+    url = URL(f"{GW}{raw_path}", encoded=True)
+    async with client.get(url, headers={HINT: "us-east"}) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def test_by_default_only_invocation_and_health_reach_an_agent(
+    agents: dict[str, StandInAgent], client: aiohttp.ClientSession
+) -> None:
+    async with gateway(allow=DEFAULT_ALLOW):
+        status, body = await get(client, "/v1/health")
+        assert status == 200, body
+        for path in (
+            "/v1/status",
+            "/v1/state/put",
+            "/v1/state/get",
+            "/v1/registry/register",
+            "/v1/idempotency/begin",
+            "/v1/events/replay",
+            "/v1/events/push/register",
+            "/metrics-of-agent",
+            "/",
+        ):
+            status, body = await get(client, path)
+            assert status == 403, (path, body)
+            assert body["error"]["code"] == "PERMISSION_DENIED", (path, body)
+            assert "gateway.allow" in str(body["error"]["message"]), (path, body)
+        assert not [s for a in agents.values() for s in a.seen], "a refused path reached an agent"
+
+
+@pytest.mark.parametrize(
+    "raw_path",
+    [
+        "/v1/invoke/x/../../state/put",
+        "/v1/invoke/x/%2e%2e/%2E%2E/state/put",
+        "/v1/invoke/x/..%2f..%2fstate%2fput",
+        "/v1/invoke/x/..%5c..%5cstate",
+        "/v1/invoke/./x",
+        "/v1/invoke//x",
+        "/v1/invoke/x\\..\\..\\state",
+    ],
+)
+async def test_a_path_an_agent_could_read_as_another_is_refused(
+    agents: dict[str, StandInAgent], client: aiohttp.ClientSession, raw_path: str
+) -> None:
+    async with gateway(allow=DEFAULT_ALLOW):
+        status, body = await get(client, raw_path)
+        assert status == 403, body
+        assert body["error"]["code"] == "PERMISSION_DENIED"
+    assert not [s for a in agents.values() for s in a.seen]
+
+
+async def test_an_allowed_prefix_passes_what_is_below_it_and_nothing_beside_it(
+    agents: dict[str, StandInAgent], client: aiohttp.ClientSession
+) -> None:
+    async with gateway(allow=("/echo/*",)):
+        status, _ = await get(client, "/echo/a/b?x=1")
+        assert status == 200
+        status, _ = await get(client, "/echoes")
+        assert status == 403
+        status, _ = await get(client, "/echo")
+        assert status == 403
