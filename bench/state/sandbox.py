@@ -38,6 +38,12 @@ def config_text(base_port: int) -> str:
         f'\n[[keyspace]]\nname = "{KEYSPACE}"\nlocality = "global"\n'
         f'\n[[keyspace]]\nname = "{REPLICATED_KEYSPACE}"\nlocality = "replicated"\n'
         'conflict = "lww"\n'
+        # Plaintext: these figures compare against baselines measured before mutual
+        # TLS, and a baseline agent of an older tree cannot serve TLS. What mTLS costs
+        # is its own bench (docs/security.md).
+        '\n[security]\nmode = "insecure"\n'
+        # The gateway bench reads /v1/status through the gateway.
+        '\n[gateway]\nallow = ["/v1/invoke/*", "/v1/health", "/v1/status"]\n'
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -18,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from meridian.client import MeridianClient
 from meridian.config import MeridianConfig, load_config
+from meridian.security.pki import client_ssl, ensure_identity
 from tests.conftest import eventually
 
 REGIONS = ("us-east", "eu-west", "ap-south")
@@ -90,6 +93,10 @@ conflict = "set"
 name = "notes"
 locality = "replicated"
 conflict = "multi_value"
+
+# test_gateway.py drives state and status through the gateway as well.
+[gateway]
+allow = ["/v1/invoke/*", "/v1/health", "/v1/status", "/v1/state/*"]
 
 [invocation]
 announce_interval_s = 0.5
@@ -160,6 +167,28 @@ class SandboxHandle:
             )
         return proc
 
+    @property
+    def ssl(self) -> ssl.SSLContext:
+        """The CLI's identity (operator/meridian), as the agents' HTTPS ports want it."""
+        ctx = client_ssl(self.config)
+        assert ctx is not None, "the e2e sandbox runs with mutual TLS"
+        return ctx
+
+    def session(self, **kwargs: Any) -> aiohttp.ClientSession:
+        """An HTTP session that presents the operator's certificate to agents
+        (https://) and talks plain HTTP to the gateway and test services."""
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.ssl), **kwargs)
+
+    def client(self, region: str, **kwargs: Any) -> MeridianClient:
+        """A gRPC client of ``region``'s agent, as operator/meridian."""
+        return MeridianClient(
+            self.config.region(region).grpc_address, tls=self.config.client_tls_dir, **kwargs
+        )
+
+    def service_tls(self, service: str) -> Path:
+        """The folder of ``service/<service>``'s certificate, issued if needed."""
+        return ensure_identity(self.config, f"service/{service}")
+
     def status(self) -> list[dict[str, Any]]:
         proc = self.cli("sandbox", "status", "--json", check=False)
         return json.loads(proc.stdout)
@@ -200,7 +229,7 @@ async def ready_clients(
 ) -> AsyncIterator[dict[str, MeridianClient]]:
     """A client per region, once ``ready(client, region)`` succeeds for each: the
     region's keyspaces are set up and it can write."""
-    out = {r: MeridianClient(sandbox.config.region(r).grpc_address) for r in REGIONS}
+    out = {r: sandbox.client(r) for r in REGIONS}
     try:
         for region, client in out.items():
 

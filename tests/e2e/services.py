@@ -10,8 +10,6 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
 from tests.conftest import eventually
 from tests.e2e.conftest import SandboxHandle
 
@@ -74,6 +72,7 @@ class ServiceFleet:
         ]
         if instance_id:
             cmd += ["--instance-id", instance_id]
+        cmd += ["--tls-dir", str(self.sandbox.service_tls(service))]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -106,13 +105,13 @@ class ServiceFleet:
 
     async def configure(self, inst: ServiceInstance, **settings: Any) -> None:
         async with (
-            aiohttp.ClientSession() as s,
+            self.sandbox.session() as s,
             s.post(f"{inst.admin_url}/admin/config", json=settings) as resp,
         ):
             assert resp.status == 200
 
     async def stats(self, inst: ServiceInstance) -> dict[str, Any]:
-        async with aiohttp.ClientSession() as s, s.get(f"{inst.admin_url}/admin/stats") as resp:
+        async with self.sandbox.session() as s, s.get(f"{inst.admin_url}/admin/stats") as resp:
             data: dict[str, Any] = await resp.json()
             return data
 
@@ -121,7 +120,7 @@ class ServiceFleet:
     ) -> dict[str, str]:
         """instance id → health, as ``region``'s agent's registry replica says."""
         url = f"{self.sandbox.config.region(region).http_url}/v1/registry/list-instances"
-        async with aiohttp.ClientSession() as s, s.post(url, json={"service": service}) as resp:
+        async with self.sandbox.session() as s, s.post(url, json={"service": service}) as resp:
             data = await resp.json()
         out = {st["instance"]["instanceId"]: st["health"] for st in data.get("instances", [])}
         if healthy is None:
@@ -168,5 +167,5 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 async def agent_metrics(sandbox: SandboxHandle, region: str) -> str:
     url = f"{sandbox.config.region(region).http_url}/metrics"
-    async with aiohttp.ClientSession() as s, s.get(url) as resp:
+    async with sandbox.session() as s, s.get(url) as resp:
         return await resp.text()

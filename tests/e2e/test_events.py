@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
-import aiohttp
 import nats
 import pytest
 
@@ -190,7 +189,7 @@ async def test_the_same_event_published_in_two_regions_is_delivered_once(
 async def acked(sandbox: SandboxHandle, region: str, group: str) -> float:
     """The region's agent's count of acks applied for ``group`` (its /metrics)."""
     async with (
-        aiohttp.ClientSession() as s,
+        sandbox.session() as s,
         s.get(f"{sandbox.config.region(region).http_url}/metrics") as r,
     ):
         text = await r.text()
@@ -283,7 +282,7 @@ async def test_malformed_publishes_are_rejected_over_http(
     sandbox: SandboxHandle, clients: dict[str, MeridianClient], body: dict[str, str], field: str
 ) -> None:
     status, resp = await http_post(
-        f"{sandbox.config.region('eu-west').http_url}/v1/events/publish", body
+        f"{sandbox.config.region('eu-west').http_url}/v1/events/publish", body, sandbox.ssl
     )
     assert status == 400, resp
     assert resp["error"]["field"] == field

@@ -32,7 +32,7 @@ async def via_gateway(sandbox: SandboxHandle, hint: str | None) -> tuple[int, st
     headers = {HINT: hint} if hint else {}
     try:
         async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+            sandbox.session(timeout=aiohttp.ClientTimeout(total=10)) as session,
             session.get(f"{gateway_url(sandbox)}/v1/status", headers=headers) as resp,
         ):
             if resp.status != 200:
@@ -47,7 +47,7 @@ async def via_gateway(sandbox: SandboxHandle, hint: str | None) -> tuple[int, st
 async def gateway_metrics(sandbox: SandboxHandle) -> str:
     try:
         async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+            sandbox.session(timeout=aiohttp.ClientTimeout(total=10)) as session,
             session.get(f"{gateway_url(sandbox)}/metrics") as resp,
         ):
             return await resp.text()
@@ -64,7 +64,7 @@ async def agent_healthy(sandbox: SandboxHandle, region: str) -> bool:
     url = f"{sandbox.config.region(region).http_url}/v1/status"
     try:
         async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session,
+            sandbox.session(timeout=aiohttp.ClientTimeout(total=3)) as session,
             session.get(url) as resp,
         ):
             st = (await resp.json())["status"]
@@ -164,7 +164,7 @@ async def test_killed_region_is_detected_and_its_traffic_goes_to_the_nearest_reg
 async def test_server_sent_events_of_a_watch_pass_through(sandbox: SandboxHandle) -> None:
     key = f"gw-watch-{uuid.uuid4().hex[:8]}"
     gw = gateway_url(sandbox)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+    async with sandbox.session(timeout=aiohttp.ClientTimeout(total=60)) as session:
 
         async def put() -> bool:
             body = {"keyspace": "carts", "key": key, "value": base64.b64encode(b"v").decode()}
@@ -196,7 +196,7 @@ async def test_a_large_value_passes_through_unchanged(sandbox: SandboxHandle) ->
     key = f"gw-big-{uuid.uuid4().hex[:8]}"
     gw = gateway_url(sandbox)
     encoded = base64.b64encode(value).decode()
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+    async with sandbox.session(timeout=aiohttp.ClientTimeout(total=120)) as session:
         put = {"keyspace": "carts", "key": key, "value": encoded}
         async with session.post(f"{gw}/v1/state/put", json=put, headers={HINT: "us-east"}) as resp:
             assert resp.status == 200, await resp.text()
@@ -225,7 +225,7 @@ async def test_a_large_value_passes_through_unchanged(sandbox: SandboxHandle) ->
 
 async def test_hostile_input(sandbox: SandboxHandle) -> None:
     gw = gateway_url(sandbox)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+    async with sandbox.session(timeout=aiohttp.ClientTimeout(total=30)) as session:
         for hint in ("x" * 65, "eu-west; DROP TABLE", "eu_west"):
             async with session.get(f"{gw}/v1/status", headers={HINT: hint}) as resp:
                 assert resp.status == 400

@@ -19,8 +19,8 @@ import grpc
 import pytest
 import yarl
 
-from meridian.client import MeridianClient
 from meridian.core.errors import NotFoundError
+from meridian.security.tls import TlsFiles, grpc_channel_credentials
 from tests.conftest import eventually
 from tests.e2e.conftest import REGIONS, SandboxHandle
 from tests.e2e.services import ServiceFleet, agent_metrics, metric
@@ -78,7 +78,7 @@ async def test_the_registry_is_replicated_with_health_and_leases(
     await fleet.wait_visible([inst], everywhere=("us-east",))
 
     # A lease that is not renewed runs out, everywhere.
-    async with MeridianClient(sandbox.config.region("eu-west").grpc_address) as west:
+    async with sandbox.client("eu-west") as west:
         iid = await west.register("reg", f"127.0.0.1:{inst.port}", ttl_s=1.0)
         await eventually(
             lambda: fleet.instances_seen("us-east", "reg", healthy=None),
@@ -124,7 +124,7 @@ async def test_calls_fail_over_to_the_nearest_region_when_local_instances_die(
             await asyncio.sleep(0.005)
 
     workers = 4
-    async with aiohttp.ClientSession() as session:
+    async with sandbox.session() as session:
         tasks = [asyncio.create_task(client(session)) for _ in range(workers)]
         await eventually(
             lambda: asyncio.sleep(0, served["us-east"]), lambda n: n >= 50, what="local calls"
@@ -155,7 +155,7 @@ async def test_a_call_fails_over_through_the_peer_agent_when_the_remote_region_d
     south = fleet.start("far", "ap-south")
     await fleet.wait_visible([west, south], everywhere=("us-east",))
     url = invoke_url(sandbox, "us-east", "far")
-    async with aiohttp.ClientSession() as session:
+    async with sandbox.session() as session:
         status, headers, data = await call(session, url, method="GET")
         assert status == 200 and headers["Meridian-Region"] == "eu-west", data
         try:
@@ -180,7 +180,8 @@ async def test_the_grpc_proxy_passes_a_services_own_methods_through(
     inst = fleet.start("gecho", "eu-west", protocol="grpc")
     await fleet.wait_visible([inst], everywhere=("us-east",))
     target = sandbox.config.region("us-east").grpc_address
-    async with grpc.aio.insecure_channel(target) as channel:
+    creds = grpc_channel_credentials(TlsFiles.in_folder(sandbox.service_tls("e2e-caller")))
+    async with grpc.aio.secure_channel(target, creds) as channel:
         say = channel.unary_unary("/echo.v1.Echo/Say")
         rpc = say(
             b"payload", metadata=(("meridian-service", "gecho"), ("x-test", "t1")), timeout=10
@@ -219,7 +220,7 @@ async def test_a_flaky_instance_is_ejected_and_readmitted_once_it_recovers(
             **labels,
         )
 
-    async with aiohttp.ClientSession() as session:
+    async with sandbox.session() as session:
 
         async def burst(n: int) -> collections.Counter[str]:
             seen: collections.Counter[str] = collections.Counter()
@@ -261,7 +262,7 @@ async def test_a_full_bulkhead_rejects_fast_and_other_targets_are_unaffected(
     slow = fleet.start("slow", "us-east", delay_ms=4000)
     other = fleet.start("quick", "us-east")
     await fleet.wait_visible([slow, other], everywhere=("us-east",))
-    async with aiohttp.ClientSession() as session:
+    async with sandbox.session() as session:
         hogs = [
             asyncio.create_task(call(session, invoke_url(sandbox, "us-east", "slow"), method="GET"))
             for _ in range(4)
@@ -293,7 +294,7 @@ async def test_the_breaker_opens_half_opens_and_closes_with_metrics(
     inst = fleet.start("brk", "us-east", fail_rate=1.0)
     await fleet.wait_visible([inst], everywhere=("us-east",))
     url = invoke_url(sandbox, "us-east", "brk")
-    async with aiohttp.ClientSession() as session:
+    async with sandbox.session() as session:
         statuses = [(await call(session, url, method="GET"))[0] for _ in range(3)]
         assert statuses == [500, 500, 500]  # the instance's own answers
         # Three in a row: the breaker for (brk, us-east) is open. No other region
@@ -337,7 +338,7 @@ async def test_the_retry_budget_caps_amplification_and_an_unkeyed_post_is_never_
     await fleet.wait_visible([amp, keyed], everywhere=("us-east",))
     await fleet.configure(amp, fail_rate=1.0, fail_status=503)
     await fleet.configure(keyed, fail_rate=1.0, fail_status=503)
-    async with aiohttp.ClientSession() as session:
+    async with sandbox.session() as session:
         # Idempotent GETs of a target that always answers 503: retried, but only
         # within the budget (20% of requests, no reserve for this service).
         calls = 100
@@ -386,7 +387,7 @@ async def test_the_retry_budget_caps_amplification_and_an_unkeyed_post_is_never_
 async def test_a_configured_fallback_answers_when_no_instance_can(
     sandbox: SandboxHandle,
 ) -> None:
-    async with aiohttp.ClientSession() as session:
+    async with sandbox.session() as session:
         status, headers, data = await call(session, invoke_url(sandbox, "us-east", "fb"))
     assert status == 200 and data == {"fallback": True}
     assert headers["Meridian-Fallback"] == "1"
@@ -397,7 +398,7 @@ async def test_invoke_over_grpc_and_bad_input_over_http(
 ) -> None:
     inst = fleet.start("plain", "ap-south")
     await fleet.wait_visible([inst], everywhere=("eu-west",))
-    async with MeridianClient(sandbox.config.region("eu-west").grpc_address) as client:
+    async with sandbox.client("eu-west") as client:
         resp = await client.invoke(
             "plain", "items/7", b"hello", verb="PUT", headers={"X-Test": "v"}, query="a=1"
         )
@@ -414,7 +415,7 @@ async def test_invoke_over_grpc_and_bad_input_over_http(
         assert "traceparent" in echo["headers"]
 
     base = sandbox.config.region("eu-west").http_url
-    async with aiohttp.ClientSession() as session:
+    async with sandbox.session() as session:
         cases: list[tuple[str, str, bytes, dict[str, str], str]] = [
             ("POST", f"{base}/v1/invoke/Bad_Name/x", b"", {}, "service"),
             ("POST", f"{base}/v1/invoke/plain/a/../../admin", b"", {}, "method"),

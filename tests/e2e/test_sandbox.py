@@ -35,7 +35,7 @@ async def agent_status(sandbox: SandboxHandle, region: str) -> dict[str, Any] | 
     url = f"{sandbox.config.region(region).http_url}/v1/status"
     try:
         async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session,
+            sandbox.session(timeout=aiohttp.ClientTimeout(total=3)) as session,
             session.get(url) as resp,
         ):
             return (await resp.json())["status"]

@@ -53,6 +53,7 @@ from meridian.config import GLOBAL_CLUSTER
 from meridian.sandbox.processes import ProcessRecord, spawn, stop
 from meridian.sandbox.supervisor import Sandbox
 from meridian.sandbox.wan_control import WanClient
+from meridian.security.pki import client_ssl
 
 #: How long PartitionByLeader waits for the stream to have a leader.
 LEADER_WAIT_S = 20.0
@@ -336,7 +337,9 @@ class ClockSkew:
         deadline = time.monotonic() + ctl.config.sandbox.ready_timeout_s
         while time.monotonic() < deadline:
             try:
-                await asyncio.to_thread(fetch_json, f"{region.http_url}/v1/status", 1.0)
+                await asyncio.to_thread(
+                    fetch_json, f"{region.http_url}/v1/status", 1.0, client_ssl(ctl.config)
+                )
                 return
             except (OSError, urllib.error.URLError, ValueError):
                 await asyncio.sleep(0.25)

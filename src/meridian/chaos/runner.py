@@ -133,7 +133,10 @@ async def run(
         if not opts.keep_sandbox:
             await asyncio.to_thread(_down, sandbox, mounts)
         raise
-    clients = {r.name: MeridianClient(r.grpc_address, timeout_s=5.0) for r in config.regions}
+    clients = {
+        r.name: MeridianClient(r.grpc_address, timeout_s=5.0, tls=config.client_tls_dir)
+        for r in config.regions
+    }
     try:
         history = History()
         ctx = RunContext(

@@ -2,7 +2,7 @@
 
 ::
 
-    meridian [--config FILE] sandbox up | down [--purge] | status [--json] | restart REGION | kill REGION
+    meridian [--config FILE] [--insecure] sandbox up | down [--purge] | status [--json] | restart REGION | kill REGION
     meridian [--config FILE] agent run --region REGION
     meridian [--config FILE] wan show | set A B MS [--jitter MS] [--one-way]
                                  | partition REGION [--peer P ...] [--direction both|outbound|inbound]
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -25,10 +26,12 @@ import click
 
 from meridian.chaos.cli import chaos
 from meridian.config import MeridianConfig, default_config_text, load_config
+from meridian.config.security import INSECURE_ENV
 from meridian.core.errors import MeridianError
 from meridian.demo.cli import demo
 from meridian.gateway.cli import gateway
 from meridian.security.cli import ca
+from meridian.security.pki import client_ssl
 
 T = TypeVar("T")
 
@@ -74,10 +77,25 @@ def _run_fast(coro: Coroutine[Any, Any, None]) -> None:
     default=None,
     help="Meridian TOML configuration (default: built-in three-region sandbox).",
 )
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Plaintext, unauthenticated listeners on loopback only (sets MERIDIAN_INSECURE=1 "
+    "for this command and what it starts). Logged as a warning at every start.",
+)
 @click.version_option(package_name="meridian")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None) -> None:
+def cli(ctx: click.Context, config_path: str | None, insecure: bool) -> None:
     """Meridian: a multi-region runtime for Go and Rust services on NATS JetStream."""
+    if insecure:
+        # The environment, not a flag on one command: the agents, the gateway and
+        # every later command must agree on it (export MERIDIAN_INSECURE=1).
+        os.environ[INSECURE_ENV] = "1"
+        click.echo(
+            "warning: --insecure: agents and the gateway run without TLS or client "
+            "certificates; anyone who reaches their ports can call every API",
+            err=True,
+        )
     ctx.obj = _Ctx(config_path)
 
 
@@ -215,12 +233,19 @@ def services(ctx: _Ctx, via: str | None, service: str, region: str, as_json: boo
         _fail(exc.message)
         return
 
+    try:
+        tls = client_ssl(cfg)
+    except MeridianError as exc:
+        _fail(str(exc))
+        return
+
     async def fetch() -> tuple[int, dict[str, Any]]:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
             session.post(
                 f"{agent.http_url}/v1/registry/list-instances",
                 json={"service": service, "region": region},
+                ssl=tls if tls is not None else True,
             ) as resp,
         ):
             return resp.status, await resp.json(content_type=None)

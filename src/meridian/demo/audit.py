@@ -58,10 +58,11 @@ class GlobalState:
     unreadable: dict[str, str] = field(default_factory=dict)
 
 
-async def read_state(agent: str) -> GlobalState:
-    """Strong scans of ``orders`` and ``inventory`` through the agent at ``agent`` (gRPC)."""
+async def read_state(agent: str, tls: Path | None = None) -> GlobalState:
+    """Strong scans of ``orders`` and ``inventory`` through the agent at ``agent``
+    (gRPC; mutual TLS as the identity in ``tls``, if given)."""
     state = GlobalState()
-    async with MeridianClient(agent, timeout_s=30.0) as client:
+    async with MeridianClient(agent, timeout_s=30.0, tls=tls) as client:
         async for e in client.scan("orders", consistency=Strong()):
             try:
                 v = json.loads(e.value)

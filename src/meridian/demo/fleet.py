@@ -32,6 +32,7 @@ from meridian.config import MeridianConfig
 from meridian.core.errors import MeridianError
 from meridian.demo.options import DemoOptions
 from meridian.sandbox.processes import port_in_use
+from meridian.security.pki import client_ssl, ensure_identity
 
 SERVICES = ("orders", "inventory")
 HEALTHY = "INSTANCE_HEALTH_HEALTHY"
@@ -118,10 +119,17 @@ class Fleet:
         agent = self.config.region(region).grpc_address
         listen = f"127.0.0.1:{self.opts.service_port(service, region)}"
         if service == "orders":
-            binary, flags = self.binaries.orders, ("-agent", "-listen", "-region")
+            binary, flags = self.binaries.orders, ("-agent", "-listen", "-region", "-tls-dir")
         else:
-            binary, flags = self.binaries.inventory, ("--agent", "--listen", "--region")
-        return [str(binary), flags[0], agent, flags[1], listen, flags[2], region]
+            binary, flags = (
+                self.binaries.inventory,
+                ("--agent", "--listen", "--region", "--tls-dir"),
+            )
+        argv = [str(binary), flags[0], agent, flags[1], listen, flags[2], region]
+        if self.config.security.tls:
+            # Each service is its own identity towards its agent (mutual TLS).
+            argv += [flags[3], str(ensure_identity(self.config, f"service/{service}"))]
+        return argv
 
     def start(self, regions: Iterable[str]) -> list[Service]:
         """Spawn both services in each of ``regions`` (those not already running)."""
@@ -183,7 +191,11 @@ class Fleet:
         want = {(svc, r) for svc in SERVICES for r in regions}
         started = time.monotonic()
         missing: dict[str, set[tuple[str, str]]] = {}
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session:
+        tls = client_ssl(self.config)
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=3),
+            connector=aiohttp.TCPConnector(ssl=tls if tls is not None else True),
+        ) as session:
             while time.monotonic() - started < timeout_s:
                 dead = [r for r in self.exited() if any(r.region == reg for _, reg in want)]
                 if dead:

@@ -160,7 +160,7 @@ class DemoRun:
                     self.phase("settle", f"{settled} settled")
                 via = config.regions[0]
                 self.phase("audit", f"strong scans of orders and inventory through {via.name}")
-                state = await audit.read_state(via.grpc_address)
+                state = await audit.read_state(via.grpc_address, config.client_tls_dir)
                 self.phase(
                     "audit",
                     f"{len(state.orders)} orders, {len(state.reservations)} reservations, "

@@ -39,6 +39,7 @@ from meridian.sandbox.processes import (
     stop,
     wait_ports_free,
 )
+from meridian.security.pki import client_ssl, ensure_sandbox
 
 Say = Callable[[str], None]
 
@@ -91,6 +92,17 @@ class Sandbox:
         binary = find_nats_server(self.config.sandbox.nats_server)
         records = {n: r for n, r in self.state.load().items() if r.alive()}
         started_at = time.monotonic()
+        issued = ensure_sandbox(self.config)
+        if issued:
+            self.say(
+                f"mutual TLS: {len(issued)} identities from the CA in {self.config.ca_path} "
+                "(renewed at half their lifetime)"
+            )
+            if "ca-renewer" not in records:
+                records["ca-renewer"] = self._start_renewer()
+                self.state.save(records)
+        else:
+            self.say("warning: security.mode is insecure: plaintext, unauthenticated agents")
 
         if "wan" not in records:
             records["wan"] = self._start_wan()
@@ -220,6 +232,20 @@ class Sandbox:
                 f"in {self.config.source}"
             )
 
+    def _start_renewer(self) -> ProcessRecord:
+        """``meridian ca renew --watch``: re-issues each leaf at half its lifetime;
+        agents and the gateway pick the new files up for new connections."""
+        every = max(0.5, min(60.0, self.config.security.leaf_lifetime_s / 10))
+        directory = str(self.config.ca_path)
+        return spawn(
+            "ca-renewer",
+            "",
+            self._cli("ca", "renew", "--dir", directory, "--watch", f"{every:g}"),
+            ports=[],
+            log_path=self.workdir / "logs" / "ca-renewer.log",
+            env=self.env,
+        )
+
     def _start_wan(self) -> ProcessRecord:
         ports = [self.config.wan.control_port] + [p.listen_port for p in wan_proxies(self.config)]
         self._check_free("the WAN emulator", ports)
@@ -325,7 +351,7 @@ class Sandbox:
 
     def _agent_status(self, region: RegionConfig) -> tuple[dict[str, Any] | None, str]:
         try:
-            return fetch_json(f"{region.http_url}/v1/status", timeout=2.0), ""
+            return fetch_json(f"{region.http_url}/v1/status", 2.0, client_ssl(self.config)), ""
         except (OSError, urllib.error.URLError, ValueError) as exc:
             return None, f"agent HTTP {region.http_url} unreachable: {exc}"
 

@@ -38,6 +38,8 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from meridian.security.tls import TlsFiles, client_context
+
 ECHO_HEADERS = ("idempotency-key", "meridian-timeout-ms", "traceparent", "x-test")
 
 
@@ -213,7 +215,10 @@ class TestService:
             port = grpc_server.add_insecure_port(f"127.0.0.1:{args.port}")
             await grpc_server.start()
             await hs.set("", health_pb2.HealthCheckResponse.SERVING)
-        async with aiohttp.ClientSession() as session:
+        # With --tls-dir, the service's own identity towards its agent (mutual TLS).
+        tls = client_context(TlsFiles.in_folder(args.tls_dir)) if args.tls_dir else None
+        connector = aiohttp.TCPConnector(ssl=tls if tls is not None else True)
+        async with aiohttp.ClientSession(connector=connector) as session:
             await self.register(session, port)
             print(
                 json.dumps(
@@ -249,6 +254,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--check-interval", type=float, default=0.5)
     p.add_argument("--fail-rate", type=float, default=0.0)
     p.add_argument("--delay-ms", type=float, default=0.0)
+    p.add_argument(
+        "--tls-dir",
+        default="",
+        help="cert.pem, key.pem and bundle.pem of the service's identity, for an mTLS agent",
+    )
     args = p.parse_args(argv)
     try:
         import uvloop

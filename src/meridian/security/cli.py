@@ -4,7 +4,7 @@
 
     meridian ca init   [--dir D] [--trust-domain TD] [--algorithm ecdsa-p256|ed25519]
     meridian ca issue  IDENTITY [--dir D] [--lifetime 24h] [--dns NAME ...] [--ip ADDR ...]
-    meridian ca renew  [--dir D] [--all]
+    meridian ca renew  [--dir D] [--all] [--watch SECONDS]
     meridian ca rotate [--dir D] [--finish]
     meridian ca status [--dir D] [--json]
 
@@ -38,14 +38,26 @@ from meridian.security.model import Identity, parse_duration
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
+def _config_ca_dir(ctx: click.Context, _: click.Parameter, value: Path | None) -> Path:
+    """``--dir`` as given, else the configuration's CA (``security.ca_dir``, by
+    default ``<sandbox.workdir>/ca``: the one ``sandbox up`` uses), else
+    ``.meridian/ca`` when there is no configuration to ask."""
+    if value is not None:
+        return value
+    config = getattr(ctx.find_root().obj, "config", None)
+    return Path(config.ca_path) if config is not None else DEFAULT_DIR
+
+
 _dir_option = click.option(
     "--dir",
     "directory",
     type=click.Path(file_okay=False, path_type=Path),
     envvar="MERIDIAN_CA_DIR",
-    default=DEFAULT_DIR,
-    show_default=True,
-    help="The CA's directory.",
+    default=None,
+    callback=_config_ca_dir,
+    help="The CA's directory (default: the configuration's security.ca_dir, which "
+    "is <sandbox.workdir>/ca unless set).",
 )
 
 
@@ -101,11 +113,31 @@ def issue(
 @ca.command()
 @_dir_option
 @click.option("--all", "everything", is_flag=True, help="Re-issue every leaf, due or not.")
+@click.option(
+    "--watch",
+    "watch_s",
+    type=click.FloatRange(0.2, 86_400),
+    default=None,
+    help="Keep going: look for due leaves every this many seconds, until SIGTERM "
+    "(the sandbox runs one).",
+)
 @_errors_exit_2
-def renew(directory: Path, everything: bool) -> None:
+def renew(directory: Path, everything: bool, watch_s: float | None) -> None:
     """Re-issue the leaves past half their lifetime or on an old root."""
-    for leaf in CertificateAuthority(directory).renew(force=everything):
-        click.echo(f"renewed {leaf.identity.uri}")
+    authority = CertificateAuthority(directory)
+    for leaf in authority.renew(force=everything):
+        click.echo(f"renewed {leaf.identity.uri}", nl=True)
+    while watch_s is not None:
+        time.sleep(watch_s)
+        try:
+            renewed = authority.renew()
+        except (MeridianError, OSError, ValueError) as exc:
+            # A CA being rotated by hand, say: say so and try again next round.
+            click.echo(f"renewal failed, retrying in {watch_s:g}s: {exc}", err=True)
+            continue
+        for leaf in renewed:
+            click.echo(f"renewed {leaf.identity.uri} until {leaf.validity.not_after:.0f}")
+        sys.stdout.flush()
 
 
 @ca.command()
