@@ -2,7 +2,8 @@ package meridian_test
 
 // These tests run against a real agent: scripts/test-sdks go starts a
 // three-region sandbox and exports where its agents listen. Without it they
-// fail; they never skip.
+// fail; they never skip. With MERIDIAN_TEST_TLS_DIR set they connect with
+// mutual TLS as that identity (internal/agenttest).
 //
 // They use keyspaces the sandbox must declare: accounts (global), carts
 // (replicated, lww), stock (replicated, counter) and tags (replicated, set).
@@ -13,6 +14,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"regexp"
 	"slices"
@@ -23,7 +26,9 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/meridian-rt/meridian/sdk/go/internal/agenttest"
 	"github.com/meridian-rt/meridian/sdk/go/meridian"
 	meridianv1 "github.com/meridian-rt/meridian/sdk/go/meridianpb/v1"
 )
@@ -64,7 +69,7 @@ func regionAddrs(t *testing.T) map[string]string {
 
 func dial(t *testing.T, addr string) *meridian.Client {
 	t.Helper()
-	c, err := meridian.Dial(context.Background(), addr)
+	c, err := meridian.Dial(context.Background(), addr, agenttest.DialOptions()...)
 	if err != nil {
 		t.Fatalf("Dial(%s): %v", addr, err)
 	}
@@ -134,6 +139,28 @@ func TestHealthAndStatus(t *testing.T) {
 	check(t, "Status", err)
 	if st.GetRegion() != "us-east" || len(st.GetPeers()) != 2 {
 		t.Errorf("Status: region %q with %d peers, want us-east with 2", st.GetRegion(), len(st.GetPeers()))
+	}
+}
+
+// The agent's HTTP/JSON API answers the same client identity as its gRPC
+// API (MERIDIAN_TEST_HTTP is https:// when the sandbox serves mutual TLS).
+func TestHTTPHealth(t *testing.T) {
+	base := requireEnv(t, "MERIDIAN_TEST_HTTP")
+	resp, err := agenttest.HTTPClient(t).Get(base + "/v1/health")
+	if err != nil {
+		t.Fatalf("GET %s/v1/health: %v", base, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h meridianv1.HealthCheckResponse
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(body, &h); err != nil {
+		t.Fatalf("GET /v1/health: %d %s: %v", resp.StatusCode, body, err)
+	}
+	if resp.StatusCode != http.StatusOK || h.GetRegion() != "us-east" {
+		t.Errorf("GET /v1/health: %d, region %q; want 200 from us-east", resp.StatusCode, h.GetRegion())
 	}
 }
 

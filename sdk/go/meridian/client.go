@@ -10,6 +10,23 @@
 //	_, err = c.State().Put(ctx, "accounts", "alice", []byte("90"), meridian.IfRevision(r.Revision))
 //	if errors.Is(err, meridian.ErrConflict) { ... }
 //
+// # Mutual TLS
+//
+// Without a TLS option Dial connects in plaintext, for an agent in insecure
+// mode. An agent that serves mutual TLS needs the service's identity from
+// `meridian ca issue service/<name>`: WithTLSDir(dir) reads its cert.pem,
+// key.pem and bundle.pem, presents the certificate, and accepts only an
+// agent (spiffe://<trust domain>/region/<region>/agent) whose certificate
+// chains to the bundle; host names are not checked. The files are read again
+// when they change, so re-issued certificates and a rotated root take effect
+// without a restart:
+//
+//	c, err := meridian.Dial(ctx, "127.0.0.1:14020",
+//		meridian.WithTLSDir(".meridian/ca/identities/service-orders"))
+//
+// TLSConfig and TLSConfigDir give the same configuration for an
+// http.Transport, to call the agent's HTTP/JSON API (https://host:port).
+//
 // # Consistency
 //
 // A read of a global keyspace is Strong by default (linearizable), or
@@ -52,8 +69,9 @@
 // sent. Match it with errors.Is against ErrConflict, ErrNotFound,
 // ErrInvalidArgument, ErrQuorumUnavailable, ErrClockSkew, ErrUnavailable,
 // ErrFenced, ErrIdempotencyInProgress, ErrIdempotencyMismatch,
-// ErrResourceExhausted, ErrDeadlineExceeded (also context.DeadlineExceeded), ErrCanceled (also
-// context.Canceled), and read its details with errors.As:
+// ErrResourceExhausted, ErrPermissionDenied, ErrDeadlineExceeded (also
+// context.DeadlineExceeded), ErrCanceled (also context.Canceled), and read
+// its details with errors.As:
 //
 //	var merr *meridian.Error
 //	if errors.As(err, &merr) && merr.Code == meridian.CodeConflict {
@@ -95,14 +113,18 @@ type Option func(*options)
 
 type options struct {
 	creds       credentials.TransportCredentials
+	tlsFiles    *tlsFiles // WithTLSFiles; creds is nil then
 	propagator  propagation.TextMapPropagator
 	dialOptions []grpc.DialOption
 }
 
-// WithTransportCredentials sets the connection's credentials (TLS, mTLS).
-// The default is plaintext, for an agent on the same host or pod.
+// WithTransportCredentials sets the connection's credentials, for TLS set
+// up by the caller. For mutual TLS with an identity from `meridian ca`, use
+// WithTLSDir or WithTLSFiles instead; this option and those replace each
+// other (the last one given applies). The default is plaintext, for an
+// agent in insecure mode on the same host or pod.
 func WithTransportCredentials(c credentials.TransportCredentials) Option {
-	return func(o *options) { o.creds = c }
+	return func(o *options) { o.creds, o.tlsFiles = c, nil }
 }
 
 // WithPropagator replaces the propagator that writes the caller's trace
@@ -143,12 +165,22 @@ type Client struct {
 // has no deadline). The agent may answer that it is degraded: Dial only
 // proves it is there and learns its region. ctx bounds only Dial itself.
 //
-// On failure it returns an *Error (ErrUnavailable or ErrDeadlineExceeded)
-// and holds no resources.
+// On failure it returns an *Error and holds no resources: ErrInvalidArgument
+// at once for a bad addr or TLS files that can't be used (Field "addr",
+// "tls.cert", "tls.key" or "tls.bundle"); ErrUnavailable or
+// ErrDeadlineExceeded when the agent does not answer, or refuses the
+// handshake, or its certificate is not an agent's (the message says why).
 func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 	o := options{creds: insecure.NewCredentials(), propagator: propagation.TraceContext{}}
 	for _, opt := range opts {
 		opt(&o)
+	}
+	if o.tlsFiles != nil {
+		cfg, err := TLSConfig(o.tlsFiles.cert, o.tlsFiles.key, o.tlsFiles.bundle)
+		if err != nil {
+			return nil, err
+		}
+		o.creds = credentials.NewTLS(cfg)
 	}
 	dialOpts := []grpc.DialOption{
 		grpc.WithTransportCredentials(o.creds),

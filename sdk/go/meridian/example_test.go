@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
@@ -297,4 +298,35 @@ func ExampleRegistry_ListInstances() {
 	for _, s := range list {
 		fmt.Println(s.Region, s.ID, s.Endpoint, s.Health, s.HealthDetail)
 	}
+}
+
+func ExampleWithTLSDir() {
+	ctx := context.Background()
+	// The service's identity from `meridian ca issue service/orders`:
+	// cert.pem, key.pem and bundle.pem, read again whenever they change.
+	c, err := meridian.Dial(ctx, "127.0.0.1:14020",
+		meridian.WithTLSDir(".meridian/ca/identities/service-orders"))
+	var merr *meridian.Error
+	if errors.As(err, &merr) && merr.Code == meridian.CodeInvalidArgument {
+		log.Fatalf("the TLS files can't be used: %s: %s", merr.Field, merr.Rule)
+	} else if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Println("connected over mutual TLS to the agent of", c.Region())
+}
+
+func ExampleTLSConfigDir() {
+	// The same identity for the agent's HTTP/JSON API.
+	cfg, err := meridian.TLSConfigDir(".meridian/ca/identities/service-orders")
+	if err != nil {
+		log.Fatal(err)
+	}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}}
+	resp, err := hc.Get("https://127.0.0.1:14021/v1/health")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer resp.Body.Close()
+	fmt.Println(resp.Status)
 }

@@ -3,7 +3,9 @@ package main
 // The orders handlers against real agents: scripts/test-sdks go starts a
 // three-region sandbox and exports where its agents listen
 // (MERIDIAN_TEST_GRPC, MERIDIAN_TEST_REGIONS). Without it these tests fail;
-// they never skip, like the SDK's own.
+// they never skip, like the SDK's own. With MERIDIAN_TEST_TLS_DIR set, they
+// and serve dial the agents with mutual TLS as that identity
+// (internal/agenttest).
 //
 // The sandbox of scripts/test-sdks declares the global keyspace "accounts"
 // but not "orders", so the orders are written there (order ids are unique
@@ -29,6 +31,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meridian-rt/meridian/sdk/go/internal/agenttest"
 	"github.com/meridian-rt/meridian/sdk/go/meridian"
 )
 
@@ -52,7 +55,7 @@ func dialRegion(t *testing.T, region string) *meridian.Client {
 		if name != region {
 			continue
 		}
-		c, err := meridian.Dial(context.Background(), addr)
+		c, err := meridian.Dial(context.Background(), addr, agenttest.DialOptions()...)
 		if err != nil {
 			t.Fatalf("Dial(%s): %v", addr, err)
 		}
@@ -379,7 +382,7 @@ func TestServeRegistersAndDeregisters(t *testing.T) {
 	}
 	// A lease far longer than the wait below: the instance can only vanish
 	// in time by being deregistered.
-	cfg := config{agent: addr, version: "test", ttl: time.Minute, grace: 5 * time.Second, keyspace: testKeyspace}
+	cfg := config{agent: addr, tlsDir: agenttest.TLSDir(), version: "test", ttl: time.Minute, grace: 5 * time.Second, keyspace: testKeyspace}
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	done := make(chan error, 1)
@@ -434,7 +437,7 @@ func TestServeRefusesTheWrongRegion(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := config{agent: requireEnv(t, "MERIDIAN_TEST_GRPC"), region: "mars", ttl: 3 * time.Second, grace: time.Second, keyspace: testKeyspace}
+	cfg := config{agent: requireEnv(t, "MERIDIAN_TEST_GRPC"), tlsDir: agenttest.TLSDir(), region: "mars", ttl: 3 * time.Second, grace: time.Second, keyspace: testKeyspace}
 	err = serve(context.Background(), cfg, lis, testLogger(t))
 	if err == nil || !strings.Contains(err.Error(), "mars") {
 		t.Fatalf("serve with -region mars: %v, want an error naming the region", err)

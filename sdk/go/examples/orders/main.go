@@ -23,6 +23,7 @@ import (
 
 type config struct {
 	agent     string // the local agent's gRPC address
+	tlsDir    string // the identity to dial the agent with (mutual TLS); "" for plaintext
 	listen    string // where to serve HTTP
 	advertise string // host:port the agent reaches us at ("" for listen's)
 	region    string // must be the agent's region ("" takes the agent's)
@@ -43,6 +44,7 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	cfg := config{keyspace: keyspaceOrders}
 	fs := flag.NewFlagSet("orders", flag.ContinueOnError)
 	fs.StringVar(&cfg.agent, "agent", env("MERIDIAN_AGENT", "127.0.0.1:14020"), "gRPC address of the local Meridian agent (env MERIDIAN_AGENT)")
+	fs.StringVar(&cfg.tlsDir, "tls-dir", env("MERIDIAN_TLS_DIR", ""), "folder with this service's cert.pem, key.pem and bundle.pem (meridian ca issue service/orders), to dial the agent with mutual TLS; default: plaintext (env MERIDIAN_TLS_DIR)")
 	fs.StringVar(&cfg.listen, "listen", env("ORDERS_LISTEN", "127.0.0.1:8080"), "HTTP listen address (env ORDERS_LISTEN)")
 	fs.StringVar(&cfg.advertise, "advertise", env("ORDERS_ADVERTISE", ""), "host:port the agent reaches this instance at; default: the listen address, 127.0.0.1 for a wildcard host (env ORDERS_ADVERTISE)")
 	fs.StringVar(&cfg.region, "region", env("MERIDIAN_REGION", ""), "the region this instance runs in; must match the agent's (env MERIDIAN_REGION; default: the agent's)")
@@ -87,7 +89,13 @@ func main() {
 // flushed), close the agent connection.
 func serve(ctx context.Context, cfg config, lis net.Listener, log *slog.Logger) error {
 	defer lis.Close()
-	client, err := meridian.Dial(ctx, cfg.agent)
+	var dialOpts []meridian.Option
+	if cfg.tlsDir != "" {
+		// The files are read again when they change: a renewed certificate
+		// reaches the next connection without a restart.
+		dialOpts = append(dialOpts, meridian.WithTLSDir(cfg.tlsDir))
+	}
+	client, err := meridian.Dial(ctx, cfg.agent, dialOpts...)
 	if err != nil {
 		return fmt.Errorf("dial the agent at %s: %w", cfg.agent, err)
 	}

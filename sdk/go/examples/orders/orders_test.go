@@ -259,6 +259,16 @@ func TestConfig(t *testing.T) {
 	if cfg.agent != "10.0.0.1:14120" || cfg.region != "eu-west" || cfg.listen != ":9000" || cfg.ttl != 3*time.Second || cfg.keyspace != "orders" {
 		t.Errorf("config %+v", cfg)
 	}
+	if cfg.tlsDir != "" {
+		t.Errorf("tls dir %q by default, want none (plaintext)", cfg.tlsDir)
+	}
+	env["MERIDIAN_TLS_DIR"] = "/etc/meridian/service-orders"
+	if cfg, err := parseConfig(nil, func(k string) string { return env[k] }); err != nil || cfg.tlsDir != "/etc/meridian/service-orders" {
+		t.Errorf("MERIDIAN_TLS_DIR: tls dir %q, %v", cfg.tlsDir, err)
+	}
+	if cfg, err := parseConfig([]string{"-tls-dir", "ids/orders"}, func(k string) string { return env[k] }); err != nil || cfg.tlsDir != "ids/orders" {
+		t.Errorf("-tls-dir over MERIDIAN_TLS_DIR: tls dir %q, %v", cfg.tlsDir, err)
+	}
 	if _, err := parseConfig([]string{"extra"}, func(string) string { return "" }); err == nil {
 		t.Error("a stray argument was accepted")
 	}
