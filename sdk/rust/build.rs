@@ -21,7 +21,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     // The directory itself, so a proto added later triggers a rebuild too.
     println!("cargo:rerun-if-changed={}", package_dir.display());
     // The google.api.http annotations the contract imports (vendored).
-    println!("cargo:rerun-if-changed={}", include.join("google/api").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        include.join("google/api").display()
+    );
     let protos = proto_files(&package_dir)?;
     if protos.is_empty() {
         return Err(format!("no .proto files in {}", package_dir.display()).into());

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use http::Uri;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Endpoint;
 
@@ -14,6 +15,7 @@ use crate::invocation::Invoke;
 use crate::pb;
 use crate::registry::RegistryClient;
 use crate::state::StateClient;
+use crate::tls::{self, TlsFiles};
 use crate::trace::{self, TraceContextInterceptor};
 use crate::types::Health;
 
@@ -34,7 +36,9 @@ pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>
 /// A connection to one Meridian agent, normally the one in the caller's region.
 ///
 /// Cheap to clone: clones share one HTTP/2 connection, which tonic
-/// re-establishes if it drops. Calls need a tokio runtime with timers enabled.
+/// re-establishes if it drops (with [`ClientBuilder::tls`], each new
+/// connection reads the certificate files as they are then). Calls need a
+/// tokio runtime with timers enabled.
 #[derive(Clone, Debug)]
 pub struct Client {
     channel: tonic::transport::Channel,
@@ -48,6 +52,7 @@ pub struct ClientBuilder {
     target: String,
     timeout: Option<Duration>,
     connect_timeout: Option<Duration>,
+    tls: Option<TlsFiles>,
 }
 
 impl ClientBuilder {
@@ -59,33 +64,84 @@ impl ClientBuilder {
         self
     }
 
-    /// How long to wait for the TCP connection to the agent. Default: no limit
-    /// beyond the operating system's.
+    /// How long to wait for the connection to the agent (with TLS, the
+    /// handshake included). Default: no limit beyond the operating system's.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = Some(timeout);
         self
     }
 
+    /// Connect with mutual TLS: present the certificate in `files`, and
+    /// accept only an agent whose certificate chains to their bundle and
+    /// names an agent of the same trust domain (see [`crate::tls`]). The
+    /// target is then `https://host:port` or a bare `host:port`. Without
+    /// this the connection is plaintext HTTP/2.
+    ///
+    /// The files are read by [`connect`](Self::connect) or
+    /// [`connect_lazy`](Self::connect_lazy), and again by every later
+    /// connection if they changed.
+    pub fn tls(mut self, files: TlsFiles) -> Self {
+        self.tls = Some(files);
+        self
+    }
+
     fn endpoint(&self) -> Result<Endpoint, Error> {
-        let uri = if self.target.contains("://") {
-            self.target.clone()
-        } else {
-            format!("http://{}", self.target)
+        let (scheme, rest) = match self.target.split_once("://") {
+            Some((scheme, rest)) => (Some(scheme), rest),
+            None => (None, self.target.as_str()),
         };
-        let mut endpoint = Endpoint::from_shared(uri)?;
+        let mut endpoint = match (&self.tls, scheme) {
+            (None, None) => Endpoint::from_shared(format!("http://{rest}"))?,
+            (None, Some("https")) => {
+                return Err(invalid_target(
+                    "https:// needs TLS: set ClientBuilder::tls, or use http:// for plaintext",
+                ));
+            }
+            (None, Some(_)) => Endpoint::from_shared(self.target.clone())?,
+            (Some(_), None | Some("https")) => {
+                let origin: Uri = format!("https://{rest}").parse().map_err(|e| {
+                    invalid_target(&format!("{:?} is not an address: {e}", self.target))
+                })?;
+                let host = origin.host().unwrap_or_default();
+                let port = origin.port_u16().unwrap_or(443);
+                // tonic dials the endpoint's URI, which stays http:// so that
+                // tonic's own TLS (if a feature turned it on) leaves the
+                // connection to our connector; requests carry the origin.
+                Endpoint::from_shared(format!("http://{host}:{port}"))?.origin(origin)
+            }
+            (Some(_), Some(scheme)) => {
+                return Err(invalid_target(&format!(
+                    "with TLS the target is https://host:port or host:port, not {scheme}://"
+                )));
+            }
+        };
         if let Some(t) = self.connect_timeout {
             endpoint = endpoint.connect_timeout(t);
         }
         Ok(endpoint)
     }
 
+    /// Reads the TLS files, if any.
+    fn connector(&self) -> Result<Option<tls::Connector>, Error> {
+        self.tls.clone().map(tls::Connector::new).transpose()
+    }
+
     /// Connects now.
     ///
     /// # Errors
-    /// [`Error::Transport`] if the address is malformed or the agent can't be
-    /// reached.
+    /// [`Error::InvalidArgument`] naming `target`, `tls.cert`, `tls.key` or
+    /// `tls.bundle` (a file missing, unreadable, not PEM, a key that is not
+    /// the certificate's, a certificate without a SPIFFE ID or that does not
+    /// chain to the bundle); [`Error::Transport`] if the address is
+    /// malformed or the agent can't be reached, or (with TLS) the handshake
+    /// fails: its source says why (e.g. the agent's certificate names
+    /// another trust domain).
     pub async fn connect(self) -> Result<Client, Error> {
-        let channel = self.endpoint()?.connect().await?;
+        let endpoint = self.endpoint()?;
+        let channel = match self.connector()? {
+            None => endpoint.connect().await?,
+            Some(connector) => endpoint.connect_with_connector(connector).await?,
+        };
         Ok(Client {
             channel,
             timeout: self.timeout,
@@ -93,12 +149,19 @@ impl ClientBuilder {
     }
 
     /// Returns at once; the connection is made by the first call (whose error,
-    /// if the agent is down, is [`Error::Unavailable`]).
+    /// if the agent is down, is [`Error::Unavailable`]). The TLS files are
+    /// read now all the same.
     ///
     /// # Errors
-    /// [`Error::Transport`] if the address is malformed.
+    /// [`Error::InvalidArgument`] for a bad target or TLS file, as
+    /// [`connect`](Self::connect); [`Error::Transport`] if the address is
+    /// malformed.
     pub fn connect_lazy(self) -> Result<Client, Error> {
-        let channel = self.endpoint()?.connect_lazy();
+        let endpoint = self.endpoint()?;
+        let channel = match self.connector()? {
+            None => endpoint.connect_lazy(),
+            Some(connector) => endpoint.connect_with_connector_lazy(connector),
+        };
         Ok(Client {
             channel,
             timeout: self.timeout,
@@ -106,9 +169,17 @@ impl ClientBuilder {
     }
 }
 
+fn invalid_target(rule: &str) -> Error {
+    Error::InvalidArgument {
+        field: "target".into(),
+        rule: rule.into(),
+    }
+}
+
 impl Client {
     /// Connects to the agent at `target`: a URI such as
-    /// `http://127.0.0.1:14020`, or a bare `host:port` (plaintext HTTP/2).
+    /// `http://127.0.0.1:14020`, or a bare `host:port` (plaintext HTTP/2;
+    /// for mutual TLS see [`ClientBuilder::tls`]).
     ///
     /// # Errors
     /// [`Error::Transport`] if the address is malformed or the agent can't be
@@ -117,12 +188,13 @@ impl Client {
         Self::builder(target).connect().await
     }
 
-    /// Options beyond the defaults: timeouts, lazy connection.
+    /// Options beyond the defaults: timeouts, lazy connection, mutual TLS.
     pub fn builder(target: impl Into<String>) -> ClientBuilder {
         ClientBuilder {
             target: target.into(),
             timeout: Some(DEFAULT_TIMEOUT),
             connect_timeout: None,
+            tls: None,
         }
     }
 
@@ -340,3 +412,56 @@ macro_rules! unary_call {
     };
 }
 pub(crate) use unary_call;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The URI tonic dials for `target`, or the field and rule refusing it.
+    fn dialled(target: &str, tls: bool) -> Result<String, (String, String)> {
+        let mut builder = Client::builder(target);
+        if tls {
+            builder = builder.tls(TlsFiles::in_dir("/nowhere"));
+        }
+        match builder.endpoint() {
+            Ok(endpoint) => Ok(endpoint.uri().to_string()),
+            Err(Error::InvalidArgument { field, rule }) => Err((field, rule)),
+            Err(e) => panic!("{target}: {e:?}"),
+        }
+    }
+
+    #[test]
+    fn plaintext_targets_are_as_before() {
+        assert_eq!(
+            dialled("127.0.0.1:14020", false).unwrap(),
+            "http://127.0.0.1:14020/"
+        );
+        assert_eq!(
+            dialled("http://agent:14020", false).unwrap(),
+            "http://agent:14020/"
+        );
+        let (field, rule) = dialled("https://agent:14020", false).unwrap_err();
+        assert_eq!(field, "target");
+        assert!(rule.contains("set ClientBuilder::tls"), "{rule}");
+    }
+
+    #[test]
+    fn a_tls_target_is_dialled_by_our_connector_not_tonics() {
+        // http:// so that tonic's own TLS, if some crate enables it, stays out.
+        assert_eq!(
+            dialled("127.0.0.1:14020", true).unwrap(),
+            "http://127.0.0.1:14020/"
+        );
+        assert_eq!(
+            dialled("https://agent:14020", true).unwrap(),
+            "http://agent:14020/"
+        );
+        assert_eq!(dialled("https://agent", true).unwrap(), "http://agent:443/");
+        assert_eq!(dialled("[::1]:14020", true).unwrap(), "http://[::1]:14020/");
+        for plain in ["http://agent:14020", "unix:///run/agent.sock"] {
+            let (field, rule) = dialled(plain, true).unwrap_err();
+            assert_eq!(field, "target");
+            assert!(rule.contains("https://host:port or host:port"), "{rule}");
+        }
+    }
+}

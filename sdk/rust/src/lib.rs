@@ -22,6 +22,9 @@
 //! - [`invocation`]: [`Client::invoke`] calls another service's HTTP
 //!   endpoint through the agent, which picks a healthy instance (local region
 //!   first) and fails over across regions ([`InvokeResponse`] says who answered);
+//! - [`tls`]: [`ClientBuilder::tls`] connects with mutual TLS, presenting a
+//!   SPIFFE identity from files ([`TlsFiles`]) that are read again when
+//!   they are re-issued, and accepting only an agent of the same trust domain;
 //! - [`Error`]: typed errors rebuilt from the agent's stable error codes;
 //! - [`canonical`] and [`hlc`]: canonical JSON fingerprints and HLC
 //!   timestamps, byte for byte the same as the agent's (checked against the
@@ -69,6 +72,7 @@ pub mod idempotency;
 pub mod invocation;
 pub mod registry;
 pub mod state;
+pub mod tls;
 pub mod trace;
 mod types;
 
@@ -95,6 +99,7 @@ pub use registry::{
     Instance, InstanceHealth, InstanceStatus, Lease, Protocol, Registration, RegistryClient,
 };
 pub use state::{PutItem, StateClient, WatchStream};
+pub use tls::TlsFiles;
 pub use types::{
     Consistency, Entry, Health, Page, ReadLevel, ReadResult, ServingStatus, Sibling, WatchEvent,
     WatchKind, WriteResult,

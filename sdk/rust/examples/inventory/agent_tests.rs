@@ -1,5 +1,6 @@
 //! The inventory against a real agent: the sandbox `scripts/test-sdks rust`
-//! starts (`MERIDIAN_TEST_GRPC`, `MERIDIAN_TEST_REGIONS`). Without it these
+//! starts (`MERIDIAN_TEST_GRPC`, `MERIDIAN_TEST_REGIONS`, and
+//! `MERIDIAN_TEST_TLS_DIR` if its agents serve mutual TLS). Without it these
 //! tests fail; they never skip.
 //!
 //! The SDK sandbox declares no `inventory` keyspace, so the tests keep their
@@ -28,13 +29,14 @@ fn env(name: &str) -> String {
     })
 }
 
+// Every connection to the agents, plaintext or mutual TLS: shared with tests/agent.
+#[path = "../../tests/support/sandbox.rs"]
+mod sandbox;
+
 async fn client() -> Client {
     // The service's logs, shown with a failing test's output.
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-    let addr = env("MERIDIAN_TEST_GRPC");
-    Client::connect(format!("http://{addr}"))
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to the agent at {addr}: {e}"))
+    sandbox::connect(&env("MERIDIAN_TEST_GRPC")).await
 }
 
 /// An id no other test (or earlier run) uses.
@@ -315,6 +317,7 @@ async fn the_service_registers_and_answers_invocations_from_every_region() {
         reservation_ttl: Duration::from_secs(600),
         sweep_interval: Duration::from_secs(1),
         lease_ttl: Duration::from_secs(3),
+        tls_dir: sandbox::tls_dir(),
     };
     let elsewhere = Config {
         region: Some("mars".into()),
@@ -333,9 +336,7 @@ async fn the_service_registers_and_answers_invocations_from_every_region() {
         .split(',')
         .find_map(|part| part.strip_prefix("eu-west=").map(str::to_owned))
         .expect("MERIDIAN_TEST_REGIONS names eu-west");
-    let remote = Client::connect(format!("http://{eu_west}"))
-        .await
-        .expect("connect to eu-west");
+    let remote = sandbox::connect(&eu_west).await;
     // Listed healthy by the us-east agent, and known to eu-west's.
     for agent in [&client, &remote] {
         let registry = agent.registry();

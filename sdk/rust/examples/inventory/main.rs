@@ -37,16 +37,34 @@ mod tests {
         assert_eq!(config.reservation_ttl, Duration::from_secs(120));
         assert_eq!(config.service, "inventory");
         assert_eq!(config.keyspace, "inventory");
+        assert_eq!(config.tls_dir, None, "plaintext unless asked");
         assert!(Config::try_parse_from(["inventory", "--listen", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn tls_dir_names_the_identity_folder() {
+        let config = Config::try_parse_from([
+            "inventory",
+            "--tls-dir",
+            ".meridian/ca/identities/service-inventory",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.tls_dir.as_deref(),
+            Some(std::path::Path::new(
+                ".meridian/ca/identities/service-inventory"
+            ))
+        );
     }
 }
 
 use std::error::Error;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use meridian::{Client, Instance, Registration};
+use meridian::{Client, Instance, Registration, TlsFiles};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -86,6 +104,12 @@ struct Config {
     /// The registration's lease (renewed every third of it).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     lease_ttl: Duration,
+    /// Connect to the agent with mutual TLS, as the identity in this folder
+    /// (`cert.pem`, `key.pem`, `bundle.pem`, as `meridian ca issue` writes
+    /// them; re-issued files are picked up without a restart) [default:
+    /// plaintext]. The service's own HTTP listener stays plain.
+    #[arg(long, env = "MERIDIAN_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -118,7 +142,11 @@ struct Running {
 /// comes after the listener is bound, so the agent's first health check can
 /// pass.
 async fn start(config: &Config) -> Result<Running, Box<dyn Error>> {
-    let client = Client::connect(config.agent.clone()).await?;
+    let mut agent = Client::builder(config.agent.clone());
+    if let Some(dir) = &config.tls_dir {
+        agent = agent.tls(TlsFiles::in_dir(dir));
+    }
+    let client = agent.connect().await?;
     let region = client.health().await?.region;
     if let Some(expected) = config.region.as_ref().filter(|r| **r != region) {
         return Err(format!(

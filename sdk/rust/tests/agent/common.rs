@@ -1,5 +1,6 @@
 //! What every test of the binary shares: where the agents are, unique names,
-//! result and delivery checks, and polling.
+//! result and delivery checks, and polling. Connections go through
+//! `tests/support/sandbox.rs`: mutual TLS when `MERIDIAN_TEST_TLS_DIR` is set.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -43,11 +44,11 @@ pub fn regions() -> HashMap<String, String> {
     regions
 }
 
-pub async fn connect(addr: &str) -> Client {
-    Client::connect(format!("http://{addr}"))
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to the agent at {addr}: {e}"))
-}
+#[path = "../support/sandbox.rs"]
+mod sandbox;
+
+/// A client of the agent at `addr`, plaintext or with mutual TLS.
+pub use sandbox::connect;
 
 pub async fn us_east() -> Client {
     connect(&env("MERIDIAN_TEST_GRPC")).await

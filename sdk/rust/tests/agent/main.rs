@@ -3,7 +3,10 @@
 //! `scripts/test-sdks rust` starts one and exports where its agents listen:
 //! `MERIDIAN_TEST_GRPC` (the us-east agent, `host:port`) and
 //! `MERIDIAN_TEST_REGIONS` (`us-east=host:port,eu-west=...,ap-south=...`).
-//! Without them these tests fail; they never skip.
+//! Without them these tests fail; they never skip. If the agents serve
+//! mutual TLS, `MERIDIAN_TEST_TLS_DIR` names a service identity's folder
+//! (`cert.pem`, `key.pem`, `bundle.pem`) and every connection uses it;
+//! unset, they connect in plaintext.
 //!
 //! The sandbox must declare the keyspaces of tests/e2e: `accounts` (global),
 //! `carts` (replicated, lww), `stock` (replicated, counter) and `tags`
