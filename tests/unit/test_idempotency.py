@@ -105,6 +105,16 @@ def test_storage_keys_are_subject_safe_and_scoped() -> None:
     assert storage_key("ab", "c") != storage_key("a", "bc")
 
 
+def test_storage_keys_are_the_owners_own() -> None:
+    orders, mallory = "spiffe://td/service/orders", "spiffe://td/service/mallory"
+    assert storage_key("shop", "k", orders) != storage_key("shop", "k", mallory)
+    assert storage_key("shop", "k", orders) != storage_key("shop", "k")
+    # The owner's length is in the hash too: no owner/scope boundary to move.
+    assert storage_key("b:shop", "k", "a") != storage_key("shop", "k", "a\n6:b")
+    # Insecure mode (no owner) keeps the keys written before identities.
+    assert storage_key("shop", "k", "") == storage_key("shop", "k")
+
+
 def test_validation_names_each_field_and_rule() -> None:
     assert scope_violations("ok.scope:1/@x") == []
     assert scope_violations("")[0].field == "scope"

@@ -157,11 +157,15 @@ def judge(record: IdempotencyRecord | None, fingerprint: str, now_ms: int) -> Ve
     return Verdict.IN_PROGRESS
 
 
-def storage_key(scope: str, key: str) -> str:
-    """The storage key of (scope, key): a SHA-256, so any printable key fits a
-    NATS subject and two scopes never collide."""
-    digest = hashlib.sha256(f"{len(scope)}:{scope}\n{key}".encode()).hexdigest()
-    return f"k.{digest}"
+def storage_key(scope: str, key: str, owner: str = "") -> str:
+    """The storage key of (scope, key) of the caller ``owner`` (its SPIFFE ID;
+    "" in insecure mode): a SHA-256, so any printable key fits a NATS subject,
+    two scopes never collide, and one identity can neither see nor touch
+    another's keys (the same scope and key of another owner is another record)."""
+    text = f"{len(scope)}:{scope}\n{key}"
+    if owner:
+        text = f"{len(owner)}:{owner}\n{text}"
+    return f"k.{hashlib.sha256(text.encode()).hexdigest()}"
 
 
 # -- request validation --------------------------------------------------------

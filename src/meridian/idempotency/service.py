@@ -11,6 +11,7 @@ from __future__ import annotations
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from meridian._pb.meridian.v1 import idempotency_pb2 as pb
+from meridian.core.calls import CALLER
 from meridian.core.canonical import PayloadKind, fingerprint
 from meridian.core.errors import ClockSkewError, FieldViolation, InvalidArgumentError
 from meridian.core.hlc import SkewMonitor
@@ -99,7 +100,10 @@ class IdempotencyApi:
         reason = self.skew.check()
         if reason:
             raise ClockSkewError(f"this agent refuses to grant idempotency leases: {reason}")
-        return _begin_to_proto(await self.store.begin(request.scope, request.key, fp, lease_ms))
+        owner = CALLER.get().identity
+        return _begin_to_proto(
+            await self.store.begin(request.scope, request.key, fp, lease_ms, owner=owner)
+        )
 
     async def complete(self, request: pb.CompleteRequest) -> pb.CompleteResponse:
         response = response_from_proto(request.response)
@@ -110,7 +114,11 @@ class IdempotencyApi:
             + response_violations(response)
         )
         expires = await self.store.complete(
-            request.scope, request.key, request.fencing_token, response
+            request.scope,
+            request.key,
+            request.fencing_token,
+            response,
+            owner=CALLER.get().identity,
         )
         return pb.CompleteResponse(expires_at=_timestamp(expires))
 
@@ -120,7 +128,9 @@ class IdempotencyApi:
             + key_violations(request.key)
             + token_violations(request.fencing_token)
         )
-        await self.store.abort(request.scope, request.key, request.fencing_token)
+        await self.store.abort(
+            request.scope, request.key, request.fencing_token, owner=CALLER.get().identity
+        )
         return pb.AbortResponse()
 
 

@@ -134,9 +134,12 @@ class IdempotencyComponent(Background):
     def _now_ms(self) -> int:
         return self.clock.now_ms()
 
-    async def begin(self, scope: str, key: str, fingerprint: str, lease_ms: int) -> BeginResult:
+    async def begin(
+        self, scope: str, key: str, fingerprint: str, lease_ms: int, *, owner: str = ""
+    ) -> BeginResult:
+        """``owner``: the caller's identity; its keys are its own (storage_key)."""
         self._require_ready()
-        skey = storage_key(scope, key)
+        skey = storage_key(scope, key, owner)
         for _ in range(MAX_ATTEMPTS):
             now = self._now_ms()
             claim = IdempotencyRecord(
@@ -149,7 +152,7 @@ class IdempotencyComponent(Background):
             )
             try:
                 token, _ = await self.store.create(skey, claim.encode())
-                return self._granted_result(scope, key, claim, token, took_over=False)
+                return self._granted_result(skey, claim, token, took_over=False)
             except ConflictError:
                 pass
             entry = await self.store.get_strong(skey)
@@ -170,7 +173,7 @@ class IdempotencyComponent(Background):
                     token, _ = await self.store.put(skey, takeover.encode(), entry.revision)
                 except ConflictError:
                     continue  # someone else took it over first: look again
-                return self._granted_result(scope, key, takeover, token, took_over=True)
+                return self._granted_result(skey, takeover, token, took_over=True)
             self._count(verdict)
             if verdict is Verdict.COMPLETED:
                 return BeginResult(
@@ -188,10 +191,12 @@ class IdempotencyComponent(Background):
             f"idempotency key {key!r} changed {MAX_ATTEMPTS} times while Begin looked at it; retry"
         )
 
-    async def complete(self, scope: str, key: str, token: int, response: StoredResponse) -> int:
+    async def complete(
+        self, scope: str, key: str, token: int, response: StoredResponse, *, owner: str = ""
+    ) -> int:
         """Store ``response``; returns when the record will be forgotten (epoch ms)."""
         self._require_ready()
-        skey = storage_key(scope, key)
+        skey = storage_key(scope, key, owner)
         grant: _Grant | int | None = self._granted.pop((skey, token), None)
         if grant is None:
             grant = await self._grant_from_storage(skey, key, token)
@@ -216,9 +221,9 @@ class IdempotencyComponent(Background):
         self.metrics.idempotency.labels(self.region, "stored").inc()
         return self._expires_ms(hlc.to_int())
 
-    async def abort(self, scope: str, key: str, token: int) -> None:
+    async def abort(self, scope: str, key: str, token: int, *, owner: str = "") -> None:
         self._require_ready()
-        skey = storage_key(scope, key)
+        skey = storage_key(scope, key, owner)
         self._granted.pop((skey, token), None)
         try:
             await self.store.delete(skey, token)
@@ -229,9 +234,8 @@ class IdempotencyComponent(Background):
     # -- helpers ----------------------------------------------------------
 
     def _granted_result(
-        self, scope: str, key: str, record: IdempotencyRecord, token: int, *, took_over: bool
+        self, skey: str, record: IdempotencyRecord, token: int, *, took_over: bool
     ) -> BeginResult:
-        skey = storage_key(scope, key)
         self._granted[(skey, token)] = _Grant(record.fingerprint, record.created_ms)
         while len(self._granted) > GRANTED_CACHE:
             self._granted.popitem(last=False)

@@ -39,7 +39,7 @@ from meridian.backbone.connection import (
 )
 from meridian.backbone.lifecycle import Background
 from meridian.config.model import InvocationConfig
-from meridian.core.errors import NotFoundError
+from meridian.core.errors import NotFoundError, PermissionDeniedError
 from meridian.invocation.model import InstanceView, Registration, RegistryReplica
 from meridian.invocation.registry_store import RegistryStreams
 from meridian.invocation.upstreams.instances import Upstream
@@ -67,6 +67,9 @@ class _Lease:
     reg: Registration
     instance_id: str
     expires_at: float  # monotonic
+    #: The identity that registered it ("" in insecure mode); only it may
+    #: renew, heartbeat or deregister the lease.
+    owner: str = ""
     health: pb.InstanceHealth.ValueType = UNKNOWN
     detail: str = ""
     checked_at: datetime | None = None
@@ -82,6 +85,15 @@ class _Lease:
             endpoint=self.reg.endpoint,
             protocol=self.reg.protocol,
             healthy=self.health == HEALTHY and self.suspect_until <= time.monotonic(),
+        )
+
+
+def _check_owner(lease: _Lease, owner: str, what: str) -> None:
+    """A lease is its registrant's: anyone else is refused, by name."""
+    if lease.owner != owner:
+        raise PermissionDeniedError(
+            f"cannot {what} instance {lease.instance_id!r}: its lease belongs to "
+            f"{lease.owner or 'an unauthenticated caller'}, not {owner or 'an unauthenticated caller'}"
         )
 
 
@@ -153,18 +165,22 @@ class RegistryComponent(Background):
 
     # -- the API --------------------------------------------------------------
 
-    async def register(self, reg: Registration) -> tuple[str, datetime, float]:
-        """Take (or renew) a lease; returns (instance_id, expires_at, ttl_s)."""
+    async def register(self, reg: Registration, owner: str = "") -> tuple[str, datetime, float]:
+        """Take (or renew) a lease for ``owner`` (the caller's identity); returns
+        (instance_id, expires_at, ttl_s). PermissionDeniedError when the
+        instance id is another identity's lease."""
         instance_id = reg.instance_id or f"{reg.service}-{self.region}-{uuid.uuid4().hex[:12]}"
         now = time.monotonic()
-        self._views.clear()
         lease = self._leases.get(instance_id)
+        if lease is not None:
+            _check_owner(lease, owner, "register")
+        self._views.clear()
         if lease is not None and lease.reg != reg:
             if lease.checker is not None:
                 lease.checker.cancel()
             lease = None
         if lease is None:
-            lease = _Lease(reg, instance_id, now + reg.ttl_s)
+            lease = _Lease(reg, instance_id, now + reg.ttl_s, owner=owner)
             self._leases[instance_id] = lease
             lease.checker = asyncio.create_task(
                 self._check_loop(lease), name=f"check-{instance_id}"
@@ -174,7 +190,7 @@ class RegistryComponent(Background):
         await self._announce(lease)
         return instance_id, self._wall(lease.expires_at), reg.ttl_s
 
-    def heartbeat(self, instance_id: str) -> datetime:
+    def heartbeat(self, instance_id: str, owner: str = "") -> datetime:
         lease = self._leases.get(instance_id)
         now = time.monotonic()
         if lease is None or lease.expires_at <= now:
@@ -182,13 +198,16 @@ class RegistryComponent(Background):
                 f"no lease for instance {instance_id!r} in {self.region}: it expired or was "
                 "never registered here; register again"
             )
+        _check_owner(lease, owner, "heartbeat")
         lease.expires_at = now + lease.reg.ttl_s
         return self._wall(lease.expires_at)
 
-    async def deregister(self, instance_id: str) -> None:
-        lease = self._leases.pop(instance_id, None)
+    async def deregister(self, instance_id: str, owner: str = "") -> None:
+        lease = self._leases.get(instance_id)
         if lease is None:
             raise NotFoundError(f"no lease for instance {instance_id!r} in {self.region}")
+        _check_owner(lease, owner, "deregister")
+        del self._leases[instance_id]
         # Gone here at once, not only when the tombstone comes back around.
         self._on_entry(instance_id, None)
         await self._withdraw(lease)

@@ -212,7 +212,7 @@ class RegistryApi:
             default_ttl_s=self.config.default_ttl_s,
             max_ttl_s=self.config.max_ttl_s,
         )
-        instance_id, expires, ttl = await self.registry.register(reg)
+        instance_id, expires, ttl = await self.registry.register(reg, CALLER.get().identity)
         resp = pb.RegisterResponse(instance_id=instance_id, lease_expires_at=_ts(expires))
         resp.ttl.FromNanoseconds(int(ttl * 1e9))
         return resp
@@ -228,12 +228,14 @@ class RegistryApi:
     async def heartbeat(self, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
         self._instance_id(request.instance_id)
         return pb.HeartbeatResponse(
-            lease_expires_at=_ts(self.registry.heartbeat(request.instance_id))
+            lease_expires_at=_ts(
+                self.registry.heartbeat(request.instance_id, CALLER.get().identity)
+            )
         )
 
     async def deregister(self, request: pb.DeregisterRequest) -> pb.DeregisterResponse:
         self._instance_id(request.instance_id)
-        await self.registry.deregister(request.instance_id)
+        await self.registry.deregister(request.instance_id, CALLER.get().identity)
         return pb.DeregisterResponse()
 
     async def list_instances(self, request: pb.ListInstancesRequest) -> pb.ListInstancesResponse:
