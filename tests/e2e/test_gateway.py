@@ -24,7 +24,7 @@ SERVED = "Meridian-Gateway-Region"
 
 
 def gateway_url(sandbox: SandboxHandle) -> str:
-    return f"http://127.0.0.1:{sandbox.config.gateway.port}"
+    return f"https://127.0.0.1:{sandbox.config.gateway.port}"  # TLS towards clients too
 
 
 async def via_gateway(sandbox: SandboxHandle, hint: str | None) -> tuple[int, str]:

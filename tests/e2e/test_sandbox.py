@@ -84,7 +84,7 @@ def test_up_reports_every_region_and_where_agents_listen(sandbox: SandboxHandle)
         *(f"agent:{r}" for r in REGIONS),
         "gateway",
     }
-    assert f"http://127.0.0.1:{sandbox.config.gateway.port}" in sandbox.up_output
+    assert f"https://127.0.0.1:{sandbox.config.gateway.port}" in sandbox.up_output
     assert all(s["running"] and s["healthy"] for s in statuses), statuses
     text = sandbox.cli("sandbox", "status").stdout
     for region in REGIONS:

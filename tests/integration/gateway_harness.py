@@ -21,6 +21,7 @@ from aiohttp import web
 
 from meridian.config import MeridianConfig, parse_config
 from meridian.gateway import REGION_RESPONSE_HEADER, Gateway
+from meridian.security.tls import ReloadingContext
 
 REGIONS = ("us-east", "eu-west", "ap-south")
 AGENT_PORTS = {"us-east": 20131, "eu-west": 20132, "ap-south": 20133}
@@ -182,12 +183,18 @@ async def stand_ins() -> AsyncIterator[dict[str, StandInAgent]]:
 
 
 @contextlib.asynccontextmanager
-async def gateway(answer_timeout_s: float = 30.0, **settings: Any) -> AsyncIterator[Gateway]:
+async def gateway(
+    answer_timeout_s: float = 30.0, server_tls: ReloadingContext | None = None, **settings: Any
+) -> AsyncIterator[Gateway]:
     config = make_config()
     gw_settings = dataclasses.replace(config.gateway, **settings)
     targets = {r.name: r.http_url for r in config.regions}
     async with Gateway(
-        gw_settings, targets, config.latency, answer_timeout_s=answer_timeout_s
+        gw_settings,
+        targets,
+        config.latency,
+        answer_timeout_s=answer_timeout_s,
+        server_tls=server_tls,
     ) as gw:
         yield gw
 

@@ -1,14 +1,24 @@
-"""The gateway as a front door: only the paths in ``gateway.allow`` reach an
-agent (invocation and health by default); everything else, and any path an
-agent could read as another, is refused at the gateway with PERMISSION_DENIED."""
+"""The gateway as a front door: HTTPS towards clients, and only the paths in
+``gateway.allow`` reach an agent (invocation and health by default);
+everything else, and any path an agent could read as another, is refused at
+the gateway with PERMISSION_DENIED."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import ssl
+from pathlib import Path
+
 import aiohttp
 import pytest
+from cryptography import x509
 from yarl import URL
 
 from meridian.core.paths import DEFAULT_ALLOW
+from meridian.security.ca import CertificateAuthority
+from meridian.security.model import Identity, Kind
+from meridian.security.tls import ReloadingContext, TlsFiles, front_door_context
 from tests.integration.gateway_harness import GW, HINT, StandInAgent, gateway
 
 pytest_plugins = ["tests.integration.gateway_harness"]
@@ -76,3 +86,44 @@ async def test_an_allowed_prefix_passes_what_is_below_it_and_nothing_beside_it(
         assert status == 403
         status, _ = await get(client, "/echo")
         assert status == 403
+
+
+async def test_the_front_door_speaks_tls_and_follows_its_certificate(
+    agents: dict[str, StandInAgent], tmp_path: Path
+) -> None:
+    ca = CertificateAuthority(tmp_path / "ca")
+    ca.init("meridian.local")
+    gateway_id = Identity("meridian.local", Kind.GATEWAY)
+    leaf = ca.issue(gateway_id, dns_names=["localhost"], ip_addresses=["127.0.0.1"])
+    files = TlsFiles.in_folder(leaf.cert_path.parent)
+    trusting = ssl.create_default_context(cafile=str(files.bundle))  # host name checked
+    async with (
+        gateway(allow=DEFAULT_ALLOW, server_tls=ReloadingContext(files, front_door_context)) as gw,
+        aiohttp.ClientSession() as client,
+    ):
+        assert gw.url.startswith("https://")
+        async with client.get(f"{gw.url}/v1/health", ssl=trusting) as resp:
+            assert resp.status == 200
+        # A client that does not trust the CA refuses the gateway; plain HTTP gets nowhere.
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            async with client.get(f"{gw.url}/v1/health") as resp:
+                await resp.read()
+        plain = gw.url.replace("https://", "http://")
+        with pytest.raises(aiohttp.ClientError):
+            async with client.get(f"{plain}/v1/health") as resp:
+                await resp.read()
+        # A re-issued certificate is served to new connections, without a restart.
+        renewed = ca.issue(gateway_id, dns_names=["localhost"], ip_addresses=["127.0.0.1"])
+        port = int(gw.url.rsplit(":", 1)[1])
+        served = await asyncio.to_thread(_served_serial, port, trusting)
+        assert served == renewed.serial
+
+
+def _served_serial(port: int, ctx: ssl.SSLContext) -> int:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number

@@ -52,6 +52,7 @@ from meridian.demo.report import Report
 from meridian.demo.shop import Shop
 from meridian.sandbox.processes import ProcessRecord, port_in_use, wait_ports_free
 from meridian.sandbox.supervisor import Sandbox, SandboxError
+from meridian.security.pki import front_door_ssl
 
 Say = Callable[[str], None]
 
@@ -130,7 +131,9 @@ class DemoRun:
             f"orders and inventory healthy in every region, in every agent's registry ({took:.1f} s)",
         )
 
-        connector = aiohttp.TCPConnector(limit=0)
+        # The shoppers are outside clients: they trust the gateway's CA, nothing more.
+        front_door = front_door_ssl(config)
+        connector = aiohttp.TCPConnector(limit=0, ssl=front_door if front_door else True)
         async with aiohttp.ClientSession(connector=connector) as session:
             await self._seed(session, sandbox.gateway_url)
             self.shop = shop = Shop(

@@ -51,7 +51,7 @@ from meridian.core.paths import refusal
 from meridian.gateway.health import Clock, HealthChecker, describe
 from meridian.gateway.metrics import NO_REGION, GatewayMetrics
 from meridian.gateway.model import HealthBoard, Latency, Transition, parse_hint
-from meridian.security.tls import ClientTls, TlsFiles
+from meridian.security.tls import ClientTls, ReloadingContext, TlsFiles, front_door_context
 from meridian.transport.errors import error_body
 
 log = logging.getLogger(__name__)
@@ -85,13 +85,13 @@ SHUTDOWN_GRACE_S = 5.0
 ANSWER_TIMEOUT_S = 30.0
 
 
-def local_url(host: str, port: int) -> str:
+def local_url(host: str, port: int, *, tls: bool = False) -> str:
     """Where a client on this machine reaches a gateway listening on ``host:port``."""
     if host in ("", "0.0.0.0", "::"):
         host = "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{'https' if tls else 'http'}://{host}:{port}"
 
 
 def _without_hop_by_hop(headers: CIMultiDictProxy[str], drop: frozenset[str]) -> CIMultiDict[str]:
@@ -130,8 +130,12 @@ class Gateway:
         answer_timeout_s: float = ANSWER_TIMEOUT_S,
         clock: Clock = time.monotonic,
         upstream_tls: ClientTls | None = None,
+        server_tls: ReloadingContext | None = None,
     ) -> None:
         self.settings = settings
+        #: HTTPS towards clients (the gateway's certificate, no client certificate
+        #: asked for); None: plain HTTP (insecure mode).
+        self.server_tls = server_tls
         #: The gateway's own identity towards agents (mutual TLS); None: plaintext.
         self.upstream_tls = upstream_tls
         self.targets = {region: url.rstrip("/") for region, url in targets.items()}
@@ -160,20 +164,21 @@ class Gateway:
         cls, config: MeridianConfig, *, host: str | None = None, port: int | None = None
     ) -> Self:
         """A gateway in front of every region of ``config``."""
-        tls = ClientTls(TlsFiles.in_folder(config.gateway_tls_dir)) if config.security.tls else None
+        files = TlsFiles.in_folder(config.gateway_tls_dir) if config.security.tls else None
         return cls(
             config.gateway,
             {r.name: r.http_url for r in config.regions},
             config.latency,
             host=host,
             port=port,
-            upstream_tls=tls,
+            upstream_tls=ClientTls(files) if files else None,
+            server_tls=ReloadingContext(files, front_door_context) if files else None,
         )
 
     @property
     def url(self) -> str:
         """The gateway's base URL (after ``start()`` if it was asked for port 0)."""
-        return local_url(self.host, self.port)
+        return local_url(self.host, self.port, tls=self.server_tls is not None)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -213,7 +218,13 @@ class Gateway:
                 shutdown_timeout=self.grace_s,
             )
             await self._runner.setup()
-            site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+            site = web.TCPSite(
+                self._runner,
+                self.host,
+                self.port,
+                reuse_address=True,
+                ssl_context=self.server_tls.outer if self.server_tls else None,
+            )
             try:
                 await site.start()
             except OSError as exc:

@@ -213,7 +213,8 @@ class Sandbox:
     def gateway_url(self) -> str:
         from meridian.gateway.server import local_url
 
-        return local_url(self.config.gateway.host, self.config.gateway.port)
+        gw = self.config.gateway
+        return local_url(gw.host, gw.port, tls=self.config.security.tls)
 
     # -- starting -------------------------------------------------------
 
@@ -365,7 +366,7 @@ class Sandbox:
     def _gateway_regions(self) -> tuple[list[dict[str, Any]] | None, str]:
         """Each region as the gateway sees it, or None and why it does not answer."""
         try:
-            data = fetch_json(f"{self.gateway_url}/gateway/status", timeout=1.0)
+            data = fetch_json(f"{self.gateway_url}/gateway/status", 1.0, client_ssl(self.config))
         except (OSError, urllib.error.URLError, ValueError) as exc:
             return None, f"not answering: {exc}"
         return list(data.get("regions", [])), ""

@@ -116,3 +116,13 @@ def client_ssl(config: MeridianConfig) -> ssl.SSLContext | None:
             ),
             config.source,
         ) from exc
+
+
+def front_door_ssl(config: MeridianConfig) -> ssl.SSLContext | None:
+    """How an outside client (the demo's shoppers) trusts the gateway: the CA's
+    bundle, the gateway's host name checked, no client certificate. None in
+    insecure mode."""
+    if not config.security.tls:
+        return None
+    bundle = TlsFiles.in_folder(config.gateway_tls_dir).bundle
+    return ssl.create_default_context(cafile=str(bundle))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,15 @@ def server_context(files: TlsFiles) -> ssl.SSLContext:
     return _base(ssl.Purpose.CLIENT_AUTH, files)
 
 
+def front_door_context(files: TlsFiles) -> ssl.SSLContext:
+    """A public server (the gateway's side towards clients): our certificate,
+    TLS 1.2 or newer for clients that are not ours, no client certificate."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(files.cert, files.key)
+    return ctx
+
+
 def client_context(files: TlsFiles) -> ssl.SSLContext:
     """TLS 1.3 with our certificate; the server must chain to the bundle. Check
     its identity with :func:`peer_identity` after the handshake."""
@@ -148,8 +157,11 @@ class ReloadingContext(_FollowsFiles):
     hands each new handshake the context built from the files as they are now.
     """
 
-    def __init__(self, files: TlsFiles) -> None:
-        super().__init__(files, server_context)
+    def __init__(
+        self, files: TlsFiles, build: Callable[[TlsFiles], ssl.SSLContext] = server_context
+    ) -> None:
+        """``build``: :func:`server_context` (mutual TLS) or :func:`front_door_context`."""
+        super().__init__(files, build)
         #: The context the server holds: the first one built, choosing per handshake.
         self.outer = self._current
         self.outer.sni_callback = self._choose
@@ -229,6 +241,36 @@ class Callers:
         self.trust_domain = trust_domain
         self.kinds = kinds
         self._seen: dict[bytes, Identity | PermissionDeniedError] = {}
+        self._by_sans: dict[tuple[bytes, ...], Identity | PermissionDeniedError] = {}
+
+    def identify_sans(self, sans: Sequence[bytes] | None) -> Identity:
+        """The identity among the subject alternative names of a verified peer
+        certificate, as gRPC gives them (``context.peer_identities()``): cheaper
+        per call than the whole certificate, which the auth context carries."""
+        if not sans:
+            raise PermissionDeniedError("the caller presented no client certificate")
+        key = tuple(sans)
+        found = self._by_sans.get(key)
+        if found is None:
+            uris = [s for s in key if s.startswith(b"spiffe://")]
+            if len(uris) != 1:
+                found = PermissionDeniedError(
+                    "the client certificate must name exactly one spiffe:// ID; "
+                    f"it names {len(uris)}"
+                )
+            else:
+                try:
+                    found = self._judge(Identity.parse(uris[0].decode(), field="certificate"))
+                except (InvalidArgumentError, UnicodeDecodeError) as exc:
+                    found = PermissionDeniedError(
+                        f"the client certificate names no identity: {exc}"
+                    )
+            if len(self._by_sans) >= self.MAX:
+                self._by_sans.clear()
+            self._by_sans[key] = found
+        if isinstance(found, PermissionDeniedError):
+            raise found
+        return found
 
     def identify(self, cert: bytes | None) -> Identity:
         """The identity of a client certificate (DER, or PEM as gRPC gives it),
@@ -251,6 +293,9 @@ class Callers:
             identity = identity_of_pem(cert) if pem else identity_of_der(cert)
         except (InvalidArgumentError, ValueError) as exc:
             return PermissionDeniedError(f"the client certificate names no identity: {exc}")
+        return self._judge(identity)
+
+    def _judge(self, identity: Identity) -> Identity | PermissionDeniedError:
         if identity.trust_domain != self.trust_domain:
             return PermissionDeniedError(f"{identity} is not in trust domain {self.trust_domain!r}")
         if identity.kind not in self.kinds:
@@ -259,9 +304,3 @@ class Callers:
                 f"{identity} is a {identity.kind.value}; only {allowed} identities may call"
             )
         return identity
-
-
-def grpc_peer_cert(auth_context: Mapping[str, Sequence[bytes]]) -> bytes | None:
-    """The client certificate (PEM) of a gRPC call, from its auth context."""
-    pems = auth_context.get("x509_pem_cert")
-    return pems[0] if pems else None
