@@ -56,11 +56,23 @@ class Settings:
 class Service:
     """One test-service process."""
 
-    def __init__(self, sb: BenchSandbox, service: str, region: str) -> None:
+    def __init__(
+        self,
+        sb: BenchSandbox,
+        service: str,
+        region: str,
+        *,
+        agent_url: str = "",
+        tls_dir: Path | None = None,
+    ) -> None:
+        """Registered with ``agent_url`` (default: the region's agent), as the
+        identity in ``tls_dir`` if the agent is mTLS."""
         cmd = [
             sys.executable, "-m", "meridian.sandbox.testservice",
             "--service", service, "--region", region,
-            "--agent", sb.region(region).http_url, "--ttl", "3", "--check-interval", "0.3",
+            "--agent", agent_url or sb.region(region).http_url,
+            "--ttl", "3", "--check-interval", "0.3",
+            *(["--tls-dir", str(tls_dir)] if tls_dir else []),
         ]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None

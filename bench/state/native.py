@@ -64,12 +64,14 @@ async def closed_loop(
     procs: int = 1,
     topic: str = "",
     batch: int = 0,
+    tls_dir: Path | None = None,
 ) -> load.LoadResult:
     """Run the load generator: ``concurrency`` callers (``mode`` grpc-get, grpc-put,
     grpc-publish, grpc-publish-batch, grpc-publish-stream or http-get) for
     ``warmup_s``, then measure ``duration_s``. Its Go runtime gets ``procs`` OS
     threads for Go code (GOMAXPROCS). Publishes go to ``topic`` with event ids
-    prefixed by ``key``; grpc-publish-batch sends ``batch`` events per call."""
+    prefixed by ``key``; grpc-publish-batch sends ``batch`` events per call.
+    ``tls_dir``: call an mTLS agent as that identity (gRPC modes)."""
     proc = await asyncio.create_subprocess_exec(
         str(binary),
         f"-mode={mode}",
@@ -81,6 +83,7 @@ async def closed_loop(
         f"-connections={connections}",
         *([f"-topic={topic}"] if topic else []),
         *([f"-batch={batch}"] if batch else []),
+        *([f"-tls-dir={tls_dir}"] if tls_dir else []),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -29,8 +29,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/meridian-rt/meridian/sdk/go/meridian"
 	pb "github.com/meridian-rt/meridian/sdk/go/meridianpb/v1"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 )
 
@@ -76,7 +78,15 @@ func main() {
 	concurrency := flag.Int("concurrency", 32, "callers")
 	conns := flag.Int("connections", 2, "gRPC connections shared round-robin by the callers (HTTP: one per caller)")
 	batch := flag.Int("batch", 64, "events per PublishBatch call, keys per GetMany or PutMany call")
+	tlsDir := flag.String("tls-dir", "", "cert.pem, key.pem and bundle.pem: gRPC modes call an mTLS agent as this identity")
 	flag.Parse()
+	if *tlsDir != "" {
+		cfg, err := meridian.TLSConfigDir(*tlsDir)
+		if err != nil {
+			fail(err)
+		}
+		transport = credentials.NewTLS(cfg)
+	}
 
 	var op func(ctx context.Context, c, i int) (int, error)
 	var closers []io.Closer
@@ -407,10 +417,13 @@ func startStreams(stubs []pb.EventServiceClient, topic, prefix string, payload [
 
 // dial opens n gRPC connections to target, each closed at the end (closers),
 // and makes a stub on each.
+// transport is plaintext unless -tls-dir names an identity (mutual TLS).
+var transport = insecure.NewCredentials()
+
 func dial[T any](target string, n int, closers *[]io.Closer, stub func(grpc.ClientConnInterface) T) []T {
 	out := make([]T, n)
 	for i := range out {
-		cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(transport))
 		if err != nil {
 			fail(err)
 		}

@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from meridian.core.calls import NO_CALLER, Caller
 from meridian.core.errors import MeridianError
 from meridian.invocation.service import SERVICE_METADATA, InvocationApi, grpc_call
-from meridian.security.tls import Callers, GrpcServerCredentials, grpc_peer_cert
+from meridian.security.tls import Callers, GrpcServerCredentials
 from meridian.transport.api import AgentApi, Services
 from meridian.transport.errors import grpc_status
 from meridian.transport.routes import Route, RouteError, build_routes
@@ -45,7 +45,9 @@ def _caller(context: Ctx, callers: Callers | None) -> Caller:
     remaining = context.time_remaining()
     if callers is None:
         return NO_CALLER if remaining is None else Caller(remaining_s=remaining)
-    identity = callers.identify(grpc_peer_cert(context.auth_context()))
+    # The verified certificate's SANs, not auth_context(), which copies the whole
+    # certificate into a new dict on every call.
+    identity = callers.identify_sans(context.peer_identities())
     return Caller(remaining_s=remaining, identity=identity.uri)
 
 

@@ -1,0 +1,1 @@
+"""What mutual TLS costs; see run.py."""
