@@ -4,6 +4,9 @@ traces, metrics, and what it reports when NATS or a peer region is missing."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
+import logging
 from typing import Any
 
 import aiohttp
@@ -248,3 +251,33 @@ async def test_an_agent_whose_components_cannot_serve_answers_but_is_not_ready(
         assert agent.listening.is_set()
         assert not agent.events.ready and not agent.registry.ready
         assert not agent.ready.is_set()
+
+
+async def test_nats_credentials_never_show_in_status_or_logs(
+    nats_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A URL with user information (the server accepts any: it has no auth), and
+    # a second one that cannot be reached, so errors name URLs too.
+    home = nats_server.server("us-east").url
+    with_secret = home.replace("nats://", "nats://alice:s3cret-pw@")
+    config = agent_config(nats_server)
+    region = dataclasses.replace(
+        config.region("us-east"),
+        nats_urls=(with_secret, "nats://bob:hunter2@127.0.0.1:1"),
+    )
+    config = dataclasses.replace(config, regions=(region,))
+    with caplog.at_level(logging.DEBUG):
+        async with running_agent(config) as agent:
+            url = f"{region.http_url}/v1/status"
+
+            async def probe() -> dict[str, Any]:
+                return (await http_get(url))[1]["status"]
+
+            status = await eventually(
+                probe, lambda s: s["nats"]["connected"], what="connected to NATS"
+            )
+            assert status["nats"]["serverUrl"].startswith("nats://***@"), status["nats"]
+            shown = json.dumps(status) + agent.conn.last_error
+    shown += "\n".join(r.getMessage() + json.dumps(r.__dict__, default=str) for r in caplog.records)
+    for secret in ("s3cret-pw", "hunter2", "alice:", "bob:"):
+        assert secret not in shown

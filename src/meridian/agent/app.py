@@ -43,6 +43,7 @@ from meridian.config import MeridianConfig
 from meridian.config.model import LOOPBACK_HOSTS
 from meridian.core.errors import ConfigError, FieldViolation, MeridianError
 from meridian.core.hlc import Clock, HybridLogicalClock, SkewMonitor, SystemClock
+from meridian.core.redact import redact
 from meridian.events.component import EventsComponent
 from meridian.events.groups import ConsumerGroups
 from meridian.events.push import PushDeliveries
@@ -403,7 +404,7 @@ class Agent:
                     "agent_id": self.agent_id,
                     "grpc": rc.grpc_address,
                     "http": rc.http_url,
-                    "nats": list(rc.agent_nats_urls),
+                    "nats": [redact(u) for u in rc.agent_nats_urls],
                 },
             )
             self.ready.set()

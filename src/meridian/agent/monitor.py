@@ -20,6 +20,7 @@ from opentelemetry import trace
 from meridian.backbone.connection import NATS_FAILURES, BackboneConnection, reraise_if_cancelling
 from meridian.backbone.probes import GlobalProbe, PeerPinger, describe_nats_error
 from meridian.core.hlc import Clock, SkewMonitor
+from meridian.core.redact import redact
 from meridian.core.status import (
     AgentObservation,
     GlobalObservation,
@@ -136,7 +137,7 @@ class StatusMonitor:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            return NatsObservation(connected=False, server_url=server.url, reason=str(exc))
+            return NatsObservation(connected=False, server_url=server.url, reason=redact(str(exc)))
         return NatsObservation(
             connected=True,
             server_url=server.url,

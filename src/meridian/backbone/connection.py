@@ -24,6 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
 from meridian.core.errors import DeadlineExceededError, MeridianError, UnavailableError
+from meridian.core.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ class BackboneConnection:
         """Connect once; raise :class:`UnavailableError` naming the URLs on failure."""
 
         async def on_error(exc: Exception) -> None:
-            self.last_error = f"{type(exc).__name__}: {exc}"
+            self.last_error = redact(f"{type(exc).__name__}: {exc}")
             log.warning("nats error: %s", self.last_error)
 
         async def on_disconnect() -> None:
@@ -178,7 +179,7 @@ class BackboneConnection:
                     reconnected_cb=on_reconnect,
                 )
         except NATS_FAILURES as exc:
-            self.last_error = f"cannot connect to NATS at {', '.join(self.urls)}: {exc!r}"
+            self.last_error = redact(f"cannot connect to NATS at {', '.join(self.urls)}: {exc!r}")
             raise UnavailableError(self.last_error) from exc
         self.last_error = ""
         self._connected.set()
@@ -211,7 +212,7 @@ class BackboneConnection:
     def server(self) -> ServerIdentity:
         nc = self.nc
         info: dict[str, Any] = getattr(nc, "_server_info", {}) or {}
-        url = nc.connected_url.geturl() if nc.connected_url else ""
+        url = redact(nc.connected_url.geturl()) if nc.connected_url else ""
         return ServerIdentity(
             url=url,
             name=str(info.get("server_name", "")),

@@ -28,6 +28,7 @@ from meridian.chaos.cli import chaos
 from meridian.config import MeridianConfig, default_config_text, load_config
 from meridian.config.security import INSECURE_ENV
 from meridian.core.errors import MeridianError
+from meridian.core.redact import redact
 from meridian.demo.cli import demo
 from meridian.gateway.cli import gateway
 from meridian.security.cli import ca
@@ -146,7 +147,7 @@ def sandbox_up(ctx: _Ctx) -> None:
     for region in ctx.config.regions:
         click.echo(
             f"  {region.name:<10} agent gRPC {region.grpc_address:<16} "
-            f"HTTP {region.http_url}  (NATS {region.agent_nats_urls[0]})"
+            f"HTTP {region.http_url}  (NATS {redact(region.agent_nats_urls[0])})"
         )
     click.echo(f"  WAN emulator control: {ctx.config.wan.control_url}")
     click.echo(
