@@ -30,8 +30,14 @@ from meridian._pb.meridian.internal.v1 import forwarding_pb2 as fw
 from meridian._pb.meridian.v1 import invocation_pb2 as pb
 from meridian.backbone.connection import BackboneConnection
 from meridian.backbone.probes import describe_nats_error, ping_subject
-from meridian.core.errors import DeadlineExceededError, MeridianError, ResourceExhaustedError
+from meridian.core.errors import (
+    DeadlineExceededError,
+    InvalidArgumentError,
+    MeridianError,
+    ResourceExhaustedError,
+)
 from meridian.invocation.calls import AttemptFailed, Call, NoRoute, Reply
+from meridian.invocation.model import grpc_violations, http_violations
 from meridian.invocation.resilience.deadline import resolve_deadline
 from meridian.invocation.resilience.policy import ResiliencePolicy
 from meridian.invocation.resilience.retry import attempt_deadline
@@ -67,8 +73,11 @@ class PeerForwarder:
         peer_rtts: Callable[[], Mapping[str, float | None]],
         policy_for: Callable[[Call], ResiliencePolicy],
         serve_locally: ServeLocally,
+        max_body: int,
     ) -> None:
         self.conn = conn
+        #: invocation.max_body_bytes: the limit a forwarded call is checked against.
+        self.max_body = max_body
         self.region = region
         self.peer_rtts = peer_rtts
         self.policy_for = policy_for
@@ -246,8 +255,20 @@ class PeerForwarder:
         result = fw.ForwardedResult()
         try:
             fc = fw.ForwardedCall.FromString(msg.data)
+            # Checked again here, as if the call had come in at this agent: a
+            # forwarded call is only as good as the peer that sent it.
             if fc.WhichOneof("call") == "grpc":
                 g = fc.grpc
+                metadata = [(h.name, h.value) for h in g.metadata]
+                bad = grpc_violations(
+                    service=g.service,
+                    full_method=g.full_method,
+                    body_bytes=len(g.request),
+                    max_body=self.max_body,
+                    metadata=metadata,
+                )
+                if bad:
+                    raise InvalidArgumentError(bad)
                 call = Call(
                     service=g.service,
                     route=g.full_method,
@@ -257,6 +278,17 @@ class PeerForwarder:
                 )
             else:
                 r = fc.http
+                bad = http_violations(
+                    service=r.service,
+                    method=r.method,
+                    verb=r.http_verb or "POST",
+                    query=r.query,
+                    headers=[(h.name, h.value) for h in r.headers],
+                    body_bytes=len(r.body),
+                    max_body=self.max_body,
+                )
+                if bad:
+                    raise InvalidArgumentError(bad)
                 call = Call(
                     service=r.service,
                     route=r.method,

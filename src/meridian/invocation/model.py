@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 from meridian.core.endpoints import host_violations
 from meridian.core.errors import FieldViolation, InvalidArgumentError
@@ -207,3 +208,100 @@ class RegistryReplica:
         horizon = now - 10 * self.stale_after_s
         for key in [k for k, s in self._entries.items() if s.seen_at < horizon]:
             del self._entries[key]
+
+
+# -- calls: the rules for a call's fields, checked where a call comes in (the
+# transports) and again where a forwarded one is served (another agent) -------
+
+HTTP_VERBS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+#: The path after the service: URL path characters, no "..", at most 2 KiB.
+METHOD_PATH = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@%/-]{0,2048}\Z")
+GRPC_METHOD = re.compile(r"^/[A-Za-z_][A-Za-z0-9_.]{0,254}/[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}\Z")
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 64 * 1024
+MAX_QUERY = 8 * 1024
+
+
+def service_violations(service: str, name: str = "service") -> list[FieldViolation]:
+    if SERVICE_NAME.match(service):
+        return []
+    return [
+        FieldViolation(name, "must be 1-63 characters of a-z, 0-9 and '-', starting with a letter")
+    ]
+
+
+def header_violations(
+    headers: Iterable[tuple[str, str]], name: str, *, parsed: bool = False
+) -> list[FieldViolation]:
+    """``parsed``: the headers come from a request an HTTP server parsed (names
+    are tokens, values have no CR or LF): only their number and size count."""
+    v: list[FieldViolation] = []
+    total = count = 0
+    for k, val in headers:
+        count += 1
+        total += len(k) + len(val)
+        if parsed:
+            continue
+        if not HEADER_NAME.match(k):
+            v.append(FieldViolation(name, f"header name {k[:40]!r} is not an HTTP token"))
+            break
+        if "\r" in val or "\n" in val or "\0" in val:
+            v.append(FieldViolation(name, f"header {k!r} has a CR, LF or NUL in its value"))
+            break
+    if count > MAX_HEADERS:
+        v.append(FieldViolation(name, f"must have at most {MAX_HEADERS} headers"))
+    if total > MAX_HEADER_BYTES:
+        v.append(FieldViolation(name, f"must total at most {MAX_HEADER_BYTES} bytes"))
+    return v
+
+
+def http_violations(
+    *,
+    service: str,
+    method: str,
+    verb: str,
+    query: str,
+    headers: Iterable[tuple[str, str]],
+    body_bytes: int,
+    max_body: int,
+    parsed_headers: bool = False,
+) -> list[FieldViolation]:
+    """Every rule an HTTP call breaks; ``verb`` already upper-case."""
+    v = service_violations(service)
+    if not METHOD_PATH.match(method) or any(
+        unquote(segment) in (".", "..") for segment in method.split("/")
+    ):
+        v.append(
+            FieldViolation(
+                "method", "must be a URL path of at most 2 KiB without '.' or '..' segments"
+            )
+        )
+    if verb not in HTTP_VERBS:
+        v.append(FieldViolation("http_verb", f"must be one of {', '.join(sorted(HTTP_VERBS))}"))
+    if len(query) > MAX_QUERY or any(c in query for c in "\r\n\0 #"):
+        v.append(
+            FieldViolation("query", f"must be at most {MAX_QUERY} bytes with no space, CR, LF, #")
+        )
+    v += header_violations(headers, "headers", parsed=parsed_headers)
+    if body_bytes > max_body:
+        v.append(FieldViolation("body", f"must be at most {max_body} bytes"))
+    return v
+
+
+def grpc_violations(
+    *,
+    service: str,
+    full_method: str,
+    body_bytes: int,
+    max_body: int,
+    metadata: Iterable[tuple[str, str]] = (),
+) -> list[FieldViolation]:
+    """Every rule a proxied gRPC call breaks."""
+    v = service_violations(service, "meridian-service")
+    if not GRPC_METHOD.match(full_method):
+        v.append(FieldViolation("method", "must be /package.Service/Method"))
+    v += header_violations(metadata, "metadata")
+    if body_bytes > max_body:
+        v.append(FieldViolation("request", f"must be at most {max_body} bytes"))
+    return v

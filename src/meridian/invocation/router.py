@@ -190,6 +190,7 @@ class Invoker(Background):
             peer_rtts=peer_rtts,
             policy_for=self.policy,
             serve_locally=self._serve_locally,
+            max_body=config.max_body_bytes,
         )
 
     # -- lifecycle ------------------------------------------------------------

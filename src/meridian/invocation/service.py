@@ -16,11 +16,9 @@ not pass on (hop-by-hop, Meridian's own, gRPC's own) and put the agent's
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from collections.abc import Iterable
 from datetime import datetime
-from urllib.parse import unquote
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -29,20 +27,18 @@ from meridian.config.model import InvocationConfig
 from meridian.core.calls import CALLER, Caller
 from meridian.core.errors import FieldViolation, InvalidArgumentError
 from meridian.invocation.calls import HOP_BY_HOP, Call, Reply
-from meridian.invocation.model import INSTANCE_ID, SERVICE_NAME, validate_registration
+from meridian.invocation.model import (
+    INSTANCE_ID,
+    grpc_violations,
+    http_violations,
+    service_violations,
+    validate_registration,
+)
 from meridian.invocation.registry import PROTOCOL_NAMES, RegistryComponent
 from meridian.invocation.resilience.deadline import resolve_deadline
 from meridian.invocation.router import Invoker
 from meridian.observability.tracing import current_traceparent
 
-HTTP_VERBS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
-#: The path after the service: URL path characters, no "..", at most 2 KiB.
-METHOD_PATH = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@%/-]{0,2048}\Z")
-GRPC_METHOD = re.compile(r"^/[A-Za-z_][A-Za-z0-9_.]{0,254}/[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
-HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}\Z")
-MAX_HEADERS = 100
-MAX_HEADER_BYTES = 64 * 1024
-MAX_QUERY = 8 * 1024
 IDEMPOTENCY_KEY_HEADER = "idempotency-key"
 #: The gRPC metadata that names the service the transparent proxy calls.
 SERVICE_METADATA = "meridian-service"
@@ -72,37 +68,6 @@ def _ts(dt: datetime) -> Timestamp:
     return ts
 
 
-def _service_violation(service: str, name: str = "service") -> list[FieldViolation]:
-    if SERVICE_NAME.match(service):
-        return []
-    return [
-        FieldViolation(name, "must be 1-63 characters of a-z, 0-9 and '-', starting with a letter")
-    ]
-
-
-def _header_violations(
-    headers: Iterable[tuple[str, str]], name: str, *, parsed: bool = False
-) -> list[FieldViolation]:
-    v: list[FieldViolation] = []
-    total = count = 0
-    for k, val in headers:
-        count += 1
-        total += len(k) + len(val)
-        if parsed:
-            continue
-        if not HEADER_NAME.match(k):
-            v.append(FieldViolation(name, f"header name {k[:40]!r} is not an HTTP token"))
-            break
-        if "\r" in val or "\n" in val or "\0" in val:
-            v.append(FieldViolation(name, f"header {k!r} has a CR, LF or NUL in its value"))
-            break
-    if count > MAX_HEADERS:
-        v.append(FieldViolation(name, f"must have at most {MAX_HEADERS} headers"))
-    if total > MAX_HEADER_BYTES:
-        v.append(FieldViolation(name, f"must total at most {MAX_HEADER_BYTES} bytes"))
-    return v
-
-
 def _has_key(headers: Iterable[tuple[str, str]]) -> bool:
     return any(k.lower() == IDEMPOTENCY_KEY_HEADER and v for k, v in headers)
 
@@ -123,25 +88,17 @@ def http_call(
     ``parsed_headers``: the headers come from an HTTP request the server has
     already parsed (names are tokens, values have no CR or LF), so only their
     number and size are checked."""
-    v = _service_violation(service)
-    if not METHOD_PATH.match(method) or any(
-        unquote(segment) in (".", "..") for segment in method.split("/")
-    ):
-        v.append(
-            FieldViolation(
-                "method", "must be a URL path of at most 2 KiB without '.' or '..' segments"
-            )
-        )
     verb = verb.upper() or "POST"
-    if verb not in HTTP_VERBS:
-        v.append(FieldViolation("http_verb", f"must be one of {', '.join(sorted(HTTP_VERBS))}"))
-    if len(query) > MAX_QUERY or any(c in query for c in "\r\n\0 #"):
-        v.append(
-            FieldViolation("query", f"must be at most {MAX_QUERY} bytes with no space, CR, LF, #")
-        )
-    v += _header_violations(headers, "headers", parsed=parsed_headers)
-    if len(body) > max_body:
-        v.append(FieldViolation("body", f"must be at most {max_body} bytes"))
+    v = http_violations(
+        service=service,
+        method=method,
+        verb=verb,
+        query=query,
+        headers=headers,
+        body_bytes=len(body),
+        max_body=max_body,
+        parsed_headers=parsed_headers,
+    )
     if v:
         raise InvalidArgumentError(v)
     kept = _with_traceparent([(k, val) for k, val in headers if k.lower() not in _HTTP_DROPPED])
@@ -160,11 +117,9 @@ def http_call(
 def grpc_call(
     *, service: str, full_method: str, metadata: list[tuple[str, str]], body: bytes, max_body: int
 ) -> Call:
-    v = _service_violation(service, "meridian-service")
-    if not GRPC_METHOD.match(full_method):
-        v.append(FieldViolation("method", "must be /package.Service/Method"))
-    if len(body) > max_body:
-        v.append(FieldViolation("request", f"must be at most {max_body} bytes"))
+    v = grpc_violations(
+        service=service, full_method=full_method, body_bytes=len(body), max_body=max_body
+    )
     if v:
         raise InvalidArgumentError(v)
     kept = [(k, val) for k, val in metadata if k not in _GRPC_DROPPED and not k.startswith(":")]
@@ -239,7 +194,7 @@ class RegistryApi:
         return pb.DeregisterResponse()
 
     async def list_instances(self, request: pb.ListInstancesRequest) -> pb.ListInstancesResponse:
-        v = _service_violation(request.service) if request.service else []
+        v = service_violations(request.service) if request.service else []
         if len(request.region) > 64:
             v.append(FieldViolation("region", "must be at most 64 characters"))
         if v:
