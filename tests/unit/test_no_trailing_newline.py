@@ -13,8 +13,16 @@ import pytest
 
 from meridian.config.model import REGION_NAME
 from meridian.core.errors import InvalidArgumentError
-from meridian.invocation.model import ENDPOINT, HTTP_PATH, INSTANCE_ID, SERVICE_NAME
-from meridian.invocation.service import GRPC_METHOD, HEADER_NAME, METHOD_PATH, http_call
+from meridian.invocation.model import (
+    ENDPOINT,
+    GRPC_METHOD,
+    HEADER_NAME,
+    HTTP_PATH,
+    INSTANCE_ID,
+    METHOD_PATH,
+    SERVICE_NAME,
+)
+from meridian.invocation.service import http_call
 from meridian.security.model import NAME, TRUST_DOMAIN
 from meridian.transport.routes import PATH_STYLE
 
