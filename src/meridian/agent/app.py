@@ -43,6 +43,7 @@ from meridian.config import MeridianConfig
 from meridian.config.model import LOOPBACK_HOSTS
 from meridian.core.errors import ConfigError, FieldViolation, MeridianError
 from meridian.core.hlc import Clock, HybridLogicalClock, SkewMonitor, SystemClock
+from meridian.core.quota import StreamQuota
 from meridian.core.redact import redact
 from meridian.events.component import EventsComponent
 from meridian.events.groups import ConsumerGroups
@@ -261,6 +262,8 @@ class Agent:
             timeout_s=config.agent.quorum_timeout_s,
         )
         self.api = AgentApi(region, self.monitor, metrics=self.metrics, tracer=self.tracer)
+        #: One cap on watches and subscriptions per caller identity, across both.
+        self.stream_quota = StreamQuota()
         self.state_api = StateApi(
             region,
             self.state.replicas,
@@ -268,6 +271,7 @@ class Agent:
             skew=self.skew,
             metrics=self.metrics,
             strong_timeout_s=config.agent.quorum_timeout_s,
+            stream_quota=self.stream_quota,
         )
         groups = ConsumerGroups(
             self.events,
@@ -277,7 +281,7 @@ class Agent:
             tracer=self.tracer,
         )
         self.push = PushDeliveries(groups, region=region, replicas=config.agent.regional_replicas)
-        events_api = EventsApi(groups, self.push, clock=self.clock)
+        events_api = EventsApi(groups, self.push, clock=self.clock, stream_quota=self.stream_quota)
         self.registry = RegistryComponent(
             self.conn,
             config.invocation,

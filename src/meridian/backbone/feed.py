@@ -11,9 +11,68 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
-from meridian.core.errors import MeridianError
+from meridian.core.errors import MeridianError, ResourceExhaustedError
 
 log = logging.getLogger(__name__)
+
+
+#: Changes a watch may have queued for a caller that reads slower than they come.
+WATCH_QUEUE_MESSAGES = 4096
+WATCH_QUEUE_BYTES = 64 << 20
+
+
+class FeedQueue(asyncio.Queue[Msg]):
+    """A feed's queue. With limits, a reader that falls too far behind is cut
+    off rather than buffered for ever: once ``max_messages`` or ``max_bytes``
+    are queued, later messages are dropped, and :meth:`next` raises
+    RESOURCE_EXHAUSTED after handing out what came before the gap.
+
+    ``counted`` says which messages count towards the limits: a watch that
+    replays a stream's history to rebuild state (and reads it as fast as it
+    comes) counts only what it will send on."""
+
+    def __init__(
+        self,
+        max_messages: int = 0,
+        max_bytes: int = 0,
+        counted: Callable[[Msg], bool] | None = None,
+    ) -> None:
+        super().__init__()
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.counted = counted
+        self.held = 0
+        self.held_bytes = 0
+        self.overflowed = False
+
+    def _counts(self, msg: Msg) -> bool:
+        return bool(self.max_messages) and (self.counted is None or self.counted(msg))
+
+    def offer(self, msg: Msg) -> None:
+        if self.overflowed:
+            return
+        if self._counts(msg):
+            size = len(msg.data)
+            if self.held >= self.max_messages or self.held_bytes + size > self.max_bytes:
+                self.overflowed = True
+                return
+            self.held += 1
+            self.held_bytes += size
+        self.put_nowait(msg)
+
+    async def next(self, what: str) -> Msg:
+        """The next message; ResourceExhaustedError once the reader fell behind."""
+        if self.overflowed and self.empty():
+            raise ResourceExhaustedError(
+                f"{what} fell more than {self.max_messages} changes or "
+                f"{self.max_bytes >> 20} MiB behind: read faster, or watch again from the "
+                "last revision you saw"
+            )
+        msg = await self.get()
+        if self._counts(msg):
+            self.held -= 1
+            self.held_bytes -= len(msg.data)
+        return msg
 
 
 @contextlib.asynccontextmanager
@@ -24,14 +83,19 @@ async def ordered_feed(
     stream: str,
     deliver_policy: api.DeliverPolicy | None = None,
     config: api.ConsumerConfig | None = None,
-) -> AsyncIterator[asyncio.Queue[Msg]]:
+    max_messages: int = 0,
+    max_bytes: int = WATCH_QUEUE_BYTES,
+    counted: Callable[[Msg], bool] | None = None,
+) -> AsyncIterator[FeedQueue]:
     """An ordered push consumer on ``stream`` filtered by ``subject``, delivered into
     a queue in stream order. nats-py recreates the consumer after a gap or missed
-    heartbeats. The consumer is removed on exit."""
-    queue: asyncio.Queue[Msg] = asyncio.Queue()
+    heartbeats. The consumer is removed on exit. ``max_messages``/``max_bytes``
+    bound the queue (see :class:`FeedQueue`); ``max_messages`` 0 is unbounded, for
+    the agent's own feeds, which it applies as fast as they come."""
+    queue = FeedQueue(max_messages, max_bytes, counted)
 
     async def on_msg(msg: Msg) -> None:
-        await queue.put(msg)
+        queue.offer(msg)
 
     sub = await js.subscribe(
         subject,

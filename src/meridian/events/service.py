@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from meridian._pb.meridian.v1 import events_pb2 as pb
 from meridian.backbone.connection import PubAck
 from meridian.core.batch import MAX_ITEMS, batch_violations, indexed
+from meridian.core.calls import CALLER
 from meridian.core.errors import FieldViolation, InvalidArgumentError
 from meridian.core.hlc import Clock
+from meridian.core.quota import StreamQuota
 from meridian.events import model as ev
 from meridian.events.delivery import stream_deliveries
 from meridian.events.groups import ConsumerGroups, start_from_proto
@@ -63,7 +65,10 @@ class EventsApi:
         push: PushDeliveries,
         *,
         clock: Clock,
+        stream_quota: StreamQuota | None = None,
     ) -> None:
+        """``stream_quota``: the agent's per-identity cap on watches and subscriptions."""
+        self.stream_quota = stream_quota or StreamQuota()
         self.groups = groups
         self.push = push
         self.component = groups.component
@@ -272,10 +277,14 @@ class EventsApi:
             )
         o = first.open
         opts = self.groups.group_options(o)
+        identity = CALLER.get().identity
+        self.stream_quota.check(identity, "subscription")
         reader = await self.groups.open(
             o.group, opts.source, opts.start, opts.max_in_flight, opts.max_deliveries
         )
-        return stream_deliveries(reader, requests)
+        return self.stream_quota.guard(
+            identity, "subscription", stream_deliveries(reader, requests)
+        )
 
     # -- HTTP push ----------------------------------------------------------------------
 

@@ -46,7 +46,7 @@ from meridian.backbone.connection import (
     BackboneConnection,
     translate_nats_errors,
 )
-from meridian.backbone.feed import every, ordered_feed
+from meridian.backbone.feed import WATCH_QUEUE_MESSAGES, every, ordered_feed
 from meridian.config import GLOBAL_CLUSTER
 from meridian.core.errors import (
     ConflictError,
@@ -379,9 +379,15 @@ class GlobalKeyspaceStore:
             )
         else:
             config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW)
-        async with ordered_feed(js, f"{self._prefix}>", stream=self.stream, config=config) as q:
+        async with ordered_feed(
+            js,
+            f"{self._prefix}>",
+            stream=self.stream,
+            config=config,
+            max_messages=WATCH_QUEUE_MESSAGES,
+        ) as q:
             while True:
-                msg = await q.get()
+                msg = await q.next(f"the watch of {self.stream} {prefix!r}")
                 key = self.key_of(msg.subject)
                 if key.startswith(RESERVED_KEY_PREFIX) or not key.startswith(prefix):
                     continue

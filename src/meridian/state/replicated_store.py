@@ -55,7 +55,7 @@ from meridian.backbone.connection import (
     translate_nats_errors,
 )
 from meridian.backbone.fanin import RegionFanIn
-from meridian.backbone.feed import every, ordered_feed, until_stalled
+from meridian.backbone.feed import WATCH_QUEUE_MESSAGES, every, ordered_feed, until_stalled
 from meridian.core.errors import ClockSkewError, InvalidArgumentError, UnavailableError
 from meridian.core.hlc import HlcTimestamp, HybridLogicalClock
 from meridian.core.keyspace import Keyspace
@@ -374,9 +374,12 @@ class ReplicatedKeyspaceStore(RegionFanIn):
             f"{self._subject_prefix}>",
             stream=self.aggregate,
             deliver_policy=api.DeliverPolicy.ALL,
+            max_messages=WATCH_QUEUE_MESSAGES,
+            # The replay before `start` is read as it comes; only what is sent on counts.
+            counted=lambda m: m.metadata.sequence.stream >= start,
         ) as queue:
             while True:
-                msg = await queue.get()
+                msg = await queue.next(f"the watch of {self.aggregate} {prefix!r}")
                 writer, key = self._split(msg.subject)
                 if not key.startswith(prefix):
                     continue

@@ -31,6 +31,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from meridian._pb.meridian.v1 import state_pb2
 from meridian.core.batch import batch_violations, indexed
+from meridian.core.calls import CALLER
 from meridian.core.errors import (
     ClockSkewError,
     ConflictError,
@@ -50,6 +51,7 @@ from meridian.core.keyspace import (
     key_violations,
     value_violations,
 )
+from meridian.core.quota import StreamQuota
 from meridian.observability.metrics import AgentMetrics
 from meridian.state.model import replicated as rep
 from meridian.state.model.crdt import LwwRegister, MultiValue, ORSet, PNCounter
@@ -145,7 +147,10 @@ class StateApi:
         skew: SkewMonitor,
         metrics: AgentMetrics,
         strong_timeout_s: float,
+        stream_quota: StreamQuota | None = None,
     ) -> None:
+        """``stream_quota``: the agent's per-identity cap on watches and subscriptions."""
+        self.stream_quota = stream_quota or StreamQuota()
         self.region = region
         self.replicas = replicas
         self.hlc = hlc
@@ -379,7 +384,7 @@ class StateApi:
                     kind = put if rep.exists(e.state) else deleted
                     yield state_pb2.WatchEvent(kind=kind, entry=_merged(e))
 
-            return merged_stream()
+            return self.stream_quota.guard(CALLER.get().identity, "watch", merged_stream())
         changes = replica.store.watch(request.prefix, start)
 
         async def stored_stream() -> AsyncIterator[state_pb2.WatchEvent]:
@@ -391,7 +396,7 @@ class StateApi:
                 else:
                     yield state_pb2.WatchEvent(kind=put, entry=_stored(entry))
 
-        return stored_stream()
+        return self.stream_quota.guard(CALLER.get().identity, "watch", stored_stream())
 
     # -- writes ----------------------------------------------------------------
 
