@@ -83,3 +83,32 @@ def test_bad_security_settings_are_named(
 def test_a_non_loopback_gateway_is_fine_with_tls(tmp_path: Path) -> None:
     cfg = load_text(tmp_path, NO_LINKS + '[gateway]\nhost = "0.0.0.0"\n')
     assert cfg.gateway.host == "0.0.0.0"
+
+
+def test_loopback_endpoints_follow_whether_a_sandbox_runs(tmp_path: Path) -> None:
+    assert load_text(tmp_path, NO_LINKS).endpoint_policy.loopback  # the sandbox
+    real = "".join(
+        f'[[region]]\nname = "{r}"\nnats_urls = ["nats://n.{r}:4222"]\n'
+        for r in ("us-east", "eu-west", "ap-south")
+    )
+    assert not load_text(tmp_path, NO_LINKS + real).endpoint_policy.loopback
+    forced = load_text(tmp_path, NO_LINKS + real + '[invocation]\nloopback_endpoints = "allow"\n')
+    assert forced.endpoint_policy.loopback
+    nets = load_text(tmp_path, NO_LINKS + '[invocation]\nallowed_networks = ["10.0.0.0/8"]\n')
+    assert [str(n) for n in nets.endpoint_policy.networks] == ["10.0.0.0/8"]
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "hint"),
+    [
+        ('[invocation]\nloopback_endpoints = "yes"\n', "invocation.loopback_endpoints", "sandbox"),
+        (
+            '[invocation]\nallowed_networks = ["10.0.0.1/8"]\n',
+            "invocation.allowed_networks[0]",
+            "CIDR",
+        ),
+        ('[invocation]\nallowed_networks = "10.0.0.0/8"\n', "invocation.allowed_networks", "list"),
+    ],
+)
+def test_bad_endpoint_settings_are_named(tmp_path: Path, text: str, field: str, hint: str) -> None:
+    assert_violation(config_error(tmp_path, NO_LINKS + text), field, hint)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meridian.core.endpoints import host_violations
+from meridian.core.endpoints import EndpointPolicy, host_violations, network_violations
 from meridian.core.errors import InvalidArgumentError
 from meridian.events.model import endpoint_violations
 from meridian.invocation.model import validate_registration
@@ -112,3 +112,65 @@ def test_a_push_endpoint_at_the_metadata_address_is_refused() -> None:
         (v,) = endpoint_violations(url)
         assert v.field == "endpoint", url
     assert endpoint_violations("http://billing.internal:8080/events") == []
+
+
+# -- what a deployment allows (EndpointPolicy, [invocation]) ---------------------------
+
+REAL = EndpointPolicy(loopback=False)
+PRIVATE = EndpointPolicy(
+    loopback=False,
+    networks=(ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00:1::/32")),
+)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "127.8.9.10",
+        "::1",
+        "[::1]",
+        "::ffff:127.0.0.1",
+        "localhost",
+        "LOCALHOST.",
+        "a.localhost",
+    ],
+)
+def test_loopback_is_refused_outside_the_sandbox(host: str) -> None:
+    (v,) = host_violations(host, "instance.endpoint", REAL)
+    assert "loopback" in v.rule and "invocation.loopback_endpoints" in v.rule
+    assert host_violations(host, "instance.endpoint") == []  # the sandbox allows it
+
+
+@pytest.mark.parametrize(
+    ("host", "ok"),
+    [("10.1.2.3", True), ("[fd00:1::5]", True), ("192.168.1.1", False), ("8.8.8.8", False)],
+)
+def test_only_allowed_networks_pass_when_some_are_named(host: str, ok: bool) -> None:
+    v = host_violations(host, "endpoint", PRIVATE)
+    assert (v == []) is ok
+    if not ok:
+        assert "invocation.allowed_networks" in v[0].rule
+
+
+def test_the_policy_reaches_registrations_and_push_endpoints() -> None:
+    base = dict(
+        service="orders", protocol="http", instance_id="", version="", metadata={},
+        health_path="", grpc_health_service="", check_interval_s=0, ttl_s=0,
+        default_ttl_s=10, max_ttl_s=300,
+    )  # fmt: skip
+    with pytest.raises(InvalidArgumentError) as info:
+        validate_registration(endpoint="127.0.0.1:8080", endpoints=REAL, **base)  # type: ignore[arg-type]
+    assert [v.field for v in info.value.violations] == ["instance.endpoint"]
+    (v,) = endpoint_violations("http://localhost:9000/hooks", REAL)
+    assert v.field == "endpoint"
+
+
+@pytest.mark.parametrize(
+    "networks",
+    [["10.0.0.1/8"], ["10.0.0.0/33"], ["not-a-net"], [7], "10.0.0.0/8", ["10.0.0.0/8"] * 257],
+)
+def test_bad_networks_are_named(networks: object) -> None:
+    parsed, v = network_violations(networks, "invocation.allowed_networks")
+    assert (v and parsed == ()) or v
+    assert all(x.field.startswith("invocation.allowed_networks") for x in v)

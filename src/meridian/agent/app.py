@@ -280,7 +280,12 @@ class Agent:
             metrics=self.metrics,
             tracer=self.tracer,
         )
-        self.push = PushDeliveries(groups, region=region, replicas=config.agent.regional_replicas)
+        self.push = PushDeliveries(
+            groups,
+            region=region,
+            replicas=config.agent.regional_replicas,
+            endpoints=config.endpoint_policy,
+        )
         events_api = EventsApi(groups, self.push, clock=self.clock, stream_quota=self.stream_quota)
         self.registry = RegistryComponent(
             self.conn,
@@ -305,7 +310,7 @@ class Agent:
             state=self.state_api,
             idempotency=IdempotencyApi(self.idempotency, skew=self.skew),
             events=events_api,
-            registry=RegistryApi(self.registry, config.invocation),
+            registry=RegistryApi(self.registry, config.invocation, config.endpoint_policy),
             invocation=InvocationApi(self.invoker, config.invocation),
         )
         rc = self.region_config

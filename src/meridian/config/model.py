@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from meridian.core.endpoints import EndpointPolicy, network_violations
 from meridian.core.errors import ConfigError, FieldViolation
 from meridian.core.keyspace import Keyspace
 from meridian.core.paths import DEFAULT_ALLOW
@@ -183,6 +184,11 @@ class InvocationConfig:
     #: Largest request or response body an invocation carries. A call that fails
     #: over to another region travels in one NATS message (max_payload 1 MiB).
     max_body_bytes: int = 960 * 1024
+    #: Instance and push endpoints on loopback: "sandbox" (allowed when the
+    #: configuration runs a sandbox), "allow" or "refuse".
+    loopback_endpoints: str = "sandbox"
+    #: When not empty, instance and push endpoint addresses must be inside these.
+    allowed_networks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -278,6 +284,21 @@ class MeridianConfig:
         if not self.security.tls:
             return None
         return self.security.client_tls_dir or self.identity_dir(OPERATOR_SLUG)
+
+    @property
+    def runs_sandbox(self) -> bool:
+        """Whether some region is the sandbox's own (it names no NATS servers)."""
+        return any(not r.nats_urls for r in self.regions)
+
+    @property
+    def endpoint_policy(self) -> EndpointPolicy:
+        """Where instances and push endpoints may be, beyond the fixed rules."""
+        inv = self.invocation
+        loopback = inv.loopback_endpoints == "allow" or (
+            inv.loopback_endpoints == "sandbox" and self.runs_sandbox
+        )
+        networks, _ = network_violations(list(inv.allowed_networks), "invocation.allowed_networks")
+        return EndpointPolicy(loopback=loopback, networks=networks)
 
     def keyspace(self, name: str) -> Keyspace | None:
         for ks in self.keyspaces:

@@ -15,6 +15,7 @@ from meridian.config.model import (
 )
 from meridian.config.reader import Reader
 from meridian.config.security import folder
+from meridian.core.endpoints import network_violations
 from meridian.core.errors import ConfigError
 from meridian.core.paths import allow_violations
 from meridian.invocation.resilience.overrides import PolicySet
@@ -30,8 +31,19 @@ def invocation_section(rd: Reader, raw: Mapping[str, Any]) -> InvocationConfig:
         "max_ttl_s",
         "health_timeout_s",
         "max_body_bytes",
+        "loopback_endpoints",
+        "allowed_networks",
     }
     rd.known(raw, keys, "invocation")
+    loopback = rd.string(raw, "loopback_endpoints", "invocation.loopback_endpoints", "sandbox")
+    if loopback not in ("sandbox", "allow", "refuse"):
+        rd.bad(
+            "invocation.loopback_endpoints", f"must be sandbox, allow or refuse; got {loopback!r}"
+        )
+        loopback = "sandbox"
+    networks = raw.get("allowed_networks", [])
+    _, bad = network_violations(networks, "invocation.allowed_networks")
+    rd.violations.extend(bad)
     d = InvocationConfig()
     announce = rd.number(
         raw,
@@ -75,6 +87,8 @@ def invocation_section(rd: Reader, raw: Mapping[str, Any]) -> InvocationConfig:
             low=1024,
             high=64 << 20,
         ),
+        loopback_endpoints=loopback,
+        allowed_networks=() if bad else tuple(networks),
     )
 
 

@@ -16,14 +16,20 @@ whatever the configuration (server-side request forgery):
   addresses, so they would slip past a check on the text;
 - any of the above inside an IPv6 address (IPv4-mapped, 6to4, NAT64 well-known).
 
-A host name is checked as written; where it resolves is checked again when
-the agent connects (not yet: see docs/security.md).
+Beyond those, an :class:`EndpointPolicy` (``[invocation]`` ``loopback_endpoints``
+and ``allowed_networks``) refuses loopback outside the sandbox (an instance at
+127.0.0.1 would make every caller's agent call itself), and keeps addresses
+inside the networks a deployment names.
+
+A host name is checked as written; where it resolves is not checked yet (see
+docs/security.md).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass
 
 from meridian.core.errors import FieldViolation
 
@@ -82,7 +88,57 @@ def denied_address(ip: IPAddress) -> str | None:
     return None
 
 
-def host_violations(host: str, field: str) -> list[FieldViolation]:
+@dataclass(frozen=True)
+class EndpointPolicy:
+    """What a deployment allows beyond the rules above: loopback endpoints (the
+    sandbox's services listen on 127.0.0.1), and, when ``networks`` is not
+    empty, only addresses inside them."""
+
+    loopback: bool = True
+    networks: tuple[Network, ...] = ()
+
+
+#: The sandbox's: loopback allowed, any network.
+SANDBOX = EndpointPolicy()
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def _is_loopback(ip: IPAddress) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = _embedded_v4(ip)
+        if inner is not None:
+            return inner.is_loopback
+    return ip.is_loopback
+
+
+def network_violations(
+    networks: object, field: str
+) -> tuple[tuple[Network, ...], list[FieldViolation]]:
+    """Parse a configured list of networks (CIDR text), naming each bad entry."""
+    if not isinstance(networks, list | tuple) or len(networks) > 256:
+        return (), [
+            FieldViolation(field, 'must be a list of at most 256 networks such as "10.0.0.0/8"')
+        ]
+    out: list[Network] = []
+    v: list[FieldViolation] = []
+    for i, text in enumerate(networks):
+        try:
+            if not isinstance(text, str):
+                raise ValueError
+            out.append(ipaddress.ip_network(text, strict=True))
+        except ValueError:
+            v.append(
+                FieldViolation(
+                    f"{field}[{i}]",
+                    f"must be a network in CIDR form with no host bits set; got {str(text)[:60]!r}",
+                )
+            )
+    return tuple(out), v
+
+
+def host_violations(
+    host: str, field: str, policy: EndpointPolicy = SANDBOX
+) -> list[FieldViolation]:
     """The rule ``host`` (a name, an IPv4 address, or an IPv6 address with or
     without brackets) breaks, as one violation naming ``field``; [] if none."""
     shown = repr(host[:60])
@@ -94,7 +150,17 @@ def host_violations(host: str, field: str) -> list[FieldViolation]:
         ip = None
     if ip is not None:
         kind = denied_address(ip)
-        return [FieldViolation(field, f"must not be {kind}; got {shown}")] if kind else []
+        if kind:
+            return [FieldViolation(field, f"must not be {kind}; got {shown}")]
+        if not policy.loopback and _is_loopback(ip):
+            return [_loopback_violation(field, shown)]
+        if policy.networks and not any(
+            ip.version == net.version and ip in net for net in policy.networks
+        ):
+            return [
+                FieldViolation(field, f"must be inside invocation.allowed_networks; got {shown}")
+            ]
+        return []
     if _NUMERIC_HOST.match(bare):  # an address, but not the usual four decimals
         return [
             FieldViolation(
@@ -105,4 +171,14 @@ def host_violations(host: str, field: str) -> list[FieldViolation]:
         ]
     if bare in METADATA_NAMES:
         return [FieldViolation(field, f"must not be a cloud metadata service; got {shown}")]
+    if not policy.loopback and (bare in LOOPBACK_NAMES or bare.endswith(".localhost")):
+        return [_loopback_violation(field, shown)]
     return []
+
+
+def _loopback_violation(field: str, shown: str) -> FieldViolation:
+    return FieldViolation(
+        field,
+        "must not be a loopback address outside the sandbox: every caller's agent would "
+        f"call itself (invocation.loopback_endpoints); got {shown}",
+    )

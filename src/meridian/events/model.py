@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from meridian.core.endpoints import host_violations
+from meridian.core.endpoints import SANDBOX, EndpointPolicy, host_violations
 from meridian.core.errors import FieldViolation
 
 TOPIC_TOKEN = re.compile(r"[a-z0-9_-]{1,64}")
@@ -201,7 +201,7 @@ def header_violations(headers: dict[str, str]) -> list[FieldViolation]:
 MAX_ENDPOINT_CHARS = 2048
 
 
-def endpoint_violations(endpoint: str) -> list[FieldViolation]:
+def endpoint_violations(endpoint: str, policy: EndpointPolicy = SANDBOX) -> list[FieldViolation]:
     rule = (
         f"must be an http:// or https:// URL with a host, at most {MAX_ENDPOINT_CHARS} "
         "characters, without credentials"
@@ -223,7 +223,7 @@ def endpoint_violations(endpoint: str) -> list[FieldViolation]:
     ):
         return [FieldViolation("endpoint", rule)]
     # The agent POSTs events here: no metadata or link-local host.
-    return host_violations(parts.hostname, "endpoint")
+    return host_violations(parts.hostname, "endpoint", policy)
 
 
 @dataclass(frozen=True)

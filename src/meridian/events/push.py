@@ -25,6 +25,7 @@ from nats.js import api
 from meridian._pb.meridian.v1 import events_pb2 as pb
 from meridian.backbone.connection import reraise_if_cancelling
 from meridian.backbone.lifecycle import Background
+from meridian.core.endpoints import SANDBOX, EndpointPolicy
 from meridian.core.errors import FieldViolation, InvalidArgumentError, UnavailableError
 from meridian.events import model as ev
 from meridian.events.delivery import GroupReader
@@ -41,7 +42,16 @@ class PushDeliveries(Background):
 
     name = "push"
 
-    def __init__(self, groups: ConsumerGroups, *, region: str, replicas: int) -> None:
+    def __init__(
+        self,
+        groups: ConsumerGroups,
+        *,
+        region: str,
+        replicas: int,
+        endpoints: EndpointPolicy = SANDBOX,
+    ) -> None:
+        #: Where push endpoints may be, beyond the fixed rules.
+        self.endpoints = endpoints
         super().__init__()
         self.groups = groups
         self.region = region
@@ -101,7 +111,7 @@ class PushDeliveries(Background):
     # -- registrations (EventService.RegisterPush, UnregisterPush) ------------------------------------------------------------
 
     async def register(self, request: pb.RegisterPushRequest) -> None:
-        violations = ev.endpoint_violations(request.endpoint)
+        violations = ev.endpoint_violations(request.endpoint, self.endpoints)
         try:
             opts = self.groups.group_options(request)
         except InvalidArgumentError as exc:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from meridian.core.endpoints import host_violations
+from meridian.core.endpoints import SANDBOX, EndpointPolicy, host_violations
 from meridian.core.errors import FieldViolation, InvalidArgumentError
 
 #: Service names are DNS labels (so they fit URLs, subjects and metric labels).
@@ -76,8 +76,10 @@ def validate_registration(
     ttl_s: float | None,
     default_ttl_s: float,
     max_ttl_s: float,
+    endpoints: EndpointPolicy = SANDBOX,
 ) -> Registration:
-    """The registration, or InvalidArgumentError naming every broken field."""
+    """The registration, or InvalidArgumentError naming every broken field;
+    ``endpoints``: what the deployment allows beyond the fixed rules."""
     v: list[FieldViolation] = []
     if not SERVICE_NAME.match(service):
         v.append(
@@ -90,7 +92,7 @@ def validate_registration(
     if m is None or not 1 <= int(m.group("port")) <= 65535:
         v.append(FieldViolation("instance.endpoint", "must be host:port with a port in 1..65535"))
     else:  # every caller of the service is routed here: no metadata or link-local host
-        v += host_violations(m.group("host"), "instance.endpoint")
+        v += host_violations(m.group("host"), "instance.endpoint", endpoints)
     if protocol not in PROTOCOLS:
         v.append(FieldViolation("instance.protocol", "must be PROTOCOL_HTTP or PROTOCOL_GRPC"))
     if instance_id and not INSTANCE_ID.match(instance_id):

@@ -25,6 +25,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from meridian._pb.meridian.v1 import invocation_pb2 as pb
 from meridian.config.model import InvocationConfig
 from meridian.core.calls import CALLER, Caller
+from meridian.core.endpoints import SANDBOX, EndpointPolicy
 from meridian.core.errors import FieldViolation, InvalidArgumentError
 from meridian.invocation.calls import HOP_BY_HOP, Call, Reply
 from meridian.invocation.model import (
@@ -145,9 +146,16 @@ def reply_headers(reply: Reply) -> list[tuple[str, str]]:
 
 
 class RegistryApi:
-    def __init__(self, registry: RegistryComponent, config: InvocationConfig) -> None:
+    def __init__(
+        self,
+        registry: RegistryComponent,
+        config: InvocationConfig,
+        endpoints: EndpointPolicy = SANDBOX,
+    ) -> None:
         self.registry = registry
         self.config = config
+        #: Where instances may be, beyond the fixed rules.
+        self.endpoints = endpoints
 
     async def register(self, request: pb.RegisterRequest) -> pb.RegisterResponse:
         inst = request.instance
@@ -166,6 +174,7 @@ class RegistryApi:
             ttl_s=request.ttl.ToNanoseconds() / 1e9,
             default_ttl_s=self.config.default_ttl_s,
             max_ttl_s=self.config.max_ttl_s,
+            endpoints=self.endpoints,
         )
         instance_id, expires, ttl = await self.registry.register(reg, CALLER.get().identity)
         resp = pb.RegisterResponse(instance_id=instance_id, lease_expires_at=_ts(expires))
