@@ -250,7 +250,7 @@ async def test_a_poison_event_goes_to_the_dead_letter_stream(
                 break
     assert attempts == [1, 2, 3]
     # The dead-letter stream, read straight from ap-south's cluster.
-    nc = await nats.connect(sandbox.config.region("ap-south").agent_nats_urls[0])
+    nc = await nats.connect(sandbox.config.region("ap-south").agent_nats_urls[0], tls=sandbox.ssl)
     try:
         js = nc.jetstream()
 

@@ -145,8 +145,8 @@ async def measure_rtt_ms(sandbox: SandboxHandle, src: str, dst: str, n: int = 15
     src_url = sandbox.config.region(src).agent_nats_urls[0]
     dst_url = sandbox.config.region(dst).agent_nats_urls[0]
     subject = f"e2e.rtt.{src}.{dst}"
-    responder = await nats.connect(dst_url)
-    requester = await nats.connect(src_url)
+    responder = await nats.connect(dst_url, tls=sandbox.ssl)  # as operator/meridian
+    requester = await nats.connect(src_url, tls=sandbox.ssl)
     try:
 
         async def echo(msg: Any) -> None:

@@ -13,7 +13,7 @@ from meridian.core.errors import ConfigError
 from meridian.security.ca import CertificateAuthority
 from meridian.security.model import Identity, Kind
 from meridian.security.pki import client_ssl, ensure_identity, ensure_sandbox, sandbox_ca
-from tests.unit.config_harness import NO_LINKS, load_text
+from tests.unit.config_harness import NO_LINKS, REGIONS, load_text
 
 
 def config(tmp_path: Path, extra: str = "") -> MeridianConfig:
@@ -33,6 +33,9 @@ def test_a_sandbox_gets_every_identity_once(tmp_path: Path) -> None:
         "spiffe://meridian.local/region/ap-south/agent",
         "spiffe://meridian.local/gateway",
         "spiffe://meridian.local/operator/meridian",
+        # The sandbox's six nats-servers and the system account's user.
+        *(f"spiffe://meridian.local/nats/{p}{r}" for p in ("", "global-") for r in REGIONS),
+        "spiffe://meridian.local/operator/nats-system",
     }
     ca = sandbox_ca(cfg)
     agent = ca.leaf(Identity("meridian.local", Kind.AGENT, "us-east"))

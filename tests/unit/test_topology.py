@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,7 @@ from meridian.backbone.topology import (
     wan_proxies,
 )
 from meridian.config import MeridianConfig, load_config, parse_config, proxy_ports
+from tests.unit.config_harness import load_text
 
 REGIONS = ("us-east", "eu-west", "ap-south")
 URL = re.compile(r'"nats://127\.0\.0\.1:(\d+)"')
@@ -230,3 +232,24 @@ def test_single_region_topology_routes_to_itself() -> None:
     assert route_ports(specs[1]) == [solo.global_.cluster]
     assert wan_proxies(config) == []
     assert gateway_ports(specs[0]) == {"global": [solo.global_.gateway]}
+
+
+def test_with_mutual_tls_a_certificate_is_the_nats_user(tmp_path: Path) -> None:
+    config = load_text(tmp_path, "[wan]\nlink = []\n")
+    text = next(s for s in build_topology(config) if s.name == "us-east").config_text
+    assert "verify_and_map: true" in text
+    assert "password" not in text and "no_auth_user" not in text
+    td = "spiffe://meridian.local"
+    assert (
+        f'user: "{td}/region/us-east/agent", permissions: {{ subscribe: '
+        '{ deny: ["mg.invoke.eu-west", "mg.invoke.ap-south"] } }'
+    ) in text
+    assert f'SYS {{ users: [ {{ user: "{td}/operator/nats-system" }} ] }}' in text
+    assert str(config.identity_dir("nats-us-east") / "cert.pem") in text
+
+
+def test_insecure_mode_has_no_password_and_no_system_user(tmp_path: Path) -> None:
+    config = load_text(tmp_path, '[wan]\nlink = []\n[security]\nmode = "insecure"\n')
+    text = build_topology(config)[0].config_text
+    assert "password" not in text and "verify_and_map" not in text
+    assert "SYS {}" in text

@@ -60,6 +60,7 @@ from meridian.security.model import Identity, Kind
 from meridian.security.tls import (
     Callers,
     GrpcServerCredentials,
+    RefreshedClientContext,
     ReloadingContext,
     TlsFiles,
     server_context,
@@ -122,6 +123,9 @@ class _AgentTls:
     files: TlsFiles
     callers: Callers
 
+
+#: How often the agent looks for a renewed certificate to present to NATS.
+NATS_TLS_REFRESH_S = 5.0
 
 #: Who may call an agent: services, people and tools, the gateway, other agents.
 CALLER_KINDS = frozenset({Kind.SERVICE, Kind.OPERATOR, Kind.GATEWAY, Kind.AGENT})
@@ -208,8 +212,13 @@ class Agent:
             config.telemetry, service="meridian-agent", region=region, exporter=span_exporter
         )
         self.tracer = self.tracer_provider.get_tracer("meridian.agent")
+        tls = agent_tls(config, region)
+        #: The agent's certificate towards NATS too (verify_and_map), reloaded in place.
+        self.nats_tls = RefreshedClientContext(tls.files) if tls else None
         self.conn = BackboneConnection(
-            self.region_config.agent_nats_urls, name=f"meridian-agent-{self.agent_id}"
+            self.region_config.agent_nats_urls,
+            name=f"meridian-agent-{self.agent_id}",
+            tls=self.nats_tls.context if self.nats_tls else None,
         )
         peers = [r for r in config.region_names if r != region]
         self.clock = clock or SystemClock()
@@ -315,7 +324,6 @@ class Agent:
         )
         rc = self.region_config
         self.status_monitor = _Monitor(self.monitor)
-        tls = agent_tls(config, region)
         callers = tls.callers if tls else None
         self.transports = _Transports(
             GrpcTransport(
@@ -368,7 +376,7 @@ class Agent:
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop)
-        connect = asyncio.create_task(self.conn.connect_forever(), name="nats-connect")
+        connect = asyncio.create_task(self._connect_and_refresh(), name="nats-connect")
         try:
             # However the agent ends (asked to stop, cancelled, a component
             # failing), every component it entered is left: a skipped exit
@@ -392,6 +400,16 @@ class Agent:
             await self.conn.aclose()
             self.tracer_provider.shutdown()
             log.info("agent stopped")
+
+    async def _connect_and_refresh(self) -> None:
+        """Connect to NATS; then keep the certificate it presents current, so a
+        reconnect after a renewal presents the new one."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.conn.connect_forever())
+            while self.nats_tls is not None:
+                await asyncio.sleep(NATS_TLS_REFRESH_S)
+                if self.nats_tls.refresh():
+                    log.info("reloaded the agent's certificate for NATS")
 
     async def _serve_until_stopped(self, stack: AsyncExitStack) -> bool:
         """Enter the components, report ready, and wait for a stop request.

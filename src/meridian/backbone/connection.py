@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -137,8 +138,19 @@ class BackboneConnection:
     Afterwards nats-py reconnects forever; ``connected`` says how it is now.
     """
 
-    def __init__(self, urls: Sequence[str], *, name: str, connect_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        name: str,
+        connect_timeout_s: float = 5.0,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """``tls``: the context for servers that require TLS (our certificate for
+        verify_and_map, their chain checked against the bundle); nats-py upgrades
+        a connection only when the server asks for it."""
         self.urls = list(urls)
+        self.tls = tls
         self.name = name
         self.connect_timeout_s = connect_timeout_s
         self._nc: Client | None = None
@@ -177,6 +189,7 @@ class BackboneConnection:
                     error_cb=on_error,
                     disconnected_cb=on_disconnect,
                     reconnected_cb=on_reconnect,
+                    tls=self.tls,
                 )
         except NATS_FAILURES as exc:
             self.last_error = redact(f"cannot connect to NATS at {', '.join(self.urls)}: {exc!r}")

@@ -18,6 +18,16 @@ that way (found in the feasibility run, DESIGN.md §10):
 A region's own cluster reaches ``global`` through the ``global`` server of the
 same region, so an agent's path to the ``global`` cluster starts in its region.
 
+With mutual TLS (``[security] mode = "mtls"``, the default) every server's
+client port requires a certificate from the sandbox's CA and maps it to a user
+(``verify_and_map``): each region's agent by its SPIFFE ID, allowed everything
+but subscribing to another region's forwarded calls; the operator
+(``operator/meridian``: the CLI and tests); and ``operator/nats-system`` in the
+system account. There are no passwords and no ``no_auth_user``: a certificate
+that maps to no user (a service's, say) is refused. Routes and gateways stay
+plaintext in the sandbox: they cross the WAN emulator, which must read and
+strip the address gossip in their ``INFO`` messages (sandbox/gossip.py).
+
 This module only computes; it starts nothing.
 """
 
@@ -35,6 +45,90 @@ CLOSED_PORT = 1
 
 PING_INTERVAL = "2s"
 PING_MAX = 3
+
+
+#: Calls forwarded to a region's agents: ``mg.invoke.<region>``. Only that
+#: region's agents may subscribe to them.
+FORWARD_SUBJECT = "mg.invoke"
+#: The system account's user (docs/security.md).
+SYSTEM_USER = "operator/nats-system"
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """A server's certificate and who may connect, by SPIFFE ID."""
+
+    cert: Path
+    key: Path
+    bundle: Path
+    #: (user, subjects it may not subscribe to)
+    users: tuple[tuple[str, tuple[str, ...]], ...]
+    system_user: str
+
+
+def server_tls(config: MeridianConfig, name: str) -> ServerTls | None:
+    """The client-port TLS of sandbox server ``name``; None in insecure mode."""
+    if not config.security.tls:
+        return None
+    folder = config.identity_dir(f"nats-{name}")
+    td = f"spiffe://{config.security.trust_domain}"
+    regions = config.region_names
+    users = [
+        (
+            f"{td}/region/{r}/agent",
+            tuple(f"{FORWARD_SUBJECT}.{o}" for o in regions if o != r),
+        )
+        for r in regions
+    ]
+    users.append((f"{td}/operator/meridian", ()))
+    return ServerTls(
+        cert=folder / "cert.pem",
+        key=folder / "key.pem",
+        bundle=folder / "bundle.pem",
+        users=tuple(users),
+        system_user=f"{td}/{SYSTEM_USER}",
+    )
+
+
+def _auth(tls: ServerTls | None) -> str:
+    """The client port's TLS and the accounts: certificates mapped to users,
+    or (insecure mode) the one password-less default user."""
+    if tls is None:
+        return """no_auth_user: "meridian"
+accounts {
+  MERIDIAN { jetstream: enabled, users: [ { user: "meridian" } ] }
+  SYS {}
+}
+system_account: "SYS"
+"""
+    users = ",\n".join(
+        f"      {{ user: {_q(user)}"
+        + (
+            f", permissions: {{ subscribe: {{ deny: [{', '.join(_q(d) for d in deny)}] }} }}"
+            if deny
+            else ""
+        )
+        + " }"
+        for user, deny in tls.users
+    )
+    return f"""tls {{
+  cert_file: {_q(str(tls.cert))}
+  key_file: {_q(str(tls.key))}
+  ca_file: {_q(str(tls.bundle))}
+  verify_and_map: true
+  timeout: 2
+}}
+accounts {{
+  MERIDIAN {{
+    jetstream: enabled
+    users: [
+{users}
+    ]
+  }}
+  SYS {{ users: [ {{ user: {_q(tls.system_user)} }} ] }}
+}}
+system_account: "SYS"
+"""
 
 
 @dataclass(frozen=True)
@@ -76,6 +170,7 @@ def _render(
     routes: list[str],
     gateways: dict[str, list[str]],
     sync_always: bool,
+    tls: ServerTls | None = None,
 ) -> str:
     route_list = ", ".join(_q(u) for u in routes)
     gw_entries = ",\n".join(
@@ -92,13 +187,7 @@ ping_interval: {_q(PING_INTERVAL)}
 ping_max: {PING_MAX}
 # A 1 MiB value plus headers must fit in one message.
 max_payload: 8MB
-no_auth_user: "meridian"
-accounts {{
-  MERIDIAN {{ jetstream: enabled, users: [ {{ user: "meridian", password: "meridian" }} ] }}
-  SYS {{ users: [ {{ user: "sys", password: "sys" }} ] }}
-}}
-system_account: "SYS"
-
+{_auth(tls)}
 jetstream {{
   store_dir: {_q(str(store_dir))}
   max_memory_store: 256MB
@@ -157,6 +246,7 @@ def build_topology(config: MeridianConfig) -> list[ServerSpec]:
                     routes=[f"nats://127.0.0.1:{region.regional.cluster}"],
                     gateways=gateways,
                     sync_always=False,
+                    tls=server_tls(config, name),
                 ),
             )
         )
@@ -184,6 +274,7 @@ def build_topology(config: MeridianConfig) -> list[ServerSpec]:
                     routes=routes,
                     gateways=gateways,
                     sync_always=True,
+                    tls=server_tls(config, name),
                 ),
             )
         )

@@ -200,6 +200,34 @@ def sandbox_restart(ctx: _Ctx, region: str) -> None:
     click.echo(f"region {region} restarted; sandbox ready")
 
 
+@sandbox.command("renew")
+@click.option(
+    "--watch",
+    "watch_s",
+    type=click.FloatRange(0.2, 86_400),
+    default=None,
+    help="Keep going every this many seconds until SIGTERM (the sandbox runs one).",
+)
+@pass_ctx
+def sandbox_renew(ctx: _Ctx, watch_s: float | None) -> None:
+    """Renew the sandbox's certificates that are due; nats-servers reload theirs."""
+    import time
+
+    box = _sandbox(ctx, quiet=True)
+    while True:
+        try:
+            for uri in box.renew_certificates():
+                click.echo(f"renewed {uri}")
+        except (MeridianError, OSError, ValueError) as exc:
+            if watch_s is None:
+                _fail(str(exc))
+            click.echo(f"renewal failed, retrying in {watch_s:g}s: {exc}", err=True)
+        if watch_s is None:
+            return
+        sys.stdout.flush()
+        time.sleep(watch_s)
+
+
 @sandbox.command("kill")
 @click.argument("region")
 @pass_ctx

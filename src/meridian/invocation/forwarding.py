@@ -30,6 +30,7 @@ from meridian._pb.meridian.internal.v1 import forwarding_pb2 as fw
 from meridian._pb.meridian.v1 import invocation_pb2 as pb
 from meridian.backbone.connection import BackboneConnection
 from meridian.backbone.probes import describe_nats_error, ping_subject
+from meridian.backbone.topology import FORWARD_SUBJECT
 from meridian.core.errors import (
     DeadlineExceededError,
     InvalidArgumentError,
@@ -44,7 +45,6 @@ from meridian.invocation.resilience.retry import attempt_deadline
 
 log = logging.getLogger(__name__)
 
-FORWARD_SUBJECT = "mg.invoke"
 FORWARD_QUEUE = "mg-invoke"
 #: How often the forwarder looks for regions the status monitor lost contact with.
 LOST_REGION_CHECK_S = 0.1

@@ -15,9 +15,11 @@ how a killed region comes back (``up`` again, or ``restart(region)``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 import urllib.error
@@ -39,7 +41,8 @@ from meridian.sandbox.processes import (
     stop,
     wait_ports_free,
 )
-from meridian.security.pki import client_ssl, ensure_sandbox
+from meridian.security.model import Kind
+from meridian.security.pki import client_ssl, ensure_sandbox, sandbox_ca
 
 Say = Callable[[str], None]
 
@@ -153,6 +156,21 @@ class Sandbox:
         stop(victims, hard=True, grace_s=5)
         return victims
 
+    def renew_certificates(self) -> list[str]:
+        """Re-issue every leaf that is due (or on an old root) and make the
+        nats-servers whose certificates changed reload them (SIGHUP: a config
+        reload); agents and the gateway read theirs again by themselves.
+        Returns the identities renewed."""
+        renewed = sandbox_ca(self.config).renew()
+        servers = {
+            f"nats:{leaf.identity.name}" for leaf in renewed if leaf.identity.kind is Kind.NATS
+        }
+        for name, rec in self.state.load().items():
+            if name in servers and rec.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(rec.pid, signal.SIGHUP)
+        return [leaf.identity.uri for leaf in renewed]
+
     def restart(self, region: str) -> None:
         """Stop ``region``'s processes gracefully and bring the sandbox back to ready."""
         self.config.region(region)
@@ -234,14 +252,13 @@ class Sandbox:
             )
 
     def _start_renewer(self) -> ProcessRecord:
-        """``meridian ca renew --watch``: re-issues each leaf at half its lifetime;
-        agents and the gateway pick the new files up for new connections."""
+        """``meridian sandbox renew --watch``: re-issues each leaf at half its
+        lifetime (see :meth:`renew_certificates`)."""
         every = max(0.5, min(60.0, self.config.security.leaf_lifetime_s / 10))
-        directory = str(self.config.ca_path)
         return spawn(
             "ca-renewer",
             "",
-            self._cli("ca", "renew", "--dir", directory, "--watch", f"{every:g}"),
+            self._cli("sandbox", "renew", "--watch", f"{every:g}"),
             ports=[],
             log_path=self.workdir / "logs" / "ca-renewer.log",
             env=self.env,

@@ -88,6 +88,19 @@ def ensure_sandbox(config: MeridianConfig) -> list[Identity]:
     if config.security.client_tls_dir is None:
         ensure_identity(config, "operator/meridian")
         done.append(Identity(config.security.trust_domain, Kind.OPERATOR, "meridian"))
+    # The sandbox's nats-servers (their client ports), and the system account's user.
+    td = config.security.trust_domain
+    for region in config.regions:
+        if region.nats_urls:
+            continue  # a real supercluster's servers are not ours to certify
+        for server in (region.name, f"global-{region.name}"):
+            ensure_identity(
+                config, f"nats/{server}", dns_names=["localhost"], ip_addresses=["127.0.0.1"]
+            )
+            done.append(Identity(td, Kind.NATS, server))
+    if config.runs_sandbox:
+        ensure_identity(config, "operator/nats-system")
+        done.append(Identity(td, Kind.OPERATOR, "nats-system"))
     return done
 
 

@@ -304,3 +304,33 @@ class Callers:
                 f"{identity} is a {identity.kind.value}; only {allowed} identities may call"
             )
         return identity
+
+
+class RefreshedClientContext:
+    """One client context, kept (a NATS connection reuses it for every
+    reconnect), whose certificate is loaded again into it when the files
+    change: :meth:`refresh`, called now and then, is enough for the next
+    handshake to present the new one. A new root in the bundle is added; a
+    dropped one stays trusted until a restart."""
+
+    def __init__(self, files: TlsFiles) -> None:
+        self.files = files
+        self.context = client_context(files)
+        self._stamp = files.stamp()
+        self.reloads = 0
+        self.failures = 0
+
+    def refresh(self) -> bool:
+        """Load the files into the context if they changed; True if it did."""
+        try:
+            stamp = self.files.stamp()
+            if stamp == self._stamp:
+                return False
+            self.context.load_cert_chain(self.files.cert, self.files.key)
+            self.context.load_verify_locations(cafile=self.files.bundle)
+        except (OSError, ssl.SSLError, ValueError):
+            self.failures += 1  # mid-rotation: the previous certificate stays
+            return False
+        self._stamp = stamp
+        self.reloads += 1
+        return True
