@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -150,6 +150,52 @@ async def open_loop(
     return latencies, errors
 
 
+@dataclass
+class Overhead:
+    """Per round, the agent's p50 and p99 minus the direct ones; every sample."""
+
+    added_p50: list[float] = field(default_factory=list)
+    added_p99: list[float] = field(default_factory=list)
+    direct_ms: list[float] = field(default_factory=list)
+    agent_ms: list[float] = field(default_factory=list)
+    errors: int = 0
+
+
+async def overhead_rounds(
+    session: aiohttp.ClientSession,
+    direct: str,
+    via_agent: str,
+    *,
+    rounds: int,
+    rate: float,
+    warmup_s: float,
+    duration_s: float,
+    agent_name: str = "agent",
+) -> Overhead:
+    """Open-loop rounds alternating between ``direct`` and ``via_agent`` (the
+    order swapped every other round), same client and payload."""
+    out = Overhead()
+    for r in range(rounds):
+        order = [("direct", direct), ("agent", via_agent)]
+        if r % 2:
+            order.reverse()
+        got: dict[str, Summary] = {}
+        for name, url in order:
+            lat, err = await open_loop(session, url, rate, warmup_s, duration_s)
+            out.errors += err
+            got[name] = Summary.of([x * 1000 for x in lat])
+            (out.direct_ms if name == "direct" else out.agent_ms).extend(x * 1000 for x in lat)
+        out.added_p50.append(got["agent"].median - got["direct"].median)
+        out.added_p99.append(got["agent"].p99 - got["direct"].p99)
+        print(
+            f"  round {r + 1}: direct p50 {got['direct'].median:.3f} ms p99 "
+            f"{got['direct'].p99:.3f}; {agent_name} p50 {got['agent'].median:.3f} p99 "
+            f"{got['agent'].p99:.3f}",
+            flush=True,
+        )
+    return out
+
+
 async def figure1(sb: BenchSandbox, s: Settings) -> list[Row]:
     svc = Service(sb, SERVICE, "us-east")
     try:
@@ -162,31 +208,19 @@ async def figure1(sb: BenchSandbox, s: Settings) -> list[Row]:
                 return await _served_by(session, via_agent) == "us-east"
 
             await until("the bench service callable through the agent", reachable, 60)
-            added_p50: list[float] = []
-            added_p99: list[float] = []
-            direct_all: list[float] = []
-            agent_all: list[float] = []
-            errors = 0
-            for r in range(s.rounds):
-                order = [("direct", direct), ("agent", via_agent)]
-                if r % 2:
-                    order.reverse()
-                got: dict[str, Summary] = {}
-                for name, url in order:
-                    lat, err = await open_loop(session, url, s.rate, s.warmup_s, s.duration_s)
-                    errors += err
-                    got[name] = Summary.of([x * 1000 for x in lat])
-                    (direct_all if name == "direct" else agent_all).extend(x * 1000 for x in lat)
-                added_p50.append(got["agent"].median - got["direct"].median)
-                added_p99.append(got["agent"].p99 - got["direct"].p99)
-                print(
-                    f"  round {r + 1}: direct p50 {got['direct'].median:.3f} ms p99 "
-                    f"{got['direct'].p99:.3f}; agent p50 {got['agent'].median:.3f} p99 "
-                    f"{got['agent'].p99:.3f}",
-                    flush=True,
-                )
+            o = await overhead_rounds(
+                session,
+                direct,
+                via_agent,
+                rounds=s.rounds,
+                rate=s.rate,
+                warmup_s=s.warmup_s,
+                duration_s=s.duration_s,
+            )
     finally:
         svc.stop()
+    added_p50, added_p99, errors = o.added_p50, o.added_p99, o.errors
+    direct_all, agent_all = o.direct_ms, o.agent_ms
     p50 = Summary.of(added_p50)
     p99 = Summary.of(added_p99)
     d, a = Summary.of(direct_all), Summary.of(agent_all)

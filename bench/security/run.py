@@ -38,7 +38,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.common import RESULTS, drive, stamp, until
-from bench.invoke.run import PAYLOAD, Service, open_loop
+from bench.invoke.run import PAYLOAD, Service, overhead_rounds
 from bench.state import native
 from bench.state.agent import READ_KEY, VALUE
 from bench.state.report import Report, Row
@@ -140,11 +140,6 @@ async def figure1(sb: BenchSandbox, agent: MtlsAgent, s: Settings) -> list[Row]:
     via_agent = f"{agent.http_url}/v1/invoke/{SERVICE}/echo"
     direct = f"http://127.0.0.1:{svc.port}/echo"
     connector = aiohttp.TCPConnector(limit=200, ssl=agent.ssl())
-    added_p50: list[float] = []
-    added_p99: list[float] = []
-    direct_all: list[float] = []
-    agent_all: list[float] = []
-    errors = 0
     try:
         async with aiohttp.ClientSession(connector=connector) as session:
 
@@ -154,26 +149,20 @@ async def figure1(sb: BenchSandbox, agent: MtlsAgent, s: Settings) -> list[Row]:
                     return resp.status == 200
 
             await until("the service callable through the mTLS agent", reachable, 60)
-            for r in range(s.rounds):
-                order = [("direct", direct), ("agent", via_agent)]
-                if r % 2:
-                    order.reverse()
-                got: dict[str, Summary] = {}
-                for name, url in order:
-                    lat, err = await open_loop(session, url, s.rate, s.warmup_s, s.duration_s)
-                    errors += err
-                    got[name] = Summary.of([x * 1000 for x in lat])
-                    (direct_all if name == "direct" else agent_all).extend(x * 1000 for x in lat)
-                added_p50.append(got["agent"].median - got["direct"].median)
-                added_p99.append(got["agent"].p99 - got["direct"].p99)
-                print(
-                    f"  round {r + 1}: direct p50 {got['direct'].median:.3f} ms p99 "
-                    f"{got['direct'].p99:.3f}; mTLS agent p50 {got['agent'].median:.3f} p99 "
-                    f"{got['agent'].p99:.3f}",
-                    flush=True,
-                )
+            o = await overhead_rounds(
+                session,
+                direct,
+                via_agent,
+                rounds=s.rounds,
+                rate=s.rate,
+                warmup_s=s.warmup_s,
+                duration_s=s.duration_s,
+                agent_name="mTLS agent",
+            )
     finally:
         svc.stop()
+    added_p50, added_p99, errors = o.added_p50, o.added_p99, o.errors
+    direct_all, agent_all = o.direct_ms, o.agent_ms
     p50, p99 = Summary.of(added_p50), Summary.of(added_p99)
     d, a = Summary.of(direct_all), Summary.of(agent_all)
     note = (

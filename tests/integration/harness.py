@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from ssl import SSLContext
 from typing import Any
 
 import aiohttp
+from cryptography import x509
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from meridian.agent.app import Agent
@@ -147,3 +149,20 @@ async def ready_agent(config: MeridianConfig, *, state: bool = False) -> AsyncIt
                 asyncio.gather(agent.events.wait_serving(), agent.push.wait_serving()), 120
             )
         yield agent
+
+
+def served_serial(
+    port: int, ctx: SSLContext, *, alpn: Sequence[str] = (), server_hostname: str | None = None
+) -> int:
+    """The serial number of the certificate a TLS server on ``port`` presents
+    to a new connection (blocking: call it in a thread from a test whose event
+    loop serves that port)."""
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname=server_hostname) as conn,
+    ):
+        der = conn.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number

@@ -6,13 +6,11 @@ the gateway with PERMISSION_DENIED."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 from pathlib import Path
 
 import aiohttp
 import pytest
-from cryptography import x509
 from yarl import URL
 
 from meridian.core.paths import DEFAULT_ALLOW
@@ -20,6 +18,7 @@ from meridian.security.ca import CertificateAuthority
 from meridian.security.model import Identity, Kind
 from meridian.security.tls import ReloadingContext, TlsFiles, front_door_context
 from tests.integration.gateway_harness import GW, HINT, StandInAgent, gateway
+from tests.integration.harness import served_serial
 
 pytest_plugins = ["tests.integration.gateway_harness"]
 
@@ -115,15 +114,5 @@ async def test_the_front_door_speaks_tls_and_follows_its_certificate(
         # A re-issued certificate is served to new connections, without a restart.
         renewed = ca.issue(gateway_id, dns_names=["localhost"], ip_addresses=["127.0.0.1"])
         port = int(gw.url.rsplit(":", 1)[1])
-        served = await asyncio.to_thread(_served_serial, port, trusting)
+        served = await asyncio.to_thread(served_serial, port, trusting, server_hostname="127.0.0.1")
         assert served == renewed.serial
-
-
-def _served_serial(port: int, ctx: ssl.SSLContext) -> int:
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
-        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number

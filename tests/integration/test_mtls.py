@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -18,7 +17,6 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
-from cryptography import x509
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from meridian._pb.meridian.v1 import health_pb2, health_pb2_grpc
@@ -31,7 +29,7 @@ from meridian.security.pki import ensure_identity, ensure_sandbox, sandbox_ca
 from meridian.security.tls import TlsFiles, client_context, grpc_channel_credentials
 from meridian.testing.nats_server import NatsCluster
 from tests.conftest import eventually
-from tests.integration.harness import agent_config, ready_agent, running_agent
+from tests.integration.harness import agent_config, ready_agent, running_agent, served_serial
 
 
 @pytest.fixture(scope="module")
@@ -114,16 +112,7 @@ def no_cert_context(config: MeridianConfig) -> ssl.SSLContext:
 
 def server_serial(port: int, files: TlsFiles, alpn: list[str] | None = None) -> int:
     """The serial number of the certificate the agent serves to a new connection."""
-    ctx = client_context(files)
-    if alpn:
-        ctx.set_alpn_protocols(alpn)
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
-        ctx.wrap_socket(raw) as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
+    return served_serial(port, client_context(files), alpn=alpn or ())
 
 
 # -- who gets in ---------------------------------------------------------------------

@@ -6,14 +6,12 @@ new ones. No call may fail because of a rotation."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections import Counter
 from pathlib import Path
 
 import aiohttp
 import grpc
-from cryptography import x509
 
 from meridian._pb.meridian.v1 import health_pb2, health_pb2_grpc
 from meridian.config import MeridianConfig
@@ -22,24 +20,13 @@ from meridian.security.model import Identity, Kind
 from meridian.security.pki import ensure_sandbox, sandbox_ca
 from meridian.security.tls import ClientTls, TlsFiles, grpc_channel_credentials
 from meridian.testing.nats_server import NatsCluster
-from tests.integration.harness import agent_config, running_agent
+from tests.integration.harness import agent_config, running_agent, served_serial
 
 TD = "meridian.local"
 AGENT = Identity(TD, Kind.AGENT, "us-east")
 OPERATOR = Identity(TD, Kind.OPERATOR, "meridian")
 #: Short enough that several leaves come and go during the test.
 LEAF_S = 3
-
-
-def served_serial(port: int, tls: ClientTls) -> int:
-    ctx = tls.current()
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
-        ctx.wrap_socket(raw) as conn,
-    ):
-        der = conn.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
 
 
 async def rotate(ca: CertificateAuthority, stop: asyncio.Event, log: list[str]) -> None:
@@ -119,7 +106,7 @@ async def test_no_call_fails_while_leaves_and_the_root_rotate(tmp_path: Path) ->
 
             async def watch_serials() -> None:
                 while not stop.is_set():
-                    serials.add(await asyncio.to_thread(served_serial, rc.http_port, tls))
+                    serials.add(await asyncio.to_thread(served_serial, rc.http_port, tls.current()))
                     await asyncio.sleep(0.2)
 
             tasks = [
