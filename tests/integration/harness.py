@@ -64,6 +64,9 @@ def agent_config(
             },
             "keyspace": list(keyspaces),
             "idempotency": idempotency or {},
+            # The regions name their NATS servers, as on a real supercluster, but
+            # the test services listen on loopback.
+            "invocation": {"loopback_endpoints": "allow"},
             "security": (
                 {"mode": "mtls", "ca_dir": str(ca_dir)} if ca_dir else {"mode": "insecure"}
             ),
