@@ -19,6 +19,7 @@ from meridian.core.errors import InvalidArgumentError
 from meridian.security.ca import CertificateAuthority
 from meridian.security.model import Identity, Kind
 from meridian.security.tls import (
+    RefreshedClientContext,
     ReloadingContext,
     TlsFiles,
     client_context,
@@ -212,3 +213,18 @@ async def test_a_reissued_server_certificate_is_served_to_new_connections(
         answer, _, third = await call(server.port, client, sni)
         assert answer == b"ping\n" and third == second
         assert reloading.failures >= 1
+
+
+def test_a_refreshed_client_context_loads_new_files_into_the_same_context(
+    ca: CertificateAuthority,
+) -> None:
+    f = files(ca, ORDERS)
+    refreshed = RefreshedClientContext(f)
+    kept = refreshed.context
+    assert refreshed.refresh() is False  # nothing changed
+    files(ca, ORDERS)  # re-issued: a new key and certificate
+    assert refreshed.refresh() is True
+    assert refreshed.context is kept  # the object a NATS connection holds
+    f.key.write_bytes(b"half-written")  # mid-rotation: keep the last good files
+    assert refreshed.refresh() is False
+    assert refreshed.failures == 1

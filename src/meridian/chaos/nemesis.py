@@ -335,11 +335,10 @@ class ClockSkew:
             env=ctl.sandbox.env,
         )
         deadline = time.monotonic() + ctl.config.sandbox.ready_timeout_s
+        tls = client_ssl(ctl.config)  # read once, not on every poll
         while time.monotonic() < deadline:
             try:
-                await asyncio.to_thread(
-                    fetch_json, f"{region.http_url}/v1/status", 1.0, client_ssl(ctl.config)
-                )
+                await asyncio.to_thread(fetch_json, f"{region.http_url}/v1/status", 1.0, tls)
                 return
             except (OSError, urllib.error.URLError, ValueError):
                 await asyncio.sleep(0.25)

@@ -16,10 +16,12 @@ how a killed region comes back (``up`` again, or ``restart(region)``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
 import signal
+import ssl
 import sys
 import time
 import urllib.error
@@ -155,6 +157,13 @@ class Sandbox:
         victims = [r for r in records.values() if r.region == region]
         stop(victims, hard=True, grace_s=5)
         return victims
+
+    @functools.cached_property
+    def _tools_ssl(self) -> ssl.SSLContext | None:
+        """The CLI's identity for the agents' and gateway's HTTPS ports, loaded
+        once (readiness and status poll them many times), after up() has
+        issued it."""
+        return client_ssl(self.config)
 
     def renew_certificates(self) -> list[str]:
         """Re-issue every leaf that is due (or on an old root) and make the
@@ -369,7 +378,7 @@ class Sandbox:
 
     def _agent_status(self, region: RegionConfig) -> tuple[dict[str, Any] | None, str]:
         try:
-            return fetch_json(f"{region.http_url}/v1/status", 2.0, client_ssl(self.config)), ""
+            return fetch_json(f"{region.http_url}/v1/status", 2.0, self._tools_ssl), ""
         except (OSError, urllib.error.URLError, ValueError) as exc:
             return None, f"agent HTTP {region.http_url} unreachable: {exc}"
 
@@ -383,7 +392,7 @@ class Sandbox:
     def _gateway_regions(self) -> tuple[list[dict[str, Any]] | None, str]:
         """Each region as the gateway sees it, or None and why it does not answer."""
         try:
-            data = fetch_json(f"{self.gateway_url}/gateway/status", 1.0, client_ssl(self.config))
+            data = fetch_json(f"{self.gateway_url}/gateway/status", 1.0, self._tools_ssl)
         except (OSError, urllib.error.URLError, ValueError) as exc:
             return None, f"not answering: {exc}"
         return list(data.get("regions", [])), ""

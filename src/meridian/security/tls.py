@@ -306,7 +306,7 @@ class Callers:
         return identity
 
 
-class RefreshedClientContext:
+class RefreshedClientContext(_FollowsFiles):
     """One client context, kept (a NATS connection reuses it for every
     reconnect), whose certificate is loaded again into it when the files
     change: :meth:`refresh`, called now and then, is enough for the next
@@ -314,23 +314,16 @@ class RefreshedClientContext:
     dropped one stays trusted until a restart."""
 
     def __init__(self, files: TlsFiles) -> None:
-        self.files = files
         self.context = client_context(files)
-        self._stamp = files.stamp()
-        self.reloads = 0
-        self.failures = 0
+        super().__init__(files, self._load_into)
+
+    def _load_into(self, files: TlsFiles) -> ssl.SSLContext:
+        self.context.load_cert_chain(files.cert, files.key)
+        self.context.load_verify_locations(cafile=files.bundle)
+        return self.context
 
     def refresh(self) -> bool:
         """Load the files into the context if they changed; True if it did."""
-        try:
-            stamp = self.files.stamp()
-            if stamp == self._stamp:
-                return False
-            self.context.load_cert_chain(self.files.cert, self.files.key)
-            self.context.load_verify_locations(cafile=self.files.bundle)
-        except (OSError, ssl.SSLError, ValueError):
-            self.failures += 1  # mid-rotation: the previous certificate stays
-            return False
-        self._stamp = stamp
-        self.reloads += 1
-        return True
+        before = self.reloads
+        self.current()
+        return self.reloads != before
