@@ -16,7 +16,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from meridian.agent.app import Agent
 from meridian.config import MeridianConfig, parse_config
-from meridian.testing.nats_server import NatsCluster, free_port
+from meridian.testing.nats_server import NatsCluster
+from meridian.testing.ports import free_port
 
 
 def agent_config(
@@ -56,7 +57,7 @@ def agent_config(
     return parse_config(
         {
             "region": regions,
-            "wan": {"control_port": free_port(), "proxy_base_port": free_port(), "link": []},
+            "wan": {"control_port": free_port(), "proxy_base_port": free_port(span=16), "link": []},
             "agent": {
                 "status_interval_s": 0.2,
                 "peer_timeout_s": 0.3,

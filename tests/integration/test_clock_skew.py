@@ -18,7 +18,8 @@ from meridian.core.errors import ClockSkewError, UnavailableError
 from meridian.core.hlc import SystemClock
 from meridian.security.pki import ensure_sandbox
 from meridian.testing.clock import OffsetClock
-from meridian.testing.nats_server import NatsCluster, free_port
+from meridian.testing.nats_server import NatsCluster
+from meridian.testing.ports import free_port
 from tests.conftest import eventually
 
 REGIONS = ("us-east", "eu-west", "ap-south")

@@ -25,7 +25,7 @@ from meridian.core.errors import (
     NotFoundError,
     UnavailableError,
 )
-from meridian.testing.nats_server import free_port
+from meridian.testing.ports import free_port
 from meridian.transport.errors import grpc_status
 
 DETAILS = "grpc-status-details-bin"

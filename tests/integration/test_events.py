@@ -22,7 +22,8 @@ from meridian.config import MeridianConfig
 from meridian.core.errors import InvalidArgumentError
 from meridian.events.streams import EVENT_ID_HEADER, PUBLISHED_HEADER, TOPIC_KEY_HEADER
 from meridian.subscription import Delivery, Subscription
-from meridian.testing.nats_server import NatsCluster, free_port
+from meridian.testing.nats_server import NatsCluster
+from meridian.testing.ports import free_port
 from tests.conftest import eventually
 from tests.integration.harness import agent_config, http_post, ready_agent
 

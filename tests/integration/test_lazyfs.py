@@ -22,7 +22,7 @@ from nats.js.errors import NotFoundError
 
 from meridian.backbone.server import find_nats_server
 from meridian.chaos.lazyfs import LazyMounts, crash
-from meridian.testing.nats_server import free_port
+from meridian.testing.ports import free_port
 
 MESSAGES = 200
 

@@ -10,7 +10,7 @@ direct routes on loopback.
 from __future__ import annotations
 
 import json
-import socket
+import shutil
 import subprocess
 import tempfile
 import time
@@ -21,14 +21,9 @@ from pathlib import Path
 from types import TracebackType
 
 from meridian.backbone.server import find_nats_server
+from meridian.testing.ports import free_port
 
 DEFAULT_REGIONS = ("us-east", "eu-west", "ap-south")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class _Server:
@@ -141,9 +136,21 @@ cluster {{
             )
 
     def start(self) -> None:
-        for srv in self.servers:
-            self.start_server(srv.region)
-        self.wait_ready()
+        # A port can still be taken by another listener between our probe and
+        # the server's bind; then every server gets fresh ports and starts again.
+        for attempt in range(3):
+            for srv in self.servers:
+                self.start_server(srv.region)
+            try:
+                self.wait_ready()
+                return
+            except RuntimeError as exc:
+                if "address already in use" not in str(exc) or attempt == 2:
+                    raise
+            self.stop()
+            for srv in self.servers:
+                shutil.rmtree(srv.store, ignore_errors=True)
+                srv.port, srv.cluster_port, srv.monitor_port = free_port(), free_port(), free_port()
 
     def stop(self) -> None:
         for srv in self.servers:
