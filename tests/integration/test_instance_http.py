@@ -6,7 +6,6 @@ close-delimited bodies, interim responses, garbage, floods, early closes)."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ from meridian.invocation.upstreams.instance_http import (
     InstanceConnections,
     ResponseTooLarge,
 )
+from meridian.testing.ports import free_port
 
 LIMIT = 1 << 20
 
@@ -173,9 +173,7 @@ async def test_a_request_that_would_split_is_refused_before_anything_is_sent(
 
 
 async def test_nothing_listening_is_connect_failed(echo: Any) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens there
     with pytest.raises(ConnectFailed):
         await InstanceConnections().request(
             f"127.0.0.1:{port}", "GET", "/", [], b"", timeout_s=5, max_body=LIMIT

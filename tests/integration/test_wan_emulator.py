@@ -21,6 +21,7 @@ import pytest
 
 from meridian.sandbox.wan import LatencyMatrix, ProxySpec, WanArgumentError, WanEmulator
 from meridian.sandbox.wan_control import MAX_BODY_BYTES, WanClient, WanControlServer
+from meridian.testing.ports import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -538,9 +539,7 @@ async def test_client_raises_value_error_with_the_server_message(
 
 
 async def test_client_says_the_emulator_is_not_running() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nothing listens there
     url = f"http://127.0.0.1:{port}"
     async with WanClient(url) as c:
         with pytest.raises(ConnectionError, match="WAN emulator is not running") as info:
