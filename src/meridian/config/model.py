@@ -189,6 +189,8 @@ class InvocationConfig:
     loopback_endpoints: str = "sandbox"
     #: When not empty, instance and push endpoint addresses must be inside these.
     allowed_networks: tuple[str, ...] = ()
+    #: Live instance leases one identity may hold on one agent.
+    max_instances_per_identity: int = 1000
 
 
 @dataclass(frozen=True)

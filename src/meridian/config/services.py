@@ -33,6 +33,7 @@ def invocation_section(rd: Reader, raw: Mapping[str, Any]) -> InvocationConfig:
         "max_body_bytes",
         "loopback_endpoints",
         "allowed_networks",
+        "max_instances_per_identity",
     }
     rd.known(raw, keys, "invocation")
     loopback = rd.string(raw, "loopback_endpoints", "invocation.loopback_endpoints", "sandbox")
@@ -89,6 +90,14 @@ def invocation_section(rd: Reader, raw: Mapping[str, Any]) -> InvocationConfig:
         ),
         loopback_endpoints=loopback,
         allowed_networks=() if bad else tuple(networks),
+        max_instances_per_identity=rd.integer(
+            raw,
+            "max_instances_per_identity",
+            "invocation.max_instances_per_identity",
+            d.max_instances_per_identity,
+            low=1,
+            high=1_000_000,
+        ),
     )
 
 

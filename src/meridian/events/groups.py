@@ -109,6 +109,8 @@ class ConsumerGroups:
         self.in_flight_ids: dict[str, collections.Counter[str]] = collections.defaultdict(
             collections.Counter
         )
+        #: Groups one identity may create on one stream.
+        self.max_groups_per_identity = ev.MAX_GROUPS_PER_IDENTITY
 
     # -- sources -----------------------------------------------------------------
 
@@ -191,10 +193,12 @@ class ConsumerGroups:
         start: ev.Start,
         max_in_flight: int,
         max_deliveries: int,
+        owner: str = "",
     ) -> GroupReader:
-        """Bind a reader to ``group``'s consumer of ``source`` (created at ``start``)."""
+        """Bind a reader to ``group``'s consumer of ``source`` (created at
+        ``start``, for ``owner``, within its quota, if missing)."""
         self.component.require_ready()
-        psub = await self.streams.consumer(source.spec, start)
+        psub = await self.streams.consumer(source.spec, start, owner, self.max_groups_per_identity)
         return GroupReader(self, group, source, psub, max_in_flight, max_deliveries)
 
     # -- reading messages --------------------------------------------------------------

@@ -42,6 +42,11 @@ DEFAULT_MAX_DELIVERIES = 5
 MAX_DELIVERIES = 100
 DEFAULT_ACK_WAIT_S = 30.0
 MAX_ACK_WAIT_S = 3600.0
+#: Consumer groups one identity may create on one stream (a topic's or a
+#: keyspace's): each is a durable JetStream consumer the servers keep for good.
+MAX_GROUPS_PER_IDENTITY = 256
+#: The consumer metadata key naming the identity that created a group.
+OWNER_METADATA = "meridian-owner"
 #: Redelivery backoff after a nack: base x 2^(attempt-1), capped.
 BACKOFF_BASE_S = 0.1
 BACKOFF_MAX_S = 30.0

@@ -25,6 +25,7 @@ from nats.js import api
 from meridian._pb.meridian.v1 import events_pb2 as pb
 from meridian.backbone.connection import reraise_if_cancelling
 from meridian.backbone.lifecycle import Background
+from meridian.core.calls import CALLER
 from meridian.core.endpoints import SANDBOX, EndpointPolicy
 from meridian.core.errors import FieldViolation, InvalidArgumentError, UnavailableError
 from meridian.events import model as ev
@@ -120,6 +121,11 @@ class PushDeliveries(Background):
             raise InvalidArgumentError(violations)
         if not self.ready:
             raise UnavailableError("HTTP push is not ready yet in this region")
+        # The group is created here, for its owner and within the owner's quota,
+        # where the caller hears of a refusal; the pusher then binds to it.
+        await self.groups.streams.ensure_consumer(
+            opts.source.spec, opts.start, CALLER.get().identity, self.groups.max_groups_per_identity
+        )
         key = opts.source.spec.name
         kv = await self._kv()
         await kv.put(key, request.SerializeToString())

@@ -280,7 +280,7 @@ class EventsApi:
         identity = CALLER.get().identity
         self.stream_quota.check(identity, "subscription")
         reader = await self.groups.open(
-            o.group, opts.source, opts.start, opts.max_in_flight, opts.max_deliveries
+            o.group, opts.source, opts.start, opts.max_in_flight, opts.max_deliveries, identity
         )
         return self.stream_quota.guard(
             identity, "subscription", stream_deliveries(reader, requests)

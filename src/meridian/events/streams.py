@@ -35,7 +35,7 @@ from meridian.backbone.connection import (
     translate_nats_errors,
 )
 from meridian.backbone.fanin import RegionFanIn
-from meridian.core.errors import UnavailableError
+from meridian.core.errors import ResourceExhaustedError, UnavailableError
 from meridian.events import model as ev
 from meridian.events.model import Start
 
@@ -51,6 +51,8 @@ DLQ_REASON_HEADER = "Meridian-Dead-Letter-Reason"
 DLQ_GROUP_HEADER = "Meridian-Dead-Letter-Group"
 DUPLICATE_WINDOW_S = 120.0
 CONSUMER_ATTEMPTS = 4
+#: JetStream lists a stream's consumers in pages of this many.
+CONSUMER_PAGE = 256
 #: How long dead_letters waits for a new consumer's group to answer.
 DLQ_READ_PATIENCE_S = 5.0
 
@@ -197,7 +199,13 @@ class EventStreams(RegionFanIn):
 
     # -- consumer groups ------------------------------------------------------
 
-    async def consumer(self, spec: ConsumerSpec, start: Start) -> JetStreamContext.PullSubscription:
+    async def consumer(
+        self,
+        spec: ConsumerSpec,
+        start: Start,
+        owner: str = "",
+        max_owned: int = ev.MAX_GROUPS_PER_IDENTITY,
+    ) -> JetStreamContext.PullSubscription:
         """Bind to the group's durable consumer, creating it at ``start`` if missing.
 
         Looking a consumer up goes through the JetStream meta leader, which is
@@ -206,7 +214,7 @@ class EventStreams(RegionFanIn):
         """
         for attempt in range(CONSUMER_ATTEMPTS):
             try:
-                return await self._consumer(spec, start)
+                return await self._consumer(spec, start, owner, max_owned)
             except UnavailableError:
                 if attempt == CONSUMER_ATTEMPTS - 1:
                     raise
@@ -214,17 +222,47 @@ class EventStreams(RegionFanIn):
         raise AssertionError("unreachable")
 
     async def _consumer(
-        self, spec: ConsumerSpec, start: Start
+        self, spec: ConsumerSpec, start: Start, owner: str, max_owned: int
     ) -> JetStreamContext.PullSubscription:
         js = self._js()
-        try:
-            await self._call("look up a consumer group", js.consumer_info(spec.stream, spec.name))
-        except nats.js.errors.NotFoundError:
-            await self._create_consumer(js, spec, start)
+        await self.ensure_consumer(spec, start, owner, max_owned)
         return await self._call(
             "bind to a consumer group",
             js.pull_subscribe_bind(durable=spec.name, stream=spec.stream),
         )
+
+    async def ensure_consumer(
+        self, spec: ConsumerSpec, start: Start, owner: str, max_owned: int
+    ) -> None:
+        """Create the group's consumer at ``start`` for ``owner`` unless it exists;
+        RESOURCE_EXHAUSTED when ``owner`` already created ``max_owned`` groups on
+        its stream.
+
+        Two creations racing at the limit may both pass: the cap bounds what
+        one identity can make the servers keep, not an exact count."""
+        js = self._js()
+        try:
+            await self._call("look up a consumer group", js.consumer_info(spec.stream, spec.name))
+            return
+        except nats.js.errors.NotFoundError:
+            pass
+        owned, offset = 0, 0
+        while True:
+            page = await self._call(
+                "list consumer groups", js.consumers_info(spec.stream, offset=offset)
+            )
+            owned += sum(
+                1 for c in page if (c.config.metadata or {}).get(ev.OWNER_METADATA, "") == owner
+            )
+            offset += len(page)
+            if len(page) < CONSUMER_PAGE:
+                break
+        if owned >= max_owned:
+            raise ResourceExhaustedError(
+                f"{owner or 'unauthenticated callers'} already created {owned} consumer groups "
+                f"on {spec.stream} (at most {max_owned}); reuse a group or delete one"
+            )
+        await self._create_consumer(js, spec, start, owner)
 
     async def reset(self, spec: ConsumerSpec, group: str, start: Start) -> None:
         """Move a group to ``start``: JetStream consumers can't be rewound, so the
@@ -239,12 +277,17 @@ class EventStreams(RegionFanIn):
                 f"KV_{self.inbox_bucket}", subject=f"$KV.{self.inbox_bucket}.{group}.>"
             ),
         )
+        owner = ""
         with contextlib.suppress(nats.js.errors.NotFoundError):
+            info = await self._call(
+                "look up a consumer group", js.consumer_info(spec.stream, spec.name)
+            )
+            owner = (info.config.metadata or {}).get(ev.OWNER_METADATA, "")
             await self._call("delete a consumer group", js.delete_consumer(spec.stream, spec.name))
-        await self._create_consumer(js, spec, start)
+        await self._create_consumer(js, spec, start, owner)
 
     async def _create_consumer(
-        self, js: JetStreamContext, spec: ConsumerSpec, start: Start
+        self, js: JetStreamContext, spec: ConsumerSpec, start: Start, owner: str
     ) -> None:
         config = api.ConsumerConfig(
             durable_name=spec.name,
@@ -255,6 +298,7 @@ class EventStreams(RegionFanIn):
             # Meridian counts attempts itself and dead-letters; JetStream must not stop early.
             max_deliver=-1,
             deliver_policy=api.DeliverPolicy.NEW,
+            metadata={ev.OWNER_METADATA: owner} if owner else None,
         )
         if start.sequence:
             config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE

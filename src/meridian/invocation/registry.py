@@ -39,7 +39,7 @@ from meridian.backbone.connection import (
 )
 from meridian.backbone.lifecycle import Background
 from meridian.config.model import InvocationConfig
-from meridian.core.errors import NotFoundError, PermissionDeniedError
+from meridian.core.errors import NotFoundError, PermissionDeniedError, ResourceExhaustedError
 from meridian.invocation.model import InstanceView, Registration, RegistryReplica
 from meridian.invocation.registry_store import RegistryStreams
 from meridian.invocation.upstreams.instances import Upstream
@@ -174,6 +174,8 @@ class RegistryComponent(Background):
         lease = self._leases.get(instance_id)
         if lease is not None:
             _check_owner(lease, owner, "register")
+        else:
+            self._check_quota(owner, now)
         self._views.clear()
         if lease is not None and lease.reg != reg:
             if lease.checker is not None:
@@ -189,6 +191,18 @@ class RegistryComponent(Background):
             lease.expires_at = now + reg.ttl_s
         await self._announce(lease)
         return instance_id, self._wall(lease.expires_at), reg.ttl_s
+
+    def _check_quota(self, owner: str, now: float) -> None:
+        """RESOURCE_EXHAUSTED when ``owner`` already holds as many live leases
+        here as ``invocation.max_instances_per_identity`` allows."""
+        limit = self.config.max_instances_per_identity
+        held = sum(1 for le in self._leases.values() if le.owner == owner and le.expires_at > now)
+        if held >= limit:
+            raise ResourceExhaustedError(
+                f"{owner or 'unauthenticated callers'} already hold {held} instance leases "
+                f"on this agent (invocation.max_instances_per_identity = {limit}); "
+                "deregister one or reuse an instance_id"
+            )
 
     def heartbeat(self, instance_id: str, owner: str = "") -> datetime:
         lease = self._leases.get(instance_id)
