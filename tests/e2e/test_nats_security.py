@@ -6,18 +6,23 @@ forwarded calls. Real nats-servers of a real sandbox, real certificates."""
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
+import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
 
+from meridian.backbone.server import find_nats_server
 from meridian.security.ca import CertificateAuthority
 from meridian.security.model import Identity
 from meridian.security.pki import ensure_identity, sandbox_ca
 from meridian.security.tls import TlsFiles, client_context
+from meridian.testing.ports import free_port
 from tests.e2e.conftest import SandboxHandle
 
 
@@ -121,3 +126,104 @@ async def test_no_password_gets_in(sandbox: SandboxHandle, user: str) -> None:
     assert isinstance(got, Exception)
     conf = (sandbox.config.sandbox.workdir / "conf" / "us-east.conf").read_text()
     assert "password" not in conf and "no_auth_user" not in conf
+
+
+def server_view(monitor_url: str) -> tuple[list[str], dict[str, Any]]:
+    """(remote names of the routes, outbound gateways) of a sandbox server."""
+    with urllib.request.urlopen(f"{monitor_url}/routez", timeout=3) as resp:
+        routes = [r.get("remote_name", "") for r in json.loads(resp.read()).get("routes") or []]
+    with urllib.request.urlopen(f"{monitor_url}/gatewayz", timeout=3) as resp:
+        outbound = json.loads(resp.read()).get("outbound_gateways") or {}
+    return routes, outbound
+
+
+async def test_routes_and_gateways_are_mutual_tls_between_the_sandboxs_servers(
+    sandbox: SandboxHandle,
+) -> None:
+    config = sandbox.config
+    for region in config.regions:
+        for ports, name in (
+            (region.regional, region.name),
+            (region.global_, f"global-{region.name}"),
+        ):
+            routes, outbound = server_view(f"http://127.0.0.1:{ports.monitor}")
+            # Every other region's cluster, plus its home or global cluster.
+            assert len(outbound) == len(config.regions), (name, sorted(outbound))
+            assert {g["connection"].get("tls_version") for g in outbound.values()} == {"1.3"}, name
+            if name.startswith("global-"):
+                assert sorted(routes) == sorted(
+                    f"global-{o.name}" for o in config.regions if o.name != region.name
+                )
+        conf = (config.sandbox.workdir / "conf" / f"global-{region.name}.conf").read_text()
+        assert conf.count("verify_and_map: true") == 3  # clients, routes, gateways
+
+
+@pytest.mark.parametrize("kind", ["route", "gateway"])
+async def test_routes_and_gateways_refuse_a_server_without_a_nats_server_certificate(
+    sandbox: SandboxHandle, tmp_path: Path, kind: str
+) -> None:
+    """A nats-server with a service's certificate (our CA), one from another CA,
+    or none dials a sandbox server's route or gateway port directly: each is
+    refused and never joins."""
+    config = sandbox.config
+    us = config.region("us-east")
+    target = us.global_.cluster if kind == "route" else us.regional.gateway
+    monitor = f"http://127.0.0.1:{us.global_.monitor if kind == 'route' else us.regional.monitor}"
+    td = config.security.trust_domain
+    other = CertificateAuthority(tmp_path / "other")
+    other.init(td)
+    credentials = {
+        "a service's certificate": TlsFiles.in_folder(ensure_identity(config, "service/orders")),
+        "another CA's certificate": TlsFiles.in_folder(
+            other.issue(Identity.from_spec(td, "nats/global-us-east")).cert_path.parent
+        ),
+        "no certificate": None,
+    }
+    for what, files in credentials.items():
+        log = await asyncio.to_thread(
+            run_rogue, tmp_path / what.replace(" ", "-"), kind, target, files
+        )
+        attempts = log.count(f"127.0.0.1:{target} - ")  # each connection's log prefix
+        assert attempts >= 1, f"{what}: the rogue never dialled\n{log[-1500:]}"
+        if files is not None and "service" in what:
+            assert "Authorization Violation" in log, what
+        routes, outbound = server_view(monitor)
+        assert "rogue" not in routes and "ap-south-rogue" not in outbound, what
+
+
+def run_rogue(work: Path, kind: str, port: int, files: TlsFiles | None) -> str:
+    """Run a nats-server that dials ``port`` as a route or gateway for a few seconds; its log."""
+    work.mkdir(parents=True)
+    tls = (
+        f'tls {{ cert_file: "{files.cert}", key_file: "{files.key}", ca_file: "{files.bundle}", timeout: 2 }}'
+        if files is not None
+        else ""
+    )
+    rogue_port, link_port = free_port(), free_port()
+    if kind == "route":
+        block = f"""cluster {{
+  name: "global"
+  listen: "127.0.0.1:{link_port}"
+  routes: ["nats://127.0.0.1:{port}"]
+  {tls}
+}}"""
+    else:
+        block = f"""gateway {{
+  name: "ap-south-rogue"
+  listen: "127.0.0.1:{link_port}"
+  gateways: [ {{ name: "us-east", urls: ["nats://127.0.0.1:{port}"] }} ]
+  {tls}
+}}"""
+    conf = work / "rogue.conf"
+    conf.write_text(f'server_name: "rogue"\nlisten: "127.0.0.1:{rogue_port}"\n{block}\n')
+    log_path = work / "rogue.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [str(find_nats_server(None)), "-c", str(conf)], stdout=log, stderr=log
+        )
+    try:
+        time.sleep(3)  # several attempts: routes and gateways retry each second
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    return log_path.read_text(errors="replace")

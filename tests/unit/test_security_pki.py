@@ -10,6 +10,7 @@ import pytest
 
 from meridian.config import MeridianConfig
 from meridian.core.errors import ConfigError
+from meridian.security import ca as ca_module
 from meridian.security.ca import CertificateAuthority
 from meridian.security.model import Identity, Kind
 from meridian.security.pki import client_ssl, ensure_identity, ensure_sandbox, sandbox_ca
@@ -71,6 +72,26 @@ def test_due_changed_or_old_root_leaves_are_reissued(tmp_path: Path) -> None:
     ensure_sandbox(cfg)
     after = serials(ca)
     assert all(after[slug] != before[slug] for slug in after)
+
+
+def test_nats_servers_share_one_subject_and_older_leaves_are_reissued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = config(tmp_path)
+    server = Identity("meridian.local", Kind.NATS, "global-us-east")
+    # A sandbox from before NATS servers shared their subject: CN = the slug.
+    with monkeypatch.context() as m:
+        m.setattr(ca_module, "common_name", lambda identity: identity.slug)
+        ensure_sandbox(cfg)
+    ca = sandbox_ca(cfg)
+    old = ca.leaf(server)
+    assert old.common_name == "nats-global-us-east"
+    ensure_sandbox(cfg)
+    new = ca.leaf(server)
+    assert new.common_name == "nats-server" and new.serial != old.serial
+    assert ca.leaf(Identity("meridian.local", Kind.GATEWAY)).common_name == "gateway"
+    ensure_sandbox(cfg)
+    assert ca.leaf(server).serial == new.serial  # current subject: kept
 
 
 def test_a_ca_of_another_trust_domain_is_refused(tmp_path: Path) -> None:

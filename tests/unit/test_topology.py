@@ -16,6 +16,7 @@ from meridian.backbone.topology import (
     wan_proxies,
 )
 from meridian.config import MeridianConfig, load_config, parse_config, proxy_ports
+from meridian.sandbox.wan_service import build_emulator
 from tests.unit.config_harness import load_text
 
 REGIONS = ("us-east", "eu-west", "ap-south")
@@ -248,8 +249,41 @@ def test_with_mutual_tls_a_certificate_is_the_nats_user(tmp_path: Path) -> None:
     assert str(config.identity_dir("nats-us-east") / "cert.pem") in text
 
 
+def test_with_mutual_tls_routes_and_gateways_admit_only_nats_servers(tmp_path: Path) -> None:
+    config = load_text(tmp_path, "[wan]\nlink = []\n")
+    text = next(s for s in build_topology(config) if s.name == "global-us-east").config_text
+    cluster = text[text.index("cluster {") : text.index("gateway {")]
+    gateway = text[text.index("gateway {") :]
+    for block in (cluster, gateway):
+        assert "verify_and_map: true" in block
+        assert 'authorization { user: "CN=nats-server,O=Meridian" }' in block
+        assert str(config.identity_dir("nats-global-us-east") / "key.pem") in block
+
+
+def test_the_emulator_terminates_link_tls_as_the_servers_of_the_source_region(
+    tmp_path: Path,
+) -> None:
+    config = load_text(tmp_path, "[wan]\nlink = []\n")
+    by_name = {p.name: p for p in wan_proxies(config)}
+    route, gateway = by_name["route:us-east->eu-west"], by_name["gateway:us-east->eu-west"]
+    assert (route.upstream_server, route.source_servers) == ("global-eu-west", ("global-us-east",))
+    assert (gateway.upstream_server, gateway.source_servers) == (
+        "eu-west",
+        ("us-east", "global-us-east"),
+    )
+    tls = build_emulator(config)._proxies["gateway:us-east->eu-west"].spec.tls
+    assert tls is not None
+    assert tls.upstream.uri == "spiffe://meridian.local/nats/eu-west"
+    assert sorted(tls.sources) == [
+        "spiffe://meridian.local/nats/global-us-east",
+        "spiffe://meridian.local/nats/us-east",
+    ]
+    insecure = load_text(tmp_path, '[wan]\nlink = []\n[security]\nmode = "insecure"\n')
+    assert build_emulator(insecure)._proxies["route:us-east->eu-west"].spec.tls is None
+
+
 def test_insecure_mode_has_no_password_and_no_system_user(tmp_path: Path) -> None:
     config = load_text(tmp_path, '[wan]\nlink = []\n[security]\nmode = "insecure"\n')
     text = build_topology(config)[0].config_text
-    assert "password" not in text and "verify_and_map" not in text
+    assert "password" not in text and "verify_and_map" not in text and "tls {" not in text
     assert "SYS {}" in text

@@ -24,9 +24,11 @@ client port requires a certificate from the sandbox's CA and maps it to a user
 but subscribing to another region's forwarded calls; the operator
 (``operator/meridian``: the CLI and tests); and ``operator/nats-system`` in the
 system account. There are no passwords and no ``no_auth_user``: a certificate
-that maps to no user (a service's, say) is refused. Routes and gateways stay
-plaintext in the sandbox: they cross the WAN emulator, which must read and
-strip the address gossip in their ``INFO`` messages (sandbox/gossip.py).
+that maps to no user (a service's, say) is refused. Routes and gateways are
+mutual TLS too, mapped to the one user NATS allows there: the subject every
+NATS server's leaf shares (``NATS_SERVER_SUBJECT``). They cross the WAN
+emulator, which terminates their TLS to strip the address gossip in their
+``INFO`` messages (sandbox/wan_tls.py, sandbox/gossip.py).
 
 This module only computes; it starts nothing.
 """
@@ -38,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meridian.config import GLOBAL_CLUSTER, MeridianConfig, NatsPorts, proxy_ports
+from meridian.security.model import NATS_SERVER_SUBJECT
 
 #: A loopback port nothing listens on: what servers advertise, so gossiped
 #: addresses lead nowhere and every peer keeps using the proxy URLs it was given.
@@ -88,6 +91,22 @@ def server_tls(config: MeridianConfig, name: str) -> ServerTls | None:
         users=tuple(users),
         system_user=f"{td}/{SYSTEM_USER}",
     )
+
+
+def _peer_tls(tls: ServerTls | None) -> str:
+    """Routes' and gateways' mutual TLS: only a NATS server's leaf from the
+    bundle (subject NATS_SERVER_SUBJECT) may join as a route or a gateway."""
+    if tls is None:
+        return ""
+    return f"""
+  tls {{
+    cert_file: {_q(str(tls.cert))}
+    key_file: {_q(str(tls.key))}
+    ca_file: {_q(str(tls.bundle))}
+    verify_and_map: true
+    timeout: 2
+  }}
+  authorization {{ user: {_q(NATS_SERVER_SUBJECT)} }}"""
 
 
 def _auth(tls: ServerTls | None) -> str:
@@ -201,7 +220,7 @@ cluster {{
   advertise: "127.0.0.1:{CLOSED_PORT}"
   no_advertise: true
   pool_size: -1
-  routes: [{route_list}]
+  routes: [{route_list}]{_peer_tls(tls)}
 }}
 
 gateway {{
@@ -211,7 +230,7 @@ gateway {{
   reject_unknown_cluster: true
   gateways: [
 {gw_entries}
-  ]
+  ]{_peer_tls(tls)}
 }}
 """
 
@@ -290,6 +309,19 @@ class ProxyTarget:
     dst: str
     listen_port: int
     upstream_port: int
+    #: "route" (to dst's global server) or "gateway" (to dst's own cluster).
+    kind: str = "route"
+
+    @property
+    def upstream_server(self) -> str:
+        return server_name(self.dst, GLOBAL_CLUSTER if self.kind == "route" else self.dst)
+
+    @property
+    def source_servers(self) -> tuple[str, ...]:
+        """The servers that dial this proxy: a region's global server for
+        routes; both of its servers for gateways."""
+        own = server_name(self.src, GLOBAL_CLUSTER)
+        return (own,) if self.kind == "route" else (server_name(self.src, self.src), own)
 
 
 def wan_proxies(config: MeridianConfig) -> list[ProxyTarget]:
@@ -299,5 +331,5 @@ def wan_proxies(config: MeridianConfig) -> list[ProxyTarget]:
     for (kind, src, dst), port in proxy_ports(config.regions, config.wan).items():
         dst_region = by_name[dst]
         upstream = dst_region.global_.cluster if kind == "route" else dst_region.regional.gateway
-        targets.append(ProxyTarget(f"{kind}:{src}->{dst}", src, dst, port, upstream))
+        targets.append(ProxyTarget(f"{kind}:{src}->{dst}", src, dst, port, upstream, kind))
     return targets

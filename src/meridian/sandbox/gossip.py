@@ -9,7 +9,8 @@ with the wrong latency or around the emulator altogether; ``advertise`` and
 ``no_advertise`` don't cover every gossip path (seen with nats-server 2.15).
 
 The emulator therefore runs every byte between regions through
-:class:`GossipFilter`, which parses just enough of the NATS wire protocol to
+:class:`GossipFilter` (with mutual TLS, between the two TLS legs it
+terminates: sandbox/wan_tls.py), which parses just enough of the NATS wire protocol to
 find ``INFO`` lines and deletes their address fields; every other byte passes
 through unchanged. Servers then only ever use the URLs their own configuration
 gives them, which are the proxies of their own region.

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import random
 import socket
+import ssl
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from meridian.sandbox.wan_model import (
     WanArgumentError,
     check_region,
 )
+from meridian.sandbox.wan_tls import LinkRefused
 
 __all__ = [
     "MAX_JITTER_MS",
@@ -410,12 +412,24 @@ class WanEmulator:
                 await self._hold(conn, client_reader)
                 graceful = True
                 return
+            up_tls: ssl.SSLContext | None = None
+            if spec.tls is not None:
+                try:
+                    async with asyncio.timeout(_DIAL_TIMEOUT_S):
+                        await conn.client.start_tls(spec.tls.accept_context())
+                    up_tls = spec.tls.upstream_context(conn.client.get_extra_info("ssl_object"))
+                except (OSError, TimeoutError, ssl.SSLError, LinkRefused) as exc:
+                    _log.warning("WAN proxy %s: refused a connection: %s", spec.name, exc)
+                    return
             try:
                 async with asyncio.timeout(_DIAL_TIMEOUT_S):
                     up_reader, up_writer = await asyncio.open_connection(
-                        spec.upstream_host, spec.upstream_port
+                        spec.upstream_host, spec.upstream_port, ssl=up_tls
                     )
-            except (OSError, TimeoutError) as exc:
+                    if spec.tls is not None:
+                        conn.upstream = up_writer
+                        spec.tls.check_upstream(up_writer.get_extra_info("ssl_object"))
+            except (OSError, TimeoutError, ssl.SSLError, LinkRefused) as exc:
                 _log.warning(
                     "WAN proxy %s: cannot reach upstream %s:%s: %s",
                     spec.name,

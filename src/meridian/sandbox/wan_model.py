@@ -9,9 +9,12 @@ import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal, get_args
+from typing import TYPE_CHECKING, Final, Literal, get_args
 
 from meridian.core.errors import FieldViolation, InvalidArgumentError
+
+if TYPE_CHECKING:
+    from meridian.sandbox.wan_tls import ProxyTls
 
 MAX_LATENCY_MS: Final = 60_000.0
 """Largest one-way latency :class:`LatencyMatrix` accepts, in milliseconds."""
@@ -286,3 +289,5 @@ class ProxySpec:
     listen_host: str = "127.0.0.1"
     #: Remove address gossip from NATS INFO messages (see meridian.sandbox.gossip).
     strip_gossip: bool = False
+    #: Terminate mutual TLS on both sides (meridian.sandbox.wan_tls); None: plain TCP.
+    tls: ProxyTls | None = None

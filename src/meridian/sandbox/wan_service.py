@@ -7,12 +7,31 @@ import asyncio
 import logging
 import signal
 
-from meridian.backbone.topology import wan_proxies
+from meridian.backbone.topology import ProxyTarget, wan_proxies
 from meridian.config import MeridianConfig
 from meridian.sandbox.wan import LatencyMatrix, ProxySpec, WanEmulator
 from meridian.sandbox.wan_control import WanControlServer
+from meridian.sandbox.wan_tls import ProxyTls
+from meridian.security.model import Identity, Kind
+from meridian.security.tls import TlsFiles
 
 log = logging.getLogger(__name__)
+
+
+def _link_tls(config: MeridianConfig, target: ProxyTarget) -> ProxyTls | None:
+    """Mutual TLS on a link when the sandbox runs it (sandbox/wan_tls.py)."""
+    if not config.security.tls:
+        return None
+    td = config.security.trust_domain
+
+    def files(server: str) -> TlsFiles:
+        return TlsFiles.in_folder(config.identity_dir(f"nats-{server}"))
+
+    return ProxyTls(
+        upstream=Identity(td, Kind.NATS, target.upstream_server),
+        upstream_files=files(target.upstream_server),
+        sources={Identity(td, Kind.NATS, s).uri: files(s) for s in target.source_servers},
+    )
 
 
 def build_emulator(config: MeridianConfig) -> WanEmulator:
@@ -31,6 +50,7 @@ def build_emulator(config: MeridianConfig) -> WanEmulator:
             upstream_host="127.0.0.1",
             upstream_port=p.upstream_port,
             strip_gossip=True,
+            tls=_link_tls(config, p),
         )
         for p in wan_proxies(config)
     ]

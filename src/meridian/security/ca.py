@@ -48,6 +48,7 @@ from meridian.core.errors import FieldViolation, InvalidArgumentError, NotFoundE
 from meridian.security.model import (
     DEFAULT_LEAF_LIFETIME_S,
     DEFAULT_ROOT_LIFETIME_S,
+    NATS_SERVER_CN,
     Identity,
     Kind,
     Validity,
@@ -80,6 +81,13 @@ class Leaf:
     serial: int
     dns_names: tuple[str, ...]
     ip_addresses: tuple[str, ...]
+    common_name: str = ""
+
+
+def common_name(identity: Identity) -> str:
+    """The subject CN the CA gives ``identity``'s leaves: its slug, or the one
+    name every NATS server shares (``NATS_SERVER_CN``, see security.model)."""
+    return NATS_SERVER_CN if identity.kind is Kind.NATS else identity.slug
 
 
 @dataclass(frozen=True)
@@ -349,7 +357,7 @@ class CertificateAuthority:
                 x509.Name(
                     [
                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Meridian"),
-                        x509.NameAttribute(NameOID.COMMON_NAME, identity.slug),
+                        x509.NameAttribute(NameOID.COMMON_NAME, common_name(identity)),
                     ]
                 )
             )
@@ -399,6 +407,9 @@ class CertificateAuthority:
             serial=cert.serial_number,
             dns_names=tuple(san.get_values_for_type(x509.DNSName)),
             ip_addresses=tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress)),
+            common_name=",".join(
+                str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+            ),
         )
 
     def ensure(
@@ -410,9 +421,9 @@ class CertificateAuthority:
         ip_addresses: Sequence[str] = (),
         now: float | None = None,
     ) -> Leaf:
-        """The leaf of ``identity`` as asked: the one on disk if it has these SANs
-        and this lifetime, comes from the current root and is not yet due for
-        renewal; else a new one."""
+        """The leaf of ``identity`` as asked: the one on disk if it has these SANs,
+        this lifetime and the subject the CA gives now, comes from the current
+        root and is not yet due for renewal; else a new one."""
         now = time.time() if now is None else now
         try:
             leaf = self.leaf(identity)
@@ -424,6 +435,7 @@ class CertificateAuthority:
             or leaf.validity.state(now) != "ok"
             or _requested_lifetime(leaf) != lifetime_s
             or set(leaf.dns_names) != set(dns_names)
+            or leaf.common_name != common_name(identity)
             or set(leaf.ip_addresses) != {str(ipaddress.ip_address(ip)) for ip in ip_addresses}
         ):
             leaf = self.issue(

@@ -52,6 +52,15 @@ class Kind(StrEnum):
     OPERATOR = "operator"
 
 
+#: The subject common name of every NATS server's leaf. NATS maps a route's
+#: or a gateway's certificate to one user per cluster (``verify_and_map``),
+#: matched against a SAN or the subject; it cannot match a SPIFFE ID prefix,
+#: so servers share this subject (``CN=nats-server,O=Meridian``) while the
+#: URI SAN keeps each server's own identity. The CA gives it to no one else.
+NATS_SERVER_CN = "nats-server"
+NATS_SERVER_SUBJECT = f"CN={NATS_SERVER_CN},O=Meridian"
+
+
 @dataclass(frozen=True, order=True)
 class Identity:
     trust_domain: str
