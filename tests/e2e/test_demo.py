@@ -136,6 +136,13 @@ def test_quick_run_holds_every_invariant_and_leaves_nothing(built: None, tmp_pat
     assert report["failover"]["served_by"] in ("us-east", "ap-south", "eu-west")
     assert inv["read_models_converged"] is True and inv["convergence_s"] is not None
     assert all(c["ok"] for c in report["checks"]), report["checks"]
+    # Certificates rotated under load (every leaf lives 8 s in --quick) and no
+    # request failed before the fault.
+    rotation = report["rotation"]
+    assert rotation["renewals_before_fault"] > 0 and rotation["failed_before_fault"] == 0, rotation
+    assert {"agent-us-east", "gateway", "nats-global-eu-west", "service-orders"} <= set(
+        rotation["by_identity"]
+    ), rotation
     # The deliberate retries came back with the original order, marked as replays.
     replays = report["orders"]["replays"]
     assert replays["same_order"] == replays["sent"]

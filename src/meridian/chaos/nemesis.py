@@ -53,7 +53,7 @@ from meridian.config import GLOBAL_CLUSTER
 from meridian.sandbox.processes import ProcessRecord, spawn, stop
 from meridian.sandbox.supervisor import Sandbox
 from meridian.sandbox.wan_control import WanClient
-from meridian.security.pki import client_ssl
+from meridian.security.pki import client_tls
 
 #: How long PartitionByLeader waits for the stream to have a leader.
 LEADER_WAIT_S = 20.0
@@ -335,10 +335,11 @@ class ClockSkew:
             env=ctl.sandbox.env,
         )
         deadline = time.monotonic() + ctl.config.sandbox.ready_timeout_s
-        tls = client_ssl(ctl.config)  # read once, not on every poll
+        tls = client_tls(ctl.config)  # follows renewals; a stat of the files per poll
         while time.monotonic() < deadline:
             try:
-                await asyncio.to_thread(fetch_json, f"{region.http_url}/v1/status", 1.0, tls)
+                ctx = None if tls is None else tls.current()
+                await asyncio.to_thread(fetch_json, f"{region.http_url}/v1/status", 1.0, ctx)
                 return
             except (OSError, urllib.error.URLError, ValueError):
                 await asyncio.sleep(0.25)

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import signal
+import ssl
 import subprocess
 import time
 from collections.abc import Iterable
@@ -32,7 +33,7 @@ from meridian.config import MeridianConfig
 from meridian.core.errors import MeridianError
 from meridian.demo.options import DemoOptions
 from meridian.sandbox.processes import port_in_use
-from meridian.security.pki import client_ssl, ensure_identity
+from meridian.security.pki import client_tls, ensure_identity
 
 SERVICES = ("orders", "inventory")
 HEALTHY = "INSTANCE_HEALTH_HEALTHY"
@@ -191,10 +192,10 @@ class Fleet:
         want = {(svc, r) for svc in SERVICES for r in regions}
         started = time.monotonic()
         missing: dict[str, set[tuple[str, str]]] = {}
-        tls = client_ssl(self.config)
+        tls = client_tls(self.config)  # follows renewals: this may outlast a leaf
         async with aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=3),
-            connector=aiohttp.TCPConnector(ssl=tls if tls is not None else True),
+            connector=aiohttp.TCPConnector(force_close=True),
         ) as session:
             while time.monotonic() - started < timeout_s:
                 dead = [r for r in self.exited() if any(r.region == reg for _, reg in want)]
@@ -205,7 +206,9 @@ class Fleet:
                     )
                 missing = {}
                 for region in self.config.regions:
-                    seen = await _healthy_instances(session, region.http_url)
+                    seen = await _healthy_instances(
+                        session, region.http_url, True if tls is None else tls.current()
+                    )
                     lacking = want - seen
                     if lacking:
                         missing[region.name] = lacking
@@ -220,11 +223,13 @@ class Fleet:
 
 
 async def _healthy_instances(
-    session: aiohttp.ClientSession, agent_url: str
+    session: aiohttp.ClientSession, agent_url: str, tls: ssl.SSLContext | bool
 ) -> set[tuple[str, str]]:
     """(service, region) of every instance the agent's registry replica lists healthy."""
     try:
-        async with session.post(f"{agent_url}/v1/registry/list-instances", json={}) as resp:
+        async with session.post(
+            f"{agent_url}/v1/registry/list-instances", json={}, ssl=tls
+        ) as resp:
             if resp.status != 200:
                 return set()
             data: dict[str, Any] = await resp.json(content_type=None)

@@ -49,6 +49,9 @@ class DemoOptions:
     converge_timeout_s: float = 120.0
     #: How long clients keep re-sending requests whose outcome is unknown after the load.
     settle_timeout_s: float = 45.0
+    #: Lifetime of every certificate the run's sandbox issues: renewed at half
+    #: of it, so each identity's certificate rotates several times under load.
+    leaf_lifetime_s: float = 20.0
     keep: bool = False
     seed: int = 1
     workdir: Path = field(default_factory=lambda: Path(f".meridian/demo-{DEFAULT_BASE_PORT}"))
@@ -70,6 +73,7 @@ class DemoOptions:
             converge_timeout_s=90.0,
             settle_timeout_s=40.0,
             progress_every_s=3.0,
+            leaf_lifetime_s=8.0,
         )
         return replace(base, **overrides)  # type: ignore[arg-type]
 
@@ -106,6 +110,11 @@ class DemoOptions:
             "status_interval_s = 0.5",
             "peer_timeout_s = 1.0",
             "quorum_timeout_s = 2.0",
+            "",
+            "# Short-lived certificates: every identity's is renewed (at half its",
+            "# lifetime) several times while the shoppers shop; the report counts them.",
+            "[security]",
+            f"leaf_lifetime_s = {self.leaf_lifetime_s:g}",
             "",
             "[idempotency]",
             "# A command whose holder died (a killed region) may be taken over after 10 s.",

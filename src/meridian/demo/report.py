@@ -126,6 +126,7 @@ class Report:
     latency: dict[str, dict[str, Any]] = field(default_factory=dict)
     failover: dict[str, Any] = field(default_factory=dict)
     heal: dict[str, Any] = field(default_factory=dict)
+    rotation: dict[str, Any] = field(default_factory=dict)
     stock: list[dict[str, Any]] = field(default_factory=list)
     invariants: dict[str, Any] = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
@@ -156,6 +157,7 @@ class Report:
             "latency": self.latency,
             "failover": self.failover,
             "heal": self.heal,
+            "rotation": self.rotation,
             "stock": self.stock,
             "invariants": self.invariants,
             "checks": [c.to_json() for c in self.checks],
@@ -229,6 +231,14 @@ class Report:
                     if back is not None
                     else ""
                 )
+            )
+        if self.rotation:
+            rt = self.rotation
+            lines.append(
+                f"  rotation  {rt['renewals']} certificate renewals of {rt['identities']} "
+                f"identities during the load ({rt['leaf_lifetime_s']:g} s leaves, renewed at "
+                f"half-life), {rt['renewals_before_fault']} before the fault; "
+                f"{rt['failed_before_fault']} requests failed before the fault"
             )
         if self.stock:
             lines.append("  stock     sku: seeded / sold (live orders) / available / reserved")

@@ -44,7 +44,7 @@ import aiohttp
 
 from meridian.config import MeridianConfig, load_config
 from meridian.core.errors import MeridianError
-from meridian.demo import audit, leftovers, report, verdict
+from meridian.demo import audit, leftovers, report, rotation, verdict
 from meridian.demo.binaries import inventory_binary, orders_binary, require
 from meridian.demo.fleet import Binaries, Fleet, Service
 from meridian.demo.options import DemoOptions
@@ -68,6 +68,8 @@ class DemoRun:
         self.say = say
         self.t0 = time.monotonic()
         self.report = Report(options=_options_json(opts))
+        #: (seconds of load, identity) of each certificate renewed during the load.
+        self.renewals: list[tuple[float, str]] = []
         self.interrupted_by: signal.Signals | None = None
         self.config: MeridianConfig | None = None
         self.sandbox: Sandbox | None = None
@@ -185,6 +187,7 @@ class DemoRun:
             settled=settled,
             converged=converged,
             snapshots=snapshots,
+            renewals=self.renewals if config.security.tls else None,
         )
         await asyncio.to_thread(_write_exchanges, shop, opts.workdir / "exchanges.jsonl")
         await asyncio.to_thread(
@@ -267,6 +270,12 @@ class DemoRun:
             f"{opts.duration_s:g} s; {opts.kill_region} is killed at +{kill_at:.0f} s",
         )
         stop = asyncio.Event()
+        assert self.config is not None
+        watch = rotation.RenewalWatch(self.config.ca_path / "identities", shop.now)
+        self.renewals = watch.renewals
+        watching = (
+            asyncio.create_task(watch.run(), name="renewals") if self.config.security.tls else None
+        )
         async with asyncio.TaskGroup() as tg:
             tg.create_task(shop.run(opts.clients_per_region, stop))
             tg.create_task(self._progress(shop, stop))
@@ -279,6 +288,8 @@ class DemoRun:
             finally:
                 stop.set()
             self.phase("load", f"stopping after {shop.now():.1f} s; clients finish what they sent")
+        if watching is not None:
+            await _cancel(watching)
         self.phase("load", f"stopped after {shop.now():.1f} s: {len(shop.exchanges)} requests")
 
     async def _fault(self, shop: Shop) -> float:

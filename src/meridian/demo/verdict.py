@@ -10,9 +10,10 @@ per invariant (see :mod:`meridian.demo.audit` for what each one means).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
-from meridian.demo import audit, report
+from meridian.demo import audit, report, rotation
 from meridian.demo.options import DemoOptions
 from meridian.demo.report import Check, Report
 from meridian.demo.shop import Shop
@@ -32,8 +33,10 @@ def conclude(
     settled: int,
     converged: float | None,
     snapshots: list[Snapshot],
+    renewals: Sequence[tuple[float, str]] | None = None,
 ) -> None:
-    """Fill ``rep`` from the finished run."""
+    """Fill ``rep`` from the finished run; ``renewals`` are the certificates
+    renewed during the load (None: the run had no TLS)."""
     requests = list(shop.orders.values())
     rep.load = {
         "seconds": round(load_s, 3),
@@ -109,6 +112,12 @@ def conclude(
         "stored_orders": len(state.orders),
     }
     sold = sum(s.sold for s in lines)
+    checks: list[Check] = []
+    if renewals is not None:
+        rep.rotation = rotation.summary(
+            renewals, shop.exchanges, rep.failover.get("killed_at_s"), opts.leaf_lifetime_s
+        )
+        checks.append(_rotation_check(rep.rotation))
     rep.checks = [
         Check(
             "orders accepted",
@@ -177,6 +186,7 @@ def conclude(
             converged,
         ),
     ]
+    rep.checks += checks
 
 
 def agreed_since(snapshots: list[Snapshot], want: str) -> float | None:
@@ -195,3 +205,24 @@ def model_summary(model: dict[str, Any]) -> str:
     if "error" in model and "count" not in model:
         return f"unreachable ({model['error']})"
     return f"{model.get('count')} orders {model.get('by_status', {})}"
+
+
+def _rotation_check(r: dict[str, Any]) -> Check:
+    """Rotation under load: certificates were renewed before the fault, and no
+    request failed in that time (when nothing but rotation disturbed the run)."""
+    ok = r["renewals_before_fault"] > 0 and r["failed_before_fault"] == 0
+    if r["renewals_before_fault"] == 0:
+        detail = "no certificate was renewed before the fault: rotation was not exercised"
+    elif r["failed_before_fault"]:
+        errors = ", ".join(f"{k} {v}" for k, v in sorted(r["failed_errors"].items()))
+        detail = (
+            f"{r['failed_before_fault']} request(s) failed before the fault while "
+            f"{r['renewals_before_fault']} certificates were renewed ({errors})"
+        )
+    else:
+        detail = (
+            f"{r['renewals_before_fault']} renewals of {r['identities_before_fault']} "
+            f"certificates before the fault ({r['renewals']} in all, "
+            f"{r['leaf_lifetime_s']:g} s leaves), no request failed before it"
+        )
+    return Check("certificate rotation", ok, detail, r["failed_before_fault"])

@@ -44,7 +44,8 @@ from meridian.sandbox.processes import (
     wait_ports_free,
 )
 from meridian.security.model import Kind
-from meridian.security.pki import client_ssl, ensure_sandbox, sandbox_ca
+from meridian.security.pki import client_tls, ensure_sandbox, sandbox_ca
+from meridian.security.tls import ClientTls
 
 Say = Callable[[str], None]
 
@@ -159,11 +160,15 @@ class Sandbox:
         return victims
 
     @functools.cached_property
+    def _tools_tls(self) -> ClientTls | None:
+        """The CLI's identity for the agents' and gateway's HTTPS ports, after
+        up() has issued it; it follows the files, so polling goes on working
+        past a leaf's lifetime."""
+        return client_tls(self.config)
+
+    @property
     def _tools_ssl(self) -> ssl.SSLContext | None:
-        """The CLI's identity for the agents' and gateway's HTTPS ports, loaded
-        once (readiness and status poll them many times), after up() has
-        issued it."""
-        return client_ssl(self.config)
+        return None if self._tools_tls is None else self._tools_tls.current()
 
     def renew_certificates(self) -> list[str]:
         """Re-issue every leaf that is due (or on an old root) and make the

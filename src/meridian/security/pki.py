@@ -19,7 +19,7 @@ from meridian.config import MeridianConfig
 from meridian.core.errors import ConfigError, FieldViolation
 from meridian.security.ca import CertificateAuthority
 from meridian.security.model import Identity, Kind
-from meridian.security.tls import TlsFiles, client_context
+from meridian.security.tls import ClientTls, TlsFiles, client_context
 
 
 def sandbox_ca(config: MeridianConfig) -> CertificateAuthority:
@@ -129,6 +129,17 @@ def client_ssl(config: MeridianConfig) -> ssl.SSLContext | None:
             ),
             config.source,
         ) from exc
+
+
+def client_tls(config: MeridianConfig) -> ClientTls | None:
+    """Like :func:`client_ssl`, but following the files: call ``current()``
+    for each new connection, so a tool that polls for longer than a leaf
+    lives keeps presenting a valid certificate."""
+    files = client_files(config)
+    if files is None:
+        return None
+    client_ssl(config)  # the same clear error when the files can't be read
+    return ClientTls(files)
 
 
 def front_door_ssl(config: MeridianConfig) -> ssl.SSLContext | None:
