@@ -29,14 +29,11 @@ import grpc
 
 from meridian._pb.meridian.v1 import (
     events_pb2,
-    events_pb2_grpc,
     idempotency_pb2,
-    idempotency_pb2_grpc,
     invocation_pb2,
-    invocation_pb2_grpc,
     state_pb2,
-    state_pb2_grpc,
 )
+from meridian.client_channel import FollowedChannel
 from meridian.client_types import (
     _KINDS,
     _OUTCOMES,
@@ -68,7 +65,7 @@ from meridian.core.errors import (
     MeridianError,
 )
 from meridian.idempotency import StoredResponse
-from meridian.security.tls import TlsFiles, grpc_channel_credentials
+from meridian.security.tls import TlsFiles
 from meridian.subscription import Subscription
 
 T = TypeVar("T")
@@ -109,18 +106,18 @@ class MeridianClient:
             ("grpc.max_receive_message_length", 10 << 20),
             ("grpc.max_send_message_length", 10 << 20),
         ]
-        if tls is None:
-            self._channel = grpc.aio.insecure_channel(target, options=options)
-        else:
-            files = tls if isinstance(tls, TlsFiles) else TlsFiles.in_folder(tls)
-            self._channel = grpc.aio.secure_channel(
-                target, grpc_channel_credentials(files), options=options
-            )
-        self._state = state_pb2_grpc.StateServiceStub(self._channel)  # type: ignore[no-untyped-call]
-        self._idem = idempotency_pb2_grpc.IdempotencyServiceStub(self._channel)  # type: ignore[no-untyped-call]
-        self._events = events_pb2_grpc.EventServiceStub(self._channel)  # type: ignore[no-untyped-call]
-        self._registry = invocation_pb2_grpc.RegistryServiceStub(self._channel)  # type: ignore[no-untyped-call]
-        self._invocation = invocation_pb2_grpc.InvocationServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        files = (
+            None if tls is None else tls if isinstance(tls, TlsFiles) else TlsFiles.in_folder(tls)
+        )
+        #: The channel follows the certificate files (meridian.client_channel).
+        self.channels = FollowedChannel(target, options, files)
+
+    # The service stubs of the channel for the next call.
+    _state = property(lambda self: self.channels.stubs().state)
+    _idem = property(lambda self: self.channels.stubs().idem)
+    _events = property(lambda self: self.channels.stubs().events)
+    _registry = property(lambda self: self.channels.stubs().registry)
+    _invocation = property(lambda self: self.channels.stubs().invocation)
 
     async def _call(self, fn: Callable[..., Awaitable[T]], request: Any) -> T:
         try:
@@ -552,7 +549,7 @@ class MeridianClient:
         return await self._call(self._invocation.Invoke, request)
 
     async def aclose(self) -> None:
-        await self._channel.close()
+        await self.channels.close()
 
     async def __aenter__(self) -> MeridianClient:
         return self

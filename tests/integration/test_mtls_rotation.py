@@ -12,14 +12,17 @@ from pathlib import Path
 
 import aiohttp
 import grpc
+import pytest
 
 from meridian._pb.meridian.v1 import health_pb2, health_pb2_grpc
+from meridian.client import MeridianClient
 from meridian.config import MeridianConfig
 from meridian.security.ca import CertificateAuthority
 from meridian.security.model import Identity, Kind
 from meridian.security.pki import ensure_sandbox, sandbox_ca
 from meridian.security.tls import ClientTls, TlsFiles, grpc_channel_credentials
 from meridian.testing.nats_server import NatsCluster
+from tests.conftest import eventually
 from tests.integration.harness import agent_config, running_agent, served_serial
 
 TD = "meridian.local"
@@ -128,3 +131,39 @@ async def test_no_call_fails_while_leaves_and_the_root_rotate(tmp_path: Path) ->
         assert len(serials) >= 5, serials
         # And the old root is gone from the bundle the agent trusts now.
         assert len(ca.roots()) == 1
+
+
+async def test_the_python_client_presents_its_renewed_certificate_after_a_reconnect(
+    tmp_path: Path,
+) -> None:
+    """A long-lived MeridianClient whose leaf expires while the agent is away:
+    once the agent is back, it reconnects with the renewed leaf. A channel
+    that kept the old credentials is refused (the check can fail)."""
+    with NatsCluster("us-east") as cluster:
+        config = agent_config(cluster, ca_dir=tmp_path / "ca")
+        ensure_sandbox(config)
+        ca = sandbox_ca(config)
+        first = ca.issue(OPERATOR, lifetime_s=LEAF_S)
+        assert config.client_tls_dir is not None
+        files = TlsFiles.in_folder(config.client_tls_dir)
+        stale = grpc_channel_credentials(files)  # what a client that never reloads holds
+        address = config.region("us-east").grpc_address
+        async with MeridianClient(address, tls=files) as client:
+            async with running_agent(config) as agent:
+                await asyncio.wait_for(agent.registry.wait_serving(), 120)
+                assert await client.list_instances("nobody") == []
+            renewed = ca.issue(OPERATOR, lifetime_s=60)
+            await asyncio.sleep(max(0.0, first.validity.not_after - time.time()) + 0.5)
+            async with running_agent(config) as agent:
+                await asyncio.wait_for(agent.registry.wait_serving(), 120)
+                got = await eventually(
+                    lambda: client.list_instances("nobody"), lambda r: r == [], what="a call"
+                )
+                assert got == []
+                assert client.channels.reloads >= 1
+                # The old credentials, on a new connection, are refused:
+                async with grpc.aio.secure_channel(address, stale) as channel:
+                    stub = health_pb2_grpc.HealthServiceStub(channel)  # type: ignore[no-untyped-call]
+                    with pytest.raises(grpc.aio.AioRpcError):
+                        await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert renewed.serial != first.serial

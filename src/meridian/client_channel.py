@@ -1,0 +1,122 @@
+"""The Python client's gRPC channel, following its certificate files.
+
+gRPC Python fixes a channel's client certificate when the channel is made
+(there are no reloading channel credentials, unlike the server side), so a
+long-lived client would keep presenting a certificate that expires. With TLS
+files, :class:`FollowedChannel` looks at them at most once a second; when they
+changed (a renewal, a new root in the bundle) and load as a matching pair, later
+calls go through a new channel, which shakes hands with the new certificate.
+Calls already running, watches and subscriptions included, keep their channel:
+retired channels stay open until the client closes, except that beyond
+``KEEP_RETIRED`` rotations the oldest is closed (after a grace for its calls).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from meridian._pb.meridian.v1 import (
+    events_pb2_grpc,
+    idempotency_pb2_grpc,
+    invocation_pb2_grpc,
+    state_pb2_grpc,
+)
+from meridian.security.tls import TlsFiles, grpc_channel_credentials
+
+#: How often the files are looked at (three stat calls).
+CHECK_EVERY_S = 1.0
+#: Retired channels kept open for the calls they carry.
+KEEP_RETIRED = 4
+#: How long the oldest retired channel's calls may still run once it is closed.
+CLOSE_GRACE_S = 30.0
+
+
+def _loads(files: TlsFiles) -> bool:
+    """Whether the files load as a certificate with its own key and a bundle
+    (a renewal caught half-way, new key but old certificate, does not)."""
+    try:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_cert_chain(files.cert, files.key)
+        ctx.load_verify_locations(cafile=files.bundle)
+    except (OSError, ssl.SSLError, ValueError):
+        return False
+    return True
+
+
+class Stubs:
+    """The service stubs of one channel."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+        self.state = state_pb2_grpc.StateServiceStub(channel)  # type: ignore[no-untyped-call]
+        self.idem = idempotency_pb2_grpc.IdempotencyServiceStub(channel)  # type: ignore[no-untyped-call]
+        self.events = events_pb2_grpc.EventServiceStub(channel)  # type: ignore[no-untyped-call]
+        self.registry = invocation_pb2_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
+        self.invocation = invocation_pb2_grpc.InvocationServiceStub(channel)  # type: ignore[no-untyped-call]
+
+
+class FollowedChannel:
+    """``current()`` is the channel for the next call; ``stubs()`` its stubs."""
+
+    def __init__(
+        self, target: str, options: Sequence[tuple[str, Any]], files: TlsFiles | None
+    ) -> None:
+        self.target = target
+        self.options = list(options)
+        self.files = files
+        self.reloads = 0
+        self._stamp = files.stamp() if files is not None else None
+        self._checked = time.monotonic()
+        self._channel = self._open()
+        self._stubs = Stubs(self._channel)
+        self._retired: list[grpc.aio.Channel] = []
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def _open(self) -> grpc.aio.Channel:
+        if self.files is None:
+            return grpc.aio.insecure_channel(self.target, options=self.options)
+        return grpc.aio.secure_channel(
+            self.target, grpc_channel_credentials(self.files), options=self.options
+        )
+
+    def current(self) -> grpc.aio.Channel:
+        files = self.files
+        now = time.monotonic()
+        if files is None or now - self._checked < CHECK_EVERY_S:
+            return self._channel
+        self._checked = now
+        try:
+            stamp = files.stamp()
+        except OSError:
+            return self._channel  # files being replaced: keep the last good channel
+        if stamp == self._stamp or not _loads(files):
+            return self._channel
+        self._stamp = stamp
+        self._retired.append(self._channel)
+        self._channel = self._open()
+        self.reloads += 1
+        if len(self._retired) > KEEP_RETIRED:
+            oldest = self._retired.pop(0)
+            task = asyncio.get_running_loop().create_task(oldest.close(CLOSE_GRACE_S))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        return self._channel
+
+    def stubs(self) -> Stubs:
+        channel = self.current()
+        if self._stubs.channel is not channel:
+            self._stubs = Stubs(channel)
+        return self._stubs
+
+    async def close(self) -> None:
+        for channel in [*self._retired, self._channel]:
+            await channel.close()
+        for task in list(self._closing):
+            task.cancel()
+        self._retired.clear()
