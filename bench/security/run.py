@@ -20,6 +20,15 @@ Figure 3, EVENTUAL Get throughput: closed-loop gRPC Gets of one key by the Go
 load generator, alternating in rounds between the plaintext agent and the mTLS
 agent; per round the mTLS rate over the plaintext one, median and spread.
 Goal: at least 0.9.
+
+Figure 4, strong writes with NATS TLS: a second sandbox of the same tree with
+mutual TLS everywhere (agents, NATS client ports, routes and gateways) runs
+beside the plaintext one, on ``--tls-base-port``. Closed-loop gRPC Puts to the
+``global`` keyspace (each a quorum write across the WAN), alternating in rounds
+between the two sandboxes' us-east agents; per round the TLS rate over the
+plaintext one. Goal: at least 0.95. The TLS sandbox's WAN emulator terminates
+and re-originates each route's and gateway's TLS in Python (sandbox/wan_tls.py),
+a cost a real supercluster does not have, so the figure is a lower bound.
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ from bench.invoke.run import PAYLOAD, Service, overhead_rounds
 from bench.state import native
 from bench.state.agent import READ_KEY, VALUE
 from bench.state.report import Report, Row
-from bench.state.sandbox import BenchSandbox
+from bench.state.sandbox import REGIONS, BenchSandbox
 from bench.state.stats import Summary
 from meridian.client import MeridianClient
 from meridian.config import MeridianConfig, load_config
@@ -55,13 +64,14 @@ REGION = "us-east"
 
 @dataclass(frozen=True)
 class Settings:
-    figures: frozenset[str] = frozenset({"1", "2", "3"})
+    figures: frozenset[str] = frozenset({"1", "2", "3", "4"})
     rate: float = 500.0
     duration_s: float = 8.0
     warmup_s: float = 2.0
     rounds: int = 5
     handshakes: int = 200
     concurrency: int = 32
+    tls_base_port: int = 26000
 
 
 class MtlsAgent:
@@ -270,10 +280,104 @@ async def figure3(sb: BenchSandbox, agent: MtlsAgent, s: Settings) -> list[Row]:
     ]  # fmt: skip
 
 
+# -- figure 4 ------------------------------------------------------------------
+
+
+class TlsSandbox(BenchSandbox):
+    """The bench sandbox with mutual TLS everywhere, on ports of its own."""
+
+    def __init__(self, base_port: int) -> None:
+        super().__init__(base_port)
+        text = self.config_path.read_text().replace('mode = "insecure"', 'mode = "mtls"')
+        self.config_path.write_text(text)
+        self.config = load_config(self.config_path, env={})
+        assert self.config.security.tls and self.config.client_tls_dir is not None
+        self.operator = self.config.client_tls_dir
+
+
+async def figure4(sb: BenchSandbox, s: Settings) -> list[Row]:
+    tls = TlsSandbox(s.tls_base_port)
+    print(f"  bringing up the TLS sandbox (config {tls.config_path}) ...", flush=True)
+    await asyncio.to_thread(tls.up)
+    try:
+        binary = await asyncio.to_thread(native.build, sb.root)
+        targets = {
+            "plaintext": (sb.region(REGION).grpc_address, None, sb.pids()),
+            "tls": (tls.region(REGION).grpc_address, tls.operator, tls.pids()),
+        }
+        # CPU per write of the agent, the servers of the global cluster and the
+        # WAN emulator (which terminates TLS on the TLS sandbox's links).
+        watched = (f"agent:{REGION}", "wan", *(f"nats:global-{r}" for r in REGIONS))
+        cpu: dict[str, dict[str, list[float]]] = {"plaintext": {}, "tls": {}}
+        rates: dict[str, list[float]] = {"plaintext": [], "tls": []}
+        p50: dict[str, list[float]] = {"plaintext": [], "tls": []}
+        ratios: list[float] = []
+        errors = 0
+        for r in range(s.rounds):
+            order = ["plaintext", "tls"] if r % 2 == 0 else ["tls", "plaintext"]
+            got: dict[str, float] = {}
+            for name in order:
+                target, tls_dir, pids = targets[name]
+                res = await native.closed_loop(
+                    binary,
+                    name,
+                    mode="grpc-put",
+                    target=target,
+                    keyspace=sb.keyspace.name,
+                    key=f"w{r}",
+                    value=b"v" * 64,
+                    concurrency=s.concurrency,
+                    connections=2,
+                    warmup_s=s.warmup_s,
+                    duration_s=s.duration_s,
+                    pids={w: pids[w] for w in watched},
+                    tls_dir=tls_dir,
+                )
+                if res.errors:
+                    errors += res.errors
+                    print(f"  {name}: {res.errors} errors, first: {res.first_error}", flush=True)
+                got[name] = res.rate
+                rates[name].append(res.rate)
+                for w, used in res.cpu.processes.items():
+                    if used is not None and res.ops:
+                        cpu[name].setdefault(w, []).append(used / res.ops * 1e6)
+                p50[name].append(Summary.of([x * 1000 for x in res.latencies_s]).median)
+            ratios.append(got["tls"] / got["plaintext"])
+            print(
+                f"  round {r + 1}: plaintext {got['plaintext']:.0f}/s, TLS {got['tls']:.0f}/s "
+                f"(x{ratios[-1]:.3f})",
+                flush=True,
+            )
+    finally:
+        problem = await asyncio.to_thread(tls.down)
+        if problem:
+            print(f"  the TLS sandbox: {problem}", flush=True)
+    ratio = Summary.of(ratios)
+    plain, secured = Summary.of(rates["plaintext"]), Summary.of(rates["tls"])
+    cpu_us = {
+        name: {w: round(Summary.of(v).median) for w, v in per.items()} for name, per in cpu.items()
+    }
+    print(f"  CPU µs per write (medians): {cpu_us}", flush=True)
+    return [
+        Row("4", "strong Put throughput, TLS on every NATS link / plaintext (per round)", "x",
+            ratio, baseline_name="plaintext sandbox", baseline_median=plain.median,
+            goal="≥ 0.95", met=ratio.median >= 0.95,
+            note=f"{s.rounds} rounds of {s.duration_s:g} s, {s.concurrency} callers on 2 gRPC "
+                 f"connections to us-east, global keyspace (quorum writes); plaintext "
+                 f"{plain.median:.0f}/s, TLS {secured.median:.0f}/s (medians); p50 "
+                 f"{Summary.of(p50['plaintext']).median:.1f} / {Summary.of(p50['tls']).median:.1f}"
+                 f" ms; {errors} errors",
+            extra={"plaintext_per_s": rates["plaintext"], "tls_per_s": rates["tls"],
+                   "plaintext_p50_ms": p50["plaintext"], "tls_p50_ms": p50["tls"],
+                   "cpu_us_per_write": cpu_us}),
+    ]  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench.security", description=__doc__.split("\n\n")[0])
     p.add_argument("--base-port", type=int, default=29000)
-    p.add_argument("--figures", default="1,2,3", help="comma-separated: 1, 2, 3")
+    p.add_argument("--figures", default="1,2,3,4", help="comma-separated: 1, 2, 3, 4")
+    p.add_argument("--tls-base-port", type=int, default=Settings.tls_base_port)
     p.add_argument("--rounds", type=int, default=Settings.rounds)
     p.add_argument("--rate", type=float, default=Settings.rate)
     p.add_argument("--duration", type=float, default=Settings.duration_s)
@@ -286,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         duration_s=3.0 if args.quick else args.duration,
         rounds=2 if args.quick else args.rounds,
         handshakes=50 if args.quick else Settings.handshakes,
+        tls_base_port=args.tls_base_port,
     )
 
     async def measure(sb: BenchSandbox, report: Report) -> None:
@@ -305,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
                 report.rows += await figure3(sb, agent, s)
         finally:
             agent.stop()
+        if "4" in s.figures:
+            print("figure 4: strong writes, TLS on every NATS link against plaintext ...")
+            report.rows += await figure4(sb, s)
 
     out: Path = RESULTS / f"security-{stamp()}.json"
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
