@@ -304,6 +304,7 @@ class Agent:
             replicas=config.agent.regional_replicas,
             timeout_s=config.agent.quorum_timeout_s,
             metrics=self.metrics,
+            endpoints=config.endpoint_policy,
         )
         self.invoker = Invoker(
             self.conn,

@@ -25,6 +25,7 @@ from nats.js import api
 from meridian._pb.meridian.v1 import events_pb2 as pb
 from meridian.backbone.connection import reraise_if_cancelling
 from meridian.backbone.lifecycle import Background
+from meridian.backbone.resolve import CheckedResolver
 from meridian.core.calls import CALLER
 from meridian.core.endpoints import SANDBOX, EndpointPolicy
 from meridian.core.errors import FieldViolation, InvalidArgumentError, UnavailableError
@@ -65,7 +66,9 @@ class PushDeliveries(Background):
     # -- lifecycle --------------------------------------------------------
 
     async def run(self) -> None:
-        async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as tg:
+        # Push endpoints' names are checked again when dialled (backbone/resolve.py).
+        connector = aiohttp.TCPConnector(resolver=CheckedResolver(self.endpoints, "endpoint"))
+        async with aiohttp.ClientSession(connector=connector) as session, asyncio.TaskGroup() as tg:
             self._session, self._group = session, tg
             while True:
                 try:

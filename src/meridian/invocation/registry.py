@@ -38,7 +38,9 @@ from meridian.backbone.connection import (
     ensure_until_done,
 )
 from meridian.backbone.lifecycle import Background
+from meridian.backbone.resolve import CheckedResolver
 from meridian.config.model import InvocationConfig
+from meridian.core.endpoints import SANDBOX, EndpointPolicy
 from meridian.core.errors import NotFoundError, PermissionDeniedError, ResourceExhaustedError
 from meridian.invocation.model import InstanceView, Registration, RegistryReplica
 from meridian.invocation.registry_store import RegistryStreams
@@ -112,7 +114,9 @@ class RegistryComponent(Background):
         replicas: int,
         timeout_s: float,
         metrics: AgentMetrics,
+        endpoints: EndpointPolicy = SANDBOX,
     ) -> None:
+        """``endpoints``: the policy instance addresses must meet when dialled."""
         super().__init__()
         self.config = config
         self.region = region
@@ -131,7 +135,7 @@ class RegistryComponent(Background):
         self._suspects: dict[str, float] = {}
         self._session: aiohttp.ClientSession | None = None
         #: Connections to this region's instances, for health checks and calls.
-        self.upstream = Upstream(region, config)
+        self.upstream = Upstream(region, config, endpoints)
         self._announce_now = asyncio.Event()
         #: service -> (when, instances): the router's view, briefly cached.
         self._views: dict[str, tuple[float, list[InstanceView]]] = {}
@@ -142,7 +146,9 @@ class RegistryComponent(Background):
     async def __aenter__(self) -> Self:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.config.health_timeout_s),
-            connector=aiohttp.TCPConnector(limit=0, force_close=True),
+            connector=aiohttp.TCPConnector(
+                limit=0, force_close=True, resolver=CheckedResolver(self.upstream.endpoints)
+            ),
         )
         return await super().__aenter__()
 
@@ -428,7 +434,7 @@ class RegistryComponent(Background):
             return False, f"GET {reg.health_path} answered {resp.status}"
 
     async def _check_grpc(self, reg: Registration) -> tuple[bool, str]:
-        stub = health_pb2_grpc.HealthStub(self.upstream.channel(reg.endpoint))
+        stub = health_pb2_grpc.HealthStub(await self.upstream.channel(reg.endpoint))
         resp = await stub.Check(
             health_pb2.HealthCheckRequest(service=reg.grpc_health_service),
             timeout=self.config.health_timeout_s,

@@ -36,6 +36,8 @@ from typing import cast
 
 import httptools
 
+from meridian.backbone.resolve import checked_addresses
+from meridian.core.endpoints import SANDBOX, EndpointPolicy
 from meridian.invocation.calls import HOP_BY_HOP
 
 MAX_HEADERS = 100
@@ -237,8 +239,11 @@ def _expire(waiter: asyncio.Future[InstanceResponse]) -> None:
 class InstanceConnections:
     """Keep-alive HTTP/1.1 connections to instances, pooled per endpoint."""
 
-    def __init__(self, *, keepalive_s: float = 30.0) -> None:
+    def __init__(self, *, keepalive_s: float = 30.0, endpoints: EndpointPolicy = SANDBOX) -> None:
+        """``endpoints``: the policy every resolved address must meet (the one
+        registration checked the written endpoint against)."""
         self.keepalive_s = keepalive_s
+        self.endpoints = endpoints
         self._idle: dict[str, list[_Connection]] = {}
 
     async def request(
@@ -282,9 +287,19 @@ class InstanceConnections:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout_at(until):
-                _, conn = await loop.create_connection(
-                    lambda: _Connection(self, endpoint), host.strip("[]"), int(port)
-                )
+                # Dial the checked addresses, not the name again (backbone/resolve.py).
+                addresses = await checked_addresses(host, int(port), self.endpoints)
+                last: OSError | None = None
+                for address in addresses:
+                    try:
+                        _, conn = await loop.create_connection(
+                            lambda: _Connection(self, endpoint), address, int(port)
+                        )
+                        break
+                    except OSError as exc:
+                        last = exc
+                else:
+                    raise last or OSError(f"{host} resolves to no address")
         except TimeoutError:
             raise  # an OSError too, but the caller's deadline, not a refusal
         except (OSError, ValueError) as exc:

@@ -12,7 +12,9 @@ import time
 
 import grpc
 
+from meridian.backbone.resolve import checked_addresses
 from meridian.config.model import InvocationConfig
+from meridian.core.endpoints import SANDBOX, EndpointPolicy
 from meridian.core.errors import DeadlineExceededError
 from meridian.invocation.calls import AttemptFailed, Call, Reply
 from meridian.invocation.model import InstanceView
@@ -29,10 +31,15 @@ from meridian.invocation.upstreams.instance_http import (
 class Upstream:
     """The agent's connections to its region's instances."""
 
-    def __init__(self, region: str, config: InvocationConfig) -> None:
+    def __init__(
+        self, region: str, config: InvocationConfig, endpoints: EndpointPolicy = SANDBOX
+    ) -> None:
+        """``endpoints``: the policy every address an endpoint resolves to must
+        meet when the agent connects (backbone/resolve.py)."""
         self.region = region
         self.config = config
-        self._instances = InstanceConnections(keepalive_s=30.0)
+        self.endpoints = endpoints
+        self._instances = InstanceConnections(keepalive_s=30.0, endpoints=endpoints)
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def close(self) -> None:
@@ -109,17 +116,33 @@ class Upstream:
             ) from None
         return Reply(body=resp.body, headers=resp.headers, status=resp.status)
 
-    def channel(self, endpoint: str) -> grpc.aio.Channel:
-        """The one gRPC channel to ``endpoint`` (health checks and calls share it)."""
+    async def channel(self, endpoint: str) -> grpc.aio.Channel:
+        """The one gRPC channel to ``endpoint`` (health checks and calls share
+        it), to the first address the endpoint resolved to when it was made;
+        EndpointRefused when one of them is one the policy forbids."""
         channel = self._channels.get(endpoint)
         if channel is None:
-            channel = self._channels[endpoint] = grpc.aio.insecure_channel(endpoint)
+            host, _, port = endpoint.rpartition(":")
+            address = (await checked_addresses(host, int(port), self.endpoints))[0]
+            target = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+            channel = self._channels.get(endpoint)  # another task may have made it meanwhile
+            if channel is None:
+                channel = self._channels[endpoint] = grpc.aio.insecure_channel(target)
         return channel
 
     async def _grpc(
         self, call: Call, deadline: float, view: InstanceView, now: float, until: float
     ) -> Reply:
-        method = self.channel(view.endpoint).unary_unary(call.route)
+        try:
+            channel = await self.channel(view.endpoint)
+        except OSError as exc:  # EndpointRefused, or the name does not resolve
+            raise AttemptFailed(
+                f"instance {view.instance_id} cannot be dialled ({exc})",
+                not_sent=True,
+                region=self.region,
+                instance_id=view.instance_id,
+            ) from None
+        method = channel.unary_unary(call.route)
         rpc = method(call.body, metadata=list(call.headers), timeout=until - now)
         try:
             body = await rpc
