@@ -235,6 +235,7 @@ async def figure3(sb: BenchSandbox, agent: MtlsAgent, s: Settings) -> list[Row]:
         "mtls": (agent.grpc_address, agent.operator.cert.parent, agent.proc.pid),
     }
     rates: dict[str, list[float]] = {"plaintext": [], "mtls": []}
+    agent_us: dict[str, list[float]] = {"plaintext": [], "mtls": []}
     ratios: list[float] = []
     errors = 0
     for r in range(s.rounds):
@@ -261,6 +262,9 @@ async def figure3(sb: BenchSandbox, agent: MtlsAgent, s: Settings) -> list[Row]:
                 print(f"  {name}: {res.errors} errors, first: {res.first_error}", flush=True)
             got[name] = res.rate
             rates[name].append(res.rate)
+            used = res.cpu.processes.get("agent")
+            if used is not None and res.ops:
+                agent_us[name].append(used / res.ops * 1e6)
         ratios.append(got["mtls"] / got["plaintext"])
         print(
             f"  round {r + 1}: plaintext {got['plaintext']:.0f}/s, mTLS {got['mtls']:.0f}/s "
@@ -275,8 +279,11 @@ async def figure3(sb: BenchSandbox, agent: MtlsAgent, s: Settings) -> list[Row]:
             met=ratio.median >= 0.9,
             note=f"{s.rounds} rounds of {s.duration_s:g} s, {s.concurrency} callers on 2 gRPC "
                  f"connections (Go load generator); plaintext {plain.median:.0f}/s, mTLS "
-                 f"{mtls.median:.0f}/s (medians); {errors} errors",
-            extra={"plaintext_per_s": rates["plaintext"], "mtls_per_s": rates["mtls"]}),
+                 f"{mtls.median:.0f}/s (medians); agent CPU per Get "
+                 f"{Summary.of(agent_us['plaintext'] or [0]).median:.0f} / "
+                 f"{Summary.of(agent_us['mtls'] or [0]).median:.0f} µs; {errors} errors",
+            extra={"plaintext_per_s": rates["plaintext"], "mtls_per_s": rates["mtls"],
+                   "agent_cpu_us_per_get": agent_us}),
     ]  # fmt: skip
 
 
