@@ -215,16 +215,25 @@ async def test_a_reissued_server_certificate_is_served_to_new_connections(
         assert reloading.failures >= 1
 
 
-def test_a_refreshed_client_context_loads_new_files_into_the_same_context(
+def test_a_refreshed_client_context_follows_the_files_and_drops_old_roots(
     ca: CertificateAuthority,
 ) -> None:
     f = files(ca, ORDERS)
     refreshed = RefreshedClientContext(f)
-    kept = refreshed.context
-    assert refreshed.refresh() is False  # nothing changed
+    first = refreshed.context
+    assert refreshed.refresh() is False and refreshed.context is first  # nothing changed
     files(ca, ORDERS)  # re-issued: a new key and certificate
-    assert refreshed.refresh() is True
-    assert refreshed.context is kept  # the object a NATS connection holds
+    assert refreshed.refresh() is True and refreshed.context is not first
     f.key.write_bytes(b"half-written")  # mid-rotation: keep the last good files
-    assert refreshed.refresh() is False
+    kept = refreshed.context
+    assert refreshed.refresh() is False and refreshed.context is kept
     assert refreshed.failures == 1
+    # A root rotation: the new bundle has both roots, then only the new one.
+    files(ca, ORDERS)
+    ca.rotate()
+    ca.renew()
+    refreshed.refresh()
+    assert len(refreshed.context.get_ca_certs()) == 2
+    ca.finish_rotation()
+    refreshed.refresh()
+    assert len(refreshed.context.get_ca_certs()) == 1  # the dropped root is not trusted

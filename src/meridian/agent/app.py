@@ -410,7 +410,8 @@ class Agent:
             while self.nats_tls is not None:
                 await asyncio.sleep(NATS_TLS_REFRESH_S)
                 if self.nats_tls.refresh():
-                    log.info("reloaded the agent's certificate for NATS")
+                    self.conn.use_tls(self.nats_tls.context)
+                    log.info("reloaded the agent's certificate and bundle for NATS")
 
     async def _serve_until_stopped(self, stack: AsyncExitStack) -> bool:
         """Enter the components, report ready, and wait for a stop request.

@@ -160,6 +160,14 @@ class BackboneConnection:
         self._js: dict[float, JetStreamContext] = {}
         self._js_nc: Client | None = None
 
+    def use_tls(self, context: ssl.SSLContext) -> None:
+        """Handshake with ``context`` from the next (re)connect on: a renewed
+        certificate, a bundle that gained or lost a root. nats-py reads the
+        context from its options at every connect."""
+        self.tls = context
+        for nc in {id(c): c for c in (self._nc, self._js_nc) if c is not None}.values():
+            nc.options["tls"] = context
+
     async def connect(self) -> None:
         """Connect once; raise :class:`UnavailableError` naming the URLs on failure."""
 

@@ -307,20 +307,19 @@ class Callers:
 
 
 class RefreshedClientContext(_FollowsFiles):
-    """One client context, kept (a NATS connection reuses it for every
-    reconnect), whose certificate is loaded again into it when the files
-    change: :meth:`refresh`, called now and then, is enough for the next
-    handshake to present the new one. A new root in the bundle is added; a
-    dropped one stays trusted until a restart."""
+    """A client context for a connection that keeps one (a NATS connection
+    reuses its context for every reconnect). :meth:`refresh`, called now and
+    then, builds a new context when the files change; hand :attr:`context`
+    to the connection, so its next handshake presents the new certificate and
+    trusts exactly the new bundle (a root dropped after a rotation included)."""
 
     def __init__(self, files: TlsFiles) -> None:
-        self.context = client_context(files)
-        super().__init__(files, self._load_into)
+        super().__init__(files, client_context)
 
-    def _load_into(self, files: TlsFiles) -> ssl.SSLContext:
-        self.context.load_cert_chain(files.cert, files.key)
-        self.context.load_verify_locations(cafile=files.bundle)
-        return self.context
+    @property
+    def context(self) -> ssl.SSLContext:
+        """The context built from the files as they were at the last refresh."""
+        return self._current
 
     def refresh(self) -> bool:
         """Load the files into the context if they changed; True if it did."""
