@@ -41,6 +41,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -227,50 +228,91 @@ async def figure2(sb: BenchSandbox, agent: MtlsAgent, s: Settings) -> list[Row]:
 # -- figure 3 ------------------------------------------------------------------
 
 
-async def figure3(sb: BenchSandbox, agent: MtlsAgent, s: Settings) -> list[Row]:
-    binary = await asyncio.to_thread(native.build, sb.root)
-    plain_pid = sb.pids()[f"agent:{REGION}"]
-    targets = {
-        "plaintext": (sb.region(REGION).grpc_address, None, plain_pid),
-        "mtls": (agent.grpc_address, agent.operator.cert.parent, agent.proc.pid),
-    }
-    rates: dict[str, list[float]] = {"plaintext": [], "mtls": []}
-    agent_us: dict[str, list[float]] = {"plaintext": [], "mtls": []}
-    ratios: list[float] = []
-    errors = 0
+@dataclass
+class Rounds:
+    """Closed-loop load on a baseline and a measured target, alternating which
+    goes first each round: per target its rates, p50s (ms) and CPU µs per op
+    of each watched process; per round the measured rate over the baseline's."""
+
+    rates: dict[str, list[float]]
+    p50_ms: dict[str, list[float]]
+    cpu_us: dict[str, dict[str, list[float]]]
+    ratios: list[float]
+    errors: int = 0
+
+    def cpu_medians(self) -> dict[str, dict[str, int]]:
+        return {
+            name: {w: round(Summary.of(v).median) for w, v in per.items()}
+            for name, per in self.cpu_us.items()
+        }
+
+
+async def alternate(
+    binary: Path,
+    targets: dict[str, tuple[str, Path | None, dict[str, int]]],
+    s: Settings,
+    *,
+    mode: str,
+    keyspace: str,
+    key: Callable[[int], str],
+    value: bytes = b"",
+) -> Rounds:
+    """``targets``: name -> (address, TLS folder or None, watched pids by label),
+    the baseline first."""
+    base, other = list(targets)
+    out = Rounds({n: [] for n in targets}, {n: [] for n in targets}, {n: {} for n in targets}, [])
     for r in range(s.rounds):
-        order = ["plaintext", "mtls"] if r % 2 == 0 else ["mtls", "plaintext"]
         got: dict[str, float] = {}
-        for name in order:
-            target, tls_dir, pid = targets[name]
+        for name in [base, other] if r % 2 == 0 else [other, base]:
+            target, tls_dir, pids = targets[name]
             res = await native.closed_loop(
                 binary,
                 name,
-                mode="grpc-get",
+                mode=mode,
                 target=target,
-                keyspace=sb.keyspace.name,
-                key=READ_KEY,
+                keyspace=keyspace,
+                key=key(r),
+                value=value,
                 concurrency=s.concurrency,
                 connections=2,
                 warmup_s=s.warmup_s,
                 duration_s=s.duration_s,
-                pids={"agent": pid},
+                pids=pids,
                 tls_dir=tls_dir,
             )
             if res.errors:
-                errors += res.errors
+                out.errors += res.errors
                 print(f"  {name}: {res.errors} errors, first: {res.first_error}", flush=True)
             got[name] = res.rate
-            rates[name].append(res.rate)
-            used = res.cpu.processes.get("agent")
-            if used is not None and res.ops:
-                agent_us[name].append(used / res.ops * 1e6)
-        ratios.append(got["mtls"] / got["plaintext"])
+            out.rates[name].append(res.rate)
+            out.p50_ms[name].append(Summary.of([x * 1000 for x in res.latencies_s]).median)
+            for w, used in res.cpu.processes.items():
+                if used is not None and res.ops:
+                    out.cpu_us[name].setdefault(w, []).append(used / res.ops * 1e6)
+        out.ratios.append(got[other] / got[base])
         print(
-            f"  round {r + 1}: plaintext {got['plaintext']:.0f}/s, mTLS {got['mtls']:.0f}/s "
-            f"(x{ratios[-1]:.3f})",
+            f"  round {r + 1}: {base} {got[base]:.0f}/s, {other} {got[other]:.0f}/s "
+            f"(x{out.ratios[-1]:.3f})",
             flush=True,
         )
+    return out
+
+
+async def figure3(sb: BenchSandbox, agent: MtlsAgent, s: Settings) -> list[Row]:
+    binary = await asyncio.to_thread(native.build, sb.root)
+    targets = {
+        "plaintext": (
+            sb.region(REGION).grpc_address,
+            None,
+            {"agent": sb.pids()[f"agent:{REGION}"]},
+        ),
+        "mtls": (agent.grpc_address, agent.operator.cert.parent, {"agent": agent.proc.pid}),
+    }
+    got = await alternate(
+        binary, targets, s, mode="grpc-get", keyspace=sb.keyspace.name, key=lambda _: READ_KEY
+    )
+    rates, ratios, errors = got.rates, got.ratios, got.errors
+    agent_us = {n: per.get("agent", [0.0]) for n, per in got.cpu_us.items()}
     ratio = Summary.of(ratios)
     plain, mtls = Summary.of(rates["plaintext"]), Summary.of(rates["mtls"])
     return [
@@ -280,8 +322,8 @@ async def figure3(sb: BenchSandbox, agent: MtlsAgent, s: Settings) -> list[Row]:
             note=f"{s.rounds} rounds of {s.duration_s:g} s, {s.concurrency} callers on 2 gRPC "
                  f"connections (Go load generator); plaintext {plain.median:.0f}/s, mTLS "
                  f"{mtls.median:.0f}/s (medians); agent CPU per Get "
-                 f"{Summary.of(agent_us['plaintext'] or [0]).median:.0f} / "
-                 f"{Summary.of(agent_us['mtls'] or [0]).median:.0f} µs; {errors} errors",
+                 f"{Summary.of(agent_us['plaintext']).median:.0f} / "
+                 f"{Summary.of(agent_us['mtls']).median:.0f} µs; {errors} errors",
             extra={"plaintext_per_s": rates["plaintext"], "mtls_per_s": rates["mtls"],
                    "agent_cpu_us_per_get": agent_us}),
     ]  # fmt: skip
@@ -308,62 +350,39 @@ async def figure4(sb: BenchSandbox, s: Settings) -> list[Row]:
     await asyncio.to_thread(tls.up)
     try:
         binary = await asyncio.to_thread(native.build, sb.root)
-        targets = {
-            "plaintext": (sb.region(REGION).grpc_address, None, sb.pids()),
-            "tls": (tls.region(REGION).grpc_address, tls.operator, tls.pids()),
-        }
         # CPU per write of the agent, the servers of the global cluster and the
         # WAN emulator (which terminates TLS on the TLS sandbox's links).
         watched = (f"agent:{REGION}", "wan", *(f"nats:global-{r}" for r in REGIONS))
-        cpu: dict[str, dict[str, list[float]]] = {"plaintext": {}, "tls": {}}
-        rates: dict[str, list[float]] = {"plaintext": [], "tls": []}
-        p50: dict[str, list[float]] = {"plaintext": [], "tls": []}
-        ratios: list[float] = []
-        errors = 0
-        for r in range(s.rounds):
-            order = ["plaintext", "tls"] if r % 2 == 0 else ["tls", "plaintext"]
-            got: dict[str, float] = {}
-            for name in order:
-                target, tls_dir, pids = targets[name]
-                res = await native.closed_loop(
-                    binary,
-                    name,
-                    mode="grpc-put",
-                    target=target,
-                    keyspace=sb.keyspace.name,
-                    key=f"w{r}",
-                    value=b"v" * 64,
-                    concurrency=s.concurrency,
-                    connections=2,
-                    warmup_s=s.warmup_s,
-                    duration_s=s.duration_s,
-                    pids={w: pids[w] for w in watched},
-                    tls_dir=tls_dir,
-                )
-                if res.errors:
-                    errors += res.errors
-                    print(f"  {name}: {res.errors} errors, first: {res.first_error}", flush=True)
-                got[name] = res.rate
-                rates[name].append(res.rate)
-                for w, used in res.cpu.processes.items():
-                    if used is not None and res.ops:
-                        cpu[name].setdefault(w, []).append(used / res.ops * 1e6)
-                p50[name].append(Summary.of([x * 1000 for x in res.latencies_s]).median)
-            ratios.append(got["tls"] / got["plaintext"])
-            print(
-                f"  round {r + 1}: plaintext {got['plaintext']:.0f}/s, TLS {got['tls']:.0f}/s "
-                f"(x{ratios[-1]:.3f})",
-                flush=True,
-            )
+        plain_pids, tls_pids = sb.pids(), tls.pids()
+        targets = {
+            "plaintext": (
+                sb.region(REGION).grpc_address,
+                None,
+                {w: plain_pids[w] for w in watched},
+            ),
+            "tls": (
+                tls.region(REGION).grpc_address,
+                tls.operator,
+                {w: tls_pids[w] for w in watched},
+            ),
+        }
+        got = await alternate(
+            binary,
+            targets,
+            s,
+            mode="grpc-put",
+            keyspace=sb.keyspace.name,
+            key=lambda r: f"w{r}",
+            value=b"v" * 64,
+        )
     finally:
         problem = await asyncio.to_thread(tls.down)
         if problem:
             print(f"  the TLS sandbox: {problem}", flush=True)
+    rates, p50, ratios, errors = got.rates, got.p50_ms, got.ratios, got.errors
     ratio = Summary.of(ratios)
     plain, secured = Summary.of(rates["plaintext"]), Summary.of(rates["tls"])
-    cpu_us = {
-        name: {w: round(Summary.of(v).median) for w, v in per.items()} for name, per in cpu.items()
-    }
+    cpu_us = got.cpu_medians()
     print(f"  CPU µs per write (medians): {cpu_us}", flush=True)
     return [
         Row("4", "strong Put throughput, TLS on every NATS link / plaintext (per round)", "x",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,7 +36,11 @@ from meridian.backbone.connection import (
     translate_nats_errors,
 )
 from meridian.backbone.fanin import RegionFanIn
-from meridian.core.errors import ResourceExhaustedError, UnavailableError
+from meridian.core.errors import (
+    DeadlineExceededError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
 from meridian.events import model as ev
 from meridian.events.model import Start
 
@@ -53,6 +58,8 @@ DUPLICATE_WINDOW_S = 120.0
 CONSUMER_ATTEMPTS = 4
 #: JetStream lists a stream's consumers in pages of this many.
 CONSUMER_PAGE = 256
+#: How long an agent trusts its count of one identity's groups on a stream.
+OWNED_TTL_S = 300.0
 #: How long dead_letters waits for a new consumer's group to answer.
 DLQ_READ_PATIENCE_S = 5.0
 
@@ -94,6 +101,8 @@ class EventStreams(RegionFanIn):
         self.inbox_ttl_s = inbox_ttl_s
         self.dlq = ev.dlq_stream(region)
         self.inbox_bucket = f"mg__inbox_{region}"
+        #: (stream, owner) -> (valid until, groups the owner created there).
+        self._owned_counts: dict[tuple[str, str], tuple[float, int]] = {}
 
     # -- setup ------------------------------------------------------------
 
@@ -238,31 +247,53 @@ class EventStreams(RegionFanIn):
         RESOURCE_EXHAUSTED when ``owner`` already created ``max_owned`` groups on
         its stream.
 
-        Two creations racing at the limit may both pass: the cap bounds what
-        one identity can make the servers keep, not an exact count."""
+        The count is a quota, not a ledger: two creations racing at the limit may
+        both pass, it is cached for OWNED_TTL_S per agent, and when the servers
+        cannot list the consumers in time the group is created anyway (a slow
+        JetStream API must not make Subscribe less available than it was)."""
         js = self._js()
         try:
             await self._call("look up a consumer group", js.consumer_info(spec.stream, spec.name))
             return
         except nats.js.errors.NotFoundError:
             pass
-        owned, offset = 0, 0
-        while True:
-            page = await self._call(
-                "list consumer groups", js.consumers_info(spec.stream, offset=offset)
-            )
-            owned += sum(
-                1 for c in page if (c.config.metadata or {}).get(ev.OWNER_METADATA, "") == owner
-            )
-            offset += len(page)
-            if len(page) < CONSUMER_PAGE:
-                break
-        if owned >= max_owned:
+        owned = await self._owned(js, spec.stream, owner)
+        if owned is not None and owned >= max_owned:
             raise ResourceExhaustedError(
                 f"{owner or 'unauthenticated callers'} already created {owned} consumer groups "
                 f"on {spec.stream} (at most {max_owned}); reuse a group or delete one"
             )
         await self._create_consumer(js, spec, start, owner)
+        if owned is not None:
+            self._owned_counts[(spec.stream, owner)] = (
+                self._owned_counts[(spec.stream, owner)][0],
+                owned + 1,
+            )
+
+    async def _owned(self, js: JetStreamContext, stream: str, owner: str) -> int | None:
+        """How many consumers of ``stream`` ``owner`` created (cached); None when
+        the servers did not list them in time."""
+        now = time.monotonic()
+        cached = self._owned_counts.get((stream, owner))
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        owned, offset = 0, 0
+        try:
+            while True:
+                page = await self._call(
+                    "list consumer groups", js.consumers_info(stream, offset=offset)
+                )
+                owned += sum(
+                    1 for c in page if (c.config.metadata or {}).get(ev.OWNER_METADATA, "") == owner
+                )
+                offset += len(page)
+                if len(page) < CONSUMER_PAGE:
+                    break
+        except (UnavailableError, DeadlineExceededError) as exc:
+            log.warning("group quota not checked for %s on %s: %s", owner, stream, exc)
+            return None
+        self._owned_counts[(stream, owner)] = (now + OWNED_TTL_S, owned)
+        return owned
 
     async def reset(self, spec: ConsumerSpec, group: str, start: Start) -> None:
         """Move a group to ``start``: JetStream consumers can't be rewound, so the
