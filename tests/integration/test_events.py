@@ -20,6 +20,7 @@ from meridian.agent.app import Agent
 from meridian.client import MeridianClient
 from meridian.config import MeridianConfig
 from meridian.core.errors import InvalidArgumentError
+from meridian.events import model as ev
 from meridian.events.streams import EVENT_ID_HEADER, PUBLISHED_HEADER, TOPIC_KEY_HEADER
 from meridian.subscription import Delivery, Subscription
 from meridian.testing.nats_server import NatsCluster
@@ -432,19 +433,30 @@ async def test_push_registrations_survive_an_agent_restart(config: MeridianConfi
     group = unique("hook")
 
     @contextlib.asynccontextmanager
-    async def agent_and_client() -> AsyncIterator[MeridianClient]:
+    async def agent_and_client() -> AsyncIterator[tuple[Agent, MeridianClient]]:
         async with ready_agent(config) as agent:
             assert agent.events.ready and agent.push.ready
             async with MeridianClient(config.region("us-east").grpc_address) as client:
-                yield client
+                yield agent, client
 
     async with Endpoint() as endpoint:
-        async with agent_and_client() as client:
+        async with agent_and_client() as (agent, client):
             await client.register_push(group, endpoint.url, topic_filter=topic, start_sequence=1)
             await client.publish(topic, "k", b"1", event_id=f"{topic}-1")
             await eventually(lambda: asyncio.sleep(0, len(endpoint.received)), lambda n: n == 1)
+            # Stop only once event 1 is acked: an agent stopped between the
+            # endpoint's answer and its ack leaves event 1 to be redelivered after
+            # ack_wait (30 s), with event 2 (the same key) waiting behind it.
+            streams = agent.events.streams
+            js = streams.conn.jetstream(5.0)
+            consumer = ev.consumer_name(group, f"topic:{topic}")
+            await eventually(
+                lambda: js.consumer_info(streams.aggregate, consumer),
+                lambda info: info.num_ack_pending == 0,
+                what="event 1 acked",
+            )
         # A new agent process for the region resumes the registration.
-        async with agent_and_client() as client:
+        async with agent_and_client() as (_, client):
             await client.publish(topic, "k", b"2", event_id=f"{topic}-2")
             await eventually(lambda: asyncio.sleep(0, len(endpoint.received)), lambda n: n >= 2)
             got = [b["event"]["eventId"] for b, _ in endpoint.received]
