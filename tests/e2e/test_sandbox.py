@@ -139,9 +139,13 @@ async def test_global_streams_put_one_replica_in_each_region(sandbox: SandboxHan
     assert servers == {f"global-{r}" for r in REGIONS}
 
 
-async def measure_rtt_ms(sandbox: SandboxHandle, src: str, dst: str, n: int = 15) -> float:
-    """Median request/reply time from a client in `src` to a responder in `dst`.
-    The request crosses the src→dst gateway, the reply the dst→src one."""
+async def measure_rtt_ms(sandbox: SandboxHandle, src: str, dst: str, n: int = 31) -> float:
+    """The fastest of ``n`` request/reply times from a client in `src` to a
+    responder in `dst`: the request crosses the src→dst gateway, the reply the
+    dst→src one. The fastest is the emulated latency plus the floor of the
+    processing on the way; a busy machine's scheduling delays (the WAN
+    emulator terminates TLS in Python) only ever add to some samples, and a
+    median of 15 was once pushed 34 ms over by them in CI."""
     src_url = sandbox.config.region(src).agent_nats_urls[0]
     dst_url = sandbox.config.region(dst).agent_nats_urls[0]
     subject = f"e2e.rtt.{src}.{dst}"
@@ -166,7 +170,10 @@ async def measure_rtt_ms(sandbox: SandboxHandle, src: str, dst: str, n: int = 15
             start = time.perf_counter()
             await requester.request(subject, b"x" * 64, timeout=5)
             samples.append((time.perf_counter() - start) * 1000)
-        return statistics.median(samples)
+        print(
+            f"{src}->{dst} RTT ms: min {min(samples):.1f}, median {statistics.median(samples):.1f}"
+        )
+        return min(samples)
     finally:
         await requester.close()
         await responder.close()
