@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -27,7 +27,7 @@ from meridian._pb.meridian.v1 import (
     invocation_pb2_grpc,
     state_pb2_grpc,
 )
-from meridian.security.tls import TlsFiles, grpc_channel_credentials
+from meridian.security.tls import FollowsFiles, TlsFiles, grpc_channel_credentials
 
 #: How often the files are looked at (three stat calls).
 CHECK_EVERY_S = 1.0
@@ -37,16 +37,17 @@ KEEP_RETIRED = 4
 CLOSE_GRACE_S = 30.0
 
 
-def _loads(files: TlsFiles) -> bool:
-    """Whether the files load as a certificate with its own key and a bundle
-    (a renewal caught half-way, new key but old certificate, does not)."""
-    try:
+def _secure(target: str, options: list[tuple[str, Any]]) -> Callable[[TlsFiles], grpc.aio.Channel]:
+    def build(files: TlsFiles) -> grpc.aio.Channel:
+        # gRPC takes a key that does not match its certificate without a word
+        # (a renewal caught half-way): load the pair first, and fail like a
+        # bad file so FollowsFiles keeps the last good channel.
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.load_cert_chain(files.cert, files.key)
         ctx.load_verify_locations(cafile=files.bundle)
-    except (OSError, ssl.SSLError, ValueError):
-        return False
-    return True
+        return grpc.aio.secure_channel(target, grpc_channel_credentials(files), options=options)
+
+    return build
 
 
 class Stubs:
@@ -67,45 +68,38 @@ class FollowedChannel:
     def __init__(
         self, target: str, options: Sequence[tuple[str, Any]], files: TlsFiles | None
     ) -> None:
-        self.target = target
-        self.options = list(options)
         self.files = files
-        self.reloads = 0
-        self._stamp = files.stamp() if files is not None else None
+        self._follow = (
+            None if files is None else FollowsFiles(files, _secure(target, list(options)))
+        )
+        self._channel = (
+            grpc.aio.insecure_channel(target, options=list(options))
+            if self._follow is None
+            else self._follow.current()
+        )
         self._checked = time.monotonic()
-        self._channel = self._open()
         self._stubs = Stubs(self._channel)
         self._retired: list[grpc.aio.Channel] = []
         self._closing: set[asyncio.Task[None]] = set()
 
-    def _open(self) -> grpc.aio.Channel:
-        if self.files is None:
-            return grpc.aio.insecure_channel(self.target, options=self.options)
-        return grpc.aio.secure_channel(
-            self.target, grpc_channel_credentials(self.files), options=self.options
-        )
+    @property
+    def reloads(self) -> int:
+        return 0 if self._follow is None else self._follow.reloads
 
     def current(self) -> grpc.aio.Channel:
-        files = self.files
         now = time.monotonic()
-        if files is None or now - self._checked < CHECK_EVERY_S:
+        if self._follow is None or now - self._checked < CHECK_EVERY_S:
             return self._channel
         self._checked = now
-        try:
-            stamp = files.stamp()
-        except OSError:
-            return self._channel  # files being replaced: keep the last good channel
-        if stamp == self._stamp or not _loads(files):
-            return self._channel
-        self._stamp = stamp
-        self._retired.append(self._channel)
-        self._channel = self._open()
-        self.reloads += 1
-        if len(self._retired) > KEEP_RETIRED:
-            oldest = self._retired.pop(0)
-            task = asyncio.get_running_loop().create_task(oldest.close(CLOSE_GRACE_S))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+        channel = self._follow.current()
+        if channel is not self._channel:
+            self._retired.append(self._channel)
+            self._channel = channel
+            if len(self._retired) > KEEP_RETIRED:
+                oldest = self._retired.pop(0)
+                task = asyncio.get_running_loop().create_task(oldest.close(CLOSE_GRACE_S))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
         return self._channel
 
     def stubs(self) -> Stubs:

@@ -19,7 +19,7 @@ from meridian.core.errors import InvalidArgumentError
 from meridian.security.ca import CertificateAuthority
 from meridian.security.model import Identity, Kind
 from meridian.security.tls import (
-    RefreshedClientContext,
+    ClientTls,
     ReloadingContext,
     TlsFiles,
     client_context,
@@ -215,25 +215,24 @@ async def test_a_reissued_server_certificate_is_served_to_new_connections(
         assert reloading.failures >= 1
 
 
-def test_a_refreshed_client_context_follows_the_files_and_drops_old_roots(
+def test_a_followed_client_context_is_new_when_the_files_change_and_drops_old_roots(
     ca: CertificateAuthority,
 ) -> None:
+    # What the agent hands its NATS connection (a connection keeps one context).
     f = files(ca, ORDERS)
-    refreshed = RefreshedClientContext(f)
-    first = refreshed.context
-    assert refreshed.refresh() is False and refreshed.context is first  # nothing changed
+    followed = ClientTls(f)
+    first = followed.current()
+    assert followed.current() is first and followed.reloads == 0  # nothing changed
     files(ca, ORDERS)  # re-issued: a new key and certificate
-    assert refreshed.refresh() is True and refreshed.context is not first
+    assert followed.current() is not first and followed.reloads == 1
     f.key.write_bytes(b"half-written")  # mid-rotation: keep the last good files
-    kept = refreshed.context
-    assert refreshed.refresh() is False and refreshed.context is kept
-    assert refreshed.failures == 1
+    kept = followed.current()
+    assert followed.current() is kept and followed.reloads == 1
+    assert followed.failures >= 1
     # A root rotation: the new bundle has both roots, then only the new one.
     files(ca, ORDERS)
     ca.rotate()
     ca.renew()
-    refreshed.refresh()
-    assert len(refreshed.context.get_ca_certs()) == 2
+    assert len(followed.current().get_ca_certs()) == 2
     ca.finish_rotation()
-    refreshed.refresh()
-    assert len(refreshed.context.get_ca_certs()) == 1  # the dropped root is not trusted
+    assert len(followed.current().get_ca_certs()) == 1  # the dropped root is not trusted

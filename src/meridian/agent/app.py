@@ -59,8 +59,8 @@ from meridian.observability.tracing import build_tracer_provider
 from meridian.security.model import Identity, Kind
 from meridian.security.tls import (
     Callers,
+    ClientTls,
     GrpcServerCredentials,
-    RefreshedClientContext,
     ReloadingContext,
     TlsFiles,
     server_context,
@@ -213,12 +213,12 @@ class Agent:
         )
         self.tracer = self.tracer_provider.get_tracer("meridian.agent")
         tls = agent_tls(config, region)
-        #: The agent's certificate towards NATS too (verify_and_map), reloaded in place.
-        self.nats_tls = RefreshedClientContext(tls.files) if tls else None
+        #: The agent's certificate towards NATS too (verify_and_map), following the files.
+        self.nats_tls = ClientTls(tls.files) if tls else None
         self.conn = BackboneConnection(
             self.region_config.agent_nats_urls,
             name=f"meridian-agent-{self.agent_id}",
-            tls=self.nats_tls.context if self.nats_tls else None,
+            tls=self.nats_tls.current() if self.nats_tls else None,
         )
         peers = [r for r in config.region_names if r != region]
         self.clock = clock or SystemClock()
@@ -409,8 +409,9 @@ class Agent:
             tg.create_task(self.conn.connect_forever())
             while self.nats_tls is not None:
                 await asyncio.sleep(NATS_TLS_REFRESH_S)
-                if self.nats_tls.refresh():
-                    self.conn.use_tls(self.nats_tls.context)
+                context = self.nats_tls.current()
+                if context is not self.conn.tls:
+                    self.conn.use_tls(context)
                     log.info("reloaded the agent's certificate and bundle for NATS")
 
     async def _serve_until_stopped(self, stack: AsyncExitStack) -> bool:

@@ -18,7 +18,8 @@ a service mesh's sidecar:
 
 The servers still verify and map every certificate (``verify_and_map``): the
 emulator holds the NATS servers' keys only because it stands in for the WAN.
-Files are read per connection, so renewals apply to the next connection.
+Both sides follow the files (security.tls), so renewals apply to the next
+connection.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 
 from meridian.core.errors import InvalidArgumentError
 from meridian.security.model import Identity
-from meridian.security.tls import ReloadingContext, TlsFiles, client_context, peer_identity
+from meridian.security.tls import ClientTls, ReloadingContext, TlsFiles, peer_identity
 
 
 class LinkRefused(Exception):
@@ -44,6 +45,7 @@ class ProxyTls:
     upstream_files: TlsFiles
     sources: dict[str, TlsFiles]
     _accept: ReloadingContext | None = field(default=None, init=False, repr=False)
+    _dial: dict[str, ClientTls] = field(default_factory=dict, init=False, repr=False)
 
     def accept_context(self) -> ssl.SSLContext:
         """The server context shown to dialling servers (follows the files)."""
@@ -62,7 +64,9 @@ class ProxyTls:
             raise LinkRefused(
                 f"{peer.uri} may not use this link (it serves {', '.join(sorted(self.sources))})"
             )
-        return client_context(files)
+        if peer.uri not in self._dial:
+            self._dial[peer.uri] = ClientTls(files)
+        return self._dial[peer.uri].current()
 
     def check_upstream(self, ssl_object: ssl.SSLObject) -> None:
         try:

@@ -19,7 +19,7 @@ from meridian.config import MeridianConfig
 from meridian.core.errors import ConfigError, FieldViolation
 from meridian.security.ca import CertificateAuthority
 from meridian.security.model import Identity, Kind
-from meridian.security.tls import ClientTls, TlsFiles, client_context
+from meridian.security.tls import ClientTls, TlsFiles
 
 
 def sandbox_ca(config: MeridianConfig) -> CertificateAuthority:
@@ -111,14 +111,17 @@ def client_files(config: MeridianConfig) -> TlsFiles | None:
     return None if folder is None else TlsFiles.in_folder(folder)
 
 
-def client_ssl(config: MeridianConfig) -> ssl.SSLContext | None:
-    """An SSL context for the agents' HTTPS ports as :func:`client_files`; None
-    in insecure mode. ConfigError naming the field when the files can't be read."""
+def client_tls(config: MeridianConfig) -> ClientTls | None:
+    """The CLI's and tools' client context for the agents' HTTPS ports, as
+    :func:`client_files`, following the files: call ``current()`` for each new
+    connection, so a tool that polls for longer than a leaf lives keeps
+    presenting a valid certificate. None in insecure mode; ConfigError naming
+    the field when the files can't be read."""
     files = client_files(config)
     if files is None:
         return None
     try:
-        return client_context(files)
+        return ClientTls(files)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(
             FieldViolation(
@@ -131,15 +134,10 @@ def client_ssl(config: MeridianConfig) -> ssl.SSLContext | None:
         ) from exc
 
 
-def client_tls(config: MeridianConfig) -> ClientTls | None:
-    """Like :func:`client_ssl`, but following the files: call ``current()``
-    for each new connection, so a tool that polls for longer than a leaf
-    lives keeps presenting a valid certificate."""
-    files = client_files(config)
-    if files is None:
-        return None
-    client_ssl(config)  # the same clear error when the files can't be read
-    return ClientTls(files)
+def client_ssl(config: MeridianConfig) -> ssl.SSLContext | None:
+    """:func:`client_tls`'s context as the files are now, for a one-off call."""
+    tls = client_tls(config)
+    return None if tls is None else tls.current()
 
 
 def front_door_ssl(config: MeridianConfig) -> ssl.SSLContext | None:

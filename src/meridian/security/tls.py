@@ -17,13 +17,15 @@ import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 from cryptography import x509
 
 from meridian.core.errors import FieldViolation, InvalidArgumentError, PermissionDeniedError
 from meridian.security.model import SCHEME, Identity, Kind
+
+T = TypeVar("T")
 
 
 class PeerIdentityError(InvalidArgumentError):
@@ -120,12 +122,12 @@ def client_context(files: TlsFiles) -> ssl.SSLContext:
     return ctx
 
 
-class _FollowsFiles:
-    """A context rebuilt by ``build`` whenever the files change (inode or mtime);
-    a half-written set that fails to load keeps the previous one, so a
-    rotation never breaks new connections."""
+class FollowsFiles(Generic[T]):
+    """What ``build`` makes of the files (an SSL context, a gRPC channel), made
+    again whenever they change (inode or mtime); a half-written set that fails
+    to load keeps the previous one, so a rotation never breaks new connections."""
 
-    def __init__(self, files: TlsFiles, build: Callable[[TlsFiles], ssl.SSLContext]) -> None:
+    def __init__(self, files: TlsFiles, build: Callable[[TlsFiles], T]) -> None:
         self.files = files
         self._build = build
         self._stamp = files.stamp()
@@ -133,7 +135,7 @@ class _FollowsFiles:
         self.reloads = 0
         self.failures = 0
 
-    def current(self) -> ssl.SSLContext:
+    def current(self) -> T:
         try:
             stamp = self.files.stamp()
         except OSError:
@@ -150,7 +152,7 @@ class _FollowsFiles:
         return self._current
 
 
-class ReloadingContext(_FollowsFiles):
+class ReloadingContext(FollowsFiles[ssl.SSLContext]):
     """A server context whose certificate, key and bundle follow the files.
 
     The context given to the server stays the same object; its SNI callback
@@ -170,9 +172,11 @@ class ReloadingContext(_FollowsFiles):
         sslobj.context = self.current()
 
 
-class ClientTls(_FollowsFiles):
+class ClientTls(FollowsFiles[ssl.SSLContext]):
     """A client context that follows the files. Pass :meth:`current` per request
-    (aiohttp pools connections by context, so new ones use the new certificate)."""
+    (aiohttp pools connections by context, so new ones use the new certificate),
+    or hand it to a connection that keeps one when it changes (the agent's NATS
+    connection: a new context also drops a root retired by a rotation)."""
 
     def __init__(self, files: TlsFiles) -> None:
         super().__init__(files, client_context)
@@ -304,25 +308,3 @@ class Callers:
                 f"{identity} is a {identity.kind.value}; only {allowed} identities may call"
             )
         return identity
-
-
-class RefreshedClientContext(_FollowsFiles):
-    """A client context for a connection that keeps one (a NATS connection
-    reuses its context for every reconnect). :meth:`refresh`, called now and
-    then, builds a new context when the files change; hand :attr:`context`
-    to the connection, so its next handshake presents the new certificate and
-    trusts exactly the new bundle (a root dropped after a rotation included)."""
-
-    def __init__(self, files: TlsFiles) -> None:
-        super().__init__(files, client_context)
-
-    @property
-    def context(self) -> ssl.SSLContext:
-        """The context built from the files as they were at the last refresh."""
-        return self._current
-
-    def refresh(self) -> bool:
-        """Load the files into the context if they changed; True if it did."""
-        before = self.reloads
-        self.current()
-        return self.reloads != before
