@@ -31,7 +31,7 @@ from meridian.core.errors import MeridianError
 from meridian.core.redact import redact
 from meridian.demo.cli import demo
 from meridian.gateway.cli import gateway
-from meridian.security.cli import ca
+from meridian.security.cli import ca, renew_every
 from meridian.security.pki import client_ssl
 
 T = TypeVar("T")
@@ -211,21 +211,17 @@ def sandbox_restart(ctx: _Ctx, region: str) -> None:
 @pass_ctx
 def sandbox_renew(ctx: _Ctx, watch_s: float | None) -> None:
     """Renew the sandbox's certificates that are due; nats-servers reload theirs."""
-    import time
-
     box = _sandbox(ctx, quiet=True)
-    while True:
-        try:
-            for uri in box.renew_certificates():
-                click.echo(f"renewed {uri}")
-        except (MeridianError, OSError, ValueError) as exc:
-            if watch_s is None:
-                _fail(str(exc))
-            click.echo(f"renewal failed, retrying in {watch_s:g}s: {exc}", err=True)
+    try:
+        for uri in box.renew_certificates():
+            click.echo(f"renewed {uri}")
+    except (MeridianError, OSError, ValueError) as exc:
         if watch_s is None:
-            return
+            _fail(str(exc))
+        click.echo(f"renewal failed, retrying in {watch_s:g}s: {exc}", err=True)
+    if watch_s is not None:
         sys.stdout.flush()
-        time.sleep(watch_s)
+        renew_every(watch_s, box.renew_certificates)
 
 
 @sandbox.command("kill")

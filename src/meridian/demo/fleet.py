@@ -193,10 +193,7 @@ class Fleet:
         started = time.monotonic()
         missing: dict[str, set[tuple[str, str]]] = {}
         tls = client_tls(self.config)  # follows renewals: this may outlast a leaf
-        async with aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=3),
-            connector=aiohttp.TCPConnector(force_close=True),
-        ) as session:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session:
             while time.monotonic() - started < timeout_s:
                 dead = [r for r in self.exited() if any(r.region == reg for _, reg in want)]
                 if dead:

@@ -264,11 +264,9 @@ class EventStreams(RegionFanIn):
                 f"on {spec.stream} (at most {max_owned}); reuse a group or delete one"
             )
         await self._create_consumer(js, spec, start, owner)
-        if owned is not None:
-            self._owned_counts[(spec.stream, owner)] = (
-                self._owned_counts[(spec.stream, owner)][0],
-                owned + 1,
-            )
+        if owned is not None:  # the cached count now includes this group
+            until, _ = self._owned_counts[(spec.stream, owner)]
+            self._owned_counts[(spec.stream, owner)] = (until, owned + 1)
 
     async def _owned(self, js: JetStreamContext, stream: str, owner: str) -> int | None:
         """How many consumers of ``stream`` ``owner`` created (cached); None when

@@ -426,9 +426,9 @@ class WanEmulator:
                     up_reader, up_writer = await asyncio.open_connection(
                         spec.upstream_host, spec.upstream_port, ssl=up_tls
                     )
-                    if spec.tls is not None:
-                        conn.upstream = up_writer
-                        spec.tls.check_upstream(up_writer.get_extra_info("ssl_object"))
+                conn.upstream = up_writer
+                if spec.tls is not None:
+                    spec.tls.check_upstream(up_writer.get_extra_info("ssl_object"))
             except (OSError, TimeoutError, ssl.SSLError, LinkRefused) as exc:
                 _log.warning(
                     "WAN proxy %s: cannot reach upstream %s:%s: %s",
@@ -438,7 +438,6 @@ class WanEmulator:
                     exc,
                 )
                 return
-            conn.upstream = up_writer
             try:
                 async with asyncio.TaskGroup() as tg:
                     for reader, writer, pair, up in (

@@ -119,7 +119,7 @@ def issue(
     type=click.FloatRange(0.2, 86_400),
     default=None,
     help="Keep going: look for due leaves every this many seconds, until SIGTERM "
-    "(the sandbox runs one).",
+    "(`meridian sandbox renew --watch` also reloads the sandbox's nats-servers).",
 )
 @_errors_exit_2
 def renew(directory: Path, everything: bool, watch_s: float | None) -> None:
@@ -127,16 +127,29 @@ def renew(directory: Path, everything: bool, watch_s: float | None) -> None:
     authority = CertificateAuthority(directory)
     for leaf in authority.renew(force=everything):
         click.echo(f"renewed {leaf.identity.uri}", nl=True)
-    while watch_s is not None:
+    if watch_s is not None:
+        renew_every(
+            watch_s,
+            lambda: [
+                f"{leaf.identity.uri} until {leaf.validity.not_after:.0f}"
+                for leaf in authority.renew()
+            ],
+        )
+
+
+def renew_every(watch_s: float, renew_once: Callable[[], list[str]]) -> None:
+    """Run ``renew_once`` every ``watch_s`` seconds until the process is
+    stopped, printing what it renewed. A failed round (a CA being rotated by
+    hand, say) is said and tried again next round."""
+    while True:
         time.sleep(watch_s)
         try:
-            renewed = authority.renew()
+            renewed = renew_once()
         except (MeridianError, OSError, ValueError) as exc:
-            # A CA being rotated by hand, say: say so and try again next round.
             click.echo(f"renewal failed, retrying in {watch_s:g}s: {exc}", err=True)
             continue
-        for leaf in renewed:
-            click.echo(f"renewed {leaf.identity.uri} until {leaf.validity.not_after:.0f}")
+        for line in renewed:
+            click.echo(f"renewed {line}")
         sys.stdout.flush()
 
 

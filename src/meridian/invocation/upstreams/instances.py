@@ -42,6 +42,14 @@ class Upstream:
         self._instances = InstanceConnections(keepalive_s=30.0, endpoints=endpoints)
         self._channels: dict[str, grpc.aio.Channel] = {}
 
+    def _failed(self, view: InstanceView, what: str, *, not_sent: bool) -> AttemptFailed:
+        return AttemptFailed(
+            f"instance {view.instance_id} {what}",
+            not_sent=not_sent,
+            region=self.region,
+            instance_id=view.instance_id,
+        )
+
     async def close(self) -> None:
         self._instances.close()
         for channel in self._channels.values():
@@ -88,12 +96,7 @@ class Upstream:
                 max_body=self.config.max_body_bytes,
             )
         except ConnectFailed as exc:
-            raise AttemptFailed(
-                f"instance {view.instance_id} refused the connection ({exc})",
-                not_sent=True,
-                region=self.region,
-                instance_id=view.instance_id,
-            ) from None
+            raise self._failed(view, f"refused the connection ({exc})", not_sent=True) from None
         except TimeoutError:
             # The timer was set for ``until``; when that is the call's deadline it
             # is the deadline that passed (the loop's clock may fire a hair early).
@@ -101,19 +104,11 @@ class Upstream:
                 raise DeadlineExceededError(
                     f"calling {call.service!r}: the deadline passed waiting for {view.instance_id}"
                 ) from None
-            raise AttemptFailed(
-                f"instance {view.instance_id} did not answer within the per-try timeout",
-                not_sent=False,
-                region=self.region,
-                instance_id=view.instance_id,
+            raise self._failed(
+                view, "did not answer within the per-try timeout", not_sent=False
             ) from None
         except InstanceBroken as exc:
-            raise AttemptFailed(
-                f"instance {view.instance_id} failed: {exc}",
-                not_sent=False,
-                region=self.region,
-                instance_id=view.instance_id,
-            ) from None
+            raise self._failed(view, f"failed: {exc}", not_sent=False) from None
         return Reply(body=resp.body, headers=resp.headers, status=resp.status)
 
     async def channel(self, endpoint: str) -> grpc.aio.Channel:
@@ -136,12 +131,7 @@ class Upstream:
         try:
             channel = await self.channel(view.endpoint)
         except OSError as exc:  # EndpointRefused, or the name does not resolve
-            raise AttemptFailed(
-                f"instance {view.instance_id} cannot be dialled ({exc})",
-                not_sent=True,
-                region=self.region,
-                instance_id=view.instance_id,
-            ) from None
+            raise self._failed(view, f"cannot be dialled ({exc})", not_sent=True) from None
         method = channel.unary_unary(call.route)
         rpc = method(call.body, metadata=list(call.headers), timeout=until - now)
         try:
@@ -154,11 +144,8 @@ class Upstream:
             if code == "UNAVAILABLE" and (
                 "connect" in details.lower() or "refused" in details.lower()
             ):
-                raise AttemptFailed(
-                    f"instance {view.instance_id} refused the connection ({details})",
-                    not_sent=True,
-                    region=self.region,
-                    instance_id=view.instance_id,
+                raise self._failed(
+                    view, f"refused the connection ({details})", not_sent=True
                 ) from None
             if code == "DEADLINE_EXCEEDED" and (until >= deadline or time.monotonic() >= deadline):
                 raise DeadlineExceededError(
