@@ -17,7 +17,12 @@ import pytest
 from meridian.agent.app import Agent
 from meridian.client import MeridianClient
 from meridian.config import MeridianConfig
-from meridian.core.errors import FencedError, PermissionDeniedError, ResourceExhaustedError
+from meridian.core.errors import (
+    FencedError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
 from meridian.idempotency import StoredResponse
 from meridian.security.pki import ensure_identity, ensure_sandbox
 from meridian.testing.nats_server import NatsCluster
@@ -156,11 +161,20 @@ async def test_consumer_groups_are_capped_per_identity(
     config: MeridianConfig, cluster: NatsCluster
 ) -> None:
     async def first_read(c: MeridianClient, group: str) -> None:
-        async with c.subscribe(group, topic_filter="quota.*") as sub:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.5):
-                    async for _ in sub:
-                        break
+        # A group's consumer just created can answer UNAVAILABLE (retryable)
+        # while JetStream settles: retry that; the quota is what is tested.
+        for attempt in range(20):
+            try:
+                async with c.subscribe(group, topic_filter="quota.*") as sub:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(0.5):
+                            async for _ in sub:
+                                break
+                return
+            except UnavailableError:
+                if attempt == 19:
+                    raise
+                await asyncio.sleep(0.5)
 
     async with (
         ready_agent(config) as agent,
