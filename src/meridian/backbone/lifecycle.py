@@ -21,6 +21,10 @@ from typing import Protocol, Self
 
 log = logging.getLogger(__name__)
 
+#: How long a component's task has to end after a cancellation before it is
+#: cancelled again.
+CANCEL_AGAIN_S = 1.0
+
 
 class Component(Protocol):
     """A part of the agent: serving while entered."""
@@ -91,7 +95,13 @@ class Background:
 
     async def _cancel(self) -> None:
         if self._task is not None:
-            self._task.cancel()
+            # Cancel again while it runs: 3.11's asyncio.wait_for (which nats-py
+            # uses for every request) swallows a cancellation that races with
+            # the request's answer, and the task then goes on, say into a feed
+            # that waits for ever.
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=CANCEL_AGAIN_S)
             with contextlib.suppress(asyncio.CancelledError):
                 try:
                     await self._task
