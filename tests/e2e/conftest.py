@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,10 @@ conflict = "multi_value"
 # test_gateway.py drives state and status through the gateway as well.
 [gateway]
 allow = ["/v1/invoke/*", "/v1/health", "/v1/status", "/v1/state/*"]
+
+# The sandbox's policy set and what these tests add to it (E2E_GRANTS).
+[policy]
+initial = "policy.cedar"
 
 [invocation]
 announce_interval_s = 0.5
@@ -198,9 +203,26 @@ class SandboxHandle:
         return {p["name"]: p for p in json.loads(path.read_text())["processes"]}
 
 
+#: What the e2e tests need beyond the sandbox's policy set: the gateway's
+#: wider front door (state, for test_gateway.py) and a caller of its own.
+E2E_GRANTS = """
+@id("e2e-gateway-state")
+permit (
+  principal == Gateway::"gateway",
+  action in [Action::"state:read", Action::"state:write"],
+  resource
+);
+
+@id("e2e-caller-invokes")
+permit (principal == Service::"e2e-caller", action == Action::"invoke", resource);
+"""
+
+
 def _sandbox(root: Path, base_port: int) -> Iterator[SandboxHandle]:
     config_path = root / "meridian.toml"
     config_path.write_text(CONFIG.format(base_port=base_port))
+    sandbox_set = resources.files("meridian.policy").joinpath("builtin/sandbox.cedar")
+    (root / "policy.cedar").write_text(sandbox_set.read_text() + E2E_GRANTS)
     config = load_config(config_path, env={})
     handle = SandboxHandle(config_path, config, "")
     try:

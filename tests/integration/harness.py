@@ -19,6 +19,9 @@ from meridian.config import MeridianConfig, parse_config
 from meridian.testing.nats_server import NatsCluster
 from meridian.testing.ports import free_port
 
+#: The policy set of the tests that are not about policies.
+ALLOW_ALL = '@id("tests-allow-all")\npermit (principal, action, resource);\n'
+
 
 def agent_config(
     cluster: NatsCluster,
@@ -28,11 +31,15 @@ def agent_config(
     quorum_timeout_s: float = 1.0,
     idempotency: dict[str, Any] | None = None,
     ca_dir: Path | None = None,
+    policy: str | None = None,
 ) -> MeridianConfig:
     """One agent in us-east on ``cluster``; ``peers`` are declared regions without agents.
 
     With ``ca_dir``, mutual TLS from the built-in CA there (call
-    :func:`meridian.security.pki.ensure_sandbox` to issue the certificates);
+    :func:`meridian.security.pki.ensure_sandbox` to issue the certificates),
+    authorized by ``policy`` (Cedar text); by default these tests of the
+    data plane permit every identity everything (tests/integration/test_policy.py
+    covers policies);
     without, the agent runs in insecure mode, which these tests of the data
     plane choose explicitly (tests/integration/test_mtls.py covers TLS)."""
     home = cluster.server("us-east")
@@ -54,8 +61,15 @@ def agent_config(
                 "http_port": free_port(),
             }
         )
+    policy_table: dict[str, Any] = {}
+    if ca_dir is not None:
+        ca_dir.parent.mkdir(parents=True, exist_ok=True)
+        path = ca_dir.parent / "policy.cedar"
+        path.write_text(policy if policy is not None else ALLOW_ALL)
+        policy_table["initial"] = str(path)
     return parse_config(
         {
+            "policy": policy_table,
             "region": regions,
             "wan": {"control_port": free_port(), "proxy_base_port": free_port(span=16), "link": []},
             "agent": {

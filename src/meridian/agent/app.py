@@ -56,6 +56,10 @@ from meridian.invocation.router import Invoker
 from meridian.invocation.service import InvocationApi, RegistryApi
 from meridian.observability.metrics import AgentMetrics
 from meridian.observability.tracing import build_tracer_provider
+from meridian.policy import Guard
+from meridian.policy.engine import PolicyEngine
+from meridian.policy.service import PolicyApi
+from meridian.policy.store import PolicyComponent, initial_policies
 from meridian.security.model import Identity, Kind
 from meridian.security.tls import (
     Callers,
@@ -271,6 +275,20 @@ class Agent:
             timeout_s=config.agent.quorum_timeout_s,
         )
         self.api = AgentApi(region, self.monitor, metrics=self.metrics, tracer=self.tracer)
+        # Authorization: the policy set, decided here, kept on the stored one.
+        self.policy_engine = PolicyEngine(
+            initial_policies(config),
+            region=region,
+            sample_permits=config.policy.decision_log_sample,
+        )
+        self.policy = PolicyComponent(
+            self.conn,
+            self.policy_engine,
+            region=region,
+            replicas=min(3, len(config.regions)),
+            timeout_s=config.agent.quorum_timeout_s,
+            hlc=self.hlc,
+        )
         #: One cap on watches and subscriptions per caller identity, across both.
         self.stream_quota = StreamQuota()
         self.state_api = StateApi(
@@ -316,12 +334,23 @@ class Agent:
             peer_rtts=self._peer_rtts,
             shutdown_grace_s=config.agent.shutdown_grace_s,
         )
+        #: Every call is authorized here; in insecure mode there are no
+        #: identities to authorize, so nothing is.
+        self.guard = Guard(
+            self.policy_engine if tls else None,
+            region=region,
+            instance_service=self.registry.lease_service,
+        )
         self.services = Services(
             state=self.state_api,
             idempotency=IdempotencyApi(self.idempotency, skew=self.skew),
             events=events_api,
             registry=RegistryApi(self.registry, config.invocation, config.endpoint_policy),
-            invocation=InvocationApi(self.invoker, config.invocation),
+            invocation=InvocationApi(self.invoker, config.invocation, self.guard),
+            policy=PolicyApi(
+                self.policy_engine, self.policy, trust_domain=config.security.trust_domain
+            ),
+            guard=self.guard,
         )
         rc = self.region_config
         self.status_monitor = _Monitor(self.monitor)
@@ -348,6 +377,7 @@ class Agent:
         # Entered together; left in reverse order, so the router stops taking
         # forwarded calls before the state feeds stop.
         self.components: list[Component] = [
+            self.policy,
             self.state,
             self.idempotency,
             self.events,

@@ -31,6 +31,7 @@ from meridian.core.errors import MeridianError
 from meridian.core.redact import redact
 from meridian.demo.cli import demo
 from meridian.gateway.cli import gateway
+from meridian.policy.cli import policy
 from meridian.security.cli import ca, renew_every
 from meridian.security.pki import client_ssl
 
@@ -464,6 +465,7 @@ cli.add_command(chaos)
 cli.add_command(demo)
 cli.add_command(gateway)
 cli.add_command(ca)
+cli.add_command(policy)
 
 
 def main() -> None:

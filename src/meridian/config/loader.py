@@ -41,6 +41,7 @@ from meridian.config.services import (
     gateway_section,
     idempotency_section,
     invocation_section,
+    policy_section,
     resilience_section,
 )
 from meridian.core.errors import ConfigError, FieldViolation
@@ -117,6 +118,7 @@ def parse_config(
             "resilience",
             "gateway",
             "security",
+            "policy",
         },
         "",
     )
@@ -134,6 +136,7 @@ def parse_config(
     gateway = gateway_section(rd, rd.table(raw, "gateway", "gateway"), sandbox.base_port, base_dir)
     check_plaintext_listeners(rd, security, {"gateway.host": gateway.host})
     resilience = resilience_section(rd, rd.table(raw, "resilience", "resilience"))
+    policy = policy_section(rd, rd.table(raw, "policy", "policy"), base_dir)
     _check_port_clashes(rd, regions, wan)
     if any(r.grpc_port == gateway.port or r.http_port == gateway.port for r in regions):
         rd.bad("gateway.port", f"port {gateway.port} is also an agent's; pick another")
@@ -151,6 +154,7 @@ def parse_config(
         invocation=invocation,
         gateway=gateway,
         security=security,
+        policy=policy,
         resilience=resilience,
         source=source,
     )

@@ -233,6 +233,28 @@ class SecurityConfig:
         return self.mode == "mtls"
 
 
+#: The built-in policy sets ``[policy] initial`` may name (meridian/policy/*.cedar).
+BUILTIN_POLICIES = ("sandbox", "locked")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Authorization (docs/security.md, "Policies")."""
+
+    #: The policy set an agent decides with until one is stored, and stores if
+    #: none is: "sandbox" (the demo's services, operators, the gateway),
+    #: "locked" (operators and health checks only) or a path to a .cedar file.
+    #: None: "sandbox" when the configuration runs a sandbox, else "locked".
+    initial: str | None = None
+    #: The share of permits written to the decision log (denials always are).
+    decision_log_sample: float = 0.01
+
+    def initial_for(self, runs_sandbox: bool) -> str:
+        if self.initial is not None:
+            return self.initial
+        return "sandbox" if runs_sandbox else "locked"
+
+
 @dataclass(frozen=True)
 class MeridianConfig:
     regions: tuple[RegionConfig, ...]
@@ -245,6 +267,7 @@ class MeridianConfig:
     invocation: InvocationConfig = InvocationConfig()
     gateway: GatewayConfig = GatewayConfig()
     security: SecurityConfig = SecurityConfig()
+    policy: PolicyConfig = PolicyConfig()
     #: The parsed [resilience] table (invocation.resilience.overrides.PolicySet).
     resilience: PolicySet = field(default_factory=PolicySet)
     source: str = "<defaults>"
@@ -286,6 +309,11 @@ class MeridianConfig:
         if not self.security.tls:
             return None
         return self.security.client_tls_dir or self.identity_dir(OPERATOR_SLUG)
+
+    @property
+    def initial_policy(self) -> str:
+        """``policy.initial``, its default resolved: a built-in name or a path."""
+        return self.policy.initial_for(self.runs_sandbox)
 
     @property
     def runs_sandbox(self) -> bool:

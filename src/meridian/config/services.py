@@ -1,5 +1,6 @@
 """The tables for calls between services and commands: ``[invocation]``,
-``[gateway]``, ``[resilience]`` and ``[idempotency]`` (see :mod:`meridian.config`)."""
+``[gateway]``, ``[resilience]``, ``[idempotency]`` and ``[policy]`` (see
+:mod:`meridian.config`)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from meridian.config.model import (
+    BUILTIN_POLICIES,
     GATEWAY_PORT_OFFSET,
     GatewayConfig,
     IdempotencyConfig,
     InvocationConfig,
+    PolicyConfig,
 )
 from meridian.config.reader import Reader
 from meridian.config.security import folder
@@ -193,3 +196,33 @@ def idempotency_section(rd: Reader, raw: Mapping[str, Any]) -> IdempotencyConfig
         default_lease_s=float(default_lease),
         max_lease_s=float(max_lease),
     )
+
+
+def policy_section(rd: Reader, raw: Mapping[str, Any], base_dir: Path) -> PolicyConfig:
+    rd.known(raw, {"initial", "decision_log_sample"}, "policy")
+    d = PolicyConfig()
+    initial = d.initial
+    if "initial" in raw:
+        text = rd.string(raw, "initial", "policy.initial", "")
+        if text in BUILTIN_POLICIES:
+            initial = text
+        elif not text or "\x00" in text or not text.endswith(".cedar"):
+            rd.bad(
+                "policy.initial",
+                f"must be {' or '.join(BUILTIN_POLICIES)}, or a path to a .cedar file; "
+                f"got {text[:80]!r}",
+            )
+        else:
+            path = Path(text) if Path(text).is_absolute() else base_dir / text
+            if not path.is_file():
+                rd.bad("policy.initial", f"no such file: {path}")
+            initial = str(path)
+    sample = rd.number(
+        raw,
+        "decision_log_sample",
+        "policy.decision_log_sample",
+        d.decision_log_sample,
+        low=0.0,
+        high=1.0,
+    )
+    return PolicyConfig(initial=initial, decision_log_sample=float(sample))

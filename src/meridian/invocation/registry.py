@@ -210,6 +210,11 @@ class RegistryComponent(Background):
                 "deregister one or reuse an instance_id"
             )
 
+    def lease_service(self, instance_id: str) -> str:
+        """The service a lease held here was registered for; "" if none is."""
+        lease = self._leases.get(instance_id)
+        return lease.reg.service if lease is not None else ""
+
     def heartbeat(self, instance_id: str, owner: str = "") -> datetime:
         lease = self._leases.get(instance_id)
         now = time.monotonic()

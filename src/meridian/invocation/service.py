@@ -39,6 +39,7 @@ from meridian.invocation.registry import PROTOCOL_NAMES, RegistryComponent
 from meridian.invocation.resilience.deadline import resolve_deadline
 from meridian.invocation.router import Invoker
 from meridian.observability.tracing import current_traceparent
+from meridian.policy import Access, Guard
 
 IDEMPOTENCY_KEY_HEADER = "idempotency-key"
 #: The gRPC metadata that names the service the transparent proxy calls.
@@ -214,15 +215,18 @@ class RegistryApi:
 
 
 class InvocationApi:
-    def __init__(self, invoker: Invoker, config: InvocationConfig) -> None:
+    def __init__(self, invoker: Invoker, config: InvocationConfig, guard: Guard) -> None:
         self.invoker = invoker
         self.config = config
+        self.guard = guard
 
     async def call(self, call: Call, caller: Caller | None = None) -> Reply:
         """Invoke ``call``: the one entry every invocation takes. ``caller`` is
         the caller's timeout, by default the one the transport set for the call
-        being served. The route's policy is resolved once, for the deadline and
-        the call."""
+        being served. The caller must be allowed to ``invoke`` the service
+        (PERMISSION_DENIED naming it otherwise). The route's policy is resolved
+        once, for the deadline and the call."""
+        self.guard.check((Access("invoke", "Service", call.service, call.route),))
         timeout = CALLER.get() if caller is None else caller
         policy = self.invoker.policy(call)
         deadline = resolve_deadline(

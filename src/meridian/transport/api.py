@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from meridian.events.service import EventsApi
     from meridian.idempotency.service import IdempotencyApi
     from meridian.invocation.service import InvocationApi, RegistryApi
+    from meridian.policy import Guard
+    from meridian.policy.service import PolicyApi
     from meridian.state.service import StateApi
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,9 @@ class Services:
     events: EventsApi
     registry: RegistryApi
     invocation: InvocationApi
+    policy: PolicyApi
+    #: Authorizes every call (meridian.policy.guard).
+    guard: Guard
 
     def implementations(self, api: AgentApi) -> dict[str, tuple[object, ...]]:
         """Each contract service's implementations, for :func:`build_routes`."""
@@ -109,6 +114,7 @@ class Services:
             "EventService": (self.events,),
             "RegistryService": (self.registry,),
             "InvocationService": (self.invocation,),
+            "PolicyService": (self.policy,),
         }
 
 

@@ -32,9 +32,11 @@ from meridian._pb.meridian.v1 import (
     health_pb2,
     idempotency_pb2,
     invocation_pb2,
+    policy_pb2,
     state_pb2,
     status_pb2,
 )
+from meridian.policy import Guard
 
 #: The generated modules of the public contract, one per ``.proto``.
 CONTRACT: tuple[ModuleType, ...] = (
@@ -44,6 +46,7 @@ CONTRACT: tuple[ModuleType, ...] = (
     idempotency_pb2,
     events_pb2,
     invocation_pb2,
+    policy_pb2,
 )
 
 #: The one URL style: ``/v1/<resource>/<the RPC's name in kebab-case>``, or
@@ -145,10 +148,12 @@ def _handler(service: str, method: str, implementations: Sequence[object]) -> Ca
 def build_routes(
     implementations: Mapping[str, Sequence[object]],
     services: Iterable[ServiceDescriptor] | None = None,
+    guard: Guard | None = None,
 ) -> tuple[Route, ...]:
     """Every RPC of ``services`` (the contract by default) bound to its handler
-    in ``implementations`` (by service name). Raises RouteError naming the RPC
-    for a missing handler, an unserved HTTP rule, two RPCs on one path, or an
+    in ``implementations`` (by service name), authorized by ``guard`` first.
+    Raises RouteError naming the RPC for a missing handler, an unserved HTTP
+    rule, two RPCs on one path, an RPC the guard has no rule for, or an
     implementation for a service the contract does not have."""
     routes: list[Route] = []
     paths: dict[tuple[str, str], str] = {}
@@ -166,6 +171,18 @@ def build_routes(
                 seen = paths.setdefault((b.verb, b.path), method.full_name)
                 if seen != method.full_name:
                     raise RouteError(f"{method.full_name}: {b.verb} {b.path} is {seen}'s already")
+            handler = _handler(service.name, method.name, impls)
+            if guard is not None:
+                try:
+                    handler = guard.wrap(
+                        f"{service.name}/{method.name}",
+                        handler,
+                        client_streaming=method.client_streaming,
+                    )
+                except KeyError:
+                    raise RouteError(
+                        f"{method.full_name}: no authorization rule (meridian.policy.rpcs)"
+                    ) from None
             routes.append(
                 Route(
                     service=service.name,
@@ -176,7 +193,7 @@ def build_routes(
                     client_streaming=method.client_streaming,
                     server_streaming=method.server_streaming,
                     http=bindings,
-                    handler=_handler(service.name, method.name, impls),
+                    handler=handler,
                 )
             )
     return tuple(routes)

@@ -195,7 +195,7 @@ class GrpcTransport:
         self.services = services
         self.tls = tls
         self.callers = callers
-        self.routes = build_routes(services.implementations(api))
+        self.routes = build_routes(services.implementations(api), guard=services.guard)
         self.address = f"{host}:{port}"
         # The standard grpc.health.v1 service too, for orchestrators' probes.
         self.std_health = health.aio.HealthServicer()

@@ -146,7 +146,7 @@ class HttpTransport:
         self.port = port
         self.tls = tls
         self.callers = callers
-        self.routes = build_routes(services.implementations(api))
+        self.routes = build_routes(services.implementations(api), guard=services.guard)
         middlewares = [self._identify] if callers is not None else []
         app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares)
         for route in self.routes:

@@ -1,0 +1,209 @@
+"""The policy decision point: a validated Cedar policy set, evaluated in process.
+
+:func:`compile_policies` parses and validates a policy set against
+:data:`~meridian.policy.model.SCHEMA` (with ``cedarpy``, the bindings to
+Cedar's Rust engine); a set that does not validate is refused with every
+validation error, so an agent never installs one. :class:`PolicyEngine`
+holds the installed set and decides each access locally: no network hop
+per call.
+
+Decisions are cached per installed set: Cedar's evaluation is linear in the
+number of policies (about 50 µs for the demo's set, 700 µs for 1,000
+policies on this kind of machine), and a service asks the same question
+(its identity, one action, one keyspace) again and again. The key is part
+of a cached decision only for the actions some policy decides by the key
+(:func:`~meridian.policy.model.key_dependent_actions`); the cache is
+dropped with the set it was made from.
+
+Decision logs, in the style of OPA's: one JSON log line on the
+``meridian.policy.decisions`` logger per decision logged, with a decision
+id, the principal, action, resource, key, result, the determining policies
+and the policy set's revision. Every denial is logged; permits are sampled
+(``policy.decision_log_sample``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cedarpy
+
+from meridian.core.errors import FieldViolation, InvalidArgumentError, PermissionDeniedError
+from meridian.policy.model import (
+    MAX_POLICY_BYTES,
+    SCHEMA,
+    Access,
+    Decision,
+    Principal,
+    key_dependent_actions,
+    policy_names,
+)
+
+log = logging.getLogger(__name__)
+decisions_log = logging.getLogger("meridian.policy.decisions")
+
+#: Decisions remembered per installed policy set; the oldest go first.
+CACHE_ENTRIES = 65_536
+
+_SCHEMA = cedarpy.Schema.from_str(SCHEMA)
+_NO_ENTITIES = cedarpy.Entities.from_json_str("[]")
+
+
+@dataclass(frozen=True)
+class CompiledPolicies:
+    """A policy set that parsed and validated: its text, Cedar's parsed form,
+    the ids its authors gave (``@id``), and the actions it decides by key."""
+
+    text: str
+    revision: int
+    parsed: cedarpy.PolicySet
+    annotations: dict[str, str]
+    by_key: frozenset[str]
+    count: int
+
+
+def compile_policies(text: str, revision: int = 0, *, field: str = "text") -> CompiledPolicies:
+    """Parse and validate ``text`` against Meridian's schema. Raises
+    InvalidArgumentError naming ``field`` with each parse or validation error
+    (policy ids as Cedar numbers them, ``policy0`` first); nothing is installed."""
+    size = len(text.encode())
+    if size > MAX_POLICY_BYTES:
+        raise InvalidArgumentError(
+            FieldViolation(field, f"is {size} bytes; a policy set is at most {MAX_POLICY_BYTES}")
+        )
+    result = cedarpy.validate_policies(text, _SCHEMA)
+    if not result.validation_passed:
+        errors = [str(e) for e in result.errors] or ["does not validate"]
+        raise InvalidArgumentError([FieldViolation(field, e[:500]) for e in errors[:20]])
+    try:
+        parsed = cedarpy.PolicySet.from_str(text)
+        tree = parsed.to_pst()
+        as_json = cedarpy.policies_to_json_str(text)
+    except ValueError as exc:
+        raise InvalidArgumentError(FieldViolation(field, f"does not parse: {exc}")) from exc
+    if tree.templates:
+        raise InvalidArgumentError(
+            FieldViolation(field, "templates are not supported; write static policies")
+        )
+    annotations = {
+        str(pid): str(p.annotations["id"])
+        for pid, p in tree.static_policies.items()
+        if "id" in (p.annotations or {})
+    }
+    return CompiledPolicies(
+        text=text,
+        revision=revision,
+        parsed=parsed,
+        annotations=annotations,
+        by_key=key_dependent_actions(as_json),
+        count=len(tree.static_policies),
+    )
+
+
+class PolicyEngine:
+    """Decides accesses with the installed policy set; see the module docstring.
+
+    ``install`` swaps the set (and drops the cache) atomically for the event
+    loop: a decision is made wholly with one set."""
+
+    def __init__(
+        self,
+        policies: CompiledPolicies,
+        *,
+        region: str,
+        sample_permits: float = 0.0,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.region = region
+        self.sample_permits = sample_permits
+        self._rng = rng
+        self._policies = policies
+        self._cache: dict[tuple[str, str, str, str, str, str, str], Decision] = {}
+
+    @property
+    def policies(self) -> CompiledPolicies:
+        return self._policies
+
+    def install(self, policies: CompiledPolicies) -> None:
+        """Serve ``policies`` from now on."""
+        self._policies = policies
+        self._cache = {}
+        log.info(
+            "policy set installed",
+            extra={"revision": policies.revision, "policies": policies.count},
+        )
+
+    def decide(self, principal: Principal, access: Access) -> Decision:
+        """The decision for ``principal`` doing ``access`` here (cached)."""
+        policies = self._policies
+        key = access.key if access.action in policies.by_key else ""
+        ck = (
+            principal.type,
+            principal.id,
+            access.action,
+            access.resource_type,
+            access.resource,
+            key,
+            principal.region,
+        )
+        found = self._cache.get(ck)
+        if found is None:
+            found = self._evaluate(policies, principal, access)
+            if len(self._cache) >= CACHE_ENTRIES:
+                del self._cache[next(iter(self._cache))]
+            self._cache[ck] = found
+        return found
+
+    def _evaluate(
+        self, policies: CompiledPolicies, principal: Principal, access: Access
+    ) -> Decision:
+        request = {
+            "principal": {"type": principal.type, "id": principal.id},
+            "action": {"type": "Action", "id": access.action},
+            "resource": {"type": access.resource_type, "id": access.resource},
+            "context": {
+                "region": self.region,
+                "caller_region": principal.region or self.region,
+                "target": access.resource,
+                "key": access.key,
+            },
+        }
+        result = cedarpy.is_authorized(request, policies.parsed, _NO_ENTITIES)
+        diag = result.diagnostics
+        return Decision(
+            allowed=result.allowed,
+            determining=policy_names(diag.reasons, policies.annotations),
+            errors=tuple(str(e) for e in diag.errors),
+        )
+
+    def check(self, principal: Principal, access: Access) -> Decision:
+        """:meth:`decide`, logged as the decision log says; raises
+        PermissionDeniedError naming the action and resource (never a policy)
+        when denied."""
+        decision = self.decide(principal, access)
+        if not decision.allowed:
+            self._log(principal, access, decision)
+            raise PermissionDeniedError(f"{principal} may not {access}")
+        if self.sample_permits and self._rng() < self.sample_permits:
+            self._log(principal, access, decision)
+        return decision
+
+    def _log(self, principal: Principal, access: Access, decision: Decision) -> None:
+        decisions_log.info(
+            "policy decision",
+            extra={
+                "decision_id": uuid.uuid4().hex,
+                "principal": str(principal),
+                "action": access.action,
+                "resource": access.resource_text,
+                "key": access.key,
+                "result": decision.result,
+                "policies": list(decision.determining),
+                "revision": self._policies.revision,
+                "region": self.region,
+            },
+        )
