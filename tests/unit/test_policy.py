@@ -345,3 +345,65 @@ async def test_insecure_mode_has_no_identities_to_authorize() -> None:
 
     assert guard.wrap("StateService/Put", handler, client_streaming=False) is handler
     guard.check([Access("state:write", "Keyspace", "orders")])  # nothing raised
+
+
+# -- slices decide as the whole set does -------------------------------------------
+
+MIXED = builtin("sandbox") + "\n".join(
+    [
+        '@id("svc-in") permit (principal in Service::"orders", action, resource is Keyspace);',
+        '@id("ks-in") permit (principal, action == Action::"state:read", resource in Keyspace::"a");',
+        '@id("is-in") permit (principal is Service, action == Action::"state:write", '
+        'resource is Keyspace in Keyspace::"b") when { context.key like "w/*" };',
+        '@id("no-ap") forbid (principal, action, resource) when { context.region == "ap-south" };',
+        '@id("ctx-all") forbid (principal == Service::"x", action, resource) '
+        "unless { context has key };",
+        '@id("target") permit (principal == Service::"y", action == Action::"events:publish", '
+        'resource) when { context.target like "y.*" };',
+    ]
+)
+
+
+@pytest.mark.parametrize("region", ["us-east", "ap-south"])
+def test_slices_decide_exactly_as_the_whole_set(region: str) -> None:
+    import itertools
+
+    import cedarpy
+
+    compiled = compile_policies(MIXED, 3)
+    e = PolicyEngine(compiled, region=region)
+    principals = [ORDERS, INVENTORY, Principal("Service", "x"), Principal("Service", "y")]
+    principals += [Principal("Gateway", "gateway"), Principal("Operator", "o")]
+    principals += [Principal("Agent", "eu-west")]
+    accesses = [
+        Access(action, rtype, rid, key)
+        for (action, rtype), rid, key in itertools.product(
+            [
+                ("state:read", "Keyspace"),
+                ("state:write", "Keyspace"),
+                ("events:publish", "Topic"),
+                ("invoke", "Service"),
+                ("registry:register", "Service"),
+            ],
+            ["orders", "a", "b", "y.1", "inventory"],
+            ["", "w/1", "x"],
+        )
+    ]
+    for p, a in itertools.product(principals, accesses):
+        whole = cedarpy.is_authorized(
+            {
+                "principal": {"type": p.type, "id": p.id},
+                "action": {"type": "Action", "id": a.action},
+                "resource": {"type": a.resource_type, "id": a.resource},
+                "context": {
+                    "region": region,
+                    "caller_region": p.region or region,
+                    "target": a.resource,
+                    "key": a.key,
+                },
+            },
+            compiled.parsed,
+            cedarpy.Entities.from_json_str("[]"),
+        )
+        for _ in range(2):  # the second answer comes from the cache
+            assert e.decide(p, a).allowed is whole.allowed, (p, a)

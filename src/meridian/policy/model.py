@@ -213,17 +213,59 @@ def _scope_actions(scope: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(e.get("id", "") for e in entities if isinstance(e, dict)) & ACTIONS
 
 
+def reads_key(policy: Mapping[str, Any]) -> bool:
+    """Whether a policy (Cedar's JSON form) may read ``context.key``."""
+    return _reads_key(policy.get("conditions", []))
+
+
 def key_dependent_actions(policies_json: str) -> frozenset[str]:
     """The actions whose decision may depend on ``context.key``, from a policy
-    set in Cedar's JSON form (``cedarpy.policies_to_json_str``). A decision
-    for any other action is the same for every key, so it may be cached
-    without one."""
+    set in Cedar's JSON form (``cedarpy.policies_to_json_str``)."""
     doc = json.loads(policies_json)
     out: set[str] = set()
     for policy in doc.get("staticPolicies", {}).values():
-        if _reads_key(policy.get("conditions", [])):
+        if reads_key(policy):
             out |= _scope_actions(policy.get("action", {}))
     return frozenset(out)
+
+
+def _entity_may_match(scope: Mapping[str, Any], type_: str, id_: str) -> bool:
+    """Whether a principal or resource scope can match ``type_::"id_"``.
+
+    The engine gives Cedar no entity hierarchy (no parents), so ``in`` an
+    entity of the same type is equality; ``in`` an entity of another type is
+    kept, as is anything this function does not know."""
+    op = scope.get("op")
+    if op == "All":
+        return True
+    if op == "==":
+        entity = scope.get("entity") or {}
+        return bool(entity.get("type") == type_ and entity.get("id") == id_)
+    if op == "is":
+        if scope.get("entity_type") != type_:
+            return False
+        inner = scope.get("in")
+        return inner is None or _entity_may_match({"op": "in", **inner}, type_, id_)
+    if op == "in":
+        entity = scope.get("entity") or {}
+        if entity.get("type") == type_:
+            return bool(entity.get("id") == id_)
+        return True  # an ancestor of another type: kept
+    return True  # anything else (a template slot): kept
+
+
+def scope_may_match(
+    policy: Mapping[str, Any], principal: Principal, action: str, resource: tuple[str, str]
+) -> bool:
+    """Whether a policy (Cedar's JSON form) can apply to a request for
+    ``principal`` doing ``action`` on ``resource`` (type, id). Its scope is a
+    conjunct of the policy: a policy whose scope can't match can't decide the
+    request, so evaluating without it gives the same decision."""
+    if action not in _scope_actions(policy.get("action", {})):
+        return False
+    if not _entity_may_match(policy.get("principal", {}), principal.type, principal.id):
+        return False
+    return _entity_may_match(policy.get("resource", {}), *resource)
 
 
 def policy_names(ids: Iterable[str], annotations: Mapping[str, str]) -> tuple[str, ...]:
