@@ -37,6 +37,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 
 import meridian
 from meridian.agent.monitor import StatusMonitor
+from meridian.audit.store import AuditLog
 from meridian.backbone.connection import BackboneConnection
 from meridian.backbone.lifecycle import Background, Component, enter_together
 from meridian.config import MeridianConfig
@@ -275,11 +276,23 @@ class Agent:
             timeout_s=config.agent.quorum_timeout_s,
         )
         self.api = AgentApi(region, self.monitor, metrics=self.metrics, tracer=self.tracer)
+        #: The audit log: admin changes and denials, checkpoints signed and cosigned.
+        self.audit = AuditLog(
+            self.conn,
+            region=region,
+            trust_domain=config.security.trust_domain,
+            keys_dir=config.audit_keys_dir if tls else None,
+            replicas=min(3, len(config.regions)),
+            timeout_s=config.agent.quorum_timeout_s,
+            checkpoint_interval_s=config.audit.checkpoint_interval_s,
+            hlc=self.hlc,
+        )
         # Authorization: the policy set, decided here, kept on the stored one.
         self.policy_engine = PolicyEngine(
             initial_policies(config),
             region=region,
             sample_permits=config.policy.decision_log_sample,
+            trail=self.audit,
         )
         self.policy = PolicyComponent(
             self.conn,
@@ -348,7 +361,10 @@ class Agent:
             registry=RegistryApi(self.registry, config.invocation, config.endpoint_policy),
             invocation=InvocationApi(self.invoker, config.invocation, self.guard),
             policy=PolicyApi(
-                self.policy_engine, self.policy, trust_domain=config.security.trust_domain
+                self.policy_engine,
+                self.policy,
+                trust_domain=config.security.trust_domain,
+                trail=self.audit,
             ),
             guard=self.guard,
         )
@@ -377,6 +393,7 @@ class Agent:
         # Entered together; left in reverse order, so the router stops taking
         # forwarded calls before the state feeds stop.
         self.components: list[Component] = [
+            self.audit,
             self.policy,
             self.state,
             self.idempotency,

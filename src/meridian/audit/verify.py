@@ -189,7 +189,9 @@ def verify_log(
       signature (type 0x01) by at least one region, else it is a problem;
     - a checkpoint beyond the entries ("entries were removed"), or whose root
       is not the entries' root at its size, is a problem;
-    - fewer than ``min_cosigners`` regions other than its signers cosigned:
+    - fewer than ``min_cosigners`` regions beyond one signer vouch for it
+      (signed or cosigned it; a region's cosignature of its own checkpoint
+      does not add a region):
       a problem for an older checkpoint, a warning for the newest (its
       cosignatures may still be on their way);
     - two checkpoints of one size with different roots are a fork;
@@ -365,8 +367,12 @@ def _judge(
                 f"{good}..{cp.size - 1})"
             )
             _invalid(s)
-        others = s.cosigners - s.signers
-        if len(others) < min_cosigners:
+        # Regions that vouch for this tree: its signers and its cosigners (each
+        # agent signs its own checkpoints too, so one body may have several
+        # signers). It needs min_cosigners beyond the first.
+        attesting = s.signers | s.cosigners
+        if len(attesting) - 1 < min_cosigners:
+            others = attesting - {min(s.signers)} if s.signers else attesting
             text = (
                 f"{s.label}: cosigned by {len(others)} other region(s)"
                 f"{' (' + _names(others) + ')' if others else ''}, needs {min_cosigners}"

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import click
 
+from meridian.audit.cli import audit
 from meridian.chaos.cli import chaos
 from meridian.config import MeridianConfig, default_config_text, load_config
 from meridian.config.security import INSECURE_ENV
@@ -466,6 +467,7 @@ cli.add_command(demo)
 cli.add_command(gateway)
 cli.add_command(ca)
 cli.add_command(policy)
+cli.add_command(audit)
 
 
 def main() -> None:

@@ -38,6 +38,7 @@ from meridian.config.model import (
 from meridian.config.reader import Reader
 from meridian.config.security import check_plaintext_listeners, folder, security_section
 from meridian.config.services import (
+    audit_section,
     gateway_section,
     idempotency_section,
     invocation_section,
@@ -119,6 +120,7 @@ def parse_config(
             "gateway",
             "security",
             "policy",
+            "audit",
         },
         "",
     )
@@ -137,6 +139,7 @@ def parse_config(
     check_plaintext_listeners(rd, security, {"gateway.host": gateway.host})
     resilience = resilience_section(rd, rd.table(raw, "resilience", "resilience"))
     policy = policy_section(rd, rd.table(raw, "policy", "policy"), base_dir)
+    audit = audit_section(rd, rd.table(raw, "audit", "audit"), base_dir)
     _check_port_clashes(rd, regions, wan)
     if any(r.grpc_port == gateway.port or r.http_port == gateway.port for r in regions):
         rd.bad("gateway.port", f"port {gateway.port} is also an agent's; pick another")
@@ -155,6 +158,7 @@ def parse_config(
         gateway=gateway,
         security=security,
         policy=policy,
+        audit=audit,
         resilience=resilience,
         source=source,
     )

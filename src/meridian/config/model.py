@@ -256,6 +256,17 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """The audit log (docs/security.md, "Audit log")."""
+
+    #: How often each agent signs a checkpoint of the log (when it grew).
+    checkpoint_interval_s: float = 5.0
+    #: The regions' audit keys (<region>.key, <region>.pub); None means
+    #: ``<security.ca_dir>/audit``, where the sandbox makes them.
+    keys_dir: Path | None = None
+
+
+@dataclass(frozen=True)
 class MeridianConfig:
     regions: tuple[RegionConfig, ...]
     wan: WanConfig
@@ -268,6 +279,7 @@ class MeridianConfig:
     gateway: GatewayConfig = GatewayConfig()
     security: SecurityConfig = SecurityConfig()
     policy: PolicyConfig = PolicyConfig()
+    audit: AuditConfig = AuditConfig()
     #: The parsed [resilience] table (invocation.resilience.overrides.PolicySet).
     resilience: PolicySet = field(default_factory=PolicySet)
     source: str = "<defaults>"
@@ -309,6 +321,11 @@ class MeridianConfig:
         if not self.security.tls:
             return None
         return self.security.client_tls_dir or self.identity_dir(OPERATOR_SLUG)
+
+    @property
+    def audit_keys_dir(self) -> Path:
+        """Where the regions' audit keys are."""
+        return self.audit.keys_dir or self.ca_path / "audit"
 
     @property
     def initial_policy(self) -> str:

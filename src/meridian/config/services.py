@@ -1,5 +1,5 @@
 """The tables for calls between services and commands: ``[invocation]``,
-``[gateway]``, ``[resilience]``, ``[idempotency]`` and ``[policy]`` (see
+``[gateway]``, ``[resilience]``, ``[idempotency]``, ``[policy]`` and ``[audit]`` (see
 :mod:`meridian.config`)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 from meridian.config.model import (
     BUILTIN_POLICIES,
     GATEWAY_PORT_OFFSET,
+    AuditConfig,
     GatewayConfig,
     IdempotencyConfig,
     InvocationConfig,
@@ -226,3 +227,20 @@ def policy_section(rd: Reader, raw: Mapping[str, Any], base_dir: Path) -> Policy
         high=1.0,
     )
     return PolicyConfig(initial=initial, decision_log_sample=float(sample))
+
+
+def audit_section(rd: Reader, raw: Mapping[str, Any], base_dir: Path) -> AuditConfig:
+    rd.known(raw, {"checkpoint_interval_s", "keys_dir"}, "audit")
+    d = AuditConfig()
+    interval = rd.number(
+        raw,
+        "checkpoint_interval_s",
+        "audit.checkpoint_interval_s",
+        d.checkpoint_interval_s,
+        low=0.1,
+        high=3600,
+    )
+    return AuditConfig(
+        checkpoint_interval_s=float(interval),
+        keys_dir=folder(rd, raw, "keys_dir", "audit.keys_dir", base_dir),
+    )

@@ -45,6 +45,7 @@ from meridian.policy.model import (
     MAX_POLICY_BYTES,
     SCHEMA,
     Access,
+    AuditTrail,
     Decision,
     Principal,
     key_dependent_actions,
@@ -141,8 +142,11 @@ class PolicyEngine:
         region: str,
         sample_permits: float = 0.0,
         rng: Callable[[], float] = random.random,
+        trail: AuditTrail | None = None,
     ) -> None:
         self.region = region
+        #: Where denials are recorded beside the decision log (the audit log).
+        self.trail = trail
         self.sample_permits = sample_permits
         self._rng = rng
         self._policies = policies
@@ -231,17 +235,21 @@ class PolicyEngine:
         when denied."""
         decision = self.decide(principal, access)
         if not decision.allowed:
-            self._log(principal, access, decision)
+            decision_id = self._log(principal, access, decision)
+            if self.trail is not None:
+                self.trail.denied(decision_id, access)
             raise PermissionDeniedError(f"{principal} may not {access}")
         if self.sample_permits and self._rng() < self.sample_permits:
             self._log(principal, access, decision)
         return decision
 
-    def _log(self, principal: Principal, access: Access, decision: Decision) -> None:
+    def _log(self, principal: Principal, access: Access, decision: Decision) -> str:
+        """Write the decision log line; its decision id."""
+        decision_id = uuid.uuid4().hex
         decisions_log.info(
             "policy decision",
             extra={
-                "decision_id": uuid.uuid4().hex,
+                "decision_id": decision_id,
                 "principal": str(principal),
                 "action": access.action,
                 "resource": access.resource_text,
@@ -252,3 +260,4 @@ class PolicyEngine:
                 "region": self.region,
             },
         )
+        return decision_id

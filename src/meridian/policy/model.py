@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from meridian.security.model import Identity, Kind
 
@@ -184,6 +184,18 @@ class Decision:
     @property
     def result(self) -> str:
         return "permit" if self.allowed else "deny"
+
+
+class AuditTrail(Protocol):
+    """Where policy decisions that must be kept go (the audit log). The
+    caller of the call being served is the principal."""
+
+    def denied(self, decision_id: str, access: Access) -> None:
+        """Record a denial; never waits and never raises."""
+
+    async def admin(self, request_id: str, access: Access, detail: Mapping[str, str]) -> None:
+        """Record a permitted admin change before it is made; raises when it
+        can't be recorded (the change must then not be made)."""
 
 
 def _reads_key(node: Any) -> bool:

@@ -6,15 +6,21 @@ like every other RPC's.
 
 from __future__ import annotations
 
+import hashlib
+import uuid
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from meridian._pb.meridian.v1 import policy_pb2 as pb
 from meridian.core.calls import CALLER
 from meridian.core.errors import FieldViolation, InvalidArgumentError, MeridianError
-from meridian.policy.engine import PolicyEngine
-from meridian.policy.model import ACTIONS, RESOURCE_TYPES, Access, Principal
+from meridian.policy.engine import PolicyEngine, compile_policies
+from meridian.policy.model import ACTIONS, RESOURCE_TYPES, Access, AuditTrail, Principal
 from meridian.policy.store import PolicyComponent
 from meridian.security.model import Identity
+
+#: What a policy push is, as an access.
+POLICIES = Access("admin:policies", "Control", "policies")
 
 #: Longest resource id or key Explain takes.
 MAX_EXPLAIN_FIELD = 1024
@@ -24,16 +30,30 @@ class PolicyApi:
     """The PolicyService RPCs over the agent's engine and policy store."""
 
     def __init__(
-        self, engine: PolicyEngine, component: PolicyComponent, *, trust_domain: str
+        self,
+        engine: PolicyEngine,
+        component: PolicyComponent,
+        *,
+        trust_domain: str,
+        trail: AuditTrail,
     ) -> None:
         self.engine = engine
         self.component = component
         self.trust_domain = trust_domain
+        self.trail = trail
 
     async def put_policies(self, request: pb.PutPoliciesRequest) -> pb.PutPoliciesResponse:
-        """Validate, then store; INVALID_ARGUMENT with Cedar's errors, CONFLICT
-        on a stale ``if_revision``, nothing stored on either."""
+        """Validate, record in the audit log, then store; INVALID_ARGUMENT with
+        Cedar's errors, CONFLICT on a stale ``if_revision``, nothing stored on
+        either; nothing stored either when the audit log can't record it."""
         if_revision = request.if_revision if request.HasField("if_revision") else None
+        compiled = compile_policies(request.text)
+        detail = {
+            "sha256": hashlib.sha256(request.text.encode()).hexdigest(),
+            "policies": str(compiled.count),
+            "if_revision": "" if if_revision is None else str(if_revision),
+        }
+        await self.trail.admin(uuid.uuid4().hex, POLICIES, detail)
         compiled = await self.component.put(request.text, CALLER.get().identity, if_revision)
         return pb.PutPoliciesResponse(revision=compiled.revision, policies=compiled.count)
 

@@ -15,6 +15,7 @@ import ssl
 from collections.abc import Sequence
 from pathlib import Path
 
+from meridian.audit.keys import ensure_keys
 from meridian.config import MeridianConfig
 from meridian.core.errors import ConfigError, FieldViolation
 from meridian.security.ca import CertificateAuthority
@@ -101,6 +102,8 @@ def ensure_sandbox(config: MeridianConfig) -> list[Identity]:
     if config.runs_sandbox:
         ensure_identity(config, "operator/nats-system")
         done.append(Identity(td, Kind.OPERATOR, "nats-system"))
+    # Each region's audit key: its agent signs checkpoints with it.
+    ensure_keys(config.audit_keys_dir, config.region_names)
     return done
 
 
