@@ -100,11 +100,22 @@ async def test_admin_changes_and_denials_are_entries_and_checkpoints_are_cosigne
         async with MeridianClient(config.region("us-east").grpc_address, tls=folder) as inv:
             with pytest.raises(PermissionDeniedError):
                 await inv.put("orders", "o-1", b"{}")
+        # A replay is an admin change: recorded before it runs, whatever it finds.
+        await http_post(
+            f"{config.region('us-east').http_url}/v1/events/replay",
+            {"group": "g1", "topicFilter": "orders", "start": {"sequence": "1"}},
+            ssl=client_ssl(config),
+        )
 
         def judged(log: tuple[list[bytes], list[bytes]]) -> bool:
             entries = [AuditEntry.parse(e) for e in log[0]]
             actions = {(e.action, e.decision) for e in entries}
-            if not {("admin:policies", "permit"), ("state:write", "deny")} <= actions:
+            wanted = {
+                ("admin:policies", "permit"),
+                ("state:write", "deny"),
+                ("events:replay", "permit"),
+            }
+            if not wanted <= actions:
                 return False
             report = report_of(config, *log)
             last = report.checkpoints[-1] if report.checkpoints else None

@@ -407,3 +407,83 @@ def test_slices_decide_exactly_as_the_whole_set(region: str) -> None:
         )
         for _ in range(2):  # the second answer comes from the cache
             assert e.decide(p, a).allowed is whole.allowed, (p, a)
+
+
+# -- admin changes are recorded before they run ------------------------------------
+
+
+class RecordedTrail:
+    """An AuditTrail that keeps what it is given (and can be made to fail)."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.fail = fail
+        self.admin_changes: list[tuple[str, Access, dict[str, str]]] = []
+        self.denials: list[Access] = []
+
+    def denied(self, decision_id: str, access: Access) -> None:
+        self.denials.append(access)
+
+    async def admin(self, request_id: str, access: Access, detail: Any) -> None:
+        if self.fail:
+            raise PermissionDeniedError("the audit log can't record it")  # any MeridianError
+        self.admin_changes.append((CALLER.get().identity, access, dict(detail)))
+
+
+async def test_a_replay_is_recorded_before_it_runs_and_not_run_if_it_cant_be() -> None:
+    ran: list[Any] = []
+
+    async def replay(request: Any) -> str:
+        ran.append(request)
+        return "moved"
+
+    request = events_pb2.ReplayRequest(group="orders-readmodel-us-east", topic_filter="orders")
+    trail = RecordedTrail()
+    guard = Guard(engine(builtin("sandbox")), region="us-east", trail=trail)
+    wrapped = guard.wrap("EventService/Replay", replay, client_streaming=False)
+    token = CALLER.set(caller("service/orders"))
+    try:
+        assert await wrapped(request) == "moved"
+        ((who, access, detail),) = trail.admin_changes
+        assert who == "spiffe://meridian.local/service/orders"
+        assert access == Access("events:replay", "Topic", "orders", "orders-readmodel-us-east")
+        assert detail == {"rpc": "EventService/Replay"}
+
+        failing = Guard(
+            engine(builtin("sandbox")), region="us-east", trail=RecordedTrail(fail=True)
+        )
+        refused = failing.wrap("EventService/Replay", replay, client_streaming=False)
+        with pytest.raises(PermissionDeniedError, match="can't record"):
+            await refused(request)
+        assert len(ran) == 1  # the replay that could not be recorded did not run
+    finally:
+        CALLER.reset(token)
+
+
+async def test_only_an_operators_deregistration_is_an_admin_change() -> None:
+    async def deregister(request: Any) -> str:
+        return "gone"
+
+    trail = RecordedTrail()
+    guard = Guard(
+        engine(builtin("sandbox")),
+        region="us-east",
+        instance_service=lambda iid: "orders",
+        trail=trail,
+    )
+    wrapped = guard.wrap("RegistryService/Deregister", deregister, client_streaming=False)
+    request = invocation_pb2.DeregisterRequest(instance_id="orders-1")
+    for spec in ("service/orders", "operator/alice"):
+        token = CALLER.set(caller(spec))
+        try:
+            assert await wrapped(request) == "gone"
+        finally:
+            CALLER.reset(token)
+    assert [who for who, _, _ in trail.admin_changes] == ["spiffe://meridian.local/operator/alice"]
+
+
+def test_denials_reach_the_trail() -> None:
+    trail = RecordedTrail()
+    e = PolicyEngine(compile_policies(builtin("sandbox")), region="us-east", trail=trail)
+    with pytest.raises(PermissionDeniedError):
+        e.check(INVENTORY, Access("state:write", "Keyspace", "orders", "o-1"))
+    assert trail.denials == [Access("state:write", "Keyspace", "orders", "o-1")]

@@ -353,6 +353,7 @@ class Agent:
             self.policy_engine if tls else None,
             region=region,
             instance_service=self.registry.lease_service,
+            trail=self.audit,
         )
         self.services = Services(
             state=self.state_api,

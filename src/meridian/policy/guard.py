@@ -5,6 +5,9 @@ transports are built from it, so gRPC and HTTP share it, the gateway's calls
 included: the gateway is a caller like any other), and ``InvocationApi.call``
 checks ``invoke`` for the proxies and the Invoke RPC. The caller is the
 identity in its client certificate (:data:`~meridian.core.calls.CALLER`).
+The RPCs that are admin changes (:data:`~meridian.policy.rpcs.AUDITED`) are
+recorded in the audit log, and waited for, once authorized and before they
+run: if the record fails, so does the call, and nothing changes.
 
 In insecure mode there are no identities, so there is nothing to authorize:
 the guard lets every call through (the agent logs that at start, and refuses
@@ -13,14 +16,15 @@ insecure mode beyond loopback).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 from meridian.core.calls import CALLER
 from meridian.core.errors import MeridianError, PermissionDeniedError
 from meridian.policy.engine import PolicyEngine
-from meridian.policy.model import Access, Principal
-from meridian.policy.rpcs import RULES, RpcContext, Rule
+from meridian.policy.model import Access, AuditTrail, Principal
+from meridian.policy.rpcs import AUDITED, RULES, RpcContext, Rule
 from meridian.security.model import Identity
 
 Handler = Callable[[Any], Awaitable[Any]]
@@ -38,8 +42,11 @@ class Guard:
         *,
         region: str,
         instance_service: Callable[[str], str] = lambda _: "",
+        trail: AuditTrail | None = None,
     ) -> None:
         self.engine = engine
+        #: Where admin changes are recorded before they run (the audit log).
+        self.trail = trail
         self.context = RpcContext(region, instance_service)
         self._principals: dict[str, Principal] = {}
 
@@ -90,6 +97,21 @@ class Guard:
                 return await handler(self._checked(rule, principal, requests))
 
             return streaming
+
+        audited = AUDITED.get(rpc)
+        trail = self.trail
+        if audited is not None and trail is not None:
+
+            async def recorded(request: Any) -> Any:
+                principal = self.principal()
+                accesses = list(rule(request, ctx))
+                self.check(accesses, principal)
+                if audited(principal):
+                    for access in accesses:
+                        await trail.admin(uuid.uuid4().hex, access, {"rpc": rpc})
+                return await handler(request)
+
+            return recorded
 
         async def unary(request: Any) -> Any:
             self.check(rule(request, ctx))

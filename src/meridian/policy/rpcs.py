@@ -24,7 +24,7 @@ from meridian._pb.meridian.v1 import (
     policy_pb2,
     state_pb2,
 )
-from meridian.policy.model import Access
+from meridian.policy.model import Access, Principal
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,16 @@ def _agent(action: str) -> Rule:
 def _admin(r: policy_pb2.PutPoliciesRequest, ctx: RpcContext) -> Iterable[Access]:
     return (Access("admin:policies", "Control", "policies"),)
 
+
+#: The RPCs that are admin changes when the principal matches: each is
+#: recorded in the audit log, and waited for, before it runs (policy pushes
+#: are recorded by PolicyService itself, with the set's digest).
+AUDITED: Mapping[str, Callable[[Principal], bool]] = {
+    # Moving a consumer group rewrites what its consumers will be given.
+    "EventService/Replay": lambda p: True,
+    # An operator removing an instance (a service removing its own is routine).
+    "RegistryService/Deregister": lambda p: p.type == "Operator",
+}
 
 #: Every RPC of the contract and what it asks to do.
 RULES: Mapping[str, Rule] = {
