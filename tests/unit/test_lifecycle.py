@@ -10,6 +10,7 @@ from meridian.backbone.lifecycle import Background
 
 class SwallowsOneCancel(Background):
     name = "swallows-one-cancel"
+    cancel_again_s = 0.1
 
     def __init__(self) -> None:
         super().__init__()

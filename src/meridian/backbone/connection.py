@@ -72,6 +72,7 @@ async def ensure_until_done(
         try:
             await conn.wait_connected()
             await ensure()
+            reraise_if_cancelling()  # a cancellation the last request swallowed
             return
         except asyncio.CancelledError:
             raise

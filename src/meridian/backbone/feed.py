@@ -11,6 +11,7 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
+from meridian.backbone.connection import reraise_if_cancelling
 from meridian.core.errors import MeridianError, ResourceExhaustedError
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,9 @@ async def ordered_feed(
         stream=stream,
     )
     try:
+        # Creating the consumer is a request: a cancellation it swallowed would
+        # leave the caller waiting on the queue for ever.
+        reraise_if_cancelling()
         yield queue
     finally:
         try:

@@ -22,8 +22,9 @@ from typing import Protocol, Self
 log = logging.getLogger(__name__)
 
 #: How long a component's task has to end after a cancellation before it is
-#: cancelled again.
-CANCEL_AGAIN_S = 1.0
+#: cancelled again: far beyond any clean-up (which a second cancellation
+#: would cut short), so only a task that lost its cancellation gets one.
+CANCEL_AGAIN_S = 10.0
 
 
 class Component(Protocol):
@@ -45,6 +46,8 @@ class Background:
     """A component whose work is one task: ``run()``, which calls ``self.serving()``."""
 
     name = "background"
+    #: See CANCEL_AGAIN_S.
+    cancel_again_s = CANCEL_AGAIN_S
 
     def __init__(self) -> None:
         self._serving = asyncio.Event()
@@ -95,13 +98,17 @@ class Background:
 
     async def _cancel(self) -> None:
         if self._task is not None:
-            # Cancel again while it runs: 3.11's asyncio.wait_for (which nats-py
-            # uses for every request) swallows a cancellation that races with
-            # the request's answer, and the task then goes on, say into a feed
-            # that waits for ever.
+            # Cancel again if it still runs: 3.11's asyncio.wait_for (which
+            # nats-py uses for every request) swallows a cancellation that races
+            # with the request's answer, and a task that does not check
+            # (reraise_if_cancelling) goes on, say into a feed that waits for
+            # ever.
+            self._task.cancel()
+            await asyncio.wait({self._task}, timeout=self.cancel_again_s)
             while not self._task.done():
+                log.warning("component %s lost its cancellation; cancelling again", self.name)
                 self._task.cancel()
-                await asyncio.wait({self._task}, timeout=CANCEL_AGAIN_S)
+                await asyncio.wait({self._task}, timeout=self.cancel_again_s)
             with contextlib.suppress(asyncio.CancelledError):
                 try:
                     await self._task

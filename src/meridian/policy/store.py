@@ -27,7 +27,11 @@ from pathlib import Path
 
 import rfc8785
 
-from meridian.backbone.connection import BackboneConnection, ensure_until_done
+from meridian.backbone.connection import (
+    BackboneConnection,
+    ensure_until_done,
+    reraise_if_cancelling,
+)
 from meridian.backbone.lifecycle import Background
 from meridian.config import GLOBAL_CLUSTER, MeridianConfig
 from meridian.config.model import BUILTIN_POLICIES
@@ -143,12 +147,7 @@ class PolicyComponent(Background):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the store can't be read now: keep the set we have
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    # 3.11's asyncio.timeout can turn a cancellation that races
-                    # its deadline into TimeoutError (then QUORUM_UNAVAILABLE):
-                    # a cancelled component must still stop.
-                    raise asyncio.CancelledError from exc
+                reraise_if_cancelling()
                 log.warning(
                     "cannot follow the policy set (%s); keeping revision %d",
                     exc,
@@ -158,6 +157,7 @@ class PolicyComponent(Background):
 
     async def _follow(self) -> None:
         entry = await self.store.get_strong(SET_KEY)
+        reraise_if_cancelling()  # nats-py can swallow a cancellation (3.11)
         if entry is None:
             seed = StoredPolicies(self.initial.text, "initial", self.hlc.now().wall_ms)
             try:
@@ -166,6 +166,7 @@ class PolicyComponent(Background):
             except ConflictError:
                 pass  # another agent stored one first
             entry = await self.store.get_strong(SET_KEY)
+            reraise_if_cancelling()
         if entry is not None:
             self._install(entry.revision, entry.value)
         start = entry.revision + 1 if entry is not None else 1
