@@ -35,7 +35,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +53,7 @@ from meridian.audit.verify import key_name, log_origin, region_verifiers
 from meridian.backbone.connection import (
     BackboneConnection,
     ensure_until_done,
-    reraise_if_cancelling,
+    retry_forever,
     translate_nats_errors,
 )
 from meridian.backbone.feed import ordered_feed
@@ -227,10 +227,15 @@ class AuditLog(Background):
         self._streams_ready = True
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._write_forever(), name="audit-writer")
-            tg.create_task(self._follow_forever(), name="audit-follower")
+            tg.create_task(
+                retry_forever("following the audit log", self._follow), name="audit-follower"
+            )
             if self.key is not None:
                 tg.create_task(self._checkpoint_forever(), name="audit-checkpoints")
-                tg.create_task(self._cosign_forever(), name="audit-cosigner")
+                tg.create_task(
+                    retry_forever("cosigning audit checkpoints", self._cosign_all),
+                    name="audit-cosigner",
+                )
 
     async def _ensure(self) -> None:
         js = self.conn.jetstream(self.timeout_s)
@@ -242,18 +247,6 @@ class AuditLog(Background):
                     f"cannot create {config.name}", timeout=QuorumUnavailableError
                 ):
                     await js.add_stream(config)
-
-    async def _forever(self, what: str, step: Callable[[], Awaitable[None]]) -> None:
-        """Run ``step`` again after each failure."""
-        while True:
-            try:
-                await step()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the global quorum is away: try again
-                reraise_if_cancelling()
-                log.warning("%s: %s; retrying", what, exc)
-                await asyncio.sleep(1.0)
 
     # -- the writer -----------------------------------------------------------
 
@@ -307,9 +300,6 @@ class AuditLog(Background):
 
     # -- the tree ---------------------------------------------------------------
 
-    async def _follow_forever(self) -> None:
-        await self._forever("following the audit log", self._follow)
-
     async def _follow(self) -> None:
         js = self.conn.jetstream(self.timeout_s)
         config = api.ConsumerConfig(
@@ -353,9 +343,6 @@ class AuditLog(Background):
         with translate_nats_errors("cannot publish an audit checkpoint"):
             await js.publish(f"{CHECKPOINT_PREFIX}.{self.region}", note, timeout=self.timeout_s)
         self._signed_size = size
-
-    async def _cosign_forever(self) -> None:
-        await self._forever("cosigning audit checkpoints", self._cosign_all)
 
     async def _cosign_all(self) -> None:
         js = self.conn.jetstream(self.timeout_s)

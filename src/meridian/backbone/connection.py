@@ -82,6 +82,23 @@ async def ensure_until_done(
             await asyncio.sleep(retry_s)
 
 
+async def retry_forever(
+    what: str, step: Callable[[], Awaitable[object]], *, retry_s: float = 1.0
+) -> None:
+    """Run ``step`` again, ``retry_s`` after each failure, until cancelled: the
+    loop of a component's feed or follower, which must never kill the agent.
+    Each failure is logged as a warning naming ``what``."""
+    while True:
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # NATS or the quorum is away: try again
+            reraise_if_cancelling()
+            log.warning("%s stopped (%s); retrying in %.1fs", what, exc, retry_s)
+        await asyncio.sleep(retry_s)
+
+
 @contextlib.contextmanager
 def translate_nats_errors(
     what: str,

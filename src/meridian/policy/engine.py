@@ -36,7 +36,7 @@ import random
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import cedarpy
 
@@ -68,17 +68,23 @@ _NO_ENTITIES = cedarpy.Entities.from_json_str("[]")
 
 @dataclass(frozen=True)
 class CompiledPolicies:
-    """A policy set that parsed and validated: its text, Cedar's parsed form,
-    the ids its authors gave (``@id``), and the actions it decides by key."""
+    """A policy set that validated: its text, each policy in Cedar's JSON form
+    (what slices are made of) and the ids its authors gave (``@id``)."""
 
     text: str
     revision: int
-    parsed: cedarpy.PolicySet
-    annotations: dict[str, str]
-    by_key: frozenset[str]
-    count: int
-    #: Each static policy in Cedar's JSON form, by id.
+    #: Each static policy in Cedar's JSON form, by Cedar's id.
     est: dict[str, Any]
+    annotations: dict[str, str]
+
+    @property
+    def count(self) -> int:
+        return len(self.est)
+
+    @property
+    def by_key(self) -> frozenset[str]:
+        """The actions some policy decides by ``context.key``."""
+        return key_dependent_actions(self.est.values())
 
 
 @dataclass(frozen=True)
@@ -103,30 +109,32 @@ def compile_policies(text: str, revision: int = 0, *, field: str = "text") -> Co
         errors = [str(e) for e in result.errors] or ["does not validate"]
         raise InvalidArgumentError([FieldViolation(field, e[:500]) for e in errors[:20]])
     try:
-        parsed = cedarpy.PolicySet.from_str(text)
-        tree = parsed.to_pst()
-        as_json = cedarpy.policies_to_json_str(text)
+        doc = json.loads(cedarpy.policies_to_json_str(text))
     except ValueError as exc:
         raise InvalidArgumentError(FieldViolation(field, f"does not parse: {exc}")) from exc
-    if tree.templates:
+    if doc.get("templates"):
         raise InvalidArgumentError(
             FieldViolation(field, "templates are not supported; write static policies")
         )
+    est: dict[str, Any] = doc.get("staticPolicies", {})
     annotations = {
-        str(pid): str(p.annotations["id"])
-        for pid, p in tree.static_policies.items()
-        if "id" in (p.annotations or {})
+        pid: str(p["annotations"]["id"])
+        for pid, p in est.items()
+        if "id" in (p.get("annotations") or {})
     }
-    est = json.loads(as_json).get("staticPolicies", {})
-    return CompiledPolicies(
-        text=text,
-        revision=revision,
-        parsed=parsed,
-        annotations=annotations,
-        by_key=key_dependent_actions(as_json),
-        count=len(tree.static_policies),
-        est=est,
-    )
+    return CompiledPolicies(text=text, revision=revision, est=est, annotations=annotations)
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _remember(cache: dict[K, V], key: K, value: V, limit: int) -> V:
+    """Put ``value`` in ``cache``, dropping the oldest entry when it is full."""
+    if len(cache) >= limit:
+        del cache[next(iter(cache))]
+    cache[key] = value
+    return value
 
 
 class PolicyEngine:
@@ -178,17 +186,13 @@ class PolicyEngine:
         )
         piece = self._slices.get(triple)
         if piece is None:
-            piece = self._slice(principal, access)
-            if len(self._slices) >= SLICE_ENTRIES:
-                del self._slices[next(iter(self._slices))]
-            self._slices[triple] = piece
+            piece = _remember(self._slices, triple, self._slice(principal, access), SLICE_ENTRIES)
         ck = (*triple, access.key if piece.by_key else "")
         found = self._cache.get(ck)
         if found is None:
-            found = self._evaluate(piece, principal, access)
-            if len(self._cache) >= CACHE_ENTRIES:
-                del self._cache[next(iter(self._cache))]
-            self._cache[ck] = found
+            found = _remember(
+                self._cache, ck, self._evaluate(piece, principal, access), CACHE_ENTRIES
+            )
         return found
 
     def _slice(self, principal: Principal, access: Access) -> _Slice:

@@ -36,7 +36,6 @@ when the call has none).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -230,12 +229,11 @@ def reads_key(policy: Mapping[str, Any]) -> bool:
     return _reads_key(policy.get("conditions", []))
 
 
-def key_dependent_actions(policies_json: str) -> frozenset[str]:
-    """The actions whose decision may depend on ``context.key``, from a policy
-    set in Cedar's JSON form (``cedarpy.policies_to_json_str``)."""
-    doc = json.loads(policies_json)
+def key_dependent_actions(policies: Iterable[Mapping[str, Any]]) -> frozenset[str]:
+    """The actions whose decision may depend on ``context.key``, from the
+    policies of a set in Cedar's JSON form."""
     out: set[str] = set()
-    for policy in doc.get("staticPolicies", {}).values():
+    for policy in policies:
         if reads_key(policy):
             out |= _scope_actions(policy.get("action", {}))
     return frozenset(out)

@@ -54,7 +54,7 @@ class PolicyApi:
             "if_revision": "" if if_revision is None else str(if_revision),
         }
         await self.trail.admin(uuid.uuid4().hex, POLICIES, detail)
-        compiled = await self.component.put(request.text, CALLER.get().identity, if_revision)
+        compiled = await self.component.put(compiled, CALLER.get().identity, if_revision)
         return pb.PutPoliciesResponse(revision=compiled.revision, policies=compiled.count)
 
     async def get_policies(self, request: pb.GetPoliciesRequest) -> pb.GetPoliciesResponse:

@@ -16,7 +16,6 @@ it has.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
@@ -31,6 +30,7 @@ from meridian.backbone.connection import (
     BackboneConnection,
     ensure_until_done,
     reraise_if_cancelling,
+    retry_forever,
 )
 from meridian.backbone.lifecycle import Background
 from meridian.config import GLOBAL_CLUSTER, MeridianConfig
@@ -141,19 +141,8 @@ class PolicyComponent(Background):
     async def run(self) -> None:
         self.serving()  # the initial set is in force from the start
         await ensure_until_done(self.store.conn, self.store.ensure, "policy keyspace")
-        while True:
-            try:
-                await self._follow()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the store can't be read now: keep the set we have
-                reraise_if_cancelling()
-                log.warning(
-                    "cannot follow the policy set (%s); keeping revision %d",
-                    exc,
-                    self.engine.policies.revision,
-                )
-            await asyncio.sleep(RETRY_S)
+        # While the store can't be read, the installed set stays in force.
+        await retry_forever("following the policy set", self._follow, retry_s=RETRY_S)
 
     async def _follow(self) -> None:
         entry = await self.store.get_strong(SET_KEY)
@@ -175,6 +164,7 @@ class PolicyComponent(Background):
                 self._install(revision, stored.value)
 
     def _install(self, revision: int, data: bytes) -> None:
+        """Install the set stored at ``revision`` if it is newer and validates here."""
         if revision <= self.engine.policies.revision:
             return
         try:
@@ -189,18 +179,24 @@ class PolicyComponent(Background):
                 exc,
             )
             return
-        self.installed = stored
-        self.engine.install(compiled)
+        self._use(stored, compiled)
 
-    async def put(self, text: str, author: str, if_revision: int | None) -> CompiledPolicies:
-        """Validate and store ``text``; installed here at once, elsewhere as the
-        agents follow the key. InvalidArgumentError with Cedar's errors (nothing
-        stored); ConflictError when ``if_revision`` is not the stored revision."""
-        compiled = compile_policies(text)
-        stored = StoredPolicies(text, author, self.hlc.now().wall_ms)
+    def _use(self, stored: StoredPolicies, compiled: CompiledPolicies) -> None:
+        if compiled.revision > self.engine.policies.revision:
+            self.installed = stored
+            self.engine.install(compiled)
+
+    async def put(
+        self, compiled: CompiledPolicies, author: str, if_revision: int | None
+    ) -> CompiledPolicies:
+        """Store the validated set ``compiled``; installed here at once, elsewhere
+        as the agents follow the key. ConflictError when ``if_revision`` is not
+        the stored revision."""
+        stored = StoredPolicies(compiled.text, author, self.hlc.now().wall_ms)
         if if_revision == 0:
             revision, _ = await self.store.create(SET_KEY, stored.encode())
         else:
             revision, _ = await self.store.put(SET_KEY, stored.encode(), if_revision)
-        self._install(revision, stored.encode())
-        return dataclasses.replace(compiled, revision=revision)
+        stored_set = dataclasses.replace(compiled, revision=revision)
+        self._use(stored, stored_set)
+        return stored_set
