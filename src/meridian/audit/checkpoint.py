@@ -517,8 +517,9 @@ class OpenedCheckpoint(VerifiedNote):
         return SignedCheckpoint(self.checkpoint, self.signatures)
 
 
-def _split_note(text: bytes) -> tuple[bytes, list[NoteSignature]]:
-    """The text and the signatures of a signed note, unverified."""
+def split_note(text: bytes) -> tuple[bytes, list[NoteSignature]]:
+    """The text and the signatures of a signed note, unverified (the reader
+    :func:`verify_note` uses). Raises :class:`ValueError` for a malformed note."""
     _check_note_text(text, "note")
     # The text ends at the last blank line; the text itself may hold blank lines.
     split = text.rfind(b"\n\n")
@@ -561,7 +562,7 @@ def verify_note(
             raise ValueError(f"verifiers: the entry {ref!r} must be the Verifier of that key")
     if known.setdefault(required.ref, required) != required:
         raise ValueError("required: another key is known under its name and key ID")
-    body, sigs = _split_note(text)
+    body, sigs = split_note(text)
     verified: dict[KeyRef, VerifiedSignature] = {}
     unknown = 0
     for sig in sigs:

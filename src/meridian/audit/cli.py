@@ -23,18 +23,14 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 
+from meridian.cli.errors import fail as _fail
 from meridian.core.errors import MeridianError
 
 T = TypeVar("T")
-
-
-def _fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(2)
 
 
 def _config(ctx: click.Context) -> Any:
@@ -74,30 +70,22 @@ async def read_stream(js: Any, stream: str, subject: str) -> list[tuple[str, byt
     as (subject, data)."""
     from nats.js import api
 
+    from meridian.backbone.feed import ordered_feed
+
     info = await js.stream_info(stream)
     if info.state.messages == 0:
         return []
     out: list[tuple[str, bytes]] = []
-    done = asyncio.get_running_loop().create_future()
-
-    async def on_msg(msg: Any) -> None:
-        out.append((msg.subject, msg.data))
-        if msg.metadata.num_pending == 0 and not done.done():
-            done.set_result(None)
-
-    sub = await js.subscribe(
-        subject,
-        cb=on_msg,
-        ordered_consumer=True,
-        stream=stream,
-        config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL),
-    )
-    try:
-        async with asyncio.timeout(120):
-            await done
-    finally:
-        await sub.unsubscribe()
-    return out
+    config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL)
+    async with (
+        ordered_feed(js, subject, stream=stream, config=config) as q,
+        asyncio.timeout(120),
+    ):
+        while True:
+            msg = await q.next(f"the stream {stream}")
+            out.append((msg.subject, msg.data))
+            if msg.metadata.num_pending == 0:
+                return out
 
 
 async def read_log(js: Any) -> tuple[list[bytes], list[bytes]]:
@@ -195,7 +183,7 @@ def verify(
 @click.pass_context
 def prove(ctx: click.Context, entry: str, via: str | None) -> None:
     """Print the inclusion proof of ENTRY (a request id, or #INDEX from 0)."""
-    from meridian.audit.merkle import root
+    from meridian.audit.merkle import leaf_hash, root
     from meridian.audit.verify import entry_index, format_proof
     from meridian.audit.verify import prove as make_proof
 
@@ -207,8 +195,6 @@ def prove(ctx: click.Context, entry: str, via: str | None) -> None:
     if index is None or not 0 <= index < len(entries):
         _fail(f"entry: no entry {entry!r} in the {len(entries)} entries of the log")
     proof = make_proof(entries, index)
-    from meridian.audit.merkle import leaf_hash
-
     tree_root = root([leaf_hash(e) for e in entries])
     click.echo(format_proof(index, proof, tree_root), nl=False)
 

@@ -11,12 +11,13 @@ private key and every region (and every auditor) gets all the ``.pub`` files.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from meridian.security.ca import private_key_pem, write_file
 
 
 def ensure_keys(directory: Path, regions: Iterable[str]) -> list[str]:
@@ -29,19 +30,11 @@ def ensure_keys(directory: Path, regions: Iterable[str]) -> list[str]:
         if private.exists():
             continue
         key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        fd = os.open(private.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-        private.with_suffix(".tmp").replace(private)
+        write_file(private, private_key_pem(key), private=True)
         public = key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        (directory / f"{region}.pub").write_bytes(public)
+        write_file(directory / f"{region}.pub", public)
         made.append(region)
     return made
 

@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-# _split_note is the very reader verify_note uses, so a note is malformed here
+# split_note is the very reader verify_note uses, so a note is malformed here
 # exactly when it is there. verify_note itself does not fit: it stops at the
 # first bad signature and wants one required key, while this module must name
 # every bad signature and accept any region as the signer.
@@ -35,7 +35,7 @@ from meridian.audit.checkpoint import (
     KeyRef,
     SignatureType,
     Verifier,
-    _split_note,
+    split_note,
 )
 from meridian.audit.merkle import MerkleTree, leaf_hash, verify_consistency
 from meridian.audit.model import REGION_NAME, AuditEntry
@@ -264,7 +264,7 @@ def _read_notes(
     for i, raw in enumerate(notes):
         note = _as_bytes(raw, f"notes[{i}]")
         try:
-            body, signatures = _split_note(note)
+            body, signatures = split_note(note)
         except ValueError as exc:
             problems.append(f"note {i} is malformed: {exc}")
             continue

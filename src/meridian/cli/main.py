@@ -26,6 +26,7 @@ import click
 
 from meridian.audit.cli import audit
 from meridian.chaos.cli import chaos
+from meridian.cli.errors import fail as _fail
 from meridian.config import MeridianConfig, default_config_text, load_config
 from meridian.config.security import INSECURE_ENV
 from meridian.core.errors import MeridianError
@@ -52,11 +53,6 @@ class _Ctx:
 
 
 pass_ctx = click.make_pass_decorator(_Ctx)
-
-
-def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
 
 
 def _run_fast(coro: Coroutine[Any, Any, None]) -> None:

@@ -23,21 +23,17 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
+from meridian.cli.errors import fail as _fail
 from meridian.core.errors import MeridianError
 from meridian.policy.engine import compile_policies
 from meridian.policy.model import SCHEMA
 
 #: ``Keyspace::"orders"`` or ``Keyspace/orders``.
 _RESOURCE = re.compile(r'^([A-Za-z]+)(?:::"(.*)"|/(.*))\Z', re.DOTALL)
-
-
-def _fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(2)
 
 
 def _read(path: Path) -> str:

@@ -148,8 +148,9 @@ def uri_sans(cert: x509.Certificate) -> list[str]:
     return ext.value.get_values_for_type(x509.UniformResourceIdentifier)
 
 
-def _write(path: Path, data: bytes, *, private: bool = False) -> None:
-    """``data`` at ``path``, atomically (temporary file, then rename)."""
+def write_file(path: Path, data: bytes, *, private: bool = False) -> None:
+    """``data`` at ``path``, atomically (temporary file, then rename); mode
+    0600 when ``private`` (keys), else 0644."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
@@ -177,7 +178,8 @@ def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _key_pem(key: PrivateKey) -> bytes:
+def private_key_pem(key: PrivateKey) -> bytes:
+    """``key`` as unencrypted PKCS#8 PEM (write it with ``private=True``)."""
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -250,10 +252,10 @@ class CertificateAuthority:
     def _write_bundles(self) -> None:
         """The trust bundle (every trusted root), at the top and in every identity."""
         bundle = b"".join(_pem(c) for c in self._trusted().values())
-        _write(self.bundle_path(), bundle)
+        write_file(self.bundle_path(), bundle)
         for ident_dir in sorted((self.dir / "identities").glob("*")):
             if ident_dir.is_dir():
-                _write(ident_dir / "bundle.pem", bundle)
+                write_file(ident_dir / "bundle.pem", bundle)
 
     # -- the operations --------------------------------------------------------------
 
@@ -276,7 +278,7 @@ class CertificateAuthority:
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
         meta = {"trust_domain": trust_domain, "algorithm": algorithm, "current": ""}
-        _write(self._meta_path, json.dumps(meta, indent=2).encode())
+        write_file(self._meta_path, json.dumps(meta, indent=2).encode())
         return self._new_root(root_lifetime_s, now)
 
     def _new_root(self, lifetime_s: int, now: float | None) -> Root:
@@ -307,10 +309,10 @@ class CertificateAuthority:
             .sign(key, _hash_for(key))
         )
         fp = fingerprint(cert)
-        _write(self.dir / "roots" / f"{fp}.key", _key_pem(key), private=True)
-        _write(self.dir / "roots" / f"{fp}.crt", _pem(cert))
+        write_file(self.dir / "roots" / f"{fp}.key", private_key_pem(key), private=True)
+        write_file(self.dir / "roots" / f"{fp}.crt", _pem(cert))
         meta["current"] = fp
-        _write(self._meta_path, json.dumps(meta, indent=2).encode())
+        write_file(self._meta_path, json.dumps(meta, indent=2).encode())
         self._write_bundles()
         return Root(fp, validity_of(cert), True)
 
@@ -382,11 +384,11 @@ class CertificateAuthority:
         )
         folder = self.dir / "identities" / identity.slug
         # The key first: a reader that sees the new certificate finds its key.
-        _write(folder / "key.pem", _key_pem(key), private=True)
-        _write(folder / "cert.pem", _pem(cert))
-        _write(folder / "bundle.pem", self.bundle_path().read_bytes())
+        write_file(folder / "key.pem", private_key_pem(key), private=True)
+        write_file(folder / "cert.pem", _pem(cert))
+        write_file(folder / "bundle.pem", self.bundle_path().read_bytes())
         request = {"lifetime_s": lifetime_s, "dns": list(dns_names), "ip": list(ip_addresses)}
-        _write(folder / "leaf.json", json.dumps(request).encode())
+        write_file(folder / "leaf.json", json.dumps(request).encode())
         return self._leaf(folder)
 
     def _leaf(self, folder: Path, trusted: dict[str, x509.Certificate] | None = None) -> Leaf:
