@@ -33,6 +33,7 @@ from meridian.core.errors import (
     NotFoundError,
     PermissionDeniedError,
     QuorumUnavailableError,
+    ResidencyViolationError,
     ResourceExhaustedError,
     UnavailableError,
 )
@@ -221,6 +222,7 @@ _SIMPLE: dict[str, type[MeridianError]] = {
     ErrorCode.IDEMPOTENCY_MISMATCH: IdempotencyMismatchError,
     ErrorCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
     ErrorCode.PERMISSION_DENIED: PermissionDeniedError,
+    ErrorCode.RESIDENCY_VIOLATION: ResidencyViolationError,
     ErrorCode.UNAVAILABLE: UnavailableError,
     ErrorCode.INTERNAL: InternalError,
 }

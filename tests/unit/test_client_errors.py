@@ -31,6 +31,7 @@ from meridian.core.errors import (
     NotFoundError,
     PermissionDeniedError,
     QuorumUnavailableError,
+    ResidencyViolationError,
     ResourceExhaustedError,
     UnavailableError,
 )
@@ -84,6 +85,7 @@ EVERY_ERROR: list[MeridianError] = [
     IdempotencyMismatchError("another request"),
     ResourceExhaustedError("bulkhead full"),
     PermissionDeniedError("instance i-1 belongs to another identity"),
+    ResidencyViolationError("keyspace 'eu' may only be stored and served in eu-west"),
 ]
 
 

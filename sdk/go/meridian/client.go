@@ -69,9 +69,9 @@
 // sent. Match it with errors.Is against ErrConflict, ErrNotFound,
 // ErrInvalidArgument, ErrQuorumUnavailable, ErrClockSkew, ErrUnavailable,
 // ErrFenced, ErrIdempotencyInProgress, ErrIdempotencyMismatch,
-// ErrResourceExhausted, ErrPermissionDenied, ErrDeadlineExceeded (also
-// context.DeadlineExceeded), ErrCanceled (also context.Canceled), and read
-// its details with errors.As:
+// ErrResourceExhausted, ErrPermissionDenied, ErrResidencyViolation,
+// ErrDeadlineExceeded (also context.DeadlineExceeded), ErrCanceled (also
+// context.Canceled), and read its details with errors.As:
 //
 //	var merr *meridian.Error
 //	if errors.As(err, &merr) && merr.Code == meridian.CodeConflict {

@@ -36,6 +36,7 @@ const (
 	CodeIdempotencyMismatch   Code = "IDEMPOTENCY_MISMATCH"
 	CodeResourceExhausted     Code = "RESOURCE_EXHAUSTED"
 	CodePermissionDenied      Code = "PERMISSION_DENIED"
+	CodeResidencyViolation    Code = "RESIDENCY_VIOLATION"
 	// CodeCanceled is never sent by the agent: the caller's context was
 	// canceled before the call finished.
 	CodeCanceled Code = "CANCELED"
@@ -88,6 +89,11 @@ var (
 	// client certificate) may not do this; nothing was done. Retrying with
 	// the same identity fails the same way.
 	ErrPermissionDenied error = sentinel(CodePermissionDenied)
+	// ErrResidencyViolation: the keyspace or topic may only be stored and
+	// served in certain regions (its residency), and the agent called is in
+	// none of them; nothing was done. Retrying this agent fails the same
+	// way: call an agent in an allowed region.
+	ErrResidencyViolation error = sentinel(CodeResidencyViolation)
 	// ErrCanceled: the caller's context was canceled. An *Error with this
 	// code also matches context.Canceled.
 	ErrCanceled error = sentinel(CodeCanceled)
@@ -199,6 +205,7 @@ var codeTable = map[Code]codeRow{
 	CodeIdempotencyMismatch:   {codes.FailedPrecondition, 422, false},
 	CodeResourceExhausted:     {codes.ResourceExhausted, 503, true},
 	CodePermissionDenied:      {codes.PermissionDenied, 403, false},
+	CodeResidencyViolation:    {codes.FailedPrecondition, 451, false},
 }
 
 // fromRPC rebuilds the typed error of a failed call from its status's

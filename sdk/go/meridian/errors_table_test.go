@@ -40,7 +40,7 @@ type errorTableRow struct {
 var sentinels = []error{
 	ErrInvalidArgument, ErrNotFound, ErrConflict, ErrClockSkew, ErrQuorumUnavailable,
 	ErrUnavailable, ErrDeadlineExceeded, ErrInternal, ErrFenced, ErrIdempotencyInProgress,
-	ErrIdempotencyMismatch, ErrResourceExhausted, ErrPermissionDenied,
+	ErrIdempotencyMismatch, ErrResourceExhausted, ErrPermissionDenied, ErrResidencyViolation,
 }
 
 func loadErrorsTable(t *testing.T) []byte {

@@ -67,6 +67,7 @@ func TestFromRPCRebuildsEachCode(t *testing.T) {
 		{codes.FailedPrecondition, CodeIdempotencyMismatch, ErrIdempotencyMismatch},
 		{codes.ResourceExhausted, CodeResourceExhausted, ErrResourceExhausted},
 		{codes.PermissionDenied, CodePermissionDenied, ErrPermissionDenied},
+		{codes.FailedPrecondition, CodeResidencyViolation, ErrResidencyViolation},
 	} {
 		err := fromRPC(agentStatus(tc.grpc, tc.code, "boom", nil).Err(), nil)
 		if err.Code != tc.code || !errors.Is(err, tc.sentinel) || err.Message != "boom" {
@@ -75,7 +76,7 @@ func TestFromRPCRebuildsEachCode(t *testing.T) {
 		if status.Code(err) != tc.grpc {
 			t.Errorf("%s: status.Code = %v, want %v", tc.code, status.Code(err), tc.grpc)
 		}
-		for _, other := range []error{ErrInvalidArgument, ErrNotFound, ErrConflict, ErrQuorumUnavailable, ErrUnavailable, ErrResourceExhausted, ErrPermissionDenied} {
+		for _, other := range []error{ErrInvalidArgument, ErrNotFound, ErrConflict, ErrQuorumUnavailable, ErrUnavailable, ErrResourceExhausted, ErrPermissionDenied, ErrResidencyViolation} {
 			if other != tc.sentinel && errors.Is(err, other) {
 				t.Errorf("%s also matches %v", tc.code, other)
 			}

@@ -24,6 +24,7 @@
 //! ├── IdempotencyMismatch   IDEMPOTENCY_MISMATCH    the key was used for another request
 //! ├── ResourceExhausted     RESOURCE_EXHAUSTED      a concurrency limit (bulkhead) is full
 //! ├── PermissionDenied      PERMISSION_DENIED       the caller's identity may not do this
+//! ├── ResidencyViolation    RESIDENCY_VIOLATION     the data may not be stored or served in this region
 //! ├── Other                 a Meridian code this SDK version does not know yet
 //! ├── Rpc                   any other gRPC status, without a Meridian code
 //! └── Transport             the channel could not be set up
@@ -153,6 +154,15 @@ pub enum Error {
         /// Who was refused what, in words.
         message: String,
     },
+    /// The keyspace or topic may only be stored and served in certain
+    /// regions (its residency), and the agent called is in none of them;
+    /// nothing was done. Not transient: this agent refuses it again; call an
+    /// agent in an allowed region. gRPC `FAILED_PRECONDITION`, HTTP 451.
+    #[error("residency violation: {message}")]
+    ResidencyViolation {
+        /// What may be stored and served where, in words.
+        message: String,
+    },
     /// A stable Meridian code this version of the SDK does not know (a newer
     /// agent's); match on `code` to handle it.
     #[error("{code}: {message}")]
@@ -190,6 +200,7 @@ impl Error {
             Error::IdempotencyMismatch { .. } => "IDEMPOTENCY_MISMATCH",
             Error::ResourceExhausted { .. } => "RESOURCE_EXHAUSTED",
             Error::PermissionDenied { .. } => "PERMISSION_DENIED",
+            Error::ResidencyViolation { .. } => "RESIDENCY_VIOLATION",
             Error::Other { code, .. } => code,
             Error::Rpc(_) | Error::Transport(_) => return None,
         })
@@ -242,6 +253,7 @@ impl Error {
             "IDEMPOTENCY_MISMATCH" => Error::IdempotencyMismatch { message },
             "RESOURCE_EXHAUSTED" => Error::ResourceExhausted { message },
             "PERMISSION_DENIED" => Error::PermissionDenied { message },
+            "RESIDENCY_VIOLATION" => Error::ResidencyViolation { message },
             code => Error::Other {
                 code: code.to_owned(),
                 message,
@@ -583,6 +595,24 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "permission denied: spiffe://td/service/orders may not write keyspace accounts"
+        );
+    }
+
+    #[test]
+    fn data_kept_elsewhere_is_a_residency_violation_and_final() {
+        let err = Error::from(agent(
+            tonic::Code::FailedPrecondition,
+            "keyspace eu-accounts may only be stored and served in eu-west; \
+             this agent is in us-east: call an agent in eu-west",
+            "RESIDENCY_VIOLATION",
+        ));
+        assert!(matches!(err, Error::ResidencyViolation { .. }), "{err:?}");
+        assert_eq!(err.code(), Some("RESIDENCY_VIOLATION"));
+        assert!(!err.is_transient());
+        assert_eq!(
+            err.to_string(),
+            "residency violation: keyspace eu-accounts may only be stored and served in eu-west; \
+             this agent is in us-east: call an agent in eu-west"
         );
     }
 }

@@ -76,6 +76,7 @@ fn every_typed_variant() -> Vec<Error> {
         Error::IdempotencyMismatch { message: message() },
         Error::ResourceExhausted { message: message() },
         Error::PermissionDenied { message: message() },
+        Error::ResidencyViolation { message: message() },
     ]
 }
 

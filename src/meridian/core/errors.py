@@ -22,7 +22,8 @@ details; the SDKs rebuild the typed error from those details.
     ├── IdempotencyInProgressError  IDEMPOTENCY_IN_PROGRESS  another caller runs the command now
     ├── IdempotencyMismatchError    IDEMPOTENCY_MISMATCH     the key was used for another request
     ├── ResourceExhaustedError      RESOURCE_EXHAUSTED       a concurrency limit (a bulkhead) is full
-    └── PermissionDeniedError       PERMISSION_DENIED        the caller's identity may not do this
+    ├── PermissionDeniedError       PERMISSION_DENIED        the caller's identity may not do this
+    └── ResidencyViolationError     RESIDENCY_VIOLATION      the data may not be stored or served here
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class ErrorCode(StrEnum):
     IDEMPOTENCY_MISMATCH = "IDEMPOTENCY_MISMATCH"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     PERMISSION_DENIED = "PERMISSION_DENIED"
+    RESIDENCY_VIOLATION = "RESIDENCY_VIOLATION"
 
 
 class MeridianError(Exception):
@@ -170,3 +172,11 @@ class PermissionDeniedError(MeridianError):
     identity's instance or idempotency key, say. Not retryable."""
 
     code = ErrorCode.PERMISSION_DENIED
+
+
+class ResidencyViolationError(MeridianError):
+    """The keyspace or topic may only be stored and served in certain regions
+    (its residency), and this agent's region is not one of them. Not
+    retryable here: call an agent in an allowed region."""
+
+    code = ErrorCode.RESIDENCY_VIOLATION

@@ -66,6 +66,8 @@ ERROR_TABLE: dict[ErrorCode, StatusMapping] = {
     ErrorCode.IDEMPOTENCY_MISMATCH: StatusMapping(grpc.StatusCode.FAILED_PRECONDITION, 422, False),
     ErrorCode.RESOURCE_EXHAUSTED: StatusMapping(grpc.StatusCode.RESOURCE_EXHAUSTED, 503, True),
     ErrorCode.PERMISSION_DENIED: StatusMapping(grpc.StatusCode.PERMISSION_DENIED, 403, False),
+    # HTTP 451, "Unavailable For Legal Reasons" (RFC 7725): the law keeps the data elsewhere.
+    ErrorCode.RESIDENCY_VIOLATION: StatusMapping(grpc.StatusCode.FAILED_PRECONDITION, 451, False),
 }
 
 #: ``ErrorInfo.metadata`` key of a ``CONFLICT``: the key's revision now, in decimal.
