@@ -220,7 +220,28 @@ def test_default_config_declares_global_keyspaces() -> None:
     [
         ('name = "Orders"', "keyspace[0].name", "starting with a letter"),
         ('name = "o"\nlocality = "mars"', "keyspace[0].locality", "global, replicated or regional"),
-        ('name = "o"\nlocality = "regional"', "keyspace[0].locality", "not served"),
+        ('name = "o"\nlocality = "regional"\nconflict = "counter"', "keyspace[0].conflict", "lww"),
+        (
+            'name = "o"\nlocality = "regional"\nresidency = ["mars"]',
+            "keyspace[0].residency",
+            "'mars'",
+        ),
+        ('name = "o"\nlocality = "regional"\nresidency = []', "keyspace[0].residency", "non-empty"),
+        ('name = "o"\nlocality = "regional"\nresidency = [1]', "keyspace[0].residency", "names"),
+        (
+            'name = "o"\nlocality = "regional"\nresidency = ["eu-west", "eu-west"]',
+            "keyspace[0].residency",
+            "twice",
+        ),
+        ('name = "o"\nresidency = ["eu-west"]', "keyspace[0].residency", "replica in every region"),
+        ('name = "o"\nlocality = "replicated"\nhome = "eu-west"', "keyspace[0].home", "only a"),
+        (
+            'name = "o"\nlocality = "regional"\nresidency = ["eu-west"]\nhome = "us-east"',
+            "keyspace[0].home",
+            "one of the keyspace's regions (eu-west)",
+        ),
+        ('name = "o"\nlocality = "regional"\nforward = "yes"', "keyspace[0].forward", "true or"),
+        ('name = "o"\nlocality = "replicated"\nforward = true', "keyspace[0].forward", "only a"),
         ('name = "o"\nconflict = "newest"', "keyspace[0].conflict", "lww, counter"),
         ('name = "o"\nvalue_max_bytes = 99999999999', "keyspace[0].value_max_bytes", "between"),
         ('name = "o"\nkey_max_bytes = 0', "keyspace[0].key_max_bytes", "between"),
@@ -230,6 +251,73 @@ def test_default_config_declares_global_keyspaces() -> None:
 def test_bad_keyspace_declarations(tmp_path: Path, body: str, field: str, hint: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_text(tmp_path, f"[[keyspace]]\n{body}\n")
+    assert any(v.field == field and hint in v.rule for v in err.value.violations), err.value
+
+
+def test_residency_of_keyspaces_topics_and_idempotency_scopes(tmp_path: Path) -> None:
+    config = load_text(
+        tmp_path,
+        """
+[[keyspace]]
+name = "profiles"
+locality = "regional"
+residency = ["eu-west", "us-east"]
+home = "us-east"
+forward = true
+
+[[topic]]
+name = "eu-orders"
+residency = ["eu-west"]
+
+[[idempotency.scope]]
+name = "eu-payments"
+residency = ["eu-west"]
+""",
+    )
+    ks = config.keyspace("profiles")
+    assert ks is not None
+    assert (ks.residency, ks.home, ks.forward) == (("eu-west", "us-east"), "us-east", True)
+    assert ks.allowed("eu-west") and not ks.allowed("ap-south")
+    assert [(t.name, t.residency) for t in config.topics] == [("eu-orders", ("eu-west",))]
+    scope = config.idempotency.scope_residency("eu-payments")
+    assert scope is not None and scope.allowed("eu-west") and not scope.allowed("us-east")
+    assert config.idempotency.scope_residency("other") is None
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "hint"),
+    [
+        ('[[topic]]\nname = "Orders"\nresidency = ["eu-west"]', "topic[0].name", "first token"),
+        ('[[topic]]\nname = "o"', "topic[0].residency", "is required"),
+        ('[[topic]]\nname = "_state"\nresidency = ["eu-west"]', "topic[0].name", "Meridian's own"),
+        ('[[topic]]\nname = "o"\nresidency = ["mars"]', "topic[0].residency", "not declared"),
+        (
+            '[[topic]]\nname = "o"\nresidency = ["eu-west"]\n'
+            '[[topic]]\nname = "o"\nresidency = ["eu-west"]',
+            "topic[1].name",
+            "already declared",
+        ),
+        (
+            '[[topic]]\nname = "o"\nresidency = ["eu-west"]\ncolour = 1',
+            "topic[0].colour",
+            "allowed",
+        ),
+        ("topic = 3", "topic", "array"),
+        (
+            '[[idempotency.scope]]\nname = "a b"\nresidency = ["eu-west"]',
+            "idempotency.scope[0].name",
+            "not a valid",
+        ),
+        (
+            '[[idempotency.scope]]\nname = "a"\nresidency = "eu-west"',
+            "idempotency.scope[0].residency",
+            "array",
+        ),
+    ],
+)
+def test_bad_residency_declarations(tmp_path: Path, body: str, field: str, hint: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_text(tmp_path, body + "\n")
     assert any(v.field == field and hint in v.rule for v in err.value.violations), err.value
 
 

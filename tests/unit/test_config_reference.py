@@ -39,6 +39,8 @@ PROBE: dict[str, Any] = {
     "region": [{"name": "aa"}, {"name": "bb"}],
     "wan": {"link": [{"a": "aa", "b": "bb", "latency_ms": 5}]},
     "keyspace": [{"name": "ks"}],
+    "topic": [{"name": "tt", "residency": ["aa"]}],
+    "idempotency": {"scope": [{"name": "ss", "residency": ["aa"]}]},
 }
 # The settings derived defaults may name, moved off their own defaults: a fixed
 # default must not follow them, a derived one must.

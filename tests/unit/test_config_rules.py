@@ -293,7 +293,7 @@ def test_unknown_top_level_key(tmp_path: Path) -> None:
         err,
         "regions",
         "unknown setting",
-        "allowed here: agent, audit, gateway, idempotency, invocation, keyspace, policy, region, resilience, sandbox, security, telemetry, wan",
+        "allowed here: agent, audit, gateway, idempotency, invocation, keyspace, policy, region, resilience, sandbox, security, telemetry, topic, wan",
     )
 
 

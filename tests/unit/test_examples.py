@@ -25,7 +25,7 @@ SANDBOX = EXAMPLES / "sandbox.toml"
 # Both files are read as if from here, so that relative paths compare equal.
 BASE_DIR = Path("/example")
 # `# key = value` or `# [table]`: a setting shown commented out, not prose.
-COMMENTED = re.compile(r"^# (?=\[[a-z_.]+\]|[a-z0-9_]+ = )")
+COMMENTED = re.compile(r"^# (?=\[\[?[a-z_.]+\]\]?|[a-z0-9_]+ = )")
 UNSET = re.compile(r"#\s*unset\b")
 
 
@@ -94,11 +94,17 @@ def problems(text: str) -> list[str]:
     documented_unset = {
         key for rows in reference.values() for key, cell in rows.items() if cell == "*unset*"
     }
-    marked_unset = {
-        line[2:].split(" = ")[0]
-        for line in text.splitlines()
-        if COMMENTED.match(line) and UNSET.search(line)
-    }
+    marked_unset: set[str] = set()
+    absent_table = False
+    for line in text.splitlines():
+        if not line.startswith("# "):
+            absent_table = False
+        if COMMENTED.match(line) and UNSET.search(line):
+            if line.startswith("# [["):
+                # An array of tables that is absent by default: its keys go with it.
+                absent_table = True
+            elif not absent_table:
+                marked_unset.add(line[2:].split(" = ")[0])
     found += [
         f"{key} is unset by default; mark it '# unset: ...'"
         for key in sorted(documented_unset - marked_unset)

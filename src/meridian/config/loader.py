@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from meridian.config.model import (
     default_config_text,
     proxy_ports,
 )
-from meridian.config.reader import Reader
+from meridian.config.reader import Reader, residency_list
 from meridian.config.security import check_plaintext_listeners, folder, security_section
 from meridian.config.services import (
     audit_section,
@@ -54,6 +54,8 @@ from meridian.core.keyspace import (
     Keyspace,
     Locality,
 )
+from meridian.core.residency import TopicResidency
+from meridian.events.model import TOPIC_TOKEN
 
 
 def load_config(
@@ -121,6 +123,7 @@ def parse_config(
             "security",
             "policy",
             "audit",
+            "topic",
         },
         "",
     )
@@ -132,8 +135,9 @@ def parse_config(
     wan = _wan(rd, rd.table(raw, "wan", "wan"), names, sandbox.base_port)
     agent = _agent(rd, rd.table(raw, "agent", "agent"))
     telemetry = _telemetry(rd, rd.table(raw, "telemetry", "telemetry"))
-    keyspaces = _keyspaces(rd, raw.get("keyspace", []))
-    idempotency = idempotency_section(rd, rd.table(raw, "idempotency", "idempotency"))
+    keyspaces = _keyspaces(rd, raw.get("keyspace", []), names)
+    topics = _topics(rd, raw.get("topic", []), names)
+    idempotency = idempotency_section(rd, rd.table(raw, "idempotency", "idempotency"), names)
     invocation = invocation_section(rd, rd.table(raw, "invocation", "invocation"))
     gateway = gateway_section(rd, rd.table(raw, "gateway", "gateway"), sandbox.base_port, base_dir)
     check_plaintext_listeners(rd, security, {"gateway.host": gateway.host})
@@ -153,6 +157,7 @@ def parse_config(
         agent=agent,
         telemetry=telemetry,
         keyspaces=tuple(keyspaces),
+        topics=tuple(topics),
         idempotency=idempotency,
         invocation=invocation,
         gateway=gateway,
@@ -165,17 +170,93 @@ def parse_config(
 
 
 #: Localities this version serves.
-SERVED_LOCALITIES = (Locality.GLOBAL, Locality.REPLICATED)
+SERVED_LOCALITIES = (Locality.GLOBAL, Locality.REPLICATED, Locality.REGIONAL)
 MAX_VALUE_BYTES = 8 << 20
 
 
-def _keyspaces(rd: Reader, raw: Any) -> list[Keyspace]:
+def _topics(rd: Reader, raw: Any, regions: Sequence[str]) -> list[TopicResidency]:
+    """``[[topic]]``: topics (by first token) whose events must stay in some regions."""
+    if not isinstance(raw, list):
+        rd.bad("topic", "must be an array of [[topic]] tables")
+        return []
+    out: list[TopicResidency] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(raw):
+        path = f"topic[{i}]"
+        if not isinstance(entry, Mapping):
+            rd.bad(path, "must be a table with a name and a residency")
+            continue
+        rd.known(entry, {"name", "residency"}, path)
+        name = entry.get("name")
+        if not isinstance(name, str) or not TOPIC_TOKEN.fullmatch(name):
+            rd.bad(
+                f"{path}.name",
+                f"a topic's first token: 1-64 chars of a-z, 0-9, '_' and '-'; got {name!r:.80}",
+            )
+            continue
+        if name.startswith("_"):
+            rd.bad(f"{path}.name", f"topics starting with '_' are Meridian's own; got {name!r}")
+            continue
+        if name in seen:
+            rd.bad(f"{path}.name", f"topic {name!r} is already declared")
+            continue
+        seen.add(name)
+        if "residency" not in entry:
+            rd.bad(f"{path}.residency", "is required: the regions that may hold the events")
+            continue
+        residency = residency_list(rd, entry["residency"], f"{path}.residency", regions)
+        if residency:
+            out.append(TopicResidency(name, residency))
+    return out
+
+
+def _keyspace_residency(
+    rd: Reader, entry: Mapping[str, Any], path: str, locality: Locality, regions: Sequence[str]
+) -> tuple[tuple[str, ...] | None, str | None, bool]:
+    """(residency, home, forward) of a keyspace; every rule named by its field."""
+    residency: tuple[str, ...] | None = None
+    if "residency" in entry:
+        residency = residency_list(rd, entry["residency"], f"{path}.residency", regions) or None
+        if locality is Locality.GLOBAL and residency and set(residency) != set(regions):
+            rd.bad(
+                f"{path}.residency",
+                "a global keyspace keeps a replica in every region; to keep data in "
+                f"{', '.join(residency)} only, use locality 'regional' or 'replicated'",
+            )
+    home: str | None = None
+    if "home" in entry:
+        home = entry["home"]
+        if locality is not Locality.REGIONAL:
+            rd.bad(f"{path}.home", "only a regional keyspace has a home region")
+        elif not isinstance(home, str) or home not in (residency or regions):
+            rd.bad(
+                f"{path}.home",
+                f"must be one of the keyspace's regions ({', '.join(residency or regions)}); "
+                f"got {home!r:.60}",
+            )
+            home = None
+    forward = rd.boolean(entry, "forward", f"{path}.forward", False)
+    if forward and locality is not Locality.REGIONAL:
+        rd.bad(f"{path}.forward", "only a regional keyspace forwards to its home region")
+    return residency, home, forward
+
+
+def _keyspaces(rd: Reader, raw: Any, regions: Sequence[str]) -> list[Keyspace]:
     if not isinstance(raw, list):
         rd.bad("keyspace", "must be an array of [[keyspace]] tables")
         return []
     out: list[Keyspace] = []
     seen: dict[str, int] = {}
-    allowed = {"name", "locality", "conflict", "key_max_bytes", "value_max_bytes"}
+    allowed = {
+        "name",
+        "locality",
+        "conflict",
+        "key_max_bytes",
+        "value_max_bytes",
+        "residency",
+        "home",
+        "forward",
+    }
     for i, entry in enumerate(raw):
         path = f"keyspace[{i}]"
         if not isinstance(entry, Mapping):
@@ -202,13 +283,7 @@ def _keyspaces(rd: Reader, raw: Any) -> list[Keyspace]:
         except ValueError:
             rd.bad(f"{path}.locality", "must be global, replicated or regional")
             continue
-        if locality not in SERVED_LOCALITIES:
-            rd.bad(
-                f"{path}.locality",
-                f"{locality.value!r} keyspaces are not served by this version; use 'global' or "
-                "'replicated'",
-            )
-            continue
+        residency, home, forward = _keyspace_residency(rd, entry, path, locality, regions)
         try:
             conflict = ConflictPolicy(entry.get("conflict", "lww"))
         except ValueError:
@@ -225,7 +300,24 @@ def _keyspaces(rd: Reader, raw: Any) -> list[Keyspace]:
             low=0,
             high=MAX_VALUE_BYTES,
         )
-        out.append(Keyspace(name, locality, conflict, key_max, value_max))
+        if locality is Locality.REGIONAL and conflict is not ConflictPolicy.LWW:
+            rd.bad(
+                f"{path}.conflict",
+                "a regional keyspace is linearizable per key in its home region: only 'lww'",
+            )
+            continue
+        out.append(
+            Keyspace(
+                name,
+                locality,
+                conflict,
+                key_max,
+                value_max,
+                residency=residency,
+                home=home,
+                forward=forward,
+            )
+        )
     return out
 
 

@@ -13,6 +13,7 @@ from meridian.core.endpoints import EndpointPolicy, network_violations
 from meridian.core.errors import ConfigError, FieldViolation
 from meridian.core.keyspace import Keyspace
 from meridian.core.paths import DEFAULT_ALLOW
+from meridian.core.residency import TopicResidency
 from meridian.invocation.resilience.overrides import PolicySet
 
 REGION_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]\Z")
@@ -167,6 +168,12 @@ class IdempotencyConfig:
     retention_s: float = 86_400.0
     default_lease_s: float = 30.0
     max_lease_s: float = 300.0
+    #: Scopes whose records (and stored responses) must stay in some regions
+    #: (``[[idempotency.scope]]``): TopicResidency(name=scope, residency).
+    scopes: tuple[TopicResidency, ...] = ()
+
+    def scope_residency(self, scope: str) -> TopicResidency | None:
+        return next((s for s in self.scopes if s.name == scope), None)
 
 
 @dataclass(frozen=True)
@@ -274,6 +281,8 @@ class MeridianConfig:
     agent: AgentConfig
     telemetry: TelemetryConfig
     keyspaces: tuple[Keyspace, ...] = ()
+    #: Topics (by first token) whose events must stay in some regions.
+    topics: tuple[TopicResidency, ...] = ()
     idempotency: IdempotencyConfig = IdempotencyConfig()
     invocation: InvocationConfig = InvocationConfig()
     gateway: GatewayConfig = GatewayConfig()

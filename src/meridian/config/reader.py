@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from meridian.core.errors import FieldViolation
@@ -86,3 +86,29 @@ class Reader:
             self.bad(path, f"must be a string, got {value!r}")
             return default
         return value
+
+    def boolean(self, raw: Mapping[str, Any], key: str, path: str, default: bool) -> bool:
+        value = raw.get(key, default)
+        if not isinstance(value, bool):
+            self.bad(path, f"must be true or false; got {value!r:.60}")
+            return default
+        return value
+
+
+def residency_list(rd: Reader, raw: Any, path: str, regions: Sequence[str]) -> tuple[str, ...]:
+    """A residency: a non-empty list of declared regions, each named once."""
+    if not isinstance(raw, list) or not raw or not all(isinstance(r, str) for r in raw):
+        rd.bad(path, "must be a non-empty array of region names")
+        return ()
+    unknown = [r for r in raw if r not in regions]
+    if unknown:
+        rd.bad(
+            path,
+            f"names regions that are not declared: {', '.join(repr(r[:40]) for r in unknown)}; "
+            f"declared: {', '.join(regions)}",
+        )
+        return ()
+    if len(set(raw)) != len(raw):
+        rd.bad(path, "names a region twice")
+        return ()
+    return tuple(raw)

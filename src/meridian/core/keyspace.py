@@ -4,8 +4,12 @@ A keyspace is declared in configuration with a locality (DESIGN §3):
 
 - ``global``: an R3 bucket in the stretched ``global`` cluster, one replica per
   region; linearizable per key, writes need a quorum of regions;
-- ``replicated``: accepted in every region and merged (not served yet);
-- ``regional``: a home region per key (not served yet).
+- ``replicated``: accepted in every region and merged;
+- ``regional``: a home region per partition (a key's first segment); writes
+  go to the home region's stream, other allowed regions hold read-only copies.
+
+A ``replicated`` or ``regional`` keyspace may carry a *residency*: the regions
+allowed to store and serve its data (:mod:`meridian.core.residency`).
 
 The validation rules here are the ones the State API enforces before anything
 is written; each violation names the field and the rule.
@@ -53,6 +57,18 @@ class Keyspace:
     history: int = 64
     #: Entries older than this are removed by JetStream (0: kept for ever).
     ttl_s: float = 0.0
+    #: The regions that may store and serve this keyspace; None: every region.
+    residency: tuple[str, ...] | None = None
+    #: ``regional``: the home of a new partition first written from a region
+    #: that is not allowed to be its home (None: the first allowed region).
+    home: str | None = None
+    #: ``regional``: an agent outside the residency forwards reads and writes
+    #: to the home region (True) or refuses them with RESIDENCY_VIOLATION.
+    forward: bool = False
+
+    def allowed(self, region: str) -> bool:
+        """Whether ``region`` may store and serve this keyspace's data."""
+        return not self.residency or region in self.residency
 
     @property
     def bucket(self) -> str:
