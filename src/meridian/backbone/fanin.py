@@ -7,6 +7,10 @@ regions' messages locally and keeps reading through a partition. This module
 holds what the three have in common: the stream configurations, creating
 streams idempotently, bounded calls, and restarting sources that never started
 (:class:`~meridian.backbone.sources.SourceRepair`).
+
+A subclass may source more than the own stream from a region (events source
+resident topics' streams too) by overriding :meth:`RegionFanIn.region_sources`;
+everything here (the aggregate's configuration, the repair) goes through it.
 """
 
 from __future__ import annotations
@@ -66,7 +70,6 @@ class RegionFanIn:
             self._js,
             aggregate=self.aggregate,
             regions=self.regions,
-            own_stream=self.own_stream,
             config_for=self.aggregate_config,
             timeout_s=self.timeout_s,
         )
@@ -96,14 +99,19 @@ class RegionFanIn:
             **settings,
         )
 
+    def region_sources(self, region: str) -> list[api.StreamSource]:
+        """What the aggregate sources from ``region``: its own stream."""
+        return [api.StreamSource(name=self.own_stream(region))]
+
     def aggregate_config(self, regions: Sequence[str] | None = None) -> api.StreamConfig:
-        """The aggregate, sourcing ``regions``' own streams (all of them by default)."""
+        """The aggregate, sourcing ``regions``' streams (all of them by default)."""
         return self.regional_stream(
             self.aggregate,
             self._aggregate_description,
             sources=[
-                api.StreamSource(name=self.own_stream(r))
+                source
                 for r in (self.regions if regions is None else regions)
+                for source in self.region_sources(r)
             ],
             **self._aggregate_settings,
         )
@@ -124,3 +132,31 @@ class RegionFanIn:
                     )
                     if not info.config.allow_direct:
                         await self._call(f"update stream {config.name}", js.update_stream(config))
+
+    async def ensure_sources(self, config: api.StreamConfig) -> bool:
+        """Give the existing stream ``config`` names the sources of ``config`` if its
+        own differ (an aggregate made before a source was wanted); returns whether
+        it was updated.
+
+        JetStream starts an added source from its stream's first message, stops a
+        removed one and leaves a source whose name, filter and transforms are
+        unchanged where it was, so an update copies nothing twice."""
+        js = self._js()
+        info = await self._call(f"read stream {config.name}", js.stream_info(config.name or ""))
+        if source_keys(info.config.sources) == source_keys(config.sources):
+            return False
+        await self._call(f"update the sources of stream {config.name}", js.update_stream(config))
+        return True
+
+
+def source_keys(sources: Iterable[api.StreamSource] | None) -> list[tuple[object, ...]]:
+    """What identifies each source to JetStream (stream, filter, transforms), in a
+    comparable order: two lists of sources are the same sourcing when these are equal."""
+    return sorted(
+        (
+            s.name,
+            s.filter_subject or "",
+            tuple((t.src, t.dest) for t in s.subject_transforms or ()),
+        )
+        for s in sources or ()
+    )

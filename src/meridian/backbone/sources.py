@@ -5,7 +5,13 @@ stream. A source whose stream did not exist yet when the aggregate was made
 (the regions' agents start one after another) is retried by nats-server with a
 backoff that has been seen to take 35 s to minutes. Once the stream exists,
 dropping the source and adding it back starts it at once; JetStream resumes a
-re-added source where it left off.
+re-added source where it left off (also one with subject transforms, as long
+as they are the same: checked against nats-server 2.15).
+
+A region may be sourced through several streams (events: its own stream and,
+once per resident topic, its resident stream). The repair drops and re-adds
+all of the region's sources together, each exactly as ``config_for`` gives
+it, so filters and transforms are kept.
 """
 
 from __future__ import annotations
@@ -37,17 +43,19 @@ class SourceRepair:
         *,
         aggregate: str,
         regions: Sequence[str],
-        own_stream: Callable[[str], str],
         config_for: Callable[[Sequence[str]], api.StreamConfig],
         timeout_s: float,
     ) -> None:
+        """``config_for(regions)``: the aggregate sourcing only ``regions``."""
         self.js = js
         self.aggregate = aggregate
         self.regions = list(regions)
-        self.own_stream = own_stream
         self.config_for = config_for
         self.timeout_s = timeout_s
-        self._region_of = {own_stream(r): r for r in regions}
+        #: Sourced stream -> the region it comes from.
+        self._region_of = {
+            source.name: r for r in self.regions for source in config_for([r]).sources or ()
+        }
         self._idle: set[str] = set()
 
     async def _call(self, aw: Awaitable[T]) -> T:
@@ -59,18 +67,21 @@ class SourceRepair:
         js = self.js()
         info = await self._call(js.stream_info(self.aggregate))
         idle = {
-            self._region_of[src.name]
+            src.name
             for src in info.sources or []
             if src.name in self._region_of and (src.active is None or src.active < 0)
         }
         # Only sources idle twice in a row: a fresh source is idle briefly.
-        stuck, self._idle = sorted(idle & self._idle), idle
-        restarted: list[str] = []
-        for region in stuck:
+        stuck, self._idle = idle & self._idle, idle
+        startable: set[str] = set()
+        for stream in sorted(stuck):
             try:
-                await self._call(js.stream_info(self.own_stream(region)))
+                await self._call(js.stream_info(stream))
             except nats.js.errors.NotFoundError:
                 continue  # not made yet: nothing to start
+            startable.add(self._region_of[stream])
+        restarted: list[str] = []
+        for region in (r for r in self.regions if r in startable):
             others = [r for r in self.regions if r != region]
             await self._call(js.update_stream(self.config_for(others)))
             await self._call(js.update_stream(self.config_for(self.regions)))

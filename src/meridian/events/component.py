@@ -1,14 +1,15 @@
 """The agent's events component: this region's event streams, kept healthy.
 
-It creates the region's own stream, its aggregate of every region's streams,
-the dead-letter stream and the inbox bucket, retrying until JetStream can;
-until then event calls fail with UNAVAILABLE.
+It creates the region's own stream, its resident stream (where a declared
+topic allows the region), its aggregate of every region's streams, the
+dead-letter stream and the inbox bucket, retrying until JetStream can; until
+then event calls fail with UNAVAILABLE.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from meridian.backbone.connection import (
     BackboneConnection,
@@ -16,6 +17,7 @@ from meridian.backbone.connection import (
 )
 from meridian.backbone.lifecycle import Background
 from meridian.core.errors import UnavailableError
+from meridian.core.residency import TopicResidency
 from meridian.events.streams import EventStreams
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,9 @@ class EventsComponent(Background):
         regions: Sequence[str],
         replicas: int,
         timeout_s: float,
+        topics: Iterable[TopicResidency] = (),
     ) -> None:
+        """``topics``: the declared resident topics (``[[topic]]``)."""
         super().__init__()
         self.streams = EventStreams(
             conn,
@@ -46,6 +50,7 @@ class EventsComponent(Background):
             replicas=replicas,
             timeout_s=timeout_s,
             inbox_ttl_s=INBOX_TTL_S,
+            topics=topics,
         )
 
     def require_ready(self) -> None:

@@ -23,6 +23,7 @@ from meridian.backbone.connection import Msg
 from meridian.core.errors import FieldViolation, InvalidArgumentError
 from meridian.core.hlc import HlcTimestamp
 from meridian.core.keyspace import RESERVED_KEY_PREFIX, Keyspace, Locality
+from meridian.core.residency import refuse
 from meridian.events import model as ev
 from meridian.events.component import EventsComponent
 from meridian.events.delivery import GroupReader
@@ -145,6 +146,18 @@ class ConsumerGroups:
                     FieldViolation("keyspace", f"unknown keyspace {keyspace!r}; declared: {known}")
                 )
                 return None
+            if not ks.allowed(self.region):
+                raise refuse(f"keyspace {ks.name!r}", self.region, ks.residency)
+            if ks.locality is Locality.REGIONAL:
+                # One bucket per partition, found as they are made: no single feed.
+                violations.append(
+                    FieldViolation(
+                        "keyspace",
+                        f"{ks.name!r} is regional: its change feed is per partition; "
+                        "use StateService/Watch with a '<partition>.' prefix",
+                    )
+                )
+                return None
             if ks.locality is Locality.REPLICATED:
                 stream, subject = f"MRA_{ks.name}_{self.region}", f"mr.{ks.name}.>"
             else:
@@ -156,7 +169,9 @@ class ConsumerGroups:
         return None
 
     def group_options(self, o: pb.SubscribeOpen | pb.RegisterPushRequest) -> GroupOptions:
-        """Validate how a group is consumed (shared by Subscribe and RegisterPush)."""
+        """Validate how a group is consumed (shared by Subscribe and RegisterPush):
+        INVALID_ARGUMENT naming every bad field, then RESIDENCY_VIOLATION for a
+        topic filter naming a resident topic this region may not serve."""
         violations: list[FieldViolation] = []
         max_in_flight = o.max_in_flight or ev.DEFAULT_MAX_IN_FLIGHT
         if not 1 <= max_in_flight <= ev.MAX_IN_FLIGHT:
@@ -184,6 +199,8 @@ class ConsumerGroups:
         )
         _check(violations)
         assert source is not None
+        if o.WhichOneof("source") == "topic_filter":
+            self.streams.check_served(o.topic_filter)
         return GroupOptions(source, start, max_in_flight, max_deliveries, ack_wait_s)
 
     async def open(

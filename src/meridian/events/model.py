@@ -10,17 +10,30 @@ Everything here is pure. The agent maps an event to JetStream like this:
 - a consumer group is a durable pull consumer on the aggregate, filtered by
   ``mev.*.<topic_filter>``;
 - after ``max_deliveries`` attempts an event moves to ``EVDLQ_<region>``.
+
+A *resident* topic (its first token declared in ``[[topic]]`` with a
+residency) travels apart, so that it is stored only in allowed regions:
+
+- an allowed region publishes it to ``EVR_<region>``, on ``mevr.<region>.<topic>``;
+  a region outside its residency refuses to publish or serve it;
+- the aggregate of region ``r`` sources ``EVR_<s>`` once per topic allowed in
+  both ``r`` and ``s``, with subject transforms that turn ``mevr.<s>.<topic>``
+  back into ``mev.<s>.<topic>``: the transforms are also the filter, so other
+  topics of ``EVR_<s>`` never reach ``r``, and consumer groups, replays and
+  dead letters see the usual subjects.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from meridian.core.endpoints import SANDBOX, EndpointPolicy, host_violations
 from meridian.core.errors import FieldViolation
+from meridian.core.residency import TopicResidency, refuse, topic_residency
 
 TOPIC_TOKEN = re.compile(r"[a-z0-9_-]{1,64}")
 FILTER_TOKEN = re.compile(r"[a-z0-9_-]{1,64}|\*|>")
@@ -56,6 +69,7 @@ INVALIDATE_TOPIC = "_invalidate"
 STATE_TOPIC = "_state"
 
 SUBJECT_PREFIX = "mev"
+RESIDENT_SUBJECT_PREFIX = "mevr"
 DLQ_SUBJECT_PREFIX = "mevdlq"
 
 
@@ -71,8 +85,18 @@ def dlq_stream(region: str) -> str:
     return f"EVDLQ_{region}"
 
 
+def resident_stream(region: str) -> str:
+    """The stream of resident topics' events published in ``region``."""
+    return f"EVR_{region}"
+
+
 def subject(region: str, topic: str) -> str:
     return f"{SUBJECT_PREFIX}.{region}.{topic}"
+
+
+def resident_subject(region: str, topic: str) -> str:
+    """The subject of a resident topic's event published in ``region``."""
+    return f"{RESIDENT_SUBJECT_PREFIX}.{region}.{topic}"
 
 
 def split_subject(subj: str) -> tuple[str, str]:
@@ -110,6 +134,103 @@ def dead_letter(attempt: int, max_deliveries: int) -> bool:
     """Whether a delivery that is about to be (re)delivered as ``attempt`` goes to
     the dead-letter stream instead."""
     return attempt > max_deliveries
+
+
+# -- residency ------------------------------------------------------------------
+
+
+def declared(topics: Iterable[TopicResidency], topic: str) -> TopicResidency | None:
+    """The ``[[topic]]`` declaration covering ``topic`` (by its first token).
+
+    Meridian's own topics (``_invalidate``, ``_state``) are never resident:
+    cache invalidations and change feeds must reach every region."""
+    if topic.startswith("_"):
+        return None
+    return topic_residency(topics, topic)
+
+
+def publish_subject(
+    topics: Iterable[TopicResidency], region: str, topic: str, field: str = "topic"
+) -> str:
+    """The subject an event of ``topic`` published in ``region`` goes to.
+
+    Raises ResidencyViolationError naming ``field`` when ``topic`` is resident
+    and ``region`` is not in its residency: nothing may be written then."""
+    decl = declared(topics, topic)
+    if decl is None:
+        return subject(region, topic)
+    if not decl.allowed(region):
+        raise refuse(
+            f"{field} {topic!r}: events of [[topic]] {decl.name!r}", region, decl.residency
+        )
+    return resident_subject(region, topic)
+
+
+def check_served(topics: Iterable[TopicResidency], region: str, topic_filter: str) -> None:
+    """Raise ResidencyViolationError when ``topic_filter`` names a resident topic
+    (a literal first token) that ``region`` may not serve.
+
+    A wildcard first token is fine anywhere: a region's aggregate never holds
+    the events of topics it may not serve, so such a group simply never sees them."""
+    decl = declared(topics, topic_filter)
+    if decl is not None and not decl.allowed(region):
+        raise refuse(
+            f"topic_filter {topic_filter!r}: events of [[topic]] {decl.name!r}",
+            region,
+            decl.residency,
+        )
+
+
+def holds_resident_stream(topics: Iterable[TopicResidency], region: str) -> bool:
+    """Whether ``region`` has a resident stream: some declared topic allows it."""
+    return any(not t.name.startswith("_") and t.allowed(region) for t in topics)
+
+
+@dataclass(frozen=True)
+class ResidentSource:
+    """One source of an aggregate: ``topic``'s events from ``origin``'s resident stream.
+
+    One source per topic, not one per origin with every topic's transforms:
+    JetStream restarts a source from its first message when its transforms
+    change, so adding a topic to the declarations would copy every other
+    resident topic's events into the aggregate again. A source of its own
+    starts for the new topic alone and leaves the others where they are."""
+
+    origin: str
+    topic: str
+
+    @property
+    def stream(self) -> str:
+        return resident_stream(self.origin)
+
+    @property
+    def transforms(self) -> tuple[tuple[str, str], ...]:
+        """(source subject, aggregate subject) pairs; together they are the filter."""
+        return (
+            (resident_subject(self.origin, self.topic), subject(self.origin, self.topic)),
+            (
+                resident_subject(self.origin, f"{self.topic}.>"),
+                subject(self.origin, f"{self.topic}.>"),
+            ),
+        )
+
+
+def resident_sources(
+    topics: Iterable[TopicResidency], region: str, origins: Sequence[str]
+) -> list[ResidentSource]:
+    """What ``region``'s aggregate sources from the resident streams of ``origins``:
+    each declared topic allowed in both ``region`` and the origin (which may be
+    ``region`` itself), in the order of ``origins``, then by topic."""
+    allowed_here = sorted(
+        (t for t in topics if not t.name.startswith("_") and t.allowed(region)),
+        key=lambda t: t.name,
+    )
+    return [
+        ResidentSource(origin, t.name)
+        for origin in origins
+        for t in allowed_here
+        if t.allowed(origin)
+    ]
 
 
 # -- validation ---------------------------------------------------------------

@@ -28,7 +28,12 @@ from meridian.backbone.lifecycle import Background
 from meridian.backbone.resolve import CheckedResolver
 from meridian.core.calls import CALLER
 from meridian.core.endpoints import SANDBOX, EndpointPolicy
-from meridian.core.errors import FieldViolation, InvalidArgumentError, UnavailableError
+from meridian.core.errors import (
+    FieldViolation,
+    InvalidArgumentError,
+    ResidencyViolationError,
+    UnavailableError,
+)
 from meridian.events import model as ev
 from meridian.events.delivery import GroupReader
 from meridian.events.groups import ConsumerGroups, GroupOptions
@@ -106,11 +111,20 @@ class PushDeliveries(Background):
             keys = await kv.keys()
         except nats.js.errors.NoKeysError:
             keys = []
+        resumed = 0
         for key in keys:
             entry = await kv.get(key)
             request = pb.RegisterPushRequest.FromString(entry.value or b"")
-            self._start_pusher(key, request, self.groups.group_options(request))
-        log.info("push registrations resumed", extra={"count": len(keys)})
+            try:
+                opts = self.groups.group_options(request)
+            except ResidencyViolationError as exc:
+                # Registered before its topic was declared resident elsewhere:
+                # kept (an operator may move it), but never served from here.
+                log.warning("push registration %s not resumed: %s", key, exc.message)
+                continue
+            self._start_pusher(key, request, opts)
+            resumed += 1
+        log.info("push registrations resumed", extra={"count": resumed})
 
     # -- registrations (EventService.RegisterPush, UnregisterPush) ------------------------------------------------------------
 
@@ -120,6 +134,10 @@ class PushDeliveries(Background):
             opts = self.groups.group_options(request)
         except InvalidArgumentError as exc:
             raise InvalidArgumentError(list(exc.violations) + violations) from None
+        except ResidencyViolationError:
+            if violations:  # a bad request is INVALID_ARGUMENT first, as everywhere
+                raise InvalidArgumentError(violations) from None
+            raise
         if violations:
             raise InvalidArgumentError(violations)
         if not self.ready:

@@ -1,7 +1,9 @@
 """The Event API, once, for both transports: publish, subscribe, replay, invalidate.
 
 Every request is validated before anything is published; a bad one gets
-INVALID_ARGUMENT naming the field and the rule, and nothing is written.
+INVALID_ARGUMENT naming the field and the rule, and nothing is written. A
+resident topic (``[[topic]]``) this region may not hold gets
+RESIDENCY_VIOLATION, to publish, subscribe or replay, and nothing is written.
 
 A subscription is a durable consumer group of this region: the engine under
 it (consumers, reading messages as Events, dead letters, the inbox, acks, HTTP
@@ -119,6 +121,9 @@ class EventsApi:
             except InvalidArgumentError as exc:
                 violations += indexed("events", i, exc.violations)
         _check(violations)
+        # Every event's residency before any is sent: a refused batch writes nothing.
+        for i, event in enumerate(request.events):
+            self.streams.subject_of(event.topic, f"events[{i}].topic")
         self.component.require_ready()
         traceparent = current_traceparent()
         published_ms = self.clock.now_ms()
@@ -255,6 +260,8 @@ class EventsApi:
         )
         _check(violations)
         assert source is not None
+        if request.WhichOneof("source") == "topic_filter":
+            self.streams.check_served(request.topic_filter)
         self.component.require_ready()
         await self.streams.reset(source.spec, request.group, start)
         return pb.ReplayResponse()

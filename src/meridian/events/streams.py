@@ -11,6 +11,11 @@ JetStream. Delivery during a partition and after it heals is checked by the
 e2e tier; no stalled source has been seen for events so far (nats-server
 #6206 and #8346 were seen with replicated keyspaces, which therefore also read
 peers directly). Sources that never started are restarted (:mod:`.sources`).
+
+Resident topics (``[[topic]]``) are published to the region's resident stream
+``EVR_<region>`` instead, made only in a region some declared topic allows,
+and each aggregate sources from it only the topics it may hold
+(:class:`~meridian.events.model.ResidentSource`).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -41,6 +46,7 @@ from meridian.core.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
+from meridian.core.residency import TopicResidency
 from meridian.events import model as ev
 from meridian.events.model import Start
 
@@ -87,7 +93,10 @@ class EventStreams(RegionFanIn):
         replicas: int,
         timeout_s: float,
         inbox_ttl_s: float,
+        topics: Iterable[TopicResidency] = (),
     ) -> None:
+        """``topics``: the declared resident topics (``[[topic]]``)."""
+        self.topics = tuple(topics)
         super().__init__(
             conn,
             region=region,
@@ -106,9 +115,37 @@ class EventStreams(RegionFanIn):
 
     # -- setup ------------------------------------------------------------
 
+    def region_sources(self, region: str) -> list[api.StreamSource]:
+        """The own stream of ``region``, and its resident stream once per topic
+        this region and ``region`` may both hold (with the transforms back to
+        ``mev.`` subjects)."""
+        return super().region_sources(region) + [
+            api.StreamSource(
+                name=source.stream,
+                subject_transforms=[
+                    api.SubjectTransform(src=src, dest=dest) for src, dest in source.transforms
+                ],
+            )
+            for source in ev.resident_sources(self.topics, self.region, [region])
+        ]
+
+    def resident_config(self) -> api.StreamConfig | None:
+        """This region's resident stream; None where no declared topic is allowed."""
+        if not ev.holds_resident_stream(self.topics, self.region):
+            return None
+        return self.regional_stream(
+            ev.resident_stream(self.region),
+            f"Meridian events of resident topics published in {self.region}",
+            [f"{ev.RESIDENT_SUBJECT_PREFIX}.{self.region}.>"],
+            duplicate_window=DUPLICATE_WINDOW_S,
+        )
+
     async def ensure(self) -> None:
-        """Create the streams and the inbox bucket if missing (idempotent)."""
+        """Create the streams and the inbox bucket if missing (idempotent), and
+        give an aggregate made before the declared topics the sources they need."""
         js = self._js()
+        resident = self.resident_config()
+        aggregate = self.aggregate_config()
         await self.ensure_streams(
             [
                 self.regional_stream(
@@ -117,7 +154,9 @@ class EventStreams(RegionFanIn):
                     [f"{ev.SUBJECT_PREFIX}.{self.region}.>"],
                     duplicate_window=DUPLICATE_WINDOW_S,
                 ),
-                self.aggregate_config(),
+                # Before the aggregate, so that its source of it starts at once.
+                *([resident] if resident is not None else []),
+                aggregate,
                 self.regional_stream(
                     self.dlq,
                     f"Meridian dead letters of {self.region}'s consumer groups",
@@ -125,6 +164,8 @@ class EventStreams(RegionFanIn):
                 ),
             ]
         )
+        if await self.ensure_sources(aggregate):
+            log.info("%s's sources updated: %d now", self.aggregate, len(aggregate.sources or ()))
         try:
             await js.key_value(self.inbox_bucket)
         except nats.js.errors.BucketNotFoundError:
@@ -146,6 +187,16 @@ class EventStreams(RegionFanIn):
 
     # -- publishing ---------------------------------------------------------
 
+    def subject_of(self, topic: str, field: str = "topic") -> str:
+        """The subject an event of ``topic`` is published to from this region;
+        RESIDENCY_VIOLATION naming ``field`` if this region may not hold it."""
+        return ev.publish_subject(self.topics, self.region, topic, field)
+
+    def check_served(self, topic_filter: str) -> None:
+        """RESIDENCY_VIOLATION if ``topic_filter`` names a resident topic this
+        region may not serve."""
+        ev.check_served(self.topics, self.region, topic_filter)
+
     async def publish(
         self,
         topic: str,
@@ -155,7 +206,10 @@ class EventStreams(RegionFanIn):
         headers: dict[str, str],
         published_ms: int,
     ) -> tuple[int, bool]:
-        """Publish to this region's stream; returns (sequence, duplicate)."""
+        """Publish to this region's stream (its resident stream for a resident
+        topic); returns (sequence, duplicate). RESIDENCY_VIOLATION, and nothing
+        published, for a resident topic this region may not hold."""
+        subj = self.subject_of(topic)
         all_headers = {
             **headers,
             MSG_ID: event_id,
@@ -165,9 +219,7 @@ class EventStreams(RegionFanIn):
         }
         ack = await self._call(
             f"publish to {topic}",
-            self._js().publish(
-                ev.subject(self.region, topic), payload, timeout=self.timeout_s, headers=all_headers
-            ),
+            self._js().publish(subj, payload, timeout=self.timeout_s, headers=all_headers),
         )
         return int(ack.seq), bool(ack.duplicate)
 
@@ -182,6 +234,7 @@ class EventStreams(RegionFanIn):
     ) -> asyncio.Future[api.PubAck]:
         """Send a publish like :meth:`publish` without waiting for its ack: returns
         the ack's future once the message is written; :meth:`acked` waits for it."""
+        subj = self.subject_of(topic)
         all_headers = {
             **headers,
             MSG_ID: event_id,
@@ -190,9 +243,7 @@ class EventStreams(RegionFanIn):
             PUBLISHED_HEADER: str(published_ms),
         }
         with translate_nats_errors(f"cannot publish to {topic} in {self.region}"):
-            return await self._js().publish_async(
-                ev.subject(self.region, topic), payload, headers=all_headers
-            )
+            return await self._js().publish_async(subj, payload, headers=all_headers)
 
     async def acked(self, topic: str, ack: asyncio.Future[api.PubAck]) -> tuple[int, bool]:
         """(sequence, duplicate) of a :meth:`publish_pipelined`; DEADLINE_EXCEEDED if
