@@ -187,6 +187,13 @@ class MeridianClient:
             request.if_revision = if_revision
         return int((await self._call(self._state.Delete, request)).revision)
 
+    async def rehome(self, keyspace: str, partition: str, region: str) -> tuple[str, int]:
+        """Move a regional keyspace's partition to home ``region`` (an audited
+        admin change); returns (the previous home, the partition's last revision)."""
+        request = state_pb2.RehomeRequest(keyspace=keyspace, partition=partition, region=region)
+        reply = await self._call(self._state.Rehome, request)
+        return reply.previous_region, int(reply.revision)
+
     async def increment(self, keyspace: str, key: str, delta: int) -> int:
         """Add ``delta`` to a counter key; returns the write's revision."""
         request = state_pb2.IncrementRequest(keyspace=keyspace, key=key, delta=delta)

@@ -95,6 +95,28 @@ name = "notes"
 locality = "replicated"
 conflict = "multi_value"
 
+# Regional keyspaces (test_regional.py): homes per partition, residency.
+[[keyspace]]
+name = "profiles"
+locality = "regional"
+residency = ["us-east", "eu-west"]
+
+[[keyspace]]
+name = "eu-records"
+locality = "regional"
+residency = ["eu-west"]
+forward = true
+
+# Events of topic "eu-orders" stay in eu-west (test_residency_events.py).
+[[topic]]
+name = "eu-orders"
+residency = ["eu-west"]
+
+# Idempotency records of scope "eu-payments" stay in eu-west (test_regional.py).
+[[idempotency.scope]]
+name = "eu-payments"
+residency = ["eu-west"]
+
 # test_gateway.py drives state and status through the gateway as well.
 [gateway]
 allow = ["/v1/invoke/*", "/v1/health", "/v1/status", "/v1/state/*"]

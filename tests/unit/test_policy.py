@@ -445,7 +445,11 @@ async def test_a_replay_is_recorded_before_it_runs_and_not_run_if_it_cant_be() -
         ((who, access, detail),) = trail.admin_changes
         assert who == "spiffe://meridian.local/service/orders"
         assert access == Access("events:replay", "Topic", "orders", "orders-readmodel-us-east")
-        assert detail == {"rpc": "EventService/Replay"}
+        # The entry says exactly what was asked.
+        assert detail == {
+            "rpc": "EventService/Replay",
+            "request": '{"group":"orders-readmodel-us-east","topic_filter":"orders"}',
+        }
 
         failing = Guard(
             engine(builtin("sandbox")), region="us-east", trail=RecordedTrail(fail=True)

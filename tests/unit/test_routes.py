@@ -54,7 +54,7 @@ def test_every_rpc_of_the_contract_is_bound_to_a_handler() -> None:
     routes = build_routes(IMPLEMENTATIONS)
     names = {(r.service, r.method) for r in routes}
     expected = {(s.name, m.name) for s in contract_services() for m in s.methods}
-    assert names == expected and len(routes) == len(expected) == 32
+    assert names == expected and len(routes) == len(expected) == 33
     get_many = next(r for r in routes if r.method == "GetMany")
     assert get_many.handler is StateApi.get_many
     assert get_many.grpc_path == "/meridian.v1.StateService/GetMany"

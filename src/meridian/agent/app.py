@@ -70,7 +70,7 @@ from meridian.security.tls import (
     TlsFiles,
     server_context,
 )
-from meridian.state.replicas import StateComponent
+from meridian.state.component import StateComponent
 from meridian.state.service import StateApi
 from meridian.transport.api import AgentApi, Services
 from meridian.transport.grpc.server import GrpcTransport
@@ -274,6 +274,7 @@ class Agent:
             regions=config.region_names,
             replicas=config.agent.regional_replicas,
             timeout_s=config.agent.quorum_timeout_s,
+            topics=config.topics,
         )
         self.api = AgentApi(region, self.monitor, metrics=self.metrics, tracer=self.tracer)
         #: The audit log: admin changes and denials, checkpoints signed and cosigned.
@@ -307,6 +308,7 @@ class Agent:
         self.state_api = StateApi(
             region,
             self.state.replicas,
+            refused=self.state.refused,
             hlc=self.hlc,
             skew=self.skew,
             metrics=self.metrics,

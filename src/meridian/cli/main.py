@@ -34,6 +34,7 @@ from meridian.core.redact import redact
 from meridian.demo.cli import demo
 from meridian.gateway.cli import gateway
 from meridian.policy.cli import policy
+from meridian.residency.cli import residency
 from meridian.security.cli import ca, renew_every
 from meridian.security.pki import client_ssl
 
@@ -307,6 +308,55 @@ def services(ctx: _Ctx, via: str | None, service: str, region: str, as_json: boo
             )
 
 
+# -- state -----------------------------------------------------------------
+
+
+@cli.group()
+def state() -> None:
+    """Administer keyspaces."""
+
+
+@state.command("rehome")
+@click.argument("keyspace")
+@click.argument("partition")
+@click.argument("region")
+@click.option("--via", "via", default=None, help="Ask this region's agent (default: the first).")
+@pass_ctx
+def state_rehome(ctx: _Ctx, keyspace: str, partition: str, region: str, via: str | None) -> None:
+    """Move PARTITION of regional KEYSPACE to home REGION.
+
+    PARTITION is a key's first segment. JetStream moves the partition's
+    bucket; writes go on during the move (those caught in the hand-over fail
+    and may be retried). An admin change: written to the audit log first."""
+    from meridian.client import MeridianClient
+
+    cfg = ctx.config
+    try:
+        agent = cfg.region(via) if via else cfg.regions[0]
+    except MeridianError as exc:
+        _fail(exc.message)
+        return
+
+    async def go() -> tuple[str, int]:
+        # A move takes as long as JetStream needs to copy the partition.
+        async with MeridianClient(
+            agent.grpc_address, timeout_s=180.0, tls=cfg.client_tls_dir
+        ) as client:
+            return await client.rehome(keyspace, partition, region)
+
+    try:
+        previous, revision = asyncio.run(go())
+    except MeridianError as exc:
+        _fail(f"{exc.code}: {exc.message}")
+        return
+    if previous == region:
+        click.echo(f"{keyspace}/{partition} is already homed in {region} (revision {revision})")
+    else:
+        click.echo(
+            f"{keyspace}/{partition}: home moved {previous} -> {region} (revision {revision})"
+        )
+
+
 # -- agent -----------------------------------------------------------------
 
 
@@ -464,6 +514,7 @@ cli.add_command(gateway)
 cli.add_command(ca)
 cli.add_command(policy)
 cli.add_command(audit)
+cli.add_command(residency)
 
 
 def main() -> None:

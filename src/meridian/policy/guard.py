@@ -16,9 +16,12 @@ insecure mode beyond loopback).
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
+
+from google.protobuf import json_format
 
 from meridian.core.calls import CALLER
 from meridian.core.errors import MeridianError, PermissionDeniedError
@@ -107,8 +110,9 @@ class Guard:
                 accesses = list(rule(request, ctx))
                 self.check(accesses, principal)
                 if audited(principal):
+                    detail = {"rpc": rpc, "request": _summary(request)}
                     for access in accesses:
-                        await trail.admin(uuid.uuid4().hex, access, {"rpc": rpc})
+                        await trail.admin(uuid.uuid4().hex, access, detail)
                 return await handler(request)
 
             return recorded
@@ -125,3 +129,14 @@ class Guard:
         async for request in requests:
             self.check(rule(request, self.context), principal)
             yield request
+
+
+#: Longest request summary kept in an audit entry (the model allows 4096).
+SUMMARY_CHARS = 2048
+
+
+def _summary(request: Any) -> str:
+    """What an audited admin call asked, exactly: its request as compact JSON
+    (proto field names), cut to SUMMARY_CHARS."""
+    fields = json_format.MessageToDict(request, preserving_proto_field_name=True)
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"))[:SUMMARY_CHARS]

@@ -11,7 +11,7 @@ Resources are the things the API acts on:
 ===========================  ================================================
 resource                     actions
 ===========================  ================================================
-``Keyspace::"orders"``       ``state:read``, ``state:write``, and
+``Keyspace::"orders"``       ``state:read``, ``state:write``, ``admin:rehome``, and
                              ``events:subscribe`` / ``events:replay`` of its
                              change feed
 ``Topic::"orders"``          ``events:publish``, ``events:subscribe``,
@@ -78,6 +78,8 @@ action "health:read", "status:read"
   appliesTo { principal: [Agent, Service, Gateway, Operator], resource: [Agent], context: Context };
 action "admin:policies"
   appliesTo { principal: [Agent, Service, Gateway, Operator], resource: [Control], context: Context };
+action "admin:rehome"
+  appliesTo { principal: [Agent, Service, Gateway, Operator], resource: [Keyspace], context: Context };
 """
 
 #: Every action, as the schema declares it.
@@ -96,6 +98,7 @@ ACTIONS: frozenset[str] = frozenset(
         "health:read",
         "status:read",
         "admin:policies",
+        "admin:rehome",
     }
 )
 

@@ -119,12 +119,18 @@ def _admin(r: policy_pb2.PutPoliciesRequest, ctx: RpcContext) -> Iterable[Access
     return (Access("admin:policies", "Control", "policies"),)
 
 
+def _rehome(r: state_pb2.RehomeRequest, ctx: RpcContext) -> Iterable[Access]:
+    return (Access("admin:rehome", "Keyspace", r.keyspace, r.partition),)
+
+
 #: The RPCs that are admin changes when the principal matches: each is
 #: recorded in the audit log, and waited for, before it runs (policy pushes
 #: are recorded by PolicyService itself, with the set's digest).
 AUDITED: Mapping[str, Callable[[Principal], bool]] = {
     # Moving a consumer group rewrites what its consumers will be given.
     "EventService/Replay": lambda p: True,
+    # Moving a regional partition's data to another region.
+    "StateService/Rehome": lambda p: True,
     # An operator removing an instance (a service removing its own is routine).
     "RegistryService/Deregister": lambda p: p.type == "Operator",
 }
@@ -134,6 +140,7 @@ RULES: Mapping[str, Rule] = {
     "StatusService/GetStatus": _agent("status:read"),
     "HealthService/Check": _agent("health:read"),
     "StateService/Get": _state("state:read"),
+    "StateService/Rehome": _rehome,
     "StateService/GetMany": _get_many,
     "StateService/Scan": _scan,
     "StateService/Watch": _scan,

@@ -76,6 +76,44 @@ BARRIER_KEY = f"{RESERVED_KEY_PREFIX}.barrier"
 MAX_BARRIERS_IN_FLIGHT = 8
 
 
+def bucket_config(
+    keyspace: Keyspace,
+    bucket: str,
+    description: str,
+    *,
+    cluster: str,
+    replicas: int,
+    metadata: dict[str, str] | None = None,
+) -> api.StreamConfig:
+    """The stream of a KV bucket placed in ``cluster``.
+
+    Written out rather than left to nats-py's ``create_key_value``, which drops
+    the placement (a bucket meant for one region's cluster could land in any
+    cluster) and cannot set stream metadata. The settings are the ones it uses.
+    """
+    return api.StreamConfig(
+        name=f"KV_{bucket}",
+        description=description,
+        subjects=[f"$KV.{bucket}.>"],
+        allow_direct=True,
+        allow_rollup_hdrs=True,
+        deny_delete=True,
+        discard=api.DiscardPolicy.NEW,
+        duplicate_window=min(120.0, keyspace.ttl_s) if keyspace.ttl_s else 120.0,
+        max_age=keyspace.ttl_s or None,
+        max_consumers=-1,
+        max_msg_size=keyspace.value_max_bytes,
+        max_msgs=-1,
+        # Watch can replay from a revision: keep the last changes of each key
+        # (by default 64, NATS KV's maximum history).
+        max_msgs_per_subject=keyspace.history,
+        num_replicas=replicas,
+        storage=api.StorageType.FILE,
+        placement=api.Placement(cluster=cluster),
+        metadata=metadata,
+    )
+
+
 def _is_delete(headers: dict[str, str] | None) -> bool:
     return bool(headers) and (headers or {}).get(KV_OPERATION) in ("DEL", "PURGE")
 
@@ -102,6 +140,9 @@ class GlobalKeyspaceStore:
         self.timeout_s = timeout_s
         self.clock_now = clock_now
         self.stream = f"KV_{keyspace.bucket}"
+        #: The stream the view and watches follow: the bucket's own, or (a
+        #: regional partition elsewhere) this region's mirror of it.
+        self.feed_stream = self.stream
         self._prefix = f"$KV.{keyspace.bucket}."
         self._ready = False
         #: The view being followed: quorum acks (own writes, barriers) prove its freshness.
@@ -118,23 +159,17 @@ class GlobalKeyspaceStore:
     async def ensure(self) -> None:
         """Create the bucket if it does not exist (idempotent)."""
         js = self.conn.jetstream(self.timeout_s)
-        config = api.KeyValueConfig(
-            bucket=self.keyspace.bucket,
-            description=f"Meridian keyspace {self.keyspace.name}",
-            # Watch can replay from a revision: keep the last changes of each key
-            # (by default 64, NATS KV's maximum history).
-            history=self.keyspace.history,
-            ttl=self.keyspace.ttl_s or None,
-            replicas=self.replicas,
-            storage=api.StorageType.FILE,
-            placement=api.Placement(cluster=self.cluster),
-            max_value_size=self.keyspace.value_max_bytes,
-            direct=True,
-        )
         try:
             await js.key_value(self.keyspace.bucket)
         except nats.js.errors.BucketNotFoundError:
-            await self._quorum_call("create the bucket", js.create_key_value(config))
+            config = bucket_config(
+                self.keyspace,
+                self.keyspace.bucket,
+                f"Meridian keyspace {self.keyspace.name}",
+                cluster=self.cluster,
+                replicas=self.replicas,
+            )
+            await self._quorum_call("create the bucket", js.add_stream(config))
         self._ready = True
 
     # -- writes -----------------------------------------------------------
@@ -269,6 +304,10 @@ class GlobalKeyspaceStore:
         self._proven(asked_at, int(ack.seq))
         return int(ack.seq)
 
+    async def prove_freshness(self) -> None:
+        """One freshness proof of the followed view: a barrier."""
+        await self.barrier()
+
     def _proven(self, asked_at: float, seq: int) -> None:
         """A quorum committed ``seq`` for a write invoked at ``asked_at``."""
         if self._view is not None:
@@ -331,7 +370,7 @@ class GlobalKeyspaceStore:
             ordered_feed(
                 js,
                 f"{self._prefix}>",
-                stream=self.stream,
+                stream=self.feed_stream,
                 deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
             ) as queue,
             asyncio.TaskGroup() as tg,
@@ -340,7 +379,7 @@ class GlobalKeyspaceStore:
             tg.create_task(
                 every(
                     freshness_interval_s,
-                    self.barrier,
+                    self.prove_freshness,
                     in_flight=MAX_BARRIERS_IN_FLIGHT,
                     what=f"freshness barrier of {self.stream}",
                 )
@@ -382,12 +421,12 @@ class GlobalKeyspaceStore:
         async with ordered_feed(
             js,
             f"{self._prefix}>",
-            stream=self.stream,
+            stream=self.feed_stream,
             config=config,
             max_messages=WATCH_QUEUE_MESSAGES,
         ) as q:
             while True:
-                msg = await q.next(f"the watch of {self.stream} {prefix!r}")
+                msg = await q.next(f"the watch of {self.feed_stream} {prefix!r}")
                 key = self.key_of(msg.subject)
                 if key.startswith(RESERVED_KEY_PREFIX) or not key.startswith(prefix):
                     continue
@@ -401,7 +440,7 @@ class GlobalKeyspaceStore:
     async def _quorum_call(self, what: str, aw: Awaitable[T]) -> T:
         """Await ``aw``; no answer in time, or no leader, is QuorumUnavailableError."""
         with translate_nats_errors(
-            f"cannot {what} from {self.region} (the {GLOBAL_CLUSTER} quorum is needed)",
+            f"cannot {what} from {self.region} (the {self.cluster} quorum is needed)",
             unreachable=QuorumUnavailableError,
             timeout=QuorumUnavailableError,
         ):

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 from meridian.backbone.connection import (
@@ -26,10 +26,8 @@ from meridian.backbone.connection import (
     ensure_until_done,
     reraise_if_cancelling,
 )
-from meridian.backbone.lifecycle import Background
 from meridian.core.errors import UnavailableError
-from meridian.core.hlc import HybridLogicalClock
-from meridian.core.keyspace import Keyspace, Locality
+from meridian.core.keyspace import Keyspace
 from meridian.observability.metrics import AgentMetrics
 from meridian.state.global_store import GlobalKeyspaceStore
 from meridian.state.model.replicated import ReplicatedEntry
@@ -68,7 +66,11 @@ class KeyspaceReplica(Generic[E]):
         metrics: AgentMetrics,
         region: str,
         freshness_interval_s: float,
+        *,
+        export: bool = True,
     ) -> None:
+        """``export``: set the keyspace's staleness gauge from this replica
+        (false for one partition of many: the keyspace exports their worst)."""
         self.keyspace = keyspace
         self._freshness_interval_s = freshness_interval_s
         self._store = store
@@ -77,7 +79,8 @@ class KeyspaceReplica(Generic[E]):
         self._changed = asyncio.Condition()
         self._metrics = metrics
         self._region = region
-        metrics.state_staleness.labels(region, keyspace.name).set_function(self._exported_bound)
+        if export:
+            metrics.state_staleness.labels(region, keyspace.name).set_function(self._exported_bound)
 
     def staleness(self, now: float) -> float | None:
         """How stale the view may be at ``now``, as proven; None when nothing is."""
@@ -156,8 +159,12 @@ class GlobalReplica(KeyspaceReplica[StoredEntry]):
         metrics: AgentMetrics,
         region: str,
         freshness_interval_s: float,
+        *,
+        export: bool = True,
     ) -> None:
-        super().__init__(store.keyspace, store, metrics, region, freshness_interval_s)
+        super().__init__(
+            store.keyspace, store, metrics, region, freshness_interval_s, export=export
+        )
         self.store = store
 
 
@@ -175,66 +182,3 @@ class ReplicatedReplica(KeyspaceReplica[ReplicatedEntry]):
     def staleness(self, now: float) -> float | None:
         """The oldest proof among the writing regions (see ReplicatedKeyspaceStore)."""
         return self.store.staleness(self.view, now)[0]
-
-
-class StateComponent(Background):
-    """Agent component serving the declared keyspaces: serves once every keyspace's
-    streams exist and its change feed is followed."""
-
-    name = "state"
-
-    def __init__(
-        self,
-        conn: BackboneConnection,
-        keyspaces: tuple[Keyspace, ...],
-        *,
-        region: str,
-        regions: Sequence[str],
-        global_replicas: int,
-        regional_replicas: int,
-        timeout_s: float,
-        hlc: HybridLogicalClock,
-        metrics: AgentMetrics,
-        freshness_interval_s: float,
-    ) -> None:
-        super().__init__()
-        self.replicas: dict[str, GlobalReplica | ReplicatedReplica] = {}
-        for ks in keyspaces:
-            if ks.locality is Locality.REPLICATED:
-                self.replicas[ks.name] = ReplicatedReplica(
-                    ReplicatedKeyspaceStore(
-                        conn,
-                        ks,
-                        region=region,
-                        regions=regions,
-                        replicas=regional_replicas,
-                        timeout_s=timeout_s,
-                        hlc=hlc,
-                        on_skewed=metrics.hlc_rejected.labels(region).inc,
-                    ),
-                    metrics,
-                    region,
-                    freshness_interval_s,
-                )
-            else:
-                self.replicas[ks.name] = GlobalReplica(
-                    GlobalKeyspaceStore(
-                        conn,
-                        ks,
-                        region=region,
-                        replicas=global_replicas,
-                        timeout_s=timeout_s,
-                        clock_now=hlc.now,
-                    ),
-                    metrics,
-                    region,
-                    freshness_interval_s,
-                )
-
-    async def run(self) -> None:
-        async with asyncio.TaskGroup() as tg:
-            for replica in self.replicas.values():
-                tg.create_task(replica.keep_following(), name=f"keyspace-{replica.keyspace.name}")
-            for replica in self.replicas.values():
-                await replica.wait_ready()
-            self.serving()

@@ -45,6 +45,7 @@ from meridian.core.hlc import HlcTimestamp, HybridLogicalClock, SkewMonitor
 from meridian.core.keyspace import (
     ConflictPolicy,
     Consistency,
+    Keyspace,
     ReadLevel,
     check,
     key_prefix_violations,
@@ -52,11 +53,14 @@ from meridian.core.keyspace import (
     value_violations,
 )
 from meridian.core.quota import StreamQuota
+from meridian.core.residency import refuse
 from meridian.observability.metrics import AgentMetrics
 from meridian.state.model import replicated as rep
 from meridian.state.model.crdt import LwwRegister, MultiValue, ORSet, PNCounter
+from meridian.state.model.regional import PARTITION, partition_violations
 from meridian.state.model.replicated import ReplicatedEntry
 from meridian.state.model.view import StoredEntry
+from meridian.state.regional_replica import PartitionReplica, RegionalReplica
 from meridian.state.replicas import GlobalReplica, ReplicatedReplica
 
 Level = state_pb2.Consistency.Level
@@ -73,13 +77,17 @@ _LEVELS = {
     Level.LEVEL_BOUNDED: ReadLevel.BOUNDED,
     Level.LEVEL_EVENTUAL: ReadLevel.EVENTUAL,
 }
+#: Weakest first: a scan over several partitions is served at the weakest of them.
+_LEVEL_ORDER = {ReadLevel.EVENTUAL: 0, ReadLevel.BOUNDED: 1, ReadLevel.STRONG: 2}.__getitem__
 _WIRE = {
     ReadLevel.STRONG: Level.LEVEL_STRONG,
     ReadLevel.BOUNDED: Level.LEVEL_BOUNDED,
     ReadLevel.EVENTUAL: Level.LEVEL_EVENTUAL,
 }
 
-Replica = GlobalReplica | ReplicatedReplica
+Replica = GlobalReplica | ReplicatedReplica | RegionalReplica
+#: A replica that serves keys itself (a regional keyspace's is its key's partition).
+Resolved = GlobalReplica | ReplicatedReplica
 
 
 def _duration(seconds: float) -> Duration:
@@ -148,11 +156,14 @@ class StateApi:
         metrics: AgentMetrics,
         strong_timeout_s: float,
         stream_quota: StreamQuota | None = None,
+        refused: Mapping[str, Keyspace] | None = None,
     ) -> None:
-        """``stream_quota``: the agent's per-identity cap on watches and subscriptions."""
+        """``stream_quota``: the agent's per-identity cap on watches and subscriptions;
+        ``refused``: declared keyspaces this region may not hold (residency)."""
         self.stream_quota = stream_quota or StreamQuota()
         self.region = region
         self.replicas = replicas
+        self.refused = dict(refused or {})
         self.hlc = hlc
         self.skew = skew
         self.metrics = metrics
@@ -161,8 +172,14 @@ class StateApi:
 
     # -- routing and validation ----------------------------------------------
 
-    def _replica(self, keyspace: str) -> Replica:
+    def _replica(self, keyspace: str, *, forwardable: bool = False) -> Replica:
+        """The keyspace's replica; RESIDENCY_VIOLATION if this region may not
+        serve the call (``forwardable``: a regional keyspace may forward it)."""
+        if keyspace in self.refused:
+            raise refuse(f"keyspace {keyspace!r}", self.region, self.refused[keyspace].residency)
         replica = self.replicas.get(keyspace)
+        if isinstance(replica, RegionalReplica):
+            replica.require_served(forwardable=forwardable)
         if replica is None:
             known = ", ".join(sorted(self.replicas)) or "none"
             raise InvalidArgumentError(
@@ -185,12 +202,28 @@ class StateApi:
         return replica
 
     def _checked(self, keyspace: str, key: str, value: bytes | None = None) -> Replica:
-        replica = self._replica(keyspace)
+        """The keyspace's replica, once the key (and value) follow its rules;
+        point reads and writes are what a regional keyspace may forward."""
+        replica = self._replica(keyspace, forwardable=True)
         violations = key_violations(key, replica.keyspace.key_max_bytes)
+        if isinstance(replica, RegionalReplica) and not violations:
+            violations += partition_violations(key)
         if value is not None:
             violations += value_violations(value, replica.keyspace.value_max_bytes)
         check(violations)
         return replica
+
+    @staticmethod
+    async def _partition(replica: Replica, key: str, *, create: bool = False) -> Resolved:
+        """A regional keyspace's partition of ``key`` (made on a first write);
+        any other keyspace's replica as it is. NOT_FOUND for a read of a
+        partition nothing was ever written to."""
+        if not isinstance(replica, RegionalReplica):
+            return replica
+        part = await replica.partition(key, create=create)
+        if part is None:
+            raise NotFoundError(f"{replica.keyspace.name}/{key} does not exist")
+        return part
 
     def _count(self, keyspace: str, want: ReadLevel, served: ReadLevel, n: int = 1) -> None:
         key = (keyspace, want, served)
@@ -205,7 +238,7 @@ class StateApi:
     # -- reads -----------------------------------------------------------------
 
     async def get(self, request: state_pb2.GetRequest) -> state_pb2.GetResponse:
-        replica = self._checked(request.keyspace, request.key)
+        replica = await self._partition(self._checked(request.keyspace, request.key), request.key)
         served, staleness = self._serving(
             replica, request.consistency, request.HasField("consistency")
         )
@@ -216,15 +249,19 @@ class StateApi:
         key read as Get reads it; a key's NOT_FOUND (or other error) is its own."""
         keys = list(request.keys)
         check(batch_violations("keys", len(keys), 0, item="item", data="values"))
-        replica = self._replica(request.keyspace)
+        replica = self._replica(request.keyspace, forwardable=True)
         limit = replica.keyspace.key_max_bytes
+        regional = isinstance(replica, RegionalReplica)
         check(
             [
                 FieldViolation(f"keys[{i}]", v.rule)
                 for i, key in enumerate(keys)
                 for v in key_violations(key, limit)
+                or (partition_violations(key) if regional else [])
             ]
         )
+        if isinstance(replica, RegionalReplica):
+            return await self._get_many_regional(replica, request, keys)
         served, staleness = self._serving(
             replica, request.consistency, request.HasField("consistency"), n=len(keys)
         )
@@ -243,9 +280,28 @@ class StateApi:
             results = [await one(key) for key in keys]
         return state_pb2.GetManyResponse(results=results)
 
+    async def _get_many_regional(
+        self, replica: RegionalReplica, request: state_pb2.GetManyRequest, keys: list[str]
+    ) -> state_pb2.GetManyResponse:
+        """GetMany of a regional keyspace: each key in its own partition, as Get reads it."""
+
+        async def one(key: str) -> state_pb2.GetManyResult:
+            try:
+                part = await self._partition(replica, key)
+                served, staleness = self._serving(
+                    part, request.consistency, request.HasField("consistency")
+                )
+                return state_pb2.GetManyResult(
+                    response=await self._read(part, key, served, staleness)
+                )
+            except MeridianError as exc:
+                return state_pb2.GetManyResult(error=_item_error(exc))
+
+        return state_pb2.GetManyResponse(results=await asyncio.gather(*(one(k) for k in keys)))
+
     def _serving(
         self,
-        replica: Replica,
+        replica: Resolved,
         consistency: state_pb2.Consistency,
         present: bool,
         *,
@@ -264,7 +320,7 @@ class StateApi:
         return served, staleness
 
     async def _read(
-        self, replica: Replica, key: str, served: ReadLevel, staleness: float
+        self, replica: Resolved, key: str, served: ReadLevel, staleness: float
     ) -> state_pb2.GetResponse:
         if isinstance(replica, ReplicatedReplica):
             entry = replica.view.get(key)
@@ -286,6 +342,8 @@ class StateApi:
     def _global_serving(self, replica: GlobalReplica, want: Consistency) -> tuple[ReadLevel, float]:
         if want.level is ReadLevel.STRONG:
             return ReadLevel.STRONG, 0.0
+        if want.level is ReadLevel.BOUNDED and isinstance(replica, PartitionReplica):
+            replica.store.bounded_read()
         staleness = replica.staleness(time.monotonic())
         if staleness is None:
             return ReadLevel.STRONG, 0.0
@@ -332,13 +390,19 @@ class StateApi:
                 if rep.exists(e.state)
             ]
             entries = [_merged(e) for e in found]
+        elif isinstance(replica, RegionalReplica):
+            want = consistency_from_proto(request.consistency, present, ReadLevel.EVENTUAL)
+            served, staleness = ReadLevel.STRONG, 0.0
+            keys: list[StoredEntry] = []
+            for part in replica.matching(request.prefix):
+                level, bound = await self._global_scan_ready(part, want)
+                served, staleness = min(served, level, key=_LEVEL_ORDER), max(staleness, bound)
+                keys += part.view.scan(request.prefix, after, limit + 1)
+            keys.sort(key=lambda e: e.key)
+            entries = [_stored(e) for e in keys[: limit + 1]]
         else:
             want = consistency_from_proto(request.consistency, present, ReadLevel.EVENTUAL)
-            served, staleness = self._global_serving(replica, want)
-            if served is ReadLevel.STRONG:
-                # Every write acknowledged before the barrier is in the view after it.
-                seq = await replica.store.barrier()
-                await replica.wait_applied(seq, self.strong_timeout_s)
+            served, staleness = await self._global_scan_ready(replica, want)
             entries = [_stored(e) for e in replica.view.scan(request.prefix, after, limit + 1)]
         self._count(request.keyspace, want.level, served)
         token = ""
@@ -351,6 +415,17 @@ class StateApi:
             served=_WIRE[served],
             staleness_bound=_duration(staleness),
         )
+
+    async def _global_scan_ready(
+        self, replica: GlobalReplica, want: Consistency
+    ) -> tuple[ReadLevel, float]:
+        """What a scan of a global view is served at; for STRONG, waits until
+        the view holds every write acknowledged before a quorum barrier."""
+        served, staleness = self._global_serving(replica, want)
+        if served is ReadLevel.STRONG:
+            seq = await replica.store.barrier()
+            await replica.wait_applied(seq, self.strong_timeout_s)
+        return served, staleness
 
     @staticmethod
     def _page_after(
@@ -385,6 +460,17 @@ class StateApi:
                     yield state_pb2.WatchEvent(kind=kind, entry=_merged(e))
 
             return self.stream_quota.guard(CALLER.get().identity, "watch", merged_stream())
+        if isinstance(replica, RegionalReplica):
+            if "." not in request.prefix:
+                raise InvalidArgumentError(
+                    FieldViolation(
+                        "prefix",
+                        "a watch of a regional keyspace follows one partition: start the "
+                        "prefix with '<partition>.'",
+                    )
+                )
+            replica = await self._partition(replica, request.prefix, create=True)
+            assert isinstance(replica, GlobalReplica)
         changes = replica.store.watch(request.prefix, start)
 
         async def stored_stream() -> AsyncIterator[state_pb2.WatchEvent]:
@@ -462,12 +548,16 @@ class StateApi:
                 request.key,
                 lambda state, hlc: rep.put(policy, state, value, hlc, self.region, supersedes),
             )
+        part = await self._partition(replica, request.key, create=True)
+        assert isinstance(part, GlobalReplica)
         if_revision = request.if_revision if request.HasField("if_revision") else None
-        revision, hlc = await replica.store.put(request.key, request.value, if_revision)
+        revision, hlc = await part.store.put(request.key, request.value, if_revision)
         return state_pb2.WriteResponse(revision=revision, hlc=hlc.to_int())
 
     async def create(self, request: state_pb2.CreateRequest) -> state_pb2.WriteResponse:
-        replica = self._writable(request.keyspace, request.key, request.value)
+        replica = await self._partition(
+            self._writable(request.keyspace, request.key, request.value), request.key, create=True
+        )
         if isinstance(replica, ReplicatedReplica):
             raise InvalidArgumentError(
                 FieldViolation("keyspace", "Create (write only if absent) needs a global keyspace")
@@ -476,7 +566,9 @@ class StateApi:
         return state_pb2.WriteResponse(revision=revision, hlc=hlc.to_int())
 
     async def delete(self, request: state_pb2.DeleteRequest) -> state_pb2.WriteResponse:
-        replica = self._writable(request.keyspace, request.key)
+        replica = await self._partition(
+            self._writable(request.keyspace, request.key), request.key, create=True
+        )
         if isinstance(replica, ReplicatedReplica):
             if request.HasField("if_revision"):
                 raise InvalidArgumentError(
@@ -574,3 +666,30 @@ class StateApi:
             key, rep.merged_entry(current, key, new, base_rev, hlc.to_int(), self.region)
         )
         return state_pb2.WriteResponse(revision=revision, hlc=hlc.to_int())
+
+    # -- admin -----------------------------------------------------------------
+
+    async def rehome(self, request: state_pb2.RehomeRequest) -> state_pb2.RehomeResponse:
+        """Move a regional keyspace's partition to another home region (audited by the guard)."""
+        replica = self._replica(request.keyspace, forwardable=True)
+        violations: list[FieldViolation] = []
+        if not isinstance(replica, RegionalReplica):
+            violations.append(
+                FieldViolation(
+                    "keyspace",
+                    f"{request.keyspace!r} is {replica.keyspace.locality.value}: only a "
+                    "regional keyspace has home regions",
+                )
+            )
+        if not PARTITION.fullmatch(request.partition):
+            violations.append(
+                FieldViolation("partition", "a partition is 1-64 letters, digits, '-' or '_'")
+            )
+        if not request.region:
+            violations.append(FieldViolation("region", "name the new home region"))
+        check(violations)
+        assert isinstance(replica, RegionalReplica)
+        previous, revision = await replica.rehome(request.partition, request.region)
+        return state_pb2.RehomeResponse(
+            previous_region=previous, region=request.region, revision=revision
+        )

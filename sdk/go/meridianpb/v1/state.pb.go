@@ -72,7 +72,7 @@ func (x Consistency_Level) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Consistency_Level.Descriptor instead.
 func (Consistency_Level) EnumDescriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{0, 0}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{2, 0}
 }
 
 type WatchEvent_Kind int32
@@ -121,7 +121,131 @@ func (x WatchEvent_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEvent_Kind.Descriptor instead.
 func (WatchEvent_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{21, 0}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{23, 0}
+}
+
+type RehomeRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Keyspace string                 `protobuf:"bytes,1,opt,name=keyspace,proto3" json:"keyspace,omitempty"`
+	// A regional key's first segment.
+	Partition string `protobuf:"bytes,2,opt,name=partition,proto3" json:"partition,omitempty"`
+	// The new home region.
+	Region        string `protobuf:"bytes,3,opt,name=region,proto3" json:"region,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RehomeRequest) Reset() {
+	*x = RehomeRequest{}
+	mi := &file_meridian_v1_state_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RehomeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RehomeRequest) ProtoMessage() {}
+
+func (x *RehomeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_state_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RehomeRequest.ProtoReflect.Descriptor instead.
+func (*RehomeRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *RehomeRequest) GetKeyspace() string {
+	if x != nil {
+		return x.Keyspace
+	}
+	return ""
+}
+
+func (x *RehomeRequest) GetPartition() string {
+	if x != nil {
+		return x.Partition
+	}
+	return ""
+}
+
+func (x *RehomeRequest) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+type RehomeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The home before the move (equal to `region` if it was already there).
+	PreviousRegion string `protobuf:"bytes,1,opt,name=previous_region,json=previousRegion,proto3" json:"previous_region,omitempty"`
+	Region         string `protobuf:"bytes,2,opt,name=region,proto3" json:"region,omitempty"`
+	// The partition's last revision when the move completed.
+	Revision      uint64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RehomeResponse) Reset() {
+	*x = RehomeResponse{}
+	mi := &file_meridian_v1_state_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RehomeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RehomeResponse) ProtoMessage() {}
+
+func (x *RehomeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_state_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RehomeResponse.ProtoReflect.Descriptor instead.
+func (*RehomeResponse) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RehomeResponse) GetPreviousRegion() string {
+	if x != nil {
+		return x.PreviousRegion
+	}
+	return ""
+}
+
+func (x *RehomeResponse) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *RehomeResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
 }
 
 // Consistency of a read.
@@ -136,7 +260,7 @@ type Consistency struct {
 
 func (x *Consistency) Reset() {
 	*x = Consistency{}
-	mi := &file_meridian_v1_state_proto_msgTypes[0]
+	mi := &file_meridian_v1_state_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -148,7 +272,7 @@ func (x *Consistency) String() string {
 func (*Consistency) ProtoMessage() {}
 
 func (x *Consistency) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[0]
+	mi := &file_meridian_v1_state_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -161,7 +285,7 @@ func (x *Consistency) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Consistency.ProtoReflect.Descriptor instead.
 func (*Consistency) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{0}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Consistency) GetLevel() Consistency_Level {
@@ -202,7 +326,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_meridian_v1_state_proto_msgTypes[1]
+	mi := &file_meridian_v1_state_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -214,7 +338,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[1]
+	mi := &file_meridian_v1_state_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -227,7 +351,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{1}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Entry) GetKey() string {
@@ -298,7 +422,7 @@ type Sibling struct {
 
 func (x *Sibling) Reset() {
 	*x = Sibling{}
-	mi := &file_meridian_v1_state_proto_msgTypes[2]
+	mi := &file_meridian_v1_state_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -310,7 +434,7 @@ func (x *Sibling) String() string {
 func (*Sibling) ProtoMessage() {}
 
 func (x *Sibling) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[2]
+	mi := &file_meridian_v1_state_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -323,7 +447,7 @@ func (x *Sibling) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sibling.ProtoReflect.Descriptor instead.
 func (*Sibling) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{2}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Sibling) GetValue() []byte {
@@ -358,7 +482,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_meridian_v1_state_proto_msgTypes[3]
+	mi := &file_meridian_v1_state_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -370,7 +494,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[3]
+	mi := &file_meridian_v1_state_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -383,7 +507,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{3}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetRequest) GetKeyspace() string {
@@ -420,7 +544,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_meridian_v1_state_proto_msgTypes[4]
+	mi := &file_meridian_v1_state_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -432,7 +556,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[4]
+	mi := &file_meridian_v1_state_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -445,7 +569,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{4}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetResponse) GetEntry() *Entry {
@@ -481,7 +605,7 @@ type GetManyRequest struct {
 
 func (x *GetManyRequest) Reset() {
 	*x = GetManyRequest{}
-	mi := &file_meridian_v1_state_proto_msgTypes[5]
+	mi := &file_meridian_v1_state_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -493,7 +617,7 @@ func (x *GetManyRequest) String() string {
 func (*GetManyRequest) ProtoMessage() {}
 
 func (x *GetManyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[5]
+	mi := &file_meridian_v1_state_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -506,7 +630,7 @@ func (x *GetManyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetManyRequest.ProtoReflect.Descriptor instead.
 func (*GetManyRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{5}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetManyRequest) GetKeyspace() string {
@@ -540,7 +664,7 @@ type GetManyResponse struct {
 
 func (x *GetManyResponse) Reset() {
 	*x = GetManyResponse{}
-	mi := &file_meridian_v1_state_proto_msgTypes[6]
+	mi := &file_meridian_v1_state_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -552,7 +676,7 @@ func (x *GetManyResponse) String() string {
 func (*GetManyResponse) ProtoMessage() {}
 
 func (x *GetManyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[6]
+	mi := &file_meridian_v1_state_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -565,7 +689,7 @@ func (x *GetManyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetManyResponse.ProtoReflect.Descriptor instead.
 func (*GetManyResponse) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{6}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetManyResponse) GetResults() []*GetManyResult {
@@ -588,7 +712,7 @@ type GetManyResult struct {
 
 func (x *GetManyResult) Reset() {
 	*x = GetManyResult{}
-	mi := &file_meridian_v1_state_proto_msgTypes[7]
+	mi := &file_meridian_v1_state_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -600,7 +724,7 @@ func (x *GetManyResult) String() string {
 func (*GetManyResult) ProtoMessage() {}
 
 func (x *GetManyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[7]
+	mi := &file_meridian_v1_state_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -613,7 +737,7 @@ func (x *GetManyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetManyResult.ProtoReflect.Descriptor instead.
 func (*GetManyResult) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{7}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetManyResult) GetResult() isGetManyResult_Result {
@@ -670,7 +794,7 @@ type ItemError struct {
 
 func (x *ItemError) Reset() {
 	*x = ItemError{}
-	mi := &file_meridian_v1_state_proto_msgTypes[8]
+	mi := &file_meridian_v1_state_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -682,7 +806,7 @@ func (x *ItemError) String() string {
 func (*ItemError) ProtoMessage() {}
 
 func (x *ItemError) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[8]
+	mi := &file_meridian_v1_state_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -695,7 +819,7 @@ func (x *ItemError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ItemError.ProtoReflect.Descriptor instead.
 func (*ItemError) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{8}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ItemError) GetCode() string {
@@ -735,7 +859,7 @@ type PutRequest struct {
 
 func (x *PutRequest) Reset() {
 	*x = PutRequest{}
-	mi := &file_meridian_v1_state_proto_msgTypes[9]
+	mi := &file_meridian_v1_state_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -747,7 +871,7 @@ func (x *PutRequest) String() string {
 func (*PutRequest) ProtoMessage() {}
 
 func (x *PutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[9]
+	mi := &file_meridian_v1_state_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -760,7 +884,7 @@ func (x *PutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutRequest.ProtoReflect.Descriptor instead.
 func (*PutRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{9}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PutRequest) GetKeyspace() string {
@@ -808,7 +932,7 @@ type PutManyRequest struct {
 
 func (x *PutManyRequest) Reset() {
 	*x = PutManyRequest{}
-	mi := &file_meridian_v1_state_proto_msgTypes[10]
+	mi := &file_meridian_v1_state_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -820,7 +944,7 @@ func (x *PutManyRequest) String() string {
 func (*PutManyRequest) ProtoMessage() {}
 
 func (x *PutManyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[10]
+	mi := &file_meridian_v1_state_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -833,7 +957,7 @@ func (x *PutManyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutManyRequest.ProtoReflect.Descriptor instead.
 func (*PutManyRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{10}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PutManyRequest) GetPuts() []*PutRequest {
@@ -853,7 +977,7 @@ type PutManyResponse struct {
 
 func (x *PutManyResponse) Reset() {
 	*x = PutManyResponse{}
-	mi := &file_meridian_v1_state_proto_msgTypes[11]
+	mi := &file_meridian_v1_state_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -865,7 +989,7 @@ func (x *PutManyResponse) String() string {
 func (*PutManyResponse) ProtoMessage() {}
 
 func (x *PutManyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[11]
+	mi := &file_meridian_v1_state_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -878,7 +1002,7 @@ func (x *PutManyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutManyResponse.ProtoReflect.Descriptor instead.
 func (*PutManyResponse) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{11}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PutManyResponse) GetResults() []*PutManyResult {
@@ -901,7 +1025,7 @@ type PutManyResult struct {
 
 func (x *PutManyResult) Reset() {
 	*x = PutManyResult{}
-	mi := &file_meridian_v1_state_proto_msgTypes[12]
+	mi := &file_meridian_v1_state_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -913,7 +1037,7 @@ func (x *PutManyResult) String() string {
 func (*PutManyResult) ProtoMessage() {}
 
 func (x *PutManyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[12]
+	mi := &file_meridian_v1_state_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -926,7 +1050,7 @@ func (x *PutManyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutManyResult.ProtoReflect.Descriptor instead.
 func (*PutManyResult) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{12}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PutManyResult) GetResult() isPutManyResult_Result {
@@ -981,7 +1105,7 @@ type CreateRequest struct {
 
 func (x *CreateRequest) Reset() {
 	*x = CreateRequest{}
-	mi := &file_meridian_v1_state_proto_msgTypes[13]
+	mi := &file_meridian_v1_state_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -993,7 +1117,7 @@ func (x *CreateRequest) String() string {
 func (*CreateRequest) ProtoMessage() {}
 
 func (x *CreateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[13]
+	mi := &file_meridian_v1_state_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1006,7 +1130,7 @@ func (x *CreateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRequest.ProtoReflect.Descriptor instead.
 func (*CreateRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{13}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CreateRequest) GetKeyspace() string {
@@ -1041,7 +1165,7 @@ type DeleteRequest struct {
 
 func (x *DeleteRequest) Reset() {
 	*x = DeleteRequest{}
-	mi := &file_meridian_v1_state_proto_msgTypes[14]
+	mi := &file_meridian_v1_state_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1053,7 +1177,7 @@ func (x *DeleteRequest) String() string {
 func (*DeleteRequest) ProtoMessage() {}
 
 func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[14]
+	mi := &file_meridian_v1_state_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1066,7 +1190,7 @@ func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{14}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DeleteRequest) GetKeyspace() string {
@@ -1100,7 +1224,7 @@ type WriteResponse struct {
 
 func (x *WriteResponse) Reset() {
 	*x = WriteResponse{}
-	mi := &file_meridian_v1_state_proto_msgTypes[15]
+	mi := &file_meridian_v1_state_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1112,7 +1236,7 @@ func (x *WriteResponse) String() string {
 func (*WriteResponse) ProtoMessage() {}
 
 func (x *WriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[15]
+	mi := &file_meridian_v1_state_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1125,7 +1249,7 @@ func (x *WriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteResponse.ProtoReflect.Descriptor instead.
 func (*WriteResponse) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{15}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WriteResponse) GetRevision() uint64 {
@@ -1153,7 +1277,7 @@ type IncrementRequest struct {
 
 func (x *IncrementRequest) Reset() {
 	*x = IncrementRequest{}
-	mi := &file_meridian_v1_state_proto_msgTypes[16]
+	mi := &file_meridian_v1_state_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1165,7 +1289,7 @@ func (x *IncrementRequest) String() string {
 func (*IncrementRequest) ProtoMessage() {}
 
 func (x *IncrementRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[16]
+	mi := &file_meridian_v1_state_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1178,7 +1302,7 @@ func (x *IncrementRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IncrementRequest.ProtoReflect.Descriptor instead.
 func (*IncrementRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{16}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *IncrementRequest) GetKeyspace() string {
@@ -1213,7 +1337,7 @@ type SetRequest struct {
 
 func (x *SetRequest) Reset() {
 	*x = SetRequest{}
-	mi := &file_meridian_v1_state_proto_msgTypes[17]
+	mi := &file_meridian_v1_state_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1225,7 +1349,7 @@ func (x *SetRequest) String() string {
 func (*SetRequest) ProtoMessage() {}
 
 func (x *SetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[17]
+	mi := &file_meridian_v1_state_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1238,7 +1362,7 @@ func (x *SetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRequest.ProtoReflect.Descriptor instead.
 func (*SetRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{17}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SetRequest) GetKeyspace() string {
@@ -1278,7 +1402,7 @@ type ScanRequest struct {
 
 func (x *ScanRequest) Reset() {
 	*x = ScanRequest{}
-	mi := &file_meridian_v1_state_proto_msgTypes[18]
+	mi := &file_meridian_v1_state_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1290,7 +1414,7 @@ func (x *ScanRequest) String() string {
 func (*ScanRequest) ProtoMessage() {}
 
 func (x *ScanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[18]
+	mi := &file_meridian_v1_state_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1303,7 +1427,7 @@ func (x *ScanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanRequest.ProtoReflect.Descriptor instead.
 func (*ScanRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{18}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ScanRequest) GetKeyspace() string {
@@ -1354,7 +1478,7 @@ type ScanResponse struct {
 
 func (x *ScanResponse) Reset() {
 	*x = ScanResponse{}
-	mi := &file_meridian_v1_state_proto_msgTypes[19]
+	mi := &file_meridian_v1_state_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1366,7 +1490,7 @@ func (x *ScanResponse) String() string {
 func (*ScanResponse) ProtoMessage() {}
 
 func (x *ScanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[19]
+	mi := &file_meridian_v1_state_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1379,7 +1503,7 @@ func (x *ScanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanResponse.ProtoReflect.Descriptor instead.
 func (*ScanResponse) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{19}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ScanResponse) GetEntries() []*Entry {
@@ -1421,7 +1545,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_meridian_v1_state_proto_msgTypes[20]
+	mi := &file_meridian_v1_state_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1433,7 +1557,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[20]
+	mi := &file_meridian_v1_state_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1446,7 +1570,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{20}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WatchRequest) GetKeyspace() string {
@@ -1480,7 +1604,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_meridian_v1_state_proto_msgTypes[21]
+	mi := &file_meridian_v1_state_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1492,7 +1616,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_state_proto_msgTypes[21]
+	mi := &file_meridian_v1_state_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1505,7 +1629,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_state_proto_rawDescGZIP(), []int{21}
+	return file_meridian_v1_state_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *WatchEvent) GetKind() WatchEvent_Kind {
@@ -1526,7 +1650,15 @@ var File_meridian_v1_state_proto protoreflect.FileDescriptor
 
 const file_meridian_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x17meridian/v1/state.proto\x12\vmeridian.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\"\xdc\x01\n" +
+	"\x17meridian/v1/state.proto\x12\vmeridian.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\"a\n" +
+	"\rRehomeRequest\x12\x1a\n" +
+	"\bkeyspace\x18\x01 \x01(\tR\bkeyspace\x12\x1c\n" +
+	"\tpartition\x18\x02 \x01(\tR\tpartition\x12\x16\n" +
+	"\x06region\x18\x03 \x01(\tR\x06region\"m\n" +
+	"\x0eRehomeResponse\x12'\n" +
+	"\x0fprevious_region\x18\x01 \x01(\tR\x0epreviousRegion\x12\x16\n" +
+	"\x06region\x18\x02 \x01(\tR\x06region\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x04R\brevision\"\xdc\x01\n" +
 	"\vConsistency\x124\n" +
 	"\x05level\x18\x01 \x01(\x0e2\x1e.meridian.v1.Consistency.LevelR\x05level\x12>\n" +
 	"\rmax_staleness\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\fmaxStaleness\"W\n" +
@@ -1636,7 +1768,7 @@ const file_meridian_v1_state_proto_rawDesc = "" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bKIND_PUT\x10\x01\x12\x0f\n" +
-	"\vKIND_DELETE\x10\x022\xf9\b\n" +
+	"\vKIND_DELETE\x10\x022\xd9\t\n" +
 	"\fStateService\x12R\n" +
 	"\x03Get\x12\x17.meridian.v1.GetRequest\x1a\x18.meridian.v1.GetResponse\"\x18\x82\xd3\xe4\x93\x02\x12:\x01*\"\r/v1/state/get\x12{\n" +
 	"\aGetMany\x12\x1b.meridian.v1.GetManyRequest\x1a\x1c.meridian.v1.GetManyResponse\"5\x82\xd3\xe4\x93\x02/:\x01*Z\x16:\x01*\"\x11/v1/state/getmany\"\x12/v1/state/get-many\x12T\n" +
@@ -1648,7 +1780,8 @@ const file_meridian_v1_state_proto_rawDesc = "" +
 	"\tIncrement\x12\x1d.meridian.v1.IncrementRequest\x1a\x1a.meridian.v1.WriteResponse\"\x1e\x82\xd3\xe4\x93\x02\x18:\x01*\"\x13/v1/state/increment\x12r\n" +
 	"\x06SetAdd\x12\x17.meridian.v1.SetRequest\x1a\x1a.meridian.v1.WriteResponse\"3\x82\xd3\xe4\x93\x02-:\x01*Z\x15:\x01*\"\x10/v1/state/setadd\"\x11/v1/state/set-add\x12{\n" +
 	"\tSetRemove\x12\x17.meridian.v1.SetRequest\x1a\x1a.meridian.v1.WriteResponse\"9\x82\xd3\xe4\x93\x023:\x01*Z\x18:\x01*\"\x13/v1/state/setremove\"\x14/v1/state/set-remove\x12V\n" +
-	"\x05Watch\x12\x19.meridian.v1.WatchRequest\x1a\x17.meridian.v1.WatchEvent\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/state/watch0\x01BAZ?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1b\x06proto3"
+	"\x05Watch\x12\x19.meridian.v1.WatchRequest\x1a\x17.meridian.v1.WatchEvent\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/state/watch0\x01\x12^\n" +
+	"\x06Rehome\x12\x1a.meridian.v1.RehomeRequest\x1a\x1b.meridian.v1.RehomeResponse\"\x1b\x82\xd3\xe4\x93\x02\x15:\x01*\"\x10/v1/state/rehomeBAZ?github.com/meridian-rt/meridian/sdk/go/meridianpb/v1;meridianv1b\x06proto3"
 
 var (
 	file_meridian_v1_state_proto_rawDescOnce sync.Once
@@ -1663,80 +1796,84 @@ func file_meridian_v1_state_proto_rawDescGZIP() []byte {
 }
 
 var file_meridian_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_meridian_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_meridian_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_meridian_v1_state_proto_goTypes = []any{
 	(Consistency_Level)(0),      // 0: meridian.v1.Consistency.Level
 	(WatchEvent_Kind)(0),        // 1: meridian.v1.WatchEvent.Kind
-	(*Consistency)(nil),         // 2: meridian.v1.Consistency
-	(*Entry)(nil),               // 3: meridian.v1.Entry
-	(*Sibling)(nil),             // 4: meridian.v1.Sibling
-	(*GetRequest)(nil),          // 5: meridian.v1.GetRequest
-	(*GetResponse)(nil),         // 6: meridian.v1.GetResponse
-	(*GetManyRequest)(nil),      // 7: meridian.v1.GetManyRequest
-	(*GetManyResponse)(nil),     // 8: meridian.v1.GetManyResponse
-	(*GetManyResult)(nil),       // 9: meridian.v1.GetManyResult
-	(*ItemError)(nil),           // 10: meridian.v1.ItemError
-	(*PutRequest)(nil),          // 11: meridian.v1.PutRequest
-	(*PutManyRequest)(nil),      // 12: meridian.v1.PutManyRequest
-	(*PutManyResponse)(nil),     // 13: meridian.v1.PutManyResponse
-	(*PutManyResult)(nil),       // 14: meridian.v1.PutManyResult
-	(*CreateRequest)(nil),       // 15: meridian.v1.CreateRequest
-	(*DeleteRequest)(nil),       // 16: meridian.v1.DeleteRequest
-	(*WriteResponse)(nil),       // 17: meridian.v1.WriteResponse
-	(*IncrementRequest)(nil),    // 18: meridian.v1.IncrementRequest
-	(*SetRequest)(nil),          // 19: meridian.v1.SetRequest
-	(*ScanRequest)(nil),         // 20: meridian.v1.ScanRequest
-	(*ScanResponse)(nil),        // 21: meridian.v1.ScanResponse
-	(*WatchRequest)(nil),        // 22: meridian.v1.WatchRequest
-	(*WatchEvent)(nil),          // 23: meridian.v1.WatchEvent
-	(*durationpb.Duration)(nil), // 24: google.protobuf.Duration
+	(*RehomeRequest)(nil),       // 2: meridian.v1.RehomeRequest
+	(*RehomeResponse)(nil),      // 3: meridian.v1.RehomeResponse
+	(*Consistency)(nil),         // 4: meridian.v1.Consistency
+	(*Entry)(nil),               // 5: meridian.v1.Entry
+	(*Sibling)(nil),             // 6: meridian.v1.Sibling
+	(*GetRequest)(nil),          // 7: meridian.v1.GetRequest
+	(*GetResponse)(nil),         // 8: meridian.v1.GetResponse
+	(*GetManyRequest)(nil),      // 9: meridian.v1.GetManyRequest
+	(*GetManyResponse)(nil),     // 10: meridian.v1.GetManyResponse
+	(*GetManyResult)(nil),       // 11: meridian.v1.GetManyResult
+	(*ItemError)(nil),           // 12: meridian.v1.ItemError
+	(*PutRequest)(nil),          // 13: meridian.v1.PutRequest
+	(*PutManyRequest)(nil),      // 14: meridian.v1.PutManyRequest
+	(*PutManyResponse)(nil),     // 15: meridian.v1.PutManyResponse
+	(*PutManyResult)(nil),       // 16: meridian.v1.PutManyResult
+	(*CreateRequest)(nil),       // 17: meridian.v1.CreateRequest
+	(*DeleteRequest)(nil),       // 18: meridian.v1.DeleteRequest
+	(*WriteResponse)(nil),       // 19: meridian.v1.WriteResponse
+	(*IncrementRequest)(nil),    // 20: meridian.v1.IncrementRequest
+	(*SetRequest)(nil),          // 21: meridian.v1.SetRequest
+	(*ScanRequest)(nil),         // 22: meridian.v1.ScanRequest
+	(*ScanResponse)(nil),        // 23: meridian.v1.ScanResponse
+	(*WatchRequest)(nil),        // 24: meridian.v1.WatchRequest
+	(*WatchEvent)(nil),          // 25: meridian.v1.WatchEvent
+	(*durationpb.Duration)(nil), // 26: google.protobuf.Duration
 }
 var file_meridian_v1_state_proto_depIdxs = []int32{
 	0,  // 0: meridian.v1.Consistency.level:type_name -> meridian.v1.Consistency.Level
-	24, // 1: meridian.v1.Consistency.max_staleness:type_name -> google.protobuf.Duration
-	4,  // 2: meridian.v1.Entry.siblings:type_name -> meridian.v1.Sibling
-	2,  // 3: meridian.v1.GetRequest.consistency:type_name -> meridian.v1.Consistency
-	3,  // 4: meridian.v1.GetResponse.entry:type_name -> meridian.v1.Entry
+	26, // 1: meridian.v1.Consistency.max_staleness:type_name -> google.protobuf.Duration
+	6,  // 2: meridian.v1.Entry.siblings:type_name -> meridian.v1.Sibling
+	4,  // 3: meridian.v1.GetRequest.consistency:type_name -> meridian.v1.Consistency
+	5,  // 4: meridian.v1.GetResponse.entry:type_name -> meridian.v1.Entry
 	0,  // 5: meridian.v1.GetResponse.served:type_name -> meridian.v1.Consistency.Level
-	24, // 6: meridian.v1.GetResponse.staleness_bound:type_name -> google.protobuf.Duration
-	2,  // 7: meridian.v1.GetManyRequest.consistency:type_name -> meridian.v1.Consistency
-	9,  // 8: meridian.v1.GetManyResponse.results:type_name -> meridian.v1.GetManyResult
-	6,  // 9: meridian.v1.GetManyResult.response:type_name -> meridian.v1.GetResponse
-	10, // 10: meridian.v1.GetManyResult.error:type_name -> meridian.v1.ItemError
-	11, // 11: meridian.v1.PutManyRequest.puts:type_name -> meridian.v1.PutRequest
-	14, // 12: meridian.v1.PutManyResponse.results:type_name -> meridian.v1.PutManyResult
-	17, // 13: meridian.v1.PutManyResult.written:type_name -> meridian.v1.WriteResponse
-	10, // 14: meridian.v1.PutManyResult.error:type_name -> meridian.v1.ItemError
-	2,  // 15: meridian.v1.ScanRequest.consistency:type_name -> meridian.v1.Consistency
-	3,  // 16: meridian.v1.ScanResponse.entries:type_name -> meridian.v1.Entry
+	26, // 6: meridian.v1.GetResponse.staleness_bound:type_name -> google.protobuf.Duration
+	4,  // 7: meridian.v1.GetManyRequest.consistency:type_name -> meridian.v1.Consistency
+	11, // 8: meridian.v1.GetManyResponse.results:type_name -> meridian.v1.GetManyResult
+	8,  // 9: meridian.v1.GetManyResult.response:type_name -> meridian.v1.GetResponse
+	12, // 10: meridian.v1.GetManyResult.error:type_name -> meridian.v1.ItemError
+	13, // 11: meridian.v1.PutManyRequest.puts:type_name -> meridian.v1.PutRequest
+	16, // 12: meridian.v1.PutManyResponse.results:type_name -> meridian.v1.PutManyResult
+	19, // 13: meridian.v1.PutManyResult.written:type_name -> meridian.v1.WriteResponse
+	12, // 14: meridian.v1.PutManyResult.error:type_name -> meridian.v1.ItemError
+	4,  // 15: meridian.v1.ScanRequest.consistency:type_name -> meridian.v1.Consistency
+	5,  // 16: meridian.v1.ScanResponse.entries:type_name -> meridian.v1.Entry
 	0,  // 17: meridian.v1.ScanResponse.served:type_name -> meridian.v1.Consistency.Level
-	24, // 18: meridian.v1.ScanResponse.staleness_bound:type_name -> google.protobuf.Duration
+	26, // 18: meridian.v1.ScanResponse.staleness_bound:type_name -> google.protobuf.Duration
 	1,  // 19: meridian.v1.WatchEvent.kind:type_name -> meridian.v1.WatchEvent.Kind
-	3,  // 20: meridian.v1.WatchEvent.entry:type_name -> meridian.v1.Entry
-	5,  // 21: meridian.v1.StateService.Get:input_type -> meridian.v1.GetRequest
-	7,  // 22: meridian.v1.StateService.GetMany:input_type -> meridian.v1.GetManyRequest
-	11, // 23: meridian.v1.StateService.Put:input_type -> meridian.v1.PutRequest
-	12, // 24: meridian.v1.StateService.PutMany:input_type -> meridian.v1.PutManyRequest
-	15, // 25: meridian.v1.StateService.Create:input_type -> meridian.v1.CreateRequest
-	16, // 26: meridian.v1.StateService.Delete:input_type -> meridian.v1.DeleteRequest
-	20, // 27: meridian.v1.StateService.Scan:input_type -> meridian.v1.ScanRequest
-	18, // 28: meridian.v1.StateService.Increment:input_type -> meridian.v1.IncrementRequest
-	19, // 29: meridian.v1.StateService.SetAdd:input_type -> meridian.v1.SetRequest
-	19, // 30: meridian.v1.StateService.SetRemove:input_type -> meridian.v1.SetRequest
-	22, // 31: meridian.v1.StateService.Watch:input_type -> meridian.v1.WatchRequest
-	6,  // 32: meridian.v1.StateService.Get:output_type -> meridian.v1.GetResponse
-	8,  // 33: meridian.v1.StateService.GetMany:output_type -> meridian.v1.GetManyResponse
-	17, // 34: meridian.v1.StateService.Put:output_type -> meridian.v1.WriteResponse
-	13, // 35: meridian.v1.StateService.PutMany:output_type -> meridian.v1.PutManyResponse
-	17, // 36: meridian.v1.StateService.Create:output_type -> meridian.v1.WriteResponse
-	17, // 37: meridian.v1.StateService.Delete:output_type -> meridian.v1.WriteResponse
-	21, // 38: meridian.v1.StateService.Scan:output_type -> meridian.v1.ScanResponse
-	17, // 39: meridian.v1.StateService.Increment:output_type -> meridian.v1.WriteResponse
-	17, // 40: meridian.v1.StateService.SetAdd:output_type -> meridian.v1.WriteResponse
-	17, // 41: meridian.v1.StateService.SetRemove:output_type -> meridian.v1.WriteResponse
-	23, // 42: meridian.v1.StateService.Watch:output_type -> meridian.v1.WatchEvent
-	32, // [32:43] is the sub-list for method output_type
-	21, // [21:32] is the sub-list for method input_type
+	5,  // 20: meridian.v1.WatchEvent.entry:type_name -> meridian.v1.Entry
+	7,  // 21: meridian.v1.StateService.Get:input_type -> meridian.v1.GetRequest
+	9,  // 22: meridian.v1.StateService.GetMany:input_type -> meridian.v1.GetManyRequest
+	13, // 23: meridian.v1.StateService.Put:input_type -> meridian.v1.PutRequest
+	14, // 24: meridian.v1.StateService.PutMany:input_type -> meridian.v1.PutManyRequest
+	17, // 25: meridian.v1.StateService.Create:input_type -> meridian.v1.CreateRequest
+	18, // 26: meridian.v1.StateService.Delete:input_type -> meridian.v1.DeleteRequest
+	22, // 27: meridian.v1.StateService.Scan:input_type -> meridian.v1.ScanRequest
+	20, // 28: meridian.v1.StateService.Increment:input_type -> meridian.v1.IncrementRequest
+	21, // 29: meridian.v1.StateService.SetAdd:input_type -> meridian.v1.SetRequest
+	21, // 30: meridian.v1.StateService.SetRemove:input_type -> meridian.v1.SetRequest
+	24, // 31: meridian.v1.StateService.Watch:input_type -> meridian.v1.WatchRequest
+	2,  // 32: meridian.v1.StateService.Rehome:input_type -> meridian.v1.RehomeRequest
+	8,  // 33: meridian.v1.StateService.Get:output_type -> meridian.v1.GetResponse
+	10, // 34: meridian.v1.StateService.GetMany:output_type -> meridian.v1.GetManyResponse
+	19, // 35: meridian.v1.StateService.Put:output_type -> meridian.v1.WriteResponse
+	15, // 36: meridian.v1.StateService.PutMany:output_type -> meridian.v1.PutManyResponse
+	19, // 37: meridian.v1.StateService.Create:output_type -> meridian.v1.WriteResponse
+	19, // 38: meridian.v1.StateService.Delete:output_type -> meridian.v1.WriteResponse
+	23, // 39: meridian.v1.StateService.Scan:output_type -> meridian.v1.ScanResponse
+	19, // 40: meridian.v1.StateService.Increment:output_type -> meridian.v1.WriteResponse
+	19, // 41: meridian.v1.StateService.SetAdd:output_type -> meridian.v1.WriteResponse
+	19, // 42: meridian.v1.StateService.SetRemove:output_type -> meridian.v1.WriteResponse
+	25, // 43: meridian.v1.StateService.Watch:output_type -> meridian.v1.WatchEvent
+	3,  // 44: meridian.v1.StateService.Rehome:output_type -> meridian.v1.RehomeResponse
+	33, // [33:45] is the sub-list for method output_type
+	21, // [21:33] is the sub-list for method input_type
 	21, // [21:21] is the sub-list for extension type_name
 	21, // [21:21] is the sub-list for extension extendee
 	0,  // [0:21] is the sub-list for field type_name
@@ -1747,24 +1884,24 @@ func file_meridian_v1_state_proto_init() {
 	if File_meridian_v1_state_proto != nil {
 		return
 	}
-	file_meridian_v1_state_proto_msgTypes[7].OneofWrappers = []any{
+	file_meridian_v1_state_proto_msgTypes[9].OneofWrappers = []any{
 		(*GetManyResult_Response)(nil),
 		(*GetManyResult_Error)(nil),
 	}
-	file_meridian_v1_state_proto_msgTypes[9].OneofWrappers = []any{}
-	file_meridian_v1_state_proto_msgTypes[12].OneofWrappers = []any{
+	file_meridian_v1_state_proto_msgTypes[11].OneofWrappers = []any{}
+	file_meridian_v1_state_proto_msgTypes[14].OneofWrappers = []any{
 		(*PutManyResult_Written)(nil),
 		(*PutManyResult_Error)(nil),
 	}
-	file_meridian_v1_state_proto_msgTypes[14].OneofWrappers = []any{}
-	file_meridian_v1_state_proto_msgTypes[20].OneofWrappers = []any{}
+	file_meridian_v1_state_proto_msgTypes[16].OneofWrappers = []any{}
+	file_meridian_v1_state_proto_msgTypes[22].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meridian_v1_state_proto_rawDesc), len(file_meridian_v1_state_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   22,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

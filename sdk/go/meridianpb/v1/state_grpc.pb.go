@@ -30,6 +30,7 @@ const (
 	StateService_SetAdd_FullMethodName    = "/meridian.v1.StateService/SetAdd"
 	StateService_SetRemove_FullMethodName = "/meridian.v1.StateService/SetRemove"
 	StateService_Watch_FullMethodName     = "/meridian.v1.StateService/Watch"
+	StateService_Rehome_FullMethodName    = "/meridian.v1.StateService/Rehome"
 )
 
 // StateServiceClient is the client API for StateService service.
@@ -45,6 +46,14 @@ const (
 //     replicates them asynchronously; concurrent writes merge by the keyspace's
 //     conflict policy (lww, counter, set, multi_value) to the same bytes in every
 //     region. Reads are BOUNDED or EVENTUAL (STRONG is INVALID_ARGUMENT).
+//   - `regional`: each partition (a key's first segment) lives in its home
+//     region's cluster, where writes are linearizable per key with no WAN round
+//     trip; other allowed regions keep read-only copies for BOUNDED and EVENTUAL
+//     reads; STRONG reads and writes elsewhere go to the home region.
+//
+// A `replicated` or `regional` keyspace may have a residency: an agent in a
+// region outside it answers RESIDENCY_VIOLATION (or forwards point reads and
+// writes to the home region, if the keyspace says `forward`).
 //
 // Over HTTP: each RPC's google.api.http path below: POST
 // /v1/state/<method in kebab-case> (get-many, put-many, ...).
@@ -92,6 +101,14 @@ type StateServiceClient interface {
 	// merged state after each change still held, the latest per region and key).
 	// Over HTTP it is Server-Sent Events: GET /v1/state/watch?keyspace=&prefix=&from_revision=
 	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEvent], error)
+	// Rehome moves a partition of a `regional` keyspace (the keys whose first
+	// segment is `partition`) to another home region, with JetStream's stream
+	// move: writes during the move are ordered by the partition's Raft group,
+	// and those caught in the hand-over fail (not applied) and may be retried.
+	// An admin change (`admin:rehome` on the keyspace), written to the audit log
+	// before it runs. RESIDENCY_VIOLATION if `region` is outside the keyspace's
+	// residency; NOT_FOUND if nothing was ever written to the partition.
+	Rehome(ctx context.Context, in *RehomeRequest, opts ...grpc.CallOption) (*RehomeResponse, error)
 }
 
 type stateServiceClient struct {
@@ -221,6 +238,16 @@ func (c *stateServiceClient) Watch(ctx context.Context, in *WatchRequest, opts .
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type StateService_WatchClient = grpc.ServerStreamingClient[WatchEvent]
 
+func (c *stateServiceClient) Rehome(ctx context.Context, in *RehomeRequest, opts ...grpc.CallOption) (*RehomeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RehomeResponse)
+	err := c.cc.Invoke(ctx, StateService_Rehome_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // StateServiceServer is the server API for StateService service.
 // All implementations must embed UnimplementedStateServiceServer
 // for forward compatibility.
@@ -234,6 +261,14 @@ type StateService_WatchClient = grpc.ServerStreamingClient[WatchEvent]
 //     replicates them asynchronously; concurrent writes merge by the keyspace's
 //     conflict policy (lww, counter, set, multi_value) to the same bytes in every
 //     region. Reads are BOUNDED or EVENTUAL (STRONG is INVALID_ARGUMENT).
+//   - `regional`: each partition (a key's first segment) lives in its home
+//     region's cluster, where writes are linearizable per key with no WAN round
+//     trip; other allowed regions keep read-only copies for BOUNDED and EVENTUAL
+//     reads; STRONG reads and writes elsewhere go to the home region.
+//
+// A `replicated` or `regional` keyspace may have a residency: an agent in a
+// region outside it answers RESIDENCY_VIOLATION (or forwards point reads and
+// writes to the home region, if the keyspace says `forward`).
 //
 // Over HTTP: each RPC's google.api.http path below: POST
 // /v1/state/<method in kebab-case> (get-many, put-many, ...).
@@ -281,6 +316,14 @@ type StateServiceServer interface {
 	// merged state after each change still held, the latest per region and key).
 	// Over HTTP it is Server-Sent Events: GET /v1/state/watch?keyspace=&prefix=&from_revision=
 	Watch(*WatchRequest, grpc.ServerStreamingServer[WatchEvent]) error
+	// Rehome moves a partition of a `regional` keyspace (the keys whose first
+	// segment is `partition`) to another home region, with JetStream's stream
+	// move: writes during the move are ordered by the partition's Raft group,
+	// and those caught in the hand-over fail (not applied) and may be retried.
+	// An admin change (`admin:rehome` on the keyspace), written to the audit log
+	// before it runs. RESIDENCY_VIOLATION if `region` is outside the keyspace's
+	// residency; NOT_FOUND if nothing was ever written to the partition.
+	Rehome(context.Context, *RehomeRequest) (*RehomeResponse, error)
 	mustEmbedUnimplementedStateServiceServer()
 }
 
@@ -323,6 +366,9 @@ func (UnimplementedStateServiceServer) SetRemove(context.Context, *SetRequest) (
 }
 func (UnimplementedStateServiceServer) Watch(*WatchRequest, grpc.ServerStreamingServer[WatchEvent]) error {
 	return status.Error(codes.Unimplemented, "method Watch not implemented")
+}
+func (UnimplementedStateServiceServer) Rehome(context.Context, *RehomeRequest) (*RehomeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Rehome not implemented")
 }
 func (UnimplementedStateServiceServer) mustEmbedUnimplementedStateServiceServer() {}
 func (UnimplementedStateServiceServer) testEmbeddedByValue()                      {}
@@ -536,6 +582,24 @@ func _StateService_Watch_Handler(srv interface{}, stream grpc.ServerStream) erro
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type StateService_WatchServer = grpc.ServerStreamingServer[WatchEvent]
 
+func _StateService_Rehome_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RehomeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StateServiceServer).Rehome(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: StateService_Rehome_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StateServiceServer).Rehome(ctx, req.(*RehomeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // StateService_ServiceDesc is the grpc.ServiceDesc for StateService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -582,6 +646,10 @@ var StateService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetRemove",
 			Handler:    _StateService_SetRemove_Handler,
+		},
+		{
+			MethodName: "Rehome",
+			Handler:    _StateService_Rehome_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -22,6 +22,60 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class RehomeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYSPACE_FIELD_NUMBER: _builtins.int
+    PARTITION_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    keyspace: _builtins.str
+    partition: _builtins.str
+    """A regional key's first segment."""
+    region: _builtins.str
+    """The new home region."""
+    def __init__(
+        self,
+        *,
+        keyspace: _builtins.str = ...,
+        partition: _builtins.str = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keyspace", b"keyspace", "partition", b"partition", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RehomeRequest: _TypeAlias = RehomeRequest  # noqa: Y015
+
+@_typing.final
+class RehomeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREVIOUS_REGION_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    previous_region: _builtins.str
+    """The home before the move (equal to `region` if it was already there)."""
+    region: _builtins.str
+    revision: _builtins.int
+    """The partition's last revision when the move completed."""
+    def __init__(
+        self,
+        *,
+        previous_region: _builtins.str = ...,
+        region: _builtins.str = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_region", b"previous_region", "region", b"region", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RehomeResponse: _TypeAlias = RehomeResponse  # noqa: Y015
+
+@_typing.final
 class Consistency(_message.Message):
     """Consistency of a read."""
 

@@ -36,6 +36,14 @@ class StateServiceStub:
     replicates them asynchronously; concurrent writes merge by the keyspace's
     conflict policy (lww, counter, set, multi_value) to the same bytes in every
     region. Reads are BOUNDED or EVENTUAL (STRONG is INVALID_ARGUMENT).
+    - `regional`: each partition (a key's first segment) lives in its home
+    region's cluster, where writes are linearizable per key with no WAN round
+    trip; other allowed regions keep read-only copies for BOUNDED and EVENTUAL
+    reads; STRONG reads and writes elsewhere go to the home region.
+
+    A `replicated` or `regional` keyspace may have a residency: an agent in a
+    region outside it answers RESIDENCY_VIOLATION (or forwards point reads and
+    writes to the home region, if the keyspace says `forward`).
 
     Over HTTP: each RPC's google.api.http path below: POST
     /v1/state/<method in kebab-case> (get-many, put-many, ...).
@@ -107,6 +115,11 @@ class StateServiceStub:
                 request_serializer=meridian_dot_v1_dot_state__pb2.WatchRequest.SerializeToString,
                 response_deserializer=meridian_dot_v1_dot_state__pb2.WatchEvent.FromString,
                 _registered_method=True)
+        self.Rehome = channel.unary_unary(
+                '/meridian.v1.StateService/Rehome',
+                request_serializer=meridian_dot_v1_dot_state__pb2.RehomeRequest.SerializeToString,
+                response_deserializer=meridian_dot_v1_dot_state__pb2.RehomeResponse.FromString,
+                _registered_method=True)
 
 
 class StateServiceServicer:
@@ -119,6 +132,14 @@ class StateServiceServicer:
     replicates them asynchronously; concurrent writes merge by the keyspace's
     conflict policy (lww, counter, set, multi_value) to the same bytes in every
     region. Reads are BOUNDED or EVENTUAL (STRONG is INVALID_ARGUMENT).
+    - `regional`: each partition (a key's first segment) lives in its home
+    region's cluster, where writes are linearizable per key with no WAN round
+    trip; other allowed regions keep read-only copies for BOUNDED and EVENTUAL
+    reads; STRONG reads and writes elsewhere go to the home region.
+
+    A `replicated` or `regional` keyspace may have a residency: an agent in a
+    region outside it answers RESIDENCY_VIOLATION (or forwards point reads and
+    writes to the home region, if the keyspace says `forward`).
 
     Over HTTP: each RPC's google.api.http path below: POST
     /v1/state/<method in kebab-case> (get-many, put-many, ...).
@@ -222,6 +243,19 @@ class StateServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rehome(self, request, context):
+        """Rehome moves a partition of a `regional` keyspace (the keys whose first
+        segment is `partition`) to another home region, with JetStream's stream
+        move: writes during the move are ordered by the partition's Raft group,
+        and those caught in the hand-over fail (not applied) and may be retried.
+        An admin change (`admin:rehome` on the keyspace), written to the audit log
+        before it runs. RESIDENCY_VIOLATION if `region` is outside the keyspace's
+        residency; NOT_FOUND if nothing was ever written to the partition.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StateServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -280,6 +314,11 @@ def add_StateServiceServicer_to_server(servicer, server):
                     request_deserializer=meridian_dot_v1_dot_state__pb2.WatchRequest.FromString,
                     response_serializer=meridian_dot_v1_dot_state__pb2.WatchEvent.SerializeToString,
             ),
+            'Rehome': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rehome,
+                    request_deserializer=meridian_dot_v1_dot_state__pb2.RehomeRequest.FromString,
+                    response_serializer=meridian_dot_v1_dot_state__pb2.RehomeResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'meridian.v1.StateService', rpc_method_handlers)
@@ -298,6 +337,14 @@ class StateService:
     replicates them asynchronously; concurrent writes merge by the keyspace's
     conflict policy (lww, counter, set, multi_value) to the same bytes in every
     region. Reads are BOUNDED or EVENTUAL (STRONG is INVALID_ARGUMENT).
+    - `regional`: each partition (a key's first segment) lives in its home
+    region's cluster, where writes are linearizable per key with no WAN round
+    trip; other allowed regions keep read-only copies for BOUNDED and EVENTUAL
+    reads; STRONG reads and writes elsewhere go to the home region.
+
+    A `replicated` or `regional` keyspace may have a residency: an agent in a
+    region outside it answers RESIDENCY_VIOLATION (or forwards point reads and
+    writes to the home region, if the keyspace says `forward`).
 
     Over HTTP: each RPC's google.api.http path below: POST
     /v1/state/<method in kebab-case> (get-many, put-many, ...).
@@ -595,6 +642,33 @@ class StateService:
             '/meridian.v1.StateService/Watch',
             meridian_dot_v1_dot_state__pb2.WatchRequest.SerializeToString,
             meridian_dot_v1_dot_state__pb2.WatchEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rehome(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.StateService/Rehome',
+            meridian_dot_v1_dot_state__pb2.RehomeRequest.SerializeToString,
+            meridian_dot_v1_dot_state__pb2.RehomeResponse.FromString,
             options,
             channel_credentials,
             insecure,
