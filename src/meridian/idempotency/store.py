@@ -37,6 +37,7 @@ from meridian.config import GLOBAL_CLUSTER, IdempotencyConfig
 from meridian.core.errors import ConflictError, FencedError, UnavailableError
 from meridian.core.hlc import Clock, HlcTimestamp, HybridLogicalClock
 from meridian.core.keyspace import Keyspace
+from meridian.core.residency import refuse
 from meridian.idempotency.model import (
     MAX_RECORD_BYTES,
     IdempotencyRecord,
@@ -114,12 +115,35 @@ class IdempotencyComponent(Background):
             clock_now=hlc.now,
             cluster=region if regional else GLOBAL_CLUSTER,
         )
+        #: Resident scopes' records: one bucket per home (the first region of a
+        #: scope's residency), in that region's cluster, shared by every allowed
+        #: region, so exactly-once holds across them and nothing is stored elsewhere.
+        self.resident: dict[str, GlobalKeyspaceStore] = {}
+        for scope in config.scopes:
+            home = scope.residency[0]
+            if home not in self.resident:
+                self.resident[home] = GlobalKeyspaceStore(
+                    conn,
+                    Keyspace(
+                        f"_idempotency_r_{home}",
+                        value_max_bytes=MAX_RECORD_BYTES,
+                        history=1,
+                        ttl_s=config.retention_s,
+                    ),
+                    region=region,
+                    replicas=regional_replicas,
+                    timeout_s=timeout_s,
+                    clock_now=hlc.now,
+                    cluster=home,
+                )
         self._granted: OrderedDict[tuple[str, int], _Grant] = OrderedDict()
 
     # -- lifecycle --------------------------------------------------------
 
     async def run(self) -> None:
         await ensure_until_done(self.store.conn, self.store.ensure, "idempotency bucket")
+        for home, store in self.resident.items():
+            await ensure_until_done(store.conn, store.ensure, f"idempotency bucket of {home}")
         self.serving()
         log.info("idempotency store ready", extra={"storage": self.config.storage})
 
@@ -128,6 +152,17 @@ class IdempotencyComponent(Background):
             raise UnavailableError(
                 "the idempotency store is not ready yet in this region (its bucket is being set up)"
             )
+
+    def _bucket(self, scope: str) -> GlobalKeyspaceStore:
+        """Where ``scope``'s records live; RESIDENCY_VIOLATION for a resident
+        scope called in a region outside its residency (nothing is stored)."""
+        self._require_ready()
+        declared = self.config.scope_residency(scope)
+        if declared is None:
+            return self.store
+        if not declared.allowed(self.region):
+            raise refuse(f"idempotency scope {scope!r}", self.region, declared.residency)
+        return self.resident[declared.residency[0]]
 
     # -- the calls --------------------------------------------------------
 
@@ -138,7 +173,7 @@ class IdempotencyComponent(Background):
         self, scope: str, key: str, fingerprint: str, lease_ms: int, *, owner: str = ""
     ) -> BeginResult:
         """``owner``: the caller's identity; its keys are its own (storage_key)."""
-        self._require_ready()
+        store = self._bucket(scope)
         skey = storage_key(scope, key, owner)
         for _ in range(MAX_ATTEMPTS):
             now = self._now_ms()
@@ -151,11 +186,11 @@ class IdempotencyComponent(Background):
                 lease_expires_ms=now + lease_ms,
             )
             try:
-                token, _ = await self.store.create(skey, claim.encode())
+                token, _ = await store.create(skey, claim.encode())
                 return self._granted_result(skey, claim, token, took_over=False)
             except ConflictError:
                 pass
-            entry = await self.store.get_strong(skey)
+            entry = await store.get_strong(skey)
             if entry is None:
                 continue  # aborted or expired between the two steps: claim again
             record = IdempotencyRecord.decode(entry.value)
@@ -170,7 +205,7 @@ class IdempotencyComponent(Background):
                     lease_expires_ms=self._now_ms() + lease_ms,
                 )
                 try:
-                    token, _ = await self.store.put(skey, takeover.encode(), entry.revision)
+                    token, _ = await store.put(skey, takeover.encode(), entry.revision)
                 except ConflictError:
                     continue  # someone else took it over first: look again
                 return self._granted_result(skey, takeover, token, took_over=True)
@@ -195,11 +230,11 @@ class IdempotencyComponent(Background):
         self, scope: str, key: str, token: int, response: StoredResponse, *, owner: str = ""
     ) -> int:
         """Store ``response``; returns when the record will be forgotten (epoch ms)."""
-        self._require_ready()
+        store = self._bucket(scope)
         skey = storage_key(scope, key, owner)
         grant: _Grant | int | None = self._granted.pop((skey, token), None)
         if grant is None:
-            grant = await self._grant_from_storage(skey, key, token)
+            grant = await self._grant_from_storage(store, skey, key, token)
         if isinstance(grant, int):
             return grant  # already completed with this token
         done = IdempotencyRecord(
@@ -212,9 +247,9 @@ class IdempotencyComponent(Background):
             response=response,
         )
         try:
-            _, hlc = await self.store.put(skey, done.encode(), token)
+            _, hlc = await store.put(skey, done.encode(), token)
         except ConflictError:
-            result = await self._grant_from_storage(skey, key, token)
+            result = await self._grant_from_storage(store, skey, key, token)
             if isinstance(result, int):
                 return result  # a retried Complete whose first try did land
             raise self._fenced(key, token) from None
@@ -222,11 +257,11 @@ class IdempotencyComponent(Background):
         return self._expires_ms(hlc.to_int())
 
     async def abort(self, scope: str, key: str, token: int, *, owner: str = "") -> None:
-        self._require_ready()
+        store = self._bucket(scope)
         skey = storage_key(scope, key, owner)
         self._granted.pop((skey, token), None)
         try:
-            await self.store.delete(skey, token)
+            await store.delete(skey, token)
         except ConflictError:
             raise self._fenced(key, token) from None
         self.metrics.idempotency.labels(self.region, "aborted").inc()
@@ -248,10 +283,12 @@ class IdempotencyComponent(Background):
             took_over=took_over,
         )
 
-    async def _grant_from_storage(self, skey: str, key: str, token: int) -> _Grant | int:
+    async def _grant_from_storage(
+        self, store: GlobalKeyspaceStore, skey: str, key: str, token: int
+    ) -> _Grant | int:
         """The grant behind ``token`` as storage holds it, or, if ``token`` already
         completed the record, when that record expires. Anything else is FENCED."""
-        entry = await self.store.get_strong(skey)
+        entry = await store.get_strong(skey)
         if entry is None:
             raise self._fenced(key, token)
         record = IdempotencyRecord.decode(entry.value)
