@@ -52,13 +52,23 @@ async def _with_js(ctx: click.Context, via: str | None, fn: Callable[[Any], Awai
 
     cfg = _config(ctx)
     region = cfg.region(via) if via else cfg.regions[0]
-    nc = await nats.connect(
-        servers=list(region.agent_nats_urls),
-        tls=client_ssl(cfg),
-        connect_timeout=5,
-        max_reconnect_attempts=0,
-        allow_reconnect=False,
-    )
+
+    async def quiet(exc: Exception) -> None:
+        """Without an error callback nats-py logs each failed attempt with a
+        traceback; the failure that matters is the one connect raises."""
+
+    # max_reconnect_attempts=0 makes nats-py 2.16 retry a refused first
+    # connection for ever (seen: `audit verify` hung with NATS down); one
+    # attempt per server, and a deadline over all of them.
+    async with asyncio.timeout(30):
+        nc = await nats.connect(
+            servers=list(region.agent_nats_urls),
+            tls=client_ssl(cfg),
+            connect_timeout=5,
+            max_reconnect_attempts=1,
+            allow_reconnect=False,
+            error_cb=quiet,
+        )
     try:
         return await fn(nc.jetstream(timeout=10))
     finally:
