@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -28,7 +29,7 @@ from meridian.chaos.history import History
 from meridian.chaos.lazyfs import LazyMounts
 from meridian.chaos.nemesis import Nemesis, PowerLoss, SandboxControl
 from meridian.chaos.scenarios import Scenario
-from meridian.chaos.workloads.base import KeyspaceSpec, RunContext
+from meridian.chaos.workloads.base import KeyspaceSpec, RunContext, TopicSpec
 from meridian.client import MeridianClient
 from meridian.config import load_config
 from meridian.sandbox.supervisor import Sandbox
@@ -50,7 +51,9 @@ class RunOptions:
     setup_timeout_s: float = 180.0
 
 
-def sandbox_config_text(base_port: int, keyspaces: list[KeyspaceSpec]) -> str:
+def sandbox_config_text(
+    base_port: int, keyspaces: list[KeyspaceSpec], topics: Sequence[TopicSpec] = ()
+) -> str:
     """A three-region sandbox configuration with the WAN of the e2e tests."""
     lines = [
         "[sandbox]",
@@ -82,6 +85,11 @@ def sandbox_config_text(base_port: int, keyspaces: list[KeyspaceSpec]) -> str:
         lines += ["", "[[keyspace]]", f'name = "{ks.name}"', f'locality = "{ks.locality}"']
         if ks.locality == "replicated":
             lines.append(f'conflict = "{ks.conflict}"')
+        if ks.residency:
+            lines.append(f"residency = {json.dumps(list(ks.residency))}")
+    for topic in {t.name: t for t in topics}.values():
+        lines += ["", "[[topic]]", f'name = "{topic.name}"']
+        lines.append(f"residency = {json.dumps(list(topic.residency))}")
     return "\n".join(lines) + "\n"
 
 
@@ -114,7 +122,8 @@ async def run(
     workloads = scenario.workloads()
     config_path = out_dir / "meridian.toml"
     keyspaces = [ks for w in workloads for ks in w.keyspaces]
-    config_path.write_text(sandbox_config_text(opts.base_port, keyspaces))
+    topics = [t for w in workloads for t in getattr(w, "topics", ())]
+    config_path.write_text(sandbox_config_text(opts.base_port, keyspaces, topics))
     config = load_config(config_path, env={})
     sandbox = Sandbox(config, str(config_path))
     steps = scenario.schedule(config, duration)

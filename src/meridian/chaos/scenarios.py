@@ -30,6 +30,7 @@ from meridian.chaos.workloads.events import EventsWorkload
 from meridian.chaos.workloads.idempotency import IdempotencyWorkload
 from meridian.chaos.workloads.register import RegisterWorkload
 from meridian.chaos.workloads.replicated import ReplicatedWorkload
+from meridian.chaos.workloads.residency import ResidencyWorkload
 from meridian.config import MeridianConfig
 from meridian.core.keyspace import Keyspace
 
@@ -75,6 +76,7 @@ WORKLOADS: dict[str, Callable[[], Workload]] = {
     "idempotency": IdempotencyWorkload,
     "events": EventsWorkload,
     "bounded": BoundedWorkload,
+    "residency": ResidencyWorkload,
 }
 
 #: The stream of the bounded workload's global keyspace (whose leader the smoke
@@ -145,6 +147,19 @@ SMOKE: dict[str, Scenario] = {
             lambda: [IdempotencyWorkload(), EventsWorkload()],
             lambda config, duration: faults_in_middle(
                 FAULTS["partition"](), FAULTS["kill-region"]()
+            )(config, duration),
+            40.0,
+        ),
+        Scenario(
+            "residency-partition-kill",
+            "A CAS register on a regional keyspace allowed in us-east and eu-west (one "
+            "partition homed in each) and events on a topic allowed in eu-west, while the "
+            "home of one partition (us-east) is cut off, then the home of the other (eu-west) "
+            "is killed and restarted: linearizable per key, every call from outside refused, "
+            "and after the heal no resident byte on any server outside its regions?",
+            lambda: [ResidencyWorkload()],
+            lambda config, duration: faults_in_middle(
+                Partition("us-east", "both"), KillRegion("eu-west")
             )(config, duration),
             40.0,
         ),

@@ -20,6 +20,8 @@ from meridian.core.errors import (
     ConflictError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
+    ResidencyViolationError,
 )
 
 
@@ -28,8 +30,18 @@ class KeyspaceSpec:
     """A keyspace a workload needs in the sandbox configuration."""
 
     name: str
-    locality: str  # global | replicated
+    locality: str  # global | replicated | regional
     conflict: str = "lww"
+    #: The regions that may hold it (empty: every region).
+    residency: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A resident topic a workload needs declared (``[[topic]]``)."""
+
+    name: str
+    residency: tuple[str, ...]
 
 
 @dataclass
@@ -99,8 +111,16 @@ def outcome(exc: BaseException, *, has_effect: bool) -> EventType:
     """
     if not has_effect:
         return "fail"
-    if isinstance(exc, Refused | ConflictError | InvalidArgumentError | ClockSkewError):
-        return "fail"
+    if isinstance(
+        exc,
+        Refused
+        | ConflictError
+        | InvalidArgumentError
+        | ClockSkewError
+        | ResidencyViolationError
+        | PermissionDeniedError,
+    ):
+        return "fail"  # the agent refused before doing anything
     if isinstance(exc, NotFoundError):
         return "fail"
     text = str(exc)

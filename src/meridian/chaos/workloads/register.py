@@ -43,7 +43,15 @@ class RegisterWorkload:
     name = "register"
     keyspaces = (KeyspaceSpec(KEYSPACE, "global"),)
 
-    def __init__(self, keys: int = 3, clients_per_region: int = 2, pace_s: float = 0.05) -> None:
+    def __init__(
+        self,
+        keys: int = 3,
+        clients_per_region: int = 2,
+        pace_s: float = 0.05,
+        *,
+        keyspace: str = KEYSPACE,
+    ) -> None:
+        self.keyspace = keyspace
         self.n_keys = keys
         self.clients_per_region = clients_per_region
         self.pace_s = pace_s
@@ -53,11 +61,15 @@ class RegisterWorkload:
         return [f"{ctx.run_id}-reg{i}" for i in range(self.n_keys)]
 
     async def setup(self, ctx: RunContext) -> None:
-        await strong_reads_ready(ctx, KEYSPACE)
+        await strong_reads_ready(ctx, self.keyspace)
+
+    def writers(self, ctx: RunContext) -> tuple[str, ...]:
+        """The regions whose clients run the register."""
+        return ctx.regions
 
     async def run(self, ctx: RunContext, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as tg:
-            for region in ctx.regions:
+            for region in self.writers(ctx):
                 for _ in range(self.clients_per_region):
                     tg.create_task(self._client(ctx, region, stop))
 
@@ -71,13 +83,13 @@ class RegisterWorkload:
             if roll < 0.5:
                 kind, _ = await record(
                     ctx, process, region, "read", key, None,
-                    partial(_read, client, key), has_effect=False,
+                    partial(_read, client, self.keyspace, key), has_effect=False,
                 )  # fmt: skip
             elif roll < 0.75:
                 value = next(self._values)
                 kind, _ = await record(
                     ctx, process, region, "write", key, value,
-                    partial(client.put, KEYSPACE, key, str(value).encode()),
+                    partial(client.put, self.keyspace, key, str(value).encode()),
                     has_effect=True,
                 )  # fmt: skip
             else:
@@ -94,7 +106,7 @@ class RegisterWorkload:
         to = next(self._values)
         invoke_at = ctx.history.now()
         try:
-            got = await client.get(KEYSPACE, key, consistency=Strong())
+            got = await client.get(self.keyspace, key, consistency=Strong())
             current: int | None = int(got.entry.value)
             revision: int | None = got.entry.revision
         except NotFoundError:
@@ -106,9 +118,9 @@ class RegisterWorkload:
 
         async def put() -> None:
             if revision is None:
-                await client.create(KEYSPACE, key, str(to).encode())
+                await client.create(self.keyspace, key, str(to).encode())
             else:
-                await client.put(KEYSPACE, key, str(to).encode(), if_revision=revision)
+                await client.put(self.keyspace, key, str(to).encode(), if_revision=revision)
 
         kind, _ = await record(
             ctx, process, region, "cas", key, [current, to], put,
@@ -126,17 +138,18 @@ class RegisterWorkload:
     async def finish(self, ctx: RunContext) -> None:
         # One last strong read of every key from every region.
         process = ctx.new_process()
-        for region, client in ctx.clients.items():
+        for region in self.writers(ctx):
+            client = ctx.clients[region]
             for key in self.keys(ctx):
                 await record(
                     ctx, process, region, "read", key, None,
-                    partial(_read, client, key), has_effect=False,
+                    partial(_read, client, self.keyspace, key), has_effect=False,
                 )  # fmt: skip
 
 
-async def _read(client: MeridianClient, key: str) -> int | None:
+async def _read(client: MeridianClient, keyspace: str, key: str) -> int | None:
     try:
-        got = await client.get(KEYSPACE, key, consistency=Strong())
+        got = await client.get(keyspace, key, consistency=Strong())
     except NotFoundError:
         return None
     return int(got.entry.value)
