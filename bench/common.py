@@ -17,13 +17,15 @@ from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import nats.errors
 
 from bench.state.report import Report, host_info, render
 from bench.state.sandbox import BenchSandbox, SandboxError
 from meridian.core.errors import MeridianError
+
+S = TypeVar("S", bound=BenchSandbox)
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -58,11 +60,13 @@ def drive(
     base_port: int,
     out: Path,
     settings: dict[str, Any],
-    measure: Callable[[BenchSandbox, Report], Coroutine[Any, Any, None]],
+    measure: Callable[[S, Report], Coroutine[Any, Any, None]],
     nice: int | None = None,
     keep_workdir: bool = False,
+    sandbox: Callable[[int], S] = BenchSandbox,  # type: ignore[assignment]
 ) -> int:
-    """Bring up a :class:`BenchSandbox` on ``base_port``, run ``measure`` against it,
+    """Bring up a :class:`BenchSandbox` (or what ``sandbox`` makes of the port) on
+    ``base_port``, run ``measure`` against it,
     tear it down (also on failure or Ctrl-C), print the report and save it to
     ``out``. Returns the exit status: 1 if anything failed."""
     signal.signal(signal.SIGTERM, _terminate)
@@ -88,7 +92,7 @@ def drive(
             f"run at niceness {report.meta['niceness']} (--nice): the sandbox and the load "
             "generators were favoured over unrelated work on the machine"
         )
-    sb = BenchSandbox(base_port)
+    sb = sandbox(base_port)
     report.meta["config_toml"] = sb.config_path.read_text()
     started = time.monotonic()
     failed = False

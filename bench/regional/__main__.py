@@ -1,0 +1,3 @@
+from bench.regional.run import main
+
+raise SystemExit(main())
