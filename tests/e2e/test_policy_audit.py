@@ -59,3 +59,20 @@ def test_policy_cli_and_audit_verify(sandbox: SandboxHandle) -> None:
     assert pushes[-1]["principal"] == "spiffe://meridian.local/operator/meridian"
     proof = sandbox.cli("audit", "prove", pushes[-1]["request_id"])
     assert "root_hash=" in proof.stdout and "leaf_hash=" in proof.stdout
+
+
+def test_ca_operations_are_audited(sandbox: SandboxHandle) -> None:
+    """`meridian ca issue` runs on the CA's files, not through an agent; the CLI
+    appends its admin:ca entry to the log itself, and the agents' tree takes it."""
+    issued = sandbox.cli("ca", "issue", "service/audited-by-e2e", "--lifetime", "1h")
+    assert "audit: issue: audited" in issued.stderr, issued.stderr
+    entries = [
+        json.loads(line) for line in sandbox.cli("audit", "tail", "-n", "50").stdout.splitlines()
+    ]
+    ca = [e for e in entries if e["action"] == "admin:ca"]
+    assert ca, entries[-3:]
+    assert ca[-1]["detail"]["identity"].endswith("/service/audited-by-e2e")
+    assert ca[-1]["detail"]["operation"] == "issue"
+    assert ca[-1]["principal"].endswith("/operator/meridian")
+    proof = sandbox.cli("audit", "prove", ca[-1]["request_id"])
+    assert "leaf_hash=" in proof.stdout

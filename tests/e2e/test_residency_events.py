@@ -21,7 +21,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from meridian.client import MeridianClient
-from meridian.core.errors import MeridianError
+from meridian.core.errors import DeadlineExceededError, MeridianError, UnavailableError
 from meridian.events import model as ev
 from tests.conftest import eventually
 from tests.e2e.conftest import SandboxHandle, ready_clients
@@ -73,19 +73,26 @@ async def test_eu_orders_stay_in_eu_west(
     placed = f"placed-{run}"
     await clients["eu-west"].publish("eu-orders.placed", "o-1", b"{}", event_id=placed)
 
-    # eu-west's group gets it, as any event.
-    async with clients["eu-west"].subscribe(
-        f"ledger-{run}", topic_filter="eu-orders.>", start_sequence=1
-    ) as sub:
-
-        async def first() -> Any:
+    # eu-west's group gets it, as any event. The sandbox may still be settling
+    # after an earlier module's partition: a group lookup that times out
+    # (DEADLINE_EXCEEDED, UNAVAILABLE) is retried, as a service would.
+    async def first() -> Any:
+        async with clients["eu-west"].subscribe(
+            f"ledger-{run}", topic_filter="eu-orders.>", start_sequence=1
+        ) as sub:
             async for d in sub:
                 await sub.ack(d)
                 if d.event.event_id == placed:
                     return d
-            return None
+        return None
 
-        got = await asyncio.wait_for(first(), 60)
+    got = None
+    for _ in range(20):
+        try:
+            got = await asyncio.wait_for(first(), 60)
+            break
+        except (DeadlineExceededError, UnavailableError):
+            await asyncio.sleep(1.0)
     assert (got.event.topic, got.event.origin_region) == ("eu-orders.placed", "eu-west")
 
     # us-east may not publish it: refused, over gRPC and HTTP, and nothing written.

@@ -61,6 +61,31 @@ _dir_option = click.option(
 )
 
 
+def _audited(directory: Path, operation: str, **detail: str) -> None:
+    """Record a CA operation in the audit log (``admin:ca``), or keep it in the
+    CA's directory until the log can be reached; say which on stderr."""
+    from meridian.security.ca_audit import ca_entry, principal_of, record
+    from meridian.security.pki import client_ssl
+
+    config = getattr(click.get_current_context().find_root().obj, "config", None)
+    urls: list[str] = []
+    tls = None
+    principal, region = "", "local"
+    if config is not None:
+        first = config.regions[0]
+        region, urls = first.name, list(first.agent_nats_urls)
+        try:
+            tls = client_ssl(config)
+        except MeridianError as exc:  # no client identity (yet): keep the entry
+            urls = []
+            click.echo(f"audit: {exc}", err=True)
+        if config.client_tls_dir is not None:
+            principal = principal_of(config.client_tls_dir / "cert.pem")
+    entry = ca_entry(operation, detail, principal=principal, region=region)
+    _, said = record(directory, entry, urls=urls, tls=tls)
+    click.echo(f"audit: {operation}: {said}", err=True)
+
+
 def _errors_exit_2(fn: F) -> F:
     """Meridian errors as ``error: <field>: <rule>`` on stderr and exit status 2."""
 
@@ -89,6 +114,7 @@ def init(directory: Path, trust_domain: str, algorithm: str) -> None:
     """Make a new CA with one root."""
     root = CertificateAuthority(directory).init(trust_domain, algorithm=algorithm)
     click.echo(f"CA for spiffe://{trust_domain} in {directory}; root {root.fingerprint}")
+    _audited(directory, "init", root=root.fingerprint, trust_domain=trust_domain)
 
 
 @ca.command()
@@ -108,6 +134,7 @@ def issue(
         ident, lifetime_s=parse_duration(lifetime), dns_names=dns, ip_addresses=ip
     )
     click.echo(f"{ident.uri}: {leaf.cert_path.parent}")
+    _audited(directory, "issue", identity=ident.uri, lifetime_s=str(parse_duration(lifetime)))
 
 
 @ca.command()
@@ -125,16 +152,20 @@ def issue(
 def renew(directory: Path, everything: bool, watch_s: float | None) -> None:
     """Re-issue the leaves past half their lifetime or on an old root."""
     authority = CertificateAuthority(directory)
-    for leaf in authority.renew(force=everything):
-        click.echo(f"renewed {leaf.identity.uri}", nl=True)
+    renewed = [leaf.identity.uri for leaf in authority.renew(force=everything)]
+    for uri in renewed:
+        click.echo(f"renewed {uri}", nl=True)
+    if renewed:
+        _audited(directory, "renew", identities=" ".join(renewed))
     if watch_s is not None:
-        renew_every(
-            watch_s,
-            lambda: [
-                f"{leaf.identity.uri} until {leaf.validity.not_after:.0f}"
-                for leaf in authority.renew()
-            ],
-        )
+
+        def once() -> list[str]:
+            leaves = authority.renew()
+            if leaves:
+                _audited(directory, "renew", identities=" ".join(x.identity.uri for x in leaves))
+            return [f"{leaf.identity.uri} until {leaf.validity.not_after:.0f}" for leaf in leaves]
+
+        renew_every(watch_s, once)
 
 
 def renew_every(watch_s: float, renew_once: Callable[[], list[str]]) -> None:
@@ -163,8 +194,11 @@ def rotate(directory: Path, finish: bool) -> None:
     if finish:
         dropped = authority.finish_rotation()
         click.echo(f"dropped {', '.join(dropped)}" if dropped else "no old root to drop")
+        if dropped:
+            _audited(directory, "rotate-finish", dropped=" ".join(dropped))
         return
     root = authority.rotate()
+    _audited(directory, "rotate", root=root.fingerprint)
     click.echo(
         f"new root {root.fingerprint}, trusted beside the old; next: `meridian ca renew`, "
         "reload every holder, then `meridian ca rotate --finish`"

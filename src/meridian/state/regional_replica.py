@@ -225,7 +225,15 @@ class RegionalReplica:
             while True:
                 try:
                     await self._discover()
-                    self._listed.set()
+                    if not self._listed.is_set():
+                        self._listed.set()
+                        log.info(
+                            "keyspace ready",
+                            extra={
+                                "keyspace": self.keyspace.name,
+                                "partitions": len(self.partitions),
+                            },
+                        )
                 except MeridianError as exc:
                     log.warning("cannot list %s's partitions: %s", self.keyspace.name, exc)
                 reraise_if_cancelling()
