@@ -35,7 +35,7 @@ from meridian.config.model import (
     default_config_text,
     proxy_ports,
 )
-from meridian.config.reader import Reader, residency_list
+from meridian.config.reader import Reader, residency_list, residency_tables
 from meridian.config.security import check_plaintext_listeners, folder, security_section
 from meridian.config.services import (
     audit_section,
@@ -54,7 +54,6 @@ from meridian.core.keyspace import (
     Keyspace,
     Locality,
 )
-from meridian.core.residency import TopicResidency
 from meridian.events.model import TOPIC_TOKEN
 
 
@@ -136,7 +135,7 @@ def parse_config(
     agent = _agent(rd, rd.table(raw, "agent", "agent"))
     telemetry = _telemetry(rd, rd.table(raw, "telemetry", "telemetry"))
     keyspaces = _keyspaces(rd, raw.get("keyspace", []), names)
-    topics = _topics(rd, raw.get("topic", []), names)
+    topics = residency_tables(rd, raw.get("topic", []), "topic", names, _topic_name_rule)
     idempotency = idempotency_section(rd, rd.table(raw, "idempotency", "idempotency"), names)
     invocation = invocation_section(rd, rd.table(raw, "invocation", "invocation"))
     gateway = gateway_section(rd, rd.table(raw, "gateway", "gateway"), sandbox.base_port, base_dir)
@@ -174,40 +173,12 @@ SERVED_LOCALITIES = (Locality.GLOBAL, Locality.REPLICATED, Locality.REGIONAL)
 MAX_VALUE_BYTES = 8 << 20
 
 
-def _topics(rd: Reader, raw: Any, regions: Sequence[str]) -> list[TopicResidency]:
-    """``[[topic]]``: topics (by first token) whose events must stay in some regions."""
-    if not isinstance(raw, list):
-        rd.bad("topic", "must be an array of [[topic]] tables")
-        return []
-    out: list[TopicResidency] = []
-    seen: set[str] = set()
-    for i, entry in enumerate(raw):
-        path = f"topic[{i}]"
-        if not isinstance(entry, Mapping):
-            rd.bad(path, "must be a table with a name and a residency")
-            continue
-        rd.known(entry, {"name", "residency"}, path)
-        name = entry.get("name")
-        if not isinstance(name, str) or not TOPIC_TOKEN.fullmatch(name):
-            rd.bad(
-                f"{path}.name",
-                f"a topic's first token: 1-64 chars of a-z, 0-9, '_' and '-'; got {name!r:.80}",
-            )
-            continue
-        if name.startswith("_"):
-            rd.bad(f"{path}.name", f"topics starting with '_' are Meridian's own; got {name!r}")
-            continue
-        if name in seen:
-            rd.bad(f"{path}.name", f"topic {name!r} is already declared")
-            continue
-        seen.add(name)
-        if "residency" not in entry:
-            rd.bad(f"{path}.residency", "is required: the regions that may hold the events")
-            continue
-        residency = residency_list(rd, entry["residency"], f"{path}.residency", regions)
-        if residency:
-            out.append(TopicResidency(name, residency))
-    return out
+def _topic_name_rule(name: object) -> str | None:
+    if not isinstance(name, str) or not TOPIC_TOKEN.fullmatch(name):
+        return f"a topic's first token: 1-64 chars of a-z, 0-9, '_' and '-'; got {name!r:.80}"
+    if name.startswith("_"):
+        return f"topics starting with '_' are Meridian's own; got {name!r}"
+    return None
 
 
 def _keyspace_residency(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from meridian.core.errors import FieldViolation
+from meridian.core.residency import TopicResidency
 
 
 class Reader:
@@ -112,3 +113,41 @@ def residency_list(rd: Reader, raw: Any, path: str, regions: Sequence[str]) -> t
         rd.bad(path, "names a region twice")
         return ()
     return tuple(raw)
+
+
+def residency_tables(
+    rd: Reader,
+    raw: Any,
+    path: str,
+    regions: Sequence[str],
+    name_rule: Callable[[object], str | None],
+) -> list[TopicResidency]:
+    """An array of ``{name, residency}`` tables (``[[topic]]``,
+    ``[[idempotency.scope]]``): each name unique and passing ``name_rule``
+    (which returns the broken rule, or None), each residency a list of
+    declared regions."""
+    if not isinstance(raw, list):
+        rd.bad(path, f"must be an array of [[{path}]] tables")
+        return []
+    out: list[TopicResidency] = []
+    for i, entry in enumerate(raw):
+        where = f"{path}[{i}]"
+        if not isinstance(entry, Mapping):
+            rd.bad(where, "must be a table with a name and a residency")
+            continue
+        rd.known(entry, {"name", "residency"}, where)
+        name = entry.get("name")
+        broken = name_rule(name)
+        if broken is not None or not isinstance(name, str):
+            rd.bad(f"{where}.name", broken or "must be a string")
+            continue
+        if any(t.name == name for t in out):
+            rd.bad(f"{where}.name", f"{name!r} is already declared")
+            continue
+        if "residency" not in entry:
+            rd.bad(f"{where}.residency", "is required: the regions that may hold the data")
+            continue
+        residency = residency_list(rd, entry["residency"], f"{where}.residency", regions)
+        if residency:
+            out.append(TopicResidency(name, residency))
+    return out

@@ -17,12 +17,11 @@ from meridian.config.model import (
     InvocationConfig,
     PolicyConfig,
 )
-from meridian.config.reader import Reader, residency_list
+from meridian.config.reader import Reader, residency_tables
 from meridian.config.security import folder
 from meridian.core.endpoints import network_violations
 from meridian.core.errors import ConfigError
 from meridian.core.paths import allow_violations
-from meridian.core.residency import TopicResidency
 from meridian.idempotency.model import SCOPE as SCOPE_NAME
 from meridian.invocation.resilience.overrides import PolicySet
 
@@ -174,31 +173,6 @@ def resilience_section(rd: Reader, raw: Mapping[str, Any]) -> PolicySet:
         return PolicySet()
 
 
-def _resident_scopes(rd: Reader, raw: Any, regions: Sequence[str]) -> list[TopicResidency]:
-    """``[[idempotency.scope]]``: scopes whose records must stay in some regions."""
-    if not isinstance(raw, list):
-        rd.bad("idempotency.scope", "must be an array of [[idempotency.scope]] tables")
-        return []
-    out: list[TopicResidency] = []
-    for i, entry in enumerate(raw):
-        path = f"idempotency.scope[{i}]"
-        if not isinstance(entry, Mapping):
-            rd.bad(path, "must be a table with a name and a residency")
-            continue
-        rd.known(entry, {"name", "residency"}, path)
-        name = entry.get("name")
-        if not isinstance(name, str) or not SCOPE_NAME.fullmatch(name):
-            rd.bad(f"{path}.name", f"not a valid idempotency scope; got {name!r:.80}")
-            continue
-        if any(s.name == name for s in out):
-            rd.bad(f"{path}.name", f"scope {name!r} is already declared")
-            continue
-        regions_of = residency_list(rd, entry.get("residency"), f"{path}.residency", regions)
-        if regions_of:
-            out.append(TopicResidency(name, regions_of))
-    return out
-
-
 def idempotency_section(
     rd: Reader, raw: Mapping[str, Any], regions: Sequence[str] = ()
 ) -> IdempotencyConfig:
@@ -227,7 +201,19 @@ def idempotency_section(
         retention_s=float(retention),
         default_lease_s=float(default_lease),
         max_lease_s=float(max_lease),
-        scopes=tuple(_resident_scopes(rd, raw.get("scope", []), regions)),
+        scopes=tuple(
+            residency_tables(
+                rd,
+                raw.get("scope", []),
+                "idempotency.scope",
+                regions,
+                lambda name: (
+                    None
+                    if isinstance(name, str) and SCOPE_NAME.fullmatch(name)
+                    else f"not a valid idempotency scope; got {name!r:.80}"
+                ),
+            )
+        ),
     )
 
 
