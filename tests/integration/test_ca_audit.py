@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,7 +65,7 @@ def test_kept_while_unreachable_then_appended_in_order(server: NatsCluster, tmp_
     stored = asyncio.run(_stream(url))
     assert stored == [first, second, third]
     assert stored[0].action == "admin:ca" and stored[0].resource == 'Control::"ca"'
-    assert json.loads(ca_audit.describe(stored[1]))["operation"] == "rotate"
+    assert stored[1].detail["operation"] == "rotate"
 
     # Sent again (a retry after a lost ack): JetStream keeps one copy.
     assert ca_audit.record(tmp_path, third, urls=[url], tls=None)[0]

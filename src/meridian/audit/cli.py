@@ -46,29 +46,13 @@ def _keys_dir(ctx: click.Context, keys: Path | None) -> Path:
 
 async def _with_js(ctx: click.Context, via: str | None, fn: Callable[[Any], Awaitable[T]]) -> T:
     """Run ``fn(jetstream)`` on a connection to ``via``'s NATS servers."""
-    import nats
-
+    from meridian.backbone.connection import connect_once
     from meridian.security.pki import client_ssl
 
     cfg = _config(ctx)
     region = cfg.region(via) if via else cfg.regions[0]
 
-    async def quiet(exc: Exception) -> None:
-        """Without an error callback nats-py logs each failed attempt with a
-        traceback; the failure that matters is the one connect raises."""
-
-    # max_reconnect_attempts=0 makes nats-py 2.16 retry a refused first
-    # connection for ever (seen: `audit verify` hung with NATS down); one
-    # attempt per server, and a deadline over all of them.
-    async with asyncio.timeout(30):
-        nc = await nats.connect(
-            servers=list(region.agent_nats_urls),
-            tls=client_ssl(cfg),
-            connect_timeout=5,
-            max_reconnect_attempts=1,
-            allow_reconnect=False,
-            error_cb=quiet,
-        )
+    nc = await connect_once(region.agent_nats_urls, tls=client_ssl(cfg), timeout_s=5)
     try:
         return await fn(nc.jetstream(timeout=10))
     finally:

@@ -20,20 +20,18 @@ import functools
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-import nats.js.errors
 from nats.js import api
 from nats.js.client import JetStreamContext
 
 from meridian.backbone.connection import (
     BackboneConnection,
+    add_stream_if_missing,
     reraise_if_cancelling,
     translate_nats_errors,
 )
 from meridian.backbone.sources import SourceRepair
 
 T = TypeVar("T")
-
-STREAM_NAME_IN_USE = 10058
 
 
 class RegionFanIn:
@@ -121,17 +119,15 @@ class RegionFanIn:
         A stream made by an earlier version without direct gets gains them."""
         js = self._js()
         for config in configs:
-            try:
-                await self._call(f"create stream {config.name}", js.add_stream(config))
-            except nats.js.errors.BadRequestError as exc:
-                if exc.err_code != STREAM_NAME_IN_USE:
-                    raise
-                if config.allow_direct:
-                    info = await self._call(
-                        f"read stream {config.name}", js.stream_info(config.name or "")
-                    )
-                    if not info.config.allow_direct:
-                        await self._call(f"update stream {config.name}", js.update_stream(config))
+            made = await self._call(
+                f"create stream {config.name}", add_stream_if_missing(js, config)
+            )
+            if not made and config.allow_direct:
+                info = await self._call(
+                    f"read stream {config.name}", js.stream_info(config.name or "")
+                )
+                if not info.config.allow_direct:
+                    await self._call(f"update stream {config.name}", js.update_stream(config))
 
     async def ensure_sources(self, config: api.StreamConfig) -> bool:
         """Give the existing stream ``config`` names the sources of ``config`` if its

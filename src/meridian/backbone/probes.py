@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import api
 
-from meridian.backbone.connection import NATS_FAILURES, BackboneConnection
+from meridian.backbone.connection import NATS_FAILURES, BackboneConnection, add_stream_if_missing
 from meridian.config import GLOBAL_CLUSTER
 from meridian.core.hlc import Clock, SkewMonitor
 from meridian.core.status import GlobalObservation, PeerObservation, ReplicaObservation
@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 PROBE_STREAM = "MERIDIAN_PROBE"
 PROBE_SUBJECT = "meridian.probe"
-STREAM_NAME_IN_USE = 10058
 
 
 def ping_subject(region: str) -> str:
@@ -71,11 +70,7 @@ class GlobalProbe:
             max_msgs_per_subject=1,
             placement=api.Placement(cluster=GLOBAL_CLUSTER),
         )
-        try:
-            await js.add_stream(config)
-        except nats.js.errors.BadRequestError as exc:
-            if exc.err_code != STREAM_NAME_IN_USE:
-                raise
+        await add_stream_if_missing(js, config)
         self._stream_ready = True
 
     async def observe(self) -> GlobalObservation:

@@ -35,6 +35,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 
+from meridian.backbone.connection import connect_once
 from meridian.backbone.topology import build_topology
 from meridian.config import MeridianConfig
 from meridian.core.errors import FieldViolation, InvalidArgumentError, UnavailableError
@@ -154,11 +155,6 @@ async def read_servers(
     return out
 
 
-async def _reported_by_connect(exc: Exception) -> None:
-    """nats-py's error callback: without one it logs each failed attempt with a
-    traceback; the failure that matters is raised by ``connect`` and reported."""
-
-
 class _Connections:
     """One NATS connection per region, opened when first needed; a region with
     no configured servers is asked through the first region's."""
@@ -181,18 +177,9 @@ class _Connections:
         if region not in self._open:
             urls = list(self._servers[region])
             try:
-                # nats-py 2.16 retries a refused first connect for ever with
-                # max_reconnect_attempts=0; 1 gives up (NoServersError), and the
-                # deadline bounds whatever else it does.
-                async with asyncio.timeout(2 * self._timeout_s):
-                    self._open[region] = await nats.connect(
-                        servers=urls,
-                        tls=self._tls,
-                        connect_timeout=self._timeout_s,
-                        max_reconnect_attempts=1,
-                        allow_reconnect=False,
-                        error_cb=_reported_by_connect,
-                    )
+                self._open[region] = await connect_once(
+                    urls, tls=self._tls, timeout_s=self._timeout_s
+                )
             except (nats.errors.Error, OSError, TimeoutError) as exc:
                 raise UnavailableError(
                     f"cannot connect to {region}'s NATS servers "

@@ -17,7 +17,6 @@ happened; nothing is dropped.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 import uuid
@@ -31,7 +30,6 @@ from meridian.core.hlc import HlcTimestamp
 PENDING_FILE = "audit-pending.jsonl"
 #: The audit stream's subject (meridian.audit.store.ENTRY_SUBJECT).
 ENTRY_SUBJECT = "mg.audit.entry"
-CONNECT_DEADLINE_S = 8.0
 ACTION = "admin:ca"
 RESOURCE = 'Control::"ca"'
 
@@ -70,20 +68,9 @@ def _keep(ca_dir: Path, entries: list[AuditEntry]) -> Path:
 
 
 async def _append(urls: list[str], tls: Any, entries: list[AuditEntry]) -> None:
-    import nats
+    from meridian.backbone.connection import connect_once
 
-    async def quiet(exc: Exception) -> None:
-        """The failure that matters is the one connect raises."""
-
-    async with asyncio.timeout(CONNECT_DEADLINE_S):
-        nc = await nats.connect(
-            servers=urls,
-            tls=tls,
-            connect_timeout=3,
-            max_reconnect_attempts=1,
-            allow_reconnect=False,
-            error_cb=quiet,
-        )
+    nc = await connect_once(urls, tls=tls, timeout_s=3)
     try:
         js = nc.jetstream(timeout=5)
         for e in entries:
@@ -122,7 +109,3 @@ def principal_of(cert_path: Path) -> str:
         return ""
     uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
     return next((u for u in uris if u.startswith("spiffe://")), "")
-
-
-def describe(entry: AuditEntry) -> str:
-    return json.dumps(dict(entry.detail), sort_keys=True)

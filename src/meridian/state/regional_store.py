@@ -29,7 +29,11 @@ import nats.errors
 import nats.js.errors
 from nats.js import api
 
-from meridian.backbone.connection import BackboneConnection, translate_nats_errors
+from meridian.backbone.connection import (
+    BackboneConnection,
+    add_stream_if_missing,
+    translate_nats_errors,
+)
 from meridian.core.errors import (
     FieldViolation,
     InvalidArgumentError,
@@ -44,8 +48,6 @@ from meridian.state.model import regional
 
 log = logging.getLogger(__name__)
 
-STREAM_NAME_IN_USE = 10058
-STREAM_NOT_FOUND = 10059
 #: A partition's view is proven fresh (a barrier every freshness interval)
 #: only while BOUNDED reads ask for it within this long.
 PROOF_IDLE_S = 30.0
@@ -81,16 +83,10 @@ def mirror_config(
 
 async def _add(conn: BackboneConnection, config: api.StreamConfig, timeout_s: float) -> bool:
     """Create a stream unless one of that name exists; whether this call made it."""
-    js = conn.jetstream(timeout_s)
-    try:
-        with translate_nats_errors(f"cannot create stream {config.name}"):
-            async with asyncio.timeout(timeout_s + 0.5):
-                await js.add_stream(config)
-        return True
-    except nats.js.errors.BadRequestError as exc:
-        if exc.err_code == STREAM_NAME_IN_USE:
-            return False
-        raise
+    with translate_nats_errors(f"cannot create stream {config.name}"):
+        async with asyncio.timeout(timeout_s + 0.5):
+            return await add_stream_if_missing(conn.jetstream(timeout_s), config)
+    raise AssertionError("unreachable")  # translate_nats_errors re-raises
 
 
 async def stream_cluster(conn: BackboneConnection, name: str, timeout_s: float) -> str | None:
