@@ -304,6 +304,10 @@ class GlobalKeyspaceStore:
         self._proven(asked_at, int(ack.seq))
         return int(ack.seq)
 
+    def bounded_read(self) -> None:
+        """A BOUNDED read asked how fresh the view is. A global keyspace proves it
+        all the time; a regional partition only while such reads come."""
+
     async def prove_freshness(self) -> None:
         """One freshness proof of the followed view: a barrier."""
         await self.barrier()

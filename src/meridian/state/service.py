@@ -22,19 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
-
-from google.protobuf.duration_pb2 import Duration
 
 from meridian._pb.meridian.v1 import state_pb2
 from meridian.core.batch import batch_violations, indexed
 from meridian.core.calls import CALLER
 from meridian.core.errors import (
     ClockSkewError,
-    ConflictError,
     FieldViolation,
     InvalidArgumentError,
     MeridianError,
@@ -56,91 +52,30 @@ from meridian.core.quota import StreamQuota
 from meridian.core.residency import refuse
 from meridian.observability.metrics import AgentMetrics
 from meridian.state.model import replicated as rep
-from meridian.state.model.crdt import LwwRegister, MultiValue, ORSet, PNCounter
 from meridian.state.model.regional import PARTITION, partition_violations
-from meridian.state.model.replicated import ReplicatedEntry
 from meridian.state.model.view import StoredEntry
-from meridian.state.regional_replica import PartitionReplica, RegionalReplica
+from meridian.state.regional_replica import RegionalReplica
 from meridian.state.replicas import GlobalReplica, ReplicatedReplica
+from meridian.state.wire import (
+    LEVEL_ORDER,
+    UNBOUNDED_S,
+    WIRE,
+    consistency_from_proto,
+    duration,
+    item_error,
+    merged_entry_pb,
+    page_after,
+    set_elements,
+    stored_entry,
+)
 
-Level = state_pb2.Consistency.Level
 DEFAULT_SCAN_LIMIT = 100
 MAX_SCAN_LIMIT = 1000
-MAX_SET_ELEMENTS = 1000
 MAX_DELTA = 2**53 - 1
-#: The largest protobuf Duration (10,000 years): the staleness bound of an
-#: EVENTUAL read whose freshness nothing has proven yet.
-UNBOUNDED_S = 315_576_000_000
-
-_LEVELS = {
-    Level.LEVEL_STRONG: ReadLevel.STRONG,
-    Level.LEVEL_BOUNDED: ReadLevel.BOUNDED,
-    Level.LEVEL_EVENTUAL: ReadLevel.EVENTUAL,
-}
-#: Weakest first: a scan over several partitions is served at the weakest of them.
-_LEVEL_ORDER = {ReadLevel.EVENTUAL: 0, ReadLevel.BOUNDED: 1, ReadLevel.STRONG: 2}.__getitem__
-_WIRE = {
-    ReadLevel.STRONG: Level.LEVEL_STRONG,
-    ReadLevel.BOUNDED: Level.LEVEL_BOUNDED,
-    ReadLevel.EVENTUAL: Level.LEVEL_EVENTUAL,
-}
 
 Replica = GlobalReplica | ReplicatedReplica | RegionalReplica
 #: A replica that serves keys itself (a regional keyspace's is its key's partition).
 Resolved = GlobalReplica | ReplicatedReplica
-
-
-def _duration(seconds: float) -> Duration:
-    d = Duration()
-    d.FromNanoseconds(int(seconds * 1e9))
-    return d
-
-
-def _stored(e: StoredEntry) -> state_pb2.Entry:
-    return state_pb2.Entry(
-        key=e.key, value=e.value, revision=e.revision, hlc=e.hlc, region=e.region
-    )
-
-
-def _merged(e: ReplicatedEntry) -> state_pb2.Entry:
-    out = state_pb2.Entry(key=e.key, revision=e.revision, hlc=e.hlc, region=e.region)
-    state = e.state
-    if isinstance(state, LwwRegister):
-        out.value = state.value or b""
-        out.hlc, out.region = state.hlc.to_int(), state.region
-    elif isinstance(state, PNCounter):
-        out.counter = state.value
-    elif isinstance(state, ORSet):
-        out.elements.extend(sorted(state.elements))
-    elif isinstance(state, MultiValue):
-        siblings = state.siblings()
-        out.siblings.extend(
-            state_pb2.Sibling(value=d.value, hlc=d.hlc.to_int(), region=d.region) for d in siblings
-        )
-        if siblings:
-            newest = siblings[-1]
-            out.value, out.hlc, out.region = newest.value, newest.hlc.to_int(), newest.region
-    return out
-
-
-def _item_error(exc: MeridianError) -> state_pb2.ItemError:
-    current = exc.current_revision if isinstance(exc, ConflictError) else 0
-    return state_pb2.ItemError(code=exc.code.value, message=exc.message, current_revision=current)
-
-
-def consistency_from_proto(
-    msg: state_pb2.Consistency, present: bool, default: ReadLevel
-) -> Consistency:
-    if not present or msg.level == Level.LEVEL_UNSPECIFIED:
-        level = default
-    elif msg.level in _LEVELS:
-        level = _LEVELS[msg.level]
-    else:
-        raise InvalidArgumentError(
-            FieldViolation("consistency.level", "must be STRONG, BOUNDED or EVENTUAL")
-        )
-    staleness = msg.max_staleness.ToNanoseconds() / 1e9 if msg.HasField("max_staleness") else 0.0
-    return Consistency(level, staleness)
 
 
 class StateApi:
@@ -272,7 +207,7 @@ class StateApi:
                     response=await self._read(replica, key, served, staleness)
                 )
             except MeridianError as exc:
-                return state_pb2.GetManyResult(error=_item_error(exc))
+                return state_pb2.GetManyResult(error=item_error(exc))
 
         if served is ReadLevel.STRONG:  # each through the leader: all at once
             results = await asyncio.gather(*(one(key) for key in keys))
@@ -295,7 +230,7 @@ class StateApi:
                     response=await self._read(part, key, served, staleness)
                 )
             except MeridianError as exc:
-                return state_pb2.GetManyResult(error=_item_error(exc))
+                return state_pb2.GetManyResult(error=item_error(exc))
 
         return state_pb2.GetManyResponse(results=await asyncio.gather(*(one(k) for k in keys)))
 
@@ -327,7 +262,9 @@ class StateApi:
             if entry is None or not rep.exists(entry.state):
                 raise NotFoundError(f"{replica.keyspace.name}/{key} does not exist")
             return state_pb2.GetResponse(
-                entry=_merged(entry), served=_WIRE[served], staleness_bound=_duration(staleness)
+                entry=merged_entry_pb(entry),
+                served=WIRE[served],
+                staleness_bound=duration(staleness),
             )
         if served is ReadLevel.STRONG:
             found = await replica.store.get_strong(key)
@@ -336,13 +273,13 @@ class StateApi:
         if found is None:
             raise NotFoundError(f"{replica.keyspace.name}/{key} does not exist")
         return state_pb2.GetResponse(
-            entry=_stored(found), served=_WIRE[served], staleness_bound=_duration(staleness)
+            entry=stored_entry(found), served=WIRE[served], staleness_bound=duration(staleness)
         )
 
     def _global_serving(self, replica: GlobalReplica, want: Consistency) -> tuple[ReadLevel, float]:
         if want.level is ReadLevel.STRONG:
             return ReadLevel.STRONG, 0.0
-        if want.level is ReadLevel.BOUNDED and isinstance(replica, PartitionReplica):
+        if want.level is ReadLevel.BOUNDED:
             replica.store.bounded_read()
         staleness = replica.staleness(time.monotonic())
         if staleness is None:
@@ -377,7 +314,7 @@ class StateApi:
         limit = request.limit or DEFAULT_SCAN_LIMIT
         if limit > MAX_SCAN_LIMIT:
             violations.append(FieldViolation("limit", f"must be at most {MAX_SCAN_LIMIT}"))
-        after = self._page_after(request, replica, violations)
+        after = page_after(request, replica.keyspace.key_max_bytes, violations)
         check(violations)
         present = request.HasField("consistency")
         if isinstance(replica, ReplicatedReplica):
@@ -389,21 +326,21 @@ class StateApi:
                 for e in replica.view.scan(request.prefix, after, limit + 1)
                 if rep.exists(e.state)
             ]
-            entries = [_merged(e) for e in found]
+            entries = [merged_entry_pb(e) for e in found]
         elif isinstance(replica, RegionalReplica):
             want = consistency_from_proto(request.consistency, present, ReadLevel.EVENTUAL)
             served, staleness = ReadLevel.STRONG, 0.0
             keys: list[StoredEntry] = []
             for part in replica.matching(request.prefix):
                 level, bound = await self._global_scan_ready(part, want)
-                served, staleness = min(served, level, key=_LEVEL_ORDER), max(staleness, bound)
+                served, staleness = min(served, level, key=LEVEL_ORDER), max(staleness, bound)
                 keys += part.view.scan(request.prefix, after, limit + 1)
             keys.sort(key=lambda e: e.key)
-            entries = [_stored(e) for e in keys[: limit + 1]]
+            entries = [stored_entry(e) for e in keys[: limit + 1]]
         else:
             want = consistency_from_proto(request.consistency, present, ReadLevel.EVENTUAL)
             served, staleness = await self._global_scan_ready(replica, want)
-            entries = [_stored(e) for e in replica.view.scan(request.prefix, after, limit + 1)]
+            entries = [stored_entry(e) for e in replica.view.scan(request.prefix, after, limit + 1)]
         self._count(request.keyspace, want.level, served)
         token = ""
         if len(entries) > limit:
@@ -412,8 +349,8 @@ class StateApi:
         return state_pb2.ScanResponse(
             entries=entries,
             next_page_token=token,
-            served=_WIRE[served],
-            staleness_bound=_duration(staleness),
+            served=WIRE[served],
+            staleness_bound=duration(staleness),
         )
 
     async def _global_scan_ready(
@@ -427,24 +364,6 @@ class StateApi:
             await replica.wait_applied(seq, self.strong_timeout_s)
         return served, staleness
 
-    @staticmethod
-    def _page_after(
-        request: state_pb2.ScanRequest, replica: Replica, violations: list[FieldViolation]
-    ) -> str:
-        if not request.page_token:
-            return ""
-        try:
-            after = base64.urlsafe_b64decode(request.page_token.encode("ascii")).decode()
-        except (ValueError, binascii.Error, UnicodeError):
-            after = "\0"
-        if key_violations(after, replica.keyspace.key_max_bytes) or not after.startswith(
-            request.prefix
-        ):
-            violations.append(
-                FieldViolation("page_token", "is not a token from a previous Scan of this prefix")
-            )
-        return after
-
     async def watch(self, request: state_pb2.WatchRequest) -> AsyncIterator[state_pb2.WatchEvent]:
         """Validate, then return the stream of changes (errors raise before streaming)."""
         replica = self._replica(request.keyspace)
@@ -457,7 +376,7 @@ class StateApi:
             async def merged_stream() -> AsyncIterator[state_pb2.WatchEvent]:
                 async for e in merged_events:
                     kind = put if rep.exists(e.state) else deleted
-                    yield state_pb2.WatchEvent(kind=kind, entry=_merged(e))
+                    yield state_pb2.WatchEvent(kind=kind, entry=merged_entry_pb(e))
 
             return self.stream_quota.guard(CALLER.get().identity, "watch", merged_stream())
         if isinstance(replica, RegionalReplica):
@@ -480,7 +399,7 @@ class StateApi:
                         kind=deleted, entry=state_pb2.Entry(key=key, revision=seq)
                     )
                 else:
-                    yield state_pb2.WatchEvent(kind=put, entry=_stored(entry))
+                    yield state_pb2.WatchEvent(kind=put, entry=stored_entry(entry))
 
         return self.stream_quota.guard(CALLER.get().identity, "watch", stored_stream())
 
@@ -514,7 +433,7 @@ class StateApi:
             try:
                 return state_pb2.PutManyResult(written=await self._put(replica, put))
             except MeridianError as exc:
-                return state_pb2.PutManyResult(error=_item_error(exc))
+                return state_pb2.PutManyResult(error=item_error(exc))
 
         results = await asyncio.gather(*(one(r, p) for r, p in zip(replicas, puts, strict=True)))
         return state_pb2.PutManyResponse(results=results)
@@ -597,7 +516,7 @@ class StateApi:
 
     async def set_add(self, request: state_pb2.SetRequest) -> state_pb2.WriteResponse:
         replica = self._typed(request.keyspace, request.key, ConflictPolicy.SET, "SetAdd")
-        elements = self._elements(request, replica)
+        elements = set_elements(request, replica.keyspace.key_max_bytes)
         return await self._mutate(
             replica,
             request.key,
@@ -606,7 +525,7 @@ class StateApi:
 
     async def set_remove(self, request: state_pb2.SetRequest) -> state_pb2.WriteResponse:
         replica = self._typed(request.keyspace, request.key, ConflictPolicy.SET, "SetRemove")
-        elements = self._elements(request, replica)
+        elements = set_elements(request, replica.keyspace.key_max_bytes)
         return await self._mutate(
             replica,
             request.key,
@@ -625,26 +544,6 @@ class StateApi:
                 )
             )
         return replica
-
-    @staticmethod
-    def _elements(request: state_pb2.SetRequest, replica: Replica) -> list[str]:
-        elements = list(request.elements)
-        violations: list[FieldViolation] = []
-        if not elements:
-            violations.append(FieldViolation("elements", "name at least one element"))
-        if len(elements) > MAX_SET_ELEMENTS:
-            violations.append(FieldViolation("elements", f"at most {MAX_SET_ELEMENTS} per call"))
-        for i, element in enumerate(elements[:MAX_SET_ELEMENTS]):
-            size = len(element.encode("utf-8", errors="surrogatepass"))
-            if not 1 <= size <= replica.keyspace.key_max_bytes:
-                violations.append(
-                    FieldViolation(
-                        f"elements[{i}]",
-                        f"must be 1 to {replica.keyspace.key_max_bytes} bytes",
-                    )
-                )
-        check(violations)
-        return elements
 
     async def _mutate(
         self,
