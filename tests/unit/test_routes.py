@@ -12,6 +12,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import ServiceDescriptor
 
 from meridian.events.service import EventsApi
+from meridian.flags.service import FlagApi
 from meridian.idempotency.service import IdempotencyApi
 from meridian.invocation.service import InvocationApi, RegistryApi
 from meridian.policy.service import PolicyApi
@@ -35,6 +36,7 @@ IMPLEMENTATIONS: dict[str, tuple[object, ...]] = {
     "RegistryService": (RegistryApi,),
     "InvocationService": (InvocationApi,),
     "PolicyService": (PolicyApi,),
+    "FlagService": (FlagApi,),
 }
 
 #: The paths from before the one URL style, kept as aliases. Adding or dropping
@@ -54,7 +56,7 @@ def test_every_rpc_of_the_contract_is_bound_to_a_handler() -> None:
     routes = build_routes(IMPLEMENTATIONS)
     names = {(r.service, r.method) for r in routes}
     expected = {(s.name, m.name) for s in contract_services() for m in s.methods}
-    assert names == expected and len(routes) == len(expected) == 33
+    assert names == expected and len(routes) == len(expected) == 40
     get_many = next(r for r in routes if r.method == "GetMany")
     assert get_many.handler is StateApi.get_many
     assert get_many.grpc_path == "/meridian.v1.StateService/GetMany"

@@ -50,6 +50,8 @@ from meridian.events.component import EventsComponent
 from meridian.events.groups import ConsumerGroups
 from meridian.events.push import PushDeliveries
 from meridian.events.service import EventsApi
+from meridian.flags.service import FlagApi
+from meridian.flags.store import FlagsComponent
 from meridian.idempotency.service import IdempotencyApi
 from meridian.idempotency.store import IdempotencyComponent
 from meridian.invocation.registry import RegistryComponent
@@ -303,6 +305,15 @@ class Agent:
             timeout_s=config.agent.quorum_timeout_s,
             hlc=self.hlc,
         )
+        # Feature flags: the global keyspace followed into a cache, evaluated here.
+        self.flags = FlagsComponent(
+            self.conn,
+            region=region,
+            replicas=min(3, len(config.regions)),
+            timeout_s=config.agent.quorum_timeout_s,
+            hlc=self.hlc,
+            metrics=self.metrics,
+        )
         #: One cap on watches and subscriptions per caller identity, across both.
         self.stream_quota = StreamQuota()
         self.state_api = StateApi(
@@ -369,6 +380,7 @@ class Agent:
                 trust_domain=config.security.trust_domain,
                 trail=self.audit,
             ),
+            flags=FlagApi(self.flags, region=region, trail=self.audit),
             guard=self.guard,
         )
         rc = self.region_config
@@ -398,6 +410,7 @@ class Agent:
         self.components: list[Component] = [
             self.audit,
             self.policy,
+            self.flags,
             self.state,
             self.idempotency,
             self.events,

@@ -18,7 +18,6 @@ by ``explain``, 2 a bad file, a refused request or an unreachable agent.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import sys
@@ -27,6 +26,7 @@ from typing import Any
 
 import click
 
+from meridian.cli.errors import ask_agent as _ask
 from meridian.cli.errors import fail as _fail
 from meridian.core.errors import MeridianError
 from meridian.policy.engine import compile_policies
@@ -41,43 +41,6 @@ def _read(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         _fail(f"cannot read {path}: {exc}")
-
-
-def _ask(ctx: click.Context, via: str | None, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    """POST ``body`` to ``path`` on an agent; the response, or exit 2 saying why."""
-    import aiohttp
-
-    from meridian.security.pki import client_ssl
-
-    try:
-        cfg = ctx.find_root().obj.config
-        agent = cfg.region(via) if via else cfg.regions[0]
-        tls = client_ssl(cfg)
-    except MeridianError as exc:
-        _fail(exc.message)
-
-    async def post() -> tuple[int, Any]:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
-            session.post(f"{agent.http_url}{path}", json=body, ssl=tls or True) as resp,
-        ):
-            return resp.status, await resp.json(content_type=None)
-
-    try:
-        status, data = asyncio.run(post())
-    except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-        _fail(f"cannot reach the {agent.name} agent at {agent.http_url}: {exc or type(exc)}")
-    if status != 200:
-        err: dict[str, Any] = {"message": str(data)}
-        if isinstance(data, dict):
-            err = data.get("error", data)
-        violations = err.get("violations") or []
-        lines = [f"{v['field']}: {v['rule']}" for v in violations] or [err.get("message", "")]
-        _fail(
-            f"{agent.name} agent refused it ({err.get('code', status)}):\n  " + "\n  ".join(lines)
-        )
-    result: dict[str, Any] = data
-    return result
 
 
 _via = click.option("--via", default=None, help="Ask this region's agent (default: the first).")

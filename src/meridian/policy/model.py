@@ -22,6 +22,8 @@ resource                     actions
 ``Service::"inventory"``     ``invoke``, ``registry:register``,
                              ``registry:read`` (``Service::"*"``: every service)
 ``Agent::"us-east"``         ``health:read``, ``status:read``
+``Flag::"new-checkout"``     ``flags:evaluate``, ``admin:flags`` (``Flag::"*"``:
+                             every flag, for bulk evaluation and listing)
 ``Control::"policies"``      ``admin:policies`` (and, as they land, ``flags``,
                              ``rollouts``, ``contracts``, ``ca``, ``audit``)
 ===========================  ================================================
@@ -53,6 +55,7 @@ entity Keyspace;
 entity Topic;
 entity Cache;
 entity Scope;
+entity Flag;
 entity Control;
 
 type Context = {
@@ -80,6 +83,8 @@ action "admin:policies"
   appliesTo { principal: [Agent, Service, Gateway, Operator], resource: [Control], context: Context };
 action "admin:rehome"
   appliesTo { principal: [Agent, Service, Gateway, Operator], resource: [Keyspace], context: Context };
+action "flags:evaluate", "admin:flags"
+  appliesTo { principal: [Agent, Service, Gateway, Operator], resource: [Flag], context: Context };
 """
 
 #: Every action, as the schema declares it.
@@ -99,12 +104,14 @@ ACTIONS: frozenset[str] = frozenset(
         "status:read",
         "admin:policies",
         "admin:rehome",
+        "flags:evaluate",
+        "admin:flags",
     }
 )
 
 #: The resource types, as the schema declares them.
 RESOURCE_TYPES: frozenset[str] = frozenset(
-    {"Agent", "Service", "Keyspace", "Topic", "Cache", "Scope", "Control"}
+    {"Agent", "Service", "Keyspace", "Topic", "Cache", "Scope", "Flag", "Control"}
 )
 
 #: The Cedar type of each kind of identity that may call an agent (NATS servers never do).

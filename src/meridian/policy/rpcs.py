@@ -123,6 +123,20 @@ def _rehome(r: state_pb2.RehomeRequest, ctx: RpcContext) -> Iterable[Access]:
     return (Access("admin:rehome", "Keyspace", r.keyspace, r.partition),)
 
 
+def _flag(action: str) -> Rule:
+    def rule(r: Any, ctx: RpcContext) -> Iterable[Access]:
+        return (Access(action, "Flag", r.key),)
+
+    return rule
+
+
+def _all_flags(action: str) -> Rule:
+    def rule(r: Any, ctx: RpcContext) -> Iterable[Access]:
+        return (Access(action, "Flag", "*"),)
+
+    return rule
+
+
 #: The RPCs that are admin changes when the principal matches: each is
 #: recorded in the audit log, and waited for, before it runs (policy pushes
 #: are recorded by PolicyService itself, with the set's digest).
@@ -170,4 +184,12 @@ RULES: Mapping[str, Rule] = {
     "PolicyService/PutPolicies": _admin,
     "PolicyService/GetPolicies": _admin,
     "PolicyService/Explain": _admin,
+    # Flag changes are recorded by FlagService itself, once checked.
+    "FlagService/Evaluate": _flag("flags:evaluate"),
+    "FlagService/EvaluateAll": _all_flags("flags:evaluate"),
+    "FlagService/SetFlag": _flag("admin:flags"),
+    "FlagService/GetFlag": _flag("admin:flags"),
+    "FlagService/ListFlags": _all_flags("admin:flags"),
+    "FlagService/KillFlag": _flag("admin:flags"),
+    "FlagService/DeleteFlag": _flag("admin:flags"),
 }

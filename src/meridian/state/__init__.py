@@ -19,12 +19,15 @@ from meridian.state.global_store import (
     GlobalKeyspaceStore,
 )
 from meridian.state.model import replicated as _replicated
+from meridian.state.model.view import KeyspaceView, StoredEntry
 
 __all__ = [
     "HLC_HEADER",
     "KV_OPERATION",
     "REGION_HEADER",
     "GlobalKeyspaceStore",
+    "KeyspaceView",
+    "StoredEntry",
     "replicated_deleted",
 ]
 

@@ -35,6 +35,7 @@ from meridian.observability.tracing import extract_context
 
 if TYPE_CHECKING:
     from meridian.events.service import EventsApi
+    from meridian.flags.service import FlagApi
     from meridian.idempotency.service import IdempotencyApi
     from meridian.invocation.service import InvocationApi, RegistryApi
     from meridian.policy import Guard
@@ -101,6 +102,7 @@ class Services:
     registry: RegistryApi
     invocation: InvocationApi
     policy: PolicyApi
+    flags: FlagApi
     #: Authorizes every call (meridian.policy.guard).
     guard: Guard
 
@@ -115,6 +117,7 @@ class Services:
             "RegistryService": (self.registry,),
             "InvocationService": (self.invocation,),
             "PolicyService": (self.policy,),
+            "FlagService": (self.flags,),
         }
 
 

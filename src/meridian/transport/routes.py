@@ -29,6 +29,7 @@ from google.protobuf.message import Message
 
 from meridian._pb.meridian.v1 import (
     events_pb2,
+    flags_pb2,
     health_pb2,
     idempotency_pb2,
     invocation_pb2,
@@ -47,6 +48,7 @@ CONTRACT: tuple[ModuleType, ...] = (
     events_pb2,
     invocation_pb2,
     policy_pb2,
+    flags_pb2,
 )
 
 #: The one URL style: ``/v1/<resource>/<the RPC's name in kebab-case>``, or

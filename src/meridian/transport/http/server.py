@@ -44,6 +44,7 @@ from meridian.observability.metrics import CONTENT_TYPE
 from meridian.security.tls import Callers, ReloadingContext
 from meridian.transport.api import AgentApi, Services
 from meridian.transport.errors import error_body, mapping_for
+from meridian.transport.http import ofrep
 from meridian.transport.routes import Route, RouteError, build_routes
 
 #: The largest value (8 MiB) base64-encoded, plus the envelope.
@@ -158,6 +159,16 @@ class HttpTransport:
                 else:
                     app.router.add_get(binding.path, self._query_route(route))
         app.router.add_get("/metrics", self._metrics)
+        by_name = {(r.service, r.method): r for r in self.routes}
+        single, bulk = ofrep.handlers(
+            api,
+            services.flags,
+            by_name["FlagService", "Evaluate"],
+            by_name["FlagService", "EvaluateAll"],
+            _caller,
+        )
+        app.router.add_post(ofrep.SINGLE, single)
+        app.router.add_post(ofrep.BULK, bulk)
         self.invocation = services.invocation
         app.router.add_route("*", "/v1/invoke/{service}", self._invoke)
         app.router.add_route("*", "/v1/invoke/{service}/{method:.*}", self._invoke)
