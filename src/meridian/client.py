@@ -34,6 +34,7 @@ from meridian._pb.meridian.v1 import (
     state_pb2,
 )
 from meridian.client_channel import FollowedChannel
+from meridian.client_flags import Flag, FlagEvaluation, Flags
 from meridian.client_types import (
     _KINDS,
     _OUTCOMES,
@@ -76,6 +77,8 @@ __all__ = [
     "Bounded",
     "Entry",
     "Eventual",
+    "Flag",
+    "FlagEvaluation",
     "MeridianClient",
     "OnceResult",
     "OutgoingEvent",
@@ -118,6 +121,11 @@ class MeridianClient:
     _events = property(lambda self: self.channels.stubs().events)
     _registry = property(lambda self: self.channels.stubs().registry)
     _invocation = property(lambda self: self.channels.stubs().invocation)
+
+    @property
+    def flags(self) -> Flags:
+        """Feature flags (:mod:`meridian.client_flags`)."""
+        return Flags(lambda: self.channels.stubs().flags, self._call)
 
     async def _call(self, fn: Callable[..., Awaitable[T]], request: Any) -> T:
         try:

@@ -23,6 +23,7 @@ import grpc
 
 from meridian._pb.meridian.v1 import (
     events_pb2_grpc,
+    flags_pb2_grpc,
     idempotency_pb2_grpc,
     invocation_pb2_grpc,
     state_pb2_grpc,
@@ -60,6 +61,7 @@ class Stubs:
         self.events = events_pb2_grpc.EventServiceStub(channel)  # type: ignore[no-untyped-call]
         self.registry = invocation_pb2_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
         self.invocation = invocation_pb2_grpc.InvocationServiceStub(channel)  # type: ignore[no-untyped-call]
+        self.flags = flags_pb2_grpc.FlagServiceStub(channel)  # type: ignore[no-untyped-call]
 
 
 class FollowedChannel:

@@ -32,6 +32,7 @@ from meridian.config.security import INSECURE_ENV
 from meridian.core.errors import MeridianError
 from meridian.core.redact import redact
 from meridian.demo.cli import demo
+from meridian.flags.cli import flags
 from meridian.gateway.cli import gateway
 from meridian.policy.cli import policy
 from meridian.residency.cli import residency
@@ -513,6 +514,7 @@ cli.add_command(demo)
 cli.add_command(gateway)
 cli.add_command(ca)
 cli.add_command(policy)
+cli.add_command(flags)
 cli.add_command(audit)
 cli.add_command(residency)
 
