@@ -10,6 +10,7 @@ use tonic::transport::Endpoint;
 
 use crate::error::Error;
 use crate::events::EventsClient;
+use crate::flags::FlagsClient;
 use crate::idempotency::IdempotencyClient;
 use crate::invocation::Invoke;
 use crate::pb;
@@ -220,6 +221,12 @@ impl Client {
         RegistryClient::new(self.raw_registry(), self.timeout)
     }
 
+    /// The Flag API: set, kill and delete feature flags (flagd's format) for
+    /// every region, and evaluate them in this agent's region.
+    pub fn flags(&self) -> FlagsClient {
+        FlagsClient::new(self.raw_flags(), self.timeout)
+    }
+
     /// A call to `method` (the path after the service name, e.g.
     /// `orders/42`) of the `http` service `service`, through the agent: a
     /// healthy instance, local first, with the service's resilience policy.
@@ -332,6 +339,15 @@ impl Client {
         )
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// The generated FlagService client on this connection. Its errors are
+    /// raw `tonic::Status`es; `Error::from(status)` types them.
+    pub fn raw_flags(&self) -> pb::flag_service_client::FlagServiceClient<TracedChannel> {
+        pb::flag_service_client::FlagServiceClient::with_interceptor(
+            self.channel.clone(),
+            TraceContextInterceptor,
+        )
     }
 
     /// The underlying tonic channel, to build any other generated client

@@ -22,6 +22,9 @@
 //! - [`invocation`]: [`Client::invoke`] calls another service's HTTP
 //!   endpoint through the agent, which picks a healthy instance (local region
 //!   first) and fails over across regions ([`InvokeResponse`] says who answered);
+//! - [`flags`]: [`Client::flags`] sets, kills and deletes feature flags
+//!   (flagd's format) for every region and evaluates them in the agent's
+//!   own ([`FlagEvaluation`]); [`flags::fractional`] is flagd's bucketing;
 //! - [`tls`]: [`ClientBuilder::tls`] connects with mutual TLS, presenting a
 //!   SPIFFE identity from files ([`TlsFiles`]) that are read again when
 //!   they are re-issued, and accepting only an agent of the same trust domain;
@@ -67,6 +70,7 @@ pub mod canonical;
 mod client;
 mod error;
 pub mod events;
+pub mod flags;
 pub mod hlc;
 pub mod idempotency;
 pub mod invocation;
@@ -93,6 +97,7 @@ pub use error::{CURRENT_REVISION_METADATA, ERROR_CODE_METADATA, ERROR_FIELD_META
 pub use events::{
     Acker, Delivery, Event, EventsClient, OutgoingEvent, Published, Source, Start, Subscription,
 };
+pub use flags::{Flag, FlagEvaluation, FlagsClient};
 pub use idempotency::{Begun, IdempotencyClient, OnceError, OnceResult, Outcome, StoredResponse};
 pub use invocation::{Invoke, InvokeResponse};
 pub use registry::{

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use meridian::canonical::{PayloadKind, canonicalize, fingerprint};
+use meridian::flags::{bucket_hash, fractional};
 use meridian::hlc::Timestamp;
 use serde_json::Value;
 
@@ -134,4 +135,64 @@ fn every_invalid_hlc_vector() {
             ),
         }
     }
+}
+
+/// A `fractional` case's weights, as (variant, weight) pairs.
+fn weights(case: &Value) -> Vec<(String, u32)> {
+    case["weights"]
+        .as_array()
+        .unwrap_or_else(|| panic!("case {case} has no weights list"))
+        .iter()
+        .map(|pair| {
+            let variant = pair[0].as_str().unwrap_or_else(|| panic!("{case}: {pair}"));
+            let weight = pair[1].as_u64().unwrap_or_else(|| panic!("{case}: {pair}"));
+            let weight = u32::try_from(weight).unwrap_or_else(|_| panic!("{case}: {pair}"));
+            (variant.to_owned(), weight)
+        })
+        .collect()
+}
+
+#[test]
+fn every_bucketing_hash_vector() {
+    let doc = load("flag_bucketing.json");
+    for case in cases(&doc, "hash") {
+        let input = field(case, "input");
+        let expected = case["murmur3_x86_32"].as_u64().expect("murmur3_x86_32");
+        assert_eq!(u64::from(bucket_hash(input)), expected, "{input:?}");
+    }
+}
+
+#[test]
+fn every_fractional_vector() {
+    let doc = load("flag_bucketing.json");
+    for case in cases(&doc, "fractional") {
+        let bucket_by = field(case, "bucket_by");
+        let weights = weights(case);
+        assert_eq!(
+            fractional(bucket_by, &weights),
+            Some(field(case, "variant")),
+            "{bucket_by:?} over {weights:?}"
+        );
+    }
+}
+
+#[test]
+fn other_weights_move_some_fractional_vector() {
+    // The check above is not vacuous: the same inputs over the same weights
+    // in the other order (which moves the bucket boundaries) pick another
+    // variant for some vectors. A 50/50 split reversed moves every one.
+    let doc = load("flag_bucketing.json");
+    let (mut tried, mut moved) = (0, 0);
+    for case in cases(&doc, "fractional") {
+        let mut reversed = weights(case);
+        reversed.reverse();
+        tried += 1;
+        if fractional(field(case, "bucket_by"), &reversed) != Some(field(case, "variant")) {
+            moved += 1;
+        }
+    }
+    assert!(
+        moved > 0,
+        "reversing the weights moved none of {tried} vectors"
+    );
 }

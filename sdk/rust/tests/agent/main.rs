@@ -11,7 +11,8 @@
 //! The sandbox must declare the keyspaces of tests/e2e: `accounts` (global),
 //! `carts` (replicated, lww), `stock` (replicated, counter) and `tags`
 //! (replicated, set). The event tests use topics, groups and event ids of
-//! their own (event ids are the dedup identity across topics).
+//! their own (event ids are the dedup identity across topics); the flag
+//! tests use flag keys of their own.
 //!
 //! One test binary with a module per API, so that `cargo test` runs all of
 //! them in one process, side by side: a binary each would run one after the
@@ -20,6 +21,7 @@
 mod client;
 mod common;
 mod events;
+mod flags;
 mod idempotency;
 mod registry;
 mod state;
