@@ -63,6 +63,19 @@
 //	resp, err := c.Invoke(ctx, "inventory", "reservations", body, meridian.Header("Content-Type", "application/json"))
 //	fmt.Println(resp.Status, resp.Region, resp.Instance)
 //
+// # Feature flags
+//
+// Flags are written in flagd's flag format and stored for every region by
+// SetFlag; each agent evaluates its own copy, with its region in the
+// evaluation context as "region". KillFlag is the kill switch, served
+// everywhere from one global write. Package flags computes fractional
+// rollouts offline, as the agent does.
+//
+//	_, err = c.SetFlag(ctx, "new-checkout", []byte(`{"state":"ENABLED","variants":{"on":true,"off":false},
+//		"defaultVariant":"off","targeting":{"fractional":[["on",10],["off",90]]}}`))
+//	ev, err := c.EvaluateFlag(ctx, "new-checkout", map[string]any{"targetingKey": userID})
+//	if ev.Value == true { ... }
+//
 // # Errors
 //
 // Every method returns nil or an *Error carrying the stable code the agent
@@ -155,6 +168,7 @@ type Client struct {
 	healthRPC     meridianv1.HealthServiceClient
 	statusRPC     meridianv1.StatusServiceClient
 	invocationRPC meridianv1.InvocationServiceClient
+	flagsRPC      meridianv1.FlagServiceClient
 
 	closeOnce sync.Once
 	closeErr  error
@@ -221,6 +235,7 @@ func NewClient(conn *grpc.ClientConn) *Client {
 		healthRPC:     meridianv1.NewHealthServiceClient(conn),
 		statusRPC:     meridianv1.NewStatusServiceClient(conn),
 		invocationRPC: meridianv1.NewInvocationServiceClient(conn),
+		flagsRPC:      meridianv1.NewFlagServiceClient(conn),
 	}
 }
 

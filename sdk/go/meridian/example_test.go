@@ -253,6 +253,53 @@ func ExampleClient_Invoke() {
 	_, _ = c.Invoke(ctx, "inventory", "stock/sku-1", nil, meridian.Verb("GET"), meridian.Query(url.Values{"fresh": {"1"}}))
 }
 
+func ExampleClient_SetFlag() {
+	ctx := context.Background()
+	c, err := meridian.Dial(ctx, "127.0.0.1:14020")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	// 10% of the users in eu-west, by their targetingKey; nobody elsewhere.
+	f, err := c.SetFlag(ctx, "new-checkout", []byte(`{"state":"ENABLED","variants":{"on":true,"off":false},
+		"defaultVariant":"off","targeting":{"if":[{"==":[{"var":"region"},"eu-west"]},
+		{"fractional":[["on",10],["off",90]]},"off"]}}`))
+	var merr *meridian.Error
+	if errors.As(err, &merr) && merr.Code == meridian.CodeInvalidArgument {
+		log.Fatalf("refused: %s %s", merr.Field, merr.Rule) // e.g. definition.defaultVariant
+	} else if err != nil {
+		log.Fatal(err)
+	}
+	// Widen it only if nobody changed it since.
+	_, err = c.SetFlag(ctx, "new-checkout", []byte(`{"state":"ENABLED","variants":{"on":true,"off":false},
+		"defaultVariant":"off","targeting":{"fractional":[["on",50],["off",50]]}}`), meridian.IfRevision(f.Revision))
+	if errors.Is(err, meridian.ErrConflict) {
+		fmt.Println("someone else changed new-checkout; read it again")
+	}
+	// The kill switch, in every region at once.
+	if _, err := c.KillFlag(ctx, "new-checkout", ""); err != nil {
+		log.Fatal(err)
+	}
+}
+
+func ExampleClient_EvaluateFlag() {
+	ctx := context.Background()
+	c, err := meridian.Dial(ctx, "127.0.0.1:14020")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	ev, err := c.EvaluateFlag(ctx, "new-checkout", map[string]any{"targetingKey": "user-1", "plan": "pro"})
+	if err != nil {
+		log.Fatal(err) // the call failed: unreachable agent, bad key, ...
+	}
+	if ev.ErrorCode != "" {
+		fmt.Println("evaluation failed, using the default:", ev.ErrorCode, ev.ErrorDetails)
+	}
+	newCheckout := ev.Value == true
+	fmt.Println(newCheckout, ev.Variant, ev.Reason)
+}
+
 func ExampleRegistry_Register() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -264,7 +264,8 @@ func (s *State) PutMany(ctx context.Context, puts []PutItem) ([]ManyWrite, error
 	return out, nil
 }
 
-// WriteOption configures Put and Delete.
+// WriteOption configures Put and Delete, and the flag changes SetFlag,
+// KillFlag and DeleteFlag (IfRevision only).
 type WriteOption func(*writeOptions)
 
 type writeOptions struct {
@@ -274,7 +275,9 @@ type writeOptions struct {
 
 // IfRevision makes a Put or Delete conditional: it happens only if the key's
 // current revision is exactly rev, else it fails with ErrConflict carrying
-// the current revision (global keyspaces).
+// the current revision (global keyspaces). It makes a flag change
+// conditional the same way, on the flag's Revision (0 for SetFlag: only if
+// the flag does not exist yet).
 func IfRevision(rev uint64) WriteOption {
 	return func(o *writeOptions) { o.ifRevision = &rev }
 }
