@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meridian.flags.targeting import (
     MAX_DEPTH,
     check_rule,
+    compile_rule,
     distribute,
     murmur3_32,
     run,
@@ -157,3 +158,92 @@ def test_a_good_rule_passes_the_checks() -> None:
         ]
     }
     assert check_rule(rule, VARIANTS, "t") == []
+
+
+_NAMES = st.sampled_from(["region", "tier", "n", "targetingKey", "missing", "$flagd.flagKey"])
+_LEAVES = st.one_of(
+    st.integers(-3, 3),
+    st.sampled_from(["on", "off", "us-east", "gold", "1.2.3", ""]),
+    st.booleans(),
+    st.none(),
+    _NAMES.map(lambda n: {"var": n}),
+)
+_OPS = st.sampled_from(
+    ["if", "==", "===", "!=", "!==", "<", "<=", ">", ">=", "!", "!!", "and", "or", "in",
+     "cat", "substr", "missing", "starts_with", "ends_with", "sem_ver", "fractional"]
+)  # fmt: skip
+_RULES = st.recursive(
+    _LEAVES,
+    lambda inner: st.one_of(
+        st.builds(lambda op, args: {op: args}, _OPS, st.lists(inner, max_size=4)),
+        st.builds(lambda op, arg: {op: arg}, _OPS, inner),
+        st.lists(inner, max_size=3),
+    ),
+    max_leaves=12,
+)
+_DATA = st.fixed_dictionaries(
+    {
+        "region": st.sampled_from(["us-east", "eu-west"]),
+        "tier": st.sampled_from(["gold", "tin", 1]),
+        "n": st.integers(-2, 2),
+        "targetingKey": st.text(max_size=5),
+        "$flagd": st.just({"flagKey": "f", "timestamp": 0}),
+    }
+)
+
+
+def _outcome(fn: Any) -> Any:
+    try:
+        return ("ok", fn())
+    except Exception as exc:
+        return ("raised", type(exc).__name__)
+
+
+_TRICKY = [
+    {"and": [True, 0, "x"]},
+    {"and": [1, "x"]},
+    {"and": []},
+    {"or": [0, "", "x", 1]},
+    {"or": [0, False]},
+    {"or": []},
+    {"if": []},
+    {"if": [True]},
+    {"if": [False, "a"]},
+    {"if": [False, "a", "b"]},
+    {"if": [0, "a", 1, "b"]},
+    {"if": [0, "a", 0, "b", "c"]},
+    {"if": [{"var": "n"}, "a", "b"]},
+    {"!": {"var": "missing"}},
+    {"missing": ["region", "nope"]},
+    {"==": [1, "1"]},
+    {"===": [1, "1"]},
+    {"in": ["east", {"var": "region"}]},
+    {"cat": [{"var": "$flagd.flagKey"}, {"var": "n"}]},
+    {"substr": [{"var": "region"}, 3]},
+    [1, {"var": "tier"}],
+    {"a": 1, "b": 2},
+]
+
+
+@pytest.mark.parametrize("rule", _TRICKY)
+def test_compiled_special_forms_match_the_interpreter(rule: Any) -> None:
+    data = {"region": "us-east", "tier": "gold", "n": 0, "$flagd": {"flagKey": "f"}}
+    assert _outcome(lambda: compile_rule(rule)(dict(data))) == _outcome(
+        lambda: run(rule, dict(data))
+    )
+
+
+@settings(max_examples=400)
+@given(_RULES, _DATA)
+def test_a_compiled_rule_gives_what_the_interpreter_gives(rule: Any, data: dict[str, Any]) -> None:
+    expected = _outcome(lambda: run(rule, dict(data)))
+    try:
+        compiled = compile_rule(rule)
+    except ReferenceError:
+        pytest.fail("every operator of the subset compiles")
+    assert _outcome(lambda: compiled(dict(data))) == expected
+
+
+def test_compiling_refuses_an_operator_outside_the_subset() -> None:
+    with pytest.raises(ReferenceError):
+        compile_rule({"if": [{"map": [[1], {"var": ""}]}, 1, 2]})

@@ -29,7 +29,7 @@ from typing import Any
 import mmh3
 import semver
 from json_logic import jsonLogic
-from json_logic.builtins import BUILTINS
+from json_logic.builtins import BUILTINS, not_, to_bool
 
 from meridian.core.errors import FieldViolation
 
@@ -187,9 +187,83 @@ _OPERATIONS: dict[str, Any] = {
 
 
 def run(rule: Any, data: Mapping[str, Any]) -> Any:
-    """The rule's result for ``data``. Raises on a rule that can't be run
-    (ReferenceError for an operator outside the subset, TypeError, ...)."""
-    return jsonLogic(rule, dict(data), _OPERATIONS)
+    """The rule's result for ``data``, by ``panzi-json-logic``'s interpreter.
+    Raises on a rule that can't be run (ReferenceError for an operator outside
+    the subset, TypeError, ...)."""
+    return jsonLogic(rule, data if isinstance(data, dict) else dict(data), _OPERATIONS)
+
+
+Compiled = Callable[[dict[str, Any]], Any]
+
+
+def compile_rule(rule: Any) -> Compiled:
+    """``rule`` as a function of the data, giving what :func:`run` gives.
+
+    The interpreter walks the rule's tree on every evaluation (some 7 µs for a
+    region check around a ``fractional``; a bulk evaluation runs one per
+    flag). This walks it once, into closures over the same operations
+    (``panzi-json-logic``'s builtins and flagd's), with the interpreter's
+    special forms (``if``, ``and``, ``or``) written the way it evaluates them;
+    a property test holds it to :func:`run` on generated rules. Raises
+    ReferenceError for an operator outside the subset, as :func:`run` does
+    when it reaches it (checked rules have none)."""
+    if isinstance(rule, list):
+        items = [compile_rule(r) for r in rule]
+        return lambda data: [f(data) for f in items]
+    if not isinstance(rule, dict) or len(rule) != 1:
+        return lambda data: rule
+    op, raw = next(iter(rule.items()))
+    args = [compile_rule(a) for a in (raw if isinstance(raw, list) else [raw])]
+    if op == "if":
+        return _compile_if(args)
+    if op == "and":
+        return _compile_and(args)
+    if op == "or":
+        return _compile_or(args)
+    fn = _OPERATIONS.get(op)
+    if fn is None:
+        raise ReferenceError(f"Unrecognized operation: {op!r}")
+    if len(args) == 1:
+        only = args[0]
+        return lambda data: fn(data, only(data))
+    return lambda data: fn(data, *[a(data) for a in args])
+
+
+def _compile_if(args: list[Compiled]) -> Compiled:
+    def run_if(data: dict[str, Any]) -> Any:
+        last = len(args) - 1
+        i = 0
+        while i < last:
+            if to_bool(args[i](data)):
+                return args[i + 1](data)
+            i += 2
+        return args[i](data) if i < len(args) else None
+
+    return run_if
+
+
+def _compile_and(args: list[Compiled]) -> Compiled:
+    def run_and(data: dict[str, Any]) -> Any:
+        current = None
+        for a in args:
+            current = a(data)
+            if not_(current):
+                return current
+        return current
+
+    return run_and
+
+
+def _compile_or(args: list[Compiled]) -> Compiled:
+    def run_or(data: dict[str, Any]) -> Any:
+        current = None
+        for a in args:
+            current = a(data)
+            if to_bool(current):
+                return current
+        return current
+
+    return run_or
 
 
 def check_rule(rule: Any, variants: Mapping[str, Any], field: str) -> list[FieldViolation]:
