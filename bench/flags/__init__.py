@@ -1,0 +1,1 @@
+"""``scripts/bench-flags``: what feature flags cost and how fast a change travels."""

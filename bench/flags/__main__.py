@@ -1,0 +1,3 @@
+from bench.flags.run import main
+
+raise SystemExit(main())
