@@ -27,12 +27,14 @@ from meridian.chaos.workloads.bank import BankWorkload
 from meridian.chaos.workloads.base import Workload
 from meridian.chaos.workloads.bounded import BoundedWorkload
 from meridian.chaos.workloads.events import EventsWorkload
+from meridian.chaos.workloads.flags import FlagsWorkload
 from meridian.chaos.workloads.idempotency import IdempotencyWorkload
 from meridian.chaos.workloads.register import RegisterWorkload
 from meridian.chaos.workloads.replicated import ReplicatedWorkload
 from meridian.chaos.workloads.residency import ResidencyWorkload
 from meridian.config import MeridianConfig
 from meridian.core.keyspace import Keyspace
+from meridian.flags.store import KEYSPACE as FLAGS_KEYSPACE
 
 Schedule = Callable[[MeridianConfig, float], list[Step]]
 
@@ -77,6 +79,7 @@ WORKLOADS: dict[str, Callable[[], Workload]] = {
     "events": EventsWorkload,
     "bounded": BoundedWorkload,
     "residency": ResidencyWorkload,
+    "flags": FlagsWorkload,
 }
 
 #: The stream of the bounded workload's global keyspace (whose leader the smoke
@@ -85,6 +88,10 @@ BOUNDED_STREAM = f"KV_{Keyspace(bounded.GLOBAL).bucket}"
 #: The stream of the register workload's keyspace (whose leader's region the
 #: register smoke scenario cuts off).
 REGISTER_STREAM = f"KV_{Keyspace(register.KEYSPACE).bucket}"
+
+#: The stream of the flags keyspace (whose leader's region the flags smoke
+#: scenario cuts off).
+FLAGS_STREAM = f"KV_{FLAGS_KEYSPACE.bucket}"
 
 #: Every fault the nemesis knows, by name, against the region furthest from the others.
 FAULTS: dict[str, Callable[[], Fault]] = {
@@ -160,6 +167,19 @@ SMOKE: dict[str, Scenario] = {
             lambda: [ResidencyWorkload()],
             lambda config, duration: faults_in_middle(
                 Partition("us-east", "both"), KillRegion("eu-west")
+            )(config, duration),
+            40.0,
+        ),
+        Scenario(
+            "flags-leader-partition-kill",
+            "A flag changed by compare-and-set through a rotating region, evaluated by "
+            "readers in every region, while the region holding the flags' leader is cut "
+            "off, then eu-west is killed and restarted: every evaluation served (the cut-off "
+            "region from what it has), no reader going back, nothing unwritten served, and "
+            "every region on the newest generation after the heal?",
+            lambda: [FlagsWorkload()],
+            lambda config, duration: faults_in_middle(
+                PartitionByLeader(FLAGS_STREAM), KillRegion("eu-west")
             )(config, duration),
             40.0,
         ),

@@ -38,6 +38,17 @@ def fault_windows(
     return out
 
 
+def excused(
+    region: str, at: int, excuses: list[tuple[str, str, int, int | None]], grace_ns: int
+) -> bool:
+    """Whether an op of ``region`` at ``at`` fell in one of ``excuses`` (from
+    :func:`fault_windows`) of that region, or within ``grace_ns`` after it healed."""
+    return any(
+        r == region and start <= at and (healed is None or at <= healed + grace_ns)
+        for _kind, r, start, healed in excuses
+    )
+
+
 class AlwaysWritableChecker:
     name = "always-writable"
 
@@ -48,17 +59,12 @@ class AlwaysWritableChecker:
         excuses = fault_windows(history, PROCESS_FAULTS)
         writes = [op for op in history.ops() if op.f in WRITE_FS]
         errors: list[dict[str, Any]] = []
-        excused = 0
+        n_excused = 0
         for op in writes:
             if op.type == "ok":
                 continue
-            if any(
-                region == op.region
-                and start <= op.start
-                and (healed is None or op.start <= healed + self.grace_ns)
-                for _kind, region, start, healed in excuses
-            ):
-                excused += 1
+            if excused(op.region, op.start, excuses, self.grace_ns):
+                n_excused += 1
                 continue
             errors.append(
                 {
@@ -72,7 +78,7 @@ class AlwaysWritableChecker:
         by_region: dict[str, int] = {}
         for err in errors:
             by_region[err["region"]] = by_region.get(err["region"], 0) + 1
-        details = {"writes": len(writes), "excused": excused, "refused_by_region": by_region}
+        details = {"writes": len(writes), "excused": n_excused, "refused_by_region": by_region}
         if not writes:
             return Verdict(self.name, None, "no replicated write to check", details=details)
         if errors:
@@ -86,5 +92,5 @@ class AlwaysWritableChecker:
                 details,
             )
         return Verdict(
-            self.name, True, f"all {len(writes)} writes accepted ({excused} excused)", [], details
+            self.name, True, f"all {len(writes)} writes accepted ({n_excused} excused)", [], details
         )
