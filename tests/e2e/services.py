@@ -45,6 +45,7 @@ class ServiceFleet:
         delay_ms: float = 0.0,
         instance_id: str = "",
         port: int = 0,
+        version: str = "",
     ) -> ServiceInstance:
         agent = self.sandbox.config.region(region).http_url
         cmd = [
@@ -72,6 +73,8 @@ class ServiceFleet:
         ]
         if instance_id:
             cmd += ["--instance-id", instance_id]
+        if version:
+            cmd += ["--version", version]
         cmd += ["--tls-dir", str(self.sandbox.service_tls(service))]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert proc.stdout is not None

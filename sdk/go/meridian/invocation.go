@@ -44,6 +44,8 @@ type Response struct {
 	Instance string
 	// Attempts is how many attempts the agent made, the first included.
 	Attempts int
+	// Version is the version the serving instance registered.
+	Version string
 }
 
 // Invoke calls method (the path after the service name, e.g. "orders/42";
@@ -77,6 +79,7 @@ func (c *Client) Invoke(ctx context.Context, service, method string, body []byte
 		Region:   resp.GetRegion(),
 		Instance: resp.GetInstanceId(),
 		Attempts: int(resp.GetAttempts()),
+		Version:  resp.GetVersion(),
 	}
 	for _, h := range resp.GetHeaders() {
 		out.Header.Add(h.GetName(), h.GetValue())

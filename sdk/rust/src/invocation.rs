@@ -204,6 +204,8 @@ pub struct InvokeResponse {
     pub instance: String,
     /// Attempts the agent made, the first included.
     pub attempts: u32,
+    /// The version the instance that answered registered.
+    pub version: String,
 }
 
 impl InvokeResponse {
@@ -217,6 +219,7 @@ impl InvokeResponse {
             region: r.region,
             instance: r.instance_id,
             attempts: r.attempts,
+            version: r.version,
         }
     }
 
@@ -324,14 +327,15 @@ mod tests {
             region: "eu-west".into(),
             instance_id: "orders-eu-west-1".into(),
             attempts: 2,
+            version: "v2".into(),
         });
         assert_eq!(r.status, 503);
         assert!(!r.is_success());
         assert_eq!(r.header("content-type"), Some("text/plain"));
         assert_eq!(r.header("x-missing"), None);
         assert_eq!(
-            (r.region.as_str(), r.instance.as_str(), r.attempts),
-            ("eu-west", "orders-eu-west-1", 2)
+            (r.region.as_str(), r.instance.as_str(), r.attempts, r.version.as_str()),
+            ("eu-west", "orders-eu-west-1", 2, "v2")
         );
     }
 }

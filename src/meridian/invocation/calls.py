@@ -52,6 +52,8 @@ class Reply:
     grpc_details: str = ""
     region: str = ""
     instance_id: str = ""
+    #: The version the serving instance registered.
+    version: str = ""
     attempts: int = 1
     fallback: bool = False
 

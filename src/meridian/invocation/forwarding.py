@@ -234,6 +234,7 @@ class PeerForwarder:
                 grpc_details=g.details,
                 region=g.region,
                 instance_id=g.instance_id,
+                version=g.version,
             )
         h = result.http
         return Reply(
@@ -242,6 +243,7 @@ class PeerForwarder:
             status=h.status,
             region=h.region,
             instance_id=h.instance_id,
+            version=h.version,
         )
 
     async def _on_forwarded(self, msg: Msg) -> None:
@@ -314,6 +316,7 @@ class PeerForwarder:
                         metadata=[pb.Header(name=k, value=v) for k, v in reply.headers],
                         region=reply.region,
                         instance_id=reply.instance_id,
+                        version=reply.version,
                     )
                 )
             else:
@@ -324,6 +327,7 @@ class PeerForwarder:
                         body=reply.body,
                         region=reply.region,
                         instance_id=reply.instance_id,
+                        version=reply.version,
                     )
                 )
         except AttemptFailed as failed:

@@ -166,6 +166,8 @@ class InstanceView:
     endpoint: str
     protocol: str
     healthy: bool
+    #: The version it registered ("" if none).
+    version: str = ""
 
 
 @dataclass

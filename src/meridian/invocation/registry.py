@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -87,6 +88,7 @@ class _Lease:
             endpoint=self.reg.endpoint,
             protocol=self.reg.protocol,
             healthy=self.health == HEALTHY and self.suspect_until <= time.monotonic(),
+            version=self.reg.version,
         )
 
 
@@ -272,7 +274,7 @@ class RegistryComponent(Background):
         views: dict[str, InstanceView] = {}
         for v in self.replica.instances(service, now):
             if self._suspects.get(v.instance_id, 0.0) > now and v.healthy:
-                v = InstanceView(v.instance_id, v.service, v.region, v.endpoint, v.protocol, False)
+                v = dataclasses.replace(v, healthy=False)
             views[v.instance_id] = v
         for lease in self._leases.values():
             if lease.reg.service == service and lease.expires_at > now:
@@ -345,6 +347,7 @@ class RegistryComponent(Background):
                 endpoint=inst.endpoint,
                 protocol=PROTOCOL_NAMES.get(inst.protocol, "http"),
                 healthy=status.health == HEALTHY,
+                version=inst.version,
             ),
             now,
         )

@@ -73,6 +73,18 @@ from meridian.invocation.resilience.retry import (
 from meridian.observability.metrics import AgentMetrics
 
 MAX_REROUTES = 8
+#: The header (gRPC metadata key) that pins a call to one version of the service.
+VERSION_HEADER = "meridian-version"
+
+
+def pinned_version(headers: tuple[tuple[str, str], ...]) -> str | None:
+    """The version a call is pinned to (``Meridian-Version``), or None."""
+    for name, value in headers:
+        if name.lower() == VERSION_HEADER:
+            return value.strip()
+    return None
+
+
 log = logging.getLogger(__name__)
 
 _BREAKER_GAUGE = {BreakerState.CLOSED: 0, BreakerState.OPEN: 1, BreakerState.HALF_OPEN: 2}
@@ -396,7 +408,14 @@ class Invoker(Background):
         local_only: bool,
     ) -> Reply:
         now = time.monotonic()
-        pool = target.pool(self.registry.instances(call.service), call.protocol, self.region, now)
+        views = self.registry.instances(call.service)
+        pin = pinned_version(call.headers)
+        if pin is None:
+            pool = target.pool(views, call.protocol, self.region, now)
+        else:
+            # A call pinned to a version sees only that version's instances,
+            # here and in the regions it may go to (they apply the pin too).
+            pool = _Pool([v for v in views if v.version == pin], call.protocol, self.region)
         ejected = target.outlier.ejected(now)
         local = pool.local
         if avoid_instances:
@@ -436,7 +455,8 @@ class Invoker(Background):
                 not_sent=True,
                 region=self.region,
             )
-        raise NoRoute(f"no healthy instance of service {call.service!r} in any region")
+        of = f" at version {pin!r}" if pin is not None else ""
+        raise NoRoute(f"no healthy instance of service {call.service!r}{of} in any region")
 
     async def _call_local(
         self,
@@ -474,7 +494,7 @@ class Invoker(Background):
             if outstanding[iid] <= 0:
                 del outstanding[iid]
         detector.record(iid, reply.outcome(), time.monotonic())
-        reply.region, reply.instance_id = self.region, iid
+        reply.region, reply.instance_id, reply.version = self.region, iid, view.version
         return reply
 
     async def _serve_locally(self, call: Call, deadline: float) -> Reply:

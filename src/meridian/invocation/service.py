@@ -142,6 +142,7 @@ def reply_headers(reply: Reply) -> list[tuple[str, str]]:
         *reply.headers,
         ("Meridian-Region", reply.region),
         ("Meridian-Instance", reply.instance_id),
+        ("Meridian-Version", reply.version),
         ("Meridian-Attempts", str(reply.attempts)),
     ]
 
@@ -262,4 +263,5 @@ class InvocationApi:
             region=reply.region,
             instance_id=reply.instance_id,
             attempts=reply.attempts,
+            version=reply.version,
         )

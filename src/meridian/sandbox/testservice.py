@@ -161,7 +161,7 @@ class TestService:
         body: dict[str, Any] = {
             "instance": {
                 "service": self.args.service,
-                "version": "test",
+                "version": self.args.version,
                 "endpoint": f"127.0.0.1:{port}",
                 "protocol": "PROTOCOL_GRPC" if self.args.protocol == "grpc" else "PROTOCOL_HTTP",
                 "healthCheck": {"httpPath": "/healthz", "interval": f"{self.args.check_interval}s"},
@@ -250,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--admin-port", type=int, default=0)
     p.add_argument("--instance-id", default="")
+    p.add_argument("--version", default="test", help="the version it registers")
     p.add_argument("--ttl", type=float, default=5.0)
     p.add_argument("--check-interval", type=float, default=0.5)
     p.add_argument("--fail-rate", type=float, default=0.0)

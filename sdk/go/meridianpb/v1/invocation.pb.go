@@ -910,7 +910,9 @@ type InvokeResponse struct {
 	Region     string `protobuf:"bytes,4,opt,name=region,proto3" json:"region,omitempty"`
 	InstanceId string `protobuf:"bytes,5,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
 	// Attempts made, the first included.
-	Attempts      uint32 `protobuf:"varint,6,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	Attempts uint32 `protobuf:"varint,6,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// The version the serving instance registered.
+	Version       string `protobuf:"bytes,7,opt,name=version,proto3" json:"version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -987,6 +989,13 @@ func (x *InvokeResponse) GetAttempts() uint32 {
 	return 0
 }
 
+func (x *InvokeResponse) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
 var File_meridian_v1_invocation_proto protoreflect.FileDescriptor
 
 const file_meridian_v1_invocation_proto_rawDesc = "" +
@@ -1048,7 +1057,7 @@ const file_meridian_v1_invocation_proto_rawDesc = "" +
 	"\thttp_verb\x18\x03 \x01(\tR\bhttpVerb\x12\x14\n" +
 	"\x05query\x18\x04 \x01(\tR\x05query\x12-\n" +
 	"\aheaders\x18\x05 \x03(\v2\x13.meridian.v1.HeaderR\aheaders\x12\x12\n" +
-	"\x04body\x18\x06 \x01(\fR\x04body\"\xc0\x01\n" +
+	"\x04body\x18\x06 \x01(\fR\x04body\"\xda\x01\n" +
 	"\x0eInvokeResponse\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\x05R\x06status\x12-\n" +
 	"\aheaders\x18\x02 \x03(\v2\x13.meridian.v1.HeaderR\aheaders\x12\x12\n" +
@@ -1056,7 +1065,8 @@ const file_meridian_v1_invocation_proto_rawDesc = "" +
 	"\x06region\x18\x04 \x01(\tR\x06region\x12\x1f\n" +
 	"\vinstance_id\x18\x05 \x01(\tR\n" +
 	"instanceId\x12\x1a\n" +
-	"\battempts\x18\x06 \x01(\rR\battempts*J\n" +
+	"\battempts\x18\x06 \x01(\rR\battempts\x12\x18\n" +
+	"\aversion\x18\a \x01(\tR\aversion*J\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rPROTOCOL_HTTP\x10\x01\x12\x11\n" +

@@ -155,6 +155,7 @@ class InvocationProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
             (
                 ("meridian-region", reply.region),
                 ("meridian-instance", reply.instance_id),
+                ("meridian-version", reply.version),
                 ("meridian-attempts", str(reply.attempts)),
             )
         )

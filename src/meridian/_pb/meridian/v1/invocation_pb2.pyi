@@ -440,6 +440,7 @@ class InvokeResponse(_message.Message):
     REGION_FIELD_NUMBER: _builtins.int
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     status: _builtins.int
     """The instance's HTTP status; a 5xx from the instance is a response, not an
     error. Errors of the call itself (no instance anywhere, bulkhead full,
@@ -451,6 +452,8 @@ class InvokeResponse(_message.Message):
     instance_id: _builtins.str
     attempts: _builtins.int
     """Attempts made, the first included."""
+    version: _builtins.str
+    """The version the serving instance registered."""
     @_builtins.property
     def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Header]: ...
     def __init__(
@@ -462,10 +465,11 @@ class InvokeResponse(_message.Message):
         region: _builtins.str = ...,
         instance_id: _builtins.str = ...,
         attempts: _builtins.int = ...,
+        version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "body", b"body", "headers", b"headers", "instance_id", b"instance_id", "region", b"region", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "body", b"body", "headers", b"headers", "instance_id", b"instance_id", "region", b"region", "status", b"status", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

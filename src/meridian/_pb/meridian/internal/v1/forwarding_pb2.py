@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from meridian._pb.meridian.v1 import invocation_pb2 as meridian_dot_v1_dot_invocation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%meridian/internal/v1/forwarding.proto\x12\x14meridian.internal.v1\x1a\x1cmeridian/v1/invocation.proto\"\x9e\x01\n\rForwardedCall\x12\x15\n\rorigin_region\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x04\x12*\n\x04http\x18\x03 \x01(\x0b\x32\x1a.meridian.v1.InvokeRequestH\x00\x12.\n\x04grpc\x18\x04 \x01(\x0b\x32\x1e.meridian.internal.v1.GrpcCallH\x00\x42\x06\n\x04\x63\x61ll\"h\n\x08GrpcCall\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0b\x66ull_method\x18\x02 \x01(\t\x12%\n\x08metadata\x18\x03 \x03(\x0b\x32\x13.meridian.v1.Header\x12\x0f\n\x07request\x18\x04 \x01(\x0c\"\xaf\x01\n\x0f\x46orwardedResult\x12+\n\x04http\x18\x01 \x01(\x0b\x32\x1b.meridian.v1.InvokeResponseH\x00\x12\x30\n\x04grpc\x18\x02 \x01(\x0b\x32 .meridian.internal.v1.GrpcResultH\x00\x12\x33\n\x05\x65rror\x18\x03 \x01(\x0b\x32\".meridian.internal.v1.ForwardErrorH\x00\x42\x08\n\x06result\"\x89\x01\n\nGrpcResult\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65tails\x18\x02 \x01(\t\x12\x10\n\x08response\x18\x03 \x01(\x0c\x12%\n\x08metadata\x18\x04 \x03(\x0b\x32\x13.meridian.v1.Header\x12\x0e\n\x06region\x18\x05 \x01(\t\x12\x13\n\x0binstance_id\x18\x06 \x01(\t\"?\n\x0c\x46orwardError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x10\n\x08not_sent\x18\x03 \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%meridian/internal/v1/forwarding.proto\x12\x14meridian.internal.v1\x1a\x1cmeridian/v1/invocation.proto\"\x9e\x01\n\rForwardedCall\x12\x15\n\rorigin_region\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x04\x12*\n\x04http\x18\x03 \x01(\x0b\x32\x1a.meridian.v1.InvokeRequestH\x00\x12.\n\x04grpc\x18\x04 \x01(\x0b\x32\x1e.meridian.internal.v1.GrpcCallH\x00\x42\x06\n\x04\x63\x61ll\"h\n\x08GrpcCall\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0b\x66ull_method\x18\x02 \x01(\t\x12%\n\x08metadata\x18\x03 \x03(\x0b\x32\x13.meridian.v1.Header\x12\x0f\n\x07request\x18\x04 \x01(\x0c\"\xaf\x01\n\x0f\x46orwardedResult\x12+\n\x04http\x18\x01 \x01(\x0b\x32\x1b.meridian.v1.InvokeResponseH\x00\x12\x30\n\x04grpc\x18\x02 \x01(\x0b\x32 .meridian.internal.v1.GrpcResultH\x00\x12\x33\n\x05\x65rror\x18\x03 \x01(\x0b\x32\".meridian.internal.v1.ForwardErrorH\x00\x42\x08\n\x06result\"\x9a\x01\n\nGrpcResult\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65tails\x18\x02 \x01(\t\x12\x10\n\x08response\x18\x03 \x01(\x0c\x12%\n\x08metadata\x18\x04 \x03(\x0b\x32\x13.meridian.v1.Header\x12\x0e\n\x06region\x18\x05 \x01(\t\x12\x13\n\x0binstance_id\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x07 \x01(\t\"?\n\x0c\x46orwardError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x10\n\x08not_sent\x18\x03 \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,7 +40,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FORWARDEDRESULT']._serialized_start=361
   _globals['_FORWARDEDRESULT']._serialized_end=536
   _globals['_GRPCRESULT']._serialized_start=539
-  _globals['_GRPCRESULT']._serialized_end=676
-  _globals['_FORWARDERROR']._serialized_start=678
-  _globals['_FORWARDERROR']._serialized_end=741
+  _globals['_GRPCRESULT']._serialized_end=693
+  _globals['_FORWARDERROR']._serialized_start=695
+  _globals['_FORWARDERROR']._serialized_end=758
 # @@protoc_insertion_point(module_scope)

@@ -136,12 +136,15 @@ class GrpcResult(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     REGION_FIELD_NUMBER: _builtins.int
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """The gRPC status code name, "OK" on success."""
     details: _builtins.str
     response: _builtins.bytes
     region: _builtins.str
     instance_id: _builtins.str
+    version: _builtins.str
+    """The version the serving instance registered."""
     @_builtins.property
     def metadata(self) -> _containers.RepeatedCompositeFieldContainer[_invocation_pb2.Header]: ...
     def __init__(
@@ -153,10 +156,11 @@ class GrpcResult(_message.Message):
         metadata: _abc.Iterable[_invocation_pb2.Header] | None = ...,
         region: _builtins.str = ...,
         instance_id: _builtins.str = ...,
+        version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "details", b"details", "instance_id", b"instance_id", "metadata", b"metadata", "region", b"region", "response", b"response"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "details", b"details", "instance_id", b"instance_id", "metadata", b"metadata", "region", b"region", "response", b"response", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
