@@ -41,8 +41,18 @@ def test_a_flag_reaches_every_region_and_the_kill_switch_turns_it_off(
     root = sandbox.config_path.parent
     path = root / "only-ap-south.json"
     path.write_text(json.dumps(ONLY_AP_SOUTH))
-    out = sandbox.cli("flags", "set", "e2e-new-search", str(path), "--via", "us-east")
-    assert out.stdout.startswith("set e2e-new-search at revision ")
+    # A change waits for its audit entry and the global quorum, which may still
+    # be settling after the previous test's heal (QUORUM_UNAVAILABLE: retry).
+    deadline = time.monotonic() + 60  # a hang guard, not a speed check
+    while True:
+        out = sandbox.cli(
+            "flags", "set", "e2e-new-search", str(path), "--via", "us-east", check=False
+        )
+        if out.returncode == 0 or "QUORUM_UNAVAILABLE" not in out.stderr:
+            break
+        assert time.monotonic() < deadline, out.stderr
+        time.sleep(0.5)
+    assert out.stdout.startswith("set e2e-new-search at revision "), out.stderr
 
     # Each region evaluates with its own region: the flag is on in ap-south only.
     for region in REGIONS:
