@@ -122,10 +122,7 @@ class MeridianClient:
     _registry = property(lambda self: self.channels.stubs().registry)
     _invocation = property(lambda self: self.channels.stubs().invocation)
 
-    @property
-    def flags(self) -> Flags:
-        """Feature flags (:mod:`meridian.client_flags`)."""
-        return Flags(lambda: self.channels.stubs().flags, self._call)
+    flags = property(lambda self: Flags(lambda: self.channels.stubs().flags, self._call))
 
     async def _call(self, fn: Callable[..., Awaitable[T]], request: Any) -> T:
         try:

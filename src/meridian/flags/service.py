@@ -29,6 +29,7 @@ from meridian.core.errors import (
     FieldViolation,
     InvalidArgumentError,
     NotFoundError,
+    UnavailableError,
 )
 from meridian.flags.model import (
     ERROR,
@@ -208,6 +209,12 @@ class FlagApi:
         context = self._context("", request.context)
         if isinstance(context, Evaluation):
             raise InvalidArgumentError(FieldViolation("context", context.error_details))
+        if not self.flags.loaded:
+            # An empty list would read as "no flags": say it can't answer yet.
+            raise UnavailableError(
+                "this agent has not loaded the flags yet (the global quorum has not "
+                "been reached since it started); retry"
+            )
         evaluations, revision = self.evaluate_all_now(context)
         return pb.EvaluateAllFlagsResponse(
             evaluations=[evaluation_pb(e) for e in evaluations], revision=revision

@@ -65,7 +65,8 @@ def _rpc_error(key: str, error: MeridianError) -> web.Response:
     if error.code is ErrorCode.INVALID_ARGUMENT:
         return web.json_response(_error_json(key, "GENERAL", str(error)), status=400)
     if status >= 500:
-        return web.json_response({"errorDetails": str(error)}, status=status)
+        retry = {"Retry-After": "1"} if mapping_for(error).retryable else None
+        return web.json_response({"errorDetails": str(error)}, status=status, headers=retry)
     return web.json_response(error_body(error), status=status)
 
 
@@ -171,12 +172,6 @@ def handlers(
             return _rpc_error("", result.error)
         assert isinstance(result.response, flags_pb2.EvaluateAllFlagsResponse)
         response = result.response
-        if not flags.flags.loaded:
-            return web.json_response(
-                {"errorDetails": "this agent has not loaded the flags yet"},
-                status=503,
-                headers={"Retry-After": "1"},
-            )
         digest = hashlib.sha256(
             json.dumps(
                 [response.revision, flags.region, context], sort_keys=True, default=str
