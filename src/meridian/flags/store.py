@@ -16,39 +16,20 @@ evaluates as ``GENERAL`` error, never as some other flag's value.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import Iterator
 
-from meridian.backbone.connection import (
-    BackboneConnection,
-    ensure_until_done,
-    reraise_if_cancelling,
-    retry_forever,
-)
-from meridian.backbone.lifecycle import Background
-from meridian.config import GLOBAL_CLUSTER
-from meridian.core.errors import (
-    ConflictError,
-    InvalidArgumentError,
-    NotFoundError,
-    UnavailableError,
-)
+from meridian.backbone.connection import BackboneConnection
+from meridian.core.errors import ConflictError, InvalidArgumentError, NotFoundError
 from meridian.core.hlc import HybridLogicalClock
 from meridian.core.keyspace import Keyspace
 from meridian.flags.model import MAX_DEFINITION_BYTES, StoredFlag
 from meridian.observability.metrics import AgentMetrics
-from meridian.state import GlobalKeyspaceStore, KeyspaceView, StoredEntry
+from meridian.state import FollowedKeyspace
 
 log = logging.getLogger(__name__)
 
 KEYSPACE = Keyspace("_flags", value_max_bytes=MAX_DEFINITION_BYTES + 4096, history=64)
-#: Between attempts to follow the store after a failure.
-RETRY_S = 1.0
-#: How often the view's freshness is proven with a barrier (flags need no
-#: bounded reads; the barrier only marks an empty keyspace as caught up).
-FRESHNESS_INTERVAL_S = 30.0
 #: The most flags held (a bulk evaluation evaluates them all).
 MAX_FLAGS = 10_000
 
@@ -60,7 +41,7 @@ class Unreadable:
         self.reason = reason
 
 
-class FlagsComponent(Background):
+class FlagsComponent(FollowedKeyspace):
     """Follows ``_flags`` into :attr:`view`; see the module docstring."""
 
     name = "flags"
@@ -75,64 +56,16 @@ class FlagsComponent(Background):
         hlc: HybridLogicalClock,
         metrics: AgentMetrics,
     ) -> None:
-        super().__init__()
-        self.region = region
-        self.hlc = hlc
-        self.metrics = metrics
-        self.store = GlobalKeyspaceStore(
+        super().__init__(
             conn,
             KEYSPACE,
             region=region,
             replicas=replicas,
             timeout_s=timeout_s,
-            clock_now=hlc.now,
-            cluster=GLOBAL_CLUSTER,
+            hlc=hlc,
+            metrics=metrics,
         )
-        self.view: KeyspaceView[StoredEntry] = KeyspaceView()
         self._decoded: dict[str, tuple[int, StoredFlag | Unreadable]] = {}
-        self._changed = asyncio.Condition()
-
-    @property
-    def loaded(self) -> bool:
-        """Whether the view has caught up with the store at least once."""
-        return self.view.complete_seq > 0
-
-    @property
-    def revision(self) -> int:
-        """The last change applied: the version of the flag set held."""
-        return self.view.applied_seq
-
-    async def run(self) -> None:
-        # Serve at once: evaluations say PROVIDER_NOT_READY until the view has
-        # caught up, and the agent must not wait for the global quorum to start.
-        self.serving()
-        await ensure_until_done(self.store.conn, self.store.ensure, "flags keyspace")
-        await retry_forever("following the flags", self._follow, retry_s=RETRY_S)
-
-    async def _follow(self) -> None:
-        # The same view across restarts: what was applied is skipped, deletes
-        # made meanwhile arrive as their markers.
-        await self.store.follow(self.view, FRESHNESS_INTERVAL_S, self._on_applied)
-        reraise_if_cancelling()
-
-    async def _on_applied(self, hlc_wall_ms: int) -> None:
-        if hlc_wall_ms:
-            lag = max(0.0, time.time() - hlc_wall_ms / 1000)
-            self.metrics.cache_lag.labels(self.region, KEYSPACE.name).observe(lag)
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def wait_applied(self, revision: int, timeout_s: float) -> None:
-        """Return once the view holds ``revision`` (this agent's own write),
-        so a read here right after a change sees it; UNAVAILABLE otherwise."""
-        try:
-            async with asyncio.timeout(timeout_s), self._changed:
-                await self._changed.wait_for(lambda: self.view.applied_seq >= revision)
-        except TimeoutError:
-            raise UnavailableError(
-                f"the flag change at revision {revision} is stored but this region's "
-                f"feed did not show it within {timeout_s:g}s; it will"
-            ) from None
 
     def get(self, key: str) -> tuple[int, StoredFlag | Unreadable] | None:
         """The flag held for ``key`` and its revision; None when not defined."""
@@ -168,12 +101,12 @@ class FlagsComponent(Background):
             if if_revision is None and self.view.get(key) is None and len(self.view) >= MAX_FLAGS:
                 raise ConflictError(f"at most {MAX_FLAGS} flags can be defined")
             revision, _ = await self.store.put(key, flag.encode(), if_revision)
-        await self.wait_applied(revision, self.store.timeout_s)
+        await self.wait_applied(revision)
         return revision
 
     async def delete(self, key: str, if_revision: int | None) -> int:
         if self.view.get(key) is None and if_revision is None:
             raise NotFoundError(f"flag {key!r} is not defined")
         revision, _ = await self.store.delete(key, if_revision)
-        await self.wait_applied(revision, self.store.timeout_s)
+        await self.wait_applied(revision)
         return revision

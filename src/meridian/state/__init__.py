@@ -4,6 +4,7 @@
 - ``global_store``: a global keyspace over a NATS KV bucket in the `global` cluster;
 - ``replicated_store``: per-region streams merged into one view;
 - ``replicas``: the agent's followed views of each keyspace (the change-feed cache);
+- ``followed``: the agent's own global keyspaces (flags, rollouts) followed into a view;
 - ``service``: the State API, proto in and proto out.
 
 Other capabilities use state only through the names below.
@@ -12,6 +13,7 @@ Other capabilities use state only through the names below.
 from __future__ import annotations
 
 from meridian.core.keyspace import ConflictPolicy
+from meridian.state.followed import FollowedKeyspace
 from meridian.state.global_store import (
     HLC_HEADER,
     KV_OPERATION,
@@ -25,6 +27,7 @@ __all__ = [
     "HLC_HEADER",
     "KV_OPERATION",
     "REGION_HEADER",
+    "FollowedKeyspace",
     "GlobalKeyspaceStore",
     "KeyspaceView",
     "StoredEntry",
