@@ -48,7 +48,7 @@ async def test_every_binding_of_the_contract_is_served(agent: tuple[Agent, str])
     a, url = agent
     routes = a.transports.http.routes
     bindings = [(r, b) for r in routes for b in r.http]
-    assert len(bindings) == 45  # 38 RPCs over HTTP, 7 of them with an older path too
+    assert len(bindings) == 53  # 46 RPCs over HTTP, 7 of them with an older path too
     async with aiohttp.ClientSession() as session:
         for _route, binding in bindings:
             if binding.body:

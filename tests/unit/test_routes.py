@@ -16,6 +16,7 @@ from meridian.flags.service import FlagApi
 from meridian.idempotency.service import IdempotencyApi
 from meridian.invocation.service import InvocationApi, RegistryApi
 from meridian.policy.service import PolicyApi
+from meridian.rollouts.service import RolloutApi
 from meridian.state.service import StateApi
 from meridian.transport.api import AgentApi
 from meridian.transport.routes import (
@@ -37,6 +38,7 @@ IMPLEMENTATIONS: dict[str, tuple[object, ...]] = {
     "InvocationService": (InvocationApi,),
     "PolicyService": (PolicyApi,),
     "FlagService": (FlagApi,),
+    "RolloutService": (RolloutApi,),
 }
 
 #: The paths from before the one URL style, kept as aliases. Adding or dropping
@@ -56,7 +58,7 @@ def test_every_rpc_of_the_contract_is_bound_to_a_handler() -> None:
     routes = build_routes(IMPLEMENTATIONS)
     names = {(r.service, r.method) for r in routes}
     expected = {(s.name, m.name) for s in contract_services() for m in s.methods}
-    assert names == expected and len(routes) == len(expected) == 40
+    assert names == expected and len(routes) == len(expected) == 48
     get_many = next(r for r in routes if r.method == "GetMany")
     assert get_many.handler is StateApi.get_many
     assert get_many.grpc_path == "/meridian.v1.StateService/GetMany"

@@ -243,7 +243,8 @@ def test_with_mutual_tls_a_certificate_is_the_nats_user(tmp_path: Path) -> None:
     td = "spiffe://meridian.local"
     assert (
         f'user: "{td}/region/us-east/agent", permissions: {{ subscribe: '
-        '{ deny: ["mg.invoke.eu-west", "mg.invoke.ap-south"] } }'
+        '{ deny: ["mg.invoke.eu-west", "mg.invoke.ap-south", "mg.traffic.eu-west", '
+        '"mg.traffic.ap-south"] } }'
     ) in text
     assert f'SYS {{ users: [ {{ user: "{td}/operator/nats-system" }} ] }}' in text
     assert str(config.identity_dir("nats-us-east") / "cert.pem") in text

@@ -63,6 +63,10 @@ from meridian.policy import Guard
 from meridian.policy.engine import PolicyEngine
 from meridian.policy.service import PolicyApi
 from meridian.policy.store import PolicyComponent, initial_policies
+from meridian.rollouts.controller import RolloutController
+from meridian.rollouts.service import RolloutApi
+from meridian.rollouts.store import RolloutsComponent
+from meridian.rollouts.traffic import Traffic
 from meridian.security.model import Identity, Kind
 from meridian.security.tls import (
     Callers,
@@ -314,6 +318,17 @@ class Agent:
             hlc=self.hlc,
             metrics=self.metrics,
         )
+        # Routing weights and rollouts: a global keyspace followed like the flags.
+        self.rollouts = RolloutsComponent(
+            self.conn,
+            region=region,
+            replicas=min(3, len(config.regions)),
+            timeout_s=config.agent.quorum_timeout_s,
+            hlc=self.hlc,
+            metrics=self.metrics,
+        )
+        #: What each version of each service served here (rollout analysis).
+        self.traffic = Traffic()
         #: One cap on watches and subscriptions per caller identity, across both.
         self.stream_quota = StreamQuota()
         self.state_api = StateApi(
@@ -359,6 +374,17 @@ class Agent:
             metrics=self.metrics,
             peer_rtts=self._peer_rtts,
             shutdown_grace_s=config.agent.shutdown_grace_s,
+            weights_for=self.rollouts.weights,
+            traffic=self.traffic,
+        )
+        self.rollout_controller = RolloutController(
+            self.conn,
+            self.rollouts,
+            self.traffic,
+            region=region,
+            agent_id=self.agent_id,
+            identity=Identity(config.security.trust_domain, Kind.AGENT, region).uri,
+            trail=self.audit,
         )
         #: Every call is authorized here; in insecure mode there are no
         #: identities to authorize, so nothing is.
@@ -381,6 +407,12 @@ class Agent:
                 trail=self.audit,
             ),
             flags=FlagApi(self.flags, region=region, trail=self.audit),
+            rollouts=RolloutApi(
+                self.rollouts,
+                regions=config.region_names,
+                healthy_versions=self._healthy_versions,
+                trail=self.audit,
+            ),
             guard=self.guard,
         )
         rc = self.region_config
@@ -411,18 +443,28 @@ class Agent:
             self.audit,
             self.policy,
             self.flags,
+            self.rollouts,
             self.state,
             self.idempotency,
             self.events,
             self.push,
             self.registry,
             self.invoker,
+            self.rollout_controller,
         ]
         self._stop = asyncio.Event()
         #: Set once the transports answer (Health says why the agent isn't serving yet).
         self.listening = asyncio.Event()
         #: Set once every component serves.
         self.ready = asyncio.Event()
+
+    def _healthy_versions(self, service: str) -> dict[str, set[str]]:
+        """Region -> the versions of ``service`` with a healthy instance there."""
+        out: dict[str, set[str]] = {}
+        for v in self.registry.instances(service):
+            if v.healthy:
+                out.setdefault(v.region, set()).add(v.version)
+        return out
 
     def _peer_rtts(self) -> dict[str, float | None]:
         """Measured round trip to each peer region's agent (None: unreachable)."""

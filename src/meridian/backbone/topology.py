@@ -53,6 +53,10 @@ PING_MAX = 3
 #: Calls forwarded to a region's agents: ``mg.invoke.<region>``. Only that
 #: region's agents may subscribe to them.
 FORWARD_SUBJECT = "mg.invoke"
+#: Questions to a region's agents about the traffic each version of a service
+#: served there (rollout analysis): ``mg.traffic.<region>``. Only that
+#: region's agents may subscribe to them.
+TRAFFIC_SUBJECT = "mg.traffic"
 #: The system account's user (docs/security.md).
 SYSTEM_USER = "operator/nats-system"
 
@@ -79,7 +83,12 @@ def server_tls(config: MeridianConfig, name: str) -> ServerTls | None:
     users = [
         (
             f"{td}/region/{r}/agent",
-            tuple(f"{FORWARD_SUBJECT}.{o}" for o in regions if o != r),
+            tuple(
+                f"{subject}.{o}"
+                for subject in (FORWARD_SUBJECT, TRAFFIC_SUBJECT)
+                for o in regions
+                if o != r
+            ),
         )
         for r in regions
     ]

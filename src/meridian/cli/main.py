@@ -36,6 +36,7 @@ from meridian.flags.cli import flags
 from meridian.gateway.cli import gateway
 from meridian.policy.cli import policy
 from meridian.residency.cli import residency
+from meridian.rollouts.cli import rollout
 from meridian.security.cli import ca, renew_every
 from meridian.security.pki import client_ssl
 
@@ -517,6 +518,7 @@ cli.add_command(policy)
 cli.add_command(flags)
 cli.add_command(audit)
 cli.add_command(residency)
+cli.add_command(rollout)
 
 
 def main() -> None:

@@ -61,7 +61,12 @@ from meridian.invocation.resilience.breaker import (
 )
 from meridian.invocation.resilience.budget import RetryBudget
 from meridian.invocation.resilience.bulkhead import Bulkhead, BulkheadRegistry
-from meridian.invocation.resilience.outlier import CallOutcome, OutlierDetector, OutlierEvent
+from meridian.invocation.resilience.outlier import (
+    CallOutcome,
+    EventKind,
+    OutlierDetector,
+    OutlierEvent,
+)
 from meridian.invocation.resilience.overrides import PolicySet
 from meridian.invocation.resilience.policy import ResiliencePolicy
 from meridian.invocation.resilience.retry import (
@@ -71,10 +76,15 @@ from meridian.invocation.resilience.retry import (
     outcome_retryable,
 )
 from meridian.observability.metrics import AgentMetrics
+from meridian.rollouts.model import choose_version
+from meridian.rollouts.traffic import Traffic
 
 MAX_REROUTES = 8
 #: The header (gRPC metadata key) that pins a call to one version of the service.
 VERSION_HEADER = "meridian-version"
+#: The header that keeps a caller on one version while weights split traffic;
+#: without it, the idempotency key does.
+STICKY_HEADERS = ("meridian-sticky-key", "idempotency-key")
 
 
 def pinned_version(headers: tuple[tuple[str, str], ...]) -> str | None:
@@ -83,6 +93,17 @@ def pinned_version(headers: tuple[tuple[str, str], ...]) -> str | None:
         if name.lower() == VERSION_HEADER:
             return value.strip()
     return None
+
+
+def sticky_key(headers: tuple[tuple[str, str], ...]) -> str | None:
+    """The key that keeps a call on one version (``Meridian-Sticky-Key``, else
+    the idempotency key), or None."""
+    found: dict[str, str] = {}
+    for name, value in headers:
+        lower = name.lower()
+        if lower in STICKY_HEADERS and value:
+            found[lower] = value
+    return found.get(STICKY_HEADERS[0]) or found.get(STICKY_HEADERS[1])
 
 
 log = logging.getLogger(__name__)
@@ -121,12 +142,14 @@ class _Target:
         self._breakers = invoker.breakers
         self._pools: dict[str, _Pool] = {}
         self._views: list[InstanceView] | None = None
+        self._weighted: dict[str, tuple[Mapping[str, int], _Pool]] = {}
         m, child = invoker.metrics, invoker._child
         self.first_attempts = child(m.invocation_attempts, service, "first")
         self.retries = child(m.invocation_attempts, service, "retry")
-        self.seconds = child(m.invocation_seconds, service)
-        self._results: dict[tuple[str, str], Any] = {}
+        self._seconds: dict[str, Any] = {}
+        self._results: dict[tuple[str, str, str], Any] = {}
         self._invocations = m.invocations
+        self._invocation_seconds = m.invocation_seconds
         self._child = child
         child(m.bulkhead_in_flight, service).set_function(lambda: self.bulkhead.in_flight)
 
@@ -144,20 +167,48 @@ class _Target:
         if views is not self._views:
             self._views = views
             self._pools.clear()
+            self._weighted.clear()
             self.outlier.set_instances([v.instance_id for v in views if v.region == region], now)
         pool = self._pools.get(protocol)
         if pool is None:
             pool = self._pools[protocol] = _Pool(views, protocol, region)
         return pool
 
-    def count(self, served_by: str, outcome: str) -> Any:
-        key = (served_by, outcome)
+    def weighted_pool(
+        self, views: list[InstanceView], protocol: str, region: str, weights: Mapping[str, int]
+    ) -> _Pool:
+        """The pool when ``region`` routes by ``weights``: its instances of a
+        version without weight there are left out (another region serves
+        rather than a version rolled back here); made once per registry view
+        and weights (the rollouts' view hands out the same mapping until the
+        weights change)."""
+        held = self._weighted.get(protocol)
+        if held is not None and held[0] is weights:
+            return held[1]
+        pool = _Pool(
+            [v for v in views if v.region != region or weights.get(v.version, 0) > 0],
+            protocol,
+            region,
+        )
+        self._weighted[protocol] = (weights, pool)
+        return pool
+
+    def count(self, served_by: str, version: str, outcome: str) -> Any:
+        key = (served_by, version, outcome)
         counter = self._results.get(key)
         if counter is None:
             counter = self._results[key] = self._child(
-                self._invocations, self.service, served_by, outcome
+                self._invocations, self.service, served_by, version, outcome
             )
         return counter
+
+    def seconds(self, version: str) -> Any:
+        hist = self._seconds.get(version)
+        if hist is None:
+            hist = self._seconds[version] = self._child(
+                self._invocation_seconds, self.service, version
+            )
+        return hist
 
 
 class Invoker(Background):
@@ -177,8 +228,14 @@ class Invoker(Background):
         peer_rtts: Callable[[], Mapping[str, float | None]],
         rand: Callable[[], float] = random.random,
         shutdown_grace_s: float = 5.0,
+        weights_for: Callable[[str, str], Mapping[str, int] | None] = lambda s, r: None,
+        traffic: Traffic | None = None,
     ) -> None:
         super().__init__()
+        #: (service, region) -> the weights its versions are routed by there.
+        self.weights_for = weights_for
+        #: What each version served here, for rollout analysis.
+        self.traffic = traffic or Traffic()
         self.shutdown_grace_s = shutdown_grace_s
         self.conn = conn
         self.registry = registry
@@ -238,16 +295,16 @@ class Invoker(Background):
         lease = bulkhead.try_acquire()
         if lease is None:
             self.metrics.bulkhead_rejected.labels(self.region, call.service).inc()
-            target.count("", "rejected").inc()
+            target.count("", "", "rejected").inc()
             raise ResourceExhaustedError(
                 f"bulkhead of service {call.service!r} is full: {bulkhead.limit} calls "
                 "in flight; the call was not sent"
             )
         start = time.perf_counter()
-        outcome, served_by = "ok", ""
+        outcome, served_by, version = "ok", "", ""
         try:
             reply = await self._with_retries(call, target, policy, deadline)
-            served_by = reply.region
+            served_by, version = reply.region, reply.version
             outcome = "http_5xx" if reply.outcome() is not CallOutcome.SUCCESS else "ok"
             return reply
         except MeridianError as exc:
@@ -267,8 +324,8 @@ class Invoker(Background):
             )
         finally:
             lease.release()
-            target.count(served_by, outcome).inc()
-            target.seconds.observe(time.perf_counter() - start)
+            target.count(served_by, version, outcome).inc()
+            target.seconds(version).observe(time.perf_counter() - start)
 
     async def _with_retries(
         self, call: Call, target: _Target, policy: ResiliencePolicy, deadline: float
@@ -350,6 +407,17 @@ class Invoker(Background):
     def _outlier_reporter(self, service: str) -> Callable[[OutlierEvent], None]:
         def report(event: OutlierEvent) -> None:
             log.info("outlier %s: %s %s (%s)", service, event.instance, event.kind, event.reason)
+            if event.kind is EventKind.EJECTED:
+                version = next(
+                    (
+                        v.version
+                        for v in self.registry.instances(service)
+                        if v.instance_id == event.instance
+                    ),
+                    None,
+                )
+                if version is not None:
+                    self.traffic.ejected(service, version)
             self.metrics.outlier_events.labels(
                 self.region, service, event.instance, event.kind.value
             ).inc()
@@ -410,8 +478,12 @@ class Invoker(Background):
         now = time.monotonic()
         views = self.registry.instances(call.service)
         pin = pinned_version(call.headers)
+        weights = None
         if pin is None:
             pool = target.pool(views, call.protocol, self.region, now)
+            weights = self.weights_for(call.service, self.region)
+            if weights is not None:
+                pool = target.weighted_pool(views, call.protocol, self.region, weights)
         else:
             # A call pinned to a version sees only that version's instances,
             # here and in the regions it may go to (they apply the pin too).
@@ -433,7 +505,9 @@ class Invoker(Background):
                 continue
             try:
                 if region == self.region:
-                    reply = await self._call_local(call, target, policy, deadline, local, ejected)
+                    reply = await self._call_local(
+                        call, target, policy, deadline, local, ejected, weights
+                    )
                 else:
                     reply = await self.forwarder.forward(region, call, policy, deadline)
             except AttemptFailed:
@@ -466,7 +540,10 @@ class Invoker(Background):
         deadline: float,
         local: list[InstanceView],
         ejected: frozenset[str],
+        weights: Mapping[str, int] | None,
     ) -> Reply:
+        if weights is not None:
+            local = self._by_weight(call, local, ejected, weights)
         outstanding = self._outstanding
         candidates = [
             Candidate(v.instance_id, v.healthy, outstanding[v.instance_id]) for v in local
@@ -482,20 +559,51 @@ class Invoker(Background):
         iid = view.instance_id
         outstanding[iid] += 1
         detector = target.outlier
+        traffic = self.traffic
+        traffic.started(call.service, view.version)
+        start = time.perf_counter()
         try:
             reply = await self.upstream.call(call, policy, deadline, view)
         except AttemptFailed as failed:
             detector.record(iid, CallOutcome.GATEWAY_ERROR, time.monotonic())
+            traffic.record(call.service, view.version, False, time.perf_counter() - start)
             if failed.not_sent:
                 self.registry.report_unreachable(iid)
+            raise
+        except BaseException:
+            traffic.record(call.service, view.version, False, time.perf_counter() - start)
             raise
         finally:
             outstanding[iid] -= 1
             if outstanding[iid] <= 0:
                 del outstanding[iid]
-        detector.record(iid, reply.outcome(), time.monotonic())
+        outcome = reply.outcome()
+        traffic.record(
+            call.service,
+            view.version,
+            outcome is CallOutcome.SUCCESS,
+            time.perf_counter() - start,
+        )
+        detector.record(iid, outcome, time.monotonic())
         reply.region, reply.instance_id, reply.version = self.region, iid, view.version
         return reply
+
+    def _by_weight(
+        self,
+        call: Call,
+        local: list[InstanceView],
+        ejected: frozenset[str],
+        weights: Mapping[str, int],
+    ) -> list[InstanceView]:
+        """This region's instances of the version the weights choose for
+        ``call`` among those with a usable instance here."""
+        available = {v.version for v in local if v.healthy and v.instance_id not in ejected}
+        chosen = choose_version(
+            call.service, weights, available, sticky_key(call.headers), self.rand
+        )
+        if chosen is None:
+            return local
+        return [v for v in local if v.version == chosen]
 
     async def _serve_locally(self, call: Call, deadline: float) -> Reply:
         """A call forwarded by another region's agent: one of our own instances,

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry import trace
 
 from meridian._pb.meridian.v1 import invocation_pb2 as pb
 from meridian.config.model import InvocationConfig
@@ -236,7 +237,17 @@ class InvocationApi:
             timeout_ms=timeout.timeout_ms,
             remaining_s=timeout.remaining_s,
         )
-        return await self.invoker.invoke(call, deadline, policy)
+        reply = await self.invoker.invoke(call, deadline, policy)
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    "meridian.invocation.service": call.service,
+                    "meridian.invocation.region": reply.region,
+                    "meridian.invocation.version": reply.version,
+                }
+            )
+        return reply
 
     async def invoke(self, request: pb.InvokeRequest) -> pb.InvokeResponse:
         """InvocationService.Invoke (gRPC, or POST /v1/invocation/invoke). A

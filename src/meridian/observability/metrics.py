@@ -136,15 +136,17 @@ class AgentMetrics:
 
         self.invocations = Counter(
             "meridian_invocations",
-            "Service invocations through this agent, by target service, serving region "
-            "and outcome (ok, http_5xx, unavailable, rejected, deadline, fallback).",
-            ["region", "service", "target_region", "outcome"],
+            "Service invocations through this agent, by target service, serving region, "
+            "the version that served ('' when none did) and outcome (ok, http_5xx, "
+            "unavailable, rejected, deadline, fallback).",
+            ["region", "service", "target_region", "version", "outcome"],
             registry=r,
         )
         self.invocation_seconds = Histogram(
             "meridian_invocation_duration_seconds",
-            "Invocation latency inside the agent, attempts and failover included.",
-            ["region", "service"],
+            "Invocation latency inside the agent, attempts and failover included, by "
+            "the version that served.",
+            ["region", "service", "version"],
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=r,
         )

@@ -20,7 +20,8 @@ resource                     actions
 ``Cache::"<namespace>"``     ``cache:invalidate``
 ``Scope::"orders"``          ``idempotency:use``
 ``Service::"inventory"``     ``invoke``, ``registry:register``,
-                             ``registry:read`` (``Service::"*"``: every service)
+                             ``registry:read``, ``admin:rollouts``
+                             (``Service::"*"``: every service)
 ``Agent::"us-east"``         ``health:read``, ``status:read``
 ``Flag::"new-checkout"``     ``flags:evaluate``, ``admin:flags`` (``Flag::"*"``:
                              every flag, for bulk evaluation and listing)
@@ -85,6 +86,8 @@ action "admin:rehome"
   appliesTo { principal: [Agent, Service, Gateway, Operator], resource: [Keyspace], context: Context };
 action "flags:evaluate", "admin:flags"
   appliesTo { principal: [Agent, Service, Gateway, Operator], resource: [Flag], context: Context };
+action "admin:rollouts"
+  appliesTo { principal: [Agent, Service, Gateway, Operator], resource: [Service], context: Context };
 """
 
 #: Every action, as the schema declares it.
@@ -106,6 +109,7 @@ ACTIONS: frozenset[str] = frozenset(
         "admin:rehome",
         "flags:evaluate",
         "admin:flags",
+        "admin:rollouts",
     }
 )
 

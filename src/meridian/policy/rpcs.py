@@ -14,6 +14,7 @@ proxy and the HTTP passthrough), so it checks ``invoke`` there, once.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -137,6 +138,26 @@ def _all_flags(action: str) -> Rule:
     return rule
 
 
+#: Plans larger than this are refused by RolloutService; not parsed here.
+MAX_PLAN_TEXT = 64 * 1024
+
+
+def _rollout(r: Any, ctx: RpcContext) -> Iterable[Access]:
+    return (Access("admin:rollouts", "Service", r.service),)
+
+
+def _rollout_plan(r: Any, ctx: RpcContext) -> Iterable[Access]:
+    """The plan's service; a plan that is not JSON names no service, and is
+    then authorized on every service (and refused by the service after)."""
+    service = None
+    if len(r.plan) <= MAX_PLAN_TEXT:
+        try:
+            service = json.loads(r.plan).get("service")
+        except (ValueError, AttributeError, RecursionError):
+            service = None
+    return (Access("admin:rollouts", "Service", service if isinstance(service, str) else "*"),)
+
+
 #: The RPCs that are admin changes when the principal matches: each is
 #: recorded in the audit log, and waited for, before it runs (policy pushes
 #: are recorded by PolicyService itself, with the set's digest).
@@ -192,4 +213,13 @@ RULES: Mapping[str, Rule] = {
     "FlagService/ListFlags": _all_flags("admin:flags"),
     "FlagService/KillFlag": _flag("admin:flags"),
     "FlagService/DeleteFlag": _flag("admin:flags"),
+    # Rollout changes are recorded by RolloutService and the driver themselves.
+    "RolloutService/StartRollout": _rollout_plan,
+    "RolloutService/GetRollout": _rollout,
+    "RolloutService/PromoteRollout": _rollout,
+    "RolloutService/PauseRollout": _rollout,
+    "RolloutService/AbortRollout": _rollout,
+    "RolloutService/RolloutHistory": _rollout,
+    "RolloutService/SetWeights": _rollout,
+    "RolloutService/GetWeights": _rollout,
 }

@@ -7,7 +7,10 @@ and latency), and ends as Argo Rollouts' measurements do:
 - ``Failed`` when a failure condition holds: the new version's error rate is
   over ``max_error_rate``, or over the stable one's by more than
   ``max_error_rate_increase``, or its p99 is over ``max_p99_ratio`` times the
-  stable one's, or a custom metric is over its limit;
+  stable one's, or a custom metric is over its limit (each judged once it
+  served ``min_requests``); or its instances were ejected as outliers more
+  than ``max_ejections`` times (judged at once: the ejection is what left it
+  with few calls);
 - ``Successful`` when none holds and both versions served at least
   ``min_requests`` in the window (a comparison needs both sides);
 - ``Inconclusive`` otherwise, and in particular when the new version served
@@ -34,6 +37,10 @@ from enum import StrEnum
 
 from meridian.core.errors import FieldViolation, InvalidArgumentError
 
+#: The fewest calls on each side for p99s to be compared: the p99 of fewer
+#: than 100 calls is their maximum, one slow call.
+P99_MIN_SAMPLES = 100
+
 
 class Phase(StrEnum):
     SUCCESSFUL = "Successful"
@@ -59,6 +66,8 @@ class Window:
     p99_ms: float = math.nan
     #: Custom metrics the plan names, by name.
     custom: Mapping[str, float] = field(default_factory=dict)
+    #: Times one of the version's instances was ejected as an outlier.
+    ejections: int = 0
 
     @property
     def error_rate(self) -> float:
@@ -78,6 +87,8 @@ class Criteria:
     count: int = 3
     failure_limit: int = 0
     inconclusive_limit: int = 1
+    #: The most outlier ejections of the new version's instances a window may see.
+    max_ejections: int = 0
 
     def violations(self, field_name: str = "analysis") -> list[FieldViolation]:
         v = []
@@ -91,7 +102,7 @@ class Criteria:
             v.append(FieldViolation(f"{field_name}.max_p99_ratio", "must be a number, at least 1"))
         if self.count < 1:
             v.append(FieldViolation(f"{field_name}.count", "must be at least 1"))
-        for name in ("failure_limit", "inconclusive_limit"):
+        for name in ("failure_limit", "inconclusive_limit", "max_ejections"):
             if getattr(self, name) < 0:
                 v.append(FieldViolation(f"{field_name}.{name}", "must be at least 0"))
         for name, limit in self.custom_max.items():
@@ -127,7 +138,7 @@ def measure(new: Window, stable: Window, c: Criteria) -> Measurement:
                 f"{c.max_error_rate_increase:.2%}"
             )
         if (
-            stable.requests >= c.min_requests
+            min(new.requests, stable.requests) >= P99_MIN_SAMPLES
             and math.isfinite(new.p99_ms)
             and math.isfinite(stable.p99_ms)
             and stable.p99_ms > 0
@@ -141,6 +152,11 @@ def measure(new: Window, stable: Window, c: Criteria) -> Measurement:
             if value is not None and value > limit:
                 failed.append(f"{name} {value:g} > {limit:g}")
     if failed and new.requests >= c.min_requests:
+        return Measurement(Phase.FAILED, tuple(failed))
+    if new.ejections > c.max_ejections:
+        # The router took the version's instances out for failing: whatever
+        # little traffic is left to count, that is a failure, not a lack of data.
+        failed.append(f"{new.ejections} outlier ejection(s) of its instances")
         return Measurement(Phase.FAILED, tuple(failed))
     if new.requests < c.min_requests:
         return Measurement(

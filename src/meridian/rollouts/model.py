@@ -22,9 +22,8 @@ instance in a region it would reach.
 from __future__ import annotations
 
 import itertools
-import random
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,7 +67,7 @@ def choose_version(
     weights: Mapping[str, int],
     available: Collection[str],
     sticky_key: str | None,
-    rand: random.Random,
+    rand: Callable[[], float],
 ) -> str | None:
     """The version a call reaches: among ``available`` versions (with a
     healthy instance here) by ``weights``; None when no weighted version is
@@ -80,7 +79,7 @@ def choose_version(
         chosen: str | None = distribute(f"{service}{sticky_key}", pairs)
         return chosen
     total = sum(w for _, w in pairs)
-    point = rand.randrange(total)
+    point = min(total - 1, int(rand() * total))
     for version, weight in pairs:
         if point < weight:
             return version
@@ -212,6 +211,7 @@ _CRITERIA_FIELDS = {
     "count": int,
     "failure_limit": int,
     "inconclusive_limit": int,
+    "max_ejections": int,
 }
 
 

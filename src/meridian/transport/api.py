@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from meridian.invocation.service import InvocationApi, RegistryApi
     from meridian.policy import Guard
     from meridian.policy.service import PolicyApi
+    from meridian.rollouts.service import RolloutApi
     from meridian.state.service import StateApi
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ class Services:
     invocation: InvocationApi
     policy: PolicyApi
     flags: FlagApi
+    rollouts: RolloutApi
     #: Authorizes every call (meridian.policy.guard).
     guard: Guard
 
@@ -118,6 +120,7 @@ class Services:
             "InvocationService": (self.invocation,),
             "PolicyService": (self.policy,),
             "FlagService": (self.flags,),
+            "RolloutService": (self.rollouts,),
         }
 
 

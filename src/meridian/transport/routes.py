@@ -34,6 +34,7 @@ from meridian._pb.meridian.v1 import (
     idempotency_pb2,
     invocation_pb2,
     policy_pb2,
+    rollouts_pb2,
     state_pb2,
     status_pb2,
 )
@@ -49,6 +50,7 @@ CONTRACT: tuple[ModuleType, ...] = (
     invocation_pb2,
     policy_pb2,
     flags_pb2,
+    rollouts_pb2,
 )
 
 #: The one URL style: ``/v1/<resource>/<the RPC's name in kebab-case>``, or
