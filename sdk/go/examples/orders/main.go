@@ -31,6 +31,8 @@ type config struct {
 	ttl       time.Duration // registration lease
 	grace     time.Duration // shutdown budget
 	keyspace  string
+
+	failPercent int // the build's share of orders to fail on purpose (build.go)
 }
 
 // parseConfig reads flags, with defaults from the environment.
@@ -48,15 +50,29 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs.StringVar(&cfg.listen, "listen", env("ORDERS_LISTEN", "127.0.0.1:8080"), "HTTP listen address (env ORDERS_LISTEN)")
 	fs.StringVar(&cfg.advertise, "advertise", env("ORDERS_ADVERTISE", ""), "host:port the agent reaches this instance at; default: the listen address, 127.0.0.1 for a wildcard host (env ORDERS_ADVERTISE)")
 	fs.StringVar(&cfg.region, "region", env("MERIDIAN_REGION", ""), "the region this instance runs in; must match the agent's (env MERIDIAN_REGION; default: the agent's)")
-	fs.StringVar(&cfg.version, "version", env("ORDERS_VERSION", "1.0.0"), "version to register (env ORDERS_VERSION)")
+	fs.StringVar(&cfg.version, "version", env("ORDERS_VERSION", version), "version to register (env ORDERS_VERSION; default: the build's, main.version)")
 	fs.DurationVar(&cfg.ttl, "ttl", 10*time.Second, "registration lease; renewed every third of it")
 	fs.DurationVar(&cfg.grace, "grace", 10*time.Second, "how long shutdown may take")
+	fs.Usage = func() {
+		// Says what the binary was built as (build.go), whatever the environment.
+		build := "orders, build " + version
+		if failPercent != "0" {
+			build += ", failing " + failPercent + "% of new orders on purpose"
+		}
+		fmt.Fprintf(fs.Output(), "%s\n\nFlags:\n", build)
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
 	if fs.NArg() > 0 {
 		return cfg, fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
+	n, err := parseFailPercent(failPercent)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.failPercent = n
 	return cfg, nil
 }
 
@@ -107,7 +123,10 @@ func serve(ctx context.Context, cfg config, lis net.Listener, log *slog.Logger) 
 	log = log.With("region", region)
 
 	model := newReadModel()
-	svc := &service{client: client, region: region, keyspace: cfg.keyspace, log: log}
+	svc := &service{client: client, region: region, keyspace: cfg.keyspace, log: log, version: cfg.version, failPercent: cfg.failPercent}
+	if cfg.failPercent > 0 {
+		log.Warn("a deliberately faulty build: failing a share of new orders", "version", cfg.version, "fail_percent", cfg.failPercent)
+	}
 	srv := &http.Server{Handler: newHandler(svc, model), ReadHeaderTimeout: 5 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()

@@ -76,6 +76,12 @@ type service struct {
 	region   string
 	keyspace string
 	log      *slog.Logger
+	// version is the version this instance registered, named in the
+	// faulty build's errors.
+	version string
+	// failPercent is the share of orders this build fails on purpose
+	// (build.go); 0 for a good build.
+	failPercent int
 }
 
 // placeRequest is the body of POST /orders.
@@ -139,6 +145,15 @@ func (s *service) placeOrder(w http.ResponseWriter, r *http.Request) {
 	req, err := parsePlaceRequest(body)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "invalid_request", err.Error())
+		return
+	}
+	// A deliberately faulty build fails its share of orders here, before
+	// Once claims the key: nothing is reserved or written, so the order is
+	// neither lost nor half placed, and a retry elsewhere places it whole.
+	if id := orderID(key); failsOrder(id, s.failPercent) {
+		writeError(w, http.StatusInternalServerError, "faulty_build", fmt.Sprintf(
+			"orders %s is a deliberately faulty build: it fails %d%% of orders, and order %s is one of them; nothing was written",
+			s.version, s.failPercent, id))
 		return
 	}
 	// Once fingerprints body by its canonical JSON: the same order sent
