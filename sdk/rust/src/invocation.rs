@@ -334,7 +334,12 @@ mod tests {
         assert_eq!(r.header("content-type"), Some("text/plain"));
         assert_eq!(r.header("x-missing"), None);
         assert_eq!(
-            (r.region.as_str(), r.instance.as_str(), r.attempts, r.version.as_str()),
+            (
+                r.region.as_str(),
+                r.instance.as_str(),
+                r.attempts,
+                r.version.as_str()
+            ),
             ("eu-west", "orders-eu-west-1", 2, "v2")
         );
     }

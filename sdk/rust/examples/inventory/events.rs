@@ -1,5 +1,6 @@
 //! Background work: releasing the stock of cancelled orders (consumed from
-//! topic `orders`) and of reservations that expired unconfirmed.
+//! topic `orders`) and of reservations that expired unconfirmed, and
+//! settling the stock taken by reservations whose claimant crashed.
 
 use std::time::Duration;
 
@@ -102,7 +103,9 @@ pub async fn handle(inventory: &Inventory, payload: &[u8]) -> Result<(), HandleE
     Ok(())
 }
 
-/// Releases expired reservations every `interval` until `shutdown`.
+/// Releases expired reservations, and settles takes of stock left by
+/// crashed claimants ([`Inventory::settle_takes`]), every `interval` until
+/// `shutdown`.
 pub async fn sweep_expired(
     inventory: Inventory,
     interval: Duration,
@@ -113,6 +116,11 @@ pub async fn sweep_expired(
             Ok(0) => {}
             Ok(n) => tracing::info!(released = n, "expired reservations released"),
             Err(e) => tracing::warn!(error = %e, "releasing expired reservations"),
+        }
+        match inventory.settle_takes().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(settled = n, "takes of stock left by a crash settled"),
+            Err(e) => tracing::warn!(error = %e, "settling takes of stock"),
         }
         pause(&mut shutdown, interval).await;
     }

@@ -3,7 +3,7 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `POST /reservations` `{"order_id","sku","qty"}` | 200 `{"reservation_id","expires_at"}`; 409 `{"error":"out_of_stock","available":n}` |
+//! | `POST /reservations` `{"order_id","sku","qty"}` | 200 `{"reservation_id","expires_at"}`; 409 `{"error":"out_of_stock","available":n}`; 503 `{"error":"reservation_in_progress"}` |
 //! | `POST /reservations/{order_id}/confirm` | 200 `{"reservation_id","expires_at","state"}`; 404; 409 `{"error":"reservation_released"}` |
 //! | `POST /stock/{sku}` `{"available":n}` | 200 `{"sku","available"}` |
 //! | `GET /stock/{sku}` | 200 `{"sku","available"}`; 404 `{"error":"unknown_sku"}` |
@@ -79,6 +79,12 @@ async fn reserve(
             }),
         ),
         Err(ReserveError::Released(existing)) => released(existing.released_because),
+        Err(e @ ReserveError::InProgress(_)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, "1")],
+            Json(json!({"error": "reservation_in_progress", "detail": e.to_string()})),
+        )
+            .into_response(),
         Err(ReserveError::Store(e)) => failed(&e),
     }
 }

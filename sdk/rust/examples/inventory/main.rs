@@ -35,6 +35,7 @@ mod tests {
     fn the_flags_parse_with_their_defaults() {
         let config = Config::try_parse_from(["inventory", "--reservation-ttl", "2m"]).unwrap();
         assert_eq!(config.reservation_ttl, Duration::from_secs(120));
+        assert_eq!(config.claim_timeout, store::DEFAULT_CLAIM_TIMEOUT);
         assert_eq!(config.service, "inventory");
         assert_eq!(config.keyspace, "inventory");
         assert_eq!(config.tls_dir, None, "plaintext unless asked");
@@ -98,9 +99,14 @@ struct Config {
     /// How long a reservation holds its stock unless confirmed.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "15m")]
     reservation_ttl: Duration,
-    /// How often to look for expired reservations.
+    /// How often to look for expired reservations (and for stock taken by
+    /// reservations whose claimant crashed).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     sweep_interval: Duration,
+    /// How long a reservation may stay pending (claimed, being made) before
+    /// a duplicate request takes it over.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    claim_timeout: Duration,
     /// The registration's lease (renewed every third of it).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     lease_ttl: Duration,
@@ -155,7 +161,8 @@ async fn start(config: &Config) -> Result<Running, Box<dyn Error>> {
         )
         .into());
     }
-    let inventory = Inventory::new(client.state(), &config.keyspace, config.reservation_ttl);
+    let inventory = Inventory::new(client.state(), &config.keyspace, config.reservation_ttl)
+        .with_claim_timeout(config.claim_timeout);
 
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;

@@ -5,18 +5,29 @@
 //! Keyspace `inventory` (locality `global`, so compare-and-set is
 //! linearizable across regions):
 //!
-//! - `stock/<sku>`: `{"available": n}`
+//! - `stock/<sku>`: `{"available": n, "takes": {"<order_id>": {"claim",
+//!   "qty", "at"}}}` (`takes` only while some are not yet accounted for)
 //! - `reservation/<order_id>`: `{"reservation_id", "order_id", "sku", "qty",
-//!   "expires_at" (RFC 3339), "state" ("held" | "confirmed" | "released"),
-//!   "released_because" ("cancelled" | "expired", once released)}`
+//!   "expires_at" (RFC 3339), "state" ("pending" | "held" | "confirmed" |
+//!   "released" | "refused"), "released_because" ("cancelled" | "expired",
+//!   once released), "claim" ({"id", "at"}, while pending), "taken_under"
+//!   (the claim whose take holds the stock, once held), "available" (once
+//!   refused)}`
+//!
+//! Every field added since the first version has a default, so what that
+//! version stored still reads.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+/// Every stock's key starts with this.
+pub const STOCK_PREFIX: &str = "stock/";
+
 /// The key of a SKU's stock.
 pub fn stock_key(sku: &str) -> String {
-    format!("stock/{sku}")
+    format!("{STOCK_PREFIX}{sku}")
 }
 
 /// Every reservation's key starts with this.
@@ -44,10 +55,40 @@ pub fn check_id(field: &'static str, id: &str) -> Result<(), String> {
 }
 
 /// A SKU's stock.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stock {
     /// Units that can still be reserved.
     pub available: u64,
+    /// The stock taken for orders whose reservation record does not account
+    /// for it yet, by order id. An entry is written in the same
+    /// compare-and-set that takes the units, so whoever finishes an order's
+    /// reservation (its first claimant, or one that took a stale claim over)
+    /// can tell whether its stock is taken already, and the units of a take
+    /// no reservation uses are given back once (see [`Stock::settled`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub takes: BTreeMap<String, Take>,
+}
+
+/// Stock taken for one order under one claim (see [`Claim`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Take {
+    /// The claim whose holder took it.
+    pub claim: String,
+    /// How many units.
+    pub qty: u64,
+    /// When.
+    #[serde(with = "rfc3339")]
+    pub at: SystemTime,
+}
+
+/// Why [`Stock::take_for`] took nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotTaken {
+    /// The order's stock is taken already (by this take, not accounted for
+    /// yet).
+    Taken(Take),
+    /// Not enough stock.
+    OutOfStock(OutOfStock),
 }
 
 /// Not enough stock for a reservation.
@@ -60,19 +101,60 @@ pub struct OutOfStock {
 impl Stock {
     /// The stock after taking `qty`, or how much there is if that's too little.
     pub fn take(self, qty: u64) -> Result<Stock, OutOfStock> {
-        self.available
-            .checked_sub(qty)
-            .map(|available| Stock { available })
-            .ok_or(OutOfStock {
+        match self.available.checked_sub(qty) {
+            Some(available) => Ok(Stock { available, ..self }),
+            None => Err(OutOfStock {
                 available: self.available,
-            })
+            }),
+        }
     }
 
     /// The stock after giving `qty` back.
     pub fn give(self, qty: u64) -> Stock {
         Stock {
             available: self.available.saturating_add(qty),
+            ..self
         }
+    }
+
+    /// The stock after taking `qty` for `order_id` under `claim` at `now`,
+    /// recorded in [`Stock::takes`]; or, if the order's stock is taken
+    /// already, that take: an order's stock is taken at most once at a time.
+    pub fn take_for(
+        &self,
+        order_id: &str,
+        claim: &str,
+        qty: u64,
+        now: SystemTime,
+    ) -> Result<Stock, NotTaken> {
+        if let Some(taken) = self.takes.get(order_id) {
+            return Err(NotTaken::Taken(taken.clone()));
+        }
+        let mut stock = self.clone().take(qty).map_err(NotTaken::OutOfStock)?;
+        stock.takes.insert(
+            order_id.to_owned(),
+            Take {
+                claim: claim.to_owned(),
+                qty,
+                at: now,
+            },
+        );
+        Ok(stock)
+    }
+
+    /// The stock with `order_id`'s take under `claim` settled: its entry
+    /// gone, and its units given back if `give_back` (a take no reservation
+    /// uses). `None` if there is no such take (settled already, or the
+    /// order's take is another claim's), so units come back at most once.
+    pub fn settled(&self, order_id: &str, claim: &str, give_back: bool) -> Option<Stock> {
+        let take = self.takes.get(order_id).filter(|t| t.claim == claim)?;
+        let mut stock = if give_back {
+            self.clone().give(take.qty)
+        } else {
+            self.clone()
+        };
+        stock.takes.remove(order_id);
+        Some(stock)
     }
 }
 
@@ -80,12 +162,19 @@ impl Stock {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
+    /// Claimed: one request (its `claim`) is taking the stock. It becomes
+    /// held or refused; duplicates wait for that, and take the claim over
+    /// if it goes stale (its holder died).
+    Pending,
     /// Stock is taken; it goes back at `expires_at` unless confirmed.
     Held,
     /// The order went through: the stock stays taken (until a cancellation).
     Confirmed,
     /// The stock went back. Final.
     Released,
+    /// There was not enough stock: nothing was reserved. Final, so every
+    /// duplicate of the request gets the same answer.
+    Refused,
 }
 
 /// Why a reservation's stock went back.
@@ -117,6 +206,27 @@ pub struct Reservation {
     /// Why it was released, once it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released_because: Option<Release>,
+    /// Pending: who is making it, since when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<Claim>,
+    /// Held, confirmed or released: the claim under which its stock was
+    /// taken (the [`Take`] it accounts for). `None` in what the first
+    /// version stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken_under: Option<String>,
+    /// Refused: the units there were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available: Option<u64>,
+}
+
+/// A request's claim on making an order's reservation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    /// Unique per claim: names the request's [`Take`].
+    pub id: String,
+    /// When it was made (the claimant's clock).
+    #[serde(with = "rfc3339")]
+    pub at: SystemTime,
 }
 
 /// Why a reservation could not be confirmed.
@@ -134,7 +244,72 @@ impl Reservation {
             expires_at: now + ttl,
             state: State::Held,
             released_because: None,
+            claim: None,
+            taken_under: None,
+            available: None,
         }
+    }
+
+    /// A new claim on making the reservation (`expires_at` is provisional:
+    /// set again when it is held).
+    pub fn pending(order_id: &str, sku: &str, qty: u64, claim: Claim, ttl: Duration) -> Self {
+        Reservation {
+            state: State::Pending,
+            claim: Some(claim.clone()),
+            ..Reservation::hold(order_id, sku, qty, claim.at, ttl)
+        }
+    }
+
+    /// This pending reservation, claimed by `claim` instead.
+    pub fn taken_over(&self, claim: Claim) -> Reservation {
+        Reservation {
+            claim: Some(claim),
+            ..self.clone()
+        }
+    }
+
+    /// Whether it is pending under a claim made at least `timeout` before
+    /// `now`: its holder is presumed dead, and another may take it over.
+    pub fn is_stale(&self, now: SystemTime, timeout: Duration) -> bool {
+        self.state == State::Pending
+            && self
+                .claim
+                .as_ref()
+                .is_none_or(|claim| now >= claim.at + timeout)
+    }
+
+    /// The reservation made: held from `now` for `ttl`, with the stock taken
+    /// under claim `taken_under`.
+    pub fn held(&self, taken_under: &str, now: SystemTime, ttl: Duration) -> Reservation {
+        Reservation {
+            state: State::Held,
+            expires_at: now + ttl,
+            claim: None,
+            taken_under: Some(taken_under.to_owned()),
+            ..self.clone()
+        }
+    }
+
+    /// The reservation refused: `out` is what there was.
+    pub fn refused(&self, out: OutOfStock) -> Reservation {
+        Reservation {
+            state: State::Refused,
+            claim: None,
+            available: Some(out.available),
+            ..self.clone()
+        }
+    }
+
+    /// Whether stock was taken for it: held, confirmed or released (not
+    /// pending, not refused).
+    pub fn is_made(&self) -> bool {
+        matches!(self.state, State::Held | State::Confirmed | State::Released)
+    }
+
+    /// Whether the take under `claim` is the one its stock came from: once
+    /// made, it never changes, so this answer is final.
+    pub fn accounts_for(&self, claim: &str) -> bool {
+        self.is_made() && self.taken_under.as_deref() == Some(claim)
     }
 
     /// `expires_at` as stored: RFC 3339, UTC, milliseconds.
@@ -154,10 +329,11 @@ impl Reservation {
 
     /// The released reservation, if `why` releases it: a cancellation
     /// releases a held or confirmed one, an expiry only a held one that is
-    /// due. `None`: nothing to do (already released, confirmed, not due).
+    /// due. `None`: nothing to do (already released, confirmed, not due,
+    /// or no stock taken: pending or refused).
     pub fn released(&self, why: Release, now: SystemTime) -> Option<Reservation> {
         let releases = match why {
-            Release::Cancelled => self.state != State::Released,
+            Release::Cancelled => matches!(self.state, State::Held | State::Confirmed),
             Release::Expired => self.is_due(now),
         };
         releases.then(|| Reservation {
@@ -167,14 +343,16 @@ impl Reservation {
         })
     }
 
-    /// The confirmed reservation; `Ok(None)` if it already is confirmed.
+    /// The confirmed reservation; `Ok(None)` if there is nothing to write:
+    /// it already is confirmed, or it is not made (see
+    /// [`Reservation::is_made`]; callers tell those apart first).
     pub fn confirmed(&self) -> Result<Option<Reservation>, AlreadyReleased> {
         match self.state {
             State::Held => Ok(Some(Reservation {
                 state: State::Confirmed,
                 ..self.clone()
             })),
-            State::Confirmed => Ok(None),
+            State::Confirmed | State::Pending | State::Refused => Ok(None),
             State::Released => Err(AlreadyReleased(self.released_because)),
         }
     }
@@ -246,10 +424,13 @@ mod tests {
 
     #[test]
     fn stock_is_taken_only_when_there_is_enough() {
-        let stock = Stock { available: 5 };
-        assert_eq!(stock.take(5), Ok(Stock { available: 0 }));
-        assert_eq!(stock.take(6), Err(OutOfStock { available: 5 }));
-        assert_eq!(stock.give(2), Stock { available: 7 });
+        let stock = |available| Stock {
+            available,
+            ..Stock::default()
+        };
+        assert_eq!(stock(5).take(5), Ok(stock(0)));
+        assert_eq!(stock(5).take(6), Err(OutOfStock { available: 5 }));
+        assert_eq!(stock(5).give(2), stock(7));
     }
 
     #[test]
@@ -290,6 +471,120 @@ mod tests {
             cancelled.confirmed(),
             Err(AlreadyReleased(Some(Release::Cancelled)))
         );
+    }
+
+    #[test]
+    fn what_the_first_version_stored_still_reads() {
+        let stock: Stock = serde_json::from_str(r#"{"available":5}"#).unwrap();
+        assert_eq!(
+            stock,
+            Stock {
+                available: 5,
+                ..Stock::default()
+            }
+        );
+        // And an inventory without takes in flight writes just that.
+        assert_eq!(serde_json::to_string(&stock).unwrap(), r#"{"available":5}"#);
+        let old = r#"{"reservation_id":"res-o-1","order_id":"o-1","sku":"sku-1","qty":2,
+            "expires_at":"2025-10-09T08:54:20.000Z","state":"released","released_because":"expired"}"#;
+        let r: Reservation = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (r.state, r.claim, r.taken_under),
+            (State::Released, None, None)
+        );
+    }
+
+    #[test]
+    fn an_orders_stock_is_taken_once_and_settled_once() {
+        let stock = Stock {
+            available: 3,
+            ..Stock::default()
+        };
+        let taken = stock.take_for("o-1", "c-1", 2, now()).unwrap();
+        assert_eq!(taken.available, 1);
+        // A second claimant finds the take instead of taking again.
+        match taken.take_for("o-1", "c-2", 2, now()) {
+            Err(NotTaken::Taken(t)) => assert_eq!((t.claim.as_str(), t.qty), ("c-1", 2)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            taken.take_for("o-2", "c-3", 2, now()),
+            Err(NotTaken::OutOfStock(OutOfStock { available: 1 }))
+        );
+        // Accounted for: the entry goes, the units stay taken.
+        let kept = taken.settled("o-1", "c-1", false).unwrap();
+        assert_eq!(
+            kept,
+            Stock {
+                available: 1,
+                ..Stock::default()
+            }
+        );
+        // Used by no reservation: the units come back, once.
+        let back = taken.settled("o-1", "c-1", true).unwrap();
+        assert_eq!(
+            back,
+            Stock {
+                available: 3,
+                ..Stock::default()
+            }
+        );
+        assert_eq!(back.settled("o-1", "c-1", true), None);
+        assert_eq!(
+            taken.settled("o-1", "c-2", true),
+            None,
+            "another claim's take"
+        );
+    }
+
+    #[test]
+    fn a_claim_becomes_held_or_refused_and_goes_stale_if_left() {
+        let ttl = Duration::from_secs(600);
+        let claim = Claim {
+            id: "c-1".into(),
+            at: now(),
+        };
+        let pending = Reservation::pending("o-1", "sku-1", 2, claim, ttl);
+        assert_eq!(pending.state, State::Pending);
+        let timeout = Duration::from_secs(5);
+        assert!(!pending.is_stale(now() + Duration::from_secs(4), timeout));
+        assert!(pending.is_stale(now() + timeout, timeout));
+        // Nothing is taken yet: nothing to release, confirm or expire.
+        assert!(!pending.is_made());
+        assert_eq!(pending.released(Release::Cancelled, now()), None);
+        assert_eq!(pending.released(Release::Expired, now() + ttl), None);
+        assert_eq!(pending.confirmed(), Ok(None));
+
+        let later = now() + Duration::from_secs(10);
+        let again = pending.taken_over(Claim {
+            id: "c-2".into(),
+            at: later,
+        });
+        assert!(!again.is_stale(later, timeout));
+        // Held from the first claimant's take, which the second one found.
+        let held = again.held("c-1", later, ttl);
+        assert_eq!((held.state, held.claim.as_ref()), (State::Held, None));
+        assert_eq!(held.expires_at, later + ttl);
+        assert!(held.accounts_for("c-1") && !held.accounts_for("c-2"));
+        let json = serde_json::to_value(&held).unwrap();
+        assert_eq!(json["taken_under"], "c-1");
+        assert!(json.get("claim").is_none());
+        assert!(
+            held.released(Release::Cancelled, later)
+                .unwrap()
+                .accounts_for("c-1")
+        );
+
+        let refused = pending.refused(OutOfStock { available: 1 });
+        assert_eq!(
+            (refused.state, refused.available),
+            (State::Refused, Some(1))
+        );
+        assert!(!refused.is_made() && !refused.accounts_for("c-1"));
+        assert_eq!(refused.released(Release::Cancelled, later), None);
+        let back: Reservation =
+            serde_json::from_value(serde_json::to_value(&refused).unwrap()).unwrap();
+        assert_eq!(back, refused);
     }
 
     #[test]
