@@ -263,3 +263,13 @@ def test_rolling_back_every_region() -> None:
         {**GOOD, "on_failure": "all"}, known_regions=REGIONS, healthy_versions=HEALTHY
     )
     assert regions_to_roll_back(plan, "eu-west", ["ap-south", "eu-west"]) == ["ap-south", "eu-west"]
+
+
+def test_the_sticky_key_is_the_meridian_header_else_the_idempotency_key() -> None:
+    from meridian.invocation.versions import pinned_version, sticky_key
+
+    assert sticky_key((("Idempotency-Key", "k1"), ("Meridian-Sticky-Key", "s1"))) == "s1"
+    assert sticky_key((("idempotency-key", "k1"),)) == "k1"
+    assert sticky_key((("Meridian-Sticky-Key", ""), ("x", "y"))) is None
+    assert pinned_version((("Meridian-Version", " v2 "),)) == "v2"
+    assert pinned_version(()) is None

@@ -75,37 +75,11 @@ from meridian.invocation.resilience.retry import (
     http_request_retryable,
     outcome_retryable,
 )
+from meridian.invocation.versions import by_weight, pinned_version, weighted_views
 from meridian.observability.metrics import AgentMetrics
-from meridian.rollouts.model import choose_version
 from meridian.rollouts.traffic import Traffic
 
 MAX_REROUTES = 8
-#: The header (gRPC metadata key) that pins a call to one version of the service.
-VERSION_HEADER = "meridian-version"
-#: The header that keeps a caller on one version while weights split traffic;
-#: without it, the idempotency key does.
-STICKY_HEADERS = ("meridian-sticky-key", "idempotency-key")
-
-
-def pinned_version(headers: tuple[tuple[str, str], ...]) -> str | None:
-    """The version a call is pinned to (``Meridian-Version``), or None."""
-    for name, value in headers:
-        if name.lower() == VERSION_HEADER:
-            return value.strip()
-    return None
-
-
-def sticky_key(headers: tuple[tuple[str, str], ...]) -> str | None:
-    """The key that keeps a call on one version (``Meridian-Sticky-Key``, else
-    the idempotency key), or None."""
-    found: dict[str, str] = {}
-    for name, value in headers:
-        lower = name.lower()
-        if lower in STICKY_HEADERS and value:
-            found[lower] = value
-    return found.get(STICKY_HEADERS[0]) or found.get(STICKY_HEADERS[1])
-
-
 log = logging.getLogger(__name__)
 
 _BREAKER_GAUGE = {BreakerState.CLOSED: 0, BreakerState.OPEN: 1, BreakerState.HALF_OPEN: 2}
@@ -185,11 +159,7 @@ class _Target:
         held = self._weighted.get(protocol)
         if held is not None and held[0] is weights:
             return held[1]
-        pool = _Pool(
-            [v for v in views if v.region != region or weights.get(v.version, 0) > 0],
-            protocol,
-            region,
-        )
+        pool = _Pool(weighted_views(views, region, weights), protocol, region)
         self._weighted[protocol] = (weights, pool)
         return pool
 
@@ -543,7 +513,7 @@ class Invoker(Background):
         weights: Mapping[str, int] | None,
     ) -> Reply:
         if weights is not None:
-            local = self._by_weight(call, local, ejected, weights)
+            local = by_weight(call.service, call.headers, local, ejected, weights, self.rand)
         outstanding = self._outstanding
         candidates = [
             Candidate(v.instance_id, v.healthy, outstanding[v.instance_id]) for v in local
@@ -587,23 +557,6 @@ class Invoker(Background):
         detector.record(iid, outcome, time.monotonic())
         reply.region, reply.instance_id, reply.version = self.region, iid, view.version
         return reply
-
-    def _by_weight(
-        self,
-        call: Call,
-        local: list[InstanceView],
-        ejected: frozenset[str],
-        weights: Mapping[str, int],
-    ) -> list[InstanceView]:
-        """This region's instances of the version the weights choose for
-        ``call`` among those with a usable instance here."""
-        available = {v.version for v in local if v.healthy and v.instance_id not in ejected}
-        chosen = choose_version(
-            call.service, weights, available, sticky_key(call.headers), self.rand
-        )
-        if chosen is None:
-            return local
-        return [v for v in local if v.version == chosen]
 
     async def _serve_locally(self, call: Call, deadline: float) -> Reply:
         """A call forwarded by another region's agent: one of our own instances,
