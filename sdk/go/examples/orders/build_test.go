@@ -111,6 +111,14 @@ func TestFaultyBuildFailsBeforeAnyAgentCall(t *testing.T) {
 	if calls := agent.othersCalled(); len(calls) != 0 {
 		t.Errorf("a failed order called the agent: %v (nothing should be claimed, reserved or written)", calls)
 	}
+	// Reads of the same order fail alike, before reading anything.
+	resp, eb := do(t, h, "GET", "/orders/"+orderID(failing), "")
+	if resp.StatusCode != http.StatusInternalServerError || eb.Error != "faulty_build" {
+		t.Fatalf("a read of a failed order: %d %+v, want 500 faulty_build", resp.StatusCode, eb)
+	}
+	if calls := agent.othersCalled(); len(calls) != 0 {
+		t.Errorf("a failed read called the agent: %v", calls)
+	}
 
 	// Any other order goes on to the agent (which this stand-in can't
 	// serve): the check above is not vacuous.
@@ -236,4 +244,18 @@ func (f *fakeAgent) othersCalled() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return slices.Clone(f.others)
+}
+
+func TestEachVersionHasItsOwnReadModelGroup(t *testing.T) {
+	for _, tc := range []struct{ region, version, want string }{
+		{"us-east", "1.0.0", "orders-readmodel-us-east-1-0-0"},
+		{"ap-south", "V2+build.7", "orders-readmodel-ap-south-v2-build-7"},
+	} {
+		if got := readModelGroup(tc.region, tc.version); got != tc.want {
+			t.Errorf("readModelGroup(%q, %q) = %q, want %q", tc.region, tc.version, got, tc.want)
+		}
+	}
+	if readModelGroup("us-east", "1.0.0") == readModelGroup("us-east", "2.0.0") {
+		t.Error("two versions in one region share a read model group: they would split its events")
+	}
 }

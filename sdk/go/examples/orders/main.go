@@ -134,7 +134,7 @@ func serve(ctx context.Context, cfg config, lis net.Listener, log *slog.Logger) 
 	subCtx, stopSub := context.WithCancel(context.Background())
 	defer stopSub()
 	subDone := make(chan error, 1)
-	go func() { subDone <- model.run(subCtx, client.Events(), readModelGroup(region), log) }()
+	go func() { subDone <- model.run(subCtx, client.Events(), readModelGroup(region, cfg.version), log) }()
 
 	// Register once the server answers, so the first health check passes.
 	endpoint := advertised(cfg.advertise, lis.Addr())

@@ -387,6 +387,14 @@ func (s *service) getOrder(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := r.PathValue("id")
+	// The faulty build fails reads of its share of orders too (by the same
+	// id), before reading anything.
+	if failsOrder(id, s.failPercent) {
+		writeError(w, http.StatusInternalServerError, "faulty_build", fmt.Sprintf(
+			"orders %s is a deliberately faulty build: it fails %d%% of orders, and order %s is one of them",
+			s.version, s.failPercent, id))
+		return
+	}
 	res, err := s.client.State().Get(r.Context(), s.keyspace, id, consistency)
 	if errors.Is(err, meridian.ErrNotFound) {
 		writeError(w, http.StatusNotFound, "not_found", "no order "+id)

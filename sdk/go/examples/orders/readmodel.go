@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -102,18 +103,35 @@ func (m *readModel) handle(_ context.Context, d meridian.Delivery) error {
 	return nil
 }
 
-// readModelGroup is the consumer group of the read model in region: one
-// per region, so that each region's model sees every event.
-func readModelGroup(region string) string { return "orders-readmodel-" + region }
+// readModelGroup is the consumer group of the read model in region at
+// version: one per region, so that each region's model sees every event,
+// and one per version, so that while two versions run side by side (a
+// rollout) neither takes events from the other's model.
+func readModelGroup(region, version string) string {
+	v := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+			return r
+		}
+		if r >= 'A' && r <= 'Z' {
+			return r + ('a' - 'A')
+		}
+		return '-'
+	}, version)
+	g := "orders-readmodel-" + region + "-" + v
+	if len(g) > 64 { // the agent's limit on group names
+		g = g[:64]
+	}
+	return g
+}
 
 // run feeds the model until ctx is done: it first moves the group back to
 // the start of the stream (the model is empty at start-up), then
 // subscribes, and subscribes again after the stream fails, where the group
 // left off. It returns nil once ctx is done.
 //
-// One instance per region holds the whole model. Instances of one region
-// share the group and so split its events; give each its own group to have
-// each hold everything.
+// One instance per region and version holds the whole model. Instances of
+// one version in one region share the group and so split its events; give
+// each its own group to have each hold everything.
 func (m *readModel) run(ctx context.Context, ev *meridian.Events, group string, log *slog.Logger) error {
 	source := meridian.Topic(topicOrders)
 	backoff := newBackoff()
