@@ -143,6 +143,13 @@ def test_quick_run_holds_every_invariant_and_leaves_nothing(built: None, tmp_pat
     assert {"agent-us-east", "gateway", "nats-global-eu-west", "service-orders"} <= set(
         rotation["by_identity"]
     ), rotation
+    # The faulty orders v2 was rolled back in its canary region only, and a
+    # good one reached every region.
+    ro = report["rollout"]
+    assert ro["bad_phase"] == "RolledBack" and ro["good_phase"] == "Healthy", ro
+    assert set(ro["v2_answers_during_faulty_rollout"]) == {"ap-south"}, ro
+    assert ro["consistency"] == "passed", ro
+    assert "rollout" in {c["name"] for c in report["checks"]}
     # The deliberate retries came back with the original order, marked as replays.
     replays = report["orders"]["replays"]
     assert replays["same_order"] == replays["sent"]

@@ -56,6 +56,9 @@ def demo() -> None:
               help="The Go orders binary [.meridian/bin/orders].")  # fmt: skip
 @click.option("--inventory-bin", type=click.Path(dir_okay=False), default=None,
               help="The Rust inventory binary [$CARGO_TARGET_DIR/debug/examples/inventory].")  # fmt: skip
+@click.option("--rollout-region", default="ap-south", show_default=True,
+              help="Where the faulty orders v2 is rolled out first (and back).")  # fmt: skip
+@click.option("--no-rollout", is_flag=True, help="Skip the rollouts after the heal.")
 def demo_run(
     quick: bool,
     base_port: int,
@@ -70,9 +73,12 @@ def demo_run(
     workdir: str | None,
     orders_bin: str | None,
     inventory_bin: str | None,
+    rollout_region: str,
+    no_rollout: bool,
 ) -> None:
     """Bring up a sandbox, run orders and inventory in every region, drive shoppers through
-    the gateway, kill a region halfway and bring it back, then check the invariants."""
+    the gateway, kill a region halfway and bring it back, roll a faulty orders v2 out
+    (rolled back) and a good one, then check the invariants."""
     from meridian.demo.runner import run_demo
 
     opts = DemoOptions.quick() if quick else DemoOptions()
@@ -85,6 +91,8 @@ def demo_run(
         "report_json": Path(report_json) if report_json else None,
         "orders_bin": Path(orders_bin) if orders_bin else None,
         "inventory_bin": Path(inventory_bin) if inventory_bin else None,
+        "rollout_region": rollout_region,
+        "rollout": not no_rollout,
     }
     for name, value in (
         ("duration_s", duration),
@@ -99,6 +107,11 @@ def demo_run(
     if kill_region not in opts.regions:
         raise click.BadParameter(
             f"{kill_region!r} is not one of {', '.join(opts.regions)}", param_hint="--kill-region"
+        )
+    if rollout_region not in opts.regions:
+        raise click.BadParameter(
+            f"{rollout_region!r} is not one of {', '.join(opts.regions)}",
+            param_hint="--rollout-region",
         )
     opts = replace(opts, **changes)
     rep, code = asyncio.run(run_demo(opts, click.echo))

@@ -116,11 +116,17 @@ class Fleet:
         tmp.write_text(json.dumps({"services": [asdict(r) for r in records.values()]}, indent=2))
         tmp.replace(self.state_path)
 
-    def _argv(self, service: str, region: str) -> list[str]:
+    def _argv(self, service: str, region: str, binary: Path | None = None) -> list[str]:
+        """``service``'s command line in ``region``; ``binary``: another build of
+        orders (the rollout's v2), listening on its own port."""
         agent = self.config.region(region).grpc_address
-        listen = f"127.0.0.1:{self.opts.service_port(service, region)}"
+        port_of = "orders-v2" if binary is not None else service
+        listen = f"127.0.0.1:{self.opts.service_port(port_of, region)}"
         if service == "orders":
-            binary, flags = self.binaries.orders, ("-agent", "-listen", "-region", "-tls-dir")
+            binary, flags = (
+                binary or self.binaries.orders,
+                ("-agent", "-listen", "-region", "-tls-dir"),
+            )
         else:
             binary, flags = (
                 self.binaries.inventory,
@@ -152,6 +158,29 @@ class Fleet:
                 self._save(records)
                 started.append(svc)
         return started
+
+    def start_variant(self, region: str, binary: Path) -> Service:
+        """Spawn ``binary`` (a build of orders with another version) in ``region``
+        as ``orders-v2:<region>``, beside the first version."""
+        records = self.records()
+        name = f"orders-v2:{region}"
+        if name in records and records[name].alive():
+            raise FleetError(f"{name} is already running")
+        port = self.opts.service_port("orders-v2", region)
+        if port_in_use(port):
+            raise FleetError(f"cannot start {name}: port {port} is already in use")
+        svc = self._spawn(name, region, self._argv("orders", region, binary), port)
+        records[name] = svc
+        self._save(records)
+        return svc
+
+    def stop_variant(self, region: str, grace_s: float = 10.0) -> None:
+        """SIGTERM ``orders-v2:<region>`` (it deregisters) and forget it."""
+        records = self.records()
+        svc = records.pop(f"orders-v2:{region}", None)
+        if svc is not None:
+            _stop([svc], grace_s=grace_s)
+            self._save(records)
 
     def _spawn(self, name: str, region: str, argv: list[str], port: int) -> Service:
         log = self.logs / f"{name.replace(':', '-')}.log"

@@ -28,7 +28,7 @@ def ports(config: MeridianConfig, opts: DemoOptions) -> list[int]:
     for r in config.regions:
         out += [r.grpc_port, r.http_port, *asdict(r.regional).values()]
         out += list(asdict(r.global_).values())
-        out += [opts.service_port(s, r.name) for s in SERVICES]
+        out += [opts.service_port(s, r.name) for s in (*SERVICES, "orders-v2")]
     return out
 
 

@@ -17,6 +17,11 @@ DEFAULT_BASE_PORT = 14000
 #: (the agent and NATS use offsets 0..21, see meridian.config.model.PORT_OFFSETS).
 ORDERS_PORT_OFFSET = 50
 INVENTORY_PORT_OFFSET = 51
+#: The rollout's second version of orders, beside the first.
+ORDERS_V2_PORT_OFFSET = 52
+#: The version the orders example registers by default, and the rollout's.
+STABLE_VERSION = "1.0.0"
+NEW_VERSION = "2.0.0"
 
 #: The keyspaces the example services need (both READMEs): orders and stock
 #: change only through a quorum of regions, so no region's loss loses them.
@@ -60,6 +65,14 @@ class DemoOptions:
     inventory_bin: Path | None = None
     #: Seconds between running counter lines.
     progress_every_s: float = 5.0
+    #: After the heal: roll out a faulty orders v2 canary-first in this region
+    #: (rolled back there by its analysis), then a good one to every region.
+    rollout_region: str = "ap-south"
+    rollout: bool = True
+    #: The share of new orders the faulty v2 fails.
+    bad_fail_percent: int = 30
+    #: Seconds between two measurements of the rollout's analysis.
+    analysis_interval_s: float = 5.0
 
     @classmethod
     def quick(cls, **overrides: object) -> DemoOptions:
@@ -74,6 +87,7 @@ class DemoOptions:
             settle_timeout_s=40.0,
             progress_every_s=3.0,
             leaf_lifetime_s=8.0,
+            analysis_interval_s=4.0,
         )
         return replace(base, **overrides)  # type: ignore[arg-type]
 
@@ -90,8 +104,10 @@ class DemoOptions:
         return tuple(f"sku-{i}" for i in range(1, self.skus + 1))
 
     def service_port(self, service: str, region: str) -> int:
-        """The HTTP port of ``service`` ("orders" or "inventory") in ``region``."""
-        offset = ORDERS_PORT_OFFSET if service == "orders" else INVENTORY_PORT_OFFSET
+        """The HTTP port of ``service`` ("orders", "orders-v2" or "inventory") in ``region``."""
+        offset = {"orders": ORDERS_PORT_OFFSET, "orders-v2": ORDERS_V2_PORT_OFFSET}.get(
+            service, INVENTORY_PORT_OFFSET
+        )
         return self.base_port + self.regions.index(region) * REGION_PORT_STRIDE + offset
 
     def config_text(self) -> str:

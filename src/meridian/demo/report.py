@@ -127,6 +127,7 @@ class Report:
     failover: dict[str, Any] = field(default_factory=dict)
     heal: dict[str, Any] = field(default_factory=dict)
     rotation: dict[str, Any] = field(default_factory=dict)
+    rollout: dict[str, Any] = field(default_factory=dict)
     stock: list[dict[str, Any]] = field(default_factory=list)
     invariants: dict[str, Any] = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
@@ -158,6 +159,7 @@ class Report:
             "failover": self.failover,
             "heal": self.heal,
             "rotation": self.rotation,
+            "rollout": self.rollout,
             "stock": self.stock,
             "invariants": self.invariants,
             "checks": [c.to_json() for c in self.checks],
@@ -240,6 +242,8 @@ class Report:
                 f"half-life), {rt['renewals_before_fault']} before the fault; "
                 f"{rt['failed_before_fault']} requests failed before the fault"
             )
+        if self.rollout:
+            lines.extend(_rollout_lines(self.rollout))
         if self.stock:
             lines.append("  stock     sku: seeded / sold (live orders) / available / reserved")
             for s in self.stock:
@@ -294,6 +298,23 @@ def _failover_lines(f: dict[str, Any]) -> list[str]:
             f"{f['writes_resumed_s']:.2f} s later"
         )
     return lines
+
+
+def _rollout_lines(r: dict[str, Any]) -> list[str]:
+    def counts(by_region: dict[str, int]) -> str:
+        return ", ".join(f"{k or '?'} {n}" for k, n in sorted(by_region.items())) or "none"
+
+    return [
+        f"  rollout   faulty v2 canary in {r['canary']}: {r['bad_phase']} "
+        f"({r['bad_message']}); first bad answer at +{r['first_bad_answer_s']} s, "
+        f"rolled back at +{r['rolled_back_s']} s: {r['rollback_after_s']} s later "
+        f"(analysis every {r['interval_s']:g} s)",
+        f"            answers by v2 while it ran (shoppers and {r.get('probes', 0)} probes): "
+        f"{counts(r['v2_answers_during_faulty_rollout'])}; "
+        f"consistency check {r['consistency']}: {r['consistency_detail']}",
+        f"            good v2: {r['good_phase']} in every region after {r['good_took_s']} s; "
+        f"answers by v2 since: {counts(r['v2_answers_during_good_rollout'])}",
+    ]
 
 
 def _ms(v: float | None) -> str:

@@ -44,10 +44,10 @@ import aiohttp
 
 from meridian.config import MeridianConfig, load_config
 from meridian.core.errors import MeridianError
-from meridian.demo import audit, leftovers, report, rotation, verdict
+from meridian.demo import audit, leftovers, report, rollout, rotation, verdict
 from meridian.demo.binaries import inventory_binary, orders_binary, require
 from meridian.demo.fleet import Binaries, Fleet, Service
-from meridian.demo.options import DemoOptions
+from meridian.demo.options import NEW_VERSION, DemoOptions
 from meridian.demo.report import Report
 from meridian.demo.shop import Shop
 from meridian.sandbox.processes import ProcessRecord, port_in_use, wait_ports_free
@@ -80,6 +80,8 @@ class DemoRun:
         self._seen: dict[tuple[str, int], ProcessRecord | Service] = {}
         self._region_state = "up"
         self._busy_before: set[int] = set()
+        #: The faulty and the good orders 2.0.0 (built when the run rolls out).
+        self._variants: tuple[Path, Path] = (Path(), Path())
 
     def phase(self, name: str, message: str) -> None:
         at = time.monotonic() - self.t0
@@ -125,6 +127,9 @@ class DemoRun:
         took = await self._sandbox_up()
         self.phase("sandbox", f"ready in {took:.1f} s; gateway {sandbox.gateway_url}")
 
+        if opts.rollout:
+            self.phase("build", f"orders {NEW_VERSION}: a faulty and a good build")
+            self._variants = await asyncio.to_thread(rollout.build_variants, opts)
         self.phase("services", f"starting orders (Go) and inventory (Rust) in {regions}")
         self._remember({r.name: r for r in fleet.start(config.region_names)})
         took = await fleet.wait_healthy(config.region_names)
@@ -189,6 +194,8 @@ class DemoRun:
             snapshots=snapshots,
             renewals=self.renewals if config.security.tls else None,
         )
+        if self.report.rollout:
+            self.report.checks.append(rollout.check(self.report.rollout))
         await asyncio.to_thread(_write_exchanges, shop, opts.workdir / "exchanges.jsonl")
         await asyncio.to_thread(
             audit.save, opts.workdir / "audit.json", state, shop.orders.values()
@@ -281,6 +288,12 @@ class DemoRun:
             tg.create_task(self._progress(shop, stop))
             try:
                 heal_ready = await self._fault(shop)
+                if opts.rollout:
+                    assert self.fleet is not None and self.config is not None
+                    self.report.rollout = await rollout.DemoRollouts(
+                        opts, self.config, self.fleet, shop, self.phase, self._remember,
+                        self._variants,
+                    ).run()  # fmt: skip
                 rest = max(
                     opts.duration_s - shop.now(), heal_ready + opts.after_heal_s - shop.now()
                 )

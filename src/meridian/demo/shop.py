@@ -25,6 +25,7 @@ sending them again with their keys (:meth:`Shop.settle`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import time
@@ -58,6 +59,8 @@ class Exchange:
     served_by: str  # the gateway's Meridian-Gateway-Region, "" if none
     error: str  # the error code of the answer ("" if none), or the exception's name
     detail: str = ""  # the error's message, shortened
+    version: str = ""  # the orders version that answered (Meridian-Version), "" if none
+    instance_region: str = ""  # the region of the instance that answered (Meridian-Region)
 
     @property
     def served(self) -> bool:
@@ -120,6 +123,8 @@ class Answer:
     served_by: str
     replayed: bool
     detail: str = ""
+    version: str = ""
+    instance_region: str = ""
 
 
 class Shop:
@@ -390,12 +395,14 @@ class Shop:
                     "",
                     resp.headers.get("Meridian-Gateway-Region", ""),
                     resp.headers.get("Idempotent-Replayed", "") == "true",
+                    version=resp.headers.get("Meridian-Version", ""),
+                    instance_region=resp.headers.get("Meridian-Region", ""),
                 )
         except (aiohttp.ClientError, TimeoutError) as exc:
             answer = Answer(0, {}, type(exc).__name__, "", False, str(exc)[:200])
         if answer.status >= 400:
             code, detail = _error(answer.body)
-            answer = Answer(answer.status, answer.body, code, answer.served_by, False, detail)
+            answer = dataclasses.replace(answer, error=code, replayed=False, detail=detail)
         self.exchanges.append(
             Exchange(
                 hint,
@@ -406,6 +413,8 @@ class Shop:
                 answer.served_by,
                 answer.error,
                 answer.detail,
+                answer.version,
+                answer.instance_region,
             )
         )
         return answer
