@@ -7,6 +7,8 @@ which instances of a service it may call. Nothing here does I/O.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -309,3 +311,26 @@ def grpc_violations(
     if body_bytes > max_body:
         v.append(FieldViolation("request", f"must be at most {max_body} bytes"))
     return v
+
+
+#: gRPC metadata keys ending so carry bytes (the gRPC spec's binary headers).
+BINARY_SUFFIX = "-bin"
+
+
+def metadata_text(key: str, value: str | bytes) -> str:
+    """A gRPC metadata value as a call carries it between agents: text as it
+    is, a binary (``-bin``) value as base64, the way HTTP/2 carries it."""
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    return value
+
+
+def metadata_wire(key: str, text: str) -> str | bytes | None:
+    """:func:`metadata_text` undone for a gRPC call: a ``-bin`` key's base64
+    back to bytes (None when it is not base64: the header is dropped)."""
+    if not key.endswith(BINARY_SUFFIX):
+        return text
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None

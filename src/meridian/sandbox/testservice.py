@@ -143,11 +143,16 @@ class TestService:
                         await context.abort(grpc.StatusCode.INTERNAL, "injected failure")
                     md = dict(context.invocation_metadata() or ())
                     await context.send_initial_metadata((("x-served-by", svc.instance_id),))
+                    binary = md.get("x-test-bin", b"")
+                    if isinstance(binary, bytes) and binary:
+                        # Binary metadata comes back reversed, as a trailer.
+                        context.set_trailing_metadata((("x-echo-bin", binary[::-1]),))
                     echo = {
                         "instance": svc.instance_id,
                         "region": svc.args.region,
                         "method": method,
                         "x-test": md.get("x-test", ""),
+                        "x-test-bin": binary.hex() if isinstance(binary, bytes) else "",
                     }
                     return json.dumps(echo).encode() + b"\n" + request
 

@@ -17,7 +17,7 @@ from meridian.config.model import InvocationConfig
 from meridian.core.endpoints import SANDBOX, EndpointPolicy
 from meridian.core.errors import DeadlineExceededError
 from meridian.invocation.calls import AttemptFailed, Call, Reply
-from meridian.invocation.model import InstanceView
+from meridian.invocation.model import InstanceView, metadata_text, metadata_wire
 from meridian.invocation.resilience.deadline import outgoing_headers
 from meridian.invocation.resilience.policy import ResiliencePolicy
 from meridian.invocation.resilience.retry import attempt_deadline
@@ -133,7 +133,8 @@ class Upstream:
         except OSError as exc:  # EndpointRefused, or the name does not resolve
             raise self._failed(view, f"cannot be dialled ({exc})", not_sent=True) from None
         method = channel.unary_unary(call.route)
-        rpc = method(call.body, metadata=list(call.headers), timeout=until - now)
+        metadata = [(k, wire) for k, v in call.headers if (wire := metadata_wire(k, v)) is not None]
+        rpc = method(call.body, metadata=metadata, timeout=until - now)
         try:
             body = await rpc
             initial = await rpc.initial_metadata()
@@ -151,7 +152,7 @@ class Upstream:
                 raise DeadlineExceededError(
                     f"calling {call.service!r}: the deadline passed waiting for {view.instance_id}"
                 ) from None
-            md = [(k, str(v)) for k, v in (exc.trailing_metadata() or ())]
+            md = [(k, metadata_text(k, v)) for k, v in (exc.trailing_metadata() or ())]
             return Reply(body=b"", headers=md, grpc_code=code, grpc_details=details)
-        md = [(k, str(v)) for k, v in list(initial or ()) + list(trailing or ())]
+        md = [(k, metadata_text(k, v)) for k, v in list(initial or ()) + list(trailing or ())]
         return Reply(body=body, headers=md, grpc_code="OK")

@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from meridian.core.calls import NO_CALLER, Caller
 from meridian.core.errors import MeridianError
+from meridian.invocation.model import metadata_text, metadata_wire
 from meridian.invocation.service import SERVICE_METADATA, InvocationApi, grpc_call
 from meridian.security.tls import Callers, GrpcServerCredentials
 from meridian.transport.api import AgentApi, Services
@@ -111,7 +112,8 @@ def service_handlers(
 class InvocationProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
     """The transparent gRPC proxy: any unary method, with ``meridian-service``
     metadata naming the target service, is invoked through the router as raw
-    bytes. Streaming methods are not proxied (UNIMPLEMENTED)."""
+    bytes, its metadata with it (binary ``-bin`` values too). Streaming methods
+    are not proxied (UNIMPLEMENTED)."""
 
     def __init__(
         self, api: AgentApi, invocation: InvocationApi, callers: Callers | None = None
@@ -136,7 +138,8 @@ class InvocationProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
         return grpc.unary_unary_rpc_method_handler(proxy)
 
     async def _proxy(self, service: str, full_method: str, request: bytes, context: Ctx) -> bytes:
-        incoming = [(k, v) for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)]
+        # Binary (-bin) values travel as base64 text, as HTTP/2 carries them.
+        incoming = [(k, metadata_text(k, v)) for k, v in (context.invocation_metadata() or ())]
         inv = self.invocation
         try:
             caller = _caller(context, self.callers)
@@ -160,9 +163,11 @@ class InvocationProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
             )
         )
         passed = tuple(
-            (k, v)
+            (k, wire)
             for k, v in reply.headers
-            if not k.startswith(("grpc-", ":")) and k not in ("content-type",)
+            if not k.startswith(("grpc-", ":"))
+            and k not in ("content-type",)
+            and (wire := metadata_wire(k, v)) is not None
         )
         if passed:
             context.set_trailing_metadata(passed)
