@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
@@ -27,6 +27,9 @@ from meridian.client import MeridianClient
 from meridian.config import MeridianConfig, load_config
 from meridian.security.pki import client_ssl, ensure_identity
 from tests.conftest import eventually
+
+if TYPE_CHECKING:
+    from tests.e2e.services import ServiceFleet
 
 REGIONS = ("us-east", "eu-west", "ap-south")
 
@@ -265,6 +268,18 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxHandle]
 def own_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxHandle]:
     """A sandbox of the module's own, for tests that take it down."""
     yield from _sandbox(tmp_path_factory.mktemp("own-sandbox"), OWN_BASE_PORT)
+
+
+@pytest.fixture(scope="module")
+def fleet(sandbox: SandboxHandle) -> Iterator[ServiceFleet]:
+    """Test services on the shared sandbox, stopped when the module ends."""
+    from tests.e2e.services import ServiceFleet
+
+    f = ServiceFleet(sandbox)
+    try:
+        yield f
+    finally:
+        f.stop_all()
 
 
 @contextlib.asynccontextmanager

@@ -11,7 +11,6 @@ import asyncio
 import collections
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -24,15 +23,6 @@ from meridian.security.tls import TlsFiles, grpc_channel_credentials
 from tests.conftest import eventually
 from tests.e2e.conftest import REGIONS, SandboxHandle
 from tests.e2e.services import ServiceFleet, agent_metrics, metric
-
-
-@pytest.fixture(scope="module")
-def fleet(sandbox: SandboxHandle) -> Iterator[ServiceFleet]:
-    f = ServiceFleet(sandbox)
-    try:
-        yield f
-    finally:
-        f.stop_all()
 
 
 def invoke_url(sandbox: SandboxHandle, region: str, service: str, path: str = "echo") -> str:

@@ -17,26 +17,15 @@ import collections
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.e2e.conftest import REGIONS, SandboxHandle
 from tests.e2e.services import ServiceFleet, ServiceInstance
 from tests.e2e.test_invoke import call, invoke_url
 
 SERVICE = "shop"
-
-
-@pytest.fixture(scope="module")
-def fleet(sandbox: SandboxHandle) -> Iterator[ServiceFleet]:
-    f = ServiceFleet(sandbox)
-    try:
-        yield f
-    finally:
-        f.stop_all()
 
 
 def status(sandbox: SandboxHandle) -> dict[str, Any]:
@@ -245,7 +234,7 @@ async def test_weights_by_hand_split_traffic_and_a_sticky_key_keeps_its_version(
         # A version at 0 gets nothing here, even with another healthy instance.
         sandbox.cli("rollout", "set-weights", service, "us-east", "a=100", "b=0")
         await asyncio.sleep(1.0)
-        served = collections.Counter()
+        served: collections.Counter[str] = collections.Counter()
         for _ in range(30):
             _, headers, _ = await call(session, url)
             served[headers["Meridian-Version"]] += 1

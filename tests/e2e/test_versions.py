@@ -7,22 +7,10 @@ InvokeResponse.version)."""
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator
-
-import pytest
 
 from tests.e2e.conftest import SandboxHandle
 from tests.e2e.services import ServiceFleet
 from tests.e2e.test_invoke import call, invoke_url
-
-
-@pytest.fixture(scope="module")
-def fleet(sandbox: SandboxHandle) -> Iterator[ServiceFleet]:
-    f = ServiceFleet(sandbox)
-    try:
-        yield f
-    finally:
-        f.stop_all()
 
 
 async def test_a_pinned_call_reaches_only_that_version(

@@ -142,6 +142,22 @@ async def http_post(url: str, body: Any, ssl: SSLContext | None = None) -> tuple
         return resp.status, await resp.json(content_type=None)
 
 
+async def post_as(
+    config: MeridianConfig, path: str, body: Any, as_: str = "operator/meridian"
+) -> tuple[int, Any]:
+    """POST ``body`` to us-east's agent presenting identity ``as_``'s certificate
+    (the CLI's, operator/meridian, by default)."""
+    from meridian.security.pki import client_ssl, ensure_identity
+    from meridian.security.tls import TlsFiles, client_context
+
+    ctx = (
+        client_ssl(config)
+        if as_ == "operator/meridian"
+        else client_context(TlsFiles.in_folder(ensure_identity(config, as_)))
+    )
+    return await http_post(f"{config.region('us-east').http_url}{path}", body, ssl=ctx)
+
+
 @contextlib.asynccontextmanager
 async def ready_agent(config: MeridianConfig, *, state: bool = False) -> AsyncIterator[Agent]:
     """:func:`running_agent`, once its event streams and push deliveries (or, with

@@ -30,7 +30,8 @@ from meridian.security.pki import client_ssl, ensure_identity, ensure_sandbox
 from meridian.security.tls import TlsFiles, client_context
 from meridian.testing.nats_server import NatsCluster
 from tests.conftest import eventually
-from tests.integration.harness import agent_config, http_post, ready_agent
+from tests.integration.harness import agent_config, ready_agent
+from tests.integration.harness import post_as as post
 
 SANDBOX = resources.files("meridian.policy").joinpath("builtin/sandbox.cedar").read_text()
 
@@ -60,17 +61,6 @@ def config(cluster: NatsCluster, tmp_path_factory: pytest.TempPathFactory) -> Me
     cfg = agent_config(cluster, ca_dir=tmp_path_factory.mktemp("flags") / "ca", policy=SANDBOX)
     ensure_sandbox(cfg)
     return cfg
-
-
-async def post(
-    config: MeridianConfig, path: str, body: Any, as_: str = "operator/meridian"
-) -> tuple[int, Any]:
-    ctx = (
-        client_ssl(config)
-        if as_ == "operator/meridian"
-        else client_context(TlsFiles.in_folder(ensure_identity(config, as_)))
-    )
-    return await http_post(f"{config.region('us-east').http_url}{path}", body, ssl=ctx)
 
 
 async def set_flag(config: MeridianConfig, key: str, definition: Any, **extra: Any) -> Any:

@@ -20,11 +20,11 @@ from meridian.agent.app import Agent
 from meridian.config import MeridianConfig
 from meridian.core.errors import ConflictError
 from meridian.rollouts.store import rollout_key
-from meridian.security.pki import client_ssl, ensure_identity, ensure_sandbox
-from meridian.security.tls import TlsFiles, client_context
+from meridian.security.pki import ensure_identity, ensure_sandbox
 from meridian.testing.nats_server import NatsCluster
 from tests.conftest import eventually
-from tests.integration.harness import agent_config, http_post, running_agent
+from tests.integration.harness import agent_config, running_agent
+from tests.integration.harness import post_as as post
 
 
 @pytest.fixture(scope="module")
@@ -49,17 +49,6 @@ def config(cluster: NatsCluster, ca_dir: Path) -> MeridianConfig:
 def second(cluster: NatsCluster, ca_dir: Path, config: MeridianConfig) -> MeridianConfig:
     """A second us-east agent's configuration: its own ports, the same CA."""
     return agent_config(cluster, ca_dir=ca_dir)
-
-
-async def post(
-    config: MeridianConfig, path: str, body: Any, as_: str = "operator/meridian"
-) -> tuple[int, Any]:
-    ctx = (
-        client_ssl(config)
-        if as_ == "operator/meridian"
-        else client_context(TlsFiles.in_folder(ensure_identity(config, as_)))
-    )
-    return await http_post(f"{config.region('us-east').http_url}{path}", body, ssl=ctx)
 
 
 @contextlib.asynccontextmanager

@@ -30,7 +30,7 @@ import uuid
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
@@ -309,24 +309,18 @@ class Agent:
             timeout_s=config.agent.quorum_timeout_s,
             hlc=self.hlc,
         )
-        # Feature flags: the global keyspace followed into a cache, evaluated here.
-        self.flags = FlagsComponent(
-            self.conn,
-            region=region,
-            replicas=min(3, len(config.regions)),
-            timeout_s=config.agent.quorum_timeout_s,
-            hlc=self.hlc,
-            metrics=self.metrics,
-        )
-        # Routing weights and rollouts: a global keyspace followed like the flags.
-        self.rollouts = RolloutsComponent(
-            self.conn,
-            region=region,
-            replicas=min(3, len(config.regions)),
-            timeout_s=config.agent.quorum_timeout_s,
-            hlc=self.hlc,
-            metrics=self.metrics,
-        )
+        # The agent's own global keyspaces, each followed into a view kept here.
+        followed: dict[str, Any] = {
+            "region": region,
+            "replicas": min(3, len(config.regions)),
+            "timeout_s": config.agent.quorum_timeout_s,
+            "hlc": self.hlc,
+            "metrics": self.metrics,
+        }
+        # Feature flags: evaluated here.
+        self.flags = FlagsComponent(self.conn, **followed)
+        # Routing weights and rollouts: read on every call.
+        self.rollouts = RolloutsComponent(self.conn, **followed)
         #: What each version of each service served here (rollout analysis).
         self.traffic = Traffic()
         #: One cap on watches and subscriptions per caller identity, across both.

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 from meridian.backbone.connection import BackboneConnection
 from meridian.core.errors import ConflictError, InvalidArgumentError, NotFoundError
-from meridian.core.hlc import HybridLogicalClock
 from meridian.core.keyspace import Keyspace
 from meridian.flags.model import MAX_DEFINITION_BYTES, StoredFlag
-from meridian.observability.metrics import AgentMetrics
 from meridian.state import FollowedKeyspace
 
 log = logging.getLogger(__name__)
@@ -46,25 +45,11 @@ class FlagsComponent(FollowedKeyspace):
 
     name = "flags"
 
-    def __init__(
-        self,
-        conn: BackboneConnection,
-        *,
-        region: str,
-        replicas: int,
-        timeout_s: float,
-        hlc: HybridLogicalClock,
-        metrics: AgentMetrics,
-    ) -> None:
-        super().__init__(
-            conn,
-            KEYSPACE,
-            region=region,
-            replicas=replicas,
-            timeout_s=timeout_s,
-            hlc=hlc,
-            metrics=metrics,
-        )
+    KEYSPACE = KEYSPACE
+
+    def __init__(self, conn: BackboneConnection, **followed: Any) -> None:
+        """``followed``: :class:`~meridian.state.FollowedKeyspace`'s arguments."""
+        super().__init__(conn, **followed)
         self._decoded: dict[str, tuple[int, StoredFlag | Unreadable]] = {}
 
     def get(self, key: str) -> tuple[int, StoredFlag | Unreadable] | None:

@@ -24,9 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from meridian.backbone.connection import BackboneConnection
-from meridian.core.hlc import HybridLogicalClock
 from meridian.core.keyspace import Keyspace
-from meridian.observability.metrics import AgentMetrics
 from meridian.rollouts.progress import Rollout, desired_weights
 from meridian.state import FollowedKeyspace
 
@@ -59,25 +57,11 @@ class RolloutsComponent(FollowedKeyspace):
 
     name = "rollouts"
 
-    def __init__(
-        self,
-        conn: BackboneConnection,
-        *,
-        region: str,
-        replicas: int,
-        timeout_s: float,
-        hlc: HybridLogicalClock,
-        metrics: AgentMetrics,
-    ) -> None:
-        super().__init__(
-            conn,
-            KEYSPACE,
-            region=region,
-            replicas=replicas,
-            timeout_s=timeout_s,
-            hlc=hlc,
-            metrics=metrics,
-        )
+    KEYSPACE = KEYSPACE
+
+    def __init__(self, conn: BackboneConnection, **followed: Any) -> None:
+        """``followed``: :class:`~meridian.state.FollowedKeyspace`'s arguments."""
+        super().__init__(conn, **followed)
         self._weights: dict[str, tuple[int, dict[str, int] | None]] = {}
 
     # -- reads (the view) ---------------------------------------------------

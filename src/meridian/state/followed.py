@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import ClassVar
 
 from meridian.backbone.connection import (
     BackboneConnection,
@@ -38,10 +39,12 @@ FRESHNESS_INTERVAL_S = 30.0
 class FollowedKeyspace(Background):
     """Follows one global keyspace into :attr:`view`; see the module docstring."""
 
+    #: The keyspace followed (each subclass names its own).
+    KEYSPACE: ClassVar[Keyspace]
+
     def __init__(
         self,
         conn: BackboneConnection,
-        keyspace: Keyspace,
         *,
         region: str,
         replicas: int,
@@ -53,7 +56,7 @@ class FollowedKeyspace(Background):
         self.region = region
         self.hlc = hlc
         self.metrics = metrics
-        self.keyspace = keyspace
+        self.keyspace = keyspace = self.KEYSPACE
         self.store = GlobalKeyspaceStore(
             conn,
             keyspace,
