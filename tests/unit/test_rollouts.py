@@ -273,3 +273,13 @@ def test_the_sticky_key_is_the_meridian_header_else_the_idempotency_key() -> Non
     assert sticky_key((("Meridian-Sticky-Key", ""), ("x", "y"))) is None
     assert pinned_version((("Meridian-Version", " v2 "),)) == "v2"
     assert pinned_version(()) is None
+
+
+def test_metric_labels_name_at_most_16_versions_of_a_service() -> None:
+    from meridian.invocation.versions import metric_version
+
+    seen: set[str] = set()
+    labels = [metric_version(seen, f"v{i}") for i in range(20)]
+    assert labels[:16] == [f"v{i}" for i in range(16)]
+    assert labels[16:] == ["other"] * 4
+    assert metric_version(seen, "v3") == "v3"  # one seen keeps its name

@@ -75,7 +75,12 @@ from meridian.invocation.resilience.retry import (
     http_request_retryable,
     outcome_retryable,
 )
-from meridian.invocation.versions import by_weight, pinned_version, weighted_views
+from meridian.invocation.versions import (
+    by_weight,
+    metric_version,
+    pinned_version,
+    weighted_views,
+)
 from meridian.observability.metrics import AgentMetrics
 from meridian.rollouts.traffic import Traffic
 
@@ -121,6 +126,7 @@ class _Target:
         self.first_attempts = child(m.invocation_attempts, service, "first")
         self.retries = child(m.invocation_attempts, service, "retry")
         self._seconds: dict[str, Any] = {}
+        self._labels: set[str] = set()
         self._results: dict[tuple[str, str, str], Any] = {}
         self._invocations = m.invocations
         self._invocation_seconds = m.invocation_seconds
@@ -163,7 +169,11 @@ class _Target:
         self._weighted[protocol] = (weights, pool)
         return pool
 
+    def label(self, version: str) -> str:
+        return metric_version(self._labels, version)
+
     def count(self, served_by: str, version: str, outcome: str) -> Any:
+        version = self.label(version)
         key = (served_by, version, outcome)
         counter = self._results.get(key)
         if counter is None:
@@ -173,6 +183,7 @@ class _Target:
         return counter
 
     def seconds(self, version: str) -> Any:
+        version = self.label(version)
         hist = self._seconds.get(version)
         if hist is None:
             hist = self._seconds[version] = self._child(

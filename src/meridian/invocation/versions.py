@@ -21,6 +21,9 @@ VERSION_HEADER = "meridian-version"
 #: The header that keeps a caller on one version while weights split traffic;
 #: without it, the idempotency key does.
 STICKY_HEADERS = ("meridian-sticky-key", "idempotency-key")
+#: Versions of one service named in its metrics; later ones are OTHER_VERSION.
+MAX_VERSION_LABELS = 16
+OTHER_VERSION = "other"
 
 
 def pinned_version(headers: tuple[tuple[str, str], ...]) -> str | None:
@@ -66,3 +69,16 @@ def by_weight(
     if chosen is None:
         return local
     return [v for v in local if v.version == chosen]
+
+
+def metric_version(seen: set[str], version: str) -> str:
+    """``version`` as a metric label, ``seen`` holding the versions of the
+    service labelled so far: the first MAX_VERSION_LABELS keep their name,
+    any later one is "other" (a service that registers a new version per
+    instance must not grow the metrics without bound)."""
+    if version in seen:
+        return version
+    if len(seen) < MAX_VERSION_LABELS:
+        seen.add(version)
+        return version
+    return OTHER_VERSION
