@@ -87,8 +87,8 @@ def plan(root: Path, name: str, **over: Any) -> str:
         "version": "v2",
         "stable": "v1",
         "regions": [
-            {"region": "ap-south", "steps": [25, 50, 100], "hold_s": 4},
-            {"region": "us-east", "steps": [50, 100], "hold_s": 4},
+            {"region": "ap-south", "steps": [50, 100], "hold_s": 3},
+            {"region": "us-east", "steps": [50, 100], "hold_s": 3},
             {"region": "eu-west", "steps": [100]},
         ],
         # Latency is not what this test is about, and a loaded CI machine's

@@ -207,3 +207,27 @@ async def test_bad_weights_are_refused_naming_the_field_and_nothing_is_stored(
             assert field in [v["field"] for v in got["error"]["violations"]], got
         code, got = await post(config, "/v1/rollouts/get-weights", {"service": "w"})
         assert code == 200 and got.get("regions", []) == []
+
+
+async def test_the_history_keeps_the_newest_rollouts(
+    config: MeridianConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meridian.rollouts import store
+    from meridian.rollouts.progress import RegionProgress, Rollout
+
+    monkeypatch.setattr(store, "MAX_HISTORY", 2)
+    async with running_agent(config) as agent:
+        await rollouts_loaded(agent)
+        for i in range(3):
+            plan = {**PLAN, "service": "hist"}
+            r = Rollout(
+                id=f"r{i}",
+                plan=plan,
+                phase="Healthy",
+                regions=[RegionProgress("us-east", "promoted")],
+                started_ms=1000 + i,
+            )
+            await agent.rollouts.keep_history(r)
+        assert [r.id for r in agent.rollouts.history("hist")] == ["r2", "r1"]
+        code, got = await post(config, "/v1/rollouts/rollout-history", {"service": "hist"})
+        assert code == 200 and [r["id"] for r in got["rollouts"]] == ["r2", "r1"], got

@@ -40,7 +40,7 @@ from meridian.core.calls import CALLER, Caller
 from meridian.core.errors import MeridianError
 from meridian.policy.model import Access, AuditTrail
 from meridian.rollouts import progress
-from meridian.rollouts.store import RolloutsComponent, history_key, rollout_key
+from meridian.rollouts.store import RolloutsComponent, rollout_key
 from meridian.rollouts.traffic import Snapshot, Traffic
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ class RolloutController(Background):
         await self.rollouts.write(rollout_key(service), r.to_json(), revision)
         await self.rollouts.reconcile(r)
         if r.over:
-            await self.rollouts.write(history_key(r), r.to_json(), None)
+            await self.rollouts.keep_history(r)
 
     async def audit(self, service: str, event: dict[str, Any]) -> None:
         if self.trail is None:

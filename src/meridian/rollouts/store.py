@@ -153,6 +153,15 @@ class RolloutsComponent(FollowedKeyspace):
             doc = {"weights": weights, "rollout": r.id}
             await self.write(weights_key(plan.service, region), doc, held[0] if held else 0)
 
+    async def keep_history(self, r: Rollout) -> None:
+        """Store finished ``r`` in the service's history, dropping the oldest
+        beyond MAX_HISTORY."""
+        await self.write(history_key(r), r.to_json(), None)
+        prefix = f"h/{r.plan.get('service', '')}/"
+        entries = self.view.scan(prefix, "", 10_000)
+        for old in entries[: max(0, len(entries) - MAX_HISTORY)]:
+            await self.delete(old.key)
+
     async def delete(self, key: str) -> None:
         revision, _ = await self.store.delete(key)
         await self.wait_applied(revision)
