@@ -328,3 +328,15 @@ def test_an_ejection_of_the_stable_version_is_not_held_against_the_new_one() -> 
     for now in (3000, 6000):
         r = run_interval(r, now, ap, (20, 0), 40)
     assert r.phase == progress.PROGRESSING and weights(r)["ap-south"] == 50
+
+
+def test_events_since_counts_past_the_kept_window() -> None:
+    r = started(plan_doc())
+    for i in range(progress.MAX_EVENTS + 5):
+        r.event(i, "step", "ap-south", str(i))
+    before = r.events_total
+    r.event(10**6, "analysis", "ap-south", "Failed")
+    r.event(10**6, "rolled-back", "ap-south", "")
+    assert len(r.events) == progress.MAX_EVENTS
+    assert [e["kind"] for e in r.events_since(before)] == ["analysis", "rolled-back"]
+    assert r.events_since(r.events_total) == []

@@ -179,7 +179,7 @@ class RolloutController(Background):
         now = self.clock_ms()
         if r.driver != self.agent_id and r.lease_until_ms > now:
             return  # another agent drives it
-        events_before = len(r.events)
+        events_before = r.events_total
         if r.driver != self.agent_id:
             at = r.current()
             where = f"at {at.region} step {at.step}" if at else ""
@@ -204,7 +204,7 @@ class RolloutController(Background):
         now = self.clock_ms()
         r.lease_until_ms = now + int(LEASE_S * 1000)
         r.updated_ms = now
-        new_events = r.events[events_before:] if len(r.events) > events_before else []
+        new_events = r.events_since(events_before)
         # Recorded before the status is stored: a transition not recorded is
         # not made (the audit write raising ends this tick).
         for event in new_events:

@@ -97,6 +97,8 @@ class Rollout:
     driver: str = ""
     lease_until_ms: int = 0
     events: list[dict[str, Any]] = field(default_factory=list)
+    #: Events ever recorded (``events`` keeps the last MAX_EVENTS).
+    events_total: int = 0
     consistency: Consistency | None = None
     started_ms: int = 0
     updated_ms: int = 0
@@ -135,7 +137,13 @@ class Rollout:
 
     def event(self, now_ms: int, kind: str, region: str = "", detail: str = "") -> None:
         self.events.append({"at_ms": now_ms, "kind": kind, "region": region, "detail": detail})
+        self.events_total += 1
         del self.events[:-MAX_EVENTS]
+
+    def events_since(self, total: int) -> list[dict[str, Any]]:
+        """The events recorded since ``events_total`` was ``total``."""
+        n = self.events_total - total
+        return self.events[-n:] if n > 0 else []
 
 
 def stored_plan(doc: Mapping[str, Any]) -> Plan:
