@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import nats
 import nats.js.errors
@@ -21,17 +22,21 @@ from nats.js import api
 from meridian.client import Bounded, Eventual, MeridianClient, Strong
 from meridian.core.errors import (
     ConflictError,
+    DeadlineExceededError,
     InvalidArgumentError,
     MeridianError,
     NotFoundError,
     QuorumUnavailableError,
     ResidencyViolationError,
+    UnavailableError,
 )
 from meridian.idempotency import StoredResponse
 from meridian.sandbox.wan_control import WanClient
 from meridian.state.model import regional
 from tests.conftest import eventually
 from tests.e2e.conftest import SandboxHandle, ready_clients
+
+T = TypeVar("T")
 
 _ids = itertools.count()
 
@@ -71,6 +76,21 @@ async def new_partition_written(client: MeridianClient) -> bool:
     except MeridianError:
         return False
     return True
+
+
+async def retried(call: Callable[[], Awaitable[T]], what: str) -> T:
+    """``call`` (an idempotent one) until it stops failing with an error the API
+    says to retry: a regional cluster may still be electing after the previous
+    test's partition (UNAVAILABLE, QUORUM_UNAVAILABLE, or a deadline on a
+    stream's creation). The timeout is a hang guard."""
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:
+        try:
+            return await call()
+        except (UnavailableError, QuorumUnavailableError, DeadlineExceededError):
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"{what}: still failing after 60 s") from None
+            await asyncio.sleep(0.5)
 
 
 async def placement(sandbox: SandboxHandle, stream: str) -> str | None:
@@ -216,7 +236,7 @@ async def test_rehoming_under_concurrent_cas_writers_loses_no_acknowledged_write
     part = fresh()
     us, eu = clients["us-east"], clients["eu-west"]
     key = f"{part}.counter"
-    await us.put("profiles", key, b"0")
+    await retried(lambda: us.put("profiles", key, b"0"), "the counter's first write")
     assert await placement(sandbox, regional.stream("profiles", part)) == "us-east"
     acknowledged: list[int] = []
     stop = asyncio.Event()
@@ -295,10 +315,10 @@ async def test_idempotency_records_of_a_resident_scope_stay_in_its_regions(
 ) -> None:
     key = f"pay-{fresh()}"
     eu, us = clients["eu-west"], clients["us-east"]
-    begun = await eu.begin("eu-payments", key, b'{"amount": 5}')
+    begun = await retried(lambda: eu.begin("eu-payments", key, b'{"amount": 5}'), "begin")
     assert begun.outcome == "new"
     await eu.complete("eu-payments", key, begun.fencing_token, StoredResponse(200, b"paid"))
-    again = await eu.begin("eu-payments", key, b'{"amount": 5}')
+    again = await retried(lambda: eu.begin("eu-payments", key, b'{"amount": 5}'), "begin again")
     assert again.response == StoredResponse(200, b"paid")
     # The record, and the response it stores, are kept in eu-west only.
     assert await placement(sandbox, "KV_mg__idempotency_r_eu-west") == "eu-west"

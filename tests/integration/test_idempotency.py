@@ -22,6 +22,7 @@ from meridian.core.errors import (
     IdempotencyInProgressError,
     IdempotencyMismatchError,
     InvalidArgumentError,
+    UnavailableError,
 )
 from meridian.idempotency.model import StoredResponse
 from meridian.testing.nats_server import NatsCluster
@@ -368,10 +369,19 @@ async def test_retention_forgets_completed_keys(cluster: NatsCluster) -> None:
                 begun = await client.begin("shop", key, ORDER)
                 await client.complete("shop", key, begun.fencing_token, OK)
                 assert (await client.begin("shop", key, ORDER)).outcome == "completed"
+
                 # JetStream's max_age removes the record; then the key is new again.
+                # Right as it expires, a begin may race the expiry and be told
+                # UNAVAILABLE ("retry"), which is what a client then does.
+                async def begin_again() -> Any:
+                    try:
+                        return await client.begin("shop", key, b'{"different":true}')
+                    except UnavailableError as exc:
+                        return exc
+
                 again = await eventually(
-                    lambda: client.begin("shop", key, b'{"different":true}'),
-                    lambda b: b.outcome == "new",
+                    begin_again,
+                    lambda b: not isinstance(b, UnavailableError) and b.outcome == "new",
                     what="the completed key expires",
                     timeout_s=30,
                 )
