@@ -87,13 +87,21 @@ def plan(root: Path, name: str, **over: Any) -> str:
         "version": "v2",
         "stable": "v1",
         "regions": [
-            {"region": "ap-south", "steps": [50, 100], "hold_s": 3},
-            {"region": "us-east", "steps": [50, 100], "hold_s": 3},
+            {"region": "ap-south", "steps": [25, 50, 100], "hold_s": 6},
+            {"region": "us-east", "steps": [50, 100], "hold_s": 6},
             {"region": "eu-west", "steps": [100]},
         ],
         # Latency is not what this test is about, and a loaded CI machine's
         # p99s are noisy: only errors decide here.
-        "analysis": {"min_requests": 10, "count": 2, "max_p99_ratio": 50},
+        # A measurement or two right at the start may see no traffic while the
+        # new weights reach the region's agents: three measurements a step (one
+        # every 2 s), two of which may be inconclusive.
+        "analysis": {
+            "min_requests": 10,
+            "count": 3,
+            "max_p99_ratio": 50,
+            "inconclusive_limit": 2,
+        },
     }
     doc.update(over)
     path = root / name
@@ -133,9 +141,14 @@ async def test_a_bad_canary_rolls_back_its_region_and_a_good_version_goes_everyw
         got = await until(
             sandbox, lambda s: s["phase"] != "Progressing", "the bad canary's analysis ends"
         )
-        assert got["phase"] == "RolledBack", json.dumps(got, indent=1)
+        assert got["phase"] == "RolledBack", (
+            seen,
+            await fleet.stats(v2["ap-south"]),
+            got["events"],
+        )
         assert "analysis failed in ap-south" in got["message"]
-        assert "error rate" in got["message"]
+        # The error rate, or the router ejecting the failing instance first.
+        assert "error rate" in got["message"] or "outlier ejection" in got["message"], got
         assert {r["region"]: r["state"] for r in got["regions"]} == {
             "ap-south": "rolled-back",
             "us-east": "pending",

@@ -340,3 +340,26 @@ def test_events_since_counts_past_the_kept_window() -> None:
     assert len(r.events) == progress.MAX_EVENTS
     assert [e["kind"] for e in r.events_since(before)] == ["analysis", "rolled-back"]
     assert r.events_since(r.events_total) == []
+
+
+def test_an_instance_ejected_before_the_window_and_still_out_fails_the_new_version() -> None:
+    r = started(plan_doc())
+    ap = Region()
+    ap.serve("v2", 3, errors=3)
+    ap.agents[0].ejected("orders", "v2")  # before the baseline: not in the window's delta
+    r = tick(r, 0, ap)
+    ap.serve("v1", 40)
+    snap = {"a0": ap.agents[0].snapshot("orders", {"v2": 1})}  # still out, says the router
+    progress.advance(r, 3000, snap)
+    assert r.phase == progress.ROLLED_BACK, r.measurements
+    assert "outlier ejection" in r.message
+
+
+def test_an_instance_no_longer_ejected_no_longer_counts() -> None:
+    r = started(plan_doc())
+    ap = Region()
+    ap.agents[0].ejected("orders", "v2")
+    r = tick(r, 0, ap)
+    for now in (3000, 6000):
+        r = run_interval(r, now, ap, (20, 0), 40)  # snapshots say nothing is ejected now
+    assert r.phase == progress.PROGRESSING and weights(r)["ap-south"] == 50

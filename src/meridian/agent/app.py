@@ -379,6 +379,7 @@ class Agent:
             agent_id=self.agent_id,
             identity=Identity(config.security.trust_domain, Kind.AGENT, region).uri,
             trail=self.audit,
+            ejected_now=self.invoker.ejected_versions,
         )
         #: Every call is authorized here; in insecure mode there are no
         #: identities to authorize, so nothing is.

@@ -405,6 +405,19 @@ class Invoker(Background):
 
         return report
 
+    def ejected_versions(self, service: str) -> dict[str, int]:
+        """Version -> this region's instances of ``service`` ejected as outliers
+        right now (rollout analysis)."""
+        target = self._targets.get(service)
+        if target is None:
+            return {}
+        ejected = target.outlier.ejected(time.monotonic())
+        out: dict[str, int] = {}
+        for v in self.registry.instances(service):
+            if v.region == self.region and v.instance_id in ejected:
+                out[v.version] = out.get(v.version, 0) + 1
+        return out
+
     def _on_transition(self, service: str, region: str, t: Transition) -> None:
         log.info("breaker %s/%s: %s -> %s (%s)", service, region, t.source, t.target, t.reason)
         m = self.metrics

@@ -26,7 +26,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import nats.errors
@@ -78,6 +78,7 @@ class RolloutController(Background):
         agent_id: str,
         identity: str,
         trail: AuditTrail | None,
+        ejected_now: Callable[[str], Mapping[str, int]] = lambda service: {},
         clock_ms: Callable[[], int] = now_ms,
     ) -> None:
         super().__init__()
@@ -89,6 +90,8 @@ class RolloutController(Background):
         self.identity = identity
         self.trail = trail
         self.clock_ms = clock_ms
+        #: service -> version -> its instances here ejected as outliers now.
+        self.ejected_now = ejected_now
         self._sub: Subscription | None = None
 
     async def run(self) -> None:
@@ -123,7 +126,7 @@ class RolloutController(Background):
         service = msg.data.decode(errors="replace")[:MAX_SERVICE_BYTES]
         answer = {
             "agent": self.agent_id,
-            "versions": self.traffic.snapshot(service),
+            "versions": self.traffic.snapshot(service, self.ejected_now(service)),
             # The weights this agent routes by now: a consistency check
             # counts from the moment every agent of the region switched.
             "weights": self.rollouts.weights(service, self.region),

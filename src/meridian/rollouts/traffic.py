@@ -44,6 +44,8 @@ class Counts:
     in_flight: int = 0
     #: Times an instance of this version was ejected as an outlier.
     ejections: int = 0
+    #: Instances of this version ejected right now (set in snapshots only).
+    ejected_now: int = 0
     buckets: list[int] = field(default_factory=lambda: [0] * (len(EDGES_MS) + 1))
 
     def to_json(self) -> dict[str, Any]:
@@ -52,6 +54,7 @@ class Counts:
             "errors": self.errors,
             "in_flight": self.in_flight,
             "ejections": self.ejections,
+            "ejected_now": self.ejected_now,
             "buckets": list(self.buckets),
         }
 
@@ -65,6 +68,7 @@ class Counts:
             int(raw.get("errors", 0)),
             int(raw.get("in_flight", 0)),
             int(raw.get("ejections", 0)),
+            int(raw.get("ejected_now", 0)),
             buckets,
         )
 
@@ -105,9 +109,15 @@ class Traffic:
         it too few calls to judge by error rate."""
         self._counts(service, version).ejections += 1
 
-    def snapshot(self, service: str) -> dict[str, dict[str, Any]]:
-        """Version -> its counts so far, as JSON."""
-        return {v: c.to_json() for v, c in self._by_service.get(service, {}).items()}
+    def snapshot(
+        self, service: str, ejected_now: Mapping[str, int] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Version -> its counts so far, as JSON; ``ejected_now``: version ->
+        its instances ejected right now (the router's outlier ejection)."""
+        out = {v: c.to_json() for v, c in self._by_service.get(service, {}).items()}
+        for version, n in (ejected_now or {}).items():
+            out.setdefault(version, Counts().to_json())["ejected_now"] = n
+        return out
 
 
 #: One region's traffic: agent -> version -> counts (as JSON).
@@ -147,12 +157,13 @@ def window(before: Snapshot, after: Snapshot, version: str) -> Window:
     over its agents. An agent missing from either snapshot (its answer was
     late) adds nothing this time; one whose counts went down restarted in
     between, and adds what it counted since."""
-    requests = errors = ejections = 0
+    requests = errors = ejections = ejected_now = 0
     buckets = [0] * (len(EDGES_MS) + 1)
     for agent, versions in after.items():
         if agent not in before or version not in versions:
             continue
         a = Counts.from_json(versions[version])
+        ejected_now += a.ejected_now
         raw = before[agent].get(version)
         b = Counts.from_json(raw) if raw is not None else Counts()
         if a.requests < b.requests:
@@ -161,4 +172,6 @@ def window(before: Snapshot, after: Snapshot, version: str) -> Window:
         errors += max(0, a.errors - b.errors)
         ejections += max(0, a.ejections - b.ejections)
         buckets = [n + max(0, x - y) for n, x, y in zip(buckets, a.buckets, b.buckets, strict=True)]
-    return Window(requests, errors, p99_ms(buckets), ejections=ejections)
+    # An instance ejected before the window began and still out counts too:
+    # it is why the version has few calls to judge by.
+    return Window(requests, errors, p99_ms(buckets), ejections=max(ejections, ejected_now))
