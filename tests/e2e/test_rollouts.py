@@ -74,6 +74,19 @@ async def traffic(sandbox: SandboxHandle) -> AsyncIterator[collections.Counter[t
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def until_loaded(sandbox: SandboxHandle, via: str) -> None:
+    deadline = time.monotonic() + 60  # a hang guard
+    while True:
+        got = await asyncio.to_thread(
+            sandbox.cli, "rollout", "weights", SERVICE, "--via", via, check=False
+        )
+        if got.returncode == 0:
+            return
+        assert "not loaded the rollouts yet" in got.stderr, got.stderr
+        assert time.monotonic() < deadline, got.stderr
+        await asyncio.sleep(0.3)
+
+
 async def until_weights(sandbox: SandboxHandle, via: str, want: dict[str, Any]) -> None:
     deadline = time.monotonic() + 60  # a hang guard
     while (got := await asyncio.to_thread(weights, sandbox, via)) != want:
@@ -118,8 +131,11 @@ async def test_a_bad_canary_rolls_back_its_region_and_a_good_version_goes_everyw
 ) -> None:
     v1 = {r: fleet.start(SERVICE, r, version="v1") for r in REGIONS}
     v2 = {r: fleet.start(SERVICE, r, version="v2") for r in REGIONS}
-    # v2 is deployed behind weight 0, as an operator would before a rollout.
+    # v2 is deployed behind weight 0, as an operator would before a rollout
+    # (once the agents have loaded the rollouts: until then they say UNAVAILABLE,
+    # "try again").
     for region in REGIONS:
+        await until_loaded(sandbox, region)
         sandbox.cli("rollout", "set-weights", SERVICE, region, "v1=100", "v2=0")
     for region in REGIONS:
         await until_weights(sandbox, region, {r: {"v1": 100, "v2": 0} for r in REGIONS})

@@ -30,7 +30,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
 from meridian.backbone.connection import BackboneConnection
@@ -389,15 +389,7 @@ class Invoker(Background):
         def report(event: OutlierEvent) -> None:
             log.info("outlier %s: %s %s (%s)", service, event.instance, event.kind, event.reason)
             if event.kind is EventKind.EJECTED:
-                version = next(
-                    (
-                        v.version
-                        for v in self.registry.instances(service)
-                        if v.instance_id == event.instance
-                    ),
-                    None,
-                )
-                if version is not None:
+                for version in self._versions_of(service, {event.instance}):
                     self.traffic.ejected(service, version)
             self.metrics.outlier_events.labels(
                 self.region, service, event.instance, event.kind.value
@@ -411,12 +403,17 @@ class Invoker(Background):
         target = self._targets.get(service)
         if target is None:
             return {}
-        ejected = target.outlier.ejected(time.monotonic())
-        out: dict[str, int] = {}
-        for v in self.registry.instances(service):
-            if v.region == self.region and v.instance_id in ejected:
-                out[v.version] = out.get(v.version, 0) + 1
-        return out
+        return self._versions_of(service, target.outlier.ejected(time.monotonic()))
+
+    def _versions_of(self, service: str, instances: Collection[str]) -> dict[str, int]:
+        """Version -> how many of ``instances`` (this region's) run it."""
+        return dict(
+            Counter(
+                v.version
+                for v in self.registry.instances(service)
+                if v.region == self.region and v.instance_id in instances
+            )
+        )
 
     def _on_transition(self, service: str, region: str, t: Transition) -> None:
         log.info("breaker %s/%s: %s -> %s (%s)", service, region, t.source, t.target, t.reason)

@@ -230,15 +230,11 @@ class RolloutApi:
         return self._weights(request.service)
 
     def _weights(self, service: str) -> pb.WeightsResponse:
-        out = []
-        for region in sorted(self.rollouts.all_weights(service)):
-            held = self.rollouts.weights_entry(service, region)
-            if held is None:
-                continue
-            doc = held[1]
-            out.append(
+        return pb.WeightsResponse(
+            regions=[
                 pb.RegionWeights(
                     region=region, weights=doc.get("weights", {}), rollout=doc.get("rollout", "")
                 )
-            )
-        return pb.WeightsResponse(regions=out)
+                for region, doc in sorted(self.rollouts.weight_docs(service).items())
+            ]
+        )
